@@ -1,0 +1,66 @@
+"""Bronze: landed files to append-only Delta tables, every record kept with its lineage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+CORRUPT_COLUMN = "_corrupt_record"
+
+SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "flights": ("year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time",
+                "sched_arr_time", "arr_delay", "carrier", "flight", "tailnum", "origin", "dest",
+                "air_time", "distance", "hour", "minute", "time_hour"),
+    "weather": ("origin", "year", "month", "day", "hour", "temp", "dewp", "humid", "wind_dir",
+                "wind_speed", "wind_gust", "precip", "pressure", "visib", "time_hour"),
+    "planes": ("tailnum", "year", "type", "manufacturer", "model", "engines", "seats", "speed",
+               "engine"),
+    "airports": ("faa", "name", "lat", "lon", "alt", "tz", "dst", "tzone"),
+    "airlines": ("carrier", "name"),
+}
+# How each daily source is dropped in the landing zone.
+DAILY_FORMATS = {"flights": "csv", "weather": "json"}
+METADATA_COLUMNS = ("_corrupt_record", "_source_file", "_source_modified_at", "_ingested_at",
+                    "_run_id", "_batch_id")
+
+
+def raw_schema(source: str) -> T.StructType:
+    """All-string schema of a source plus the corrupt-record column: bronze never casts."""
+    fields = [T.StructField(c, T.StringType(), True) for c in SOURCE_COLUMNS[source]]
+    return T.StructType([*fields, T.StructField(CORRUPT_COLUMN, T.StringType(), True)])
+
+
+def with_lineage(run_id: str, batch_id: int) -> Callable[[DataFrame], DataFrame]:
+    """Keep the source's columns and add where and when each record came from."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        source_columns = [c for c in df.columns if c not in ("_metadata", CORRUPT_COLUMN)]
+        return df.select(
+            *source_columns,
+            F.col(CORRUPT_COLUMN),
+            F.col("_metadata.file_path").alias("_source_file"),
+            F.col("_metadata.file_modification_time").alias("_source_modified_at"),
+            F.current_timestamp().alias("_ingested_at"),
+            F.lit(run_id).alias("_run_id"),
+            F.lit(batch_id).cast("long").alias("_batch_id"),
+        )
+
+    return transform
+
+
+def batch_counts(df: DataFrame) -> dict[str, int]:
+    """Files, records and corrupt records of one ingested batch, in one Spark job."""
+    row = df.agg(
+        F.countDistinct("_source_file").alias("files"),
+        F.count(F.lit(1)).alias("rows"),
+        F.count(CORRUPT_COLUMN).alias("corrupt"),
+    ).first()
+    return {"files": int(row["files"]), "rows": int(row["rows"]), "corrupt": int(row["corrupt"])}
+
+
+def file_name(path: Column) -> Column:
+    """The last segment of a file path or URI."""
+    return F.regexp_extract(path, r"([^/]+)$", 1)

@@ -1,0 +1,117 @@
+"""Layered configuration: conf/base.yml overlaid by conf/<env>.yml, placeholders resolved."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONF_DIR_ENV = "LAKEHOUSE_CONF_DIR"
+DATA_ROOT_ENV = "LAKEHOUSE_DATA_ROOT"
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+class ConfigError(ValueError):
+    """A configuration file or key is missing or malformed."""
+
+
+def default_conf_dir() -> Path:
+    """The conf/ folder: $LAKEHOUSE_CONF_DIR, else the one beside the package."""
+    if os.environ.get(CONF_DIR_ENV):
+        return Path(os.environ[CONF_DIR_ENV])
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Return base updated by overlay, merging nested dicts key by key."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve(value: Any, variables: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return _PLACEHOLDER.sub(lambda m: variables.get(m.group(1), m.group(0)), value)
+    if isinstance(value, dict):
+        return {k: _resolve(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, variables) for v in value]
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    with path.open() as handle:
+        content = yaml.safe_load(handle) or {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(content).__name__}")
+    return content
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings of one environment."""
+
+    env: str
+    values: dict[str, Any]
+
+    def section(self, name: str) -> dict[str, Any]:
+        """Return a top-level section, failing with the known sections listed."""
+        if name not in self.values:
+            raise ConfigError(f"no section {name!r} in conf for env {self.env!r}; "
+                              f"sections are {sorted(self.values)}")
+        return dict(self.values[name])
+
+    def table(self, name: str) -> str:
+        """Return the location (Delta path or table name) of a logical table."""
+        tables = self.values["tables"]
+        if name not in tables:
+            raise ConfigError(f"unknown table {name!r}; configured tables are {sorted(tables)}")
+        return str(tables[name])
+
+    @property
+    def landing(self) -> str:
+        return str(self.values["landing"])
+
+    @property
+    def checkpoints(self) -> str:
+        return str(self.values["checkpoints"])
+
+    @property
+    def data_root(self) -> str:
+        return str(self.values["data_root"])
+
+
+def load_config(env: str = "local", conf_dir: Path | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Load conf/base.yml overlaid by conf/<env>.yml and optional overrides.
+
+    Args:
+        env: environment name; conf/<env>.yml must exist.
+        conf_dir: folder holding the YAML files (default: the project's conf/).
+        overrides: values merged last, e.g. {"data_root": "/tmp/x"} in tests.
+
+    Returns:
+        The resolved Config.
+    """
+    folder = conf_dir or default_conf_dir()
+    env_file = folder / f"{env}.yml"
+    if not env_file.exists():
+        known = sorted(p.stem for p in folder.glob("*.yml") if p.stem != "base")
+        raise ConfigError(f"unknown env {env!r}: {env_file} does not exist; known envs are {known}")
+    values = deep_merge(_read_yaml(folder / "base.yml"), _read_yaml(env_file))
+    if os.environ.get(DATA_ROOT_ENV):
+        values["data_root"] = os.environ[DATA_ROOT_ENV]
+    values = deep_merge(values, overrides or {})
+    root = str(values.get("data_root", "data"))
+    if "://" not in root and not os.path.isabs(root):
+        root = str(Path(root).resolve())
+    values["data_root"] = root
+    return Config(env=env, values=_resolve(values, {"data_root": root}))

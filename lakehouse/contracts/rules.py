@@ -1,0 +1,153 @@
+"""The silver contracts: every rule once, with its action. `lakehouse contracts` prints them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from lakehouse.bronze import CORRUPT_COLUMN
+from lakehouse.contracts.core import Action, BatchRule, Contract, Rule
+from lakehouse.contracts.models import (
+    AirlinesModel,
+    AirportsModel,
+    FlightsModel,
+    PlanesModel,
+    WeatherModel,
+)
+from lakehouse.functions import is_parsable, is_valid_hhmm
+from lakehouse.silver import KEYS, RAW, TYPES
+
+IATA = r"^[A-Z]{3}$"
+FAA = r"^[A-Z0-9]{3,4}$"
+CARRIER = r"^[A-Z0-9]{2}$"
+TAILNUM = r"^N[A-Z0-9]{1,5}$"
+
+
+def well_formed() -> Rule:
+    return Rule("well_formed", "the landed line parsed into the source's columns",
+                lambda: F.col(CORRUPT_COLUMN).isNull())
+
+
+def not_null(column: str, action: Action = "quarantine") -> Rule:
+    return Rule(f"{column}_not_null", f"{column} is present", lambda: F.col(column).isNotNull(),
+                action)
+
+
+def parsable(table: str) -> list[Rule]:
+    """One rule per typed column: the raw text is a null token or parses as its type."""
+    return [Rule(f"{c}_parsable", f"{c} text parses as {t}",
+                 lambda c=c, t=t: is_parsable(F.col(f"{RAW}.{c}"), t))
+            for c, t in TYPES[table].items() if t != "string"]
+
+
+def matches(column: str, pattern: str, action: Action = "quarantine") -> Rule:
+    return Rule(f"{column}_format", f"{column} matches {pattern}",
+                lambda: F.col(column).rlike(pattern), action)
+
+
+def in_range(column: str, low: float, high: float, action: Action = "quarantine") -> Rule:
+    return Rule(f"{column}_range", f"{column} between {low} and {high}",
+                lambda: F.col(column).between(low, high), action)
+
+
+def unique_key(keys: tuple[str, ...]) -> BatchRule:
+    def holds(df: DataFrame) -> bool:
+        return df.groupBy(*keys).count().filter(F.col("count") > 1).limit(1).count() == 0
+
+    return BatchRule("key_unique", f"natural key {keys} is unique in the batch", holds)
+
+
+def max_null_share(column: str, share: float) -> BatchRule:
+    def holds(df: DataFrame) -> bool:
+        value = df.agg(F.avg(F.col(column).isNull().cast("double"))).first()[0]
+        return value is None or float(value) <= share
+
+    return BatchRule(f"{column}_null_share", f"at most {share:.0%} of {column} is null", holds)
+
+
+def flights_contract(settings: dict[str, Any]) -> Contract:
+    rules = [
+        well_formed(), *parsable("flights"),
+        *(not_null(c) for c in ("carrier", "flight", "origin", "dest", "sched_dep_time",
+                                "sched_arr_time")),
+        Rule("flight_date_valid", "year/month/day are present and form a real date",
+             lambda: F.col("flight_date").isNotNull()),
+        matches("carrier", CARRIER), matches("origin", IATA), matches("dest", IATA),
+        matches("tailnum", TAILNUM, action="warn"),
+        Rule("sched_dep_time_valid", "scheduled departure is a valid hhmm",
+             lambda: is_valid_hhmm(F.col("sched_dep_time"))),
+        Rule("sched_arr_time_valid", "scheduled arrival is a valid hhmm",
+             lambda: is_valid_hhmm(F.col("sched_arr_time"))),
+        Rule("dep_time_valid", "actual departure is a valid hhmm (2400 allowed)",
+             lambda: is_valid_hhmm(F.col("dep_time"), allow_2400=True)),
+        Rule("arr_time_valid", "actual arrival is a valid hhmm (2400 allowed)",
+             lambda: is_valid_hhmm(F.col("arr_time"), allow_2400=True)),
+        in_range("dep_delay", -180, 2880), in_range("arr_delay", -180, 2880),
+        in_range("air_time", 1, 1000), in_range("distance", 1, 6000),
+        Rule("origin_in_airports", "origin is a known airport with a time zone",
+             lambda: F.col("sched_dep_utc").isNotNull() | F.col("origin").isNull()),
+        Rule("sched_arr_after_dep", "scheduled arrival is after scheduled departure (UTC), "
+             "within 24 h",
+             lambda: (F.col("sched_arr_utc") > F.col("sched_dep_utc"))
+             & (F.col("sched_arr_utc") < F.col("sched_dep_utc") + F.expr("INTERVAL 24 HOURS"))),
+        Rule("dest_in_airports", "destination is in the airports snapshot (kept, flagged)",
+             lambda: F.col("dest_known"), action="warn"),
+        Rule("tailnum_in_planes", "tail number is in the planes snapshot (kept, flagged)",
+             lambda: F.col("plane_known") | F.col("tailnum").isNull(), action="warn"),
+        Rule("tailnum_present", "tail number is present (kept, flagged)",
+             lambda: F.col("tailnum").isNotNull(), action="warn"),
+    ]
+    batch = [unique_key(KEYS["flights"]),
+             max_null_share("tailnum", float(settings.get("max_tailnum_null_share", 0.05)))]
+    return Contract("flights", FlightsModel, KEYS["flights"], tuple(rules), tuple(batch))
+
+
+def weather_contract(settings: dict[str, Any]) -> Contract:
+    max_wind = float(settings["max_wind_speed_mph"])
+    max_gust = float(settings["max_wind_gust_mph"])
+    rules = [
+        well_formed(), *parsable("weather"), not_null("origin"), not_null("time_hour"),
+        matches("origin", IATA), in_range("hour", 0, 23), in_range("temp", -60, 130),
+        in_range("dewp", -80, 100), in_range("humid", 0, 100), in_range("wind_dir", 0, 360),
+        in_range("precip", 0, 10), in_range("pressure", 850, 1100), in_range("visib", 0, 100),
+        Rule("wind_speed_plausible", f"wind speed at most {max_wind} mph, else a sensor error "
+             "set to null (kept, flagged)", lambda: F.col("wind_speed") <= max_wind, "warn"),
+        Rule("wind_gust_plausible", f"wind gust at most {max_gust} mph, else a sensor error "
+             "set to null (kept, flagged)", lambda: F.col("wind_gust") <= max_gust, "warn"),
+    ]
+    return Contract("weather", WeatherModel, KEYS["weather"], tuple(rules),
+                    (unique_key(KEYS["weather"]),))
+
+
+def planes_contract(settings: dict[str, Any]) -> Contract:
+    rules = [well_formed(), *parsable("planes"), not_null("tailnum"), matches("tailnum", TAILNUM),
+             in_range("year", 1900, 2014), in_range("engines", 1, 8), in_range("seats", 1, 1000),
+             Rule("year_present", "build year is known (kept, flagged)",
+                  lambda: F.col("year").isNotNull(), "warn")]
+    return Contract("planes", PlanesModel, KEYS["planes"], tuple(rules), (unique_key(KEYS["planes"]),))
+
+
+def airports_contract(settings: dict[str, Any]) -> Contract:
+    rules = [well_formed(), *parsable("airports"), not_null("faa"), matches("faa", FAA),
+             in_range("lat", -90, 90), in_range("lon", -180, 180),
+             Rule("tzone_present", "time zone is known (kept, flagged)",
+                  lambda: F.col("tzone").isNotNull(), "warn")]
+    return Contract("airports", AirportsModel, KEYS["airports"], tuple(rules),
+                    (unique_key(KEYS["airports"]),))
+
+
+def airlines_contract(settings: dict[str, Any]) -> Contract:
+    rules = [well_formed(), not_null("carrier"), matches("carrier", CARRIER), not_null("name")]
+    return Contract("airlines", AirlinesModel, KEYS["airlines"], tuple(rules),
+                    (unique_key(KEYS["airlines"]),))
+
+
+def contracts(settings: dict[str, Any]) -> dict[str, Contract]:
+    """Every silver table's contract, built with the silver settings from conf."""
+    # References first: flights are typed against silver airports and planes.
+    builders = {"planes": planes_contract, "airports": airports_contract,
+                "airlines": airlines_contract, "weather": weather_contract,
+                "flights": flights_contract}
+    return {name: build(settings) for name, build in builders.items()}

@@ -1,0 +1,62 @@
+"""Column functions: null-safe parsing and time conversion, no UDFs."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+NULL_TOKENS = ("NA", "", "NULL", "null")
+
+
+def clean_text(raw: Column) -> Column:
+    """Trimmed text, with the source's null tokens ("NA", empty) as null."""
+    text = F.trim(raw)
+    return F.when(text.isin(*NULL_TOKENS), F.lit(None)).otherwise(text)
+
+
+def parse_number(raw: Column, dtype: str) -> Column:
+    """The text as a number of dtype; null for null tokens and for unparsable text.
+
+    Spark 4 runs in ANSI mode, where a plain cast of "NA" raises; try_cast yields null instead,
+    and `is_parsable` tells the two kinds of null apart.
+    """
+    return clean_text(raw).try_cast(dtype)
+
+
+def is_parsable(raw: Column, dtype: str) -> Column:
+    """True when the text is a null token or parses as dtype."""
+    return clean_text(raw).isNull() | parse_number(raw, dtype).isNotNull()
+
+
+def parse_utc(raw: Column) -> Column:
+    """An ISO-8601 instant with offset ("2013-01-01T10:00:00Z") as a timestamp."""
+    return F.try_to_timestamp(clean_text(raw), F.lit("yyyy-MM-dd'T'HH:mm:ssXXX"))
+
+
+def make_date(year: Column, month: Column, day: Column) -> Column:
+    """A date from its parts; null when a part is null or the date does not exist."""
+    text = F.format_string("%04d-%02d-%02d", year, month, day)
+    return F.when(year.isNull() | month.isNull() | day.isNull(), F.lit(None)).otherwise(
+        F.try_to_date(text, "yyyy-MM-dd"))
+
+
+def local_hhmm_to_utc(day: Column, hhmm: Column, timezone: Column) -> Column:
+    """A local wall-clock time (date + hhmm integer, 2400 = next midnight) in a zone, as UTC.
+
+    to_utc_timestamp resolves each instant with the zone's rules, so daylight-saving days are
+    right.
+    """
+    wall_clock = F.to_timestamp(day) + F.make_dt_interval(
+        F.lit(0), F.floor(hhmm / 100).cast("int"), (hhmm % 100).cast("int"), F.lit(0))
+    return F.to_utc_timestamp(wall_clock, timezone)
+
+
+def is_valid_hhmm(hhmm: Column, allow_2400: bool = False) -> Column:
+    """An hhmm integer with hours 0-23 (or exactly 2400) and minutes 0-59."""
+    ok = hhmm.between(0, 2359) & ((hhmm % 100) < 60)
+    return (ok | (hhmm == 2400)) if allow_2400 else ok
+
+
+def minutes_between(later: Column, earlier: Column) -> Column:
+    """Whole minutes from earlier to later timestamps."""
+    return ((F.unix_micros(later) - F.unix_micros(earlier)) / 60_000_000).cast("double")

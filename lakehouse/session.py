@@ -1,0 +1,67 @@
+"""The one SparkSession factory: Delta-enabled, configured from conf/, reused when one exists."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from lakehouse.config import Config
+
+JARS_DIR_ENV = "LAKEHOUSE_JARS_DIR"
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+class MissingJarsError(RuntimeError):
+    """The Delta jars were not fetched; `make setup` fetches them."""
+
+
+def jars_dir() -> Path:
+    """Folder of the cached Delta jars: $LAKEHOUSE_JARS_DIR, else .jars beside the package."""
+    if os.environ.get(JARS_DIR_ENV):
+        return Path(os.environ[JARS_DIR_ENV])
+    return Path(__file__).resolve().parent.parent / ".jars"
+
+
+def delta_jars() -> list[str]:
+    """Absolute paths of the cached Delta jars, failing clearly when they are missing."""
+    folder = jars_dir()
+    jars = sorted(str(p.resolve()) for p in folder.glob("*.jar"))
+    if not any("delta-spark" in j for j in jars) or not any("delta-storage" in j for j in jars):
+        raise MissingJarsError(f"Delta jars not found in {folder} (found {jars}); run `make setup`")
+    return jars
+
+
+def _launched_by_spark_submit() -> bool:
+    # spark-submit (and Databricks) start the JVM first and hand the gateway port to Python.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_session(config: Config) -> SparkSession:
+    """Return the active SparkSession, or build a Delta-enabled one from config.
+
+    Under spark-submit the master and jars come from the command line; from plain Python
+    (tests, `lakehouse run`) the master comes from conf and the jars from the local cache.
+
+    Args:
+        config: the environment's configuration (its `spark` section is used).
+
+    Returns:
+        A SparkSession with the Delta extension and catalog.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    spark_conf = config.section("spark")
+    builder = SparkSession.builder.appName(spark_conf.get("app_name", "lakehouse"))
+    if not _launched_by_spark_submit():
+        if spark_conf.get("master"):
+            builder = builder.master(spark_conf["master"])
+        builder = builder.config("spark.jars", ",".join(delta_jars()))
+    for key, value in {**DELTA_CONF, **(spark_conf.get("conf") or {})}.items():
+        builder = builder.config(key, str(value))
+    return builder.getOrCreate()

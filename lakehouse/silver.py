@@ -1,0 +1,164 @@
+"""Silver transforms: bronze strings to typed, UTC, flagged and cleaned rows (pure functions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from lakehouse.bronze import CORRUPT_COLUMN, SOURCE_COLUMNS
+from lakehouse.functions import (
+    clean_text,
+    local_hhmm_to_utc,
+    make_date,
+    parse_number,
+    parse_utc,
+)
+
+RAW = "_raw"
+LINEAGE = ("_source_file", "_ingested_at", "_run_id")
+
+# Columns of each silver table with the type bronze text is parsed to ("string" = text as is).
+TYPES: dict[str, dict[str, str]] = {
+    "flights": {"year": "int", "month": "int", "day": "int", "dep_time": "int",
+                "sched_dep_time": "int", "dep_delay": "int", "arr_time": "int",
+                "sched_arr_time": "int", "arr_delay": "int", "carrier": "string", "flight": "int",
+                "tailnum": "string", "origin": "string", "dest": "string", "air_time": "int",
+                "distance": "int"},
+    "weather": {"origin": "string", "year": "int", "month": "int", "day": "int", "hour": "int",
+                "temp": "double", "dewp": "double", "humid": "double", "wind_dir": "int",
+                "wind_speed": "double", "wind_gust": "double", "precip": "double",
+                "pressure": "double", "visib": "double"},
+    "planes": {"tailnum": "string", "year": "int", "type": "string", "manufacturer": "string",
+               "model": "string", "engines": "int", "seats": "int", "speed": "int",
+               "engine": "string"},
+    "airports": {"faa": "string", "name": "string", "lat": "double", "lon": "double",
+                 "alt": "int", "tz": "double", "dst": "string", "tzone": "string"},
+    "airlines": {"carrier": "string", "name": "string"},
+}
+KEYS: dict[str, tuple[str, ...]] = {
+    "flights": ("flight_id",),
+    "weather": ("origin", "time_hour"),
+    "planes": ("tailnum",),
+    "airports": ("faa",),
+    "airlines": ("carrier",),
+}
+
+
+def parse_columns(table: str) -> Callable[[DataFrame], DataFrame]:
+    """Parse every source column to its silver type, keeping the raw record in `_raw`."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        parsed = [
+            (clean_text(F.col(c)) if t == "string" else parse_number(F.col(c), t)).alias(c)
+            for c, t in TYPES[table].items()
+        ]
+        raw = F.struct(*[F.col(c) for c in SOURCE_COLUMNS[table] if c in df.columns])
+        return df.select(*parsed, raw.alias(RAW), F.col(CORRUPT_COLUMN), *LINEAGE)
+
+    return transform
+
+
+def with_flight_times(airports: DataFrame, planes: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Add the key, UTC schedule, outcome flags and reference flags to parsed flights."""
+    origin_tz = airports.select(F.col("faa").alias("origin"), F.col("tzone").alias("_origin_tz"))
+    dest_tz = airports.select(F.col("faa").alias("dest"), F.col("tzone").alias("_dest_tz"),
+                              F.lit(True).alias("dest_known"))
+    known_planes = planes.select("tailnum", F.lit(True).alias("plane_known"))
+
+    def transform(df: DataFrame) -> DataFrame:
+        joined = (df.join(F.broadcast(origin_tz), on="origin", how="left")
+                  .join(F.broadcast(dest_tz), on="dest", how="left")
+                  .join(F.broadcast(known_planes), on="tailnum", how="left"))
+        flight_date = make_date(F.col("year"), F.col("month"), F.col("day"))
+        dep_utc = local_hhmm_to_utc(flight_date, F.col("sched_dep_time"), F.col("_origin_tz"))
+        arr_day = F.when(F.col("sched_arr_time") < F.col("sched_dep_time"),
+                         F.date_add(flight_date, 1)).otherwise(flight_date)
+        arr_utc = local_hhmm_to_utc(arr_day, F.col("sched_arr_time"), F.col("_dest_tz"))
+        return joined.withColumns({
+            "flight_date": flight_date,
+            "flight_id": F.concat_ws("_", flight_date.cast("string"), "carrier",
+                                     F.col("flight").cast("string"), "origin"),
+            "time_hour": parse_utc(F.col(f"{RAW}.time_hour")),
+            "sched_dep_utc": dep_utc,
+            "sched_arr_utc": arr_utc,
+            "cancelled": F.col("dep_time").isNull(),
+            "diverted": F.col("dep_time").isNotNull() & F.col("arr_delay").isNull(),
+            "dest_known": F.coalesce("dest_known", F.lit(False)),
+            "plane_known": F.coalesce("plane_known", F.lit(False)),
+        })
+
+    return transform
+
+
+def with_weather_time(df: DataFrame) -> DataFrame:
+    """Add the observation instant (UTC) and its local date."""
+    return df.withColumns({
+        "time_hour": parse_utc(F.col(f"{RAW}.time_hour")),
+        "obs_date": make_date(F.col("year"), F.col("month"), F.col("day")),
+    })
+
+
+def clean_weather(max_wind_speed: float, max_wind_gust: float) -> Callable[[DataFrame], DataFrame]:
+    """Null out physically impossible wind readings (sensor errors); the row is kept and the
+    contract's warn rule counts it."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.withColumns({
+            "wind_speed": F.when(F.col("wind_speed") <= max_wind_speed, F.col("wind_speed")),
+            "wind_gust": F.when(F.col("wind_gust") <= max_wind_gust, F.col("wind_gust")),
+        })
+
+    return transform
+
+
+def drop_duplicate_keys(keys: tuple[str, ...]) -> Callable[[DataFrame], DataFrame]:
+    """Keep one row per natural key: the most recently landed version of the record."""
+    order = Window.partitionBy(*keys).orderBy(F.col("_ingested_at").desc(),
+                                              F.col("_source_file").desc())
+
+    def transform(df: DataFrame) -> DataFrame:
+        ranked = df.withColumn("_rank", F.row_number().over(order))
+        return ranked.filter(F.col("_rank") == 1).drop("_rank")
+
+    return transform
+
+
+OUTPUT: dict[str, tuple[str, ...]] = {
+    "flights": ("flight_id", "flight_date", "year", "month", "day", "carrier", "flight", "tailnum",
+                "origin", "dest", "sched_dep_time", "sched_arr_time", "dep_time", "arr_time",
+                "dep_delay", "arr_delay", "air_time", "distance", "time_hour", "sched_dep_utc",
+                "sched_arr_utc", "cancelled", "diverted", "dest_known", "plane_known"),
+    "weather": ("origin", "time_hour", "obs_date", "hour", "temp", "dewp", "humid", "wind_dir",
+                "wind_speed", "wind_gust", "precip", "pressure", "visib"),
+    "planes": tuple(TYPES["planes"]),
+    "airports": tuple(TYPES["airports"]),
+    "airlines": tuple(TYPES["airlines"]),
+}
+
+
+def to_silver(table: str) -> Callable[[DataFrame], DataFrame]:
+    """Select the silver table's columns plus lineage: its schema contract."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.select(*OUTPUT[table], *LINEAGE)
+
+    return transform
+
+
+def to_quarantine(table: str, failed_rules: str) -> Callable[[DataFrame], DataFrame]:
+    """Rows that broke rules, as quarantine records: table, rules, raw record, lineage."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.select(
+            F.lit(table).alias("table_name"),
+            F.col(failed_rules).alias("rules"),
+            F.to_json(F.col(RAW)).alias("raw_record"),
+            F.col(CORRUPT_COLUMN).alias("corrupt_record"),
+            F.col("_source_file").alias("source_file"),
+            F.col("_run_id").alias("run_id"),
+            F.current_timestamp().alias("quarantined_at"),
+        )
+
+    return transform

@@ -1,0 +1,1 @@
+"""Pipeline stages: each reads its inputs, calls pure lakehouse functions, writes, audits."""

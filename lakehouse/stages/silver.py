@@ -1,0 +1,166 @@
+"""Silver stage: bronze rows to contract-checked silver tables, failing rows to quarantine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import tables
+from lakehouse.config import Config
+from lakehouse.contracts import Contract, ContractViolation, contracts, rule_counts, validate
+from lakehouse.contracts import with_rule_results
+from lakehouse.contracts.core import FAILED_RULES, sample_keys
+from lakehouse.seed import SNAPSHOT_SOURCES
+from lakehouse.silver import (
+    OUTPUT,
+    clean_weather,
+    drop_duplicate_keys,
+    parse_columns,
+    to_quarantine,
+    to_silver,
+    with_flight_times,
+    with_weather_time,
+)
+from lakehouse.stages.audit import audited
+
+
+def enforce_thresholds(contract: Contract, checked: DataFrame, counts: dict[str, int],
+                       max_share: float) -> None:
+    """Halt the batch when a fail rule is broken or a rule quarantines too large a share."""
+    total = max(counts["_rows"], 1)
+    for rule in contract.rules:
+        broken = counts[rule.name]
+        too_many = rule.action == "quarantine" and broken / total > max_share
+        if broken and (rule.action == "fail" or too_many):
+            keys = sample_keys(contract, checked, rule.name)
+            raise ContractViolation(
+                f"silver.{contract.table}: rule {rule.name!r} ({rule.description}) broken by "
+                f"{broken} of {counts['_rows']} rows ({broken / total:.1%}, action {rule.action}, "
+                f"max quarantine share {max_share:.1%}); sample keys: {keys}")
+
+
+def enforce_report(contract: Contract, valid: DataFrame) -> None:
+    """Run the pandera schema on the rows to be written; raise on anything but warn rules."""
+    report = validate(contract, valid)
+    warn_rules = {r.name for r in contract.rules if r.action == "warn"}
+    broken = [name for name in report.failed_checks if name not in warn_rules]
+    if report.schema_errors or broken:
+        raise ContractViolation(f"silver.{contract.table}: contract broken: "
+                                f"{'; '.join(report.schema_errors)} failed checks {broken}")
+
+
+def enrich(spark: SparkSession, config: Config, table: str) -> Callable[[DataFrame], DataFrame]:
+    """The table-specific typing step (flights need airports and planes from silver)."""
+    if table == "flights":
+        return with_flight_times(tables.read(spark, config, "silver_airports"),
+                                 tables.read(spark, config, "silver_planes"))
+    if table == "weather":
+        return with_weather_time
+    return lambda df: df
+
+
+def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze_rows: DataFrame,
+                 batch_id: int) -> dict[str, Any]:
+    """Type, check, split, deduplicate and write one bronze batch of a table."""
+    table = contract.table
+    settings = config.section("silver")
+    checked = (bronze_rows.transform(parse_columns(table))
+               .transform(enrich(spark, config, table))
+               .transform(with_rule_results(contract))).persist()
+    try:
+        counts = rule_counts(contract, checked)
+        enforce_thresholds(contract, checked, counts, float(settings["max_quarantine_share"]))
+        valid = checked.filter(F.size(FAILED_RULES) == 0).transform(drop_duplicate_keys(contract.keys))
+        if table == "weather":
+            valid = valid.transform(clean_weather(float(settings["max_wind_speed_mph"]),
+                                                  float(settings["max_wind_gust_mph"])))
+        valid = valid.persist()
+        enforce_report(contract, valid)
+        quarantined = checked.filter(F.size(FAILED_RULES) > 0).transform(to_quarantine(table, FAILED_RULES))
+        rows_out = valid.count()
+        warned = sum(counts[r.name] for r in contract.rules if r.action == "warn")
+        n_quarantined = counts["_quarantined"]
+        if n_quarantined:
+            tables.append(quarantined, config, "quarantine",
+                          txn=(f"lakehouse-quarantine-{table}", batch_id))
+        silver_rows = valid.transform(to_silver(table))
+        if table in SNAPSHOT_SOURCES:
+            tables.overwrite(silver_rows, config, f"silver_{table}")
+        else:
+            tables.merge(spark, silver_rows, config, f"silver_{table}", contract.keys,
+                         changed_columns=OUTPUT[table])
+        valid.unpersist()
+    finally:
+        checked.unpersist()
+    return {"rows_in": counts["_rows"], "rows_out": rows_out, "rows_quarantined": n_quarantined,
+            "rows_duplicate": counts["_rows"] - n_quarantined - rows_out, "rows_warned": warned}
+
+
+def refine_snapshot(spark: SparkSession, config: Config, contract: Contract,
+                    run_id: str) -> dict[str, Any]:
+    """Rebuild a reference table from its bronze snapshot when bronze has a new version."""
+    bronze_version = tables.version(spark, config, f"bronze_{contract.table}")
+    done = last_version_read(spark, config, f"silver_{contract.table}")
+    if bronze_version is None or bronze_version == done:
+        return {"rows_in": 0, "rows_out": 0, "version_read": done}
+    bronze_rows = tables.read(spark, config, f"bronze_{contract.table}", version=bronze_version)
+    counts = refine_batch(spark, config, contract, bronze_rows, bronze_version)
+    return {**counts, "version_read": bronze_version}
+
+
+def last_version_read(spark: SparkSession, config: Config, table: str) -> int | None:
+    """The bronze version the last successful silver build of a table read."""
+    if not tables.exists(spark, config, "audit"):
+        return None
+    row = (tables.read(spark, config, "audit")
+           .filter((F.col("table_name") == table) & (F.col("status") == "succeeded")
+                   & F.col("version_read").isNotNull())
+           .orderBy(F.col("started_at").desc()).select("version_read").first())
+    return None if row is None else int(row[0])
+
+
+def refine_stream(spark: SparkSession, config: Config, contract: Contract,
+                  run_id: str) -> dict[str, Any]:
+    """Process the bronze rows appended since the last run, one micro-batch at a time."""
+    table = contract.table
+    totals: dict[str, Any] = {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0,
+                              "rows_duplicate": 0, "rows_warned": 0}
+    failure: list[BaseException] = []
+
+    def process(batch: DataFrame, batch_id: int) -> None:
+        try:
+            for key, value in refine_batch(spark, config, contract, batch, batch_id).items():
+                totals[key] += value
+        except BaseException as error:  # keep the original error; Spark wraps it otherwise
+            failure.append(error)
+            raise
+
+    if not tables.exists(spark, config, f"bronze_{table}"):
+        return totals
+    source = tables.read_stream(spark, config, f"bronze_{table}")
+    query = (source.writeStream.foreachBatch(process)
+             .option("checkpointLocation", os.path.join(config.checkpoints, f"silver_{table}"))
+             .trigger(availableNow=True).start())
+    try:
+        query.awaitTermination()
+    except Exception:
+        if failure:
+            raise failure[0] from None
+        raise
+    return totals
+
+
+def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
+    """Build every silver table: references first (flights are typed against them)."""
+    results = []
+    for table, contract in contracts(config.section("silver")).items():
+        with audited(spark, config, run_id, "silver", f"silver_{table}") as audit:
+            refine = refine_snapshot if table in SNAPSHOT_SOURCES else refine_stream
+            audit.update(refine(spark, config, contract, run_id))
+            audit["version_written"] = tables.version(spark, config, f"silver_{table}")
+            results.append(dict(audit))
+    return results

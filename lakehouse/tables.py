@@ -1,0 +1,158 @@
+"""All table IO: Delta reads, writes, merges, landing-zone readers and the audit log.
+
+A table location from conf is a Delta path when it contains "/", else a catalog table name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakehouse.config import Config
+
+
+def _is_path(location: str) -> bool:
+    return "/" in location
+
+
+def exists(spark: SparkSession, config: Config, name: str) -> bool:
+    """Whether the logical table has been created."""
+    location = config.table(name)
+    if _is_path(location):
+        return DeltaTable.isDeltaTable(spark, location)
+    return bool(spark.catalog.tableExists(location))
+
+
+def delta_table(spark: SparkSession, config: Config, name: str) -> DeltaTable:
+    location = config.table(name)
+    if _is_path(location):
+        return DeltaTable.forPath(spark, location)
+    return DeltaTable.forName(spark, location)
+
+
+def read(spark: SparkSession, config: Config, name: str, version: int | None = None) -> DataFrame:
+    """Read a Delta table, optionally as of a version."""
+    location = config.table(name)
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(location) if _is_path(location) else reader.table(location)
+
+
+def version(spark: SparkSession, config: Config, name: str) -> int | None:
+    """The table's latest Delta version, or None when it does not exist yet."""
+    if not exists(spark, config, name):
+        return None
+    return int(delta_table(spark, config, name).history(1).select("version").first()[0])
+
+
+def _save(writer, location: str) -> None:  # type: ignore[no-untyped-def]
+    if _is_path(location):
+        writer.save(location)
+    else:
+        writer.saveAsTable(location)
+
+
+def append(df: DataFrame, config: Config, name: str, txn: tuple[str, int] | None = None) -> None:
+    """Append rows; with txn=(app_id, version) Delta skips a write it has already committed."""
+    writer = df.write.format("delta").mode("append")
+    if txn is not None:
+        writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
+    _save(writer, config.table(name))
+
+
+def overwrite(df: DataFrame, config: Config, name: str) -> None:
+    """Replace the table's content (earlier content stays reachable through Delta history)."""
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    _save(writer, config.table(name))
+
+
+def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
+          changed_columns: Iterable[str] | None = None) -> None:
+    """Upsert df into the table on its natural key; create the table on first use.
+
+    Matched rows are updated only where one of changed_columns differs, so re-running the same
+    batch leaves every row as it was.
+    """
+    if not exists(spark, config, name):
+        append(df, config, name)
+        return
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    compare = list(changed_columns) if changed_columns is not None else df.columns
+    differs = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in compare)
+    (delta_table(spark, config, name).alias("t")
+     .merge(df.alias("s"), condition)
+     .whenMatchedUpdateAll(condition=differs or None)
+     .whenNotMatchedInsertAll()
+     .execute())
+
+
+def read_stream(spark: SparkSession, config: Config, name: str) -> DataFrame:
+    """Stream the rows appended to a Delta table since the stream's checkpoint."""
+    location = config.table(name)
+    reader = spark.readStream.format("delta")
+    return reader.load(location) if _is_path(location) else reader.table(location)
+
+
+def read_landing_stream(spark: SparkSession, folder: str, fmt: str, schema: T.StructType,
+                        corrupt_column: str) -> DataFrame:
+    """Stream the files of a landing folder, keeping malformed lines in corrupt_column."""
+    reader = (spark.readStream.format(fmt).schema(schema)
+              .option("mode", "PERMISSIVE")
+              .option("columnNameOfCorruptRecord", corrupt_column)
+              .option("maxFilesPerTrigger", 400))
+    if fmt == "csv":
+        reader = reader.option("header", "true").option("enforceSchema", "true")
+    return reader.load(folder).select("*", "_metadata")
+
+
+def read_landing_csv(spark: SparkSession, path: str, schema: T.StructType,
+                     corrupt_column: str) -> DataFrame:
+    """Read one landed CSV file (a reference snapshot) as strings, keeping malformed lines."""
+    return (spark.read.format("csv").schema(schema).option("header", "true")
+            .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", corrupt_column)
+            .load(path).select("*", "_metadata"))
+
+
+def latest_file(folder: str, pattern: str) -> str | None:
+    """The last file (by name, which carries its date) in a local landing folder."""
+    files = sorted(Path(folder).glob(pattern))
+    return str(files[-1]) if files else None
+
+
+AUDIT_SCHEMA = T.StructType([
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("job", T.StringType(), False),
+    T.StructField("table_name", T.StringType(), False),
+    T.StructField("status", T.StringType(), False),
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("duration_s", T.DoubleType(), False),
+    T.StructField("files", T.LongType(), True),
+    T.StructField("rows_in", T.LongType(), True),
+    T.StructField("rows_out", T.LongType(), True),
+    T.StructField("rows_corrupt", T.LongType(), True),
+    T.StructField("rows_quarantined", T.LongType(), True),
+    T.StructField("rows_duplicate", T.LongType(), True),
+    T.StructField("rows_warned", T.LongType(), True),
+    T.StructField("version_read", T.LongType(), True),
+    T.StructField("version_written", T.LongType(), True),
+    T.StructField("message", T.StringType(), True),
+])
+
+
+def write_audit(spark: SparkSession, config: Config, rows: list[dict[str, object]]) -> None:
+    """Append audit rows (one per table per job run)."""
+    if not rows:
+        return
+    records = [tuple(row.get(f.name) for f in AUDIT_SCHEMA.fields) for row in rows]
+    append(spark.createDataFrame(records, AUDIT_SCHEMA), config, "audit")
+
+
+def latest_audit(spark: SparkSession, config: Config, limit: int = 20) -> DataFrame:
+    """The most recent audit rows, newest first."""
+    return read(spark, config, "audit").orderBy(F.col("started_at").desc()).limit(limit)
