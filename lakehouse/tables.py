@@ -51,6 +51,12 @@ def version(spark: SparkSession, config: Config, name: str) -> int | None:
     return int(delta_table(spark, config, name).history(1).select("version").first()[0])
 
 
+def last_operation_metrics(spark: SparkSession, config: Config, name: str) -> dict[str, str]:
+    """Delta's operation metrics of the table's latest commit (e.g. numOutputRows)."""
+    row = delta_table(spark, config, name).history(1).select("operationMetrics").first()
+    return dict(row[0] or {}) if row is not None else {}
+
+
 def _save(writer, location: str) -> None:  # type: ignore[no-untyped-def]
     if _is_path(location):
         writer.save(location)
