@@ -9,7 +9,7 @@ INSTALL_REQUIRES = [
     "pyspark==4.1.1",
     "delta-spark==4.2.0",
     "mlflow==3.17.2",
-    "hyperopt==0.2.7",
+    "hyperopt==0.3.0",
     "pandera[pyspark]==0.35.0",
     "pandas==2.3.3",
     "pyarrow==25.0.1",

