@@ -32,7 +32,7 @@ setup: $(VENV)/.installed $(JARS_DIR)/.resolved  ## Create the virtualenv and fe
 
 run: setup  ## Seed the landing zone with the full year and run the daily pipeline end to end
 	$(LAKEHOUSE) seed --env $(ENV) --from $(FROM) --to $(TO)
-	$(LAKEHOUSE) run daily --env $(ENV) --from $(FROM) --to $(TO)
+	$(LAKEHOUSE) run daily --env $(ENV)
 
 test: setup  ## Run the whole test suite (unit, contract and end-to-end tests)
 	$(PY) -m pytest $(PYTEST_ARGS)

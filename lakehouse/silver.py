@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lakehouse.bronze import CORRUPT_COLUMN, SOURCE_COLUMNS
 from lakehouse.functions import (
@@ -46,10 +47,18 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+class MissingColumnsError(ValueError):
+    """A batch lacks columns its source must have."""
+
+
 def parse_columns(table: str) -> Callable[[DataFrame], DataFrame]:
     """Parse every source column to its silver type, keeping the raw record in `_raw`."""
 
     def transform(df: DataFrame) -> DataFrame:
+        missing = [c for c in (*TYPES[table], CORRUPT_COLUMN, *LINEAGE) if c not in df.columns]
+        if missing:
+            raise MissingColumnsError(f"bronze {table} batch lacks columns {missing}; "
+                                      f"it has {df.columns}")
         parsed = [
             (clean_text(F.col(c)) if t == "string" else parse_number(F.col(c), t)).alias(c)
             for c, t in TYPES[table].items()
@@ -145,6 +154,17 @@ def to_silver(table: str) -> Callable[[DataFrame], DataFrame]:
         return df.select(*OUTPUT[table], *LINEAGE)
 
     return transform
+
+
+QUARANTINE_SCHEMA = T.StructType([
+    T.StructField("table_name", T.StringType(), False),
+    T.StructField("rules", T.ArrayType(T.StringType()), True),
+    T.StructField("raw_record", T.StringType(), True),
+    T.StructField("corrupt_record", T.StringType(), True),
+    T.StructField("source_file", T.StringType(), True),
+    T.StructField("run_id", T.StringType(), True),
+    T.StructField("quarantined_at", T.TimestampType(), False),
+])
 
 
 def to_quarantine(table: str, failed_rules: str) -> Callable[[DataFrame], DataFrame]:

@@ -87,7 +87,7 @@ def flights_contract(settings: dict[str, Any]) -> Contract:
         in_range("dep_delay", -180, 2880), in_range("arr_delay", -180, 2880),
         in_range("air_time", 1, 1000), in_range("distance", 1, 6000),
         Rule("origin_in_airports", "origin is a known airport with a time zone",
-             lambda: F.col("sched_dep_utc").isNotNull() | F.col("origin").isNull()),
+             lambda: F.col("_origin_tz").isNotNull() | F.col("origin").isNull()),
         Rule("sched_arr_after_dep", "scheduled arrival is after scheduled departure (UTC), "
              "within 24 h",
              lambda: (F.col("sched_arr_utc") > F.col("sched_dep_utc"))

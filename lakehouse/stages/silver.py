@@ -17,6 +17,7 @@ from lakehouse.contracts.core import FAILED_RULES, sample_keys
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.silver import (
     OUTPUT,
+    QUARANTINE_SCHEMA,
     clean_weather,
     drop_duplicate_keys,
     parse_columns,
@@ -156,6 +157,8 @@ def refine_stream(spark: SparkSession, config: Config, contract: Contract,
 
 def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
     """Build every silver table: references first (flights are typed against them)."""
+    if not tables.exists(spark, config, "quarantine"):
+        tables.append(spark.createDataFrame([], QUARANTINE_SCHEMA), config, "quarantine")
     results = []
     for table, contract in contracts(config.section("silver")).items():
         with audited(spark, config, run_id, "silver", f"silver_{table}") as audit:

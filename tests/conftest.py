@@ -1,0 +1,42 @@
+"""One Delta-enabled Spark session for the whole run; a fresh data root per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import SparkSession
+
+from lakehouse.config import Config, load_config
+from lakehouse.session import build_session
+
+TEST_SPARK = {"spark": {"master": "local[2]", "conf": {
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.driver.memory": "4g",
+}}}
+
+
+def make_config(root: Path, **overrides: Any) -> Config:
+    """The local env pointed at root, with the test Spark settings and any overrides."""
+    from lakehouse.config import deep_merge
+
+    return load_config("local", overrides=deep_merge({"data_root": str(root), **TEST_SPARK},
+                                                     overrides))
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    session = build_session(make_config(tmp_path_factory.mktemp("session")))
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)

@@ -1,0 +1,50 @@
+"""Builders of bronze-shaped rows for tests: raw text as landed, plus lineage columns."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from lakehouse.bronze import CORRUPT_COLUMN, SOURCE_COLUMNS
+
+GOOD_FLIGHT = dict(zip(SOURCE_COLUMNS["flights"], (
+    "2013", "1", "1", "517", "515", "2", "830", "819", "11", "UA", "1545", "N14228", "EWR", "IAH",
+    "227", "1400", "5", "15", "2013-01-01T10:00:00Z")))
+GOOD_WEATHER = dict(zip(SOURCE_COLUMNS["weather"], (
+    "EWR", "2013", "1", "1", "5", "39.02", "26.06", "59.37", "270", "10.35702", "NA", "0",
+    "1012", "10", "2013-01-01T10:00:00Z")))
+AIRPORTS = [("EWR", "Newark Liberty Intl", "40.69", "-74.17", "18", "-5", "A", "America/New_York"),
+            ("JFK", "John F Kennedy Intl", "40.64", "-73.78", "13", "-5", "A", "America/New_York"),
+            ("IAH", "George Bush Intercontinental", "29.98", "-95.34", "97", "-6", "A",
+             "America/Chicago"),
+            ("LAX", "Los Angeles Intl", "33.94", "-118.41", "126", "-8", "A",
+             "America/Los_Angeles")]
+PLANES = [("N14228", "1999", "Fixed wing multi engine", "BOEING", "737-824", "2", "149", "NA",
+           "Turbo-fan")]
+LINEAGE = T.StructType([T.StructField("_source_file", T.StringType()),
+                        T.StructField("_ingested_at", T.TimestampType()),
+                        T.StructField("_run_id", T.StringType())])
+
+
+def bronze_rows(spark: SparkSession, source: str, rows: list[dict[str, Any]],
+                ingested_at: dt.datetime = dt.datetime(2026, 1, 1)) -> DataFrame:
+    """Rows as bronze holds them: every source column as text, corrupt text, lineage."""
+    columns = SOURCE_COLUMNS[source]
+    schema = T.StructType([*(T.StructField(c, T.StringType()) for c in columns),
+                           T.StructField(CORRUPT_COLUMN, T.StringType()), *LINEAGE.fields])
+    records = [tuple(row.get(c) for c in columns)
+               + (row.get(CORRUPT_COLUMN), row.get("_source_file", f"{source}.csv"),
+                  row.get("_ingested_at", ingested_at), "test-run") for row in rows]
+    return spark.createDataFrame(records, schema)
+
+
+def flight(**changes: Any) -> dict[str, Any]:
+    return {**GOOD_FLIGHT, **changes}
+
+
+def reference_rows(spark: SparkSession, source: str) -> DataFrame:
+    data = {"airports": AIRPORTS, "planes": PLANES}[source]
+    return bronze_rows(spark, source, [dict(zip(SOURCE_COLUMNS[source], r)) for r in data])

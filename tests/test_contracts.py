@@ -1,0 +1,111 @@
+"""Each flights rule: a row that passes and a row that breaks it; pandera verdicts; halting."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse.contracts import ContractViolation, contracts, validate, with_rule_results
+from lakehouse.contracts.core import FAILED_RULES, WARNED_RULES
+from lakehouse.silver import TYPES, parse_columns, with_flight_times
+from lakehouse.stages.silver import enforce_thresholds
+from lakehouse.contracts import rule_counts
+from tests.rows import bronze_rows, flight, reference_rows
+
+SETTINGS = {"max_quarantine_share": 0.05, "max_wind_speed_mph": 150, "max_wind_gust_mph": 200}
+FLIGHTS = contracts(SETTINGS)["flights"]
+
+
+def checked_flights(spark: SparkSession, rows: list[dict]) -> DataFrame:
+    airports = reference_rows(spark, "airports").transform(parse_columns("airports"))
+    planes = reference_rows(spark, "planes").transform(parse_columns("planes"))
+    return (bronze_rows(spark, "flights", rows).transform(parse_columns("flights"))
+            .transform(with_flight_times(airports, planes))
+            .transform(with_rule_results(FLIGHTS))).cache()
+
+
+# (rule, change to the good row that breaks it)
+BREAKING = [
+    ("well_formed", {"_corrupt_record": "2013,1,1,517"}),
+    *((f"{c}_parsable", {c: f"{c}?"}) for c, t in TYPES["flights"].items() if t != "string"),
+    *((f"{c}_not_null", {c: "NA"}) for c in ("carrier", "flight", "origin", "dest",
+                                             "sched_dep_time", "sched_arr_time")),
+    ("flight_date_valid", {"month": "2", "day": "30"}),
+    ("carrier_format", {"carrier": "u1a"}),
+    ("origin_format", {"origin": "NEWARK"}),
+    ("dest_format", {"dest": "I-H"}),
+    ("sched_dep_time_valid", {"sched_dep_time": "575"}),
+    ("sched_arr_time_valid", {"sched_arr_time": "2460"}),
+    ("dep_time_valid", {"dep_time": "2401"}),
+    ("arr_time_valid", {"arr_time": "3000"}),
+    ("dep_delay_range", {"dep_delay": "4000"}),
+    ("arr_delay_range", {"arr_delay": "-500"}),
+    ("air_time_range", {"air_time": "0"}),
+    ("distance_range", {"distance": "0"}),
+    ("origin_in_airports", {"origin": "ZZZ"}),
+    ("sched_arr_after_dep", {"sched_dep_time": "2359", "sched_arr_time": "2355"}),
+]
+WARNING = [
+    ("tailnum_format", {"tailnum": "D942DN"}),
+    ("dest_in_airports", {"dest": "BQN"}),
+    ("tailnum_in_planes", {"tailnum": "N99999"}),
+    ("tailnum_present", {"tailnum": "NA"}),
+]
+
+
+def test_every_flights_rule_has_a_breaking_case() -> None:
+    covered = {name for name, _ in BREAKING + WARNING}
+    assert covered == {r.name for r in FLIGHTS.rules}
+
+
+def test_good_row_breaks_no_rule(spark: SparkSession) -> None:
+    row = checked_flights(spark, [flight()]).select(FAILED_RULES, WARNED_RULES).first()
+    assert row[FAILED_RULES] == [] and row[WARNED_RULES] == []
+
+
+@pytest.mark.parametrize(("rule", "change"), BREAKING, ids=[r for r, _ in BREAKING])
+def test_breaking_row_is_flagged_with_its_rule(spark: SparkSession, rule: str, change: dict) -> None:
+    row = checked_flights(spark, [flight(**change)]).select(FAILED_RULES, WARNED_RULES).first()
+    assert rule in row[FAILED_RULES], row
+
+
+@pytest.mark.parametrize(("rule", "change"), WARNING, ids=[r for r, _ in WARNING])
+def test_warn_rules_keep_the_row(spark: SparkSession, rule: str, change: dict) -> None:
+    row = checked_flights(spark, [flight(**change)]).select(FAILED_RULES, WARNED_RULES).first()
+    assert row[FAILED_RULES] == [] and rule in row[WARNED_RULES], row
+
+
+def test_pandera_reports_failed_rules_and_key_duplicates(spark: SparkSession) -> None:
+    checked = checked_flights(spark, [flight(), flight(), flight(distance="0", flight="9")])
+    report = validate(FLIGHTS, checked)
+    assert report.schema_errors == ()
+    assert {"distance_range", "key_unique"} <= set(report.failed_checks)
+
+
+def test_pandera_reports_renamed_and_retyped_columns(spark: SparkSession) -> None:
+    checked = checked_flights(spark, [flight()])
+    renamed = validate(FLIGHTS, checked.withColumnRenamed("dest", "destination"))
+    assert any("'dest'" in e and "COLUMN_NOT_IN_DATAFRAME" in e for e in renamed.schema_errors)
+    retyped = validate(FLIGHTS, checked.withColumn("distance", F.col("distance").cast("string")))
+    assert any("'distance'" in e and "WRONG_DATATYPE" in e for e in retyped.schema_errors)
+
+
+def test_batch_over_quarantine_share_halts_naming_table_rule_count_and_keys(
+        spark: SparkSession) -> None:
+    checked = checked_flights(spark, [flight(), flight(flight="77", distance="0")]).persist()
+    counts = rule_counts(FLIGHTS, checked)
+    assert counts["distance_range"] == 1 and counts["_quarantined"] == 1 and counts["_rows"] == 2
+    with pytest.raises(ContractViolation) as error:
+        enforce_thresholds(FLIGHTS, checked, counts, max_share=0.05)
+    message = str(error.value)
+    for part in ("silver.flights", "distance_range", "1 of 2 rows", "2013-01-01_UA_77_EWR"):
+        assert part in message
+
+
+def test_batch_under_quarantine_share_passes(spark: SparkSession) -> None:
+    rows = [flight(flight=str(n)) for n in range(30)] + [flight(flight="99", distance="0")]
+    checked = checked_flights(spark, rows).persist()
+    counts = rule_counts(FLIGHTS, checked)
+    enforce_thresholds(FLIGHTS, checked, counts, max_share=0.05)  # 1/31 = 3.2 %: no halt
+    assert counts["_quarantined"] == 1

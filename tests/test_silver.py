@@ -1,0 +1,112 @@
+"""Silver batches against real Delta tables: split, deduplicate, merge, halt."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import tables
+from lakehouse.config import Config
+from lakehouse.contracts import ContractViolation, contracts
+from lakehouse.silver import MissingColumnsError
+from lakehouse.stages.silver import refine_batch
+from tests.rows import GOOD_WEATHER, bronze_rows, flight, reference_rows
+
+CONTRACTS = contracts({"max_quarantine_share": 0.05, "max_wind_speed_mph": 150,
+                       "max_wind_gust_mph": 200})
+
+
+@pytest.fixture()
+def with_references(spark: SparkSession, config: Config) -> Config:
+    for table in ("airports", "planes"):
+        refine_batch(spark, config, CONTRACTS[table], reference_rows(spark, table), 0)
+    return config
+
+
+def good_flights(n: int) -> list[dict]:
+    return [flight(flight=str(1000 + i)) for i in range(n)]
+
+
+def test_batch_is_split_deduplicated_and_accounted(spark: SparkSession,
+                                                   with_references: Config) -> None:
+    config = with_references
+    rows = [*good_flights(30), flight(flight="1000", arr_delay="99"), flight(distance="0")]
+    counts = refine_batch(spark, config, CONTRACTS["flights"], bronze_rows(spark, "flights", rows), 1)
+    assert counts["rows_in"] == 32 and counts["rows_out"] == 30
+    assert counts["rows_quarantined"] == 1 and counts["rows_duplicate"] == 1
+    assert counts["rows_in"] == counts["rows_out"] + counts["rows_quarantined"] + counts["rows_duplicate"]
+    silver = tables.read(spark, config, "silver_flights")
+    assert silver.count() == 30
+    quarantined = tables.read(spark, config, "quarantine").collect()
+    assert len(quarantined) == 1
+    assert quarantined[0]["rules"] == ["distance_range"]
+    assert '"distance":"0"' in quarantined[0]["raw_record"]
+    assert quarantined[0]["table_name"] == "flights"
+
+
+def test_late_corrected_record_updates_in_place(spark: SparkSession,
+                                                with_references: Config) -> None:
+    config = with_references
+    contract = CONTRACTS["flights"]
+    refine_batch(spark, config, contract, bronze_rows(spark, "flights", good_flights(30)), 1)
+    late = bronze_rows(spark, "flights", [flight(flight="1003", arr_delay="45")],
+                       ingested_at=dt.datetime(2026, 1, 2))
+    counts = refine_batch(spark, config, contract, late, 2)
+    silver = tables.read(spark, config, "silver_flights")
+    assert counts["rows_out"] == 1 and silver.count() == 30
+    assert silver.filter(F.col("flight") == 1003).select("arr_delay").first()[0] == 45
+
+
+def test_rerun_of_same_batch_changes_nothing(spark: SparkSession, with_references: Config) -> None:
+    config = with_references
+    batch = bronze_rows(spark, "flights", [*good_flights(30), flight(distance="0")])
+    refine_batch(spark, config, CONTRACTS["flights"], batch, 1)
+    before = tables.read(spark, config, "silver_flights").collect()
+    refine_batch(spark, config, CONTRACTS["flights"], batch, 1)
+    assert sorted(tables.read(spark, config, "silver_flights").collect()) == sorted(before)
+    assert tables.read(spark, config, "quarantine").count() == 1  # same txn: not appended twice
+
+
+@pytest.mark.parametrize("poison", [
+    {"distance": "-1"}, {"carrier": "NA"}, {"dep_delay": "five"}, {"month": "13"},
+], ids=["out_of_range", "null_key", "changed_type", "impossible_date"])
+def test_poisoned_batch_halts_and_leaves_tables_untouched(
+        spark: SparkSession, with_references: Config, poison: dict) -> None:
+    config = with_references
+    contract = CONTRACTS["flights"]
+    refine_batch(spark, config, contract, bronze_rows(spark, "flights", good_flights(20)), 1)
+    versions = {t: tables.version(spark, config, t) for t in ("silver_flights", "quarantine")}
+    poisoned = [*good_flights(5), *(flight(flight=str(2000 + i), **poison) for i in range(5))]
+    with pytest.raises(ContractViolation, match="silver.flights: rule '.*' .* broken by 5 of 10"):
+        refine_batch(spark, config, contract, bronze_rows(spark, "flights", poisoned), 2)
+    assert {t: tables.version(spark, config, t) for t in versions} == versions
+
+
+def test_duplicate_keys_are_dropped_keeping_latest(spark: SparkSession,
+                                                   with_references: Config) -> None:
+    config = with_references
+    rows = [flight(arr_delay="1", _ingested_at=dt.datetime(2026, 1, 1)),
+            flight(arr_delay="2", _ingested_at=dt.datetime(2026, 1, 3)),
+            flight(arr_delay="3", _ingested_at=dt.datetime(2026, 1, 2)), *good_flights(20)]
+    counts = refine_batch(spark, config, CONTRACTS["flights"], bronze_rows(spark, "flights", rows), 1)
+    assert counts["rows_duplicate"] == 2
+    kept = tables.read(spark, config, "silver_flights").filter(F.col("flight") == 1545)
+    assert [r["arr_delay"] for r in kept.collect()] == [2]
+
+
+def test_renamed_column_fails_naming_it(spark: SparkSession, with_references: Config) -> None:
+    batch = bronze_rows(spark, "flights", good_flights(3)).withColumnRenamed("dest", "destination")
+    with pytest.raises(MissingColumnsError, match=r"lacks columns \['dest'\].*destination"):
+        refine_batch(spark, with_references, CONTRACTS["flights"], batch, 1)
+
+
+def test_impossible_wind_speed_is_nulled_and_counted(spark: SparkSession, config: Config) -> None:
+    rows = [GOOD_WEATHER, {**GOOD_WEATHER, "time_hour": "2013-01-01T11:00:00Z", "hour": "6",
+                           "wind_speed": "1048.36058"}]
+    counts = refine_batch(spark, config, CONTRACTS["weather"], bronze_rows(spark, "weather", rows), 1)
+    assert counts["rows_out"] == 2 and counts["rows_warned"] == 1
+    speeds = {r["hour"]: r["wind_speed"] for r in tables.read(spark, config, "silver_weather").collect()}
+    assert speeds == {5: pytest.approx(10.35702), 6: None}
