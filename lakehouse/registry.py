@@ -13,6 +13,11 @@ from mlflow.tracking import MlflowClient
 from lakehouse.config import Config
 
 
+# The user's MLFLOW_TRACKING_URI, read once: mlflow.set_tracking_uri() later writes this variable
+# itself, and a value it wrote must not pin every later config of this process to one store.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 @dataclass(frozen=True)
 class Champion:
     name: str
@@ -23,7 +28,7 @@ class Champion:
 def configure(config: Config) -> dict[str, Any]:
     """Point MLflow at the environment's store (MLFLOW_TRACKING_URI wins) and experiment."""
     settings = config.section("mlflow")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings["tracking_uri"]
+    uri = _USER_TRACKING_URI or settings["tracking_uri"]
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
     mlflow.set_tracking_uri(uri)

@@ -59,21 +59,20 @@ def test_every_flights_rule_has_a_breaking_case() -> None:
     assert covered == {r.name for r in FLIGHTS.rules}
 
 
-def test_good_row_breaks_no_rule(spark: SparkSession) -> None:
-    row = checked_flights(spark, [flight()]).select(FAILED_RULES, WARNED_RULES).first()
-    assert row[FAILED_RULES] == [] and row[WARNED_RULES] == []
-
-
-@pytest.mark.parametrize(("rule", "change"), BREAKING, ids=[r for r, _ in BREAKING])
-def test_breaking_row_is_flagged_with_its_rule(spark: SparkSession, rule: str, change: dict) -> None:
-    row = checked_flights(spark, [flight(**change)]).select(FAILED_RULES, WARNED_RULES).first()
-    assert rule in row[FAILED_RULES], row
-
-
-@pytest.mark.parametrize(("rule", "change"), WARNING, ids=[r for r, _ in WARNING])
-def test_warn_rules_keep_the_row(spark: SparkSession, rule: str, change: dict) -> None:
-    row = checked_flights(spark, [flight(**change)]).select(FAILED_RULES, WARNED_RULES).first()
-    assert row[FAILED_RULES] == [] and rule in row[WARNED_RULES], row
+def test_each_rule_passes_the_good_row_and_flags_its_breaking_row(spark: SparkSession) -> None:
+    cases = [("good", {}), *BREAKING, *WARNING]
+    warn_rules = {rule for rule, _ in WARNING}
+    rows = [flight(_source_file=f"case-{i}", **change) for i, (_, change) in enumerate(cases)]
+    flagged = {r["_source_file"]: r for r in checked_flights(spark, rows).select(
+        "_source_file", FAILED_RULES, WARNED_RULES).collect()}
+    for i, (rule, _) in enumerate(cases):
+        row = flagged[f"case-{i}"]
+        if rule == "good":
+            assert row[FAILED_RULES] == [] and row[WARNED_RULES] == [], row
+        elif rule in warn_rules:
+            assert row[FAILED_RULES] == [] and rule in row[WARNED_RULES], (rule, row)
+        else:
+            assert rule in row[FAILED_RULES], (rule, row)
 
 
 def test_pandera_reports_failed_rules_and_key_duplicates(spark: SparkSession) -> None:
