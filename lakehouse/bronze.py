@@ -51,16 +51,38 @@ def with_lineage(run_id: str, batch_id: int) -> Callable[[DataFrame], DataFrame]
     return transform
 
 
-def batch_counts(df: DataFrame) -> dict[str, int]:
-    """Files, records and corrupt records of one ingested batch, in one Spark job."""
-    row = df.agg(
-        F.countDistinct("_source_file").alias("files"),
-        F.count(F.lit(1)).alias("rows"),
-        F.count(CORRUPT_COLUMN).alias("corrupt"),
-    ).first()
-    return {"files": int(row["files"]), "rows": int(row["rows"]), "corrupt": int(row["corrupt"])}
-
-
 def file_name(path: Column) -> Column:
     """The last segment of a file path or URI."""
     return F.regexp_extract(path, r"([^/]+)$", 1)
+
+
+class BronzeAccountingError(RuntimeError):
+    """Bronze would hold a different number of records than the files have lines."""
+
+
+def header_drift(header: str, expected: tuple[str, ...]) -> str | None:
+    """Describe how a CSV header differs from the source's columns, or None if it matches."""
+    found = [c.strip().strip('"') for c in header.split(",")] if header else []
+    if tuple(found) == expected:
+        return None
+    extra = [c for c in found if c not in expected]
+    missing = [c for c in expected if c not in found]
+    if not extra and not missing:
+        return f"columns reordered: {found}"
+    return f"extra columns {extra}, missing columns {missing}"
+
+
+def per_file_counts(df: DataFrame) -> list[tuple[str, int, int]]:
+    """(file, records, corrupt records) for each file of an ingested batch, in one Spark job."""
+    rows = df.groupBy("_source_file").agg(F.count(F.lit(1)).alias("rows"),
+                                          F.count(CORRUPT_COLUMN).alias("corrupt")).collect()
+    return [(r["_source_file"], int(r["rows"]), int(r["corrupt"])) for r in rows]
+
+
+def check_accounting(read: dict[str, int], landed: dict[str, int]) -> None:
+    """Fail unless every file's landed lines all became bronze records."""
+    wrong = {f: (landed.get(f, 0), n) for f, n in read.items() if landed.get(f, 0) != n}
+    wrong.update({f: (n, 0) for f, n in landed.items() if f not in read and n})
+    if wrong:
+        detail = "; ".join(f"{f}: {a} lines landed, {b} records read" for f, (a, b) in wrong.items())
+        raise BronzeAccountingError(f"landed lines != bronze records: {detail}")

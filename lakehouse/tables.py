@@ -64,9 +64,10 @@ def _save(writer, location: str) -> None:  # type: ignore[no-untyped-def]
         writer.saveAsTable(location)
 
 
-def append(df: DataFrame, config: Config, name: str, txn: tuple[str, int] | None = None) -> None:
+def append(df: DataFrame, config: Config, name: str, txn: tuple[str, int] | None = None,
+           merge_schema: bool = False) -> None:
     """Append rows; with txn=(app_id, version) Delta skips a write it has already committed."""
-    writer = df.write.format("delta").mode("append")
+    writer = df.write.format("delta").mode("append").option("mergeSchema", str(merge_schema))
     if txn is not None:
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
     _save(writer, config.table(name))
@@ -125,6 +126,27 @@ def read_landing_csv(spark: SparkSession, path: str, schema: T.StructType,
             .load(path).select("*", "_metadata"))
 
 
+def landed_lines(spark: SparkSession, files: list[str], header: bool) -> dict[str, int]:
+    """Non-blank lines of each landed file, minus its header line: what bronze must hold."""
+    if not files:
+        return {}
+    counts = (spark.read.text(files).filter(F.length("value") > 0)
+              .groupBy(F.col("_metadata.file_path")).count().collect())
+    return {r[0]: int(r[1]) - int(header) for r in counts}
+
+
+def first_line(spark: SparkSession, uri: str) -> str:
+    """The first line of a file on any Hadoop file system (a CSV header)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    stream = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).open(path)
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    try:
+        return str(reader.readLine() or "")
+    finally:
+        reader.close()
+
+
 def latest_file(folder: str, pattern: str) -> str | None:
     """The last file (by name, which carries its date) in a local landing folder."""
     files = sorted(Path(folder).glob(pattern))
@@ -139,6 +161,7 @@ AUDIT_SCHEMA = T.StructType([
     T.StructField("started_at", T.TimestampType(), False),
     T.StructField("duration_s", T.DoubleType(), False),
     T.StructField("files", T.LongType(), True),
+    T.StructField("rows_landed", T.LongType(), True),
     T.StructField("rows_in", T.LongType(), True),
     T.StructField("rows_out", T.LongType(), True),
     T.StructField("rows_corrupt", T.LongType(), True),
@@ -156,7 +179,8 @@ def write_audit(spark: SparkSession, config: Config, rows: list[dict[str, object
     if not rows:
         return
     records = [tuple(row.get(f.name) for f in AUDIT_SCHEMA.fields) for row in rows]
-    append(spark.createDataFrame(records, AUDIT_SCHEMA), config, "audit")
+    # mergeSchema: an audit table written by an older version gains the new columns
+    append(spark.createDataFrame(records, AUDIT_SCHEMA), config, "audit", merge_schema=True)
 
 
 def latest_audit(spark: SparkSession, config: Config, limit: int = 20) -> DataFrame:

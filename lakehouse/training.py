@@ -22,14 +22,25 @@ from pyspark.sql import functions as F
 from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES
 
 MISSING = -999.0  # trees split missing values off from every real value
-SEARCH_SPACE = {
-    "maxDepth": hp.quniform("maxDepth", 3, 8, 1),
-    "maxIter": hp.quniform("maxIter", 20, 90, 10),
-    "stepSize": hp.loguniform("stepSize", np.log(0.03), np.log(0.3)),
-    "subsamplingRate": hp.uniform("subsamplingRate", 0.6, 1.0),
-    "minInstancesPerNode": hp.quniform("minInstancesPerNode", 1, 60, 1),
-}
 INTEGER_PARAMS = ("maxDepth", "maxIter", "minInstancesPerNode")
+DEFAULT_BOUNDS = {"maxDepth": (3, 8), "maxIter": (20, 90), "stepSize": (0.03, 0.3),
+                  "subsamplingRate": (0.6, 1.0), "minInstancesPerNode": (1, 60)}
+
+
+def search_space(bounds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hyperopt space over GBT parameters from [low, high] bounds (conf: train.search_space)."""
+    b = {**DEFAULT_BOUNDS, **{k: tuple(v) for k, v in (bounds or {}).items()}}
+    unknown = set(b) - set(DEFAULT_BOUNDS)
+    if unknown:
+        raise ValueError(f"unknown search_space parameters {sorted(unknown)}; "
+                         f"known are {sorted(DEFAULT_BOUNDS)}")
+    return {
+        "maxDepth": hp.quniform("maxDepth", *b["maxDepth"], 1),
+        "maxIter": hp.quniform("maxIter", *b["maxIter"], 10),
+        "stepSize": hp.loguniform("stepSize", np.log(b["stepSize"][0]), np.log(b["stepSize"][1])),
+        "subsamplingRate": hp.uniform("subsamplingRate", *b["subsamplingRate"]),
+        "minInstancesPerNode": hp.quniform("minInstancesPerNode", *b["minInstancesPerNode"], 1),
+    }
 
 
 class TrainingDataError(ValueError):
@@ -100,7 +111,7 @@ class TuningResult:
 
 
 def tune_and_fit(features: DataFrame, windows: Windows, max_evals: int, timeout_s: int,
-                 seed: int,
+                 seed: int, space: dict[str, Any] | None = None,
                  on_trial: Callable[[dict[str, Any], dict[str, float]], None] | None = None,
                  ) -> TuningResult:
     """Tune a GBT classifier with Hyperopt on the validation slice, refit on the training window,
@@ -129,7 +140,7 @@ def tune_and_fit(features: DataFrame, windows: Windows, max_evals: int, timeout_
         return {"loss": -metrics["auc_roc"], "status": STATUS_OK, "metrics": metrics}
 
     trials = Trials()
-    best = fmin(objective, SEARCH_SPACE, algo=tpe.suggest, max_evals=max_evals, trials=trials,
+    best = fmin(objective, space or search_space(), algo=tpe.suggest, max_evals=max_evals, trials=trials,
                 timeout=timeout_s, rstate=np.random.default_rng(seed), show_progressbar=False)
     fit_vec.unpersist()
     val_vec.unpersist()

@@ -16,7 +16,7 @@ from lakehouse.stages import bronze
 
 
 def landed_lines(folder: Path, header: bool) -> dict[str, int]:
-    return {p.name: len(p.read_text().splitlines()) - int(header) for p in folder.iterdir()
+    return {p.name: len(p.read_bytes().splitlines()) - int(header) for p in folder.iterdir()
             if not p.name.startswith(".")}
 
 
@@ -68,3 +68,73 @@ def test_new_late_and_malformed_files_are_picked_up(spark: SparkSession, config:
     corrupt = flights.filter(F.col("_corrupt_record").isNotNull()).collect()
     assert [r["_corrupt_record"] for r in corrupt] == ["this line,is,broken"]
     assert corrupt[0]["_source_file"].endswith("flights_2013-01-01_late.csv")
+
+
+def test_malformed_files_keep_every_line_and_record_drift(spark: SparkSession,
+                                                          config: Config) -> None:
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    folder = landing / "flights"
+    header = (folder / "flights_2013-01-01.csv").read_text().splitlines()[0]
+    good = "2013,1,2,600,600,0,900,900,0,UA,1,N14228,EWR,IAH,200,1400,6,0,2013-01-02T11:00:00Z"
+    (folder / "flights_2013-01-02.csv").write_bytes(
+        f"{header}\n{good}\n".encode() + b"2013,1,2,601,600,1,901,900,1,UA,2,N\xff\xfe8,EWR,IAH,"
+        b"200,1400,6,0,2013-01-02T11:00:00Z\n" + b"2013,1,2,602,600,2,90")  # bad UTF-8, cut off
+    (folder / "flights_2013-01-03.csv").write_text(f"{header},gate\n{good},B12\n{good},C3\n")
+    short_header = header.replace(",air_time", "")
+    short_row = good.replace(",200,1400", ",1400")
+    (folder / "flights_2013-01-04.csv").write_text(f"{short_header}\n{short_row}\n")
+    weather = landing / "weather" / "weather_2013-01-02.jsonl"
+    weather.write_text('{"origin": "EWR", "year": 2013, "month": 1, "day": 2, "hour": 1}\n'
+                       '{"origin": "EWR", "year": 2013, "mon\n')
+    results = {r["table_name"]: r for r in bronze.run(spark, config, "run-1")}
+
+    flights = results["bronze_flights"]
+    assert flights["rows_landed"] == flights["rows_in"] == 842 + 3 + 2 + 1
+    assert flights["rows_corrupt"] == 1 + 2 + 1  # truncated line, extra column, missing column
+    assert "flights_2013-01-03.csv: extra columns ['gate']" in flights["message"]
+    assert "flights_2013-01-04.csv: extra columns [], missing columns ['air_time']" in flights["message"]
+    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(folder, True)
+    utf8 = tables.read(spark, config, "bronze_flights").filter(F.col("flight") == "2").first()
+    assert utf8["tailnum"].startswith("N\ufffd")  # kept, replacement characters visible
+    assert results["bronze_weather"]["rows_corrupt"] == 1
+    assert results["bronze_weather"]["rows_in"] == results["bronze_weather"]["rows_landed"]
+
+
+def test_crash_after_write_then_rerun_lands_each_record_once(
+        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 2))
+    real_append = tables.append
+
+    def append_then_crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real_append(*args, **kwargs)
+        if args[2] == "bronze_flights":
+            raise RuntimeError("simulated crash after the Delta commit, before the checkpoint")
+
+    monkeypatch.setattr(tables, "append", append_then_crash)
+    try:
+        bronze.run(spark, config, "run-1")
+    except Exception as error:  # the streaming query surfaces the crash
+        assert "simulated crash" in str(error)
+    else:
+        raise AssertionError("the simulated crash did not surface")
+    monkeypatch.setattr(tables, "append", real_append)
+    bronze.run(spark, config, "run-2")
+    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
+    failed = tables.read(spark, config, "audit").filter(
+        (F.col("table_name") == "bronze_flights") & (F.col("status") == "failed")).count()
+    assert failed == 1
+
+
+def test_new_snapshot_replaces_reference_and_history_keeps_the_old(
+        spark: SparkSession, config: Config) -> None:
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    bronze.run(spark, config, "run-1")
+    old = landing / "reference" / "planes" / "planes_2013-01-01.csv"
+    lines = old.read_text().splitlines()
+    (old.parent / "planes_2013-02-01.csv").write_text("\n".join(lines[:-1]) + "\n")
+    bronze.run(spark, config, "run-2")
+    assert tables.read(spark, config, "bronze_planes").count() == 3321
+    assert tables.read(spark, config, "bronze_planes", version=0).count() == 3322

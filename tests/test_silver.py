@@ -110,3 +110,19 @@ def test_impossible_wind_speed_is_nulled_and_counted(spark: SparkSession, config
     assert counts["rows_out"] == 2 and counts["rows_warned"] == 1
     speeds = {r["hour"]: r["wind_speed"] for r in tables.read(spark, config, "silver_weather").collect()}
     assert speeds == {5: pytest.approx(10.35702), 6: None}
+
+
+def test_small_file_against_recent_history_warns_and_keeps_rows(
+        spark: SparkSession, with_references: Config) -> None:
+    contract = contracts({"max_quarantine_share": 0.05, "max_wind_speed_mph": 150,
+                          "max_wind_gust_mph": 200,
+                          "recent_rows_per_file": {"flights": 900.0}})["flights"]
+    counts = refine_batch(spark, with_references, contract,
+                          bronze_rows(spark, "flights", good_flights(20)), 1)
+    assert counts["batch_warnings"] == ["rows_per_file_vs_recent"]
+    assert counts["rows_out"] == 20
+    big = contracts({"max_quarantine_share": 0.05, "max_wind_speed_mph": 150,
+                     "max_wind_gust_mph": 200, "recent_rows_per_file": {"flights": 25.0}})
+    counts = refine_batch(spark, with_references, big["flights"],
+                          bronze_rows(spark, "flights", good_flights(20)), 2)
+    assert counts["batch_warnings"] == []

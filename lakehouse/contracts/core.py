@@ -11,6 +11,7 @@ from pandera.api.checks import Check
 from pandera.api.pyspark.container import DataFrameSchema
 from pandera.pyspark import DataFrameModel
 from pyspark.sql import Column, DataFrame
+from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
 
 Action = Literal["warn", "quarantine", "fail"]
@@ -68,12 +69,33 @@ class Contract:
         raise KeyError(f"contract {self.table!r} has no rule {name!r}; rules are {known}")
 
 
-def _row_check(rule: Rule) -> Check:
-    # A cheap yes/no Spark query per rule: is there any row that fails?
-    def check(df: DataFrame) -> bool:
-        return df.filter(~rule.passed()).limit(1).count() == 0
+class _RowRuleAnswers:
+    """Answers "does any row break rule R?" for every row rule in one Spark job per DataFrame.
 
-    return Check(check, name=rule.name)
+    Pandera runs one check per rule; each check asks this object, which evaluates all row rules
+    together on the first call for a DataFrame, so a batch costs one scan instead of one per rule.
+    """
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self._df: DataFrame | None = None
+        self._holds: dict[str, bool] = {}
+
+    def holds(self, df: DataFrame, name: str) -> bool:
+        if df is not self._df:
+            self._df = df
+            broken = [F.max((~r.passed()).cast("int")).alias(r.name) for r in self.rules]
+            try:
+                row = df.agg(*broken).first()
+            except AnalysisException:  # a column a rule reads is missing: no rule can hold
+                self._holds = {r.name: False for r in self.rules}
+            else:
+                self._holds = {r.name: not row[r.name] for r in self.rules}
+        return self._holds[name]
+
+
+def _row_check(rule: Rule, answers: _RowRuleAnswers) -> Check:
+    return Check(lambda df: answers.holds(df, rule.name), name=rule.name)
 
 
 def _batch_check(rule: BatchRule) -> Check:
@@ -83,7 +105,8 @@ def _batch_check(rule: BatchRule) -> Check:
 def pandera_schema(contract: Contract) -> DataFrameSchema:
     """The contract's pandera schema: the model's columns plus one check per rule."""
     schema = copy.deepcopy(contract.model.to_schema())
-    schema.checks = [*schema.checks, *(_row_check(r) for r in contract.rules),
+    answers = _RowRuleAnswers(contract.rules)
+    schema.checks = [*schema.checks, *(_row_check(r, answers) for r in contract.rules),
                      *(_batch_check(r) for r in contract.batch_rules)]
     return schema
 

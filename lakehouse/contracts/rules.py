@@ -67,6 +67,22 @@ def max_null_share(column: str, share: float) -> BatchRule:
     return BatchRule(f"{column}_null_share", f"at most {share:.0%} of {column} is null", holds)
 
 
+def rows_per_file_vs_recent(table: str, settings: dict[str, Any]) -> list[BatchRule]:
+    """Each landed file brings at least a share of the rows recent files brought (warn: a late
+    correction file is small by nature, a truncated export is small by accident)."""
+    recent = (settings.get("recent_rows_per_file") or {}).get(table)
+    if not recent:
+        return []
+    share = float(settings.get("min_rows_share_of_recent", 0.1))
+
+    def holds(df: DataFrame) -> bool:
+        counts = df.groupBy("_source_file").count()
+        return counts.filter(F.col("count") < share * recent).limit(1).count() == 0
+
+    return [BatchRule("rows_per_file_vs_recent", f"every landed file has at least {share:.0%} of "
+                      "the rows recent files averaged", holds, action="warn")]
+
+
 def flights_contract(settings: dict[str, Any]) -> Contract:
     rules = [
         well_formed(), *parsable("flights"),
@@ -100,7 +116,8 @@ def flights_contract(settings: dict[str, Any]) -> Contract:
              lambda: F.col("tailnum").isNotNull(), action="warn"),
     ]
     batch = [unique_key(KEYS["flights"]),
-             max_null_share("tailnum", float(settings.get("max_tailnum_null_share", 0.05)))]
+             max_null_share("tailnum", float(settings.get("max_tailnum_null_share", 0.05))),
+             *rows_per_file_vs_recent("flights", settings)]
     return Contract("flights", FlightsModel, KEYS["flights"], tuple(rules), tuple(batch))
 
 
@@ -118,7 +135,7 @@ def weather_contract(settings: dict[str, Any]) -> Contract:
              "set to null (kept, flagged)", lambda: F.col("wind_gust") <= max_gust, "warn"),
     ]
     return Contract("weather", WeatherModel, KEYS["weather"], tuple(rules),
-                    (unique_key(KEYS["weather"]),))
+                    (unique_key(KEYS["weather"]), *rows_per_file_vs_recent("weather", settings)))
 
 
 def planes_contract(settings: dict[str, Any]) -> Contract:

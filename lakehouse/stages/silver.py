@@ -44,14 +44,19 @@ def enforce_thresholds(contract: Contract, checked: DataFrame, counts: dict[str,
                 f"max quarantine share {max_share:.1%}); sample keys: {keys}")
 
 
-def enforce_report(contract: Contract, valid: DataFrame) -> None:
-    """Run the pandera schema on the rows to be written; raise on anything but warn rules."""
+def enforce_report(contract: Contract, valid: DataFrame) -> list[str]:
+    """Run the pandera schema on the rows to be written; raise on anything but warn rules.
+
+    Returns the warn-level batch rules that failed (row-level warns are counted per row).
+    """
     report = validate(contract, valid)
-    warn_rules = {r.name for r in contract.rules if r.action == "warn"}
+    warn_rules = {r.name for r in (*contract.rules, *contract.batch_rules) if r.action == "warn"}
     broken = [name for name in report.failed_checks if name not in warn_rules]
     if report.schema_errors or broken:
         raise ContractViolation(f"silver.{contract.table}: contract broken: "
                                 f"{'; '.join(report.schema_errors)} failed checks {broken}")
+    batch_warns = {r.name for r in contract.batch_rules}
+    return [name for name in report.failed_checks if name in batch_warns]
 
 
 def enrich(spark: SparkSession, config: Config, table: str) -> Callable[[DataFrame], DataFrame]:
@@ -80,7 +85,7 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
             valid = valid.transform(clean_weather(float(settings["max_wind_speed_mph"]),
                                                   float(settings["max_wind_gust_mph"])))
         valid = valid.persist()
-        enforce_report(contract, valid)
+        batch_warnings = enforce_report(contract, valid)
         quarantined = checked.filter(F.size(FAILED_RULES) > 0).transform(to_quarantine(table, FAILED_RULES))
         rows_out = valid.count()
         warned = sum(counts[r.name] for r in contract.rules if r.action == "warn")
@@ -98,7 +103,8 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
     finally:
         checked.unpersist()
     return {"rows_in": counts["_rows"], "rows_out": rows_out, "rows_quarantined": n_quarantined,
-            "rows_duplicate": counts["_rows"] - n_quarantined - rows_out, "rows_warned": warned}
+            "rows_duplicate": counts["_rows"] - n_quarantined - rows_out, "rows_warned": warned,
+            "batch_warnings": batch_warnings}
 
 
 def refine_snapshot(spark: SparkSession, config: Config, contract: Contract,
@@ -111,6 +117,20 @@ def refine_snapshot(spark: SparkSession, config: Config, contract: Contract,
     bronze_rows = tables.read(spark, config, f"bronze_{contract.table}", version=bronze_version)
     counts = refine_batch(spark, config, contract, bronze_rows, bronze_version)
     return {**counts, "version_read": bronze_version}
+
+
+def recent_rows_per_file(spark: SparkSession, config: Config, exclude_run: str,
+                         runs: int = 30) -> dict[str, float]:
+    """Average records per landed file over the recent successful bronze runs, per source."""
+    if not tables.exists(spark, config, "audit"):
+        return {}
+    recent = (tables.read(spark, config, "audit")
+              .filter((F.col("job") == "bronze") & (F.col("status") == "succeeded")
+                      & (F.col("files") > 0) & (F.col("run_id") != exclude_run))
+              .orderBy(F.col("started_at").desc()).limit(runs * 5)
+              .groupBy("table_name").agg((F.sum("rows_in") / F.sum("files")).alias("per_file"))
+              .collect())
+    return {r["table_name"].removeprefix("bronze_"): float(r["per_file"]) for r in recent}
 
 
 def last_version_read(spark: SparkSession, config: Config, table: str) -> int | None:
@@ -129,7 +149,7 @@ def refine_stream(spark: SparkSession, config: Config, contract: Contract,
     """Process the bronze rows appended since the last run, one micro-batch at a time."""
     table = contract.table
     totals: dict[str, Any] = {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0,
-                              "rows_duplicate": 0, "rows_warned": 0}
+                              "rows_duplicate": 0, "rows_warned": 0, "batch_warnings": []}
     failure: list[BaseException] = []
 
     def process(batch: DataFrame, batch_id: int) -> None:
@@ -160,10 +180,17 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
     if not tables.exists(spark, config, "quarantine"):
         tables.append(spark.createDataFrame([], QUARANTINE_SCHEMA), config, "quarantine")
     results = []
-    for table, contract in contracts(config.section("silver")).items():
+    # Compared with the runs before this one: this run's own bronze rows are left out.
+    settings = {**config.section("silver"),
+                "recent_rows_per_file": recent_rows_per_file(spark, config, exclude_run=run_id)}
+    for table, contract in contracts(settings).items():
         with audited(spark, config, run_id, "silver", f"silver_{table}") as audit:
             refine = refine_snapshot if table in SNAPSHOT_SOURCES else refine_stream
-            audit.update(refine(spark, config, contract, run_id))
+            counts = refine(spark, config, contract, run_id)
+            warnings = counts.pop("batch_warnings", [])
+            audit.update(counts)
+            if warnings:
+                audit["message"] = f"batch rules warned: {sorted(set(warnings))}"
             audit["version_written"] = tables.version(spark, config, f"silver_{table}")
             results.append(dict(audit))
     return results

@@ -13,7 +13,7 @@ from lakehouse import registry, tables
 from lakehouse.config import Config
 from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from lakehouse.stages.audit import audited
-from lakehouse.training import Windows, tune_and_fit
+from lakehouse.training import Windows, search_space, tune_and_fit
 
 
 def run(spark: SparkSession, config: Config, run_id: str) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def run(spark: SparkSession, config: Config, run_id: str) -> dict[str, Any]:
             started = time.monotonic()
             result = tune_and_fit(features, windows, int(settings["max_evals"]),
                                   int(settings["timeout_seconds"]), int(settings["seed"]),
-                                  on_trial=log_trial)
+                                  search_space(settings.get("search_space")), on_trial=log_trial)
             mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
             mlflow.log_metrics({**{f"validation_{k}": v for k, v in result.validation_metrics.items()},
                                 **{f"holdout_{k}": v for k, v in result.holdout_metrics.items()},
