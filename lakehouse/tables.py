@@ -126,25 +126,19 @@ def read_landing_csv(spark: SparkSession, path: str, schema: T.StructType,
             .load(path).select("*", "_metadata"))
 
 
-def landed_lines(spark: SparkSession, files: list[str], header: bool) -> dict[str, int]:
-    """Non-blank lines of each landed file, minus its header line: what bronze must hold."""
+def landed_lines(spark: SparkSession, files: list[str],
+                 header: bool) -> dict[str, tuple[int, str]]:
+    """Per landed file, in one text scan: its non-blank lines less the header line (what bronze
+    must hold), and its first line (the CSV header)."""
     if not files:
         return {}
-    counts = (spark.read.text(files).filter(F.length("value") > 0)
-              .groupBy(F.col("_metadata.file_path")).count().collect())
-    return {r[0]: int(r[1]) - int(header) for r in counts}
-
-
-def first_line(spark: SparkSession, uri: str) -> str:
-    """The first line of a file on any Hadoop file system (a CSV header)."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    stream = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).open(path)
-    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
-    try:
-        return str(reader.readLine() or "")
-    finally:
-        reader.close()
+    # A landed file is read as one split, so ids grow with line order inside each file.
+    lines = spark.read.text(files).select(F.col("_metadata.file_path").alias("file"), "value",
+                                          F.monotonically_increasing_id().alias("_line"))
+    counts = lines.groupBy("file").agg(
+        F.sum((F.length("value") > 0).cast("long")).alias("lines"),
+        F.min_by("value", "_line").alias("first")).collect()
+    return {r["file"]: (int(r["lines"]) - int(header), str(r["first"] or "")) for r in counts}
 
 
 def latest_file(folder: str, pattern: str) -> str | None:

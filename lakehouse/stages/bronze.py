@@ -38,11 +38,12 @@ def account_batch(spark: SparkSession, rows: DataFrame, source: str, fmt: str,
     """
     counts = per_file_counts(rows)
     files = [f for f, _, _ in counts]
-    landed = tables.landed_lines(spark, files, header=fmt == "csv")
+    profile = tables.landed_lines(spark, files, header=fmt == "csv")
+    landed = {f: lines for f, (lines, _) in profile.items()}
     check_accounting({f: n for f, n, _ in counts}, landed)
     if fmt == "csv":
-        for f in files:
-            drift = header_drift(tables.first_line(spark, f), SOURCE_COLUMNS[source])
+        for f, (_, first) in sorted(profile.items()):
+            drift = header_drift(first, SOURCE_COLUMNS[source])
             if drift:
                 totals["drift"].append(f"{f.rsplit('/', 1)[-1]}: {drift}")
     totals["files"] += len(files)
