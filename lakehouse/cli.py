@@ -86,9 +86,10 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         print(f"no audit table yet at {config.table('audit')}: no job has run")
         return 0
     tables.latest_audit(spark, config).select(
-        "started_at", "run_id", "job", "table_name", "status", "files", "rows_in", "rows_out",
-        "rows_corrupt", "rows_quarantined", "rows_duplicate", "version_written", "duration_s",
-    ).show(20, truncate=False)
+        "started_at", "run_id", "job", "table_name", "status", "files", "rows_landed", "rows_in",
+        "rows_out", "rows_corrupt", "rows_quarantined", "rows_duplicate", "version_written",
+        "duration_s", "message",
+    ).show(20, truncate=60)
     return 0
 
 
