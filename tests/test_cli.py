@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from lakehouse.cli import main
+
+
+def test_contracts_lists_rules_with_table_level_and_action(capsys: pytest.CaptureFixture) -> None:
+    assert main(["contracts"]) == 0
+    out = capsys.readouterr().out
+    assert "max quarantined share per rule before a batch halts: 5.0%" in out
+    assert any(line.split()[:4] == ["flights", "distance_range", "row", "quarantine"]
+               for line in out.splitlines())
+    assert any(line.split()[:4] == ["weather", "wind_speed_plausible", "row", "warn"]
+               for line in out.splitlines())
+    assert any(line.split()[:4] == ["flights", "key_unique", "batch", "fail"]
+               for line in out.splitlines())
+
+
+def test_bad_date_is_rejected_naming_the_value(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["seed", "--from", "2013-02-30", "--to", "2013-03-01"])
+    assert "expected a date as YYYY-MM-DD, got '2013-02-30'" in capsys.readouterr().err
+
+
+def test_status_before_any_run_says_so(spark: SparkSession, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", str(tmp_path))
+    assert main(["status"]) == 0
+    assert "no audit table yet" in capsys.readouterr().out
+
+
+def test_seed_then_status_shows_bronze_audit_rows(spark: SparkSession, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from lakehouse.config import load_config
+    from lakehouse.stages import bronze
+
+    monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", str(tmp_path))
+    assert main(["seed", "--from", "2013-01-01", "--to", "2013-01-01"]) == 0
+    bronze.run(spark, load_config("local"), "run-cli")
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "bronze_flights" in out and "run-cli" in out and "842" in out
