@@ -15,7 +15,6 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
 
 Action = Literal["warn", "quarantine", "fail"]
-ACTIONS: tuple[Action, ...] = ("warn", "quarantine", "fail")
 FAILED_RULES = "_failed_rules"
 WARNED_RULES = "_warned_rules"
 
@@ -60,13 +59,6 @@ class Contract:
     keys: tuple[str, ...]
     rules: tuple[Rule, ...]
     batch_rules: tuple[BatchRule, ...] = field(default_factory=tuple)
-
-    def rule(self, name: str) -> Rule | BatchRule:
-        for rule in (*self.rules, *self.batch_rules):
-            if rule.name == name:
-                return rule
-        known = [r.name for r in (*self.rules, *self.batch_rules)]
-        raise KeyError(f"contract {self.table!r} has no rule {name!r}; rules are {known}")
 
 
 class _RowRuleAnswers:
