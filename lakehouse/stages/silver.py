@@ -11,8 +11,14 @@ from pyspark.sql import functions as F
 
 from lakehouse import tables
 from lakehouse.config import Config
-from lakehouse.contracts import Contract, ContractViolation, contracts, rule_counts, validate
-from lakehouse.contracts import with_rule_results
+from lakehouse.contracts import (
+    Contract,
+    ContractViolation,
+    contracts,
+    rule_counts,
+    validate,
+    with_rule_results,
+)
 from lakehouse.contracts.core import FAILED_RULES, sample_keys
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.silver import (
@@ -77,6 +83,7 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
     checked = (bronze_rows.transform(parse_columns(table))
                .transform(enrich(spark, config, table))
                .transform(with_rule_results(contract))).persist()
+    valid: DataFrame | None = None
     try:
         counts = rule_counts(contract, checked)
         enforce_thresholds(contract, checked, counts, float(settings["max_quarantine_share"]))
@@ -99,8 +106,9 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
         else:
             tables.merge(spark, silver_rows, config, f"silver_{table}", contract.keys,
                          changed_columns=OUTPUT[table])
-        valid.unpersist()
-    finally:
+    finally:  # a halted batch releases its cached frames too
+        if valid is not None:
+            valid.unpersist()
         checked.unpersist()
     return {"rows_in": counts["_rows"], "rows_out": rows_out, "rows_quarantined": n_quarantined,
             "rows_duplicate": counts["_rows"] - n_quarantined - rows_out, "rows_warned": warned,
