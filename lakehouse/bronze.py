@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import unquote, urlparse
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -72,17 +73,24 @@ def header_drift(header: str, expected: tuple[str, ...]) -> str | None:
     return f"extra columns {extra}, missing columns {missing}"
 
 
-def per_file_counts(df: DataFrame) -> list[tuple[str, int, int]]:
-    """(file, records, corrupt records) for each file of an ingested batch, in one Spark job."""
-    rows = df.groupBy("_source_file").agg(F.count(F.lit(1)).alias("rows"),
-                                          F.count(CORRUPT_COLUMN).alias("corrupt")).collect()
-    return [(r["_source_file"], int(r["rows"]), int(r["corrupt"])) for r in rows]
+def records_per_file(rows: DataFrame) -> dict[str, int]:
+    """Bronze records per source file (to name the files whose accounting is off)."""
+    return {r[0]: int(r[1]) for r in rows.groupBy("_source_file").count().collect()}
 
 
-def check_accounting(read: dict[str, int], landed: dict[str, int]) -> None:
+def same_file(uri: str) -> str:
+    """One spelling per file: Spark writes file:/x, file:///x and percent-escapes in turn."""
+    parts = urlparse(uri)
+    path = unquote(parts.path)
+    return path if parts.scheme in ("", "file") else f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def check_accounting(landed: dict[str, int], records: dict[str, int]) -> None:
     """Fail unless every file's landed lines all became bronze records."""
-    wrong = {f: (landed.get(f, 0), n) for f, n in read.items() if landed.get(f, 0) != n}
-    wrong.update({f: (n, 0) for f, n in landed.items() if f not in read and n})
+    landed = {same_file(f): n for f, n in landed.items()}
+    records = {same_file(f): n for f, n in records.items()}
+    wrong = {f: (n, records.get(f, 0)) for f, n in landed.items() if records.get(f, 0) != n}
+    wrong.update({f: (0, n) for f, n in records.items() if f not in landed})
     if wrong:
         detail = "; ".join(f"{f}: {a} lines landed, {b} records read" for f, (a, b) in wrong.items())
         raise BronzeAccountingError(f"landed lines != bronze records: {detail}")

@@ -5,8 +5,11 @@ A table location from conf is a Delta path when it contains "/", else a catalog 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -65,18 +68,52 @@ def _save(writer, location: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def append(df: DataFrame, config: Config, name: str, txn: tuple[str, int] | None = None,
-           merge_schema: bool = False) -> None:
-    """Append rows; with txn=(app_id, version) Delta skips a write it has already committed."""
+           merge_schema: bool = False, tag: str | None = None,
+           properties: dict[str, str] | None = None) -> None:
+    """Append rows; with txn=(app_id, version) Delta skips a write it has already committed.
+
+    tag is stored as the commit's userMetadata; properties apply when the append creates the
+    table.
+    """
     writer = df.write.format("delta").mode("append").option("mergeSchema", str(merge_schema))
     if txn is not None:
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
+    if tag is not None:
+        writer = writer.option("userMetadata", tag)
+    for key, value in (properties or {}).items():
+        writer = writer.option(key, value)
     _save(writer, config.table(name))
 
 
-def overwrite(df: DataFrame, config: Config, name: str) -> None:
+def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) -> None:
     """Replace the table's content (earlier content stays reachable through Delta history)."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if tag is not None:
+        writer = writer.option("userMetadata", tag)
     _save(writer, config.table(name))
+
+
+def commit_tags(spark: SparkSession, config: Config, name: str) -> Iterator[str | None]:
+    """The userMetadata of the table's commits, newest first, read from its Delta log files.
+
+    Each step costs one small file read (the listing is done once), where DeltaTable.history()
+    plans a query.
+    """
+    location = config.table(name)
+    if not _is_path(location):
+        location = spark.sql(f"DESCRIBE DETAIL {location}").first()["location"]
+    jvm = spark.sparkContext._jvm
+    log = jvm.org.apache.hadoop.fs.Path(f"{location}/_delta_log")
+    fs = log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(log):
+        return
+    commits = [status.getPath().toString() for status in fs.listStatus(log)
+               if status.getPath().getName().endswith(".json")]
+    for commit in sorted(commits, key=lambda p: int(p.rsplit("/", 1)[-1].split(".")[0]),
+                         reverse=True):
+        infos = [json.loads(line).get("commitInfo") for line in
+                 (read_small_file(spark, commit) or "").splitlines() if "commitInfo" in line]
+        yield next((info.get("userMetadata") for info in infos if info), None)
 
 
 def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
@@ -108,7 +145,18 @@ def read_stream(spark: SparkSession, config: Config, name: str) -> DataFrame:
 
 def read_landing_stream(spark: SparkSession, folder: str, fmt: str, schema: T.StructType,
                         corrupt_column: str) -> DataFrame:
-    """Stream the files of a landing folder, keeping malformed lines in corrupt_column."""
+    """Stream the files of a landing folder, one row per non-blank data line, malformed lines
+    kept whole in corrupt_column.
+
+    JSON lines are read as text and parsed line by line: the JSON reader would turn a line
+    holding an array into several records, or none.
+    """
+    if fmt == "json":
+        options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt_column}
+        lines = (spark.readStream.format("text").option("maxFilesPerTrigger", 400).load(folder)
+                 .filter(F.col("value").rlike(r"\S")))
+        return lines.select(F.from_json("value", schema, options).alias("_parsed"),
+                            "_metadata").select("_parsed.*", "_metadata")
     reader = (spark.readStream.format(fmt).schema(schema)
               .option("mode", "PERMISSIVE")
               .option("columnNameOfCorruptRecord", corrupt_column)
@@ -128,17 +176,65 @@ def read_landing_csv(spark: SparkSession, path: str, schema: T.StructType,
 
 def landed_lines(spark: SparkSession, files: list[str],
                  header: bool) -> dict[str, tuple[int, str]]:
-    """Per landed file, in one text scan: its non-blank lines less the header line (what bronze
-    must hold), and its first line (the CSV header)."""
+    """Per landed file: its non-blank lines less the header line (what bronze must hold) and
+    its first non-blank line (the CSV header).
+
+    Local files are counted on the driver from their bytes, independently of Spark's parsers
+    and at disk speed; files on other file systems in one Spark text scan.
+    """
+    local = [f for f in files if urlparse(f).scheme in ("", "file")]
+    counted = {f: _count_lines(Path(url2pathname(urlparse(f).path)).read_bytes(), header)
+               for f in local}
+    return {**counted, **landed_lines_in_spark(spark, [f for f in files if f not in counted],
+                                             header)}
+
+
+def _count_lines(data: bytes, header: bool) -> tuple[int, str]:
+    lines = [line for line in data.splitlines() if line.strip()]
+    first = lines[0].decode("utf-8", errors="replace") if lines else ""
+    return max(len(lines) - int(header), 0), first
+
+
+def landed_lines_in_spark(spark: SparkSession, files: list[str],
+                        header: bool) -> dict[str, tuple[int, str]]:
     if not files:
         return {}
     # A landed file is read as one split, so ids grow with line order inside each file.
-    lines = spark.read.text(files).select(F.col("_metadata.file_path").alias("file"), "value",
-                                          F.monotonically_increasing_id().alias("_line"))
-    counts = lines.groupBy("file").agg(
-        F.sum((F.length("value") > 0).cast("long")).alias("lines"),
-        F.min_by("value", "_line").alias("first")).collect()
+    lines = (spark.read.text(files)
+             .select(F.col("_metadata.file_path").alias("file"), "value",
+                     F.monotonically_increasing_id().alias("_line"))
+             .filter(F.col("value").rlike(r"\S")))
+    counts = lines.groupBy("file").agg(F.count(F.lit(1)).alias("lines"),
+                                       F.min_by("value", "_line").alias("first")).collect()
     return {r["file"]: (int(r["lines"]) - int(header), str(r["first"] or "")) for r in counts}
+
+
+def read_small_file(spark: SparkSession, uri: str) -> str | None:
+    """The text of a small file on any Hadoop file system (None when it does not exist)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        return None
+    stream = fs.open(path)
+    try:
+        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+    finally:
+        stream.close()
+
+
+def stream_batch_files(spark: SparkSession, checkpoint: str, batch_id: int) -> list[str]:
+    """The files a file-source micro-batch reads, from its checkpoint's source log.
+
+    A foreachBatch DataFrame does not expose its input files; the file source logs them (one
+    JSON line per file, every tenth batch compacted with all earlier entries) before the batch runs.
+    """
+    for name in (str(batch_id), f"{batch_id}.compact"):
+        text = read_small_file(spark, f"{checkpoint}/sources/0/{name}")
+        if text is not None:
+            entries = [json.loads(line) for line in text.splitlines()[1:] if line.strip()]
+            return [e["path"] for e in entries if e["batchId"] == batch_id]
+    raise FileNotFoundError(f"no source log for batch {batch_id} under {checkpoint}/sources/0")
 
 
 def latest_file(folder: str, pattern: str) -> str | None:

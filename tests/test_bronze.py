@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import tables
-from lakehouse.bronze import file_name
+from lakehouse.bronze import file_name, same_file
 from lakehouse.config import Config
 from lakehouse.seed import seed
 from lakehouse.stages import bronze
+from tests.conftest import TEST_SPARK
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def landed_lines(folder: Path, header: bool) -> dict[str, int]:
@@ -138,3 +148,89 @@ def test_new_snapshot_replaces_reference_and_history_keeps_the_old(
     bronze.run(spark, config, "run-2")
     assert tables.read(spark, config, "bronze_planes").count() == 3321
     assert tables.read(spark, config, "bronze_planes", version=0).count() == 3322
+
+
+def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
+                                                           config: Config) -> None:
+    """The JSON reader would drop an empty array line and split an array of two objects."""
+    weather = Path(config.landing) / "weather"
+    weather.mkdir(parents=True)
+    lines = ['{"origin": "EWR", "year": "2013", "hour": "1"}', "[]",
+             '[{"origin": "JFK"}, {"origin": "LGA"}]', "42", "   ", '{"origin": "LGA", "te']
+    (weather / "weather_2013-01-01.jsonl").write_text("\n".join(lines) + "\n")
+    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-1")}["bronze_weather"]
+    assert result["rows_landed"] == result["rows_in"] == 5
+    corrupt = tables.read(spark, config, "bronze_weather").filter(
+        F.col("_corrupt_record").isNotNull()).select("_corrupt_record").collect()
+    assert sorted(r[0] for r in corrupt) == sorted(lines[1:4] + lines[5:])
+
+
+def test_a_line_the_reader_skips_fails_the_run_until_the_file_is_mended(
+        spark: SparkSession, config: Config) -> None:
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    day = landing / "flights" / "flights_2013-01-01.csv"
+    good = day.read_bytes()
+    lines = good.splitlines(keepends=True)
+    # Spark's CSV reader trims control characters and drops the line as blank.
+    day.write_bytes(b"".join(lines[:5]) + b"\x01\x02\n" + b"".join(lines[5:]))
+    for run in ("run-1", "run-2"):  # the replayed batch is checked again
+        with pytest.raises(Exception, match=r"flights_2013-01-01.csv: 843 lines landed, "
+                                            r"842 records read"):
+            bronze.run(spark, config, run)
+    day.write_bytes(good)
+    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-3")}["bronze_flights"]
+    assert "already committed by an interrupted run" in result["message"]
+    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
+
+
+def test_lines_counted_in_spark_match_the_driver_count(spark: SparkSession,
+                                                       tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_bytes(b"h1,h2\r\n1,2\r\n\r\n3,4\r\n  \n5")
+    (tmp_path / "b.csv").write_bytes(b"h1,h2\n")
+    files = [(tmp_path / n).as_uri() for n in ("a.csv", "b.csv")]
+    driver = tables.landed_lines(spark, files, header=True)
+    in_spark = {same_file(f): v for f, v in
+                tables.landed_lines_in_spark(spark, files, header=True).items()}
+    assert {same_file(f): v for f, v in driver.items()} == in_spark
+    assert driver[files[0]] == (3, "h1,h2") and driver[files[1]] == (0, "h1,h2")
+
+
+KILLED_CHILD = """
+import json, os, signal, sys
+from lakehouse import tables
+from lakehouse.config import load_config
+from lakehouse.session import build_session
+from lakehouse.stages import bronze
+
+real_append = tables.append
+
+def append_then_die(df, config, name, **kwargs):
+    real_append(df, config, name, **kwargs)
+    if name == "bronze_flights":  # killed after the Delta commit, before the checkpoint
+        os.kill(os.getpid(), signal.SIGKILL)
+
+tables.append = append_then_die
+config = load_config("local", overrides=json.loads(sys.argv[1]))
+bronze.run(build_session(config), config, "killed")
+"""
+
+
+@pytest.mark.slow
+def test_killed_process_then_rerun_lands_each_record_once(spark: SparkSession,
+                                                          config: Config) -> None:
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 2))
+    overrides = {"data_root": config.data_root, **TEST_SPARK}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, json.dumps(overrides)],
+                             cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        assert child.wait(timeout=300) == -signal.SIGKILL
+    finally:  # the driver's JVM goes with it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    assert tables.read(spark, config, "bronze_flights").count() == 842 + 943
+    result = {r["table_name"]: r for r in bronze.run(spark, config, "rerun")}["bronze_flights"]
+    assert "already committed by an interrupted run" in result["message"]
+    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
