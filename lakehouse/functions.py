@@ -23,9 +23,13 @@ def parse_number(raw: Column, dtype: str) -> Column:
     return clean_text(raw).try_cast(dtype)
 
 
-def is_parsable(raw: Column, dtype: str) -> Column:
-    """True when the text is a null token or parses as dtype."""
-    return clean_text(raw).isNull() | parse_number(raw, dtype).isNotNull()
+def is_parsable(raw: Column, parsed: Column) -> Column:
+    """True when the text parsed (parsed = parse_number(raw, dtype)) or is a null token.
+
+    Reads the parsed value instead of parsing again: the text is looked at only when the parse
+    gave null.
+    """
+    return parsed.isNotNull() | clean_text(raw).isNull()
 
 
 def parse_utc(raw: Column) -> Column:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -122,10 +122,14 @@ def clean_weather(max_wind_speed: float, max_wind_gust: float) -> Callable[[Data
     return transform
 
 
+def latest_landed_first() -> list[Column]:
+    """Among rows of one natural key, the order in which the most recently landed comes first."""
+    return [F.col("_ingested_at").desc(), F.col("_source_file").desc()]
+
+
 def drop_duplicate_keys(keys: tuple[str, ...]) -> Callable[[DataFrame], DataFrame]:
     """Keep one row per natural key: the most recently landed version of the record."""
-    order = Window.partitionBy(*keys).orderBy(F.col("_ingested_at").desc(),
-                                              F.col("_source_file").desc())
+    order = Window.partitionBy(*keys).orderBy(*latest_landed_first())
 
     def transform(df: DataFrame) -> DataFrame:
         ranked = df.withColumn("_rank", F.row_number().over(order))

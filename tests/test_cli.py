@@ -14,7 +14,7 @@ def test_contracts_lists_rules_with_table_level_and_action(capsys: pytest.Captur
                for line in out.splitlines())
     assert any(line.split()[:4] == ["weather", "wind_speed_plausible", "row", "warn"]
                for line in out.splitlines())
-    assert any(line.split()[:4] == ["flights", "key_unique", "batch", "fail"]
+    assert any(line.split()[:4] == ["flights", "key_unique", "batch", "warn"]
                for line in out.splitlines())
 
 

@@ -19,8 +19,8 @@ def test_parse_number_nulls_na_and_unparsable_text(spark: SparkSession) -> None:
         [("12", 12, True), (" -3 ", -3, True), ("NA", None, True), ("", None, True),
          (None, None, True), ("12x", None, False), ("1.5", None, False)],
         "raw string, expected int, parsable boolean")
-    out = df.withColumns({"parsed": parse_number(F.col("raw"), "int"),
-                          "ok": is_parsable(F.col("raw"), "int")})
+    out = df.withColumn("parsed", parse_number(F.col("raw"), "int"))
+    out = out.withColumn("ok", is_parsable(F.col("raw"), F.col("parsed")))
     assert_column_equality(out, "parsed", "expected")
     assert_column_equality(out, "ok", "parsable")
 

@@ -93,8 +93,21 @@ def test_duplicate_keys_are_dropped_keeping_latest(spark: SparkSession,
             flight(arr_delay="3", _ingested_at=dt.datetime(2026, 1, 2)), *good_flights(20)]
     counts = refine_batch(spark, config, CONTRACTS["flights"], bronze_rows(spark, "flights", rows), 1)
     assert counts["rows_duplicate"] == 2
+    assert counts["batch_warnings"] == ["key_unique"]  # a warn-level batch rule: rows go on
     kept = tables.read(spark, config, "silver_flights").filter(F.col("flight") == 1545)
     assert [r["arr_delay"] for r in kept.collect()] == [2]
+
+
+def test_batch_with_too_many_missing_tail_numbers_halts(spark: SparkSession,
+                                                        with_references: Config) -> None:
+    config = with_references
+    contract = CONTRACTS["flights"]
+    refine_batch(spark, config, contract, bronze_rows(spark, "flights", good_flights(20)), 1)
+    versions = {t: tables.version(spark, config, t) for t in ("silver_flights", "quarantine")}
+    rows = [*good_flights(18), *(flight(flight=str(3000 + i), tailnum="NA") for i in range(2))]
+    with pytest.raises(ContractViolation, match=r"failed batch rules \['tailnum_null_share'\]"):
+        refine_batch(spark, config, contract, bronze_rows(spark, "flights", rows), 2)
+    assert {t: tables.version(spark, config, t) for t in versions} == versions
 
 
 def test_renamed_column_fails_naming_it(spark: SparkSession, with_references: Config) -> None:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pandera.api.checks import Check
 from pandera.api.pyspark.container import DataFrameSchema
 from pandera.pyspark import DataFrameModel
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
+
+from lakehouse.silver import latest_landed_first
 
 Action = Literal["warn", "quarantine", "fail"]
 FAILED_RULES = "_failed_rules"
 WARNED_RULES = "_warned_rules"
+KEY_RANK = "_key_rank"
 
 
 class ContractViolation(RuntimeError):
@@ -42,12 +45,19 @@ class Rule:
 
 @dataclass(frozen=True)
 class BatchRule:
-    """A batch-level rule: `holds(df)` answers a yes/no question about the whole batch."""
+    """A batch-level rule, a yes/no question about the rows a batch would write.
+
+    Either `measure` is an aggregate (over the checked batch; `kept()` selects the rows to be
+    written) answered in the batch's one profiling job and judged by `passes`, or `holds(df)`
+    runs its own query on the rows to be written.
+    """
 
     name: str
     description: str
-    holds: Callable[[DataFrame], bool]
     action: Action = "fail"
+    measure: Callable[[], Column] | None = None
+    passes: Callable[[Any], bool] | None = None
+    holds: Callable[[DataFrame], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,45 +71,78 @@ class Contract:
     batch_rules: tuple[BatchRule, ...] = field(default_factory=tuple)
 
 
-class _RowRuleAnswers:
-    """Answers "does any row break rule R?" for every row rule in one Spark job per DataFrame.
+def valid() -> Column:
+    """Rows breaking no quarantine or fail rule."""
+    return F.size(FAILED_RULES) == 0
 
-    Pandera runs one check per rule; each check asks this object, which evaluates all row rules
-    together on the first call for a DataFrame, so a batch costs one scan instead of one per rule.
+
+def kept() -> Column:
+    """The rows a batch writes: valid, and the latest landed row of their natural key."""
+    return valid() & (F.col(KEY_RANK) == 1)
+
+
+class ContractAnswers:
+    """Profiles a checked batch in one Spark job and answers every rule from that profile.
+
+    The profile holds the rows, the rows to quarantine, the duplicate keys, the rows breaking
+    each row rule and each measured batch rule's value. Pandera runs one check per rule; each
+    check asks this object, so validating a batch costs one aggregation, not one query per rule.
     """
 
-    def __init__(self, rules: tuple[Rule, ...]) -> None:
-        self.rules = rules
+    def __init__(self, contract: Contract) -> None:
+        self.contract = contract
         self._df: DataFrame | None = None
+        self._profile: dict[str, Any] | None = None
         self._holds: dict[str, bool] = {}
 
-    def holds(self, df: DataFrame, name: str) -> bool:
+    def profile(self, df: DataFrame) -> dict[str, Any] | None:
+        """The batch's counts, or None when a column the rules read is missing."""
         if df is not self._df:
-            self._df = df
-            broken = [F.max((~r.passed()).cast("int")).alias(r.name) for r in self.rules]
+            self._df, self._holds = df, {}
             try:
-                row = df.agg(*broken).first()
-            except AnalysisException:  # a column a rule reads is missing: no rule can hold
-                self._holds = {r.name: False for r in self.rules}
-            else:
-                self._holds = {r.name: not row[r.name] for r in self.rules}
+                self._profile = df.agg(*self._aggregates()).first().asDict()
+            except AnalysisException:
+                self._profile = None
+        return self._profile
+
+    def _aggregates(self) -> list[Column]:
+        aggregates = [F.count(F.lit(1)).alias("_rows"),
+                      F.sum((~valid()).cast("long")).alias("_quarantined"),
+                      F.sum((valid() & (F.col(KEY_RANK) > 1)).cast("long")).alias("_duplicates")]
+        for r in self.contract.rules:  # read from the rule arrays: conditions run once per row
+            column = WARNED_RULES if r.action == "warn" else FAILED_RULES
+            aggregates.append(F.sum(F.array_contains(column, r.name).cast("long")).alias(r.name))
+        for b in self.contract.batch_rules:
+            if b.measure is not None:
+                aggregates.append(b.measure().alias(f"_measure_{b.name}"))
+        return aggregates
+
+    def holds(self, df: DataFrame, name: str) -> bool:
+        if name not in self._holds or df is not self._df:
+            profile = self.profile(df)
+            self._holds[name] = profile is not None and self._answer(df, profile, name)
         return self._holds[name]
 
+    def _answer(self, df: DataFrame, profile: dict[str, Any], name: str) -> bool:
+        if name in profile:
+            return not profile[name]
+        rule = next(b for b in self.contract.batch_rules if b.name == name)
+        if rule.measure is not None and rule.passes is not None:
+            return rule.passes(profile[f"_measure_{name}"])
+        assert rule.holds is not None, f"batch rule {name} has neither measure nor holds"
+        return rule.holds(df.filter(kept()))
 
-def _row_check(rule: Rule, answers: _RowRuleAnswers) -> Check:
-    return Check(lambda df: answers.holds(df, rule.name), name=rule.name)
+
+def _check(name: str, answers: ContractAnswers) -> Check:
+    return Check(lambda df: answers.holds(df, name), name=name)
 
 
-def _batch_check(rule: BatchRule) -> Check:
-    return Check(rule.holds, name=rule.name)
-
-
-def pandera_schema(contract: Contract) -> DataFrameSchema:
+def pandera_schema(contract: Contract, answers: ContractAnswers | None = None) -> DataFrameSchema:
     """The contract's pandera schema: the model's columns plus one check per rule."""
     schema = copy.deepcopy(contract.model.to_schema())
-    answers = _RowRuleAnswers(contract.rules)
-    schema.checks = [*schema.checks, *(_row_check(r, answers) for r in contract.rules),
-                     *(_batch_check(r) for r in contract.batch_rules)]
+    answers = answers or ContractAnswers(contract)
+    schema.checks = [*schema.checks,
+                     *(_check(r.name, answers) for r in (*contract.rules, *contract.batch_rules))]
     return schema
 
 
@@ -111,9 +154,10 @@ class ValidationReport:
     failed_checks: tuple[str, ...]
 
 
-def validate(contract: Contract, df: DataFrame) -> ValidationReport:
-    """Run the pandera schema over df and read its collected errors."""
-    errors = pandera_schema(contract).validate(df).pandera.errors
+def validate(contract: Contract, df: DataFrame,
+             answers: ContractAnswers | None = None) -> ValidationReport:
+    """Run the pandera schema over a checked batch and read its collected errors."""
+    errors = pandera_schema(contract, answers).validate(df).pandera.errors
     schema_errors: list[str] = []
     failed: list[str] = []
     for category, by_reason in errors.items():
@@ -128,7 +172,8 @@ def validate(contract: Contract, df: DataFrame) -> ValidationReport:
 
 
 def with_rule_results(contract: Contract) -> Callable[[DataFrame], DataFrame]:
-    """Add arrays of the quarantine/fail rules and the warn rules each row breaks (one pass)."""
+    """Add, in one pass, the quarantine/fail rules and the warn rules each row breaks, and the
+    row's rank among the valid rows of its natural key (1: the latest landed, which is kept)."""
 
     def names(actions: tuple[Action, ...]) -> Column:
         flags = [F.when(~r.passed(), F.lit(r.name)) for r in contract.rules if r.action in actions]
@@ -136,22 +181,29 @@ def with_rule_results(contract: Contract) -> Callable[[DataFrame], DataFrame]:
             return F.array().cast("array<string>")
         return F.filter(F.array(*flags), lambda x: x.isNotNull())
 
+    latest_valid_first = Window.partitionBy(*contract.keys).orderBy(
+        F.size(FAILED_RULES) > 0, *latest_landed_first())
+
     def transform(df: DataFrame) -> DataFrame:
-        return df.withColumns({FAILED_RULES: names(("quarantine", "fail")),
-                               WARNED_RULES: names(("warn",))})
+        flagged = df.withColumns({FAILED_RULES: names(("quarantine", "fail")),
+                                  WARNED_RULES: names(("warn",))})
+        return flagged.withColumn(KEY_RANK, F.row_number().over(latest_valid_first))
 
     return transform
 
 
 def rule_counts(contract: Contract, checked: DataFrame) -> dict[str, int]:
-    """Rows breaking each row rule, the total ('_rows') and rows to quarantine, in one job."""
-    aggregates = [F.count(F.lit(1)).alias("_rows"),
-                  F.sum((F.size(FAILED_RULES) > 0).cast("long")).alias("_quarantined")]
-    for r in contract.rules:
-        column = FAILED_RULES if r.action != "warn" else WARNED_RULES
-        aggregates.append(F.sum(F.array_contains(column, r.name).cast("long")).alias(r.name))
-    row = checked.agg(*aggregates).first()
-    return {k: int(v or 0) for k, v in row.asDict().items()}
+    """Rows breaking each row rule, the total ('_rows'), rows to quarantine ('_quarantined')
+    and valid rows whose key a later landed row also has ('_duplicates'), in one job."""
+    profile = ContractAnswers(contract).profile(checked)
+    if profile is None:
+        raise ContractViolation(f"silver.{contract.table}: a column the rules read is missing")
+    return counts_of(profile)
+
+
+def counts_of(profile: dict[str, Any]) -> dict[str, int]:
+    """The row counts of a batch profile (measured batch-rule values left out)."""
+    return {k: int(v or 0) for k, v in profile.items() if not k.startswith("_measure_")}
 
 
 def sample_keys(contract: Contract, checked: DataFrame, rule: str, limit: int = 5) -> list[str]:

@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import CORRUPT_COLUMN
-from lakehouse.contracts.core import Action, BatchRule, Contract, Rule
+from lakehouse.contracts.core import KEY_RANK, Action, BatchRule, Contract, Rule, kept, valid
 from lakehouse.contracts.models import (
     AirlinesModel,
     AirportsModel,
@@ -38,7 +38,7 @@ def not_null(column: str, action: Action = "quarantine") -> Rule:
 def parsable(table: str) -> list[Rule]:
     """One rule per typed column: the raw text is a null token or parses as its type."""
     return [Rule(f"{c}_parsable", f"{c} text parses as {t}",
-                 lambda c=c, t=t: is_parsable(F.col(f"{RAW}.{c}"), t))
+                 lambda c=c: is_parsable(F.col(f"{RAW}.{c}"), F.col(c)))
             for c, t in TYPES[table].items() if t != "string"]
 
 
@@ -53,18 +53,18 @@ def in_range(column: str, low: float, high: float, action: Action = "quarantine"
 
 
 def unique_key(keys: tuple[str, ...]) -> BatchRule:
-    def holds(df: DataFrame) -> bool:
-        return df.groupBy(*keys).count().filter(F.col("count") > 1).limit(1).count() == 0
-
-    return BatchRule("key_unique", f"natural key {keys} is unique in the batch", holds)
+    return BatchRule(
+        "key_unique", f"natural key {keys} is unique in the batch (else the latest landed row "
+        "is kept, the others counted as duplicates)", action="warn",
+        measure=lambda: F.sum((valid() & (F.col(KEY_RANK) > 1)).cast("long")),
+        passes=lambda duplicates: not duplicates)
 
 
 def max_null_share(column: str, share: float) -> BatchRule:
-    def holds(df: DataFrame) -> bool:
-        value = df.agg(F.avg(F.col(column).isNull().cast("double"))).first()[0]
-        return value is None or float(value) <= share
-
-    return BatchRule(f"{column}_null_share", f"at most {share:.0%} of {column} is null", holds)
+    return BatchRule(
+        f"{column}_null_share", f"at most {share:.0%} of {column} is null",
+        measure=lambda: F.avg(F.when(kept(), F.col(column).isNull().cast("double"))),
+        passes=lambda value: value is None or float(value) <= share)
 
 
 def rows_per_file_vs_recent(table: str, settings: dict[str, Any]) -> list[BatchRule]:
@@ -80,7 +80,7 @@ def rows_per_file_vs_recent(table: str, settings: dict[str, Any]) -> list[BatchR
         return counts.filter(F.col("count") < share * recent).limit(1).count() == 0
 
     return [BatchRule("rows_per_file_vs_recent", f"every landed file has at least {share:.0%} of "
-                      "the rows recent files averaged", holds, action="warn")]
+                      "the rows recent files averaged", action="warn", holds=holds)]
 
 
 def flights_contract(settings: dict[str, Any]) -> Contract:

@@ -15,17 +15,23 @@ from lakehouse.contracts import (
     Contract,
     ContractViolation,
     contracts,
-    rule_counts,
     validate,
     with_rule_results,
 )
-from lakehouse.contracts.core import FAILED_RULES, sample_keys
+from lakehouse.contracts.core import (
+    FAILED_RULES,
+    ContractAnswers,
+    ValidationReport,
+    counts_of,
+    kept,
+    sample_keys,
+    valid,
+)
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.silver import (
     OUTPUT,
     QUARANTINE_SCHEMA,
     clean_weather,
-    drop_duplicate_keys,
     parse_columns,
     to_quarantine,
     to_silver,
@@ -50,19 +56,17 @@ def enforce_thresholds(contract: Contract, checked: DataFrame, counts: dict[str,
                 f"max quarantine share {max_share:.1%}); sample keys: {keys}")
 
 
-def enforce_report(contract: Contract, valid: DataFrame) -> list[str]:
-    """Run the pandera schema on the rows to be written; raise on anything but warn rules.
+def enforce_batch_rules(contract: Contract, report: ValidationReport) -> list[str]:
+    """Raise on schema errors and broken fail-level batch rules (as pandera reported them).
 
-    Returns the warn-level batch rules that failed (row-level warns are counted per row).
+    Returns the warn-level batch rules that failed (row rules are judged by their counts).
     """
-    report = validate(contract, valid)
-    warn_rules = {r.name for r in (*contract.rules, *contract.batch_rules) if r.action == "warn"}
-    broken = [name for name in report.failed_checks if name not in warn_rules]
+    batch_actions = {r.name: r.action for r in contract.batch_rules}
+    broken = [n for n in report.failed_checks if batch_actions.get(n, "warn") != "warn"]
     if report.schema_errors or broken:
         raise ContractViolation(f"silver.{contract.table}: contract broken: "
-                                f"{'; '.join(report.schema_errors)} failed checks {broken}")
-    batch_warns = {r.name for r in contract.batch_rules}
-    return [name for name in report.failed_checks if name in batch_warns]
+                                f"{'; '.join(report.schema_errors)} failed batch rules {broken}")
+    return [n for n in report.failed_checks if n in batch_actions]
 
 
 def enrich(spark: SparkSession, config: Config, table: str) -> Callable[[DataFrame], DataFrame]:
@@ -77,41 +81,45 @@ def enrich(spark: SparkSession, config: Config, table: str) -> Callable[[DataFra
 
 def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze_rows: DataFrame,
                  batch_id: int) -> dict[str, Any]:
-    """Type, check, split, deduplicate and write one bronze batch of a table."""
+    """Type, check, split, deduplicate and write one bronze batch of a table.
+
+    The typed batch, with the rules each row breaks and its rank within its natural key, is
+    cached once; one aggregation over it answers every count and every pandera check, and the
+    writes read it back. Nothing is written unless the batch passes its contract.
+    """
     table = contract.table
     settings = config.section("silver")
     checked = (bronze_rows.transform(parse_columns(table))
                .transform(enrich(spark, config, table))
                .transform(with_rule_results(contract))).persist()
-    valid: DataFrame | None = None
     try:
-        counts = rule_counts(contract, checked)
+        answers = ContractAnswers(contract)
+        report = validate(contract, checked, answers)
+        batch_warnings = enforce_batch_rules(contract, report)
+        profile = answers.profile(checked)
+        assert profile is not None  # a missing column is a schema error, raised above
+        counts = counts_of(profile)
         enforce_thresholds(contract, checked, counts, float(settings["max_quarantine_share"]))
-        valid = checked.filter(F.size(FAILED_RULES) == 0).transform(drop_duplicate_keys(contract.keys))
-        if table == "weather":
-            valid = valid.transform(clean_weather(float(settings["max_wind_speed_mph"]),
-                                                  float(settings["max_wind_gust_mph"])))
-        valid = valid.persist()
-        batch_warnings = enforce_report(contract, valid)
-        quarantined = checked.filter(F.size(FAILED_RULES) > 0).transform(to_quarantine(table, FAILED_RULES))
-        rows_out = valid.count()
-        warned = sum(counts[r.name] for r in contract.rules if r.action == "warn")
-        n_quarantined = counts["_quarantined"]
-        if n_quarantined:
+        if counts["_quarantined"]:
+            quarantined = checked.filter(~valid()).transform(to_quarantine(table, FAILED_RULES))
             tables.append(quarantined, config, "quarantine",
                           txn=(f"lakehouse-quarantine-{table}", batch_id))
-        silver_rows = valid.transform(to_silver(table))
+        rows = checked.filter(kept())
+        if table == "weather":
+            rows = rows.transform(clean_weather(float(settings["max_wind_speed_mph"]),
+                                                float(settings["max_wind_gust_mph"])))
+        silver_rows = rows.transform(to_silver(table))
         if table in SNAPSHOT_SOURCES:
             tables.overwrite(silver_rows, config, f"silver_{table}")
         else:
             tables.merge(spark, silver_rows, config, f"silver_{table}", contract.keys,
                          changed_columns=OUTPUT[table])
-    finally:  # a halted batch releases its cached frames too
-        if valid is not None:
-            valid.unpersist()
+    finally:  # a halted batch releases its cached frame too
         checked.unpersist()
-    return {"rows_in": counts["_rows"], "rows_out": rows_out, "rows_quarantined": n_quarantined,
-            "rows_duplicate": counts["_rows"] - n_quarantined - rows_out, "rows_warned": warned,
+    n_quarantined, duplicates = counts["_quarantined"], counts["_duplicates"]
+    return {"rows_in": counts["_rows"], "rows_out": counts["_rows"] - n_quarantined - duplicates,
+            "rows_quarantined": n_quarantined, "rows_duplicate": duplicates,
+            "rows_warned": sum(counts[r.name] for r in contract.rules if r.action == "warn"),
             "batch_warnings": batch_warnings}
 
 
