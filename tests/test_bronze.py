@@ -130,7 +130,12 @@ def test_crash_after_write_then_rerun_lands_each_record_once(
     else:
         raise AssertionError("the simulated crash did not surface")
     monkeypatch.setattr(tables, "append", real_append)
-    bronze.run(spark, config, "run-2")
+    # A maintenance commit lands in between: the replay still finds the stream's own commit.
+    before = tables.version(spark, config, "bronze_flights")
+    tables.delta_table(spark, config, "bronze_flights").optimize().executeCompaction()
+    assert tables.version(spark, config, "bronze_flights") == before + 1
+    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-2")}["bronze_flights"]
+    assert "already committed by an interrupted run" in result["message"]
     assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
     failed = tables.read(spark, config, "audit").filter(
         (F.col("table_name") == "bronze_flights") & (F.col("status") == "failed")).count()
