@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -183,16 +184,32 @@ def landed_lines(spark: SparkSession, files: list[str],
     and at disk speed; files on other file systems in one Spark text scan.
     """
     local = [f for f in files if urlparse(f).scheme in ("", "file")]
-    counted = {f: _count_lines(Path(url2pathname(urlparse(f).path)).read_bytes(), header)
-               for f in local}
+    counted = {}
+    for f in local:
+        with open(url2pathname(urlparse(f).path), "rb") as stream:
+            counted[f] = count_lines(stream, header)
     return {**counted, **landed_lines_in_spark(spark, [f for f in files if f not in counted],
                                              header)}
 
 
-def _count_lines(data: bytes, header: bool) -> tuple[int, str]:
-    lines = [line for line in data.splitlines() if line.strip()]
-    first = lines[0].decode("utf-8", errors="replace") if lines else ""
-    return max(len(lines) - int(header), 0), first
+def count_lines(stream: BinaryIO, header: bool, chunk: int = 1 << 22) -> tuple[int, str]:
+    """Non-blank lines of a byte stream (less a header line) and its first non-blank line, read
+    a chunk at a time; lines end at LF, CR or CRLF, as in Spark's line reader."""
+    count, first, carry = 0, None, b""
+    for block in iter(lambda: stream.read(chunk), b""):
+        lines = (carry + block).splitlines(keepends=True)
+        # The last line may go on in the next block (a CRLF split by a block edge leaves a
+        # blank line, which is not counted).
+        carry = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
+        for line in lines:
+            if line.strip():
+                count += 1
+                first = line.rstrip(b"\r\n") if first is None else first
+    if carry.strip():
+        count += 1
+        first = carry if first is None else first
+    text = first.decode("utf-8", errors="replace") if first is not None else ""
+    return max(count - int(header), 0), text
 
 
 def landed_lines_in_spark(spark: SparkSession, files: list[str],

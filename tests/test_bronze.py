@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -199,6 +200,14 @@ def test_lines_counted_in_spark_match_the_driver_count(spark: SparkSession,
                 tables.landed_lines_in_spark(spark, files, header=True).items()}
     assert {same_file(f): v for f, v in driver.items()} == in_spark
     assert driver[files[0]] == (3, "h1,h2") and driver[files[1]] == (0, "h1,h2")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 22])
+def test_line_count_does_not_depend_on_where_reads_split_the_file(chunk: int) -> None:
+    data = b"h1,h2\r\n1,2\r\n\r\n3,4\r  \n5,6\n\n7,\xff8"
+    expected = [line for line in data.splitlines() if line.strip()]
+    lines, first = tables.count_lines(io.BytesIO(data), header=True, chunk=chunk)
+    assert (lines, first) == (len(expected) - 1, "h1,h2")
 
 
 KILLED_CHILD = """
