@@ -86,11 +86,9 @@ def append(df: DataFrame, config: Config, name: str, txn: tuple[str, int] | None
     _save(writer, config.table(name))
 
 
-def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) -> None:
+def overwrite(df: DataFrame, config: Config, name: str) -> None:
     """Replace the table's content (earlier content stays reachable through Delta history)."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-    if tag is not None:
-        writer = writer.option("userMetadata", tag)
     _save(writer, config.table(name))
 
 

@@ -76,6 +76,11 @@ def valid() -> Column:
     return F.size(FAILED_RULES) == 0
 
 
+def duplicate() -> Column:
+    """Valid rows whose natural key a later landed valid row also has (dropped, counted)."""
+    return valid() & (F.col(KEY_RANK) > 1)
+
+
 def kept() -> Column:
     """The rows a batch writes: valid, and the latest landed row of their natural key."""
     return valid() & (F.col(KEY_RANK) == 1)
@@ -108,7 +113,7 @@ class ContractAnswers:
     def _aggregates(self) -> list[Column]:
         aggregates = [F.count(F.lit(1)).alias("_rows"),
                       F.sum((~valid()).cast("long")).alias("_quarantined"),
-                      F.sum((valid() & (F.col(KEY_RANK) > 1)).cast("long")).alias("_duplicates")]
+                      F.sum(duplicate().cast("long")).alias("_duplicates")]
         for r in self.contract.rules:  # read from the rule arrays: conditions run once per row
             column = WARNED_RULES if r.action == "warn" else FAILED_RULES
             aggregates.append(F.sum(F.array_contains(column, r.name).cast("long")).alias(r.name))

@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import CORRUPT_COLUMN
-from lakehouse.contracts.core import KEY_RANK, Action, BatchRule, Contract, Rule, kept, valid
+from lakehouse.contracts.core import Action, BatchRule, Contract, Rule, duplicate, kept
 from lakehouse.contracts.models import (
     AirlinesModel,
     AirportsModel,
@@ -56,7 +56,7 @@ def unique_key(keys: tuple[str, ...]) -> BatchRule:
     return BatchRule(
         "key_unique", f"natural key {keys} is unique in the batch (else the latest landed row "
         "is kept, the others counted as duplicates)", action="warn",
-        measure=lambda: F.sum((valid() & (F.col(KEY_RANK) > 1)).cast("long")),
+        measure=lambda: F.sum(duplicate().cast("long")),
         passes=lambda duplicates: not duplicates)
 
 
