@@ -70,6 +70,13 @@ def test_rerun_of_same_batch_changes_nothing(spark: SparkSession, with_reference
     assert tables.read(spark, config, "quarantine").count() == 1  # same txn: not appended twice
 
 
+def held_rdds(spark: SparkSession) -> set[int]:
+    """Ids of the RDDs whose rows Spark holds in storage (cached or checkpointed), less the
+    Delta table states Delta caches itself."""
+    return {info.id() for info in spark.sparkContext._jsc.sc().getRDDStorageInfo()
+            if not str(info.name()).startswith("Delta Table State")}
+
+
 @pytest.mark.parametrize("poison", [
     {"distance": "-1"}, {"carrier": "NA"}, {"dep_delay": "five"}, {"month": "13"},
 ], ids=["out_of_range", "null_key", "changed_type", "impossible_date"])
@@ -77,12 +84,14 @@ def test_poisoned_batch_halts_and_leaves_tables_untouched(
         spark: SparkSession, with_references: Config, poison: dict) -> None:
     config = with_references
     contract = CONTRACTS["flights"]
+    held = held_rdds(spark)
     refine_batch(spark, config, contract, bronze_rows(spark, "flights", good_flights(20)), 1)
     versions = {t: tables.version(spark, config, t) for t in ("silver_flights", "quarantine")}
     poisoned = [*good_flights(5), *(flight(flight=str(2000 + i), **poison) for i in range(5))]
     with pytest.raises(ContractViolation, match="silver.flights: rule '.*' .* broken by 5 of 10"):
         refine_batch(spark, config, contract, bronze_rows(spark, "flights", poisoned), 2)
     assert {t: tables.version(spark, config, t) for t in versions} == versions
+    assert held_rdds(spark) <= held  # the batches' materialized rows are released, halted or not
 
 
 def test_duplicate_keys_are_dropped_keeping_latest(spark: SparkSession,
