@@ -176,9 +176,14 @@ def validate(contract: Contract, df: DataFrame,
     return ValidationReport(tuple(schema_errors), tuple(failed))
 
 
-def with_rule_results(contract: Contract) -> Callable[[DataFrame], DataFrame]:
+def with_rule_results(contract: Contract, carry: Callable[[DataFrame], DataFrame] | None = None
+                      ) -> Callable[[DataFrame], DataFrame]:
     """Add, in one pass, the quarantine/fail rules and the warn rules each row breaks, and the
-    row's rank among the valid rows of its natural key (1: the latest landed, which is kept)."""
+    row's rank among the valid rows of its natural key (1: the latest landed, which is kept).
+
+    carry, when given, narrows the flagged rows to the columns the later steps read before
+    they are ranked: ranking shuffles every column carried.
+    """
 
     def names(actions: tuple[Action, ...]) -> Column:
         flags = [F.when(~r.passed(), F.lit(r.name)) for r in contract.rules if r.action in actions]
@@ -192,6 +197,8 @@ def with_rule_results(contract: Contract) -> Callable[[DataFrame], DataFrame]:
     def transform(df: DataFrame) -> DataFrame:
         flagged = df.withColumns({FAILED_RULES: names(("quarantine", "fail")),
                                   WARNED_RULES: names(("warn",))})
+        if carry is not None:
+            flagged = carry(flagged)
         return flagged.withColumn(KEY_RANK, F.row_number().over(latest_valid_first))
 
     return transform
