@@ -189,7 +189,7 @@ def with_rule_results(contract: Contract, carry: Callable[[DataFrame], DataFrame
         flags = [F.when(~r.passed(), F.lit(r.name)) for r in contract.rules if r.action in actions]
         if not flags:
             return F.array().cast("array<string>")
-        return F.filter(F.array(*flags), lambda x: x.isNotNull())
+        return F.array_compact(F.array(*flags))
 
     latest_valid_first = Window.partitionBy(*contract.keys).orderBy(
         F.size(FAILED_RULES) > 0, *latest_landed_first())

@@ -120,8 +120,10 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
     """Type, check, split, deduplicate and write one bronze batch of a table.
 
     The typed batch, with the rules each row breaks and its rank within its natural key, is
-    materialized once; one aggregation over it answers every count and every pandera check, and the
-    writes read it back. Nothing is written unless the batch passes its contract.
+    materialized once; one aggregation over it answers every count and every pandera check, and
+    the writes read it back. Nothing is written unless the batch passes its contract. (Observing
+    the same profile while materializing, with no aggregation job, measured ~2 s slower on the
+    full year of flights: CollectMetrics updates its ~40 aggregates row by row.)
     """
     table = contract.table
     settings = config.section("silver")
