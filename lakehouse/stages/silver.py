@@ -91,10 +91,10 @@ def carried(table: str) -> Callable[[DataFrame], DataFrame]:
     """
 
     def transform(df: DataFrame) -> DataFrame:
-        to_quarantine = ~valid()
+        quarantined = ~valid()
         return df.select(*OUTPUT[table], *LINEAGE, FAILED_RULES, WARNED_RULES,
-                         F.when(to_quarantine, F.col(RAW)).alias(RAW),
-                         F.when(to_quarantine, F.col(CORRUPT_COLUMN)).alias(CORRUPT_COLUMN))
+                         F.when(quarantined, F.col(RAW)).alias(RAW),
+                         F.when(quarantined, F.col(CORRUPT_COLUMN)).alias(CORRUPT_COLUMN))
 
     return transform
 
@@ -127,10 +127,9 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
     """
     table = contract.table
     settings = config.section("silver")
-    checked = (bronze_rows.transform(parse_columns(table))
-               .transform(enrich(spark, config, table))
-               .transform(with_rule_results(contract, carried(table))))
-    checked = materialized(checked)
+    checked = materialized(bronze_rows.transform(parse_columns(table))
+                           .transform(enrich(spark, config, table))
+                           .transform(with_rule_results(contract, carried(table))))
     try:
         answers = ContractAnswers(contract)
         report = validate(contract, checked, answers)
