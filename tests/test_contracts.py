@@ -108,3 +108,17 @@ def test_batch_under_quarantine_share_passes(spark: SparkSession) -> None:
     counts = rule_counts(FLIGHTS, checked)
     enforce_thresholds(FLIGHTS, checked, counts, max_share=0.05)  # 1/31 = 3.2 %: no halt
     assert counts["_quarantined"] == 1
+
+
+def test_rule_columns_run_in_generated_code(spark: SparkSession) -> None:
+    """No rule column falls back to interpretation: one expression without code generation
+    (a higher-order function such as filter or array_compact) takes the whole projection out of
+    whole-stage codegen, and Spark then interprets every rule condition row by row (~10x the
+    cost on the full year of flights, bench/silver.py)."""
+    checked = checked_flights(spark, [flight()]).unpersist()
+    checked.collect()
+    plan = checked._jdf.queryExecution().executedPlan().toString().split("== Initial Plan ==")[0]
+    projects = [line for line in plan.splitlines() if "Project [" in line]
+    assert projects
+    interpreted = [line.strip()[:120] for line in projects if "*(" not in line]
+    assert not interpreted, interpreted

@@ -186,10 +186,12 @@ def with_rule_results(contract: Contract, carry: Callable[[DataFrame], DataFrame
     """
 
     def names(actions: tuple[Action, ...]) -> Column:
-        flags = [F.when(~r.passed(), F.lit(r.name)) for r in contract.rules if r.action in actions]
-        if not flags:
-            return F.array().cast("array<string>")
-        return F.array_compact(F.array(*flags))
+        # Concatenated one-name arrays, not a filter over an array of names-or-nulls:
+        # filter/array_compact are higher-order functions without code generation, and
+        # would make Spark interpret every rule condition row by row.
+        none = F.array().cast("array<string>")
+        return F.concat(none, *(F.when(r.passed(), none).otherwise(F.array(F.lit(r.name)))
+                                for r in contract.rules if r.action in actions))
 
     latest_valid_first = Window.partitionBy(*contract.keys).orderBy(
         F.size(FAILED_RULES) > 0, *latest_landed_first())
