@@ -23,13 +23,15 @@ def parse_number(raw: Column, dtype: str) -> Column:
     return clean_text(raw).try_cast(dtype)
 
 
-def is_parsable(raw: Column, parsed: Column) -> Column:
-    """True when the text parsed (parsed = parse_number(raw, dtype)) or is a null token.
+def is_parsable(raw: str, parsed: str) -> str:
+    """SQL: true when the text parsed (parsed = parse_number(raw, dtype)) or is a null token.
 
     Reads the parsed value instead of parsing again: the text is looked at only when the parse
-    gave null.
+    gave null. Takes column names (SQL identifiers) and returns a SQL predicate, as the contract
+    rules are written: one parsed expression is far cheaper to build than a tree of Column calls.
     """
-    return parsed.isNotNull() | clean_text(raw).isNull()
+    tokens = ", ".join(f"'{t}'" for t in NULL_TOKENS)
+    return f"({parsed} IS NOT NULL OR {raw} IS NULL OR trim({raw}) IN ({tokens}))"
 
 
 def parse_utc(raw: Column) -> Column:
@@ -55,10 +57,10 @@ def local_hhmm_to_utc(day: Column, hhmm: Column, timezone: Column) -> Column:
     return F.to_utc_timestamp(wall_clock, timezone)
 
 
-def is_valid_hhmm(hhmm: Column, allow_2400: bool = False) -> Column:
-    """An hhmm integer with hours 0-23 (or exactly 2400) and minutes 0-59."""
-    ok = hhmm.between(0, 2359) & ((hhmm % 100) < 60)
-    return (ok | (hhmm == 2400)) if allow_2400 else ok
+def is_valid_hhmm(hhmm: str, allow_2400: bool = False) -> str:
+    """SQL: an hhmm integer column with hours 0-23 (or exactly 2400) and minutes 0-59."""
+    ok = f"({hhmm} BETWEEN 0 AND 2359 AND {hhmm} % 100 < 60)"
+    return f"({ok} OR {hhmm} = 2400)" if allow_2400 else ok
 
 
 def minutes_between(later: Column, earlier: Column) -> Column:

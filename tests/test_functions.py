@@ -20,7 +20,7 @@ def test_parse_number_nulls_na_and_unparsable_text(spark: SparkSession) -> None:
          (None, None, True), ("12x", None, False), ("1.5", None, False)],
         "raw string, expected int, parsable boolean")
     out = df.withColumn("parsed", parse_number(F.col("raw"), "int"))
-    out = out.withColumn("ok", is_parsable(F.col("raw"), F.col("parsed")))
+    out = out.withColumn("ok", F.expr(is_parsable("raw", "parsed")))
     assert_column_equality(out, "parsed", "expected")
     assert_column_equality(out, "ok", "parsable")
 
@@ -59,7 +59,7 @@ def test_is_valid_hhmm(spark: SparkSession) -> None:
         [(0, True, True), (2359, True, True), (2400, False, True), (1260, False, False),
          (2500, False, False), (-5, False, False), (None, None, None)],
         "hhmm int, scheduled boolean, actual boolean")
-    out = df.withColumns({"s": is_valid_hhmm(F.col("hhmm")),
-                          "a": is_valid_hhmm(F.col("hhmm"), allow_2400=True)})
+    out = df.withColumns({"s": F.expr(is_valid_hhmm("hhmm")),
+                          "a": F.expr(is_valid_hhmm("hhmm", allow_2400=True))})
     assert_column_equality(out, "s", "scheduled")
     assert_column_equality(out, "a", "actual")

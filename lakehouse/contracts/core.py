@@ -28,19 +28,21 @@ class ContractViolation(RuntimeError):
 
 @dataclass(frozen=True)
 class Rule:
-    """A row-level rule: `condition` is true for a passing row.
+    """A row-level rule: `condition` is a Spark SQL predicate, true for a passing row.
 
     A condition that evaluates to null passes: a rule speaks about a value only when it is
-    present (null keys are caught by explicit not-null rules).
+    present (null keys are caught by explicit not-null rules). Conditions are SQL text so that
+    a contract's rules become one parsed expression: built as Column trees, each a few dozen
+    Py4J calls, they took ~0.3 s per batch to build.
     """
 
     name: str
     description: str
-    condition: Callable[[], Column]
+    condition: str
     action: Action = "quarantine"
 
-    def passed(self) -> Column:
-        return F.coalesce(self.condition(), F.lit(True))
+    def passed(self) -> str:
+        return f"coalesce(({self.condition}), true)"
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ class ContractAnswers:
                       F.sum(duplicate().cast("long")).alias("_duplicates")]
         for r in self.contract.rules:  # read from the rule arrays: conditions run once per row
             column = WARNED_RULES if r.action == "warn" else FAILED_RULES
-            aggregates.append(F.sum(F.array_contains(column, r.name).cast("long")).alias(r.name))
+            aggregates.append(F.expr(f"sum(CAST(array_contains({column}, '{r.name}') AS BIGINT))"
+                                     f" AS `{r.name}`"))
         for b in self.contract.batch_rules:
             if b.measure is not None:
                 aggregates.append(b.measure().alias(f"_measure_{b.name}"))
@@ -189,9 +192,10 @@ def with_rule_results(contract: Contract, carry: Callable[[DataFrame], DataFrame
         # Concatenated one-name arrays, not a filter over an array of names-or-nulls:
         # filter/array_compact are higher-order functions without code generation, and
         # would make Spark interpret every rule condition row by row.
-        none = F.array().cast("array<string>")
-        return F.concat(none, *(F.when(r.passed(), none).otherwise(F.array(F.lit(r.name)))
-                                for r in contract.rules if r.action in actions))
+        none = "CAST(array() AS array<string>)"
+        flags = [f"CASE WHEN {r.passed()} THEN {none} ELSE array('{r.name}') END"
+                 for r in contract.rules if r.action in actions]
+        return F.expr(f"concat({', '.join([none, *flags])})")
 
     latest_valid_first = Window.partitionBy(*contract.keys).orderBy(
         F.size(FAILED_RULES) > 0, *latest_landed_first())

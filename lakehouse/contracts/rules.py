@@ -27,29 +27,28 @@ TAILNUM = r"^N[A-Z0-9]{1,5}$"
 
 def well_formed() -> Rule:
     return Rule("well_formed", "the landed line parsed into the source's columns",
-                lambda: F.col(CORRUPT_COLUMN).isNull())
+                f"{CORRUPT_COLUMN} IS NULL")
 
 
 def not_null(column: str, action: Action = "quarantine") -> Rule:
-    return Rule(f"{column}_not_null", f"{column} is present", lambda: F.col(column).isNotNull(),
-                action)
+    return Rule(f"{column}_not_null", f"{column} is present", f"`{column}` IS NOT NULL", action)
 
 
 def parsable(table: str) -> list[Rule]:
     """One rule per typed column: the raw text is a null token or parses as its type."""
     return [Rule(f"{c}_parsable", f"{c} text parses as {t}",
-                 lambda c=c: is_parsable(F.col(f"{RAW}.{c}"), F.col(c)))
+                 is_parsable(f"`{RAW}`.`{c}`", f"`{c}`"))
             for c, t in TYPES[table].items() if t != "string"]
 
 
 def matches(column: str, pattern: str, action: Action = "quarantine") -> Rule:
     return Rule(f"{column}_format", f"{column} matches {pattern}",
-                lambda: F.col(column).rlike(pattern), action)
+                f"`{column}` RLIKE '{pattern}'", action)
 
 
 def in_range(column: str, low: float, high: float, action: Action = "quarantine") -> Rule:
     return Rule(f"{column}_range", f"{column} between {low} and {high}",
-                lambda: F.col(column).between(low, high), action)
+                f"`{column}` BETWEEN {low} AND {high}", action)
 
 
 def unique_key(keys: tuple[str, ...]) -> BatchRule:
@@ -89,31 +88,30 @@ def flights_contract(settings: dict[str, Any]) -> Contract:
         *(not_null(c) for c in ("carrier", "flight", "origin", "dest", "sched_dep_time",
                                 "sched_arr_time")),
         Rule("flight_date_valid", "year/month/day are present and form a real date",
-             lambda: F.col("flight_date").isNotNull()),
+             "flight_date IS NOT NULL"),
         matches("carrier", CARRIER), matches("origin", IATA), matches("dest", IATA),
         matches("tailnum", TAILNUM, action="warn"),
         Rule("sched_dep_time_valid", "scheduled departure is a valid hhmm",
-             lambda: is_valid_hhmm(F.col("sched_dep_time"))),
+             is_valid_hhmm("sched_dep_time")),
         Rule("sched_arr_time_valid", "scheduled arrival is a valid hhmm",
-             lambda: is_valid_hhmm(F.col("sched_arr_time"))),
+             is_valid_hhmm("sched_arr_time")),
         Rule("dep_time_valid", "actual departure is a valid hhmm (2400 allowed)",
-             lambda: is_valid_hhmm(F.col("dep_time"), allow_2400=True)),
+             is_valid_hhmm("dep_time", allow_2400=True)),
         Rule("arr_time_valid", "actual arrival is a valid hhmm (2400 allowed)",
-             lambda: is_valid_hhmm(F.col("arr_time"), allow_2400=True)),
+             is_valid_hhmm("arr_time", allow_2400=True)),
         in_range("dep_delay", -180, 2880), in_range("arr_delay", -180, 2880),
         in_range("air_time", 1, 1000), in_range("distance", 1, 6000),
         Rule("origin_in_airports", "origin is a known airport with a time zone",
-             lambda: F.col("_origin_tz").isNotNull() | F.col("origin").isNull()),
+             "_origin_tz IS NOT NULL OR origin IS NULL"),
         Rule("sched_arr_after_dep", "scheduled arrival is after scheduled departure (UTC), "
              "within 24 h",
-             lambda: (F.col("sched_arr_utc") > F.col("sched_dep_utc"))
-             & (F.col("sched_arr_utc") < F.col("sched_dep_utc") + F.expr("INTERVAL 24 HOURS"))),
+             "sched_arr_utc > sched_dep_utc AND sched_arr_utc < sched_dep_utc + INTERVAL 24 HOURS"),
         Rule("dest_in_airports", "destination is in the airports snapshot (kept, flagged)",
-             lambda: F.col("dest_known"), action="warn"),
+             "dest_known", action="warn"),
         Rule("tailnum_in_planes", "tail number is in the planes snapshot (kept, flagged)",
-             lambda: F.col("plane_known") | F.col("tailnum").isNull(), action="warn"),
+             "plane_known OR tailnum IS NULL", action="warn"),
         Rule("tailnum_present", "tail number is present (kept, flagged)",
-             lambda: F.col("tailnum").isNotNull(), action="warn"),
+             "tailnum IS NOT NULL", action="warn"),
     ]
     batch = [unique_key(KEYS["flights"]),
              max_null_share("tailnum", float(settings.get("max_tailnum_null_share", 0.05))),
@@ -130,9 +128,9 @@ def weather_contract(settings: dict[str, Any]) -> Contract:
         in_range("dewp", -80, 100), in_range("humid", 0, 100), in_range("wind_dir", 0, 360),
         in_range("precip", 0, 10), in_range("pressure", 850, 1100), in_range("visib", 0, 100),
         Rule("wind_speed_plausible", f"wind speed at most {max_wind} mph, else a sensor error "
-             "set to null (kept, flagged)", lambda: F.col("wind_speed") <= max_wind, "warn"),
+             "set to null (kept, flagged)", f"wind_speed <= {max_wind}", "warn"),
         Rule("wind_gust_plausible", f"wind gust at most {max_gust} mph, else a sensor error "
-             "set to null (kept, flagged)", lambda: F.col("wind_gust") <= max_gust, "warn"),
+             "set to null (kept, flagged)", f"wind_gust <= {max_gust}", "warn"),
     ]
     return Contract("weather", WeatherModel, KEYS["weather"], tuple(rules),
                     (unique_key(KEYS["weather"]), *rows_per_file_vs_recent("weather", settings)))
@@ -142,7 +140,7 @@ def planes_contract(settings: dict[str, Any]) -> Contract:
     rules = [well_formed(), *parsable("planes"), not_null("tailnum"), matches("tailnum", TAILNUM),
              in_range("year", 1900, 2014), in_range("engines", 1, 8), in_range("seats", 1, 1000),
              Rule("year_present", "build year is known (kept, flagged)",
-                  lambda: F.col("year").isNotNull(), "warn")]
+                  "year IS NOT NULL", "warn")]
     return Contract("planes", PlanesModel, KEYS["planes"], tuple(rules), (unique_key(KEYS["planes"]),))
 
 
@@ -150,7 +148,7 @@ def airports_contract(settings: dict[str, Any]) -> Contract:
     rules = [well_formed(), *parsable("airports"), not_null("faa"), matches("faa", FAA),
              in_range("lat", -90, 90), in_range("lon", -180, 180),
              Rule("tzone_present", "time zone is known (kept, flagged)",
-                  lambda: F.col("tzone").isNotNull(), "warn")]
+                  "tzone IS NOT NULL", "warn")]
     return Contract("airports", AirportsModel, KEYS["airports"], tuple(rules),
                     (unique_key(KEYS["airports"]),))
 
