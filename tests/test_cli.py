@@ -16,6 +16,7 @@ def test_contracts_lists_rules_with_table_level_and_action(capsys: pytest.Captur
                for line in out.splitlines())
     assert any(line.split()[:4] == ["flights", "key_unique", "batch", "warn"]
                for line in out.splitlines())
+    assert "passes when true or null: `distance` BETWEEN 1 AND 6000" in out
 
 
 def test_bad_date_is_rejected_naming_the_value(capsys: pytest.CaptureFixture) -> None:
