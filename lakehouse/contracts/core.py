@@ -49,16 +49,17 @@ class Rule:
 class BatchRule:
     """A batch-level rule, a yes/no question about the rows a batch would write.
 
-    Either `measure` is an aggregate (over the checked batch; `kept()` selects the rows to be
-    written) answered in the batch's one profiling job and judged by `passes`, or `holds(df)`
-    runs its own query on the rows to be written.
+    Either `measure` gives sums (over the checked batch; `kept()` selects the rows to be
+    written), answered in the batch's one profiling job and judged by `passes(*totals)`, or
+    `holds(df)` runs its own query on the rows to be written. Sums, because the profile is
+    aggregated per combination of broken rules and added up on the driver.
     """
 
     name: str
     description: str
     action: Action = "fail"
-    measure: Callable[[], Column] | None = None
-    passes: Callable[[Any], bool] | None = None
+    measure: Callable[[], tuple[Column, ...]] | None = None
+    passes: Callable[..., bool] | None = None
     holds: Callable[[DataFrame], bool] | None = None
 
 
@@ -103,27 +104,48 @@ class ContractAnswers:
         self._holds: dict[str, bool] = {}
 
     def profile(self, df: DataFrame) -> dict[str, Any] | None:
-        """The batch's counts, or None when a column the rules read is missing."""
+        """The batch's counts, or None when a column the rules read is missing.
+
+        Rows are counted per combination of broken rules (a handful of groups) and the rule
+        counts added up here: one sum per rule over every row measured ~0.13 s more on the
+        full year of flights.
+        """
         if df is not self._df:
             self._df, self._holds = df, {}
             try:
-                self._profile = df.agg(*self._aggregates()).first().asDict()
+                groups = df.groupBy(FAILED_RULES, WARNED_RULES).agg(*self._aggregates()).collect()
             except AnalysisException:
                 self._profile = None
+            else:
+                self._profile = self._added_up(groups)
         return self._profile
+
+    def _measures(self) -> dict[str, tuple[Column, ...]]:
+        return {f"_measure_{b.name}": b.measure() for b in self.contract.batch_rules
+                if b.measure is not None}
 
     def _aggregates(self) -> list[Column]:
         aggregates = [F.count(F.lit(1)).alias("_rows"),
-                      F.sum((~valid()).cast("long")).alias("_quarantined"),
                       F.sum(duplicate().cast("long")).alias("_duplicates")]
-        for r in self.contract.rules:  # read from the rule arrays: conditions run once per row
-            column = WARNED_RULES if r.action == "warn" else FAILED_RULES
-            aggregates.append(F.expr(f"sum(CAST(array_contains({column}, '{r.name}') AS BIGINT))"
-                                     f" AS `{r.name}`"))
-        for b in self.contract.batch_rules:
-            if b.measure is not None:
-                aggregates.append(b.measure().alias(f"_measure_{b.name}"))
+        for key, sums in self._measures().items():
+            aggregates.extend(s.alias(f"{key}_{i}") for i, s in enumerate(sums))
         return aggregates
+
+    def _added_up(self, groups: list[Any]) -> dict[str, Any]:
+        profile: dict[str, Any] = {"_rows": 0, "_quarantined": 0, "_duplicates": 0,
+                                   **{r.name: 0 for r in self.contract.rules}}
+        sums = {key: [0] * len(columns) for key, columns in self._measures().items()}
+        for group in groups:
+            rows = group["_rows"]
+            profile["_rows"] += rows
+            profile["_quarantined"] += rows if group[FAILED_RULES] else 0
+            profile["_duplicates"] += group["_duplicates"] or 0
+            for name in (*group[FAILED_RULES], *group[WARNED_RULES]):
+                profile[name] += rows
+            for key, totals in sums.items():
+                for i in range(len(totals)):
+                    totals[i] += group[f"{key}_{i}"] or 0
+        return {**profile, **{key: tuple(totals) for key, totals in sums.items()}}
 
     def holds(self, df: DataFrame, name: str) -> bool:
         if name not in self._holds or df is not self._df:
@@ -136,7 +158,7 @@ class ContractAnswers:
             return not profile[name]
         rule = next(b for b in self.contract.batch_rules if b.name == name)
         if rule.measure is not None and rule.passes is not None:
-            return rule.passes(profile[f"_measure_{name}"])
+            return rule.passes(*profile[f"_measure_{name}"])
         assert rule.holds is not None, f"batch rule {name} has neither measure nor holds"
         return rule.holds(df.filter(kept()))
 

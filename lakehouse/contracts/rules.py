@@ -55,15 +55,16 @@ def unique_key(keys: tuple[str, ...]) -> BatchRule:
     return BatchRule(
         "key_unique", f"natural key {keys} is unique in the batch (else the latest landed row "
         "is kept, the others counted as duplicates)", action="warn",
-        measure=lambda: F.sum(duplicate().cast("long")),
+        measure=lambda: (F.sum(duplicate().cast("long")),),
         passes=lambda duplicates: not duplicates)
 
 
 def max_null_share(column: str, share: float) -> BatchRule:
     return BatchRule(
         f"{column}_null_share", f"at most {share:.0%} of {column} is null",
-        measure=lambda: F.avg(F.when(kept(), F.col(column).isNull().cast("double"))),
-        passes=lambda value: value is None or float(value) <= share)
+        measure=lambda: (F.sum((kept() & F.col(column).isNull()).cast("long")),
+                         F.sum(kept().cast("long"))),
+        passes=lambda nulls, rows: not rows or nulls / rows <= share)
 
 
 def rows_per_file_vs_recent(table: str, settings: dict[str, Any]) -> list[BatchRule]:
