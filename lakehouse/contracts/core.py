@@ -93,7 +93,7 @@ class ContractAnswers:
     """Profiles a checked batch in one Spark job and answers every rule from that profile.
 
     The profile holds the rows, the rows to quarantine, the duplicate keys, the rows breaking
-    each row rule and each measured batch rule's value. Pandera runs one check per rule; each
+    each row rule and each measured batch rule's sums. Pandera runs one check per rule; each
     check asks this object, so validating a batch costs one aggregation, not one query per rule.
     """
 
@@ -113,28 +113,32 @@ class ContractAnswers:
         if df is not self._df:
             self._df, self._holds = df, {}
             try:
-                groups = df.groupBy(FAILED_RULES, WARNED_RULES).agg(*self._aggregates()).collect()
+                measures = self._measures()
+                groups = (df.groupBy(FAILED_RULES, WARNED_RULES)
+                          .agg(*self._aggregates(measures)).collect())
             except AnalysisException:
                 self._profile = None
             else:
-                self._profile = self._added_up(groups)
+                self._profile = self._added_up(groups, measures)
         return self._profile
 
     def _measures(self) -> dict[str, tuple[Column, ...]]:
         return {f"_measure_{b.name}": b.measure() for b in self.contract.batch_rules
                 if b.measure is not None}
 
-    def _aggregates(self) -> list[Column]:
+    @staticmethod
+    def _aggregates(measures: dict[str, tuple[Column, ...]]) -> list[Column]:
         aggregates = [F.count(F.lit(1)).alias("_rows"),
                       F.sum(duplicate().cast("long")).alias("_duplicates")]
-        for key, sums in self._measures().items():
+        for key, sums in measures.items():
             aggregates.extend(s.alias(f"{key}_{i}") for i, s in enumerate(sums))
         return aggregates
 
-    def _added_up(self, groups: list[Any]) -> dict[str, Any]:
+    def _added_up(self, groups: list[Any],
+                  measures: dict[str, tuple[Column, ...]]) -> dict[str, Any]:
         profile: dict[str, Any] = {"_rows": 0, "_quarantined": 0, "_duplicates": 0,
                                    **{r.name: 0 for r in self.contract.rules}}
-        sums = {key: [0] * len(columns) for key, columns in self._measures().items()}
+        sums = {key: [0] * len(columns) for key, columns in measures.items()}
         for group in groups:
             rows = group["_rows"]
             profile["_rows"] += rows
