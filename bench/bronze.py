@@ -1,8 +1,9 @@
 """Benchmark the bronze job on the full year, side by side with a plain read → Delta write.
 
 Measured: the ingestion of the daily drops (flights CSV, weather JSON lines) as `lakehouse run
-bronze` does it: both file streams side by side, line accounting, lineage, txn appends. The
-three reference snapshots and the audit rows (fixed costs of a run) are outside both timings.
+bronze` does it: both sources side by side, file ledger, line accounting, lineage, tagged
+appends. The three reference snapshots and the audit rows (fixed costs of a run) are outside
+both timings.
 Prints two ratios (goals from DESIGN.md):
   bronze job / plain spark.read.csv(...).write.format("delta") of the same files   (≤ 1.3)
   one new day after the full year / the full-year run                              (≤ 0.10)

@@ -6,6 +6,8 @@ A table location from conf is a Delta path when it contains "/", else a catalog 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -111,7 +113,7 @@ def commit_tags(spark: SparkSession, config: Config, name: str) -> Iterator[str 
     for commit in sorted(commits, key=lambda p: int(p.rsplit("/", 1)[-1].split(".")[0]),
                          reverse=True):
         infos = [json.loads(line).get("commitInfo") for line in
-                 (read_small_file(spark, commit) or "").splitlines() if "commitInfo" in line]
+                 (read_text(spark, commit) or "").splitlines() if "commitInfo" in line]
         yield next((info.get("userMetadata") for info in infos if info), None)
 
 
@@ -142,35 +144,25 @@ def read_stream(spark: SparkSession, config: Config, name: str) -> DataFrame:
     return reader.load(location) if _is_path(location) else reader.table(location)
 
 
-def read_landing_stream(spark: SparkSession, folder: str, fmt: str, schema: T.StructType,
-                        corrupt_column: str) -> DataFrame:
-    """Stream the files of a landing folder, one row per non-blank data line, malformed lines
-    kept whole in corrupt_column.
+def read_landing(spark: SparkSession, files: list[str], fmt: str, schema: T.StructType,
+                 corrupt_column: str) -> DataFrame:
+    """Read landed files, one row per non-blank data line, malformed lines kept whole in
+    corrupt_column.
 
     JSON lines are read as text and parsed line by line: the JSON reader would turn a line
     holding an array into several records, or none.
     """
     if fmt == "json":
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt_column}
-        lines = (spark.readStream.format("text").option("maxFilesPerTrigger", 400).load(folder)
-                 .filter(F.col("value").rlike(r"\S")))
+        lines = spark.read.format("text").load(files).filter(F.col("value").rlike(r"\S"))
         return lines.select(F.from_json("value", schema, options).alias("_parsed"),
                             "_metadata").select("_parsed.*", "_metadata")
-    reader = (spark.readStream.format(fmt).schema(schema)
+    reader = (spark.read.format(fmt).schema(schema)
               .option("mode", "PERMISSIVE")
-              .option("columnNameOfCorruptRecord", corrupt_column)
-              .option("maxFilesPerTrigger", 400))
+              .option("columnNameOfCorruptRecord", corrupt_column))
     if fmt == "csv":
         reader = reader.option("header", "true").option("enforceSchema", "true")
-    return reader.load(folder).select("*", "_metadata")
-
-
-def read_landing_csv(spark: SparkSession, path: str, schema: T.StructType,
-                     corrupt_column: str) -> DataFrame:
-    """Read one landed CSV file (a reference snapshot) as strings, keeping malformed lines."""
-    return (spark.read.format("csv").schema(schema).option("header", "true")
-            .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", corrupt_column)
-            .load(path).select("*", "_metadata"))
+    return reader.load(files).select("*", "_metadata")
 
 
 def landed_lines(spark: SparkSession, files: list[str],
@@ -224,32 +216,104 @@ def landed_lines_in_spark(spark: SparkSession, files: list[str],
     return {r["file"]: (int(r["lines"]) - int(header), str(r["first"] or "")) for r in counts}
 
 
-def read_small_file(spark: SparkSession, uri: str) -> str | None:
-    """The text of a small file on any Hadoop file system (None when it does not exist)."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+def _local_path(uri: str) -> str | None:
+    """The local path of a plain path or file: URI; None for other file systems."""
+    parts = urlparse(uri)
+    if parts.scheme == "":
+        return uri
+    return url2pathname(parts.path) if parts.scheme == "file" else None
+
+
+def _hadoop_fs(spark: SparkSession, uri: str):  # type: ignore[no-untyped-def]
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def _hidden(name: str) -> bool:
+    """Names Spark's file sources skip: hidden, side files, copies in progress."""
+    return name.startswith((".", "_")) or name.endswith("._COPYING_")
+
+
+def list_files(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]:
+    """The files of a folder as (URI, modification time in ms, size), hidden files skipped.
+
+    Local folders are listed by the driver's OS (a new day's run should cost what the new day
+    costs); other file systems through Hadoop.
+    """
+    local = _local_path(folder)
+    if local is not None:
+        if not os.path.isdir(local):
+            return []
+        return [(Path(entry.path).absolute().as_uri(), entry.stat().st_mtime_ns // 1_000_000,
+                 entry.stat().st_size)
+                for entry in os.scandir(local) if entry.is_file() and not _hidden(entry.name)]
+    return _hadoop_list(spark, folder)
+
+
+def _hadoop_list(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]:
+    fs, path = _hadoop_fs(spark, folder)
+    if not fs.exists(path):
+        return []
+    return [(s.getPath().toString(), int(s.getModificationTime()), int(s.getLen()))
+            for s in fs.listStatus(path) if s.isFile() and not _hidden(s.getPath().getName())]
+
+
+def read_text(spark: SparkSession, uri: str) -> str | None:
+    """The text of a small file on any file system (None when it does not exist)."""
+    local = _local_path(uri)
+    if local is not None:
+        try:
+            return Path(local).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+    return _hadoop_read(spark, uri)
+
+
+def _hadoop_read(spark: SparkSession, uri: str) -> str | None:
+    fs, path = _hadoop_fs(spark, uri)
     if not fs.exists(path):
         return None
     stream = fs.open(path)
     try:
-        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        return str(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
     finally:
         stream.close()
 
 
-def stream_batch_files(spark: SparkSession, checkpoint: str, batch_id: int) -> list[str]:
-    """The files a file-source micro-batch reads, from its checkpoint's source log.
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    """Write a small file whole: readers see the old content or the new, never a part."""
+    local = _local_path(uri)
+    if local is None:
+        _hadoop_write(spark, uri, text)
+        return
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    partial = f"{local}.{uuid.uuid4().hex}.tmp"
+    with open(partial, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(partial, local)
 
-    A foreachBatch DataFrame does not expose its input files; the file source logs them (one
-    JSON line per file, every tenth batch compacted with all earlier entries) before the batch runs.
-    """
-    for name in (str(batch_id), f"{batch_id}.compact"):
-        text = read_small_file(spark, f"{checkpoint}/sources/0/{name}")
-        if text is not None:
-            entries = [json.loads(line) for line in text.splitlines()[1:] if line.strip()]
-            return [e["path"] for e in entries if e["batchId"] == batch_id]
-    raise FileNotFoundError(f"no source log for batch {batch_id} under {checkpoint}/sources/0")
+
+def _hadoop_write(spark: SparkSession, uri: str, text: str) -> None:
+    fs, path = _hadoop_fs(spark, uri)
+    _, partial = _hadoop_fs(spark, f"{uri}.{uuid.uuid4().hex}.tmp")
+    out = fs.create(partial, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+    fs.delete(path, False)
+    if not fs.rename(partial, path):
+        raise OSError(f"could not rename {partial.toString()} to {uri}")
+
+
+def delete_file(spark: SparkSession, uri: str) -> None:
+    """Remove a file if it is there."""
+    local = _local_path(uri)
+    if local is None:
+        fs, path = _hadoop_fs(spark, uri)
+        fs.delete(path, False)
+    elif os.path.exists(local):
+        os.remove(local)
 
 
 def latest_file(folder: str, pattern: str) -> str | None:

@@ -1,12 +1,12 @@
-"""Bronze stage: ingest newly landed files exactly once (Structured Streaming, availableNow)."""
+"""Bronze stage: ingest newly landed files exactly once (a file ledger per table)."""
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, Observation, SparkSession
@@ -26,6 +26,7 @@ from lakehouse.bronze import (
     with_lineage,
 )
 from lakehouse.config import Config
+from lakehouse.ledger import Batch, FileLedger, LandedFile
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.stages.audit import audited
 
@@ -36,7 +37,8 @@ BRONZE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
 
 
 def empty_counts() -> dict[str, Any]:
-    return {"files": 0, "rows": 0, "corrupt": 0, "landed": 0, "drift": [], "replayed": []}
+    return {"files": 0, "rows": 0, "corrupt": 0, "landed": 0, "drift": [], "replayed": [],
+            "changed": []}
 
 
 def write_accounted(spark: SparkSession, rows: DataFrame, files: list[str], source: str,
@@ -47,8 +49,8 @@ def write_accounted(spark: SparkSession, rows: DataFrame, files: list[str], sour
     The landed lines of the batch's files are counted first (header drift noted); the records
     are counted by an observation on the write itself, so the files are parsed once. When the
     counts differ, the run fails naming the files whose lines and records disagree: the check
-    follows the commit, so the records read stay in bronze and the stream's checkpoint does not
-    move; a rerun replays the batch (replayed=True: it is not written again) and checks the
+    follows the commit, so the records read stay in bronze and the ledger leaves the batch
+    open; a rerun replays the batch (replayed=True: it is not written again) and checks the
     files again, until they are mended.
     """
     table = f"bronze_{source}"
@@ -80,50 +82,50 @@ def write_accounted(spark: SparkSession, rows: DataFrame, files: list[str], sour
     totals["landed"] += sum(landed.values())
 
 
-def committed(spark: SparkSession, config: Config, table: str, stream: str, batch_id: int) -> bool:
-    """Whether this stream's newest commit to the table is this batch: the stream crashed after
-    the Delta commit and before its checkpoint, and now replays the batch.
+def committed(spark: SparkSession, config: Config, table: str, ledger: str, batch_id: int) -> bool:
+    """Whether the newest commit made through this table's ledger is this batch: the run that
+    planned it crashed after the Delta commit and before the ledger marked it done.
 
     The guarantee of Delta's txnAppId/txnVersion, read from the commits' userMetadata: bronze
-    has one stream per table, so the newest commit made by a stream answers (other commits,
-    e.g. OPTIMIZE, are stepped over). txn options cost ~0.4 s per append here: Delta rebuilds
-    its state to find the app's version.
+    has one ledger per table, so the newest commit made through a ledger answers (other
+    commits, e.g. OPTIMIZE, are stepped over). txn options cost ~0.4 s per append here: Delta
+    rebuilds its state to find the app's version.
     """
     for tag in tables.commit_tags(spark, config, table):
-        if tag and tag.startswith("stream "):  # the newest commit by a bronze stream
-            return tag.split()[1:4] == [stream, "batch", str(batch_id)]
+        if tag and tag.startswith("ledger "):  # the newest commit made through a ledger
+            return tag.split()[1:4] == [ledger, "batch", str(batch_id)]
     return False
 
 
 def ingest_daily(spark: SparkSession, config: Config, source: str, run_id: str) -> dict[str, Any]:
     """Append the files landed since the last run to bronze_<source>; return the counts.
 
-    The stream's checkpoint remembers which files were read; each micro-batch's commit is
-    tagged with the stream and batch, so a batch replayed after a crash is not appended twice.
+    The table's file ledger remembers which files were read. Each batch is planned in the
+    ledger before it is read and its Delta commit is tagged with the ledger and batch, so a
+    batch an interrupted run left open is taken again first and is not appended twice.
     """
     table = f"bronze_{source}"
     totals = empty_counts()
-    checkpoint = os.path.join(config.checkpoints, table)
+    ledger = FileLedger(spark, os.path.join(config.checkpoints, table, "ledger"))
 
-    def write_batch(batch: DataFrame, batch_id: int) -> None:
-        # The checkpoint's query id names the stream: a fresh checkpoint counts from 0 again.
-        stream = json.loads(tables.read_small_file(spark, f"{checkpoint}/metadata") or "{}")["id"]
-        tag = f"stream {stream} batch {batch_id} run {run_id}"
-        write_accounted(spark, batch.transform(with_lineage(run_id, batch_id)),
-                        tables.stream_batch_files(spark, checkpoint, batch_id), source, totals,
+    def ingest(batch: Batch, replayed: bool) -> None:
+        tag = f"ledger {ledger.id} batch {batch.id} run {run_id}"
+        rows = tables.read_landing(spark, batch.paths, DAILY_FORMATS[source], raw_schema(source),
+                                   CORRUPT_COLUMN).transform(with_lineage(run_id, batch.id))
+        write_accounted(spark, rows, batch.paths, source, totals,
                         lambda rows: tables.append(rows, config, table, tag=tag,
                                                    properties=BRONZE_PROPERTIES),
-                        replayed=committed(spark, config, table, stream, batch_id))
+                        replayed=replayed)
+        ledger.done(batch)
 
-    folder = os.path.join(config.landing, source)
-    os.makedirs(folder, exist_ok=True)
-    stream = tables.read_landing_stream(spark, folder, DAILY_FORMATS[source], raw_schema(source),
-                                        CORRUPT_COLUMN)
-    query = (stream.writeStream.foreachBatch(write_batch)
-             .option("checkpointLocation", checkpoint)
-             .trigger(availableNow=True).queryName(f"{table}_{run_id}")
-             .start())
-    query.awaitTermination()
+    if ledger.open is not None:  # left open by an interrupted run: exactly these files again
+        ingest(ledger.open, committed(spark, config, table, ledger.id, ledger.open.id))
+    listing = [LandedFile(*f) for f in
+               tables.list_files(spark, os.path.join(config.landing, source))]
+    changed = ledger.changed(listing)
+    totals["changed"] = [f.path.rsplit("/", 1)[-1] for f in changed]
+    while (batch := ledger.plan(listing)) is not None:
+        ingest(batch, replayed=False)
     return totals
 
 
@@ -139,9 +141,9 @@ def ingest_snapshot(spark: SparkSession, config: Config, source: str,
         loaded = tables.read(spark, config, table).select(file_name(F.col("_source_file"))).first()
         if loaded is not None and loaded[0] == os.path.basename(latest):
             return totals
-    rows = (tables.read_landing_csv(spark, latest, raw_schema(source), CORRUPT_COLUMN)
+    rows = (tables.read_landing(spark, [latest], "csv", raw_schema(source), CORRUPT_COLUMN)
             .transform(with_lineage(run_id, 0)))
-    write_accounted(spark, rows, rows.inputFiles(), source, totals,
+    write_accounted(spark, rows, [Path(latest).absolute().as_uri()], source, totals,
                     lambda df: tables.overwrite(df, config, table))
     return totals
 
@@ -149,8 +151,8 @@ def ingest_snapshot(spark: SparkSession, config: Config, source: str,
 def ingest_daily_sources(spark: SparkSession, config: Config, run_id: str,
                          ingest: Callable[[str], Any] | None = None) -> list[Any]:
     """Ingest the daily drops side by side, one thread per source: a new day's cost is mostly
-    fixed per-query latency, which two queries overlap. Each source runs to its end; the first
-    failure is raised after both."""
+    the fixed latency of a small read and Delta commit, which two threads overlap. Each source
+    runs to its end; the first failure is raised after both."""
     ingest = ingest or (lambda source: ingest_daily(spark, config, source, run_id))
     with ThreadPoolExecutor(len(DAILY_FORMATS), thread_name_prefix="bronze") as pool:
         futures = [pool.submit(ingest, source) for source in DAILY_FORMATS]
@@ -172,6 +174,9 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
             notes = []
             if counts["drift"]:
                 notes.append("schema drift: " + "; ".join(counts["drift"]))
+            if counts["changed"]:
+                notes.append(f"{len(counts['changed'])} file(s) changed after they were read, "
+                             f"not read again: {', '.join(counts['changed'])}")
             if counts["replayed"]:
                 notes.append(f"{len(counts['replayed'])} batch(es) of {sum(counts['replayed'])} "
                              "files already committed by an interrupted run: not written again")

@@ -1,0 +1,114 @@
+"""The bronze file ledger: which landed files were read, across crashes, backlogs and stores."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import ledger, tables
+from lakehouse.bronze import file_name
+from lakehouse.config import Config
+from lakehouse.ledger import LedgerError
+from lakehouse.seed import seed
+from lakehouse.stages import bronze
+from tests.test_bronze import bronze_lines, landed_lines
+
+
+def ledger_folder(config: Config, table: str) -> Path:
+    return Path(config.checkpoints) / table / "ledger"
+
+
+def files_per_batch(spark: SparkSession, config: Config) -> dict[int, list[str]]:
+    rows = (tables.read(spark, config, "bronze_flights")
+            .select("_batch_id", file_name(F.col("_source_file")).alias("file")).distinct()
+            .collect())
+    batches: dict[int, list[str]] = {}
+    for r in rows:
+        batches.setdefault(r["_batch_id"], []).append(r["file"])
+    return {b: sorted(files) for b, files in batches.items()}
+
+
+def test_crash_before_the_delta_commit_then_rerun_reads_the_open_batch_once(
+        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 2))
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("simulated crash before the Delta commit")
+
+    monkeypatch.setattr(tables, "append", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        bronze.ingest_daily(spark, config, "flights", "run-1")
+    monkeypatch.undo()
+    assert not tables.exists(spark, config, "bronze_flights")
+    seed(landing, date(2013, 1, 3), date(2013, 1, 3))  # lands before the rerun
+    totals = bronze.ingest_daily(spark, config, "flights", "run-2")
+    assert totals["files"] == 3 and totals["replayed"] == []
+    # The open batch is read again with exactly its files; the new day comes after it.
+    assert files_per_batch(spark, config) == {
+        0: ["flights_2013-01-01.csv", "flights_2013-01-02.csv"], 1: ["flights_2013-01-03.csv"]}
+    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
+
+
+def test_a_backlog_is_read_oldest_first_in_batches(spark: SparkSession, config: Config,
+                                                   monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(ledger, "MAX_FILES_PER_BATCH", 2)
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 3))
+    totals = bronze.ingest_daily(spark, config, "flights", "run-1")
+    assert totals["files"] == 3 and tables.version(spark, config, "bronze_flights") == 1
+    assert files_per_batch(spark, config) == {
+        0: ["flights_2013-01-01.csv", "flights_2013-01-02.csv"], 1: ["flights_2013-01-03.csv"]}
+    assert bronze.ingest_daily(spark, config, "flights", "run-2")["files"] == 0
+
+
+def test_a_file_changed_after_it_was_read_is_named_and_not_read_again(
+        spark: SparkSession, config: Config) -> None:
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    bronze.ingest_daily(spark, config, "flights", "run-1")
+    before = tables.read(spark, config, "bronze_flights").count()
+    day = landing / "flights" / "flights_2013-01-01.csv"
+    day.write_text(day.read_text() + day.read_text().splitlines()[1] + "\n")
+    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-2")}["bronze_flights"]
+    assert result["files"] == 0
+    assert "1 file(s) changed after they were read, not read again: flights_2013-01-01.csv" in \
+        result["message"]
+    assert tables.read(spark, config, "bronze_flights").count() == before
+
+
+def test_an_unreadable_ledger_file_fails_the_run_naming_it(spark: SparkSession,
+                                                           config: Config) -> None:
+    seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 1))
+    bronze.ingest_daily(spark, config, "flights", "run-1")
+    (done,) = ledger_folder(config, "bronze_flights").glob("*.done.json")
+    done.write_text('{"ledger": "cut off')
+    with pytest.raises(LedgerError, match=rf"{done.name} is not a ledger file"):
+        bronze.ingest_daily(spark, config, "flights", "run-2")
+
+
+def test_the_ledger_works_the_same_through_hadoop_file_systems(
+        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """On a cluster the landing zone and checkpoints are on DBFS, S3 or ABFS: list, read and
+    write through Hadoop's FileSystem (here its local one)."""
+    monkeypatch.setattr(tables, "_local_path", lambda uri: None)
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    (landing / "flights" / "_SUCCESS").write_text("")
+    (landing / "flights" / ".flights_2013-01-02.csv.crc").write_text("")
+    listed = tables.list_files(spark, str(landing / "flights"))
+    assert [uri.rsplit("/", 1)[-1] for uri, _, _ in listed] == ["flights_2013-01-01.csv"]
+    assert bronze.ingest_daily(spark, config, "flights", "run-1")["files"] == 1
+    seed(landing, date(2013, 1, 2), date(2013, 1, 2))
+    totals = bronze.ingest_daily(spark, config, "flights", "run-2")
+    assert totals["files"] == 1 and totals["replayed"] == []
+    assert sorted(p.name for p in ledger_folder(config, "bronze_flights").iterdir()
+                  if not p.name.startswith(".")) == [
+        f"{b:020d}.{kind}.json" for b in (0, 1) for kind in ("done", "plan")]
+    flights = landing / "flights"
+    assert bronze_lines(spark, config, "bronze_flights") == {
+        k: v for k, v in landed_lines(flights, True).items() if not k.startswith("_")}
