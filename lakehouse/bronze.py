@@ -57,6 +57,11 @@ def file_name(path: Column) -> Column:
     return F.regexp_extract(path, r"([^/]+)$", 1)
 
 
+def base_name(uri: str) -> str:
+    """The file name of a percent-encoded URI, as the file system spells it."""
+    return unquote(uri.rsplit("/", 1)[-1])
+
+
 class BronzeAccountingError(RuntimeError):
     """Bronze would hold a different number of records than the files have lines."""
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from delta.tables import DeltaTable
@@ -146,15 +147,16 @@ def read_stream(spark: SparkSession, config: Config, name: str) -> DataFrame:
 
 def read_landing(spark: SparkSession, files: list[str], fmt: str, schema: T.StructType,
                  corrupt_column: str) -> DataFrame:
-    """Read landed files, one row per non-blank data line, malformed lines kept whole in
-    corrupt_column.
+    """Read landed files (URIs as list_files gives them), one row per non-blank data line,
+    malformed lines kept whole in corrupt_column.
 
     JSON lines are read as text and parsed line by line: the JSON reader would turn a line
     holding an array into several records, or none.
     """
     if fmt == "json":
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt_column}
-        lines = spark.read.format("text").load(files).filter(F.col("value").rlike(r"\S"))
+        lines = (spark.read.format("text").load(_reader_paths(files))
+                 .filter(F.col("value").rlike(r"\S")))
         return lines.select(F.from_json("value", schema, options).alias("_parsed"),
                             "_metadata").select("_parsed.*", "_metadata")
     reader = (spark.read.format(fmt).schema(schema)
@@ -162,7 +164,13 @@ def read_landing(spark: SparkSession, files: list[str], fmt: str, schema: T.Stru
               .option("columnNameOfCorruptRecord", corrupt_column))
     if fmt == "csv":
         reader = reader.option("header", "true").option("enforceSchema", "true")
-    return reader.load(files).select("*", "_metadata")
+    return reader.load(_reader_paths(files)).select("*", "_metadata")
+
+
+def _reader_paths(uris: list[str]) -> list[str]:
+    """Percent-encoded URIs as paths a DataFrameReader takes literally: decoded, with the
+    characters it would take for a glob pattern escaped."""
+    return [re.sub(r"([{}\[\]*?\\])", r"\\\1", unquote(uri)) for uri in uris]
 
 
 def landed_lines(spark: SparkSession, files: list[str],
@@ -207,7 +215,7 @@ def landed_lines_in_spark(spark: SparkSession, files: list[str],
     if not files:
         return {}
     # A landed file is read as one split, so ids grow with line order inside each file.
-    lines = (spark.read.text(files)
+    lines = (spark.read.text(_reader_paths(files))
              .select(F.col("_metadata.file_path").alias("file"), "value",
                      F.monotonically_increasing_id().alias("_line"))
              .filter(F.col("value").rlike(r"\S")))
@@ -235,7 +243,8 @@ def _hidden(name: str) -> bool:
 
 
 def list_files(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]:
-    """The files of a folder as (URI, modification time in ms, size), hidden files skipped.
+    """The files of a folder as (percent-encoded URI, modification time in ms, size), hidden
+    files skipped.
 
     Local folders are listed by the driver's OS (a new day's run should cost what the new day
     costs); other file systems through Hadoop.
@@ -254,7 +263,7 @@ def _hadoop_list(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]
     fs, path = _hadoop_fs(spark, folder)
     if not fs.exists(path):
         return []
-    return [(s.getPath().toString(), int(s.getModificationTime()), int(s.getLen()))
+    return [(s.getPath().toUri().toString(), int(s.getModificationTime()), int(s.getLen()))
             for s in fs.listStatus(path) if s.isFile() and not _hidden(s.getPath().getName())]
 
 

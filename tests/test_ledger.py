@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from pyspark.sql import SparkSession
@@ -16,6 +17,20 @@ from lakehouse.ledger import LedgerError
 from lakehouse.seed import seed
 from lakehouse.stages import bronze
 from tests.test_bronze import bronze_lines, landed_lines
+
+
+ODD_NAME = "flights_2013-01-02 [late] #2 100%.csv"
+
+
+def lines_per_file(spark: SparkSession, config: Config) -> dict[str, int]:
+    """Bronze records per source file name, as the file system spells it."""
+    return {unquote(k): v for k, v in bronze_lines(spark, config, "bronze_flights").items()}
+
+
+def land_odd_name(landing: Path) -> None:
+    """A late file whose name holds a space, glob brackets, a hash and a percent sign."""
+    day = (landing / "flights" / "flights_2013-01-01.csv").read_text().splitlines()
+    (landing / "flights" / ODD_NAME).write_text("\n".join(day[:3]) + "\n")
 
 
 def ledger_folder(config: Config, table: str) -> Path:
@@ -91,6 +106,17 @@ def test_an_unreadable_ledger_file_fails_the_run_naming_it(spark: SparkSession,
         bronze.ingest_daily(spark, config, "flights", "run-2")
 
 
+def test_file_names_with_glob_and_uri_characters_are_read_literally(
+        spark: SparkSession, config: Config) -> None:
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    land_odd_name(landing)
+    totals = bronze.ingest_daily(spark, config, "flights", "run-1")
+    assert totals["rows"] == totals["landed"] == 842 + 2
+    assert lines_per_file(spark, config) == landed_lines(landing / "flights", True)
+    assert bronze.ingest_daily(spark, config, "flights", "run-2")["files"] == 0
+
+
 def test_the_ledger_works_the_same_through_hadoop_file_systems(
         spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """On a cluster the landing zone and checkpoints are on DBFS, S3 or ABFS: list, read and
@@ -98,11 +124,13 @@ def test_the_ledger_works_the_same_through_hadoop_file_systems(
     monkeypatch.setattr(tables, "_local_path", lambda uri: None)
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    land_odd_name(landing)
     (landing / "flights" / "_SUCCESS").write_text("")
     (landing / "flights" / ".flights_2013-01-02.csv.crc").write_text("")
     listed = tables.list_files(spark, str(landing / "flights"))
-    assert [uri.rsplit("/", 1)[-1] for uri, _, _ in listed] == ["flights_2013-01-01.csv"]
-    assert bronze.ingest_daily(spark, config, "flights", "run-1")["files"] == 1
+    assert sorted(unquote(uri.rsplit("/", 1)[-1]) for uri, _, _ in listed) == [
+        "flights_2013-01-01.csv", ODD_NAME]
+    assert bronze.ingest_daily(spark, config, "flights", "run-1")["files"] == 2
     seed(landing, date(2013, 1, 2), date(2013, 1, 2))
     totals = bronze.ingest_daily(spark, config, "flights", "run-2")
     assert totals["files"] == 1 and totals["replayed"] == []
@@ -110,5 +138,5 @@ def test_the_ledger_works_the_same_through_hadoop_file_systems(
                   if not p.name.startswith(".")) == [
         f"{b:020d}.{kind}.json" for b in (0, 1) for kind in ("done", "plan")]
     flights = landing / "flights"
-    assert bronze_lines(spark, config, "bronze_flights") == {
+    assert lines_per_file(spark, config) == {
         k: v for k, v in landed_lines(flights, True).items() if not k.startswith("_")}

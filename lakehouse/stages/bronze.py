@@ -18,6 +18,7 @@ from lakehouse.bronze import (
     DAILY_FORMATS,
     SOURCE_COLUMNS,
     BronzeAccountingError,
+    base_name,
     check_accounting,
     file_name,
     header_drift,
@@ -61,7 +62,7 @@ def write_accounted(spark: SparkSession, rows: DataFrame, files: list[str], sour
         for f, (_, first) in sorted(profile.items()):
             drift = header_drift(first, SOURCE_COLUMNS[source])
             if drift:
-                totals["drift"].append(f"{f.rsplit('/', 1)[-1]}: {drift}")
+                totals["drift"].append(f"{base_name(f)}: {drift}")
     totals["files"] += len(files)
     if not sum(landed.values()):
         return
@@ -123,7 +124,7 @@ def ingest_daily(spark: SparkSession, config: Config, source: str, run_id: str) 
     listing = [LandedFile(*f) for f in
                tables.list_files(spark, os.path.join(config.landing, source))]
     changed = ledger.changed(listing)
-    totals["changed"] = [f.path.rsplit("/", 1)[-1] for f in changed]
+    totals["changed"] = [base_name(f.path) for f in changed]
     while (batch := ledger.plan(listing)) is not None:
         ingest(batch, replayed=False)
     return totals
@@ -141,9 +142,10 @@ def ingest_snapshot(spark: SparkSession, config: Config, source: str,
         loaded = tables.read(spark, config, table).select(file_name(F.col("_source_file"))).first()
         if loaded is not None and loaded[0] == os.path.basename(latest):
             return totals
-    rows = (tables.read_landing(spark, [latest], "csv", raw_schema(source), CORRUPT_COLUMN)
+    files = [Path(latest).absolute().as_uri()]
+    rows = (tables.read_landing(spark, files, "csv", raw_schema(source), CORRUPT_COLUMN)
             .transform(with_lineage(run_id, 0)))
-    write_accounted(spark, rows, [Path(latest).absolute().as_uri()], source, totals,
+    write_accounted(spark, rows, files, source, totals,
                     lambda df: tables.overwrite(df, config, table))
     return totals
 
