@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
@@ -86,7 +87,7 @@ def records_per_file(rows: DataFrame) -> dict[str, int]:
 def same_file(uri: str) -> str:
     """One spelling per file: Spark writes file:/x, file:///x and percent-escapes in turn."""
     parts = urlparse(uri)
-    path = unquote(parts.path)
+    path = posixpath.normpath(unquote(parts.path))
     return path if parts.scheme in ("", "file") else f"{parts.scheme}://{parts.netloc}{path}"
 
 

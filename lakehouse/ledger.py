@@ -4,8 +4,10 @@ A folder of small JSON files next to the table's other checkpoints:
   <batch>.plan.json  written before a batch is read: the ledger's id, the batch, its files;
   <batch>.done.json  written after the batch's Delta commit: every file read so far.
 A batch is planned only when the one before it is done, so at most one plan is open: the run
-that wrote it was interrupted, and the next run takes exactly that batch again before it
-plans new ones. Whether the interrupted batch reached its Delta commit is for the caller to
+that wrote it was interrupted, and the next run takes that batch again (its files that are
+still there) before it plans new ones. Ledger files are created, never replaced: a second run
+planning the same batch at the same time fails. One writer per table is assumed (a scheduler
+must not overlap two runs of the bronze job). Whether the interrupted batch reached its Delta commit is for the caller to
 find out (the commit carries the ledger's id and the batch). This is what a Structured
 Streaming file source's checkpoint keeps (its offset log and commit log), without starting a
 streaming query: a new day's run costs what the new day costs.
@@ -24,7 +26,8 @@ from lakehouse import tables
 
 # A large backlog (the first run over a year of drops) is read in batches of this many files.
 MAX_FILES_PER_BATCH = 400
-# Done files kept beside the newest (each holds the whole ledger; older ones help debugging).
+# Batches whose ledger files are kept (the newest done file holds the whole ledger; the older
+# ones help to see what happened).
 KEEP_DONE = 10
 LEDGER_FILE = re.compile(r"^(\d+)\.(plan|done)\.json$")
 
@@ -64,7 +67,7 @@ class FileLedger:
         self.last_done = max(batches["done"], default=-1)
         state = self._load(self.last_done, "done") if self.last_done >= 0 else {}
         self.read = {path: LandedFile(path, *kept) for path, kept in state.get("files", {}).items()}
-        self.open = None
+        self.open: Batch | None = None
         last_plan = max(batches["plan"], default=-1)
         if last_plan > self.last_done:
             plan = self._load(last_plan, "plan")
@@ -76,13 +79,42 @@ class FileLedger:
         return f"{self.folder}/{batch:020d}.{kind}.json"
 
     def _load(self, batch: int, kind: str) -> dict:  # type: ignore[type-arg]
-        text = tables.read_text(self.spark, self._file(batch, kind))
+        name = self._file(batch, kind)
+        text = tables.read_text(self.spark, name)
         if text is None:
-            raise LedgerError(f"{self._file(batch, kind)} was listed but cannot be read")
+            raise LedgerError(f"{name} was listed but cannot be read")
         try:
-            return dict(json.loads(text))
+            state = json.loads(text)
         except ValueError as error:
-            raise LedgerError(f"{self._file(batch, kind)} is not a ledger file: {error}") from error
+            raise LedgerError(f"{name} is not a ledger file: {error}") from error
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        if not isinstance(state, dict) or not {"ledger", "batch", "files"} <= set(state):
+            raise LedgerError(f"{name} is not a ledger file: expected the keys ['batch', "
+                              f"'files', 'ledger'], found {found}")
+        return state
+
+    def _create(self, batch: int, kind: str, state: dict) -> None:  # type: ignore[type-arg]
+        try:
+            tables.create_text(self.spark, self._file(batch, kind), json.dumps(state))
+        except FileExistsError as error:
+            raise LedgerError(f"{self._file(batch, kind)} was written by another run while this "
+                              "one ran: two runs of one bronze table overlapped") from error
+
+    @property
+    def empty(self) -> bool:
+        """No batch planned yet."""
+        return self.last_done < 0 and self.open is None
+
+    def take_open(self, listing: list[LandedFile]) -> list[str]:
+        """Take the open batch again as its files are now (as listed); return the planned
+        paths that are gone."""
+        if self.open is None:
+            raise LedgerError(f"no batch is open under {self.folder}")
+        now = {f.path: f for f in listing}
+        gone = [f.path for f in self.open.files if f.path not in now]
+        self.open = Batch(self.open.id, tuple(now[f.path] for f in self.open.files
+                                              if f.path in now))
+        return gone
 
     def changed(self, listing: list[LandedFile]) -> list[LandedFile]:
         """Files read before that have changed since (a file is read once: they are not read
@@ -99,20 +131,18 @@ class FileLedger:
         if not new:
             return None
         batch = Batch(self.last_done + 1, tuple(new))
-        tables.write_text(self.spark, self._file(batch.id, "plan"), json.dumps(
-            {"ledger": self.id, "batch": batch.id,
-             "files": [[f.path, f.modified, f.size] for f in batch.files]}))
+        self._create(batch.id, "plan", {"ledger": self.id, "batch": batch.id, "files": [
+            [f.path, f.modified, f.size] for f in batch.files]})
         self.open = batch
         return batch
 
     def done(self, batch: Batch) -> None:
-        """Record the batch as read (after its Delta commit)."""
+        """Record the batch as read (after its Delta commit), each file as it was when read."""
         if self.open != batch:
             raise LedgerError(f"batch {batch.id} is not the open batch under {self.folder}")
         self.read.update({f.path: f for f in batch.files})
-        tables.write_text(self.spark, self._file(batch.id, "done"), json.dumps(
-            {"ledger": self.id, "batch": batch.id,
-             "files": {f.path: [f.modified, f.size] for f in self.read.values()}}))
+        self._create(batch.id, "done", {"ledger": self.id, "batch": batch.id, "files": {
+            f.path: [f.modified, f.size] for f in self.read.values()}})
         self.last_done, self.open = batch.id, None
         old = batch.id - KEEP_DONE
         if old >= 0:

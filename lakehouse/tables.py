@@ -109,7 +109,7 @@ def commit_tags(spark: SparkSession, config: Config, name: str) -> Iterator[str 
     fs = log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     if not fs.exists(log):
         return
-    commits = [status.getPath().toString() for status in fs.listStatus(log)
+    commits = [status.getPath().toUri().toString() for status in fs.listStatus(log)
                if status.getPath().getName().endswith(".json")]
     for commit in sorted(commits, key=lambda p: int(p.rsplit("/", 1)[-1].split(".")[0]),
                          reverse=True):
@@ -181,11 +181,12 @@ def landed_lines(spark: SparkSession, files: list[str],
     Local files are counted on the driver from their bytes, independently of Spark's parsers
     and at disk speed; files on other file systems in one Spark text scan.
     """
-    local = [f for f in files if urlparse(f).scheme in ("", "file")]
     counted = {}
-    for f in local:
-        with open(url2pathname(urlparse(f).path), "rb") as stream:
-            counted[f] = count_lines(stream, header)
+    for f in files:
+        local = _local_path(spark, f)
+        if local is not None:
+            with open(local, "rb") as stream:
+                counted[f] = count_lines(stream, header)
     return {**counted, **landed_lines_in_spark(spark, [f for f in files if f not in counted],
                                              header)}
 
@@ -224,12 +225,15 @@ def landed_lines_in_spark(spark: SparkSession, files: list[str],
     return {r["file"]: (int(r["lines"]) - int(header), str(r["first"] or "")) for r in counts}
 
 
-def _local_path(uri: str) -> str | None:
-    """The local path of a plain path or file: URI; None for other file systems."""
+def _local_path(spark: SparkSession, uri: str) -> str | None:
+    """The driver's path of a file: URI (percent-encoded) or of a path without a scheme when
+    the default file system is local; None for other file systems (a path without a scheme is
+    on DBFS on Databricks, on HDFS on YARN)."""
     parts = urlparse(uri)
-    if parts.scheme == "":
-        return uri
-    return url2pathname(parts.path) if parts.scheme == "file" else None
+    if parts.scheme:
+        return url2pathname(parts.path) if parts.scheme == "file" else None
+    default = spark.sparkContext._jsc.hadoopConfiguration().get("fs.defaultFS", "file:///")
+    return uri if urlparse(str(default)).scheme == "file" else None
 
 
 def _hadoop_fs(spark: SparkSession, uri: str):  # type: ignore[no-untyped-def]
@@ -249,11 +253,11 @@ def list_files(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]:
     Local folders are listed by the driver's OS (a new day's run should cost what the new day
     costs); other file systems through Hadoop.
     """
-    local = _local_path(folder)
+    local = _local_path(spark, folder)
     if local is not None:
         if not os.path.isdir(local):
             return []
-        return [(Path(entry.path).absolute().as_uri(), entry.stat().st_mtime_ns // 1_000_000,
+        return [(Path(os.path.abspath(entry.path)).as_uri(), entry.stat().st_mtime_ns // 1_000_000,
                  entry.stat().st_size)
                 for entry in os.scandir(local) if entry.is_file() and not _hidden(entry.name)]
     return _hadoop_list(spark, folder)
@@ -269,7 +273,7 @@ def _hadoop_list(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]
 
 def read_text(spark: SparkSession, uri: str) -> str | None:
     """The text of a small file on any file system (None when it does not exist)."""
-    local = _local_path(uri)
+    local = _local_path(spark, uri)
     if local is not None:
         try:
             return Path(local).read_text(encoding="utf-8")
@@ -289,35 +293,39 @@ def _hadoop_read(spark: SparkSession, uri: str) -> str | None:
         stream.close()
 
 
-def write_text(spark: SparkSession, uri: str, text: str) -> None:
-    """Write a small file whole: readers see the old content or the new, never a part."""
-    local = _local_path(uri)
+def create_text(spark: SparkSession, uri: str, text: str) -> None:
+    """Create a small file whole (readers see it complete or not at all); FileExistsError
+    when it is already there."""
+    local = _local_path(spark, uri)
     if local is None:
-        _hadoop_write(spark, uri, text)
+        _hadoop_create(spark, uri, text)
         return
     os.makedirs(os.path.dirname(local), exist_ok=True)
     partial = f"{local}.{uuid.uuid4().hex}.tmp"
     with open(partial, "w", encoding="utf-8") as out:
         out.write(text)
-    os.replace(partial, local)
+    try:
+        os.link(partial, local)  # fails when the file exists, where a rename would replace it
+    finally:
+        os.remove(partial)
 
 
-def _hadoop_write(spark: SparkSession, uri: str, text: str) -> None:
+def _hadoop_create(spark: SparkSession, uri: str, text: str) -> None:
     fs, path = _hadoop_fs(spark, uri)
     _, partial = _hadoop_fs(spark, f"{uri}.{uuid.uuid4().hex}.tmp")
-    out = fs.create(partial, True)
+    out = fs.create(partial, False)
     try:
         out.write(bytearray(text.encode("utf-8")))
     finally:
         out.close()
-    fs.delete(path, False)
-    if not fs.rename(partial, path):
-        raise OSError(f"could not rename {partial.toString()} to {uri}")
+    if fs.exists(path) or not fs.rename(partial, path):
+        fs.delete(partial, False)
+        raise FileExistsError(f"{uri} exists")
 
 
 def delete_file(spark: SparkSession, uri: str) -> None:
     """Remove a file if it is there."""
-    local = _local_path(uri)
+    local = _local_path(spark, uri)
     if local is None:
         fs, path = _hadoop_fs(spark, uri)
         fs.delete(path, False)

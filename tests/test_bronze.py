@@ -121,12 +121,12 @@ def test_crash_after_write_then_rerun_lands_each_record_once(
     def append_then_crash(*args, **kwargs):  # type: ignore[no-untyped-def]
         real_append(*args, **kwargs)
         if args[2] == "bronze_flights":
-            raise RuntimeError("simulated crash after the Delta commit, before the checkpoint")
+            raise RuntimeError("simulated crash after the Delta commit, before the ledger")
 
     monkeypatch.setattr(tables, "append", append_then_crash)
     try:
         bronze.run(spark, config, "run-1")
-    except Exception as error:  # the streaming query surfaces the crash
+    except Exception as error:  # the ingest thread surfaces the crash
         assert "simulated crash" in str(error)
     else:
         raise AssertionError("the simulated crash did not surface")
@@ -221,7 +221,7 @@ real_append = tables.append
 
 def append_then_die(df, config, name, **kwargs):
     real_append(df, config, name, **kwargs)
-    if name == "bronze_flights":  # killed after the Delta commit, before the checkpoint
+    if name == "bronze_flights":  # killed after the Delta commit, before the ledger
         os.kill(os.getpid(), signal.SIGKILL)
 
 tables.append = append_then_die

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 from urllib.parse import unquote
@@ -16,10 +17,11 @@ from lakehouse.config import Config
 from lakehouse.ledger import LedgerError
 from lakehouse.seed import seed
 from lakehouse.stages import bronze
+from tests.conftest import make_config
 from tests.test_bronze import bronze_lines, landed_lines
 
 
-ODD_NAME = "flights_2013-01-02 [late] #2 100%.csv"
+ODD_NAME = "flights_2013-01-02 [late] #2 100% %41 {a,b} x*?.csv"
 
 
 def lines_per_file(spark: SparkSession, config: Config) -> dict[str, int]:
@@ -47,25 +49,93 @@ def files_per_batch(spark: SparkSession, config: Config) -> dict[int, list[str]]
     return {b: sorted(files) for b, files in batches.items()}
 
 
-def test_crash_before_the_delta_commit_then_rerun_reads_the_open_batch_once(
-        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    landing = Path(config.landing)
-    seed(landing, date(2013, 1, 1), date(2013, 1, 2))
-
+def crash_before_the_commit(monkeypatch, spark: SparkSession, config: Config,  # type: ignore[no-untyped-def]
+                            run_id: str) -> None:
     def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("simulated crash before the Delta commit")
 
     monkeypatch.setattr(tables, "append", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        bronze.ingest_daily(spark, config, "flights", "run-1")
+        bronze.ingest_daily(spark, config, "flights", run_id)
     monkeypatch.undo()
-    assert not tables.exists(spark, config, "bronze_flights")
-    seed(landing, date(2013, 1, 3), date(2013, 1, 3))  # lands before the rerun
-    totals = bronze.ingest_daily(spark, config, "flights", "run-2")
+
+
+def crash_after_the_commit(monkeypatch, spark: SparkSession, config: Config,  # type: ignore[no-untyped-def]
+                           run_id: str) -> None:
+    real_append = tables.append
+
+    def append_then_crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real_append(*args, **kwargs)
+        raise RuntimeError("simulated crash after the Delta commit, before the ledger")
+
+    monkeypatch.setattr(tables, "append", append_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        bronze.ingest_daily(spark, config, "flights", run_id)
+    monkeypatch.setattr(tables, "append", real_append)
+
+
+def test_crash_before_the_delta_commit_then_rerun_reads_the_open_batch_once(
+        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    bronze.ingest_daily(spark, config, "flights", "run-1")
+    seed(landing, date(2013, 1, 2), date(2013, 1, 3))
+    crash_before_the_commit(monkeypatch, spark, config, "run-2")
+    assert tables.version(spark, config, "bronze_flights") == 0  # batch 0 only
+    seed(landing, date(2013, 1, 4), date(2013, 1, 4))  # lands before the rerun
+    totals = bronze.ingest_daily(spark, config, "flights", "run-3")
     assert totals["files"] == 3 and totals["replayed"] == []
     # The open batch is read again with exactly its files; the new day comes after it.
     assert files_per_batch(spark, config) == {
-        0: ["flights_2013-01-01.csv", "flights_2013-01-02.csv"], 1: ["flights_2013-01-03.csv"]}
+        0: ["flights_2013-01-01.csv"], 1: ["flights_2013-01-02.csv", "flights_2013-01-03.csv"],
+        2: ["flights_2013-01-04.csv"]}
+    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
+
+
+def test_a_file_gone_from_an_open_batch_is_named_and_the_rest_is_read(
+        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 2))
+    crash_before_the_commit(monkeypatch, spark, config, "run-1")
+    (landing / "flights" / "flights_2013-01-01.csv").unlink()  # e.g. removed as a bad file
+    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-2")}["bronze_flights"]
+    assert result["files"] == 1
+    assert ("1 file(s) of a batch left open by an interrupted run were gone when it was taken "
+            "again: flights_2013-01-01.csv") in result["message"]
+    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
+
+
+def test_a_table_without_its_ledger_is_not_read_into_again(spark: SparkSession,
+                                                           config: Config) -> None:
+    seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 1))
+    bronze.ingest_daily(spark, config, "flights", "run-1")
+    for path in ledger_folder(config, "bronze_flights").iterdir():
+        path.unlink()
+    with pytest.raises(LedgerError, match="bronze_flights exists but its file ledger .* is empty"):
+        bronze.ingest_daily(spark, config, "flights", "run-2")
+    assert tables.version(spark, config, "bronze_flights") == 0
+
+
+def test_two_runs_planning_one_batch_at_once_fail_the_second(spark: SparkSession,
+                                                            tmp_path: Path) -> None:
+    listing = [ledger.LandedFile((tmp_path / "a.csv").as_uri(), 1, 1)]
+    first, second = (ledger.FileLedger(spark, str(tmp_path / "ledger")) for _ in range(2))
+    assert first.plan(listing) is not None
+    with pytest.raises(LedgerError, match="two runs of one bronze table overlapped"):
+        second.plan(listing)
+
+
+def test_old_ledger_files_are_dropped_and_the_newest_carries_every_file(
+        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(ledger, "MAX_FILES_PER_BATCH", 1)
+    monkeypatch.setattr(ledger, "KEEP_DONE", 1)
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 3))
+    assert bronze.ingest_daily(spark, config, "flights", "run-1")["files"] == 3
+    assert sorted(p.name for p in ledger_folder(config, "bronze_flights").iterdir()) == [
+        "00000000000000000002.done.json", "00000000000000000002.plan.json"]
+    seed(landing, date(2013, 1, 4), date(2013, 1, 4))
+    assert bronze.ingest_daily(spark, config, "flights", "run-2")["files"] == 1
     assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
 
 
@@ -74,10 +144,13 @@ def test_a_backlog_is_read_oldest_first_in_batches(spark: SparkSession, config: 
     monkeypatch.setattr(ledger, "MAX_FILES_PER_BATCH", 2)
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 3))
+    for days, name in enumerate(("flights_2013-01-03.csv", "flights_2013-01-02.csv",
+                                 "flights_2013-01-01.csv")):  # landed in reverse name order
+        os.utime(landing / "flights" / name, (1_700_000_000 + days, 1_700_000_000 + days))
     totals = bronze.ingest_daily(spark, config, "flights", "run-1")
     assert totals["files"] == 3 and tables.version(spark, config, "bronze_flights") == 1
     assert files_per_batch(spark, config) == {
-        0: ["flights_2013-01-01.csv", "flights_2013-01-02.csv"], 1: ["flights_2013-01-03.csv"]}
+        0: ["flights_2013-01-02.csv", "flights_2013-01-03.csv"], 1: ["flights_2013-01-01.csv"]}
     assert bronze.ingest_daily(spark, config, "flights", "run-2")["files"] == 0
 
 
@@ -106,22 +179,26 @@ def test_an_unreadable_ledger_file_fails_the_run_naming_it(spark: SparkSession,
         bronze.ingest_daily(spark, config, "flights", "run-2")
 
 
-def test_file_names_with_glob_and_uri_characters_are_read_literally(
-        spark: SparkSession, config: Config) -> None:
+def test_odd_file_names_and_data_roots_are_one_file_each(
+        spark: SparkSession, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Listing, ledger, Spark's file paths and the accounting of a replay agree on each file."""
+    (tmp_path / "sub").mkdir()
+    config = make_config(tmp_path / "sub" / "..")
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
     land_odd_name(landing)
-    totals = bronze.ingest_daily(spark, config, "flights", "run-1")
-    assert totals["rows"] == totals["landed"] == 842 + 2
+    crash_after_the_commit(monkeypatch, spark, config, "run-1")
+    totals = bronze.ingest_daily(spark, config, "flights", "run-2")  # checks what run-1 wrote
+    assert totals["replayed"] == [2] and totals["landed"] == 0
     assert lines_per_file(spark, config) == landed_lines(landing / "flights", True)
-    assert bronze.ingest_daily(spark, config, "flights", "run-2")["files"] == 0
+    assert bronze.ingest_daily(spark, config, "flights", "run-3")["files"] == 0
 
 
 def test_the_ledger_works_the_same_through_hadoop_file_systems(
         spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """On a cluster the landing zone and checkpoints are on DBFS, S3 or ABFS: list, read and
     write through Hadoop's FileSystem (here its local one)."""
-    monkeypatch.setattr(tables, "_local_path", lambda uri: None)
+    monkeypatch.setattr(tables, "_local_path", lambda spark, uri: None)
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
     land_odd_name(landing)
@@ -132,8 +209,9 @@ def test_the_ledger_works_the_same_through_hadoop_file_systems(
         "flights_2013-01-01.csv", ODD_NAME]
     assert bronze.ingest_daily(spark, config, "flights", "run-1")["files"] == 2
     seed(landing, date(2013, 1, 2), date(2013, 1, 2))
-    totals = bronze.ingest_daily(spark, config, "flights", "run-2")
-    assert totals["files"] == 1 and totals["replayed"] == []
+    crash_after_the_commit(monkeypatch, spark, config, "run-2")
+    totals = bronze.ingest_daily(spark, config, "flights", "run-3")  # the commit tag, via Hadoop
+    assert totals["files"] == 1 and totals["replayed"] == [1]
     assert sorted(p.name for p in ledger_folder(config, "bronze_flights").iterdir()
                   if not p.name.startswith(".")) == [
         f"{b:020d}.{kind}.json" for b in (0, 1) for kind in ("done", "plan")]

@@ -27,7 +27,7 @@ from lakehouse.bronze import (
     with_lineage,
 )
 from lakehouse.config import Config
-from lakehouse.ledger import Batch, FileLedger, LandedFile
+from lakehouse.ledger import Batch, FileLedger, LandedFile, LedgerError
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.stages.audit import audited
 
@@ -39,7 +39,7 @@ BRONZE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
 
 def empty_counts() -> dict[str, Any]:
     return {"files": 0, "rows": 0, "corrupt": 0, "landed": 0, "drift": [], "replayed": [],
-            "changed": []}
+            "changed": [], "gone": []}
 
 
 def write_accounted(spark: SparkSession, rows: DataFrame, files: list[str], source: str,
@@ -108,23 +108,31 @@ def ingest_daily(spark: SparkSession, config: Config, source: str, run_id: str) 
     table = f"bronze_{source}"
     totals = empty_counts()
     ledger = FileLedger(spark, os.path.join(config.checkpoints, table, "ledger"))
+    if ledger.empty and tables.exists(spark, config, table):
+        raise LedgerError(
+            f"{table} exists but its file ledger {ledger.folder} is empty (deleted, or the "
+            "table was written by an earlier version that read landed files as a stream): "
+            f"reading the landing zone would append every file again. Restore the ledger, or "
+            f"move {table} aside to ingest the landing zone from scratch.")
 
     def ingest(batch: Batch, replayed: bool) -> None:
-        tag = f"ledger {ledger.id} batch {batch.id} run {run_id}"
-        rows = tables.read_landing(spark, batch.paths, DAILY_FORMATS[source], raw_schema(source),
-                                   CORRUPT_COLUMN).transform(with_lineage(run_id, batch.id))
-        write_accounted(spark, rows, batch.paths, source, totals,
-                        lambda rows: tables.append(rows, config, table, tag=tag,
-                                                   properties=BRONZE_PROPERTIES),
-                        replayed=replayed)
+        if batch.files:
+            tag = f"ledger {ledger.id} batch {batch.id} run {run_id}"
+            rows = tables.read_landing(spark, batch.paths, DAILY_FORMATS[source],
+                                       raw_schema(source), CORRUPT_COLUMN)
+            write_accounted(spark, rows.transform(with_lineage(run_id, batch.id)), batch.paths,
+                            source, totals,
+                            lambda rows: tables.append(rows, config, table, tag=tag,
+                                                       properties=BRONZE_PROPERTIES),
+                            replayed=replayed)
         ledger.done(batch)
 
-    if ledger.open is not None:  # left open by an interrupted run: exactly these files again
-        ingest(ledger.open, committed(spark, config, table, ledger.id, ledger.open.id))
     listing = [LandedFile(*f) for f in
                tables.list_files(spark, os.path.join(config.landing, source))]
-    changed = ledger.changed(listing)
-    totals["changed"] = [base_name(f.path) for f in changed]
+    if ledger.open is not None:  # left open by an interrupted run: its files again, as they are
+        totals["gone"] = [base_name(path) for path in ledger.take_open(listing)]
+        ingest(ledger.open, committed(spark, config, table, ledger.id, ledger.open.id))
+    totals["changed"] = [base_name(f.path) for f in ledger.changed(listing)]
     while (batch := ledger.plan(listing)) is not None:
         ingest(batch, replayed=False)
     return totals
@@ -140,7 +148,7 @@ def ingest_snapshot(spark: SparkSession, config: Config, source: str,
         return totals
     if tables.exists(spark, config, table):
         loaded = tables.read(spark, config, table).select(file_name(F.col("_source_file"))).first()
-        if loaded is not None and loaded[0] == os.path.basename(latest):
+        if loaded is not None and base_name(loaded[0]) == os.path.basename(latest):
             return totals
     files = [Path(latest).absolute().as_uri()]
     rows = (tables.read_landing(spark, files, "csv", raw_schema(source), CORRUPT_COLUMN)
@@ -161,6 +169,23 @@ def ingest_daily_sources(spark: SparkSession, config: Config, run_id: str,
     return [future.result() for future in futures]
 
 
+def audit_notes(counts: dict[str, Any]) -> list[str]:
+    """What the audit message says beside the counts: drift, files skipped or gone, replays."""
+    notes = []
+    if counts["drift"]:
+        notes.append("schema drift: " + "; ".join(counts["drift"]))
+    if counts["changed"]:
+        notes.append(f"{len(counts['changed'])} file(s) changed after they were read, not read "
+                     f"again: {', '.join(counts['changed'])}")
+    if counts["gone"]:
+        notes.append(f"{len(counts['gone'])} file(s) of a batch left open by an interrupted run "
+                     f"were gone when it was taken again: {', '.join(counts['gone'])}")
+    if counts["replayed"]:
+        notes.append(f"{len(counts['replayed'])} batch(es) of {sum(counts['replayed'])} files "
+                     "already committed by an interrupted run: not written again")
+    return notes
+
+
 def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
     """Ingest every source; one audit row per bronze table."""
 
@@ -173,15 +198,7 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
                          rows_in=counts["rows"], rows_out=counts["rows"],
                          rows_corrupt=counts["corrupt"],
                          version_written=tables.version(spark, config, table))
-            notes = []
-            if counts["drift"]:
-                notes.append("schema drift: " + "; ".join(counts["drift"]))
-            if counts["changed"]:
-                notes.append(f"{len(counts['changed'])} file(s) changed after they were read, "
-                             f"not read again: {', '.join(counts['changed'])}")
-            if counts["replayed"]:
-                notes.append(f"{len(counts['replayed'])} batch(es) of {sum(counts['replayed'])} "
-                             "files already committed by an interrupted run: not written again")
+            notes = audit_notes(counts)
             if notes:
                 audit["message"] = " | ".join(notes)[:1900]
             return dict(audit)
