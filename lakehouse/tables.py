@@ -255,12 +255,25 @@ def list_files(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]:
     """
     local = _local_path(spark, folder)
     if local is not None:
-        if not os.path.isdir(local):
-            return []
-        return [(Path(os.path.abspath(entry.path)).as_uri(), entry.stat().st_mtime_ns // 1_000_000,
-                 entry.stat().st_size)
-                for entry in os.scandir(local) if entry.is_file() and not _hidden(entry.name)]
+        return _local_list(local)
     return _hadoop_list(spark, folder)
+
+
+def _local_list(folder: str) -> list[tuple[str, int, int]]:
+    if not os.path.isdir(folder):
+        return []
+    files = []
+    for entry in os.scandir(folder):
+        if _hidden(entry.name):
+            continue
+        try:
+            if entry.is_file():
+                stat = entry.stat()
+                files.append((Path(os.path.abspath(entry.path)).as_uri(),
+                              stat.st_mtime_ns // 1_000_000, stat.st_size))
+        except FileNotFoundError:  # renamed or removed while listed: not there
+            continue
+    return files
 
 
 def _hadoop_list(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]:
