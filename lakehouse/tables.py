@@ -318,9 +318,17 @@ def create_text(spark: SparkSession, uri: str, text: str) -> None:
     with open(partial, "w", encoding="utf-8") as out:
         out.write(text)
     try:
-        os.link(partial, local)  # fails when the file exists, where a rename would replace it
+        try:
+            os.link(partial, local)  # fails when the file exists, where a rename replaces it
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links (some FUSE and network mounts): look, then rename
+            if os.path.exists(local):
+                raise FileExistsError(f"{local} exists") from None
+            os.replace(partial, local)
     finally:
-        os.remove(partial)
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def _hadoop_create(spark: SparkSession, uri: str, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from datetime import date
 from pathlib import Path
@@ -123,6 +124,24 @@ def test_two_runs_planning_one_batch_at_once_fail_the_second(spark: SparkSession
     assert first.plan(listing) is not None
     with pytest.raises(LedgerError, match="two runs of one bronze table overlapped"):
         second.plan(listing)
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_ledger_files_are_created_whole_and_never_replaced(
+        spark: SparkSession, tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+        hard_links: bool) -> None:
+    if not hard_links:  # as on mounts without hard links
+
+        def no_link(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    target = (tmp_path / "ledger" / "0.plan.json").as_uri()
+    tables.create_text(spark, target, "first")
+    with pytest.raises(FileExistsError):
+        tables.create_text(spark, target, "second")
+    assert tables.read_text(spark, target) == "first"
+    assert [p.name for p in (tmp_path / "ledger").iterdir()] == ["0.plan.json"]
 
 
 def test_old_ledger_files_are_dropped_and_the_newest_carries_every_file(
