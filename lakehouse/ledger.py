@@ -4,13 +4,13 @@ A folder of small JSON files next to the table's other checkpoints:
   <batch>.plan.json  written before a batch is read: the ledger's id, the batch, its files;
   <batch>.done.json  written after the batch's Delta commit: every file read so far.
 A batch is planned only when the one before it is done, so at most one plan is open: the run
-that wrote it was interrupted, and the next run takes that batch again (its files that are
-still there) before it plans new ones. Ledger files are created, never replaced: a second run
-planning the same batch at the same time fails. One writer per table is assumed (a scheduler
-must not overlap two runs of the bronze job). Whether the interrupted batch reached its Delta commit is for the caller to
+that wrote it was interrupted, and the next run takes that batch again before it plans new
+ones. Ledger files are created, never replaced: a second run planning the same batch at the
+same time fails. One writer per table is assumed: a run started while another is writing a
+batch would take that batch as left open (a scheduler must not overlap bronze runs). Whether the interrupted batch reached its Delta commit is for the caller to
 find out (the commit carries the ledger's id and the batch). This is what a Structured
-Streaming file source's checkpoint keeps (its offset log and commit log), without starting a
-streaming query: a new day's run costs what the new day costs.
+Streaming file source's checkpoint keeps (its offset log and commit log), without starting
+a streaming query: a new day's run costs what the new day costs.
 """
 
 from __future__ import annotations
@@ -72,7 +72,11 @@ class FileLedger:
         if last_plan > self.last_done:
             plan = self._load(last_plan, "plan")
             state = state or plan
-            self.open = Batch(last_plan, tuple(LandedFile(*f) for f in plan["files"]))
+            try:
+                self.open = Batch(last_plan, tuple(LandedFile(*f) for f in plan["files"]))
+            except TypeError as error:
+                raise LedgerError(f"{self._file(last_plan, 'plan')} is not a ledger file: "
+                                  f"each file should be [path, modified, size]") from error
         self.id = str(state.get("ledger") or uuid.uuid4().hex)
 
     def _file(self, batch: int, kind: str) -> str:
@@ -105,15 +109,19 @@ class FileLedger:
         """No batch planned yet."""
         return self.last_done < 0 and self.open is None
 
-    def take_open(self, listing: list[LandedFile]) -> list[str]:
-        """Take the open batch again as its files are now (as listed); return the planned
-        paths that are gone."""
+    def take_open(self, listing: list[LandedFile], committed: bool) -> list[str]:
+        """Take the open batch again; return its planned paths that are no longer listed.
+
+        Not committed: it is read as its files are now (gone ones dropped). Committed: it
+        stays as planned, what its commit read; later changes to its files get named.
+        """
         if self.open is None:
             raise LedgerError(f"no batch is open under {self.folder}")
         now = {f.path: f for f in listing}
         gone = [f.path for f in self.open.files if f.path not in now]
-        self.open = Batch(self.open.id, tuple(now[f.path] for f in self.open.files
-                                              if f.path in now))
+        if not committed:
+            self.open = Batch(self.open.id, tuple(now[f.path] for f in self.open.files
+                                                  if f.path in now))
         return gone
 
     def changed(self, listing: list[LandedFile]) -> list[LandedFile]:

@@ -109,12 +109,14 @@ def commit_tags(spark: SparkSession, config: Config, name: str) -> Iterator[str 
     fs = log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     if not fs.exists(log):
         return
-    commits = [status.getPath().toUri().toString() for status in fs.listStatus(log)
-               if status.getPath().getName().endswith(".json")]
-    for commit in sorted(commits, key=lambda p: int(p.rsplit("/", 1)[-1].split(".")[0]),
-                         reverse=True):
+    # Each commit is opened by its Hadoop Path: a location with a space or % in it has no
+    # string spelling that every file system reads back the same.
+    commits = {int(name.split(".")[0]): status.getPath() for status in fs.listStatus(log)
+               if (name := status.getPath().getName()).endswith(".json")}
+    for version in sorted(commits, reverse=True):
         infos = [json.loads(line).get("commitInfo") for line in
-                 (read_text(spark, commit) or "").splitlines() if "commitInfo" in line]
+                 _hadoop_read_path(spark, fs, commits[version]).splitlines()
+                 if "commitInfo" in line]
         yield next((info.get("userMetadata") for info in infos if info), None)
 
 
@@ -297,8 +299,10 @@ def read_text(spark: SparkSession, uri: str) -> str | None:
 
 def _hadoop_read(spark: SparkSession, uri: str) -> str | None:
     fs, path = _hadoop_fs(spark, uri)
-    if not fs.exists(path):
-        return None
+    return _hadoop_read_path(spark, fs, path) if fs.exists(path) else None
+
+
+def _hadoop_read_path(spark: SparkSession, fs, path) -> str:  # type: ignore[no-untyped-def]
     stream = fs.open(path)
     try:
         return str(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))

@@ -52,13 +52,15 @@ def files_per_batch(spark: SparkSession, config: Config) -> dict[int, list[str]]
 
 def crash_before_the_commit(monkeypatch, spark: SparkSession, config: Config,  # type: ignore[no-untyped-def]
                             run_id: str) -> None:
+    real_append = tables.append
+
     def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("simulated crash before the Delta commit")
 
     monkeypatch.setattr(tables, "append", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         bronze.ingest_daily(spark, config, "flights", run_id)
-    monkeypatch.undo()
+    monkeypatch.setattr(tables, "append", real_append)
 
 
 def crash_after_the_commit(monkeypatch, spark: SparkSession, config: Config,  # type: ignore[no-untyped-def]
@@ -93,17 +95,30 @@ def test_crash_before_the_delta_commit_then_rerun_reads_the_open_batch_once(
     assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
 
 
-def test_a_file_gone_from_an_open_batch_is_named_and_the_rest_is_read(
-        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_file_gone_from_an_open_batch_is_named_and_the_rest_is_taken(
+        spark: SparkSession, config: Config, monkeypatch,  # type: ignore[no-untyped-def]
+        committed: bool) -> None:
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 2))
-    crash_before_the_commit(monkeypatch, spark, config, "run-1")
-    (landing / "flights" / "flights_2013-01-01.csv").unlink()  # e.g. removed as a bad file
+    crash = crash_after_the_commit if committed else crash_before_the_commit
+    crash(monkeypatch, spark, config, "run-1")
+    gone = landing / "flights" / "flights_2013-01-01.csv"
+    gone_lines = landed_lines(landing / "flights", True)[gone.name]
+    gone.unlink()  # e.g. removed as a bad file
     result = {r["table_name"]: r for r in bronze.run(spark, config, "run-2")}["bronze_flights"]
     assert result["files"] == 1
-    assert ("1 file(s) of a batch left open by an interrupted run were gone when it was taken "
-            "again: flights_2013-01-01.csv") in result["message"]
-    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
+    kept = "committed before: their records stay in bronze" if committed else "not read"
+    assert (f"1 file(s) of a batch left open by an interrupted run were gone when it was taken "
+            f"again ({kept}): flights_2013-01-01.csv") in result["message"]
+    expected = landed_lines(landing / "flights", True)
+    if committed:  # what the commit read stays: nothing is lost, nothing is read twice
+        expected[gone.name] = gone_lines
+    assert bronze_lines(spark, config, "bronze_flights") == expected
+    # Landed again under its name, the file is not read again: it was read once.
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    again = bronze.ingest_daily(spark, config, "flights", "run-3")
+    assert again["files"] == int(not committed)
 
 
 def test_a_table_without_its_ledger_is_not_read_into_again(spark: SparkSession,
@@ -216,8 +231,10 @@ def test_odd_file_names_and_data_roots_are_one_file_each(
 def test_the_ledger_works_the_same_through_hadoop_file_systems(
         spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """On a cluster the landing zone and checkpoints are on DBFS, S3 or ABFS: list, read and
-    write through Hadoop's FileSystem (here its local one)."""
+    write through Hadoop's FileSystem (here its local one), under a data root whose name
+    holds a space and a percent-escape."""
     monkeypatch.setattr(tables, "_local_path", lambda spark, uri: None)
+    config = make_config(Path(config.data_root) / "data root %41")
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
     land_odd_name(landing)

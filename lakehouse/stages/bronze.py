@@ -39,7 +39,7 @@ BRONZE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
 
 def empty_counts() -> dict[str, Any]:
     return {"files": 0, "rows": 0, "corrupt": 0, "landed": 0, "drift": [], "replayed": [],
-            "changed": [], "gone": []}
+            "changed": [], "gone": [], "gone_committed": False}
 
 
 def write_accounted(spark: SparkSession, rows: DataFrame, files: list[str], source: str,
@@ -115,12 +115,13 @@ def ingest_daily(spark: SparkSession, config: Config, source: str, run_id: str) 
             f"reading the landing zone would append every file again. Restore the ledger, or "
             f"move {table} aside to ingest the landing zone from scratch.")
 
-    def ingest(batch: Batch, replayed: bool) -> None:
-        if batch.files:
+    def ingest(batch: Batch, replayed: bool, gone: frozenset[str] = frozenset()) -> None:
+        paths = [p for p in batch.paths if p not in gone]
+        if paths:
             tag = f"ledger {ledger.id} batch {batch.id} run {run_id}"
-            rows = tables.read_landing(spark, batch.paths, DAILY_FORMATS[source],
+            rows = tables.read_landing(spark, paths, DAILY_FORMATS[source],
                                        raw_schema(source), CORRUPT_COLUMN)
-            write_accounted(spark, rows.transform(with_lineage(run_id, batch.id)), batch.paths,
+            write_accounted(spark, rows.transform(with_lineage(run_id, batch.id)), paths,
                             source, totals,
                             lambda rows: tables.append(rows, config, table, tag=tag,
                                                        properties=BRONZE_PROPERTIES),
@@ -129,9 +130,12 @@ def ingest_daily(spark: SparkSession, config: Config, source: str, run_id: str) 
 
     listing = [LandedFile(*f) for f in
                tables.list_files(spark, os.path.join(config.landing, source))]
-    if ledger.open is not None:  # left open by an interrupted run: its files again, as they are
-        totals["gone"] = [base_name(path) for path in ledger.take_open(listing)]
-        ingest(ledger.open, committed(spark, config, table, ledger.id, ledger.open.id))
+    if ledger.open is not None:  # left open by an interrupted run: take it again first
+        replayed = committed(spark, config, table, ledger.id, ledger.open.id)
+        gone = ledger.take_open(listing, replayed)
+        totals["gone"] = [base_name(path) for path in gone]
+        totals["gone_committed"] = replayed
+        ingest(ledger.open, replayed, frozenset(gone))
     totals["changed"] = [base_name(f.path) for f in ledger.changed(listing)]
     while (batch := ledger.plan(listing)) is not None:
         ingest(batch, replayed=False)
@@ -178,8 +182,10 @@ def audit_notes(counts: dict[str, Any]) -> list[str]:
         notes.append(f"{len(counts['changed'])} file(s) changed after they were read, not read "
                      f"again: {', '.join(counts['changed'])}")
     if counts["gone"]:
+        kept = ("committed before: their records stay in bronze" if counts["gone_committed"]
+                else "not read")
         notes.append(f"{len(counts['gone'])} file(s) of a batch left open by an interrupted run "
-                     f"were gone when it was taken again: {', '.join(counts['gone'])}")
+                     f"were gone when it was taken again ({kept}): {', '.join(counts['gone'])}")
     if counts["replayed"]:
         notes.append(f"{len(counts['replayed'])} batch(es) of {sum(counts['replayed'])} files "
                      "already committed by an interrupted run: not written again")
