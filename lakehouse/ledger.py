@@ -5,12 +5,13 @@ A folder of small JSON files next to the table's other checkpoints:
   <batch>.done.json  written after the batch's Delta commit: every file read so far.
 A batch is planned only when the one before it is done, so at most one plan is open: the run
 that wrote it was interrupted, and the next run takes that batch again before it plans new
-ones. Ledger files are created, never replaced: a second run planning the same batch at the
-same time fails. One writer per table is assumed: a run started while another is writing a
-batch would take that batch as left open (a scheduler must not overlap bronze runs). Whether the interrupted batch reached its Delta commit is for the caller to
-find out (the commit carries the ledger's id and the batch). This is what a Structured
-Streaming file source's checkpoint keeps (its offset log and commit log), without starting
-a streaming query: a new day's run costs what the new day costs.
+ones; whether it reached its Delta commit is for the caller to find out (the commit carries
+the ledger's id and the batch). Ledger files are created, never replaced: a second run
+planning the same batch at the same time fails. One writer per table is assumed: a run
+started while another is writing a batch would take that batch as left open (a scheduler
+must not overlap bronze runs). This is what a Structured Streaming file source's checkpoint
+keeps (its offset log and commit log), without starting a streaming query: a new day's run
+costs what the new day costs.
 """
 
 from __future__ import annotations

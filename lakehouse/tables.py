@@ -104,9 +104,7 @@ def commit_tags(spark: SparkSession, config: Config, name: str) -> Iterator[str 
     location = config.table(name)
     if not _is_path(location):
         location = spark.sql(f"DESCRIBE DETAIL {location}").first()["location"]
-    jvm = spark.sparkContext._jvm
-    log = jvm.org.apache.hadoop.fs.Path(f"{location}/_delta_log")
-    fs = log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, log = _hadoop_fs(spark, f"{location}/_delta_log")
     if not fs.exists(log):
         return
     # Each commit is opened by its Hadoop Path: a location with a space or % in it has no
