@@ -40,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="daily: train when no champion exists (auto), always or never")
     run.add_argument("--stages", default=None,
                      help="daily: comma-separated subset of bronze,silver,gold,train,score")
+    run.add_argument("--full", action="store_true",
+                     help="gold (alone or in daily): rebuild in full instead of incrementally")
 
     with_env(sub.add_parser("status", help="print the latest audit rows"))
+    describe = with_env(sub.add_parser(
+        "describe", help="when each gold input becomes known; a table's comments, version, rows"))
+    describe.add_argument("table", nargs="?", help="a table name from conf (e.g. flight_features)")
     sub.add_parser("contracts", help="list every contract rule with its table and action")
     return parser
 
@@ -68,11 +73,13 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             if stage not in workflow.STAGES:
                 raise workflow.UnknownStageError(
                     f"unknown stage {stage!r} in --stages; stages are {list(workflow.STAGES)}")
-        results = workflow.run_daily(spark, config, score_range, stages, args.train)
+        results = workflow.run_daily(spark, config, score_range, stages, args.train,
+                                     full_gold=args.full)
     else:
         run_id = workflow.new_run_id()
         results = {"run_id": run_id,
-                   args.job: workflow.run_stage(spark, config, args.job, run_id, score_range)}
+                   args.job: workflow.run_stage(spark, config, args.job, run_id, score_range,
+                                                full_gold=args.full)}
     print(workflow.report(spark, config, results))
     return 0
 
@@ -90,6 +97,32 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         "rows_out", "rows_corrupt", "rows_quarantined", "rows_duplicate", "version_written",
         "duration_s", "message",
     ).show(20, truncate=60)
+    return 0
+
+
+def cmd_describe(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse.known_at import known_at_table
+
+    print("When each input of a flight's features becomes known (features use only inputs "
+          "known at as-of,\nscheduled departure minus gold.as_of_offset_minutes = "
+          f"{config.section('gold')['as_of_offset_minutes']} min):\n")
+    print(known_at_table())
+    if not args.table:
+        return 0
+    from lakehouse import tables
+    from lakehouse.session import build_session
+
+    config.table(args.table)  # an unknown name fails here, listing the known ones
+    spark = build_session(config)
+    if not tables.exists(spark, config, args.table):
+        print(f"\n{args.table}: not created yet at {config.table(args.table)}")
+        return 0
+    info = tables.describe(spark, config, args.table)
+    print(f"\n{info.name} at {info.location}: Delta version {info.version}, {info.rows} rows\n"
+          f"{info.comment or '(no table comment)'}\n")
+    width = max(len(name) for name, _, _ in info.columns)
+    for name, dtype, comment in info.columns:
+        print(f"  {name:<{width}}  {dtype:<9}  {comment or ''}")
     return 0
 
 
@@ -118,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(getattr(args, "env", "local"))
     commands = {"seed": cmd_seed, "run": cmd_run, "status": cmd_status,
-                "contracts": cmd_contracts}
+                "describe": cmd_describe, "contracts": cmd_contracts}
     try:
         return commands[args.command](config, args)
     except Exception as error:  # a clear one-line reason, then the exit code

@@ -1,22 +1,28 @@
 """Gold: point-in-time flight features and route KPIs (pure functions of silver DataFrames).
 
-A flight's features use only what was known at its as-of instant (scheduled departure minus the
-configured offset): schedules, static plane attributes, the latest weather observation at the
-origin at or before that instant, and outcomes of other flights already known by then. An outcome
-becomes known when the flight arrives (a cancellation at its scheduled departure; a diversion or
-an arrival in an unknown time zone, conservatively, a day after scheduled departure).
+A flight's features use only inputs known at its as-of instant (scheduled departure minus
+`gold.as_of_offset_minutes`), by the rules of `lakehouse.known_at.KNOWN_AT`: the schedule and
+static plane attributes, the latest weather row at the origin already complete then, and
+outcomes of *other* flights already known then. Flights without a recorded tail number are all
+cancelled in the source data (the tail is missing *because* of the outcome): their rows carry
+`tail_recorded = false`, and training and evaluation leave them out (see lakehouse.training).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import date
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from lakehouse.functions import minutes_between
+from lakehouse.known_at import MAX_OUTCOME_LAG_HOURS, outcome_known_at, weather_known_at
 
 CATEGORICAL_FEATURES = ("carrier", "origin", "dest")
 NUMERIC_FEATURES = (
@@ -33,8 +39,16 @@ NUMERIC_FEATURES = (
     "turnaround_minutes",
 )
 LABEL = "disrupted"
+TAIL_RECORDED = "tail_recorded"
 WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip",
                    "pressure", "visib")
+ORIGIN_DAY_HOURS = 12
+# Bumped when a feature's definition changes: gold then rebuilds in full on its next run.
+FEATURES_VERSION = 2
+
+
+class FeatureSettingsError(ValueError):
+    """The gold section of conf holds a value the features cannot be built with."""
 
 
 @dataclass(frozen=True)
@@ -46,32 +60,76 @@ class FeatureSettings:
     daily_history_days: int
     disruption_delay_minutes: int
     home_timezone: str
+    weather_max_age_hours: int
+
+    def __post_init__(self) -> None:
+        for name in ("as_of_offset_minutes", "origin_recent_hours", "daily_history_days",
+                     "weather_max_age_hours", "disruption_delay_minutes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                why = (" (features are taken this long before scheduled departure; at 0 a "
+                       "flight's own cancellation, known at its scheduled departure, would "
+                       "count)" if name == "as_of_offset_minutes" else "")
+                raise FeatureSettingsError(f"gold.{name} must be a whole number > 0, got "
+                                           f"{value!r}{why}")
 
     @classmethod
     def from_conf(cls, section: dict[str, Any]) -> FeatureSettings:
+        missing = sorted(set(cls.__dataclass_fields__) - set(section))
+        if missing:
+            raise FeatureSettingsError(f"gold section of conf lacks {missing}; it has "
+                                       f"{sorted(section)}")
         return cls(**{k: section[k] for k in cls.__dataclass_fields__})
+
+    def fingerprint(self) -> str:
+        """Identifies the feature definitions: a gold table built with another is rebuilt."""
+        text = json.dumps({**asdict(self), "features_version": FEATURES_VERSION}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def history_lookback_days(self) -> int:
+        """Days of flights before a flight's date that its features can read (events known
+        from the history window's start, at most MAX_OUTCOME_LAG_HOURS after departure)."""
+        hours = (self.as_of_offset_minutes / 60 + max(self.daily_history_days * 24,
+                                                      ORIGIN_DAY_HOURS) + MAX_OUTCOME_LAG_HOURS)
+        return math.ceil(hours / 24) + 1
+
+    @property
+    def weather_lookback_days(self) -> int:
+        """Days of weather rows (by local date) before a flight's date its features can read."""
+        hours = self.as_of_offset_minutes / 60 + self.weather_max_age_hours + 1
+        return math.ceil(hours / 24) + 1
+
+
+def hours(n: float) -> Column:
+    return F.make_dt_interval(F.lit(0), F.lit(0), F.lit(int(round(n * 60))))
+
+
+def local_date(instant: Column, settings: FeatureSettings) -> Column:
+    """The date at the origins' home time zone of a UTC instant."""
+    return F.to_date(F.from_utc_timestamp(instant, settings.home_timezone))
 
 
 def with_outcome(settings: FeatureSettings) -> Callable[[DataFrame], DataFrame]:
     """Add the label, the as-of instant and the instant the flight's outcome became known."""
 
     def transform(df: DataFrame) -> DataFrame:
-        offset = F.make_dt_interval(F.lit(0), F.lit(0), F.lit(settings.as_of_offset_minutes))
-        arrived = F.col("sched_arr_utc") + F.make_dt_interval(
-            F.lit(0), F.lit(0), F.coalesce(F.col("arr_delay"), F.lit(0)))
-        known_at = (F.when(F.col("cancelled"), F.col("sched_dep_utc"))
-                    .when(F.col("arr_delay").isNotNull() & F.col("sched_arr_utc").isNotNull(),
-                          arrived)
-                    .otherwise(F.col("sched_dep_utc") + F.expr("INTERVAL 24 HOURS")))
         disrupted = (F.col("cancelled") | F.col("diverted")
                      | (F.col("arr_delay") >= settings.disruption_delay_minutes))
         return df.withColumns({
-            "as_of_utc": F.col("sched_dep_utc") - offset,
-            "known_at_utc": known_at,
+            "as_of_utc": F.col("sched_dep_utc") - hours(settings.as_of_offset_minutes / 60),
+            "known_at_utc": outcome_known_at(),
             LABEL: F.coalesce(disrupted, F.lit(False)).cast("int"),
         })
 
     return transform
+
+
+def history_events(flights: DataFrame) -> DataFrame:
+    """Flights whose outcome can feed history features: known within MAX_OUTCOME_LAG_HOURS of
+    scheduled departure."""
+    return flights.filter(F.col("known_at_utc")
+                          <= F.col("sched_dep_utc") + hours(MAX_OUTCOME_LAG_HOURS))
 
 
 def trailing_outcomes(events: DataFrame, queries: DataFrame, keys: list[str], window_seconds: int,
@@ -83,13 +141,12 @@ def trailing_outcomes(events: DataFrame, queries: DataFrame, keys: list[str], wi
     sums the events' values up to each query's instant.
     """
     value_columns = ("_n", "_d", "_delay_sum", "_delay_n")
-    stacked = events.select(*keys, F.unix_seconds("known_at_utc").alias("_ts"),
-                            F.lit(None).cast("string").alias("_qid"), F.lit(1).alias("_n"),
-                            F.col(LABEL).alias("_d"),
-                            F.col("arr_delay").cast("double").alias("_delay_sum"),
-                            F.col("arr_delay").isNotNull().cast("int").alias("_delay_n")).unionByName(
-        queries.select(*keys, "_ts", "_qid", *[F.lit(0).alias(c) for c in value_columns]),
-        allowMissingColumns=False)
+    stacked = history_events(events).select(
+        *keys, F.unix_seconds("known_at_utc").alias("_ts"),
+        F.lit(None).cast("string").alias("_qid"), F.lit(1).alias("_n"), F.col(LABEL).alias("_d"),
+        F.col("arr_delay").cast("double").alias("_delay_sum"),
+        F.col("arr_delay").isNotNull().cast("int").alias("_delay_n")).unionByName(
+        queries.select(*keys, "_ts", "_qid", *[F.lit(0).alias(c) for c in value_columns]))
     window = Window.partitionBy(*keys).orderBy("_ts").rangeBetween(-window_seconds, 0)
     sums = {c: F.sum(c).over(window) for c in value_columns}
     summed = stacked.withColumns(sums).filter(F.col("_qid").isNotNull())
@@ -101,50 +158,59 @@ def trailing_outcomes(events: DataFrame, queries: DataFrame, keys: list[str], wi
     )
 
 
-def _local_midnight_utc(settings: FeatureSettings) -> Column:
-    return F.to_utc_timestamp(F.to_timestamp("flight_date"), settings.home_timezone)
+def history_cutoff(settings: FeatureSettings) -> Column:
+    """Daily history ends at the earlier of the flight date's local midnight and as-of: flights
+    still in the air at midnight are left out, and so is anything after as-of."""
+    midnight = F.to_utc_timestamp(F.to_timestamp("flight_date"), settings.home_timezone)
+    return F.least(midnight, F.col("as_of_utc"))
 
 
-def origin_recent(flights: DataFrame, settings: FeatureSettings) -> DataFrame:
+def origin_recent(events: DataFrame, queries: DataFrame, settings: FeatureSettings) -> DataFrame:
     """Outcomes of other flights from the same origin known in the hours before as-of."""
-    queries = flights.select("origin", F.unix_seconds("as_of_utc").alias("_ts"),
-                             F.col("flight_id").alias("_qid"))
-    recent = trailing_outcomes(flights, queries, ["origin"], settings.origin_recent_hours * 3600,
+    asked = queries.select("origin", F.unix_seconds("as_of_utc").alias("_ts"),
+                           F.col("flight_id").alias("_qid"))
+    recent = trailing_outcomes(events, asked, ["origin"], settings.origin_recent_hours * 3600,
                                "origin_recent")
-    day = trailing_outcomes(flights, queries, ["origin"], 12 * 3600, "origin_day")
+    day = trailing_outcomes(events, asked, ["origin"], ORIGIN_DAY_HOURS * 3600, "origin_day")
     return recent.join(day, on="_qid", how="inner").withColumnRenamed("_qid", "flight_id")
 
 
-def daily_history(flights: DataFrame, settings: FeatureSettings, keys: list[str],
-                  prefix: str) -> DataFrame:
-    """Outcomes per key over the previous days, cut at the flight's local midnight: flights still
-    in the air at midnight are left out."""
-    cutoffs = (flights.select(*keys, "flight_date").distinct()
-               .withColumn("_cutoff", _local_midnight_utc(settings)))
-    queries = cutoffs.select(*keys, F.unix_seconds("_cutoff").alias("_ts"),
-                             F.concat_ws("|", *keys, F.col("flight_date").cast("string")).alias("_qid"))
-    stats = trailing_outcomes(flights, queries, keys, settings.daily_history_days * 86400, prefix)
-    lookup = cutoffs.select(*keys, "flight_date",
-                            F.concat_ws("|", *keys, F.col("flight_date").cast("string")).alias("_qid"))
+def daily_history(events: DataFrame, queries: DataFrame, settings: FeatureSettings,
+                  keys: list[str], prefix: str) -> DataFrame:
+    """Outcomes per key over the days before each flight's history cutoff; one query per key,
+    date and cutoff (all flights of a day share one but those departing just after midnight)."""
+    qid = F.concat_ws("|", *keys, F.col("flight_date").cast("string"),
+                      F.col("_history_cutoff").cast("string"))
+    cutoffs = queries.select(*keys, "flight_date", "_history_cutoff").distinct()
+    asked = cutoffs.select(*keys, F.unix_seconds("_history_cutoff").alias("_ts"), qid.alias("_qid"))
+    stats = trailing_outcomes(events, asked, keys, settings.daily_history_days * 86400, prefix)
+    lookup = cutoffs.select(*keys, "flight_date", "_history_cutoff", qid.alias("_qid"))
     return lookup.join(stats, on="_qid", how="inner").drop("_qid", f"{prefix}_mean_arr_delay")
 
 
-def weather_as_of(flights: DataFrame, weather: DataFrame) -> DataFrame:
-    """The latest observation at the origin at or before each flight's as-of instant."""
-    obs = weather.select("origin", F.col("time_hour").alias("_obs"))
-    stacked = obs.select("origin", F.unix_seconds("_obs").alias("_ts"), F.lit(0).alias("_q"),
-                         "_obs", F.lit(None).cast("string").alias("flight_id")).unionByName(
-        flights.select("origin", F.unix_seconds("as_of_utc").alias("_ts"), F.lit(1).alias("_q"),
-                       F.lit(None).cast("timestamp").alias("_obs"), "flight_id"))
-    # Observations sort before queries at the same second: "at or before" includes it.
+def weather_as_of(queries: DataFrame, weather: DataFrame, settings: FeatureSettings) -> DataFrame:
+    """The latest weather row at the origin complete at or before each flight's as-of instant,
+    if it is at most weather_max_age_hours old then."""
+    stacked = weather.select(
+        "origin", F.unix_seconds(weather_known_at()).alias("_ts"), F.lit(0).alias("_q"),
+        "time_hour", F.unix_seconds(weather_known_at()).alias("_known"),
+        F.lit(None).cast("string").alias("flight_id")).unionByName(
+        queries.select("origin", F.unix_seconds("as_of_utc").alias("_ts"), F.lit(1).alias("_q"),
+                       F.lit(None).cast("timestamp").alias("time_hour"),
+                       F.lit(None).cast("long").alias("_known"), "flight_id"))
+    # Rows sort before queries at the same second: "at or before" includes it.
     window = Window.partitionBy("origin").orderBy("_ts", "_q").rowsBetween(
         Window.unboundedPreceding, Window.currentRow)
-    latest = (stacked.withColumn("_latest", F.last("_obs", ignorenulls=True).over(window))
-              .filter(F.col("_q") == 1).select("flight_id", "origin", "_latest"))
-    joined = latest.join(weather.withColumnRenamed("time_hour", "_latest"),
-                         on=["origin", "_latest"], how="left")
-    return joined.select("flight_id", *WEATHER_COLUMNS,
-                         F.col("_latest").alias("weather_observed_at"))
+    age = F.col("_ts") - F.col("_latest_known")
+    latest = (stacked.withColumns({"_latest": F.last("time_hour", ignorenulls=True).over(window),
+                                   "_latest_known": F.last("_known", ignorenulls=True).over(window)})
+              .filter((F.col("_q") == 1) & (age <= settings.weather_max_age_hours * 3600))
+              .select("flight_id", "origin", F.col("_latest").alias("time_hour"),
+                      (age / 60).cast("double").alias("weather_age_minutes")))
+    return latest.join(weather.select("origin", "time_hour", *WEATHER_COLUMNS),
+                       on=["origin", "time_hour"], how="inner").select(
+        "flight_id", *WEATHER_COLUMNS, "weather_age_minutes",
+        F.col("time_hour").alias("weather_observed_at"))
 
 
 def previous_flight(flights: DataFrame) -> DataFrame:
@@ -158,7 +224,7 @@ def previous_flight(flights: DataFrame) -> DataFrame:
         F.lag("sched_arr_utc").over(window).alias("_prev_sched_arr"),
         F.lag("sched_dep_utc").over(window).alias("_prev_sched_dep"))
     known = F.col("_prev_known_at") <= F.col("as_of_utc")
-    same_day = F.col("_prev_sched_dep") >= F.col("sched_dep_utc") - F.expr("INTERVAL 24 HOURS")
+    same_day = F.col("_prev_sched_dep") >= F.col("sched_dep_utc") - hours(24)
     return prev.select(
         "flight_id",
         F.when(same_day, known.cast("int")).alias("prev_flight_known"),
@@ -184,28 +250,47 @@ def schedule_features(flights: DataFrame) -> DataFrame:
         F.count(F.lit(1)).over(per_day).alias("origin_day_departures"))
 
 
+def on_dates(dates: Iterable[date] | None) -> Callable[[DataFrame], DataFrame]:
+    """Rows whose flight_date is one of dates (all rows when dates is None)."""
+    if dates is None:
+        return lambda df: df
+    wanted = sorted(set(dates))
+    return lambda df: df.filter(F.col("flight_date").isin(wanted))
+
+
 def flight_features(flights: DataFrame, weather: DataFrame, planes: DataFrame,
-                    settings: FeatureSettings) -> DataFrame:
-    """gold.flight_features: one row per flight, point-in-time features plus the label."""
-    base = flights.transform(with_outcome(settings))
-    plane_attrs = planes.select("tailnum", (F.lit(2013) - F.col("year")).alias("plane_age"),
+                    settings: FeatureSettings, dates: Iterable[date] | None = None) -> DataFrame:
+    """gold.flight_features: one row per flight, point-in-time features plus the label.
+
+    Args:
+        flights, weather, planes: silver tables (or the slices of them the features read).
+        settings: the gold section of conf.
+        dates: build the rows of flights on these dates only; flights and weather must then
+            hold the history those rows read (see history_lookback_days).
+    """
+    base = flights.transform(with_outcome(settings)).withColumn("_history_cutoff",
+                                                                history_cutoff(settings))
+    queries = base.transform(on_dates(dates))
+    plane_attrs = planes.select("tailnum", F.col("year").alias("_plane_year"),
                                 F.col("seats").alias("plane_seats"),
                                 F.col("engines").alias("plane_engines"))
-    carrier = daily_history(base, settings, ["carrier"], "carrier_history")
-    route = daily_history(base, settings, ["origin", "dest"], "route_history")
-    weather_obs = weather_as_of(base, weather)
-    joined = (base.join(schedule_features(base), on="flight_id", how="left")
+    carrier = daily_history(base, queries, settings, ["carrier"], "carrier_history")
+    route = daily_history(base, queries, settings, ["origin", "dest"], "route_history")
+    history_keys = ["flight_date", "_history_cutoff"]
+    joined = (queries.join(schedule_features(queries), on="flight_id", how="left")
               .join(F.broadcast(plane_attrs), on="tailnum", how="left")
-              .join(weather_obs.drop("origin"), on="flight_id", how="left")
-              .join(origin_recent(base, settings), on="flight_id", how="left")
-              .join(carrier, on=["carrier", "flight_date"], how="left")
-              .join(route, on=["origin", "dest", "flight_date"], how="left")
+              .join(weather_as_of(queries, weather, settings), on="flight_id", how="left")
+              .join(origin_recent(base, queries, settings), on="flight_id", how="left")
+              .join(carrier, on=["carrier", *history_keys], how="left")
+              .join(route, on=["origin", "dest", *history_keys], how="left")
               .join(previous_flight(base), on="flight_id", how="left"))
+    plane_age = F.year("flight_date") - F.col("_plane_year")
     return joined.select(
         "flight_id", "flight_date", "sched_dep_utc", "as_of_utc", "tailnum",
+        F.col("tailnum").isNotNull().alias(TAIL_RECORDED),
         *CATEGORICAL_FEATURES,
-        *[F.col(c).cast("double").alias(c) for c in NUMERIC_FEATURES if c != "weather_age_minutes"],
-        minutes_between(F.col("as_of_utc"), F.col("weather_observed_at")).alias("weather_age_minutes"),
+        *[(plane_age if c == "plane_age" else F.col(c)).cast("double").alias(c)
+          for c in NUMERIC_FEATURES],
         "weather_observed_at", "known_at_utc", LABEL)
 
 

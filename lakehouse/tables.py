@@ -10,6 +10,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
@@ -71,27 +72,38 @@ def _save(writer, location: str) -> None:  # type: ignore[no-untyped-def]
         writer.saveAsTable(location)
 
 
+def _properties(config: Config, name: str) -> dict[str, str]:
+    """Delta table properties conf gives a logical table (table_properties: <name>: {...})."""
+    return {k: str(v) for k, v in
+            ((config.values.get("table_properties") or {}).get(name) or {}).items()}
+
+
 def append(df: DataFrame, config: Config, name: str, txn: tuple[str, int] | None = None,
            merge_schema: bool = False, tag: str | None = None,
            properties: dict[str, str] | None = None) -> None:
     """Append rows; with txn=(app_id, version) Delta skips a write it has already committed.
 
-    tag is stored as the commit's userMetadata; properties apply when the append creates the
-    table.
+    tag is stored as the commit's userMetadata; properties (and the table's properties from
+    conf) apply when the append creates the table.
     """
     writer = df.write.format("delta").mode("append").option("mergeSchema", str(merge_schema))
     if txn is not None:
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
     if tag is not None:
         writer = writer.option("userMetadata", tag)
-    for key, value in (properties or {}).items():
+    for key, value in {**_properties(config, name), **(properties or {})}.items():
         writer = writer.option(key, value)
     _save(writer, config.table(name))
 
 
-def overwrite(df: DataFrame, config: Config, name: str) -> None:
-    """Replace the table's content (earlier content stays reachable through Delta history)."""
+def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) -> None:
+    """Replace the table's content (earlier content stays reachable through Delta history);
+    tag is stored as the commit's userMetadata."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if tag is not None:
+        writer = writer.option("userMetadata", tag)
+    for key, value in _properties(config, name).items():
+        writer = writer.option(key, value)
     _save(writer, config.table(name))
 
 
@@ -119,23 +131,123 @@ def commit_tags(spark: SparkSession, config: Config, name: str) -> Iterator[str 
 
 
 def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
-          changed_columns: Iterable[str] | None = None) -> None:
+          changed_columns: Iterable[str] | None = None, target_filter: str | None = None,
+          tag: str | None = None, delete_flag: str | None = None) -> dict[str, str]:
     """Upsert df into the table on its natural key; create the table on first use.
 
     Matched rows are updated only where one of changed_columns differs, so re-running the same
-    batch leaves every row as it was.
+    batch leaves every row as it was. target_filter (SQL on the target `t`) narrows the target
+    rows the merge can touch, so Delta skips the files outside it. Source rows whose
+    delete_flag column is true delete their matched target row. tag is stored as the commit's
+    userMetadata. Returns Delta's operation metrics of the commit.
     """
     if not exists(spark, config, name):
-        append(df, config, name)
-        return
+        rows = df.filter(~F.col(delete_flag)).drop(delete_flag) if delete_flag else df
+        append(rows, config, name, tag=tag)
+        return last_operation_metrics(spark, config, name)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-    compare = list(changed_columns) if changed_columns is not None else df.columns
-    differs = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in compare)
-    (delta_table(spark, config, name).alias("t")
-     .merge(df.alias("s"), condition)
-     .whenMatchedUpdateAll(condition=differs or None)
-     .whenNotMatchedInsertAll()
-     .execute())
+    if target_filter:
+        condition = f"({target_filter}) AND {condition}"
+    compare = [c for c in (changed_columns if changed_columns is not None else df.columns)
+               if c != delete_flag]
+    # One struct comparison, not a chain of per-column ones: for a wide table the chain's
+    # generated code is large enough to compile slowly or not at all (bench/gold.py).
+    differs = (f"NOT (struct({', '.join(f't.`{c}`' for c in compare)}) <=> "
+               f"struct({', '.join(f's.`{c}`' for c in compare)}))") if compare else ""
+    builder = delta_table(spark, config, name).alias("t").merge(df.alias("s"), condition)
+    if delete_flag:
+        columns = {f"`{c}`": f"s.`{c}`" for c in df.columns if c != delete_flag}
+        builder = (builder.whenMatchedDelete(condition=f"s.`{delete_flag}`")
+                   .whenMatchedUpdate(condition=differs or None, set=columns)
+                   .whenNotMatchedInsert(condition=f"NOT s.`{delete_flag}`", values=columns))
+    else:
+        builder = (builder.whenMatchedUpdateAll(condition=differs or None)
+                   .whenNotMatchedInsertAll())
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    if tag is not None:  # a MERGE takes its commit's userMetadata from the session only
+        spark.conf.set(key, tag)
+    try:
+        builder.execute()
+    finally:
+        if tag is not None:
+            spark.conf.unset(key)
+    return last_operation_metrics(spark, config, name)
+
+
+def _sql_name(location: str) -> str:
+    return f"delta.`{location}`" if _is_path(location) else location
+
+
+def ensure_properties(spark: SparkSession, config: Config, name: str) -> bool:
+    """Give an existing table the properties conf asks for (a table created by an earlier
+    version may lack them, e.g. its change data feed); True when something was set."""
+    wanted = _properties(config, name)
+    if not wanted or not exists(spark, config, name):
+        return False
+    current = delta_table(spark, config, name).detail().select("properties").first()[0] or {}
+    missing = {k: v for k, v in wanted.items() if current.get(k) != v}
+    if missing:
+        settings = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
+        spark.sql(f"ALTER TABLE {_sql_name(config.table(name))} SET TBLPROPERTIES ({settings})")
+    return bool(missing)
+
+
+def set_comment(spark: SparkSession, config: Config, name: str, comment: str) -> None:
+    """Set the table's comment (its Delta description) unless it already reads so."""
+    current = delta_table(spark, config, name).detail().select("description").first()[0]
+    if current != comment:
+        quoted = comment.replace("\\", "\\\\").replace("'", "\\'")
+        spark.sql(f"COMMENT ON TABLE {_sql_name(config.table(name))} IS '{quoted}'")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What `lakehouse describe` shows of a table."""
+
+    name: str
+    location: str
+    comment: str | None
+    version: int | None
+    rows: int
+    columns: list[tuple[str, str, str | None]]  # name, type, comment
+
+
+def describe(spark: SparkSession, config: Config, name: str) -> TableInfo:
+    """A table's comment, version, row count and columns with their types and comments."""
+    detail = delta_table(spark, config, name).detail().select("description").first()
+    df = read(spark, config, name)
+    return TableInfo(name, config.table(name), detail[0] if detail else None,
+                     version(spark, config, name), df.count(),
+                     [(f.name, f.dataType.simpleString(), f.metadata.get("comment"))
+                      for f in df.schema.fields])
+
+
+def read_changes(spark: SparkSession, config: Config, name: str, start: int,
+                 end: int) -> DataFrame:
+    """The table's change data feed from version start to end, both included: every row
+    inserted, deleted or updated (before and after images), with _change_type."""
+    location = config.table(name)
+    reader = (spark.read.format("delta").option("readChangeFeed", "true")
+              .option("startingVersion", start).option("endingVersion", end))
+    return reader.load(location) if _is_path(location) else reader.table(location)
+
+
+def tagged_state(spark: SparkSession, config: Config, name: str, prefix: str,
+                 look_back: int = 50) -> dict[str, object] | None:
+    """The JSON state a job stored as userMetadata "<prefix> {...}" in the newest of the
+    table's last look_back commits that has one (None when none has)."""
+    if not exists(spark, config, name):
+        return None
+    row = (delta_table(spark, config, name).history(look_back)
+           .filter(F.col("userMetadata").startswith(f"{prefix} "))
+           .orderBy(F.col("version").desc()).select("userMetadata").first())
+    if row is None:
+        return None
+    try:
+        state = json.loads(row[0][len(prefix) + 1:])
+    except ValueError:
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def read_stream(spark: SparkSession, config: Config, name: str) -> DataFrame:

@@ -19,7 +19,7 @@ from pyspark.ml.feature import SQLTransformer, StringIndexer, VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES
+from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED
 
 MISSING = -999.0  # trees split missing values off from every real value
 INTEGER_PARAMS = ("maxDepth", "maxIter", "minInstancesPerNode")
@@ -108,6 +108,11 @@ class TuningResult:
     validation_metrics: dict[str, float]
     holdout_metrics: dict[str, float]
     trials: int
+    # Holdout including the flights without a recorded tail (left out of training and of
+    # holdout_metrics: they are all cancelled, so their missing plane features give the label
+    # away), and how many there were.
+    holdout_all_flights_metrics: dict[str, float]
+    holdout_untailed_flights: int
 
 
 def tune_and_fit(features: DataFrame, windows: Windows, max_evals: int, timeout_s: int,
@@ -118,8 +123,11 @@ def tune_and_fit(features: DataFrame, windows: Windows, max_evals: int, timeout_
     and score the holdout.
 
     The feature pipeline is fitted once on the fit slice and its vectors cached, so each trial
-    is one distributed MLlib fit.
+    is one distributed MLlib fit. Flights without a recorded tail number are left out of fitting,
+    validation and the holdout metrics (see lakehouse.features).
     """
+    every_flight = features
+    features = features.filter(F.col(TAIL_RECORDED))
     fit_rows = features.transform(between(windows.train_from, windows.validation_from)).filter(
         F.col("flight_date") < F.lit(windows.validation_from).cast("date"))
     val_rows = features.transform(between(windows.validation_from, windows.train_to))
@@ -150,4 +158,7 @@ def tune_and_fit(features: DataFrame, windows: Windows, max_evals: int, timeout_
     final = Pipeline(stages=[*feature_pipeline().getStages(), classifier(best_params, seed)])
     model = final.fit(train_rows)
     holdout = evaluate(model.transform(holdout_rows))
-    return TuningResult(model, best_params, validation, holdout, len(trials.trials))
+    holdout_all = every_flight.transform(between(windows.holdout_from, windows.holdout_to))
+    untailed = holdout_all.filter(~F.col(TAIL_RECORDED)).count()
+    return TuningResult(model, best_params, validation, holdout, len(trials.trials),
+                        evaluate(model.transform(holdout_all)), untailed)

@@ -21,7 +21,8 @@ log = logging.getLogger("lakehouse")
 STAGES = ("bronze", "silver", "gold", "train", "score")
 TRAIN_MODES = ("auto", "always", "never")
 # Errors about the data, not the machine: retrying cannot help.
-PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError, ValueError)
+PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError, ValueError,
+                    gold.GoldInputError)
 
 
 class UnknownStageError(ValueError):
@@ -49,13 +50,15 @@ def with_retries(step: Callable[[], Any], name: str, retries: int) -> Any:
 
 
 def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
-              score_range: tuple[str, str]) -> Any:
-    """Run one stage by name."""
+              score_range: tuple[str, str], full_gold: bool = False) -> Any:
+    """Run one stage by name (full_gold: rebuild gold in full instead of incrementally)."""
     if stage not in STAGES:
         raise UnknownStageError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     if stage == "score":
         return score.run(spark, config, run_id, *score_range)
-    module = {"bronze": bronze, "silver": silver, "gold": gold, "train": train}[stage]
+    if stage == "gold":
+        return gold.run(spark, config, run_id, full=full_gold)
+    module = {"bronze": bronze, "silver": silver, "train": train}[stage]
     return module.run(spark, config, run_id)
 
 
@@ -70,7 +73,7 @@ def needs_training(config: Config, mode: str) -> bool:
 
 def run_daily(spark: SparkSession, config: Config, score_range: tuple[str, str],
               stages: tuple[str, ...] = STAGES, train_mode: str = "auto",
-              run_id: str | None = None) -> dict[str, Any]:
+              run_id: str | None = None, full_gold: bool = False) -> dict[str, Any]:
     """Bronze, silver, gold, (train), score, in one session; returns each stage's result."""
     run_id = run_id or new_run_id()
     retries = int(config.values.get("workflow", {}).get("retries", 1))
@@ -82,7 +85,8 @@ def run_daily(spark: SparkSession, config: Config, score_range: tuple[str, str],
         started = time.monotonic()
         log.info("stage %s: starting (run %s)", stage, run_id)
         results[stage] = with_retries(
-            lambda s=stage: run_stage(spark, config, s, run_id, score_range), stage, retries)
+            lambda s=stage: run_stage(spark, config, s, run_id, score_range, full_gold), stage,
+            retries)
         log.info("stage %s: done in %.1f s", stage, time.monotonic() - started)
     return results
 
@@ -111,8 +115,11 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
         lines.append(f"model: {trained['model_name']} version {trained['version']} "
                      f"(promoted to @{mlflow_conf['alias']}: {trained['promoted']}, "
                      f"{trained['trials']} Hyperopt trials)")
+        every = trained["holdout_all_flights"]
         lines.append(f"holdout {trained['holdout_window']}: AUC-ROC {holdout['auc_roc']:.4f}, "
-                     f"AUC-PR {holdout['auc_pr']:.4f}")
+                     f"AUC-PR {holdout['auc_pr']:.4f} (flights with a recorded tail; with the "
+                     f"{trained['holdout_untailed_flights']} without one: AUC-ROC "
+                     f"{every['auc_roc']:.4f})")
     if current is not None:
         auc = f"{current.holdout_auc_roc:.4f}" if current.holdout_auc_roc is not None else "n/a"
         lines.append(f"champion: models:/{current.name}@{mlflow_conf['alias']} = version "

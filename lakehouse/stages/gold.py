@@ -1,33 +1,191 @@
-"""Gold stage: rebuild the point-in-time feature table and the route KPIs from silver."""
+"""Gold stage: point-in-time features and route KPIs from silver, built incrementally.
+
+Each gold table remembers, in the userMetadata of the commit that built it, the silver versions
+it read and the fingerprint of the feature settings. A run reads what changed in silver since
+then from Delta's change data feed (each changed row's image before and after), recomputes the
+rows of the flight dates those changes can move, reading back only the history they need, and
+MERGEs them: unchanged rows are not rewritten. A first run, `--full`, changed settings or a
+change feed that cannot be read (e.g. vacuumed) build the table in full instead.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from functools import reduce
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from lakehouse import tables
 from lakehouse.config import Config
-from lakehouse.features import FeatureSettings, flight_features, route_daily_kpis
+from lakehouse.features import FeatureSettings, flight_features, on_dates, route_daily_kpis
+from lakehouse.gold_changes import (
+    changed_tails,
+    dates_moved_by_flights,
+    dates_moved_by_weather,
+    flights_read,
+    weather_read,
+    with_deletes,
+)
+from lakehouse.gold_docs import TABLE_COMMENTS, with_comments
 from lakehouse.stages.audit import audited
 
+log = logging.getLogger("lakehouse")
+INPUTS = ("silver_flights", "silver_weather", "silver_planes")
+OUTPUTS = {"flight_features": ("flight_id",), "route_daily_kpis": ("flight_date", "origin", "dest")}
+TAG = "lakehouse-gold"
 
-def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
-    """Overwrite gold.flight_features and gold.route_daily_kpis (deterministic, so idempotent)."""
+
+class GoldInputError(RuntimeError):
+    """Silver has no flights yet: there is nothing to build gold from."""
+
+
+@dataclass
+class Plan:
+    """What a run of one gold table does: a full build (and why) or the dates to recompute."""
+
+    full: bool
+    reason: str
+    dates: list[date] = field(default_factory=list)
+
+
+@dataclass
+class Silver:
+    """The silver inputs at the versions this run reads."""
+
+    versions: dict[str, int | None]
+    frames: dict[str, DataFrame]
+
+    @classmethod
+    def read(cls, spark: SparkSession, config: Config) -> Silver:
+        versions = {n: tables.version(spark, config, n) for n in INPUTS}
+        if versions["silver_flights"] is None:
+            raise GoldInputError(f"silver_flights does not exist at "
+                                 f"{config.table('silver_flights')}: run the silver job first")
+        missing = [n for n, v in versions.items() if v is None]
+        if missing:
+            raise GoldInputError(f"gold needs {missing}, which do not exist yet: land their "
+                                 "files and run bronze and silver")
+        return cls(versions, {n: tables.read(spark, config, n, version=v)
+                              for n, v in versions.items()})
+
+
+def changed_dates(spark: SparkSession, config: Config, name: str, silver: Silver,
+                  since: dict[str, int], settings: FeatureSettings) -> list[date]:
+    """The flight dates whose rows of gold table `name` can differ from its last build."""
+    def changes(table: str) -> DataFrame | None:
+        start, end = since[table] + 1, silver.versions[table]
+        if end is None or start > end:
+            return None
+        return tables.read_changes(spark, config, table, start, end)
+
+    moved: list[DataFrame] = []
+    flights = changes("silver_flights")
+    if flights is not None:
+        moved.append(dates_moved_by_flights(flights, settings) if name == "flight_features"
+                     else flights.select("flight_date").distinct())
+    if name == "flight_features":
+        weather = changes("silver_weather")
+        if weather is not None:
+            moved.append(dates_moved_by_weather(weather, settings))
+        if since["silver_planes"] != silver.versions["silver_planes"]:
+            before = tables.read(spark, config, "silver_planes", version=since["silver_planes"])
+            tails = changed_tails(before, silver.frames["silver_planes"])
+            moved.append(silver.frames["silver_flights"].join(tails, "tailnum", "left_semi")
+                         .select("flight_date").distinct())
+    if not moved:
+        return []
+    rows = reduce(DataFrame.unionByName, moved).distinct().collect()
+    return sorted(r[0] for r in rows if r[0] is not None)
+
+
+def plan(spark: SparkSession, config: Config, name: str, silver: Silver,
+         settings: FeatureSettings, full: bool, inputs_reset: list[str]) -> Plan:
+    """Full build or incremental dates for one gold table, from the state of its last build."""
+    state = tables.tagged_state(spark, config, name, TAG)
+    if full:
+        return Plan(True, "--full")
+    if state is None:
+        return Plan(True, "no earlier build found in the table's recent commits")
+    if state.get("settings") != settings.fingerprint():
+        return Plan(True, "gold settings or feature definitions changed since the last build")
+    if inputs_reset:
+        return Plan(True, f"change data feed just enabled on {inputs_reset}")
+    since = state.get("versions")
+    if not isinstance(since, dict) or any(not isinstance(since.get(n), int) for n in INPUTS):
+        return Plan(True, f"last build's state lacks input versions: {since}")
+    try:
+        dates = changed_dates(spark, config, name, silver, since, settings)
+    except AnalysisException as error:  # e.g. versions vacuumed or written without the feed
+        return Plan(True, f"change data feed unreadable since {since}: "
+                          f"{str(error).splitlines()[0][:300]}")
+    return Plan(False, "incremental", dates)
+
+
+def build(silver: Silver, name: str, settings: FeatureSettings,
+          dates: list[date] | None) -> DataFrame:
+    """The rows of a gold table, all or those of flights on dates."""
+    flights, weather = silver.frames["silver_flights"], silver.frames["silver_weather"]
+    if name == "flight_features":
+        if dates is not None:
+            flights = flights_read(flights, dates, settings)
+            weather = weather_read(weather, dates, settings)
+        rows = flight_features(flights, weather, silver.frames["silver_planes"], settings, dates)
+    else:
+        rows = route_daily_kpis(flights.transform(on_dates(dates)), settings)
+    return rows.transform(with_comments(name))
+
+
+def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_: Plan,
+          tag: str) -> dict[str, str]:
+    """Overwrite (full build, clustered by date so later MERGEs skip files) or MERGE the
+    recomputed dates, deleting rows of those dates that are gone."""
+    if plan_.full:
+        partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
+        tables.overwrite(rows.repartitionByRange(partitions, "flight_date"), config, name, tag=tag)
+        tables.ensure_properties(spark, config, name)
+        tables.set_comment(spark, config, name, TABLE_COMMENTS[name])
+        return tables.last_operation_metrics(spark, config, name)
+    wanted = ", ".join(f"DATE'{d.isoformat()}'" for d in plan_.dates)
+    current = tables.read(spark, config, name).filter(f"flight_date IN ({wanted})")
+    return tables.merge(spark, with_deletes(rows, current, OUTPUTS[name]), config, name,
+                        OUTPUTS[name], target_filter=f"t.flight_date IN ({wanted})", tag=tag,
+                        delete_flag="_delete")
+
+
+def rows_written(metrics: dict[str, str]) -> int:
+    keys = ("numOutputRows",) if "numTargetRowsInserted" not in metrics else (
+        "numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted")
+    return sum(int(metrics.get(k, 0)) for k in keys)
+
+
+def run(spark: SparkSession, config: Config, run_id: str, full: bool = False) -> list[dict[str, Any]]:
+    """Bring gold.flight_features and gold.route_daily_kpis up to date with silver."""
     settings = FeatureSettings.from_conf(config.section("gold"))
-    version_read = tables.version(spark, config, "silver_flights")
-    flights = tables.read(spark, config, "silver_flights", version=version_read)
-    weather = tables.read(spark, config, "silver_weather")
-    planes = tables.read(spark, config, "silver_planes")
-    outputs = {"flight_features": flight_features(flights, weather, planes, settings),
-               "route_daily_kpis": route_daily_kpis(flights, settings)}
+    reset = [n for n in INPUTS if tables.ensure_properties(spark, config, n)]
+    silver = Silver.read(spark, config)
+    tag = f"{TAG} " + json.dumps({"settings": settings.fingerprint(), "versions": silver.versions,
+                                  "run_id": run_id})
     results = []
-    for name, frame in outputs.items():
+    for name in OUTPUTS:
         with audited(spark, config, run_id, "gold", name) as audit:
-            tables.overwrite(frame, config, name)
-            written = tables.version(spark, config, name)
-            metrics = tables.last_operation_metrics(spark, config, name)
-            audit.update(version_read=version_read, version_written=written,
-                         rows_out=int(metrics.get("numOutputRows", 0)))
+            plan_ = plan(spark, config, name, silver, settings, full, reset)
+            audit["version_read"] = silver.versions["silver_flights"]
+            if plan_.full or plan_.dates:
+                rows = build(silver, name, settings, None if plan_.full else plan_.dates)
+                audit["rows_out"] = rows_written(write(spark, config, name, rows, plan_, tag))
+            else:
+                audit["rows_out"] = 0
+            audit["version_written"] = tables.version(spark, config, name)
+            span = f"{plan_.dates[0]}..{plan_.dates[-1]}" if plan_.dates else "none"
+            audit["message"] = (f"full build: {plan_.reason}" if plan_.full else
+                                f"incremental: {len(plan_.dates)} flight date(s) recomputed "
+                                f"({span})")
+            log.info("gold.%s: %s", name, audit["message"])
             results.append(dict(audit))
     return results

@@ -49,6 +49,9 @@ def run(spark: SparkSession, config: Config, run_id: str) -> dict[str, Any]:
             mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
             mlflow.log_metrics({**{f"validation_{k}": v for k, v in result.validation_metrics.items()},
                                 **{f"holdout_{k}": v for k, v in result.holdout_metrics.items()},
+                                **{f"holdout_all_flights_{k}": v
+                                   for k, v in result.holdout_all_flights_metrics.items()},
+                                "holdout_untailed_flights": result.holdout_untailed_flights,
                                 "trials": result.trials,
                                 "tuning_seconds": time.monotonic() - started})
             importances = result.model.stages[-1].featureImportances.toArray().tolist()
@@ -68,5 +71,7 @@ def run(spark: SparkSession, config: Config, run_id: str) -> dict[str, Any]:
     return {"model_name": mlflow_conf["model_name"], "version": version, "promoted": promoted,
             "run_id": parent.info.run_id, "holdout": result.holdout_metrics,
             "validation": result.validation_metrics, "best_params": result.best_params,
+            "holdout_all_flights": result.holdout_all_flights_metrics,
+            "holdout_untailed_flights": result.holdout_untailed_flights,
             "trials": result.trials,
             "holdout_window": f"{windows.holdout_from}..{windows.holdout_to}"}

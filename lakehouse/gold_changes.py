@@ -1,0 +1,94 @@
+"""Which gold rows a change to silver can move: the dates an incremental gold build recomputes,
+and the slices of silver those dates read (pure functions of DataFrames and dates).
+
+A changed silver row (its image before and after the change, from Delta's change data feed)
+moves the features of its own flight, and of every flight whose history windows, weather
+look-up or previous-flight link can reach it. The bounds below follow the feature definitions
+in lakehouse.features; the incremental-equals-full test checks them on real data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, timedelta
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from lakehouse.features import (
+    ORIGIN_DAY_HOURS,
+    FeatureSettings,
+    hours,
+    local_date,
+    with_outcome,
+)
+from lakehouse.known_at import MAX_OUTCOME_LAG_HOURS, weather_known_at
+
+PLANE_ATTRIBUTES = ("tailnum", "year", "seats", "engines")
+
+
+def _date_range(first: Column, last: Column) -> Column:
+    return F.explode(F.sequence(first, F.greatest(first, F.coalesce(last, first))))
+
+
+def dates_moved_by_flights(changes: DataFrame, settings: FeatureSettings) -> DataFrame:
+    """Flight dates whose features can differ after these silver flight rows changed.
+
+    From the flight's own date to the last date whose windows can count its outcome: history
+    up to daily_history_days after it is known, origin outcomes up to ORIGIN_DAY_HOURS, and the
+    same plane's next flight within 24 h.
+    """
+    labelled = changes.transform(with_outcome(settings))
+    counted_until = F.least(F.col("known_at_utc"),
+                            F.col("sched_dep_utc") + hours(MAX_OUTCOME_LAG_HOURS))
+    start = F.greatest(F.col("sched_dep_utc"), counted_until)
+    reach = max(settings.daily_history_days * 24,
+                ORIGIN_DAY_HOURS + settings.as_of_offset_minutes / 60, 24)
+    last = F.date_add(local_date(start + hours(reach), settings), 1)
+    return labelled.select(_date_range(F.col("flight_date"), last).alias("flight_date")).distinct()
+
+
+def dates_moved_by_weather(changes: DataFrame, settings: FeatureSettings) -> DataFrame:
+    """Flight dates whose as-of instant falls while these weather rows are the latest fresh
+    ones: from when a row is known, for weather_max_age_hours."""
+    departs_from = weather_known_at() + hours(settings.as_of_offset_minutes / 60)
+    departs_until = departs_from + hours(settings.weather_max_age_hours)
+    return changes.select(_date_range(local_date(departs_from, settings),
+                                      local_date(departs_until, settings)).alias("flight_date")
+                          ).distinct()
+
+
+def changed_tails(before: DataFrame, after: DataFrame) -> DataFrame:
+    """Tail numbers whose plane attributes differ between two versions of silver planes
+    (a new snapshot with the same attributes changes nothing)."""
+    old = before.select(*PLANE_ATTRIBUTES)
+    new = after.select(*PLANE_ATTRIBUTES)
+    return old.exceptAll(new).unionByName(new.exceptAll(old)).select("tailnum").distinct()
+
+
+def days_before(dates: Iterable[date], lookback_days: int) -> list[date]:
+    """Each date and the lookback_days before it, sorted."""
+    return sorted({d - timedelta(days=i) for d in dates for i in range(lookback_days + 1)})
+
+
+def weather_read(weather: DataFrame, dates: Iterable[date],
+                 settings: FeatureSettings) -> DataFrame:
+    """The weather rows the features of flights on dates can read."""
+    wanted = days_before(dates, settings.weather_lookback_days)
+    return weather.filter(local_date(F.col("time_hour"), settings).isin(wanted))
+
+
+def flights_read(flights: DataFrame, dates: Iterable[date],
+                 settings: FeatureSettings) -> DataFrame:
+    """The flights the features of flights on dates can read (their history)."""
+    return flights.filter(F.col("flight_date").isin(
+        days_before(dates, settings.history_lookback_days)))
+
+
+def with_deletes(new: DataFrame, current: DataFrame, keys: tuple[str, ...]) -> DataFrame:
+    """The rows to MERGE for recomputed dates: the new rows (`_delete` false) and the keys of
+    current rows of those dates that are no longer produced (`_delete` true)."""
+    gone = current.join(new.select(*keys), on=list(keys), how="left_anti")
+    stale = gone.select(*[F.col(c) if c in keys else F.lit(None).cast(new.schema[c].dataType)
+                          .alias(c) for c in new.columns], F.lit(True).alias("_delete"))
+    return new.withColumn("_delete", F.lit(False)).unionByName(stale)
