@@ -85,10 +85,14 @@ def flights_read(flights: DataFrame, dates: Iterable[date],
         days_before(dates, settings.history_lookback_days)))
 
 
-def with_deletes(new: DataFrame, current: DataFrame, keys: tuple[str, ...]) -> DataFrame:
-    """The rows to MERGE for recomputed dates: the new rows (`_delete` false) and the keys of
-    current rows of those dates that are no longer produced (`_delete` true)."""
+def row_changes(new: DataFrame, current: DataFrame, keys: tuple[str, ...],
+                flag: str = "_delete") -> DataFrame:
+    """What a MERGE must write for recomputed dates: the new rows that differ from the current
+    ones (flag false: inserted or updated) and the keys of current rows no longer produced
+    (flag true: deleted). Rows equal to the current ones are left out, so they are not
+    rewritten."""
+    changed = new.exceptAll(current.select(*new.columns))
     gone = current.join(new.select(*keys), on=list(keys), how="left_anti")
     stale = gone.select(*[F.col(c) if c in keys else F.lit(None).cast(new.schema[c].dataType)
-                          .alias(c) for c in new.columns], F.lit(True).alias("_delete"))
-    return new.withColumn("_delete", F.lit(False)).unionByName(stale)
+                          .alias(c) for c in new.columns], F.lit(True).alias(flag))
+    return changed.withColumn(flag, F.lit(False)).unionByName(stale)

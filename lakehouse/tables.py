@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
@@ -232,22 +232,32 @@ def read_changes(spark: SparkSession, config: Config, name: str, start: int,
     return reader.load(location) if _is_path(location) else reader.table(location)
 
 
+# Commits that leave a table's rows as they were: a job's state stored in an earlier commit
+# still describes the table after them.
+CONTENT_PRESERVING = ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES",
+                      "UNSET TBLPROPERTIES", "CHANGE COLUMN", "REORG")
+
+
 def tagged_state(spark: SparkSession, config: Config, name: str, prefix: str,
-                 look_back: int = 50) -> dict[str, object] | None:
-    """The JSON state a job stored as userMetadata "<prefix> {...}" in the newest of the
-    table's last look_back commits that has one (None when none has)."""
+                 look_back: int = 50) -> dict[str, Any] | None:
+    """The JSON state a job stored as userMetadata "<prefix> {...}" in its newest commit, or
+    None: no such commit among the last look_back, or another write (a RESTORE, a DELETE, a
+    job without the tag) came after it, so the state may no longer describe the rows."""
     if not exists(spark, config, name):
         return None
-    row = (delta_table(spark, config, name).history(look_back)
-           .filter(F.col("userMetadata").startswith(f"{prefix} "))
-           .orderBy(F.col("version").desc()).select("userMetadata").first())
-    if row is None:
-        return None
-    try:
-        state = json.loads(row[0][len(prefix) + 1:])
-    except ValueError:
-        return None
-    return state if isinstance(state, dict) else None
+    for row in (delta_table(spark, config, name).history(look_back)
+                .select("version", "operation", "userMetadata").orderBy(F.col("version").desc())
+                .collect()):
+        tag = row["userMetadata"] or ""
+        if tag.startswith(f"{prefix} "):
+            try:
+                state = json.loads(tag[len(prefix) + 1:])
+            except ValueError:
+                return None
+            return state if isinstance(state, dict) else None
+        if row["operation"] not in CONTENT_PRESERVING:
+            return None
+    return None
 
 
 def read_stream(spark: SparkSession, config: Config, name: str) -> DataFrame:

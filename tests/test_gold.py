@@ -127,6 +127,10 @@ def test_rerun_without_changes_commits_nothing_and_full_rebuilds(
     assert {n: tables.version(spark, config, n) for n in gold.OUTPUTS} == versions
     assert messages(results) == ["incremental: 0 flight date(s) recomputed (none)"] * 2
     assert messages(gold.run(spark, config, "full", full=True))[0] == "full build: --full"
+    # a RESTORE (or any write not made by gold) leaves no trusted state: build in full
+    tables.delta_table(spark, config, "flight_features").restoreToVersion(0)
+    assert messages(gold.run(spark, config, "restored"))[0].startswith(
+        "full build: no earlier build found")
     changed = make_config(Path(config.data_root), gold={"daily_history_days": 5})
     assert messages(gold.run(spark, changed, "settings"))[0] == (
         "full build: gold settings or feature definitions changed since the last build")

@@ -30,7 +30,7 @@ from lakehouse.gold_changes import (
     dates_moved_by_weather,
     flights_read,
     weather_read,
-    with_deletes,
+    row_changes,
 )
 from lakehouse.gold_docs import TABLE_COMMENTS, with_comments
 from lakehouse.stages.audit import audited
@@ -75,9 +75,19 @@ class Silver:
                               for n, v in versions.items()})
 
 
-def changed_dates(spark: SparkSession, config: Config, name: str, silver: Silver,
-                  since: dict[str, int], settings: FeatureSettings) -> list[date]:
-    """The flight dates whose rows of gold table `name` can differ from its last build."""
+@dataclass
+class Changes:
+    """The flight dates a change to silver since one earlier build can move, per gold table."""
+
+    since: dict[str, int]
+    dates: dict[str, list[date]]
+
+
+def changed_dates(spark: SparkSession, config: Config, silver: Silver, since: dict[str, int],
+                  settings: FeatureSettings) -> Changes:
+    """Read silver's change data feed since the versions an earlier build read: the dates whose
+    features can differ (the changed flights' windows, weather, planes) and the dates whose
+    KPIs can (the changed flights' own dates)."""
     def changes(table: str) -> DataFrame | None:
         start, end = since[table] + 1, silver.versions[table]
         if end is None or start > end:
@@ -87,44 +97,48 @@ def changed_dates(spark: SparkSession, config: Config, name: str, silver: Silver
     moved: list[DataFrame] = []
     flights = changes("silver_flights")
     if flights is not None:
-        moved.append(dates_moved_by_flights(flights, settings) if name == "flight_features"
-                     else flights.select("flight_date").distinct())
-    if name == "flight_features":
-        weather = changes("silver_weather")
-        if weather is not None:
-            moved.append(dates_moved_by_weather(weather, settings))
-        if since["silver_planes"] != silver.versions["silver_planes"]:
-            before = tables.read(spark, config, "silver_planes", version=since["silver_planes"])
-            tails = changed_tails(before, silver.frames["silver_planes"])
-            moved.append(silver.frames["silver_flights"].join(tails, "tailnum", "left_semi")
-                         .select("flight_date").distinct())
-    if not moved:
-        return []
-    rows = reduce(DataFrame.unionByName, moved).distinct().collect()
-    return sorted(r[0] for r in rows if r[0] is not None)
+        moved.append(dates_moved_by_flights(flights, settings).withColumn("_kpi", F.lit(False)))
+        moved.append(flights.select("flight_date", F.lit(True).alias("_kpi")).distinct())
+    weather = changes("silver_weather")
+    if weather is not None:
+        moved.append(dates_moved_by_weather(weather, settings).withColumn("_kpi", F.lit(False)))
+    if since["silver_planes"] != silver.versions["silver_planes"]:
+        before = tables.read(spark, config, "silver_planes", version=since["silver_planes"])
+        tails = changed_tails(before, silver.frames["silver_planes"])
+        moved.append(silver.frames["silver_flights"].join(tails, "tailnum", "left_semi")
+                     .select("flight_date", F.lit(False).alias("_kpi")).distinct())
+    rows = reduce(DataFrame.unionByName, moved).distinct().collect() if moved else []
+    features = sorted({r[0] for r in rows if r[0] is not None})
+    kpis = sorted({r[0] for r in rows if r[0] is not None and r[1]})
+    return Changes(since, {"flight_features": features, "route_daily_kpis": kpis})
 
 
-def plan(spark: SparkSession, config: Config, name: str, silver: Silver,
-         settings: FeatureSettings, full: bool, inputs_reset: list[str]) -> Plan:
-    """Full build or incremental dates for one gold table, from the state of its last build."""
-    state = tables.tagged_state(spark, config, name, TAG)
+def plan(spark: SparkSession, config: Config, name: str, state: dict[str, Any] | None,
+         silver: Silver, settings: FeatureSettings, full: bool, seen: list[Changes]) -> Plan:
+    """Full build or incremental dates for one gold table, from the state of its last build.
+
+    seen holds the changes already read this run (both gold tables usually share a state)."""
     if full:
         return Plan(True, "--full")
     if state is None:
-        return Plan(True, "no earlier build found in the table's recent commits")
+        return Plan(True, "no earlier build found in the table's recent commits, or the table "
+                          "was written since by another operation (e.g. a RESTORE)")
     if state.get("settings") != settings.fingerprint():
         return Plan(True, "gold settings or feature definitions changed since the last build")
-    if inputs_reset:
-        return Plan(True, f"change data feed just enabled on {inputs_reset}")
     since = state.get("versions")
     if not isinstance(since, dict) or any(not isinstance(since.get(n), int) for n in INPUTS):
         return Plan(True, f"last build's state lacks input versions: {since}")
-    try:
-        dates = changed_dates(spark, config, name, silver, since, settings)
-    except AnalysisException as error:  # e.g. versions vacuumed or written without the feed
-        return Plan(True, f"change data feed unreadable since {since}: "
-                          f"{str(error).splitlines()[0][:300]}")
-    return Plan(False, "incremental", dates)
+    known = next((c for c in seen if c.since == since), None)
+    if known is None:
+        try:
+            known = changed_dates(spark, config, silver, since, settings)
+        except AnalysisException as error:  # e.g. versions vacuumed or written without a feed
+            reset = [n for n in INPUTS if tables.ensure_properties(spark, config, n)]
+            return Plan(True, f"change data feed unreadable since {since}"
+                              f"{f' (enabled now on {reset})' if reset else ''}: "
+                              f"{str(error).splitlines()[0][:300]}")
+        seen.append(known)
+    return Plan(False, "incremental", known.dates[name])
 
 
 def build(silver: Silver, name: str, settings: FeatureSettings,
@@ -143,8 +157,8 @@ def build(silver: Silver, name: str, settings: FeatureSettings,
 
 def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_: Plan,
           tag: str) -> dict[str, str]:
-    """Overwrite (full build, clustered by date so later MERGEs skip files) or MERGE the
-    recomputed dates, deleting rows of those dates that are gone."""
+    """Overwrite (full build, clustered by date so later MERGEs skip files) or MERGE what
+    changed in the recomputed dates: new and changed rows, and rows that are gone."""
     if plan_.full:
         partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
         tables.overwrite(rows.repartitionByRange(partitions, "flight_date"), config, name, tag=tag)
@@ -153,9 +167,23 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
         return tables.last_operation_metrics(spark, config, name)
     wanted = ", ".join(f"DATE'{d.isoformat()}'" for d in plan_.dates)
     current = tables.read(spark, config, name).filter(f"flight_date IN ({wanted})")
-    return tables.merge(spark, with_deletes(rows, current, OUTPUTS[name]), config, name,
-                        OUTPUTS[name], target_filter=f"t.flight_date IN ({wanted})", tag=tag,
-                        delete_flag="_delete")
+    keys = OUTPUTS[name]
+    # Computed once: Delta's MERGE reads its source twice (to find the files it touches, then
+    # to write), and most runs change nothing or only add a day.
+    changes = row_changes(rows, current, keys).persist()
+    try:
+        if not changes.count():
+            return {}
+        touched = changes.filter(F.col("_delete")).unionByName(
+            changes.join(current.select(*keys), on=list(keys), how="left_semi"))
+        if touched.isEmpty():  # only new keys (a new day): one append, no MERGE
+            tables.append(changes.drop("_delete"), config, name, tag=tag)
+            return tables.last_operation_metrics(spark, config, name)
+        return tables.merge(spark, changes, config, name, keys, changed_columns=(),
+                            target_filter=f"t.flight_date IN ({wanted})", tag=tag,
+                            delete_flag="_delete")
+    finally:
+        changes.unpersist()
 
 
 def rows_written(metrics: dict[str, str]) -> int:
@@ -167,14 +195,18 @@ def rows_written(metrics: dict[str, str]) -> int:
 def run(spark: SparkSession, config: Config, run_id: str, full: bool = False) -> list[dict[str, Any]]:
     """Bring gold.flight_features and gold.route_daily_kpis up to date with silver."""
     settings = FeatureSettings.from_conf(config.section("gold"))
-    reset = [n for n in INPUTS if tables.ensure_properties(spark, config, n)]
+    states = {name: tables.tagged_state(spark, config, name, TAG) for name in OUTPUTS}
+    if full or None in states.values():  # a full build: silver's change feed starts here
+        for name in INPUTS:
+            tables.ensure_properties(spark, config, name)
     silver = Silver.read(spark, config)
     tag = f"{TAG} " + json.dumps({"settings": settings.fingerprint(), "versions": silver.versions,
                                   "run_id": run_id})
-    results = []
+    results: list[dict[str, Any]] = []
+    seen: list[Changes] = []
     for name in OUTPUTS:
         with audited(spark, config, run_id, "gold", name) as audit:
-            plan_ = plan(spark, config, name, silver, settings, full, reset)
+            plan_ = plan(spark, config, name, states[name], silver, settings, full, seen)
             audit["version_read"] = silver.versions["silver_flights"]
             if plan_.full or plan_.dates:
                 rows = build(silver, name, settings, None if plan_.full else plan_.dates)
