@@ -1,4 +1,9 @@
-"""MLflow tracking and registry: store set-up, champion look-up and promotion by alias."""
+"""MLflow tracking and registry: store set-up, alias look-up and the promotion gate.
+
+Only "this alias (or model) does not exist" counts as "no champion": any other registry error
+(an unreachable server, a broken store, a permission error) is raised, so a model is never
+promoted unchecked because the champion could not be looked up.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lakehouse.config import Config
 
-
 # The user's MLFLOW_TRACKING_URI, read once: mlflow.set_tracking_uri() later writes this variable
 # itself, and a value it wrote must not pin every later config of this process to one store.
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class Champion:
     name: str
     version: str
     holdout_auc_roc: float | None
+    run_id: str | None = None
 
 
 def configure(config: Config) -> dict[str, Any]:
@@ -32,7 +39,7 @@ def configure(config: Config) -> dict[str, Any]:
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(settings.get("registry_uri") or uri)
     name = settings["experiment"]
     if mlflow.get_experiment_by_name(name) is None:
         location = settings.get("artifact_location")
@@ -45,24 +52,82 @@ def _as_uri(location: str) -> str:
     return location if "://" in location else f"file://{os.path.abspath(location)}"
 
 
-def champion(name: str, alias: str) -> Champion | None:
-    """The model version behind the alias, with the holdout AUC its run logged."""
-    client = MlflowClient()
+def _missing(error: MlflowException) -> bool:
+    """Whether a registry error says the model or the alias does not exist."""
+    code = getattr(error, "error_code", "")
+    text = str(error).lower()
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+        code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text)
+
+
+def resolve(name: str, alias: str) -> ModelVersion | None:
+    """The model version behind name@alias, or None when the model or alias does not exist.
+
+    Raises:
+        MlflowException: any other registry error.
+    """
     try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if _missing(error):
+            return None
+        raise
+
+
+def champion(name: str, alias: str = CHAMPION) -> Champion | None:
+    """The version behind the alias, with the holdout AUC-ROC its run logged."""
+    version = resolve(name, alias)
+    if version is None:
         return None
     auc = None
     if version.run_id:
-        auc = client.get_run(version.run_id).data.metrics.get("holdout_auc_roc")
-    return Champion(name, str(version.version), auc)
+        auc = MlflowClient().get_run(version.run_id).data.metrics.get("holdout_auc_roc")
+    return Champion(name, str(version.version), auc, version.run_id)
 
 
-def promote_if_better(name: str, version: str, alias: str, holdout_auc: float) -> bool:
-    """Move the alias to the new version unless the current champion scored higher."""
-    current = champion(name, alias)
-    if current is not None and current.holdout_auc_roc is not None \
-            and current.holdout_auc_roc > holdout_auc:
-        return False
+def set_alias(name: str, alias: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(name, alias, version)
-    return True
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The outcome of comparing a new model with the champion on one labeled window."""
+
+    promoted: bool
+    alias: str
+    reason: str
+    new_auc: float
+    champion_version: str | None
+    champion_auc: float | None
+    margin: float
+
+    def as_params(self) -> dict[str, Any]:
+        return {"gate_decision": "promoted" if self.promoted else "challenger",
+                "gate_reason": self.reason[:500], "gate_margin": self.margin,
+                "gate_champion_version": self.champion_version or "none"}
+
+
+def decide(new_auc: float, champion_version: str | None, champion_auc: float | None,
+           margin: float) -> GateDecision:
+    """Promote when there is no champion, or when the new model's AUC-ROC beats the champion's
+    on the same window by at least margin; otherwise the new model is the challenger."""
+    if champion_version is None:
+        return GateDecision(True, CHAMPION, "no champion yet", new_auc, None, None, margin)
+    if champion_auc is None:
+        raise ValueError("the champion's AUC-ROC on the gate window is needed to decide")
+    gain = new_auc - champion_auc
+    promoted = gain >= margin
+    verb = "beats" if promoted else "does not beat"
+    reason = (f"new AUC-ROC {new_auc:.4f} {verb} champion v{champion_version}'s "
+              f"{champion_auc:.4f} by the margin {margin:.4f} (gain {gain:+.4f})")
+    return GateDecision(promoted, CHAMPION if promoted else CHALLENGER, reason, new_auc,
+                        champion_version, champion_auc, margin)
+
+
+def delete_alias(name: str, alias: str) -> None:
+    """Remove an alias if it is set."""
+    try:
+        MlflowClient().delete_registered_model_alias(name, alias)
+    except MlflowException as error:
+        if not _missing(error):
+            raise

@@ -1,4 +1,5 @@
-"""Model training: MLlib pipelines tuned by Hyperopt (TPE), evaluated on a time-based holdout.
+"""Model training: MLlib pipelines of several families tuned by Hyperopt (TPE), a decision
+threshold chosen on validation, evaluated on a time-based holdout against a baseline.
 
 Pure of IO: takes DataFrames, returns fitted models and metrics. Tracking is done by the caller
 through the `on_trial` callback.
@@ -6,45 +7,38 @@ through the `on_trial` callback.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
-import numpy as np
-from hyperopt import STATUS_OK, Trials, fmin, hp, tpe
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.classification import GBTClassifier
-from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.ml.feature import SQLTransformer, StringIndexer, VectorAssembler
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED
+from lakehouse.evaluation import Histogram, histogram, positive_probability
+from lakehouse.features import LABEL, TAIL_RECORDED
+from lakehouse.models import (
+    TREE_FAMILIES,
+    class_weights,
+    classifier,
+    full_pipeline,
+    prep_for,
+    with_weight,
+)
+from lakehouse.tuning import Budget, Trial, best_trial, search, search_space
 
-MISSING = -999.0  # trees split missing values off from every real value
-INTEGER_PARAMS = ("maxDepth", "maxIter", "minInstancesPerNode")
-DEFAULT_BOUNDS = {"maxDepth": (3, 8), "maxIter": (20, 90), "stepSize": (0.03, 0.3),
-                  "subsamplingRate": (0.6, 1.0), "minInstancesPerNode": (1, 60)}
-
-
-def search_space(bounds: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hyperopt space over GBT parameters from [low, high] bounds (conf: train.search_space)."""
-    b = {**DEFAULT_BOUNDS, **{k: tuple(v) for k, v in (bounds or {}).items()}}
-    unknown = set(b) - set(DEFAULT_BOUNDS)
-    if unknown:
-        raise ValueError(f"unknown search_space parameters {sorted(unknown)}; "
-                         f"known are {sorted(DEFAULT_BOUNDS)}")
-    return {
-        "maxDepth": hp.quniform("maxDepth", *b["maxDepth"], 1),
-        "maxIter": hp.quniform("maxIter", *b["maxIter"], 10),
-        "stepSize": hp.loguniform("stepSize", np.log(b["stepSize"][0]), np.log(b["stepSize"][1])),
-        "subsamplingRate": hp.uniform("subsamplingRate", *b["subsamplingRate"]),
-        "minInstancesPerNode": hp.quniform("minInstancesPerNode", *b["minInstancesPerNode"], 1),
-    }
+log = logging.getLogger("lakehouse")
 
 
 class TrainingDataError(ValueError):
     """A training or holdout window has no rows or a single class."""
+
+
+class WindowsError(ValueError):
+    """The fit, validation and holdout windows are not in order or overlap."""
 
 
 @dataclass(frozen=True)
@@ -58,39 +52,58 @@ class Windows:
     holdout_from: str
     holdout_to: str
 
+    def __post_init__(self) -> None:
+        days = {k: date.fromisoformat(v) for k, v in vars(self).items()}
+        order = ("train_from", "validation_from", "train_to", "holdout_from", "holdout_to")
+        strictly = {("train_from", "validation_from"), ("train_to", "holdout_from")}
+        for a, b in zip(order, order[1:], strict=False):
+            if days[a] > days[b] or ((a, b) in strictly and days[a] == days[b]):
+                raise WindowsError(
+                    f"train windows must satisfy train_from < validation_from <= train_to < "
+                    f"holdout_from <= holdout_to (no day in two of fit, validation and "
+                    f"holdout); got {a}={days[a]}, {b}={days[b]}")
+
     @classmethod
     def from_conf(cls, section: dict[str, Any]) -> Windows:
         return cls(**{k: str(section[k]) for k in cls.__dataclass_fields__})
+
+    def slices(self) -> dict[str, tuple[str, str]]:
+        """Each slice's first and last day (fit ends the day before validation starts)."""
+        fit_to = date.fromordinal(date.fromisoformat(self.validation_from).toordinal() - 1)
+        return {"fit": (self.train_from, fit_to.isoformat()),
+                "validation": (self.validation_from, self.train_to),
+                "train": (self.train_from, self.train_to),
+                "holdout": (self.holdout_from, self.holdout_to)}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The train section of conf, less the windows."""
+
+    families: list[str]
+    class_weighting: list[str]
+    search_space: dict[str, dict[str, Any]]
+    budget: Budget
+    seed: int
+    baseline_days: int
+
+    @classmethod
+    def from_conf(cls, section: dict[str, Any]) -> TrainSettings:
+        budget = Budget(max_evals=int(section["max_evals"]),
+                        timeout_s=float(section["timeout_seconds"]),
+                        early_stop_trials=int(section.get("early_stop_trials", 10**6)),
+                        parallelism=max(int(section.get("parallelism", 1)), 1),
+                        startup_trials=int(section.get("startup_trials", 5)))
+        return cls(list(section.get("families", ["gbt"])),
+                   list(section.get("class_weighting", ["none"])),
+                   dict(section.get("search_space") or {}), budget, int(section["seed"]),
+                   int(section.get("baseline_days", 28)))
 
 
 def between(start: str, end: str) -> Callable[[DataFrame], DataFrame]:
     """Rows whose flight_date lies in [start, end]."""
     return lambda df: df.filter(F.col("flight_date").between(F.lit(start).cast("date"),
                                                              F.lit(end).cast("date")))
-
-
-def feature_pipeline() -> Pipeline:
-    """Nulls to a sentinel, categories to indices, everything into one vector."""
-    filled = ", ".join(f"coalesce(`{c}`, {MISSING}) AS `{c}__f`" for c in NUMERIC_FEATURES)
-    indexers = [StringIndexer(inputCol=c, outputCol=f"{c}__idx", handleInvalid="keep")
-                for c in CATEGORICAL_FEATURES]
-    assembler = VectorAssembler(
-        inputCols=[f"{c}__f" for c in NUMERIC_FEATURES] + [f"{c}__idx" for c in CATEGORICAL_FEATURES],
-        outputCol="features", handleInvalid="keep")
-    return Pipeline(stages=[SQLTransformer(statement=f"SELECT *, {filled} FROM __THIS__"),
-                            *indexers, assembler])
-
-
-def classifier(params: dict[str, Any], seed: int) -> GBTClassifier:
-    typed = {k: int(v) if k in INTEGER_PARAMS else float(v) for k, v in params.items()}
-    return GBTClassifier(labelCol=LABEL, featuresCol="features", maxBins=128, seed=seed, **typed)
-
-
-def evaluate(predictions: DataFrame) -> dict[str, float]:
-    """AUC-ROC and AUC-PR of scored rows."""
-    evaluator = BinaryClassificationEvaluator(labelCol=LABEL, rawPredictionCol="rawPrediction")
-    return {"auc_roc": evaluator.setMetricName("areaUnderROC").evaluate(predictions),
-            "auc_pr": evaluator.setMetricName("areaUnderPR").evaluate(predictions)}
 
 
 def check_window(df: DataFrame, name: str) -> None:
@@ -101,64 +114,109 @@ def check_window(df: DataFrame, name: str) -> None:
                                 f"{classes}; it needs flights both disrupted and not")
 
 
-@dataclass(frozen=True)
+def scored_histogram(model: PipelineModel, rows: DataFrame) -> Histogram:
+    return histogram(model.transform(rows), LABEL, positive_probability())
+
+
+@dataclass
 class TuningResult:
     model: PipelineModel
+    family: str
     best_params: dict[str, Any]
-    validation_metrics: dict[str, float]
-    holdout_metrics: dict[str, float]
-    trials: int
-    # Holdout including the flights without a recorded tail (left out of training and of
-    # holdout_metrics: they are all cancelled, so their missing plane features give the label
+    weighting: str
+    threshold: float
+    validation: Histogram
+    holdout: Histogram
+    trials: list[Trial]
+    # Holdout including the flights without a recorded tail (left out of training and of the
+    # holdout metrics: they are all cancelled, so their missing plane features give the label
     # away), and how many there were.
-    holdout_all_flights_metrics: dict[str, float]
+    holdout_all_flights: Histogram
     holdout_untailed_flights: int
 
 
-def tune_and_fit(features: DataFrame, windows: Windows, max_evals: int, timeout_s: int,
-                 seed: int, space: dict[str, Any] | None = None,
-                 on_trial: Callable[[dict[str, Any], dict[str, float]], None] | None = None,
-                 ) -> TuningResult:
-    """Tune a GBT classifier with Hyperopt on the validation slice, refit on the training window,
-    and score the holdout.
+class Vectors:
+    """Per feature-preparation kind (trees, linear), the prep fitted once on the fit slice and
+    the fit and validation rows as cached vectors, so each trial is one distributed fit."""
 
-    The feature pipeline is fitted once on the fit slice and its vectors cached, so each trial
-    is one distributed MLlib fit. Flights without a recorded tail number are left out of fitting,
-    validation and the holdout metrics (see lakehouse.features).
+    def __init__(self, fit_rows: DataFrame, val_rows: DataFrame) -> None:
+        self.fit_rows, self.val_rows = fit_rows, val_rows
+        self.weights = class_weights(fit_rows)
+        self._cache: dict[str, tuple[PipelineModel, DataFrame, DataFrame]] = {}
+        self._lock = threading.Lock()  # concurrent trials of one kind prepare it once
+
+    def get(self, family: str) -> tuple[PipelineModel, DataFrame, DataFrame]:
+        kind = "trees" if family in TREE_FAMILIES else "linear"
+        with self._lock:
+            return self._prepared(kind, family)
+
+    def _prepared(self, kind: str, family: str) -> tuple[PipelineModel, DataFrame, DataFrame]:
+        if kind not in self._cache:
+            prep = Pipeline(stages=prep_for(family)).fit(self.fit_rows)
+            fit = (prep.transform(self.fit_rows).select("features", LABEL)
+                   .transform(with_weight(self.weights)).persist())
+            val = prep.transform(self.val_rows).select("features", LABEL).persist()
+            self._cache[kind] = (prep, fit, val)
+        return self._cache[kind]
+
+    def release(self) -> None:
+        for _, fit, val in self._cache.values():
+            fit.unpersist()
+            val.unpersist()
+
+
+def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
+                 settings: TrainSettings,
+                 on_trial: Callable[[Trial], None] | None = None) -> TuningResult:
+    """Search families and parameters on the validation slice, refit the best on the training
+    window, choose the threshold (max F1) on validation, and score the holdout.
+
+    Flights without a recorded tail number are left out of fitting, validation and the holdout
+    metrics (see lakehouse.features). Rows are ordered by flight_id first, so that the same
+    table version and seed give the same model.
     """
-    every_flight = features
-    features = features.filter(F.col(TAIL_RECORDED))
-    fit_rows = features.transform(between(windows.train_from, windows.validation_from)).filter(
-        F.col("flight_date") < F.lit(windows.validation_from).cast("date"))
-    val_rows = features.transform(between(windows.validation_from, windows.train_to))
-    train_rows = features.transform(between(windows.train_from, windows.train_to))
-    holdout_rows = features.transform(between(windows.holdout_from, windows.holdout_to))
-    for frame, name in ((fit_rows, "fit"), (val_rows, "validation"), (holdout_rows, "holdout")):
-        check_window(frame, name)
+    every_flight = features.orderBy("flight_id").persist()
+    rows = every_flight.filter(F.col(TAIL_RECORDED))
+    slices = windows.slices()
+    parts = {name: rows.transform(between(*span)) for name, span in slices.items()}
+    for name in ("fit", "validation", "holdout"):
+        check_window(parts[name], name)
+    vectors = Vectors(parts["fit"].persist(), parts["validation"].persist())
+    histograms: dict[int, Histogram] = {}
 
-    prep = feature_pipeline().fit(fit_rows)
-    fit_vec = prep.transform(fit_rows).select("features", LABEL).persist()
-    val_vec = prep.transform(val_rows).select("features", LABEL).persist()
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        _, fit, val = vectors.get(family)
+        spark.sparkContext.setJobDescription(f"trial {number}: {family}")
+        model = classifier(family, params, settings.seed, weighting == "balanced").fit(fit)
+        scored = histogram(model.transform(val), LABEL, positive_probability())
+        histograms[number] = scored
+        return scored.auc_roc(), {}
 
-    def objective(params: dict[str, Any]) -> dict[str, Any]:
-        model = classifier(params, seed).fit(fit_vec)
-        metrics = evaluate(model.transform(val_vec))
-        if on_trial is not None:
-            on_trial(params, metrics)
-        return {"loss": -metrics["auc_roc"], "status": STATUS_OK, "metrics": metrics}
+    def set_pool(pool: str | None) -> None:
+        spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)
 
-    trials = Trials()
-    best = fmin(objective, space or search_space(), algo=tpe.suggest, max_evals=max_evals, trials=trials,
-                timeout=timeout_s, rstate=np.random.default_rng(seed), show_progressbar=False)
-    fit_vec.unpersist()
-    val_vec.unpersist()
-    best_params = {k: (int(v) if k in INTEGER_PARAMS else float(v)) for k, v in best.items()}
-    validation = trials.best_trial["result"]["metrics"]
-
-    final = Pipeline(stages=[*feature_pipeline().getStages(), classifier(best_params, seed)])
-    model = final.fit(train_rows)
-    holdout = evaluate(model.transform(holdout_rows))
-    holdout_all = every_flight.transform(between(windows.holdout_from, windows.holdout_to))
+    space = search_space(settings.families, settings.search_space, settings.class_weighting)
+    trials = search(objective, space, settings.budget, settings.seed, set_pool=set_pool,
+                    on_done=on_trial)
+    vectors.release()
+    for part in (vectors.fit_rows, vectors.val_rows):
+        part.unpersist()
+    best = best_trial(trials)
+    if best is None:
+        errors = sorted({t.error or "no AUC" for t in trials})
+        raise TrainingDataError(f"all {len(trials)} trials failed: {errors[:3]}")
+    validation = histograms[best.number]
+    threshold = validation.best_f1_threshold()
+    weighted = best.weighting == "balanced"
+    train = parts["train"]
+    if weighted:
+        train = train.transform(with_weight(class_weights(train)))
+    model = full_pipeline(best.family, best.params, settings.seed, weighted).fit(train)
+    holdout_all = every_flight.transform(between(*slices["holdout"]))
     untailed = holdout_all.filter(~F.col(TAIL_RECORDED)).count()
-    return TuningResult(model, best_params, validation, holdout, len(trials.trials),
-                        evaluate(model.transform(holdout_all)), untailed)
+    result = TuningResult(model, best.family, best.params, best.weighting, threshold, validation,
+                          scored_histogram(model, parts["holdout"]), trials,
+                          scored_histogram(model, holdout_all), untailed)
+    every_flight.unpersist()
+    return result

@@ -111,15 +111,17 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
     trained = results.get("train")
     lines.append("")
     if isinstance(trained, dict):
-        holdout = trained["holdout"]
+        holdout, every = trained["holdout"], trained["holdout_all_flights"]
         lines.append(f"model: {trained['model_name']} version {trained['version']} "
-                     f"(promoted to @{mlflow_conf['alias']}: {trained['promoted']}, "
-                     f"{trained['trials']} Hyperopt trials)")
-        every = trained["holdout_all_flights"]
+                     f"({trained['family']}, {trained['trials']} Hyperopt trials) -> "
+                     f"@{trained['alias']}: {trained['decision']}")
         lines.append(f"holdout {trained['holdout_window']}: AUC-ROC {holdout['auc_roc']:.4f}, "
-                     f"AUC-PR {holdout['auc_pr']:.4f} (flights with a recorded tail; with the "
-                     f"{trained['holdout_untailed_flights']} without one: AUC-ROC "
-                     f"{every['auc_roc']:.4f})")
+                     f"AUC-PR {holdout['auc_pr']:.4f}, Brier {holdout['brier']:.4f} (flights "
+                     f"with a recorded tail; with the {trained['holdout_untailed_flights']} "
+                     f"without one: AUC-ROC {every['auc_roc']:.4f})")
+        baseline = trained["baseline"]["auc_roc"]
+        verdict = "beats" if holdout["auc_roc"] > baseline else "does NOT beat"
+        lines.append(f"historical-rate baseline: AUC-ROC {baseline:.4f} (the model {verdict} it)")
     if current is not None:
         auc = f"{current.holdout_auc_roc:.4f}" if current.holdout_auc_roc is not None else "n/a"
         lines.append(f"champion: models:/{current.name}@{mlflow_conf['alias']} = version "

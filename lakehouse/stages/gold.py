@@ -33,12 +33,13 @@ from lakehouse.gold_changes import (
     row_changes,
 )
 from lakehouse.gold_docs import TABLE_COMMENTS, with_comments
+from lakehouse.lineage import GOLD_TAG
 from lakehouse.stages.audit import audited
 
 log = logging.getLogger("lakehouse")
 INPUTS = ("silver_flights", "silver_weather", "silver_planes")
 OUTPUTS = {"flight_features": ("flight_id",), "route_daily_kpis": ("flight_date", "origin", "dest")}
-TAG = "lakehouse-gold"
+TAG = GOLD_TAG
 
 
 class GoldInputError(RuntimeError):

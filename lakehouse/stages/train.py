@@ -1,77 +1,210 @@
-"""Train stage: tune on gold.flight_features, log every trial, register, promote by alias."""
+"""Train stage: tune on gold.flight_features, log every trial, register, and let the gate decide
+between @champion and @challenger on the same labeled window."""
 
 from __future__ import annotations
 
+import logging
 import time
+from datetime import date, timedelta
 from typing import Any
 
 import mlflow
 import mlflow.spark
-from pyspark.sql import SparkSession
+from mlflow.entities import Metric, Param
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from lakehouse import registry, tables
+from lakehouse import plots, registry, tables
+from lakehouse.baseline import SCORE, historical_rate
 from lakehouse.config import Config
-from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from lakehouse.evaluation import Histogram, histogram
+from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED
+from lakehouse.lineage import code_version, table_versions
+from lakehouse.models import importances
 from lakehouse.stages.audit import audited
-from lakehouse.training import Windows, search_space, tune_and_fit
+from lakehouse.training import (
+    TrainSettings,
+    TuningResult,
+    Windows,
+    between,
+    scored_histogram,
+    tune_and_fit,
+)
+from lakehouse.tuning import Trial
+
+log = logging.getLogger("lakehouse")
+MODEL_INPUTS = (*CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
 
 
-def run(spark: SparkSession, config: Config, run_id: str) -> dict[str, Any]:
-    """Tune, fit and register a model; returns name, version, metrics and whether promoted."""
+class GateError(RuntimeError):
+    """The champion could not be scored on the gate window, so the gate cannot decide."""
+
+
+def trial_logger(parent_run_id: str, experiment_id: str):  # type: ignore[no-untyped-def]
+    """Log each finished trial as a nested run of the parent (thread-safe client calls, with
+    the trial's own start and end times)."""
+    client = MlflowClient()
+
+    def log_trial(trial: Trial) -> None:
+        run = client.create_run(experiment_id, start_time=int(trial.started_at * 1000), tags={
+            MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: f"trial-{trial.number}",
+            "family": trial.family, "class_weighting": trial.weighting})
+        now = int(time.time() * 1000)
+        params = [Param(k, str(v)) for k, v in trial.params.items()]
+        params += [Param("family", trial.family), Param("class_weighting", trial.weighting)]
+        metrics = [Metric("trial_seconds", trial.seconds, now, 0)]
+        if trial.ok and trial.auc is not None:
+            metrics.append(Metric("validation_auc_roc", trial.auc, now, 0))
+        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        if trial.error:
+            client.set_tag(run.info.run_id, "error", trial.error[:5000])
+        client.set_terminated(run.info.run_id, "FINISHED" if trial.ok else "FAILED",
+                              end_time=int((trial.started_at + trial.seconds) * 1000))
+
+    return log_trial
+
+
+def gate_rows(features: DataFrame, windows: Windows, settings: dict[str, Any]) -> tuple[
+        DataFrame, str]:
+    """The labeled window both models are scored on: the holdout, or its last N days."""
+    start, end = windows.holdout_from, windows.holdout_to
+    if settings.get("gate_window", "holdout") == "recent":
+        days = int(settings["gate_recent_days"])
+        start = max(start, (date.fromisoformat(end) - timedelta(days=days - 1)).isoformat())
+    rows = features.filter(F.col(TAIL_RECORDED)).transform(between(start, end))
+    return rows, f"{start}..{end}"
+
+
+def champion_auc(name: str, version: str, rows: DataFrame) -> float:
+    """The champion, loaded by version (resolved once), scored on the gate rows."""
+    try:
+        model = mlflow.spark.load_model(f"models:/{name}/{version}")
+        return scored_histogram(model, rows).auc_roc()
+    except Exception as error:
+        raise GateError(f"champion {name} version {version} cannot score the gate window "
+                        f"({type(error).__name__}: {str(error)[:300]}); the gate cannot compare. "
+                        f"If the features changed on purpose, remove the alias "
+                        f"{name}@{registry.CHAMPION} so the new model takes it") from error
+
+
+def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, float]) -> None:
+    """Metrics, plots and importances of the tuned model on the parent run."""
+    mlflow.log_metrics({
+        **{f"validation_{k}": v for k, v in result.validation.metrics(result.threshold).items()},
+        **{f"holdout_{k}": v for k, v in result.holdout.metrics(result.threshold).items()},
+        **{f"holdout_all_flights_{k}": v for k, v in
+           result.holdout_all_flights.metrics(result.threshold).items()},
+        "holdout_untailed_flights": result.holdout_untailed_flights,
+        "baseline_holdout_auc_roc": baseline.auc_roc(),
+        "baseline_holdout_auc_pr": baseline.auc_pr(),
+        "decision_threshold": result.threshold,
+        "trials": len(result.trials),
+        "failed_trials": sum(not t.ok for t in result.trials)})
+    figures = {"plots/roc.png": plots.roc(result.holdout, baseline, "holdout ROC"),
+               "plots/precision_recall.png": plots.precision_recall(
+                   result.holdout, result.threshold, "holdout precision-recall"),
+               "plots/calibration.png": plots.calibration(result.holdout, "holdout calibration"),
+               "plots/importances.png": plots.importances(
+                   names, "feature importances" if result.family != "logistic_regression"
+                   else "coefficients (standardized features)")}
+    for path, figure in figures.items():
+        mlflow.log_figure(figure, path)
+        plots.close(figure)
+    mlflow.log_dict(names, "feature_importances.json")
+    mlflow.log_dict({"trials": [
+        {"number": t.number, "family": t.family, "class_weighting": t.weighting,
+         "params": t.params, "validation_auc_roc": t.auc, "seconds": round(t.seconds, 2),
+         "error": t.error} for t in sorted(result.trials, key=lambda t: t.number)]},
+        "trials.json")
+
+
+def run(spark: SparkSession, config: Config, run_id: str,
+        windows: Windows | None = None) -> dict[str, Any]:
+    """Tune, fit, evaluate and register a model; the gate sets @champion or @challenger."""
     settings = config.section("train")
     mlflow_conf = registry.configure(config)
-    windows = Windows.from_conf(settings)
-    with audited(spark, config, run_id, "train", mlflow_conf["model_name"]) as audit:
+    name = mlflow_conf["model_name"]
+    windows = windows or Windows.from_conf(settings)
+    train_settings = TrainSettings.from_conf(settings)
+    margin = float(settings.get("promotion_margin", 0.0))
+    with audited(spark, config, run_id, "train", name) as audit:
+        current = registry.resolve(name, registry.CHAMPION)  # a registry error fails here
         features_version = tables.version(spark, config, "flight_features")
-        features = tables.read(spark, config, "flight_features", version=features_version).persist()
+        features = tables.read(spark, config, "flight_features", version=features_version)
         with mlflow.start_run(run_name=f"tune-{run_id}") as parent:
-            mlflow.log_params({**{f"window_{k}": v for k, v in vars(windows).items()},
-                               "features_table": config.table("flight_features"),
-                               "features_delta_version": features_version,
-                               "silver_flights_delta_version":
-                                   tables.version(spark, config, "silver_flights"),
-                               "numeric_features": ",".join(NUMERIC_FEATURES),
-                               "categorical_features": ",".join(CATEGORICAL_FEATURES),
-                               "max_evals": settings["max_evals"],
-                               "timeout_seconds": settings["timeout_seconds"]})
-            mlflow.set_tag("lakehouse.run_id", run_id)
-            trial_no = iter(range(10**6))
-
-            def log_trial(params: dict[str, Any], metrics: dict[str, float]) -> None:
-                with mlflow.start_run(run_name=f"trial-{next(trial_no)}", nested=True):
-                    mlflow.log_params(params)
-                    mlflow.log_metrics({f"validation_{k}": v for k, v in metrics.items()})
-
+            mlflow.set_tags({"lakehouse.run_id": run_id, "code_version": code_version()})
+            mlflow.log_params({
+                **{f"window_{k}": v for k, v in vars(windows).items()},
+                **table_versions(spark, config, features_version),
+                "families": ",".join(train_settings.families),
+                "class_weighting": ",".join(train_settings.class_weighting),
+                "max_evals": train_settings.budget.max_evals,
+                "timeout_seconds": train_settings.budget.timeout_s,
+                "early_stop_trials": train_settings.budget.early_stop_trials,
+                "parallelism": train_settings.budget.parallelism, "seed": train_settings.seed,
+                "threshold_rule": "max_f1", "promotion_margin": margin})
+            mlflow.log_dict(config.values, "conf/resolved.json")
             started = time.monotonic()
-            result = tune_and_fit(features, windows, int(settings["max_evals"]),
-                                  int(settings["timeout_seconds"]), int(settings["seed"]),
-                                  search_space(settings.get("search_space")), on_trial=log_trial)
-            mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
-            mlflow.log_metrics({**{f"validation_{k}": v for k, v in result.validation_metrics.items()},
-                                **{f"holdout_{k}": v for k, v in result.holdout_metrics.items()},
-                                **{f"holdout_all_flights_{k}": v
-                                   for k, v in result.holdout_all_flights_metrics.items()},
-                                "holdout_untailed_flights": result.holdout_untailed_flights,
-                                "trials": result.trials,
-                                "tuning_seconds": time.monotonic() - started})
-            importances = result.model.stages[-1].featureImportances.toArray().tolist()
-            names = [*NUMERIC_FEATURES, *CATEGORICAL_FEATURES]
-            mlflow.log_dict(dict(sorted(zip(names, importances), key=lambda kv: -kv[1])),
-                            "feature_importances.json")
+            result = tune_and_fit(spark, features, windows, train_settings,
+                                  on_trial=trial_logger(parent.info.run_id,
+                                                        parent.info.experiment_id))
+            mlflow.log_params({"best_family": result.family,
+                               "best_class_weighting": result.weighting,
+                               **{f"best_{k}": v for k, v in result.best_params.items()}})
+            mlflow.log_metric("tuning_seconds", time.monotonic() - started)
+            labeled = features.filter(F.col(TAIL_RECORDED)).transform(
+                between(windows.holdout_from, windows.holdout_to))
+            prior = features.transform(between(windows.train_from, windows.train_to)).agg(
+                F.avg(LABEL)).first()[0] or 0.0
+            baseline = histogram(historical_rate(features, train_settings.baseline_days,
+                                                 float(prior)).filter(F.col(TAIL_RECORDED))
+                                 .transform(between(windows.holdout_from, windows.holdout_to)),
+                                 LABEL, F.col(SCORE))
+            log_evaluation(result, baseline, importances(result.model, labeled))
+
+            rows, window = gate_rows(features, windows, settings)
+            new_auc = (result.holdout.auc_roc() if window == f"{windows.holdout_from}.."
+                       f"{windows.holdout_to}" else scored_histogram(result.model, rows).auc_roc())
+            old_auc = champion_auc(name, str(current.version), rows) if current else None
+            decision = registry.decide(new_auc, str(current.version) if current else None,
+                                       old_auc, margin)
+            mlflow.log_params({**decision.as_params(), "gate_window": window})
+            mlflow.log_metrics({"gate_new_auc_roc": new_auc,
+                                **({"gate_champion_auc_roc": old_auc} if old_auc is not None
+                                   else {})})
+            example = labeled.select(*MODEL_INPUTS).limit(5)
+            signature = infer_signature(example.toPandas(), result.model.transform(example)
+                                        .select("prediction").toPandas())
             info = mlflow.spark.log_model(result.model, artifact_path="model",
-                                          registered_model_name=mlflow_conf["model_name"])
+                                          registered_model_name=name, signature=signature,
+                                          input_example=example.toPandas())
         version = str(info.registered_model_version)
-        promoted = registry.promote_if_better(mlflow_conf["model_name"], version,
-                                              mlflow_conf["alias"],
-                                              result.holdout_metrics["auc_roc"])
-        features.unpersist()
+        client = MlflowClient()
+        client.set_model_version_tag(name, version, "decision_threshold", str(result.threshold))
+        registry.set_alias(name, decision.alias, version)
+        if decision.promoted:
+            registry.delete_alias(name, registry.CHALLENGER)
+        log.info("model %s version %s: %s", name, version, decision.reason)
+        if baseline.auc_roc() >= result.holdout.auc_roc():
+            log.warning("the model (holdout AUC-ROC %.4f) does not beat the historical-rate "
+                        "baseline (%.4f)", result.holdout.auc_roc(), baseline.auc_roc())
         audit.update(version_read=features_version,
-                     message=f"model version {version}, holdout AUC-ROC "
-                             f"{result.holdout_metrics['auc_roc']:.4f}, promoted={promoted}")
-    return {"model_name": mlflow_conf["model_name"], "version": version, "promoted": promoted,
-            "run_id": parent.info.run_id, "holdout": result.holdout_metrics,
-            "validation": result.validation_metrics, "best_params": result.best_params,
-            "holdout_all_flights": result.holdout_all_flights_metrics,
+                     message=f"model version {version} ({result.family}), holdout AUC-ROC "
+                             f"{result.holdout.auc_roc():.4f}, baseline "
+                             f"{baseline.auc_roc():.4f}; gate on {window}: "
+                             f"{decision.alias}: {decision.reason}")
+    return {"model_name": name, "version": version, "promoted": decision.promoted,
+            "alias": decision.alias, "decision": decision.reason, "gate_window": window,
+            "run_id": parent.info.run_id, "family": result.family,
+            "weighting": result.weighting, "best_params": result.best_params,
+            "threshold": result.threshold,
+            "holdout": result.holdout.metrics(result.threshold),
+            "holdout_all_flights": result.holdout_all_flights.metrics(result.threshold),
             "holdout_untailed_flights": result.holdout_untailed_flights,
-            "trials": result.trials,
+            "baseline": {"auc_roc": baseline.auc_roc(), "auc_pr": baseline.auc_pr()},
+            "trials": len(result.trials),
+            "failed_trials": sum(not t.ok for t in result.trials),
             "holdout_window": f"{windows.holdout_from}..{windows.holdout_to}"}

@@ -1,0 +1,144 @@
+"""Scored rows to metrics, threshold, curves and calibration, from one Spark aggregation.
+
+The rows' probabilities are counted into a fine histogram (positives, negatives, sums for log
+loss and Brier score per bin) in one job; every metric and curve is then read from it on the
+driver, so an evaluation costs one pass whatever is asked of it. With 10,000 bins the areas
+agree with an exact computation to about 1e-4 (rows within one bin count as ties).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+BINS = 10_000
+EPSILON = 1e-15
+
+
+def positive_probability(column: str = "probability") -> Column:
+    """The probability of the positive class from an MLlib probability vector."""
+    return vector_to_array(column)[1]
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Per probability bin (ascending): negatives, positives, sum of p, log-loss and Brier
+    sums."""
+
+    negatives: np.ndarray
+    positives: np.ndarray
+    sum_p: np.ndarray
+    log_loss_sum: float
+    brier_sum: float
+
+    @property
+    def rows(self) -> int:
+        return int(self.negatives.sum() + self.positives.sum())
+
+    def _cumulative(self) -> tuple[np.ndarray, np.ndarray]:
+        """True and false positives when predicting positive from each bin upward (index i:
+        threshold at bin i's lower edge), plus the all-negative point at the end."""
+        tp = np.concatenate([np.cumsum(self.positives[::-1])[::-1], [0]])
+        fp = np.concatenate([np.cumsum(self.negatives[::-1])[::-1], [0]])
+        return tp.astype(float), fp.astype(float)
+
+    def auc_roc(self) -> float:
+        tp, fp = self._cumulative()
+        pos, neg = tp[0], fp[0]
+        if not pos or not neg:
+            return float("nan")
+        tpr, fpr = tp[::-1] / pos, fp[::-1] / neg
+        return float(np.trapezoid(tpr, fpr))
+
+    def auc_pr(self) -> float:
+        """Area under the precision-recall curve by the trapezoid rule, starting at recall 0
+        with the first point's precision (as MLlib's areaUnderPR)."""
+        tp, fp = self._cumulative()
+        if not tp[0]:
+            return float("nan")
+        keep = (tp + fp) > 0
+        recall = (tp[keep] / tp[0])[::-1]
+        precision = (tp[keep] / (tp[keep] + fp[keep]))[::-1]
+        recall = np.concatenate([[0.0], recall])
+        precision = np.concatenate([[precision[0]], precision])
+        return float(np.trapezoid(precision, recall))
+
+    def log_loss(self) -> float:
+        return self.log_loss_sum / max(self.rows, 1)
+
+    def brier(self) -> float:
+        return self.brier_sum / max(self.rows, 1)
+
+    def at_threshold(self, threshold: float) -> dict[str, float]:
+        """Precision, recall and F1 when flights with p >= threshold are called disrupted."""
+        first = min(int(np.floor(threshold * BINS + 1e-9)), BINS)
+        tp = float(self.positives[first:].sum())
+        fp = float(self.negatives[first:].sum())
+        pos = float(self.positives.sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / pos if pos else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1}
+
+    def best_f1_threshold(self) -> float:
+        """The bin edge that maximizes F1 (the decision threshold rule `max_f1`)."""
+        tp, fp = self._cumulative()
+        pos = tp[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = np.where(tp > 0, 2 * tp / (tp + fp + pos), 0.0)
+        return float(np.argmax(f1[:BINS]) / BINS)
+
+    def roc_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        tp, fp = self._cumulative()
+        return fp[::-1] / max(fp[0], 1), tp[::-1] / max(tp[0], 1)
+
+    def pr_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        tp, fp = self._cumulative()
+        keep = (tp + fp) > 0
+        return tp[keep] / max(tp[0], 1), tp[keep] / (tp[keep] + fp[keep])
+
+    def calibration(self, groups: int = 10) -> list[tuple[float, float, int]]:
+        """Per equal-width probability group with rows: mean predicted, observed rate, rows."""
+        out = []
+        for part in np.array_split(np.arange(BINS), groups):
+            n = float(self.negatives[part].sum() + self.positives[part].sum())
+            if n:
+                out.append((float(self.sum_p[part].sum() / n),
+                            float(self.positives[part].sum() / n), int(n)))
+        return out
+
+    def metrics(self, threshold: float | None = None) -> dict[str, float]:
+        """AUC-ROC, AUC-PR, log loss, Brier score, rows and positive rate (and precision,
+        recall and F1 at threshold when given)."""
+        out = {"auc_roc": self.auc_roc(), "auc_pr": self.auc_pr(), "log_loss": self.log_loss(),
+               "brier": self.brier(), "rows": float(self.rows),
+               "positive_rate": float(self.positives.sum() / max(self.rows, 1))}
+        if threshold is not None:
+            out.update({f"{k}_at_threshold": v for k, v in self.at_threshold(threshold).items()})
+        return out
+
+
+def histogram(scored: DataFrame, label: str, score: Column) -> Histogram:
+    """Count scored rows into probability bins in one Spark job."""
+    p = F.least(F.greatest(score.cast("double"), F.lit(0.0)), F.lit(1.0))
+    y = F.col(label).cast("double")
+    clipped = F.least(F.greatest(p, F.lit(EPSILON)), F.lit(1 - EPSILON))
+    loss = -(y * F.log(clipped) + (1 - y) * F.log(1 - clipped))
+    rows = (scored.select(F.least(F.floor(p * BINS), F.lit(BINS - 1)).cast("int").alias("bin"),
+                          y.alias("y"), p.alias("p"), loss.alias("loss"),
+                          ((p - y) * (p - y)).alias("se"))
+            .groupBy("bin").agg(F.sum(1 - F.col("y")).alias("neg"), F.sum("y").alias("pos"),
+                                F.sum("p").alias("sum_p"), F.sum("loss").alias("loss"),
+                                F.sum("se").alias("se"))
+            .collect())
+    neg, pos, sum_p = np.zeros(BINS), np.zeros(BINS), np.zeros(BINS)
+    log_loss = brier = 0.0
+    for r in rows:
+        neg[r["bin"]], pos[r["bin"]], sum_p[r["bin"]] = r["neg"], r["pos"], r["sum_p"]
+        log_loss += r["loss"]
+        brier += r["se"]
+    return Histogram(neg, pos, sum_p, log_loss, brier)

@@ -1,0 +1,44 @@
+"""What a training run records so that its training set can be rebuilt: table versions read,
+the resolved configuration and the code version."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+import lakehouse
+from lakehouse import tables
+from lakehouse.config import Config
+
+GOLD_TAG = "lakehouse-gold"
+
+
+def table_versions(spark: SparkSession, config: Config, features_version: int) -> dict[str, Any]:
+    """flight_features' location and the Delta version read, and the silver versions that
+    version was built from (recorded by the gold job in its commit)."""
+    params: dict[str, Any] = {"features_table": config.table("flight_features"),
+                              "features_delta_version": features_version}
+    state = tables.tagged_state(spark, config, "flight_features", GOLD_TAG) or {}
+    for name, version in (state.get("versions") or {}).items():
+        params[f"{name}_delta_version"] = version
+    return params
+
+
+def code_version() -> str:
+    """The package version, and the git commit when the package runs from a checkout."""
+    root = Path(lakehouse.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return lakehouse.__version__
+    if commit.returncode != 0:
+        return lakehouse.__version__
+    suffix = "+dirty" if dirty.stdout.strip() else ""
+    return f"{lakehouse.__version__}+{commit.stdout.strip()}{suffix}"

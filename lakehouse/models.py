@@ -1,0 +1,145 @@
+"""The model families the tuning job searches, as MLlib pipelines over gold's features.
+
+Trees (random forest, gradient-boosted trees) take numeric features with missing values as a
+sentinel below every real value and categories as indices (categorical splits). Logistic
+regression takes numeric features imputed with the training mean plus a missing-value indicator
+each, categories one-hot encoded, everything standardized.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
+from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
+from pyspark.ml.feature import (
+    Imputer,
+    OneHotEncoder,
+    SQLTransformer,
+    StandardScaler,
+    StringIndexer,
+    VectorAssembler,
+)
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES
+
+FAMILIES = ("logistic_regression", "random_forest", "gbt")
+TREE_FAMILIES = ("random_forest", "gbt")
+MISSING = -999.0  # trees split missing values off from every real value
+WEIGHT = "_weight"
+INTEGER_PARAMS = ("maxDepth", "maxIter", "minInstancesPerNode", "numTrees")
+MAX_BINS = 128  # above the number of destinations (105 in 2013), so each is its own category
+
+
+class UnknownFamilyError(ValueError):
+    """A model family that the tuning job does not know."""
+
+
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise UnknownFamilyError(f"unknown model family {family!r}; families are {list(FAMILIES)}")
+    return family
+
+
+def tree_prep() -> list[Any]:
+    """Nulls to a sentinel, categories to indices, everything into one vector."""
+    filled = ", ".join(f"coalesce(`{c}`, {MISSING}) AS `{c}__f`" for c in NUMERIC_FEATURES)
+    indexers = [StringIndexer(inputCol=c, outputCol=f"{c}__idx", handleInvalid="keep")
+                for c in CATEGORICAL_FEATURES]
+    assembler = VectorAssembler(
+        inputCols=[f"{c}__f" for c in NUMERIC_FEATURES]
+        + [f"{c}__idx" for c in CATEGORICAL_FEATURES],
+        outputCol="features", handleInvalid="keep")
+    return [SQLTransformer(statement=f"SELECT *, {filled} FROM __THIS__"), *indexers, assembler]
+
+
+def linear_prep() -> list[Any]:
+    """Mean-imputed numbers with missing indicators, one-hot categories, standardized."""
+    flags = ", ".join(f"CAST(`{c}` IS NULL AS DOUBLE) AS `{c}__missing`" for c in NUMERIC_FEATURES)
+    imputer = Imputer(inputCols=list(NUMERIC_FEATURES),
+                      outputCols=[f"{c}__imp" for c in NUMERIC_FEATURES], strategy="mean")
+    indexers = [StringIndexer(inputCol=c, outputCol=f"{c}__idx", handleInvalid="keep")
+                for c in CATEGORICAL_FEATURES]
+    encoder = OneHotEncoder(inputCols=[f"{c}__idx" for c in CATEGORICAL_FEATURES],
+                            outputCols=[f"{c}__oh" for c in CATEGORICAL_FEATURES],
+                            handleInvalid="keep")
+    assembler = VectorAssembler(
+        inputCols=[f"{c}__imp" for c in NUMERIC_FEATURES]
+        + [f"{c}__missing" for c in NUMERIC_FEATURES]
+        + [f"{c}__oh" for c in CATEGORICAL_FEATURES],
+        outputCol="raw_features", handleInvalid="keep")
+    scaler = StandardScaler(inputCol="raw_features", outputCol="features", withMean=True,
+                            withStd=True)
+    return [SQLTransformer(statement=f"SELECT *, {flags} FROM __THIS__"), imputer, *indexers,
+            encoder, assembler, scaler]
+
+
+def prep_for(family: str) -> list[Any]:
+    return linear_prep() if check_family(family) == "logistic_regression" else tree_prep()
+
+
+def typed(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: int(v) if k in INTEGER_PARAMS else (v if isinstance(v, str) else float(v))
+            for k, v in params.items()}
+
+
+def classifier(family: str, params: dict[str, Any], seed: int, weighted: bool) -> Estimator:
+    """An unfitted MLlib classifier of the family with the given parameters."""
+    common: dict[str, Any] = {"labelCol": LABEL, "featuresCol": "features"}
+    if weighted:
+        common["weightCol"] = WEIGHT
+    values = typed(params)
+    if check_family(family) == "logistic_regression":
+        return LogisticRegression(maxIter=100, standardization=False, **common, **values)
+    if family == "random_forest":
+        return RandomForestClassifier(maxBins=MAX_BINS, seed=seed, **common, **values)
+    return GBTClassifier(maxBins=MAX_BINS, seed=seed, **common, **values)
+
+
+def class_weights(df: DataFrame) -> tuple[float, float]:
+    """Balanced weights (negative, positive): each class weighs half of the rows in total."""
+    row = df.agg(F.count(F.lit(1)), F.sum(LABEL)).first()
+    total, positives = float(row[0]), float(row[1] or 0)
+    negatives = total - positives
+    if not positives or not negatives:
+        return 1.0, 1.0
+    return total / (2 * negatives), total / (2 * positives)
+
+
+def with_weight(weights: tuple[float, float]) -> Any:
+    """Add the class weight column."""
+    negative, positive = weights
+    return lambda df: df.withColumn(WEIGHT, F.when(F.col(LABEL) == 1, positive)
+                                    .otherwise(negative))
+
+
+def full_pipeline(family: str, params: dict[str, Any], seed: int, weighted: bool) -> Pipeline:
+    return Pipeline(stages=[*prep_for(family), classifier(family, params, seed, weighted)])
+
+
+def feature_names(model: PipelineModel, sample: DataFrame) -> list[str]:
+    """Names of the assembled feature vector's slots (from the vector's ML attributes)."""
+    schema = PipelineModel(stages=model.stages[:-1]).transform(sample.limit(1)).schema
+    # The scaler of the linear pipeline drops the names: they are on its input vector.
+    for column in ("features", "raw_features"):
+        if column in schema.fieldNames():
+            attrs = schema[column].metadata.get("ml_attr", {}).get("attrs", {})
+            slots = sorted((a["idx"], a["name"]) for group in attrs.values() for a in group)
+            if slots:
+                return [name for _, name in slots]
+    return []
+
+
+def importances(model: PipelineModel, sample: DataFrame) -> dict[str, float]:
+    """Feature importances (trees) or coefficients (logistic regression), by feature name,
+    largest magnitude first."""
+    last: Transformer = model.stages[-1]
+    values = (last.featureImportances.toArray() if hasattr(last, "featureImportances")
+              else last.coefficients.toArray())
+    names = feature_names(model, sample)
+    if len(names) != len(values):
+        names = [f"f{i}" for i in range(len(values))]
+    pairs = sorted(zip(names, (float(v) for v in values), strict=True), key=lambda kv: -abs(kv[1]))
+    return dict(pairs)

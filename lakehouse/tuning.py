@@ -1,0 +1,193 @@
+"""Hyperopt TPE over model families, with concurrent trials and an early stop.
+
+Hyperopt's `fmin` runs one trial at a time and its `SparkTrials` runs each trial inside one
+Spark task, where MLlib cannot run (DESIGN.md). This loop keeps TPE's suggestions and runs up to
+`parallelism` trials at once, each in its own driver thread submitting distributed MLlib jobs
+(in its own FAIR scheduler pool, so one fit cannot starve the others): it asks
+`tpe.suggest` for a point whenever a slot is free, with the trials still running counted as
+unknown (Hyperopt's own rule for asynchronous trials), and tells it each result as it comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+from hyperopt import STATUS_FAIL, STATUS_OK, Trials, hp, space_eval, tpe
+from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_RUNNING, Domain
+
+from lakehouse.models import FAMILIES, INTEGER_PARAMS, check_family
+
+log = logging.getLogger("lakehouse")
+WEIGHTINGS = ("none", "balanced")
+
+
+class SearchSpaceError(ValueError):
+    """A search-space entry of conf cannot be turned into a Hyperopt distribution."""
+
+
+def dimension(label: str, name: str, spec: Any) -> Any:
+    """A Hyperopt distribution from conf: [low, high] (whole numbers for integer parameters),
+    [low, high, "log"] (log-uniform), [low, high, step], or [v, v] / v (pinned)."""
+    if not isinstance(spec, list | tuple):
+        return spec
+    if len(spec) not in (2, 3) or not all(isinstance(v, int | float) for v in spec[:2]):
+        raise SearchSpaceError(f"train.search_space {label}: expected [low, high], [low, high, "
+                               f"'log'] or [low, high, step], got {spec!r}")
+    low, high = float(spec[0]), float(spec[1])
+    if high < low:
+        raise SearchSpaceError(f"train.search_space {label}: high {high} is below low {low}")
+    if low == high:
+        return low
+    kind = spec[2] if len(spec) == 3 else (1 if name in INTEGER_PARAMS else None)
+    if kind == "log":
+        if low <= 0:
+            raise SearchSpaceError(f"train.search_space {label}: a log range needs low > 0")
+        return hp.loguniform(label, np.log(low), np.log(high))
+    if isinstance(kind, int | float):
+        return hp.quniform(label, low, high, kind)
+    if kind is not None:
+        raise SearchSpaceError(f"train.search_space {label}: unknown third element {kind!r}")
+    return hp.uniform(label, low, high)
+
+
+def search_space(families: list[str], bounds: dict[str, dict[str, Any]],
+                 weightings: list[str]) -> dict[str, Any]:
+    """The Hyperopt space: hp.choice over families, each with its parameters, and over class
+    weightings (none, or balanced through weightCol)."""
+    unknown = sorted(set(bounds) - set(FAMILIES))
+    if unknown:
+        raise SearchSpaceError(f"train.search_space has unknown families {unknown}; families "
+                               f"are {list(FAMILIES)}")
+    for w in weightings:
+        if w not in WEIGHTINGS:
+            raise SearchSpaceError(f"train.class_weighting {w!r} unknown; use {list(WEIGHTINGS)}")
+    if not families or not weightings:
+        raise SearchSpaceError("train.families and train.class_weighting must not be empty")
+    choices = [{"family": check_family(f), "params": {
+        name: dimension(f"{f}.{name}", name, spec) for name, spec in (bounds.get(f) or {}).items()}}
+        for f in families]
+    return {"model": hp.choice("model", choices),
+            "class_weighting": hp.choice("class_weighting", list(weightings))}
+
+
+@dataclass
+class Trial:
+    """One finished trial."""
+
+    number: int
+    family: str
+    params: dict[str, Any]
+    weighting: str
+    seconds: float
+    started_at: float = 0.0  # epoch seconds
+    auc: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.auc is not None and not np.isnan(self.auc)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When the search stops taking new trials (running ones finish)."""
+
+    max_evals: int
+    timeout_s: float
+    early_stop_trials: int
+    parallelism: int = 1
+    startup_trials: int = 5
+
+
+Objective = Callable[[int, str, dict[str, Any], str], tuple[float, dict[str, Any]]]
+
+
+def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: int,
+           set_pool: Callable[[str | None], None] | None = None,
+           on_done: Callable[[Trial], None] | None = None) -> list[Trial]:
+    """Run the search; returns every trial in the order they finished.
+
+    objective(number, family, params, weighting) returns (validation AUC, extra); an exception
+    makes the trial fail (recorded with its error) and the search goes on. set_pool(name) is
+    called in a trial's thread before it starts (None after); on_done(trial) in the calling
+    thread as each trial finishes.
+    """
+    domain = Domain(lambda _: 0.0, space)
+    trials = Trials()
+    suggest = partial(tpe.suggest, n_startup_jobs=budget.startup_trials)
+    rng = np.random.default_rng(seed)
+    started = time.monotonic()
+    finished: list[Trial] = []
+    running: dict[Future[Trial], dict[str, Any]] = {}
+
+    def run(number: int, point: dict[str, Any]) -> Trial:
+        family, params = point["model"]["family"], dict(point["model"]["params"])
+        if set_pool is not None:
+            set_pool(f"trial-{number % budget.parallelism}")
+        began = time.monotonic()
+        trial = Trial(number, family, params, point["class_weighting"], 0.0, time.time())
+        try:
+            trial.auc, trial.extra = objective(number, family, params, trial.weighting)
+        except Exception as error:  # recorded and reported; the search goes on
+            trial.error = f"{type(error).__name__}: {error}"[:1000]
+            log.warning("trial %d (%s) failed: %s", number, family, trial.error)
+        finally:
+            if set_pool is not None:
+                set_pool(None)
+        trial.seconds = time.monotonic() - began
+        return trial
+
+    def may_start() -> bool:
+        best_at = max((i for i, t in enumerate(finished) if t.ok and t.auc == best_auc(finished)),
+                      default=-1)
+        stalled = len(finished) - 1 - best_at >= budget.early_stop_trials and best_at >= 0
+        return (len(trials.trials) < budget.max_evals and not stalled
+                and time.monotonic() - started < budget.timeout_s)
+
+    with ThreadPoolExecutor(budget.parallelism, thread_name_prefix="trial") as pool:
+        while True:
+            while len(running) < budget.parallelism and may_start():
+                ids = trials.new_trial_ids(1)
+                trials.refresh()
+                (doc,) = suggest(ids, domain, trials, int(rng.integers(2**31 - 1)))
+                doc["state"] = JOB_STATE_RUNNING
+                trials.insert_trial_docs([doc])
+                trials.refresh()
+                values = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
+                running[pool.submit(run, len(trials.trials), space_eval(space, values))] = doc
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                doc, trial = running.pop(future), future.result()
+                doc["state"] = JOB_STATE_DONE if trial.ok else JOB_STATE_ERROR
+                doc["result"] = ({"status": STATUS_OK, "loss": -float(trial.auc or 0)}
+                                 if trial.ok else {"status": STATUS_FAIL, "error": trial.error})
+                trials.refresh()
+                finished.append(trial)
+                if on_done is not None:
+                    on_done(trial)
+                log.info("trial %d of %d: %s %s, validation AUC %s, best %s, %.0f s elapsed",
+                         trial.number, budget.max_evals, trial.family, trial.weighting,
+                         f"{trial.auc:.4f}" if trial.ok else f"failed ({trial.error})",
+                         f"{best_auc(finished):.4f}" if best_auc(finished) is not None else "-",
+                         time.monotonic() - started)
+    return finished
+
+
+def best_auc(trials: list[Trial]) -> float | None:
+    scores = [t.auc for t in trials if t.ok and t.auc is not None]
+    return max(scores) if scores else None
+
+
+def best_trial(trials: list[Trial]) -> Trial | None:
+    ok = [t for t in trials if t.ok]
+    return max(ok, key=lambda t: (t.auc, -t.number)) if ok else None
