@@ -339,6 +339,13 @@ AUDIT_SCHEMA = T.StructType([
 ])
 
 
+def create_audit(spark: SparkSession, config: Config) -> None:
+    """Create the audit table if it is not there: writers running side by side (streams'
+    micro-batches) would otherwise race to create it."""
+    if not exists(spark, config, "audit"):
+        append(spark.createDataFrame([], AUDIT_SCHEMA), config, "audit")
+
+
 def write_audit(spark: SparkSession, config: Config, rows: list[dict[str, object]]) -> None:
     """Append audit rows (one per table per job run)."""
     if not rows:

@@ -440,7 +440,7 @@ def run(spark: SparkSession, config: Config, run_id: str,
             audit_row(audit, spark, config, name, work())
             return dict(audit)
 
-    # Snapshots first, one by one: they also create the audit table the threads append to.
+    tables.create_audit(spark, config)  # before the threads append to it
     results = [audited_run(f"bronze_{s}", lambda s=s: ingest_snapshot(spark, config, s, run_id))
                for s in SNAPSHOT_SOURCES]
     streamed = sources(config)
@@ -458,16 +458,15 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
     """Run every streamed source as a micro-batch every bronze.continuous_interval until
     stopped (Ctrl-C, SIGTERM) or until() is true; one audit row per micro-batch."""
     interval = str(config.section("bronze").get("continuous_interval", "10 seconds"))
+    tables.create_audit(spark, config)
     with ExitStack() as stack:
-        queries = []
         for source in sources(config):
             def audit_batch(counts: Counts, table: str = source.table) -> None:
                 with audited(spark, config, run_id, "bronze", table) as audit:
                     audit_row(audit, spark, config, table, counts)
 
             batches = Batches(spark, config, source, run_id, on_batch=audit_batch)
-            queries.append(stack.enter_context(running(spark, config, source, batches,
-                                                       interval)))
+            stack.enter_context(running(spark, config, source, batches, interval))
         spark.streams.resetTerminated()
         while not (until and until()):
             if spark.streams.awaitAnyTermination(1):  # raises a failed query's error
