@@ -102,11 +102,17 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         from lakehouse.stages import bronze
 
         stop_on_sigterm()
-        try:
-            bronze.run_continuous(spark, config, workflow.new_run_id())
-        except KeyboardInterrupt:
-            print("bronze: stopped; every micro-batch committed so far is in bronze")
-        return 0
+        run_id = workflow.new_run_id()
+        while True:
+            try:
+                bronze.run_continuous(spark, config, run_id)
+            except KeyboardInterrupt:
+                print("bronze: stopped; every micro-batch committed so far is in bronze")
+            except bronze.EventSourceError as error:
+                if bronze.after_kafka_replay_bug(error):
+                    continue  # the replayed micro-batch is committed: go on from there
+                raise
+            return 0
     if args.job == "daily":
         stages = tuple(args.stages.split(",")) if args.stages else workflow.STAGES
         for stage in stages:

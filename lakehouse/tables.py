@@ -34,9 +34,15 @@ def _is_path(location: str) -> bool:
 def exists(spark: SparkSession, config: Config, name: str) -> bool:
     """Whether the logical table has been created."""
     location = config.table(name)
-    if _is_path(location):
-        return DeltaTable.isDeltaTable(spark, location)
-    return bool(spark.catalog.tableExists(location))
+    if not _is_path(location):
+        return bool(spark.catalog.tableExists(location))
+    # Not DeltaTable.isDeltaTable: it answers from the session's cached log of the path, so a
+    # table another process created after the first look stays "missing" for the session.
+    try:
+        DeltaTable.forPath(spark, location)
+    except AnalysisException:
+        return False
+    return True
 
 
 def delta_table(spark: SparkSession, config: Config, name: str) -> DeltaTable:

@@ -345,6 +345,16 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
                 query.stop()
 
 
+# Spark 4.1.1's Kafka source fails its progress report after it replays a micro-batch an
+# interrupted run left uncommitted (SPARK-55271, fixed upstream): the batch is written and
+# committed before the report fails, so starting the query again goes on from there.
+KAFKA_REPLAY_METRICS_BUG = 'because the return value of "scala.Option.get()" is null'
+
+
+def after_kafka_replay_bug(error: BaseException) -> bool:
+    return KAFKA_REPLAY_METRICS_BUG in str(error)
+
+
 def kafka_error(source: Source, error: Exception) -> Exception:
     settings = source.settings
     cause = str(error).split("\n", 1)[0]
@@ -384,10 +394,20 @@ def ingest(spark: SparkSession, config: Config, source: Source, run_id: str,
     """Ingest everything the source has now, then stop (availableNow); return the counts."""
     if source.kind == "files" and not landed_uniquely(spark, config, source):
         return Counts()
-    batches = Batches(spark, config, source, run_id, adopt=adopt)
-    with running(spark, config, source, batches, None) as query:
-        query.awaitTermination()
-    return batches.totals
+    totals = Counts()
+    for attempt in range(2):
+        batches = Batches(spark, config, source, run_id, adopt=adopt)
+        try:
+            with running(spark, config, source, batches, None) as query:
+                query.awaitTermination()
+        except EventSourceError as error:
+            if attempt or not after_kafka_replay_bug(error):
+                raise
+            totals.add(batches.totals)
+            continue
+        totals.add(batches.totals)
+        return totals
+    return totals
 
 
 def ingest_snapshot(spark: SparkSession, config: Config, source: str, run_id: str) -> Counts:
