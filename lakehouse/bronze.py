@@ -121,7 +121,7 @@ def decoded(columns: Sequence[str], names: Sequence[str],
             all_valid = all_valid & ok
         invalid = F.map_from_entries(F.filter(F.array(*[
             F.when(~valid[c], F.struct(F.lit(n).alias("key"), raw[c].alias("value")))
-            for c, n in zip(columns, names)]), lambda e: e.isNotNull()))
+            for c, n in zip(columns, names, strict=True)]), lambda e: e.isNotNull()))
         return df.select("*", *[t.alias(f"_text{c}") for c, t in text.items()],
                          F.when(~all_valid, invalid).alias(INVALID_BYTES_COLUMN))
 
@@ -178,7 +178,7 @@ def by_header(source: str, names: Sequence[str], charset: str,
         if eof_mark:
             df = without_eof_mark(df, read)
         df = df.transform(decoded([*read, CORRUPT_COLUMN], [*names, CORRUPT_COLUMN], charset))
-        text = {n: F.col(f"_text{r}") for n, r in zip(names, read)}
+        text = {n: F.col(f"_text{r}") for n, r in zip(names, read, strict=True)}
         rescued = F.to_json(F.struct(*[text[n].alias(n) for n in extra]))
         any_extra = F.lit(False)
         for n in extra:

@@ -97,7 +97,7 @@ def flight_events(header: list[str], rows: list[list[str]],
     """Two events per flight, sorted by when they became known: its schedule, its outcome."""
     events = []
     for row in rows:
-        flight = dict(zip(header, row))
+        flight = dict(zip(header, row, strict=True))
         departure = (datetime.fromisoformat(flight["time_hour"].replace("Z", "+00:00"))
                      + timedelta(minutes=int(flight["minute"])))
         key = (f"{flight['year']}-{int(flight['month']):02d}-{int(flight['day']):02d}_"
@@ -121,7 +121,8 @@ def with_duplicates(events: list[Event], share: float, rng: random.Random,
     return [(e, repeat) for _, e, repeat in sorted(placed, key=lambda p: p[0])]
 
 
-def selected_flights(start: date, end: date, limit: int | None) -> tuple[list[str], list[list[str]]]:
+def selected_flights(start: date, end: date,
+                     limit: int | None) -> tuple[list[str], list[list[str]]]:
     header, rows = _read_rows("flights")
     chosen = [r for r in rows if start <= _row_day(header, r) <= end]
     return header, chosen[:limit] if limit is not None else chosen

@@ -167,6 +167,13 @@ def landed_files(spark: SparkSession, folder: str) -> list[str]:
         raise
 
 
+def ensure_folder(folder: str) -> None:
+    """Create a local folder if it is missing (other file systems have no empty folders)."""
+    parts = urlparse(folder)
+    if parts.scheme in ("", "file"):
+        os.makedirs(url2pathname(parts.path) if parts.scheme else folder, exist_ok=True)
+
+
 def landed_file_stream(spark: SparkSession, folder: str, file_source: str,
                        max_files: int) -> DataFrame:
     """The files landing under a folder (subfolders included) as a stream of their paths:

@@ -64,13 +64,15 @@ def test_events_are_sent_in_the_order_they_became_known() -> None:
     assert [e.known_at for e in events] == sorted(e.known_at for e in events)
     seen: dict[str, str] = {}
     for event in events:  # a flight's schedule comes before its outcome
-        assert seen.get(event.key) == ("scheduled" if event.value["event_type"] == "outcome" else None)
+        before = "scheduled" if event.value["event_type"] == "outcome" else None
+        assert seen.get(event.key) == before
         seen[event.key] = event.value["event_type"]
     first = {e.value["event_type"]: e for e in events if e.key == "2013-01-01_UA_1545_EWR"}
     # Scheduled 05:15 EST (10:15Z); due in Houston 08:19 CST (14:19Z), 11 minutes late.
     assert first["outcome"].known_at == datetime(2013, 1, 1, 14, 30, tzinfo=UTC)
     assert first["scheduled"].known_at == datetime(2012, 12, 31, 10, 15, tzinfo=UTC)
-    assert first["scheduled"].value["arr_delay"] is None and first["outcome"].value["arr_delay"] == 11
+    assert first["scheduled"].value["arr_delay"] is None
+    assert first["outcome"].value["arr_delay"] == 11
     cancelled = next(e for e in events if e.value["event_type"] == "outcome"
                      and e.value["dep_time"] is None)
     departure = datetime.fromisoformat(cancelled.value["time_hour"].replace("Z", "+00:00"))

@@ -25,7 +25,7 @@ from lakehouse.seed import seed
 from lakehouse.stages import bronze
 from lakehouse.tables import ConcurrentRunError
 from tests.conftest import TEST_SPARK, make_config
-from tests.test_bronze import bronze_lines, by_table, landed_lines
+from tests.test_bronze import bronze_lines, landed_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_FILE_PER_BATCH = {"bronze": {"max_files_per_trigger": 1}}
@@ -70,15 +70,15 @@ def test_a_data_root_moved_elsewhere_ingests_nothing_twice(spark: SparkSession,
                                                            tmp_path: Path) -> None:
     config = make_config(tmp_path / "first")
     seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 2))
-    bronze.run(spark, config, "run-1")
+    bronze.ingest(spark, config, flights_source(config), "run-1")
     moved = make_config(tmp_path / "restored")
     shutil.copytree(tmp_path / "first", tmp_path / "restored")  # a backup restored elsewhere
-    versions = {t: tables.version(spark, moved, t) for t in ("bronze_flights", "bronze_weather")}
-    assert all(r["rows_in"] == 0 for r in bronze.run(spark, moved, "run-2"))
-    assert {t: tables.version(spark, moved, t) for t in versions} == versions
+    version = tables.version(spark, moved, "bronze_flights")
+    assert bronze.ingest(spark, moved, flights_source(moved), "run-2").rows == 0
+    assert tables.version(spark, moved, "bronze_flights") == version
     seed(Path(moved.landing), date(2013, 1, 3), date(2013, 1, 3))
-    result = by_table(bronze.run(spark, moved, "run-3"))["bronze_flights"]
-    assert result["files"] == 1 and result["rows_in"] == 914
+    counts = bronze.ingest(spark, moved, flights_source(moved), "run-3")
+    assert counts.files == 1 and counts.rows == 914
     each_record_once(spark, moved)
 
 
@@ -106,8 +106,8 @@ def test_two_runs_of_one_source_at_once_the_second_fails_and_is_not_retried(
             attempts.append(1)
             return bronze.ingest(spark, config, flights_source(config), "second")
 
-        with pytest.raises(ConcurrentRunError, match=r"bronze bronze_flights is being run by "
-                                                     r"pid \d+ .*run\.lock"):
+        with pytest.raises(ConcurrentRunError, match=r"the ingestion of bronze_flights is being "
+                                                     r"run by pid \d+ .*run\.lock"):
             workflow.with_retries(second_run, "bronze", retries=2)
         assert attempts == [1]  # not retried as a transient error
     finally:
@@ -169,8 +169,8 @@ def test_a_table_written_by_the_ledger_version_needs_the_one_time_migration(
     each_record_once(spark, config)  # day 1 not appended again, day 2 ingested
     assert "_rescued_data" in tables.read(spark, config, "bronze_flights").columns
     seed(landing, date(2013, 1, 3), date(2013, 1, 3))
-    result = by_table(bronze.run(spark, config, "run-2"))["bronze_flights"]
-    assert result["files"] == 1 and result["rows_in"] == 914
+    counts = bronze.ingest(spark, config, flights_source(config), "run-2")
+    assert counts.files == 1 and counts.rows == 914
     each_record_once(spark, config)
 
 
@@ -229,7 +229,8 @@ def append_then_die(df, config, name, **kwargs):
 
 tables.append = append_then_die
 config = load_config("local", overrides=json.loads(sys.argv[1]))
-bronze.run(build_session(config), config, "killed")
+flights = next(s for s in bronze.sources(config) if s.name == "flights")
+bronze.ingest(build_session(config), config, flights, "killed")
 """
 
 
@@ -248,7 +249,7 @@ def test_killed_process_then_rerun_lands_each_record_once(spark: SparkSession,
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
     assert tables.read(spark, config, "bronze_flights").count() == 842 + 943
-    result = by_table(bronze.run(spark, config, "rerun"))["bronze_flights"]
-    assert "already committed by an interrupted run" in result["message"]
-    assert result["rows_in"] == 914
+    counts = bronze.ingest(spark, config, flights_source(config), "rerun")
+    assert "already committed by an interrupted run" in " ".join(counts.notes())
+    assert counts.rows == 914
     each_record_once(spark, config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import tables
@@ -151,7 +151,7 @@ def test_small_file_against_recent_history_warns_and_keeps_rows(
 
 
 def flight_events(spark: SparkSession, events: list[tuple[str, str, dict | str]],
-                  first_offset: int = 0) -> "DataFrame":
+                  first_offset: int = 0) -> DataFrame:
     """Bronze flight events: (event_type, event_time, flight or raw text) as Kafka records."""
     import json
 

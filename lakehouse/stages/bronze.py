@@ -44,7 +44,6 @@ from lakehouse.bronze import (
     header_names,
     profile_landed,
     records_per_file,
-    same_file,
     with_event_lineage,
     with_lineage,
 )
@@ -325,7 +324,7 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
     Kafka come out as themselves, not wrapped by Spark."""
     table = source.table
     lock = os.path.join(config.checkpoints, table, "run.lock")
-    with tables.exclusive_run(lock, f"bronze {table}"):
+    with tables.exclusive_run(lock, f"the ingestion of {table}"):
         query = tables.start_stream(stream_of(spark, config, source), batches,
                                     checkpoint(config, table), f"{table}-{uuid.uuid4().hex[:8]}",
                                     interval)
@@ -481,6 +480,9 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
     tables.create_audit(spark, config)
     with ExitStack() as stack:
         for source in sources(config):
+            if source.kind == "files":  # a folder to watch, even before anything has landed
+                tables.ensure_folder(os.path.join(config.landing, source.name))
+
             def audit_batch(counts: Counts, table: str = source.table) -> None:
                 with audited(spark, config, run_id, "bronze", table) as audit:
                     audit_row(audit, spark, config, table, counts)
