@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -341,6 +342,7 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
             raise
         finally:
             if query.isActive:
+                between_batches(query)
                 query.stop()
 
 
@@ -352,6 +354,14 @@ KAFKA_REPLAY_METRICS_BUG = 'because the return value of "scala.Option.get()" is 
 
 def after_kafka_replay_bug(error: BaseException) -> bool:
     return KAFKA_REPLAY_METRICS_BUG in str(error)
+
+
+def between_batches(query: StreamingQuery, timeout: float = 60) -> None:
+    """Wait (up to timeout) for a running micro-batch to end, so that stopping the query does
+    not interrupt its write (harmless, it is replayed, but noisy)."""
+    deadline = time.monotonic() + timeout
+    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def kafka_error(source: Source, error: Exception) -> Exception:
