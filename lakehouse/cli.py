@@ -1,4 +1,5 @@
-"""`lakehouse` command line: seed the landing zone, run jobs and the daily workflow, inspect."""
+"""`lakehouse` command line: seed the landing zone, produce events, run jobs and the daily
+workflow, inspect."""
 
 from __future__ import annotations
 
@@ -42,6 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
                      help="daily: comma-separated subset of bronze,silver,gold,train,score")
     run.add_argument("--full", action="store_true",
                      help="gold (alone or in daily): rebuild in full instead of incrementally")
+    run.add_argument("--continuous", action="store_true",
+                     help="bronze: a micro-batch per source every bronze.continuous_interval "
+                          "until stopped (Ctrl-C or SIGTERM), instead of what is there now")
+
+    with_env(sub.add_parser(
+        "migrate", help="once, for bronze tables written by the file-ledger version: record the "
+                        "files they hold in new stream checkpoints, ingest the rest"))
+
+    produce = with_env(sub.add_parser(
+        "produce", help="replay real flights as JSON events to Kafka (schedule, then outcome)"))
+    produce.add_argument("--from", dest="start", type=_date, required=True)
+    produce.add_argument("--to", dest="end", type=_date, required=True)
+    produce.add_argument("--speedup", type=float, default=0.0,
+                         help="event time runs this many times faster than real time "
+                              "(0: as fast as the broker takes them)")
+    produce.add_argument("--burst-at", type=float, default=None,
+                         help="seconds after the start of a burst of --burst-factor x the rate")
+    produce.add_argument("--burst-factor", type=float, default=10.0)
+    produce.add_argument("--burst-seconds", type=float, default=60.0)
+    produce.add_argument("--duplicates", type=float, default=0.0,
+                         help="share of events sent a second time, a little later")
+    produce.add_argument("--limit", type=int, default=None, help="send at most this many flights")
+    produce.add_argument("--seed", type=int, default=13)
 
     with_env(sub.add_parser("status", help="print the latest audit rows"))
     describe = with_env(sub.add_parser(
@@ -60,6 +84,16 @@ def cmd_seed(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler stopping the job) stops the streams as Ctrl-C does."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from lakehouse import workflow
     from lakehouse.session import build_session
@@ -67,6 +101,23 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     score_conf = config.section("score")
     score_range = (args.start or str(score_conf["from"]), args.end or str(score_conf["to"]))
     spark = build_session(config)
+    if args.continuous:
+        if args.job != "bronze":
+            raise ValueError(f"--continuous runs the bronze job only, not {args.job!r}")
+        from lakehouse.stages import bronze
+
+        stop_on_sigterm()
+        run_id = workflow.new_run_id()
+        while True:
+            try:
+                bronze.run_continuous(spark, config, run_id)
+            except KeyboardInterrupt:
+                print("bronze: stopped; every micro-batch committed so far is in bronze")
+            except bronze.EventSourceError as error:
+                if bronze.after_kafka_replay_bug(error):
+                    continue  # the replayed micro-batch is committed: go on from there
+                raise
+            return 0
     if args.job == "daily":
         stages = tuple(args.stages.split(",")) if args.stages else workflow.STAGES
         for stage in stages:
@@ -81,6 +132,31 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
                    args.job: workflow.run_stage(spark, config, args.job, run_id, score_range,
                                                 full_gold=args.full)}
     print(workflow.report(spark, config, results))
+    return 0
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse import workflow
+    from lakehouse.session import build_session
+    from lakehouse.stages import bronze
+
+    spark = build_session(config)
+    results = bronze.run(spark, config, workflow.new_run_id(), adopt=True)
+    for row in results:
+        print(f"{row['table_name']:<22} files {row.get('files') or 0:>5}  rows appended "
+              f"{row.get('rows_in') or 0:>8}  {row.get('message') or ''}")
+    return 0
+
+
+def cmd_produce(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse.produce import Pace, produce
+
+    sent = produce(config, date.fromisoformat(args.start), date.fromisoformat(args.end),
+                   Pace(args.speedup, args.burst_at, args.burst_factor, args.burst_seconds),
+                   duplicates=args.duplicates, limit=args.limit, seed=args.seed)
+    print(f"sent {sent['events']} events ({sent['duplicates']} duplicates) of "
+          f"{sent['flights']} flights to {sent['topic']} at {sent['servers']} "
+          f"in {sent['seconds']:.1f} s")
     return 0
 
 
@@ -151,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(getattr(args, "env", "local"))
     commands = {"seed": cmd_seed, "run": cmd_run, "status": cmd_status,
-                "describe": cmd_describe, "contracts": cmd_contracts}
+                "describe": cmd_describe, "contracts": cmd_contracts, "migrate": cmd_migrate,
+                "produce": cmd_produce}
     try:
         return commands[args.command](config, args)
     except Exception as error:  # a clear one-line reason, then the exit code

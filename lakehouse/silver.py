@@ -8,7 +8,13 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakehouse.bronze import CORRUPT_COLUMN, SOURCE_COLUMNS
+from lakehouse.bronze import (
+    CORRUPT_COLUMN,
+    INVALID_BYTES_COLUMN,
+    MISSING_COLUMN,
+    SOURCE_COLUMNS,
+    raw_schema,
+)
 from lakehouse.functions import (
     clean_text,
     local_hhmm_to_utc,
@@ -18,7 +24,15 @@ from lakehouse.functions import (
 )
 
 RAW = "_raw"
-LINEAGE = ("_source_file", "_ingested_at", "_run_id")
+EVENT_TIME = "_event_time"
+EVENT_TYPE = "_event_type"
+# Kept on every silver row: where the record came from, when it was ingested, by which run,
+# and, for an event, when it became known (null for landed files).
+LINEAGE = ("_source_file", "_ingested_at", "_run_id", EVENT_TIME)
+# What bronze noted about a record, read by silver's rules; absent from tables written by
+# earlier versions and from events: null there.
+NOTED: dict[str, str] = {MISSING_COLUMN: "array<string>", INVALID_BYTES_COLUMN:
+                         "map<string,binary>", EVENT_TIME: "timestamp", EVENT_TYPE: "string"}
 
 # Columns of each silver table with the type bronze text is parsed to ("string" = text as is).
 TYPES: dict[str, dict[str, str]] = {
@@ -55,7 +69,8 @@ def parse_columns(table: str) -> Callable[[DataFrame], DataFrame]:
     """Parse every source column to its silver type, keeping the raw record in `_raw`."""
 
     def transform(df: DataFrame) -> DataFrame:
-        missing = [c for c in (*TYPES[table], CORRUPT_COLUMN, *LINEAGE) if c not in df.columns]
+        missing = [c for c in (*TYPES[table], CORRUPT_COLUMN, *LINEAGE)
+                   if c not in df.columns and c not in NOTED]
         if missing:
             raise MissingColumnsError(f"bronze {table} batch lacks columns {missing}; "
                                       f"it has {df.columns}")
@@ -64,7 +79,10 @@ def parse_columns(table: str) -> Callable[[DataFrame], DataFrame]:
             for c, t in TYPES[table].items()
         ]
         raw = F.struct(*[F.col(c) for c in SOURCE_COLUMNS[table] if c in df.columns])
-        return df.select(*parsed, raw.alias(RAW), F.col(CORRUPT_COLUMN), *LINEAGE)
+        noted = [(F.col(c) if c in df.columns else F.lit(None).cast(t)).alias(c)
+                 for c, t in NOTED.items()]
+        return df.select(*parsed, raw.alias(RAW), F.col(CORRUPT_COLUMN),
+                         *[c for c in LINEAGE if c not in NOTED], *noted)
 
     return transform
 
@@ -85,6 +103,7 @@ def with_flight_times(airports: DataFrame, planes: DataFrame) -> Callable[[DataF
         arr_day = F.when(F.col("sched_arr_time") < F.col("sched_dep_time"),
                          F.date_add(flight_date, 1)).otherwise(flight_date)
         arr_utc = local_hhmm_to_utc(arr_day, F.col("sched_arr_time"), F.col("_dest_tz"))
+        outcome_known = F.coalesce(F.col(EVENT_TYPE) != "scheduled", F.lit(True))
         return joined.withColumns({
             "flight_date": flight_date,
             "flight_id": F.concat_ws("_", flight_date.cast("string"), "carrier",
@@ -92,8 +111,10 @@ def with_flight_times(airports: DataFrame, planes: DataFrame) -> Callable[[DataF
             "time_hour": parse_utc(F.col(f"{RAW}.time_hour")),
             "sched_dep_utc": dep_utc,
             "sched_arr_utc": arr_utc,
-            "cancelled": F.col("dep_time").isNull(),
-            "diverted": F.col("dep_time").isNotNull() & F.col("arr_delay").isNull(),
+            # A schedule event: the outcome is not known yet (null), not "cancelled".
+            "cancelled": F.when(outcome_known, F.col("dep_time").isNull()),
+            "diverted": F.when(outcome_known,
+                               F.col("dep_time").isNotNull() & F.col("arr_delay").isNull()),
             "dest_known": F.coalesce("dest_known", F.lit(False)),
             "plane_known": F.coalesce("plane_known", F.lit(False)),
         })
@@ -123,8 +144,10 @@ def clean_weather(max_wind_speed: float, max_wind_gust: float) -> Callable[[Data
 
 
 def latest_landed_first() -> list[Column]:
-    """Among rows of one natural key, the order in which the most recently landed comes first."""
-    return [F.col("_ingested_at").desc(), F.col("_source_file").desc()]
+    """Among rows of one natural key, the order in which the newest comes first: the latest
+    event (by event time), else the most recently landed."""
+    return [F.col(EVENT_TIME).desc_nulls_last(), F.col("_ingested_at").desc(),
+            F.col("_source_file").desc()]
 
 
 def drop_duplicate_keys(keys: tuple[str, ...]) -> Callable[[DataFrame], DataFrame]:
@@ -158,6 +181,37 @@ def to_silver(table: str) -> Callable[[DataFrame], DataFrame]:
         return df.select(*OUTPUT[table], *LINEAGE)
 
     return transform
+
+
+EVENT_TYPES = ("scheduled", "outcome")
+
+
+def from_flight_events(df: DataFrame) -> DataFrame:
+    """Bronze flight events (Kafka records) as bronze flights rows: the JSON value's flight
+    columns as text, the event's type and time, the record's topic/partition@offset as its
+    source. A value that is not one JSON object is kept whole as corrupt; absent keys are
+    listed as missing (a schedule event carries the outcome keys as null)."""
+    schema = T.StructType([*raw_schema("flights").fields,
+                           T.StructField("event_type", T.StringType()),
+                           T.StructField("event_time", T.StringType()),
+                           T.StructField(CORRUPT_COLUMN, T.StringType())])
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN}
+    expected = F.array(*[F.lit(c) for c in (*SOURCE_COLUMNS["flights"], "event_type",
+                                            "event_time")])
+    parsed = df.select(F.from_json("value", schema, options).alias("e"),
+                       F.json_object_keys("value").alias("_keys"), "*")
+    well_formed = F.col(f"e.{CORRUPT_COLUMN}").isNull()
+    missing = F.array_except(expected, "_keys")
+    return parsed.select(
+        *[F.col(f"e.{c}").alias(c) for c in SOURCE_COLUMNS["flights"]],
+        F.col(f"e.{CORRUPT_COLUMN}").alias(CORRUPT_COLUMN),
+        F.when(well_formed & (F.size(missing) > 0), missing).alias(MISSING_COLUMN),
+        F.col(INVALID_BYTES_COLUMN),
+        F.format_string("kafka:%s/%d@%d", "topic", "partition", "offset").alias("_source_file"),
+        "_ingested_at", "_run_id",
+        parse_utc(F.col("e.event_time")).alias(EVENT_TIME),
+        F.col("e.event_type").alias(EVENT_TYPE),
+    )
 
 
 QUARANTINE_SCHEMA = T.StructType([

@@ -1,25 +1,32 @@
-"""All table IO: Delta reads, writes, merges, landing-zone readers and the audit log.
+"""All table IO: Delta reads, writes, merges, landing-zone and Kafka streams, the audit log.
 
 A table location from conf is a Delta path when it contains "/", else a catalog table name.
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
+import io
 import os
 import re
+import json
+import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse.config import Config
 
@@ -31,9 +38,15 @@ def _is_path(location: str) -> bool:
 def exists(spark: SparkSession, config: Config, name: str) -> bool:
     """Whether the logical table has been created."""
     location = config.table(name)
-    if _is_path(location):
-        return DeltaTable.isDeltaTable(spark, location)
-    return bool(spark.catalog.tableExists(location))
+    if not _is_path(location):
+        return bool(spark.catalog.tableExists(location))
+    # Not DeltaTable.isDeltaTable: it answers from the session's cached log of the path, so a
+    # table another process created after the first look stays "missing" for the session.
+    try:
+        DeltaTable.forPath(spark, location)
+    except AnalysisException:
+        return False
+    return True
 
 
 def delta_table(spark: SparkSession, config: Config, name: str) -> DeltaTable:
@@ -107,39 +120,21 @@ def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) 
     _save(writer, config.table(name))
 
 
-def commit_tags(spark: SparkSession, config: Config, name: str) -> Iterator[str | None]:
-    """The userMetadata of the table's commits, newest first, read from its Delta log files.
-
-    Each step costs one small file read (the listing is done once), where DeltaTable.history()
-    plans a query.
-    """
-    location = config.table(name)
-    if not _is_path(location):
-        location = spark.sql(f"DESCRIBE DETAIL {location}").first()["location"]
-    fs, log = _hadoop_fs(spark, f"{location}/_delta_log")
-    if not fs.exists(log):
-        return
-    # Each commit is opened by its Hadoop Path: a location with a space or % in it has no
-    # string spelling that every file system reads back the same.
-    commits = {int(name.split(".")[0]): status.getPath() for status in fs.listStatus(log)
-               if (name := status.getPath().getName()).endswith(".json")}
-    for version in sorted(commits, reverse=True):
-        infos = [json.loads(line).get("commitInfo") for line in
-                 _hadoop_read_path(spark, fs, commits[version]).splitlines()
-                 if "commitInfo" in line]
-        yield next((info.get("userMetadata") for info in infos if info), None)
-
-
 def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
-          changed_columns: Iterable[str] | None = None, target_filter: str | None = None,
-          tag: str | None = None, delete_flag: str | None = None) -> dict[str, str]:
+          changed_columns: Iterable[str] | None = None, newer: str | None = None,
+          target_filter: str | None = None, tag: str | None = None,
+          delete_flag: str | None = None) -> dict[str, str]:
     """Upsert df into the table on its natural key; create the table on first use.
 
     Matched rows are updated only where one of changed_columns differs, so re-running the same
-    batch leaves every row as it was. target_filter (SQL on the target `t`) narrows the target
-    rows the merge can touch, so Delta skips the files outside it. Source rows whose
-    delete_flag column is true delete their matched target row. tag is stored as the commit's
-    userMetadata. Returns Delta's operation metrics of the commit.
+    batch leaves every row as it was; with `newer` (a timestamp column), only by a row at
+    least as new as the table's (a late, older event does not undo a newer one; a null on
+    either side does not hold the update back). Columns the table lacks are added (Delta's
+    schema evolution), so a table written by an earlier version takes new lineage columns.
+    target_filter (SQL on the target `t`) narrows the target rows the merge can touch, so
+    Delta skips the files outside it. Source rows whose delete_flag column is true delete their
+    matched target row. tag is stored as the commit's userMetadata. Returns Delta's operation
+    metrics of the commit.
     """
     if not exists(spark, config, name):
         rows = df.filter(~F.col(delete_flag)).drop(delete_flag) if delete_flag else df
@@ -154,7 +149,10 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     # generated code is large enough to compile slowly or not at all (bench/gold.py).
     differs = (f"NOT (struct({', '.join(f't.`{c}`' for c in compare)}) <=> "
                f"struct({', '.join(f's.`{c}`' for c in compare)}))") if compare else ""
-    builder = delta_table(spark, config, name).alias("t").merge(df.alias("s"), condition)
+    target = delta_table(spark, config, name)
+    if newer is not None and differs and newer in target.toDF().columns:
+        differs = f"({differs}) AND NOT coalesce(s.`{newer}` < t.`{newer}`, false)"
+    builder = target.alias("t").merge(df.alias("s"), condition).withSchemaEvolution()
     if delete_flag:
         columns = {f"`{c}`": f"s.`{c}`" for c in df.columns if c != delete_flag}
         builder = (builder.whenMatchedDelete(condition=f"s.`{delete_flag}`")
@@ -267,26 +265,111 @@ def read_stream(spark: SparkSession, config: Config, name: str) -> DataFrame:
     return reader.load(location) if _is_path(location) else reader.table(location)
 
 
-def read_landing(spark: SparkSession, files: list[str], fmt: str, schema: T.StructType,
-                 corrupt_column: str) -> DataFrame:
-    """Read landed files (URIs as list_files gives them), one row per non-blank data line,
-    malformed lines kept whole in corrupt_column.
+# --- landed files ---------------------------------------------------------------------------
 
-    JSON lines are read as text and parsed line by line: the JSON reader would turn a line
-    holding an array into several records, or none.
+FILE_STREAM_SCHEMA = T.StructType([
+    T.StructField("path", T.StringType(), False),
+    T.StructField("modificationTime", T.TimestampType(), False),
+    T.StructField("length", T.LongType(), False),
+    T.StructField("content", T.BinaryType(), True),
+])
+FILE_SOURCES = ("files", "cloudFiles")
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another run holds the lock of the same stream: two runs of one source at once."""
+
+
+def landed_files(spark: SparkSession, folder: str) -> list[str]:
+    """Every file under a landing folder, subfolders included, as Spark's file sources see
+    it (names starting with "_" or "." and copies in progress skipped); [] when the folder
+    does not exist. Spark lists it on the driver: nothing is read."""
+    try:
+        listing = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+        return sorted(listing.load(folder).inputFiles())
+    except AnalysisException as error:
+        if "PATH_NOT_FOUND" in str(error):
+            return []
+        raise
+
+
+def ensure_folder(folder: str) -> None:
+    """Create a local folder if it is missing (other file systems have no empty folders)."""
+    parts = urlparse(folder)
+    if parts.scheme in ("", "file"):
+        os.makedirs(url2pathname(parts.path) if parts.scheme else folder, exist_ok=True)
+
+
+def landed_file_stream(spark: SparkSession, folder: str, file_source: str,
+                       max_files: int) -> DataFrame:
+    """The files landing under a folder (subfolders included) as a stream of their paths:
+    each file in one micro-batch of at most max_files, oldest first.
+
+    file_source "files" is Spark's file source: a file is known by its name (fileNameOnly),
+    so a data root moved or restored at another path is not read again, and files of any
+    age are taken (maxFileAge; by default a file older than the newest by a week is
+    skipped). "cloudFiles" is Auto Loader on Databricks (it knows files by full path).
+    Only the paths are read here: bronze parses each micro-batch's files itself.
     """
-    if fmt == "json":
-        options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt_column}
-        lines = (spark.read.format("text").load(_reader_paths(files))
-                 .filter(F.col("value").rlike(r"\S")))
-        return lines.select(F.from_json("value", schema, options).alias("_parsed"),
-                            "_metadata").select("_parsed.*", "_metadata")
-    reader = (spark.read.format(fmt).schema(schema)
-              .option("mode", "PERMISSIVE")
-              .option("columnNameOfCorruptRecord", corrupt_column))
-    if fmt == "csv":
-        reader = reader.option("header", "true").option("enforceSchema", "true")
+    if file_source == "files":
+        reader = (spark.readStream.format("binaryFile").schema(FILE_STREAM_SCHEMA)
+                  .option("recursiveFileLookup", "true").option("fileNameOnly", "true")
+                  .option("maxFileAge", "36500d").option("maxFilesPerTrigger", max_files))
+    elif file_source == "cloudFiles":
+        reader = (spark.readStream.format("cloudFiles").option("cloudFiles.format", "binaryFile")
+                  .option("cloudFiles.maxFilesPerTrigger", max_files))
+    else:
+        raise ValueError(f"bronze.file_source must be one of {list(FILE_SOURCES)}, "
+                         f"got {file_source!r}")
+    return reader.load(folder).select("path", "modificationTime", "length")
+
+
+def batch_files(batch: DataFrame) -> list[str]:
+    """The files of a micro-batch of landed_file_stream (their contents are not read)."""
+    return sorted(r[0] for r in batch.select("path").collect())
+
+
+def read_csv_files(spark: SparkSession, files: list[str], width: int,
+                   corrupt_column: str) -> DataFrame:
+    """CSV files whose headers have `width` columns, as _col1.._col<width> (all text),
+    malformed records kept whole in corrupt_column, plus Spark's _metadata.
+
+    RFC 4180: a quoted field may hold line breaks and "" stands for a quote (multiLine,
+    escape). Read as ISO-8859-1, which maps every byte to one character: the landed bytes
+    are kept exactly, for bronze to decode in the source's charset.
+    """
+    schema = T.StructType([*(T.StructField(f"_col{i + 1}", T.StringType()) for i in range(width)),
+                           T.StructField(corrupt_column, T.StringType())])
+    reader = (spark.read.format("csv").schema(schema)
+              .option("header", "true").option("enforceSchema", "true")
+              .option("multiLine", "true").option("escape", '"')
+              .option("encoding", "ISO-8859-1")
+              .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", corrupt_column))
     return reader.load(_reader_paths(files)).select("*", "_metadata")
+
+
+def read_text_files(spark: SparkSession, files: list[str]) -> DataFrame:
+    """Lines of text files with Spark's _metadata; the bytes of each line are kept as landed
+    (the text source does not decode them)."""
+    return spark.read.format("text").load(_reader_paths(files)).select("value", "_metadata")
+
+
+def landed_bytes(spark: SparkSession, files: list[str]) -> Iterator[tuple[str, BinaryIO]]:
+    """Each landed file's bytes as a stream, to count its records independently of Spark's
+    parsers: local files (file: URIs) from the driver's disk at disk speed, files on other
+    file systems through Spark's binaryFile source."""
+    remote = []
+    for uri in files:
+        parts = urlparse(uri)
+        if parts.scheme == "file":
+            with open(url2pathname(parts.path), "rb") as stream:
+                yield uri, stream
+        else:
+            remote.append(uri)
+    if remote:
+        contents = spark.read.format("binaryFile").load(_reader_paths(remote))
+        for row in contents.select("path", "content").toLocalIterator():
+            yield row["path"], io.BytesIO(row["content"])
 
 
 def _reader_paths(uris: list[str]) -> list[str]:
@@ -295,193 +378,83 @@ def _reader_paths(uris: list[str]) -> list[str]:
     return [re.sub(r"([{}\[\]*?\\])", r"\\\1", unquote(uri)) for uri in uris]
 
 
-def landed_lines(spark: SparkSession, files: list[str],
-                 header: bool) -> dict[str, tuple[int, str]]:
-    """Per landed file: its non-blank lines less the header line (what bronze must hold) and
-    its first non-blank line (the CSV header).
+# --- events ---------------------------------------------------------------------------------
 
-    Local files are counted on the driver from their bytes, independently of Spark's parsers
-    and at disk speed; files on other file systems in one Spark text scan.
+def kafka_stream(spark: SparkSession, settings: dict[str, Any]) -> DataFrame:
+    """A Kafka topic as a stream (Spark's Kafka source): each micro-batch at most
+    max_offsets_per_trigger records; a broker that does not answer fails the query within
+    about timeout_seconds, a missing topic within a few seconds."""
+    timeout_ms = str(int(float(settings.get("timeout_seconds", 10)) * 1000))
+    return (spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", str(settings["bootstrap_servers"]))
+            .option("subscribe", str(settings["topic"]))
+            .option("startingOffsets", str(settings.get("starting_offsets", "earliest")))
+            .option("maxOffsetsPerTrigger", int(settings.get("max_offsets_per_trigger", 20000)))
+            .option("failOnDataLoss", "true")
+            .option("kafka.default.api.timeout.ms", timeout_ms)
+            .option("kafka.request.timeout.ms", timeout_ms)
+            .option("fetchOffset.numRetries", "1")
+            .load())
+
+
+# --- streaming queries ----------------------------------------------------------------------
+
+def start_stream(df: DataFrame, process: Callable[[DataFrame, int], None], checkpoint: str,
+                 name: str, interval: str | None = None) -> StreamingQuery:
+    """Start a query that hands each micro-batch to process, its progress in checkpoint:
+    every available micro-batch, then stop (interval None), or one every interval."""
+    writer = (df.writeStream.foreachBatch(process).option("checkpointLocation", checkpoint)
+              .queryName(name))
+    trigger = {"availableNow": True} if interval is None else {"processingTime": interval}
+    return writer.trigger(**trigger).start()
+
+
+def new_commit_tagged(spark: SparkSession, config: Config, name: str, tag: str,
+                      since: int | None) -> bool:
+    """Whether a commit after version `since` (any, when None) carries tag as userMetadata:
+    tells a write that Delta made from one it skipped as already committed (txnVersion)."""
+    latest = version(spark, config, name)
+    if latest is None or (since is not None and latest <= since):
+        return False
+    commits = latest - since if since is not None else latest + 1
+    history = delta_table(spark, config, name).history(commits).select("userMetadata")
+    return any(row[0] == tag for row in history.collect())
+
+
+@contextmanager
+def exclusive_run(lock_file: str, what: str) -> Iterator[None]:
+    """Hold an exclusive lock for one run of a stream: a second run of it at the same time
+    fails at once with ConcurrentRunError naming the first.
+
+    An OS lock (flock) on a local file, released when the process ends however it ends
+    (kill -9 included). On other file systems nothing is locked here: a second run is then
+    stopped by Spark's checkpoint (which refuses a batch another run wrote) or Delta's
+    transaction check, and nothing is appended twice either way.
     """
-    counted = {}
-    for f in files:
-        local = _local_path(spark, f)
-        if local is not None:
-            with open(local, "rb") as stream:
-                counted[f] = count_lines(stream, header)
-    return {**counted, **landed_lines_in_spark(spark, [f for f in files if f not in counted],
-                                             header)}
-
-
-def count_lines(stream: BinaryIO, header: bool, chunk: int = 1 << 22) -> tuple[int, str]:
-    """Non-blank lines of a byte stream (less a header line) and its first non-blank line, read
-    a chunk at a time; lines end at LF, CR or CRLF, as in Spark's line reader."""
-    count, first, carry = 0, None, b""
-    for block in iter(lambda: stream.read(chunk), b""):
-        lines = (carry + block).splitlines(keepends=True)
-        # The last line may go on in the next block (a CRLF split by a block edge leaves a
-        # blank line, which is not counted).
-        carry = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
-        for line in lines:
-            if line.strip():
-                count += 1
-                first = line.rstrip(b"\r\n") if first is None else first
-    if carry.strip():
-        count += 1
-        first = carry if first is None else first
-    text = first.decode("utf-8", errors="replace") if first is not None else ""
-    return max(count - int(header), 0), text
-
-
-def landed_lines_in_spark(spark: SparkSession, files: list[str],
-                        header: bool) -> dict[str, tuple[int, str]]:
-    if not files:
-        return {}
-    # A landed file is read as one split, so ids grow with line order inside each file.
-    lines = (spark.read.text(_reader_paths(files))
-             .select(F.col("_metadata.file_path").alias("file"), "value",
-                     F.monotonically_increasing_id().alias("_line"))
-             .filter(F.col("value").rlike(r"\S")))
-    counts = lines.groupBy("file").agg(F.count(F.lit(1)).alias("lines"),
-                                       F.min_by("value", "_line").alias("first")).collect()
-    return {r["file"]: (int(r["lines"]) - int(header), str(r["first"] or "")) for r in counts}
-
-
-def _local_path(spark: SparkSession, uri: str) -> str | None:
-    """The driver's path of a file: URI (percent-encoded) or of a path without a scheme when
-    the default file system is local; None for other file systems (a path without a scheme is
-    on DBFS on Databricks, on HDFS on YARN)."""
-    parts = urlparse(uri)
-    if parts.scheme:
-        return url2pathname(parts.path) if parts.scheme == "file" else None
-    default = spark.sparkContext._jsc.hadoopConfiguration().get("fs.defaultFS", "file:///")
-    return uri if urlparse(str(default)).scheme == "file" else None
-
-
-def _hadoop_fs(spark: SparkSession, uri: str):  # type: ignore[no-untyped-def]
-    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
-
-
-def _hidden(name: str) -> bool:
-    """Names Spark's file sources skip: hidden, side files, copies in progress."""
-    return name.startswith((".", "_")) or name.endswith("._COPYING_")
-
-
-def list_files(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]:
-    """The files of a folder as (percent-encoded URI, modification time in ms, size), hidden
-    files skipped.
-
-    Local folders are listed by the driver's OS (a new day's run should cost what the new day
-    costs); other file systems through Hadoop.
-    """
-    local = _local_path(spark, folder)
-    if local is not None:
-        return _local_list(local)
-    return _hadoop_list(spark, folder)
-
-
-def _local_list(folder: str) -> list[tuple[str, int, int]]:
-    if not os.path.isdir(folder):
-        return []
-    files = []
-    for entry in os.scandir(folder):
-        if _hidden(entry.name):
-            continue
-        try:
-            if entry.is_file():
-                stat = entry.stat()
-                files.append((Path(os.path.abspath(entry.path)).as_uri(),
-                              stat.st_mtime_ns // 1_000_000, stat.st_size))
-        except FileNotFoundError:  # renamed or removed while listed: not there
-            continue
-    return files
-
-
-def _hadoop_list(spark: SparkSession, folder: str) -> list[tuple[str, int, int]]:
-    fs, path = _hadoop_fs(spark, folder)
-    if not fs.exists(path):
-        return []
-    return [(s.getPath().toUri().toString(), int(s.getModificationTime()), int(s.getLen()))
-            for s in fs.listStatus(path) if s.isFile() and not _hidden(s.getPath().getName())]
-
-
-def read_text(spark: SparkSession, uri: str) -> str | None:
-    """The text of a small file on any file system (None when it does not exist)."""
-    local = _local_path(spark, uri)
-    if local is not None:
-        try:
-            return Path(local).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-    return _hadoop_read(spark, uri)
-
-
-def _hadoop_read(spark: SparkSession, uri: str) -> str | None:
-    fs, path = _hadoop_fs(spark, uri)
-    return _hadoop_read_path(spark, fs, path) if fs.exists(path) else None
-
-
-def _hadoop_read_path(spark: SparkSession, fs, path) -> str:  # type: ignore[no-untyped-def]
-    stream = fs.open(path)
-    try:
-        return str(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-    finally:
-        stream.close()
-
-
-def create_text(spark: SparkSession, uri: str, text: str) -> None:
-    """Create a small file whole (readers see it complete or not at all); FileExistsError
-    when it is already there."""
-    local = _local_path(spark, uri)
-    if local is None:
-        _hadoop_create(spark, uri, text)
+    parts = urlparse(lock_file)
+    if parts.scheme not in ("", "file"):
+        yield
         return
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    partial = f"{local}.{uuid.uuid4().hex}.tmp"
-    with open(partial, "w", encoding="utf-8") as out:
-        out.write(text)
-    try:
+    path = url2pathname(parts.path) if parts.scheme else lock_file
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
         try:
-            os.link(partial, local)  # fails when the file exists, where a rename replaces it
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links (some FUSE and network mounts): look, then rename
-            if os.path.exists(local):
-                raise FileExistsError(f"{local} exists") from None
-            os.replace(partial, local)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
-def _hadoop_create(spark: SparkSession, uri: str, text: str) -> None:
-    fs, path = _hadoop_fs(spark, uri)
-    _, partial = _hadoop_fs(spark, f"{uri}.{uuid.uuid4().hex}.tmp")
-    out = fs.create(partial, False)
-    try:
-        out.write(bytearray(text.encode("utf-8")))
-    finally:
-        out.close()
-    if fs.exists(path) or not fs.rename(partial, path):
-        fs.delete(partial, False)
-        raise FileExistsError(f"{uri} exists")
-
-
-def delete_file(spark: SparkSession, uri: str) -> None:
-    """Remove a file if it is there."""
-    local = _local_path(spark, uri)
-    if local is None:
-        fs, path = _hadoop_fs(spark, uri)
-        fs.delete(path, False)
-    elif os.path.exists(local):
-        os.remove(local)
-
-
-def latest_file(folder: str, pattern: str) -> str | None:
-    """The last file (by name, which carries its date) in a local landing folder."""
-    files = sorted(Path(folder).glob(pattern))
-    return str(files[-1]) if files else None
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConcurrentRunError(
+                f"{what} is being run by {holder} (lock {path}); this run stopped before "
+                "reading anything. Let that run finish (one run per source at a time).") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 AUDIT_SCHEMA = T.StructType([
@@ -503,6 +476,13 @@ AUDIT_SCHEMA = T.StructType([
     T.StructField("version_written", T.LongType(), True),
     T.StructField("message", T.StringType(), True),
 ])
+
+
+def create_audit(spark: SparkSession, config: Config) -> None:
+    """Create the audit table if it is not there: writers running side by side (streams'
+    micro-batches) would otherwise race to create it."""
+    if not exists(spark, config, "audit"):
+        append(spark.createDataFrame([], AUDIT_SCHEMA), config, "audit")
 
 
 def write_audit(spark: SparkSession, config: Config, rows: list[dict[str, object]]) -> None:

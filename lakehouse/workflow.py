@@ -12,17 +12,32 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from lakehouse import registry, tables
+from lakehouse.bronze import BronzeAccountingError
 from lakehouse.config import Config
 from lakehouse.contracts import ContractViolation
 from lakehouse.stages import bronze, gold, score, silver, train
+from lakehouse.tables import ConcurrentRunError
 from lakehouse.training import TrainingDataError
 
 log = logging.getLogger("lakehouse")
 STAGES = ("bronze", "silver", "gold", "train", "score")
 TRAIN_MODES = ("auto", "always", "never")
-# Errors about the data, not the machine: retrying cannot help.
+# Errors about the data, not the machine: retrying cannot help. Nor can retrying a run that
+# overlapped another run of the same stream: a retry would race it again.
 PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError, ValueError,
+                    ConcurrentRunError, BronzeAccountingError, bronze.MigrationRequiredError,
                     gold.GoldInputError)
+# How Spark's checkpoint and Delta's transaction check report a second writer of one stream
+# (where no lock was taken, e.g. a checkpoint on S3): the same overlap, found later.
+CONCURRENT_WRITERS = ("ConcurrentModificationException", "ConcurrentTransactionException",
+                      "CONCURRENT_STREAM_LOG_UPDATE", "DELTA_CONCURRENT_TRANSACTION",
+                      "Multiple streaming queries are concurrently using")
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether retrying a stage that failed with error cannot help (or could do harm)."""
+    return isinstance(error, PERMANENT_ERRORS) or any(
+        marker in str(error) for marker in CONCURRENT_WRITERS)
 
 
 class UnknownStageError(ValueError):
@@ -38,10 +53,8 @@ def with_retries(step: Callable[[], Any], name: str, retries: int) -> Any:
     for attempt in range(retries + 1):
         try:
             return step()
-        except PERMANENT_ERRORS:
-            raise
-        except Exception:
-            if attempt == retries:
+        except Exception as error:
+            if is_permanent(error) or attempt == retries:
                 raise
             log.warning("stage %s failed (attempt %d of %d); retrying", name, attempt + 1,
                         retries + 1, exc_info=True)

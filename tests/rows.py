@@ -27,6 +27,11 @@ PLANES = [("N14228", "1999", "Fixed wing multi engine", "BOEING", "737-824", "2"
 LINEAGE = T.StructType([T.StructField("_source_file", T.StringType()),
                         T.StructField("_ingested_at", T.TimestampType()),
                         T.StructField("_run_id", T.StringType())])
+# What bronze notes beside a record (null unless a test sets it).
+NOTED = T.StructType([T.StructField("_missing_columns", T.ArrayType(T.StringType())),
+                      T.StructField("_invalid_bytes", T.MapType(T.StringType(), T.BinaryType())),
+                      T.StructField("_event_time", T.TimestampType()),
+                      T.StructField("_event_type", T.StringType())])
 
 
 def bronze_rows(spark: SparkSession, source: str, rows: list[dict[str, Any]],
@@ -34,10 +39,12 @@ def bronze_rows(spark: SparkSession, source: str, rows: list[dict[str, Any]],
     """Rows as bronze holds them: every source column as text, corrupt text, lineage."""
     columns = SOURCE_COLUMNS[source]
     schema = T.StructType([*(T.StructField(c, T.StringType()) for c in columns),
-                           T.StructField(CORRUPT_COLUMN, T.StringType()), *LINEAGE.fields])
+                           T.StructField(CORRUPT_COLUMN, T.StringType()), *LINEAGE.fields,
+                           *NOTED.fields])
     records = [tuple(row.get(c) for c in columns)
                + (row.get(CORRUPT_COLUMN), row.get("_source_file", f"{source}.csv"),
-                  row.get("_ingested_at", ingested_at), "test-run") for row in rows]
+                  row.get("_ingested_at", ingested_at), "test-run")
+               + tuple(row.get(f.name) for f in NOTED.fields) for row in rows]
     return spark.createDataFrame(records, schema)
 
 

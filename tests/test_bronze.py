@@ -1,14 +1,9 @@
-"""Bronze ingestion of real landed files: every record once, with lineage."""
+"""Bronze ingestion of real landed files: every record once, columns by name, bytes kept."""
 
 from __future__ import annotations
 
-import contextlib
+import csv
 import io
-import json
-import os
-import signal
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -17,18 +12,23 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import tables
-from lakehouse.bronze import file_name, same_file
+from lakehouse.bronze import (
+    BronzeAccountingError,
+    check_accounting,
+    file_name,
+    header_names,
+    profile_landed,
+    single_byte_table,
+)
 from lakehouse.config import Config
 from lakehouse.seed import seed
 from lakehouse.stages import bronze
-from tests.conftest import TEST_SPARK
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def landed_lines(folder: Path, header: bool) -> dict[str, int]:
-    return {p.name: len(p.read_bytes().splitlines()) - int(header) for p in folder.iterdir()
-            if not p.name.startswith(".")}
+    """Records per file of simple exports (no quoted line breaks): lines less the header."""
+    return {p.name: len(p.read_bytes().splitlines()) - int(header) for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def bronze_lines(spark: SparkSession, config: Config, table: str) -> dict[str, int]:
@@ -37,123 +37,168 @@ def bronze_lines(spark: SparkSession, config: Config, table: str) -> dict[str, i
     return {r[0]: r[1] for r in rows}
 
 
-def test_every_landed_line_lands_once_with_lineage(spark: SparkSession, config: Config) -> None:
+def by_table(results: list[dict]) -> dict[str, dict]:
+    return {r["table_name"]: r for r in results}
+
+
+def ingest(spark: SparkSession, config: Config, source: str) -> dict:
+    """One source's ingestion alone (no snapshots, no other source), as its audit row says it."""
+    counts = bronze.ingest(spark, config, next(s for s in bronze.sources(config)
+                                               if s.name == source), "run-1")
+    return {"files": counts.files, "rows_landed": counts.landed, "rows_in": counts.rows,
+            "rows_corrupt": counts.corrupt, "message": " | ".join(counts.notes())}
+
+
+def header_and_row(landing: Path) -> tuple[str, str]:
+    lines = (landing / "flights" / "flights_2013-01-01.csv").read_text().splitlines()
+    return lines[0], lines[1]
+
+
+def test_every_landed_line_lands_once_with_lineage_and_a_rerun_commits_nothing(
+        spark: SparkSession, config: Config) -> None:
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 2))
-    results = {r["table_name"]: r for r in bronze.run(spark, config, "run-1")}
+    results = by_table(bronze.run(spark, config, "run-1"))
     assert results["bronze_flights"]["files"] == 2
+    flights = results["bronze_flights"]
+    assert flights["rows_landed"] == flights["rows_in"] == 842 + 943
     assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
     assert bronze_lines(spark, config, "bronze_weather") == landed_lines(landing / "weather", False)
-    flights = tables.read(spark, config, "bronze_flights")
-    lineage = flights.agg(*(F.sum(F.col(c).isNull().cast("int")).alias(c) for c in
-                            ("_source_file", "_source_modified_at", "_ingested_at", "_run_id")))
+    rows = tables.read(spark, config, "bronze_flights")
+    lineage = rows.agg(*(F.sum(F.col(c).isNull().cast("int")).alias(c) for c in
+                         ("_source_file", "_source_modified_at", "_ingested_at", "_run_id")))
     assert all(v == 0 for v in lineage.first().asDict().values())
-    assert flights.filter(F.col("dep_time") == "NA").limit(1).count() == 1  # raw text kept
+    assert rows.filter(F.col("dep_time") == "NA").limit(1).count() == 1  # raw text kept
     assert tables.read(spark, config, "bronze_planes").count() == 3322
 
-
-def test_rerun_without_new_files_commits_nothing(spark: SparkSession, config: Config) -> None:
-    seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 1))
-    bronze.run(spark, config, "run-1")
-    versions = {t: tables.version(spark, config, t) for t in ("bronze_flights", "bronze_planes")}
-    results = bronze.run(spark, config, "run-2")
-    assert {t: tables.version(spark, config, t) for t in versions} == versions
-    assert all(r["rows_in"] == 0 for r in results)
+    tables_ = ("bronze_flights", "bronze_weather", "bronze_planes")
+    versions = {t: tables.version(spark, config, t) for t in tables_}
+    assert all(r["rows_in"] == 0 for r in bronze.run(spark, config, "run-2"))
+    assert {t: tables.version(spark, config, t) for t in tables_} == versions
 
 
-def test_new_late_and_malformed_files_are_picked_up(spark: SparkSession, config: Config) -> None:
+def test_new_late_malformed_and_nested_files_are_picked_up(spark: SparkSession,
+                                                           config: Config) -> None:
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
-    bronze.run(spark, config, "run-1")
+    ingest(spark, config, "flights")
     before = tables.read(spark, config, "bronze_flights").count()
-    header = (landing / "flights" / "flights_2013-01-01.csv").read_text().splitlines()[0]
-    # A second file for an old day, with one malformed line, and an empty file.
-    (landing / "flights" / "flights_2013-01-01_late.csv").write_text(
+    header, _ = header_and_row(landing)
+    # A second file for an old day in a subfolder, with one malformed line, and an empty file.
+    (landing / "flights" / "late").mkdir()
+    (landing / "flights" / "late" / "flights_2013-01-01_late.csv").write_text(
         header + "\n2013,1,1,600,600,0,900,900,0,UA,9999,N14228,EWR,IAH,200,1400,6,0,"
         "2013-01-01T11:00:00Z\nthis line,is,broken\n")
     (landing / "flights" / "flights_2013-01-02_empty.csv").write_text("")
-    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-2")}["bronze_flights"]
+    result = ingest(spark, config, "flights")
     assert result["rows_in"] == 2 and result["rows_corrupt"] == 1
     flights = tables.read(spark, config, "bronze_flights")
     assert flights.count() == before + 2
     corrupt = flights.filter(F.col("_corrupt_record").isNotNull()).collect()
     assert [r["_corrupt_record"] for r in corrupt] == ["this line,is,broken"]
-    assert corrupt[0]["_source_file"].endswith("flights_2013-01-01_late.csv")
+    assert corrupt[0]["_source_file"].endswith("late/flights_2013-01-01_late.csv")
 
 
-def test_malformed_files_keep_every_line_and_record_drift(spark: SparkSession,
-                                                          config: Config) -> None:
+def test_two_files_of_one_name_in_subfolders_are_refused(spark: SparkSession,
+                                                         config: Config) -> None:
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    day = landing / "flights" / "flights_2013-01-01.csv"
+    (landing / "flights" / "again").mkdir()
+    (landing / "flights" / "again" / day.name).write_bytes(day.read_bytes())
+    with pytest.raises(bronze.LandingLayoutError, match=r"flights_2013-01-01.csv: .*again/"):
+        bronze.ingest(spark, config, bronze.sources(config)[0], "run-1")
+    assert not tables.exists(spark, config, "bronze_flights")
+
+
+def test_columns_are_matched_by_header_name(spark: SparkSession, config: Config) -> None:
+    """dep_delay and arr_delay swapped, an extra column, a missing one, a reordered snapshot."""
+    landing = Path(config.landing)
     folder = landing / "flights"
-    header = (folder / "flights_2013-01-01.csv").read_text().splitlines()[0]
-    good = "2013,1,2,600,600,0,900,900,0,UA,1,N14228,EWR,IAH,200,1400,6,0,2013-01-02T11:00:00Z"
-    (folder / "flights_2013-01-02.csv").write_bytes(
-        f"{header}\n{good}\n".encode() + b"2013,1,2,601,600,1,901,900,1,UA,2,N\xff\xfe8,EWR,IAH,"
-        b"200,1400,6,0,2013-01-02T11:00:00Z\n" + b"2013,1,2,602,600,2,90")  # bad UTF-8, cut off
-    (folder / "flights_2013-01-03.csv").write_text(f"{header},gate\n{good},B12\n{good},C3\n")
-    short_header = header.replace(",air_time", "")
-    short_row = good.replace(",200,1400", ",1400")
-    (folder / "flights_2013-01-04.csv").write_text(f"{short_header}\n{short_row}\n")
-    weather = landing / "weather" / "weather_2013-01-02.jsonl"
-    weather.write_text('{"origin": "EWR", "year": 2013, "month": 1, "day": 2, "hour": 1}\n'
-                       '{"origin": "EWR", "year": 2013, "mon\n')
-    results = {r["table_name"]: r for r in bronze.run(spark, config, "run-1")}
-
-    flights = results["bronze_flights"]
-    assert flights["rows_landed"] == flights["rows_in"] == 842 + 3 + 2 + 1
-    assert flights["rows_corrupt"] == 1 + 2 + 1  # truncated line, extra column, missing column
-    assert "flights_2013-01-03.csv: extra columns ['gate']" in flights["message"]
-    assert "flights_2013-01-04.csv: extra columns [], missing columns ['air_time']" in flights["message"]
-    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(folder, True)
-    utf8 = tables.read(spark, config, "bronze_flights").filter(F.col("flight") == "2").first()
-    assert utf8["tailnum"].startswith("N\ufffd")  # kept, replacement characters visible
-    assert results["bronze_weather"]["rows_corrupt"] == 1
-    assert results["bronze_weather"]["rows_in"] == results["bronze_weather"]["rows_landed"]
-
-
-def test_crash_after_write_then_rerun_lands_each_record_once(
-        spark: SparkSession, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    landing = Path(config.landing)
-    seed(landing, date(2013, 1, 1), date(2013, 1, 2))
-    real_append = tables.append
-
-    def append_then_crash(*args, **kwargs):  # type: ignore[no-untyped-def]
-        real_append(*args, **kwargs)
-        if args[2] == "bronze_flights":
-            raise RuntimeError("simulated crash after the Delta commit, before the ledger")
-
-    monkeypatch.setattr(tables, "append", append_then_crash)
-    try:
-        bronze.run(spark, config, "run-1")
-    except Exception as error:  # the ingest thread surfaces the crash
-        assert "simulated crash" in str(error)
-    else:
-        raise AssertionError("the simulated crash did not surface")
-    monkeypatch.setattr(tables, "append", real_append)
-    # A maintenance commit lands in between: the replay still finds the stream's own commit.
-    before = tables.version(spark, config, "bronze_flights")
-    tables.delta_table(spark, config, "bronze_flights").optimize().executeCompaction()
-    assert tables.version(spark, config, "bronze_flights") == before + 1
-    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-2")}["bronze_flights"]
-    assert "already committed by an interrupted run" in result["message"]
-    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
-    failed = tables.read(spark, config, "audit").filter(
-        (F.col("table_name") == "bronze_flights") & (F.col("status") == "failed")).count()
-    assert failed == 1
+    folder.mkdir(parents=True)
+    names = ["year", "month", "day", "dep_time", "sched_dep_time", "arr_delay", "arr_time",
+             "sched_arr_time", "dep_delay", "carrier", "flight", "tailnum", "origin", "dest",
+             "air_time", "distance", "hour", "minute", "time_hour"]
+    row = ["2013", "1", "2", "600", "600", "-7", "900", "900", "33", "UA", "1", "N14228", "EWR",
+           "IAH", "200", "1400", "6", "0", "2013-01-02T11:00:00Z"]
+    (folder / "swapped.csv").write_text(",".join(names) + "\n" + ",".join(row) + "\n")
+    (folder / "extra.csv").write_text(",".join([*names, "gate"]) + "\n"
+                                      + ",".join([*row[:10], "2", *row[11:], "B12"]) + "\n")
+    (folder / "short.csv").write_text(",".join(n for n in names if n != "air_time") + "\n"
+                                      + ",".join([*row[:10], "3", *row[11:14], *row[15:]]) + "\n")
+    results = ingest(spark, config, "flights")
+    rows = {r["flight"]: r for r in tables.read(spark, config, "bronze_flights").collect()}
+    assert (rows["1"]["dep_delay"], rows["1"]["arr_delay"]) == ("33", "-7")
+    assert rows["1"]["_rescued_data"] is None and rows["1"]["_missing_columns"] is None
+    assert rows["2"]["_rescued_data"] == '{"gate":"B12"}' and rows["2"]["dep_delay"] == "33"
+    assert rows["3"]["_missing_columns"] == ["air_time"] and rows["3"]["air_time"] is None
+    assert rows["3"]["distance"] == "1400"
+    assert all(r["_corrupt_record"] is None for r in rows.values())
+    message = results["message"]
+    assert "swapped.csv: columns reordered (matched by name)" in message
+    assert "extra.csv: extra columns ['gate'] kept in _rescued_data" in message
+    assert "short.csv: missing columns ['air_time'] (rows quarantined in silver)" in message
+    assert "1 record(s) with extra columns" in message and "1 record(s) lacking columns" in message
 
 
-def test_new_snapshot_replaces_reference_and_history_keeps_the_old(
-        spark: SparkSession, config: Config) -> None:
+def test_invalid_utf8_bytes_are_kept_exactly(spark: SparkSession, config: Config) -> None:
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
-    bronze.run(spark, config, "run-1")
-    old = landing / "reference" / "planes" / "planes_2013-01-01.csv"
-    lines = old.read_text().splitlines()
-    (old.parent / "planes_2013-02-01.csv").write_text("\n".join(lines[:-1]) + "\n")
-    bronze.run(spark, config, "run-2")
-    assert tables.read(spark, config, "bronze_planes").count() == 3321
-    assert tables.read(spark, config, "bronze_planes", version=0).count() == 3322
+    header, _ = header_and_row(landing)
+    bad = b"2013,1,2,601,600,1,901,900,1,UA,2,N\xff\xfe8,EWR,IAH,200,1400,6,0,2013-01-02T11:00:00Z"
+    good = "2013,1,2,602,600,1,901,900,1,UA,3,N\u00c5B8,EWR,IAH,200,1400,6,0,2013-01-02T11:00:00Z"
+    (landing / "flights" / "flights_2013-01-02.csv").write_bytes(
+        header.encode() + b"\n" + bad + b"\n" + good.encode() + b"\n")
+    result = ingest(spark, config, "flights")
+    assert "1 record(s) with bytes the source's charset cannot decode" in result["message"]
+    rows = {r["flight"]: r for r in tables.read(spark, config, "bronze_flights")
+            .filter(F.col("flight").isin("2", "3")).collect()}
+    assert rows["2"]["tailnum"] == "N\ufffd\ufffd8"  # visible as replacement characters
+    assert rows["2"]["_invalid_bytes"] == {"tailnum": bytearray(b"N\xff\xfe8")}  # recoverable
+    assert rows["3"]["tailnum"] == "N\u00c5B8" and rows["3"]["_invalid_bytes"] is None
+
+
+def test_windows_1252_export_is_read_in_its_charset(spark: SparkSession, config: Config) -> None:
+    """A no-break space in a tail number and an en dash for a minus sign, as Excel exports them."""
+    cp1252 = {**config.values, "bronze": {**config.section("bronze"), "files": {
+        "flights": {"format": "csv", "charset": "windows-1252"}}}}
+    config = Config(config.env, cp1252)
+    folder = Path(config.landing) / "flights"
+    folder.mkdir(parents=True)
+    seed(Path(config.landing) / "elsewhere", date(2013, 1, 1), date(2013, 1, 1))
+    header = (Path(config.landing) / "elsewhere" / "flights" / "flights_2013-01-01.csv"
+              ).read_text().splitlines()[0]
+    row = ("2013,1,2,600,600,\u20135,900,900,\u20137,UA,1,N\u00a0123,EWR,IAH,200,1400,6,0,"
+           "2013-01-02T11:00:00Z")
+    (folder / "export.csv").write_bytes(f"{header}\r\n{row}\r\n".encode("cp1252"))
+    landed = (folder / "export.csv").read_bytes()
+    assert b"\x96" in landed and b"\xa0" in landed
+    ingest(spark, config, "flights")
+    read = tables.read(spark, config, "bronze_flights").first()
+    assert (read["tailnum"], read["dep_delay"], read["arr_delay"]) == (
+        "N\u00a0123", "\u20135", "\u20137")
+    assert read["_invalid_bytes"] is None
+
+
+def test_quoted_line_breaks_escaped_quotes_and_ctrl_z(spark: SparkSession, config: Config) -> None:
+    landing = Path(config.landing)
+    seed(landing / "elsewhere", date(2013, 1, 1), date(2013, 1, 1))
+    header = (landing / "elsewhere" / "flights" / "flights_2013-01-01.csv"
+              ).read_text().splitlines()[0]
+    folder = landing / "flights"
+    folder.mkdir(parents=True)
+    quoted = ('2013,1,2,600,600,0,900,900,0,UA,1,"N1\r\n23",EWR,IAH,200,1400,6,0,'
+              '2013-01-02T11:00:00Z\r\n2013,1,2,600,600,0,900,900,0,UA,2,"N""Q",EWR,IAH,200,'
+              '1400,6,0,2013-01-02T11:00:00Z\r\n')
+    (folder / "quoted.csv").write_bytes(f"{header}\r\n{quoted}\x1a".encode())
+    last = "2013,1,2,600,600,0,900,900,0,UA,3,N3,EWR,IAH,200,1400,6,0,2013-01-02T11:00:00Z"
+    (folder / "glued.csv").write_bytes(f"{header}\n{last}\x1a".encode())
+    result = ingest(spark, config, "flights")
+    assert result["rows_landed"] == result["rows_in"] == 3 and result["rows_corrupt"] == 0
+    assert "Ctrl-Z) not taken for a record: glued.csv, quoted.csv" in result["message"]
+    rows = {r["flight"]: r for r in tables.read(spark, config, "bronze_flights").collect()}
+    assert rows["1"]["tailnum"] == "N1\n23" and rows["2"]["tailnum"] == 'N"Q'
+    assert rows["3"]["time_hour"] == "2013-01-02T11:00:00Z"
 
 
 def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
@@ -164,87 +209,57 @@ def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
     lines = ['{"origin": "EWR", "year": "2013", "hour": "1"}', "[]",
              '[{"origin": "JFK"}, {"origin": "LGA"}]', "42", "   ", '{"origin": "LGA", "te']
     (weather / "weather_2013-01-01.jsonl").write_text("\n".join(lines) + "\n")
-    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-1")}["bronze_weather"]
+    result = ingest(spark, config, "weather")
     assert result["rows_landed"] == result["rows_in"] == 5
-    corrupt = tables.read(spark, config, "bronze_weather").filter(
-        F.col("_corrupt_record").isNotNull()).select("_corrupt_record").collect()
+    read = tables.read(spark, config, "bronze_weather")
+    corrupt = read.filter(F.col("_corrupt_record").isNotNull()).select("_corrupt_record").collect()
     assert sorted(r[0] for r in corrupt) == sorted(lines[1:4] + lines[5:])
+    whole = read.filter(F.col("_corrupt_record").isNull()).first()
+    assert whole["hour"] == "1" and "temp" in whole["_missing_columns"]
 
 
-def test_a_line_the_reader_skips_fails_the_run_until_the_file_is_mended(
+def test_new_snapshot_replaces_reference_and_history_keeps_the_old(
         spark: SparkSession, config: Config) -> None:
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
-    day = landing / "flights" / "flights_2013-01-01.csv"
-    good = day.read_bytes()
-    lines = good.splitlines(keepends=True)
-    # Spark's CSV reader trims control characters and drops the line as blank.
-    day.write_bytes(b"".join(lines[:5]) + b"\x01\x02\n" + b"".join(lines[5:]))
-    for run in ("run-1", "run-2"):  # the replayed batch is checked again
-        with pytest.raises(Exception, match=r"flights_2013-01-01.csv: 843 lines landed, "
-                                            r"842 records read"):
-            bronze.run(spark, config, run)
-    day.write_bytes(good)
-    result = {r["table_name"]: r for r in bronze.run(spark, config, "run-3")}["bronze_flights"]
-    assert "already committed by an interrupted run" in result["message"]
-    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
+    bronze.ingest_snapshot(spark, config, "planes", "run-1")
+    old = landing / "reference" / "planes" / "planes_2013-01-01.csv"
+    lines = old.read_text().splitlines()
+    (old.parent / "planes_2013-02-01.csv").write_text("\n".join(lines[:-1]) + "\n")
+    assert bronze.ingest_snapshot(spark, config, "planes", "run-2").rows == 3321
+    assert tables.read(spark, config, "bronze_planes").count() == 3321
+    assert tables.read(spark, config, "bronze_planes", version=0).count() == 3322
 
 
-def test_lines_counted_in_spark_match_the_driver_count(spark: SparkSession,
-                                                       tmp_path: Path) -> None:
-    (tmp_path / "a.csv").write_bytes(b"h1,h2\r\n1,2\r\n\r\n3,4\r\n  \n5")
-    (tmp_path / "b.csv").write_bytes(b"h1,h2\n")
-    files = [(tmp_path / n).as_uri() for n in ("a.csv", "b.csv")]
-    driver = tables.landed_lines(spark, files, header=True)
-    in_spark = {same_file(f): v for f, v in
-                tables.landed_lines_in_spark(spark, files, header=True).items()}
-    assert {same_file(f): v for f, v in driver.items()} == in_spark
-    assert driver[files[0]] == (3, "h1,h2") and driver[files[1]] == (0, "h1,h2")
+def csv_records(data: bytes) -> int:
+    """Records by Python's csv module (an independent RFC 4180 parser), header and blank
+    lines and a trailing Ctrl-Z left out."""
+    text = data.decode("latin-1").rstrip("\r\n").removesuffix("\x1a")
+    return sum(1 for r in csv.reader(io.StringIO(text, newline="")) if r) - 1
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 22])
-def test_line_count_does_not_depend_on_where_reads_split_the_file(chunk: int) -> None:
-    data = b"h1,h2\r\n1,2\r\n\r\n3,4\r  \n5,6\n\n7,\xff8"
-    expected = [line for line in data.splitlines() if line.strip()]
-    lines, first = tables.count_lines(io.BytesIO(data), header=True, chunk=chunk)
-    assert (lines, first) == (len(expected) - 1, "h1,h2")
+def test_record_count_follows_rfc_4180_wherever_reads_split_the_file(chunk: int) -> None:
+    data = (b'h1,h2\r\n1,2\r\n\r\n3,"a\r\n\r\nb"\r  \n5,"x""y"\n\n7,\xff8\n"q\nq",\r\n\x1a')
+    profile = profile_landed(io.BytesIO(data), csv_format=True, chunk=chunk)
+    assert profile.records == csv_records(data) == 6
+    assert profile.header == b"h1,h2" and profile.eof_mark
+    lines = b'{"a": 1}\n\n  \n[1]\n{"b":\n\x1a\n'
+    assert profile_landed(io.BytesIO(lines), csv_format=False, chunk=chunk).records == 3
 
 
-KILLED_CHILD = """
-import json, os, signal, sys
-from lakehouse import tables
-from lakehouse.config import load_config
-from lakehouse.session import build_session
-from lakehouse.stages import bronze
+def test_header_names_and_charsets_are_checked() -> None:
+    assert header_names(b"\xef\xbb\xbfa, b ,a,", "utf-8") == ["a", "b", "a#3", "_c4"]
+    source, target, undefined = single_byte_table("windows-1252")
+    assert dict(zip(source, target, strict=True))["\x96"] == "\u2013" and "\x81" in undefined
+    from lakehouse.bronze import UnsupportedCharsetError
 
-real_append = tables.append
-
-def append_then_die(df, config, name, **kwargs):
-    real_append(df, config, name, **kwargs)
-    if name == "bronze_flights":  # killed after the Delta commit, before the ledger
-        os.kill(os.getpid(), signal.SIGKILL)
-
-tables.append = append_then_die
-config = load_config("local", overrides=json.loads(sys.argv[1]))
-bronze.run(build_session(config), config, "killed")
-"""
+    with pytest.raises(UnsupportedCharsetError, match="'utf-16' is not ASCII-compatible"):
+        single_byte_table("utf-16")
 
 
-@pytest.mark.slow
-def test_killed_process_then_rerun_lands_each_record_once(spark: SparkSession,
-                                                          config: Config) -> None:
-    landing = Path(config.landing)
-    seed(landing, date(2013, 1, 1), date(2013, 1, 2))
-    overrides = {"data_root": config.data_root, **TEST_SPARK}
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, json.dumps(overrides)],
-                             cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        assert child.wait(timeout=300) == -signal.SIGKILL
-    finally:  # the driver's JVM goes with it
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-    assert tables.read(spark, config, "bronze_flights").count() == 842 + 943
-    result = {r["table_name"]: r for r in bronze.run(spark, config, "rerun")}["bronze_flights"]
-    assert "already committed by an interrupted run" in result["message"]
-    assert bronze_lines(spark, config, "bronze_flights") == landed_lines(landing / "flights", True)
+def test_accounting_names_each_file_whose_records_differ() -> None:
+    check_accounting({"file:/l/a.csv": 3}, {"file:///l/a.csv": 3})
+    with pytest.raises(BronzeAccountingError, match=r"/l/a.csv: 3 records landed, 2 read; "
+                                                    r"/l/b.csv: 0 records landed, 1 read"):
+        check_accounting({"file:/l/a.csv": 3}, {"file:/l/a.csv": 2, "file:/l/b.csv": 1})

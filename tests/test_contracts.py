@@ -45,6 +45,9 @@ BREAKING = [
     ("distance_range", {"distance": "0"}),
     ("origin_in_airports", {"origin": "ZZZ"}),
     ("sched_arr_after_dep", {"sched_dep_time": "2359", "sched_arr_time": "2355"}),
+    ("columns_present", {"air_time": None, "_missing_columns": ["air_time"]}),
+    ("text_decodable", {"tailnum": "N\ufffd8", "_invalid_bytes": {"tailnum": b"N\xff8"}}),
+    ("event_type_known", {"_event_type": "boarding"}),
 ]
 WARNING = [
     ("tailnum_format", {"tailnum": "D942DN"}),

@@ -36,6 +36,9 @@ BREAKING: dict[str, dict[str, dict[str, Any]]] = {
     "airlines": {"carrier_not_null": {"carrier": "NA"}, "carrier_format": {"carrier": "UAL"},
                  "name_not_null": {"name": ""}},
 }
+for cases in BREAKING.values():  # what bronze noted about a landed record, in every table
+    cases["columns_present"] = {"_missing_columns": ["extra_column"]}
+    cases["text_decodable"] = {"_invalid_bytes": {"name": b"\xff"}}
 WARNING = {
     "weather": {"wind_speed_plausible": {"wind_speed": "1048.36058"},
                 "wind_gust_plausible": {"wind_gust": "250"}},

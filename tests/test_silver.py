@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import tables
@@ -148,3 +148,87 @@ def test_small_file_against_recent_history_warns_and_keeps_rows(
     counts = refine_batch(spark, with_references, big["flights"],
                           bronze_rows(spark, "flights", good_flights(20)), 2)
     assert counts["batch_warnings"] == []
+
+
+def flight_events(spark: SparkSession, events: list[tuple[str, str, dict | str]],
+                  first_offset: int = 0) -> DataFrame:
+    """Bronze flight events: (event_type, event_time, flight or raw text) as Kafka records."""
+    import json
+
+    from pyspark.sql import types as T
+
+    schema = T.StructType([T.StructField("key", T.StringType()), T.StructField("value", T.StringType()),
+                           T.StructField("topic", T.StringType()), T.StructField("partition", T.IntegerType()),
+                           T.StructField("offset", T.LongType()), T.StructField("timestamp", T.TimestampType()),
+                           T.StructField("_invalid_bytes", T.MapType(T.StringType(), T.BinaryType())),
+                           T.StructField("_ingested_at", T.TimestampType()), T.StructField("_run_id", T.StringType()),
+                           T.StructField("_batch_id", T.LongType())])
+    rows = []
+    for i, (kind, at, payload) in enumerate(events):
+        value = payload if isinstance(payload, str) else json.dumps(
+            {**payload, "event_type": kind, "event_time": at})
+        rows.append(("k", value, "flights", 0, first_offset + i, dt.datetime(2026, 1, 1), None,
+                     dt.datetime(2026, 1, 1), "test-run", 0))
+    return spark.createDataFrame(rows, schema)
+
+
+def test_flight_events_are_refined_like_files(spark: SparkSession, with_references: Config) -> None:
+    from lakehouse.silver import from_flight_events
+
+    # Two bad events of six: above the default halt share, which this test is not about.
+    config = Config(with_references.env, {**with_references.values, "silver": {
+        **with_references.section("silver"), "max_quarantine_share": 0.5}})
+    schedule = {**flight(), **{c: None for c in ("dep_time", "dep_delay", "arr_time", "arr_delay",
+                                                 "air_time")}}
+    events = [("scheduled", "2013-01-01T05:00:00Z", schedule),
+              ("outcome", "2013-01-01T13:49:00Z", flight()),  # the same flight, arrived
+              ("outcome", "2013-01-01T13:49:00Z", flight()),  # sent twice
+              ("scheduled", "2013-01-01T06:00:00Z", {**schedule, "flight": "77"}),
+              ("scheduled", "2013-01-01T06:00:00Z", '{"flight": 78, "event_type": "sch'),  # cut off
+              ("scheduled", "2013-01-01T06:00:00Z", {"flight": "79"})]  # keys missing
+    counts = refine_batch(spark, config, CONTRACTS["flights"],
+                          from_flight_events(flight_events(spark, events)), 0, "events")
+    assert (counts["rows_in"], counts["rows_out"], counts["rows_duplicate"],
+            counts["rows_quarantined"]) == (6, 2, 2, 2)
+    silver = {r["flight"]: r for r in tables.read(spark, config, "silver_flights").collect()}
+    assert silver[1545]["arr_delay"] == 11 and silver[1545]["cancelled"] is False
+    assert silver[1545]["_source_file"] == "kafka:flights/0@2"
+    assert silver[77]["dep_time"] is None and silver[77]["cancelled"] is None  # not known yet
+    quarantined = tables.read(spark, config, "quarantine").collect()
+    assert sorted(r["rules"][0] for r in quarantined) == ["columns_present", "well_formed"]
+
+    # Later: a late copy of the first schedule event (older) and flight 77's outcome.
+    late = [("scheduled", "2013-01-01T05:00:00Z", schedule),
+            ("outcome", "2013-01-01T14:30:00Z", {**flight(), "flight": "77", "arr_delay": "40"})]
+    refine_batch(spark, config, CONTRACTS["flights"],
+                 from_flight_events(flight_events(spark, late, first_offset=6)), 1, "events")
+    silver = {r["flight"]: r for r in tables.read(spark, config, "silver_flights").collect()}
+    assert silver[1545]["arr_delay"] == 11 and silver[1545]["_source_file"] == "kafka:flights/0@2"
+    assert silver[77]["arr_delay"] == 40 and silver[77]["cancelled"] is False
+    assert len(silver) == 2
+
+
+def test_missing_columns_and_undecodable_bytes_are_quarantined_from_landed_files(
+        spark: SparkSession, config: Config) -> None:
+    from datetime import date
+    from pathlib import Path
+
+    from lakehouse.seed import seed
+    from lakehouse.stages import bronze, silver
+
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    day = landing / "flights" / "flights_2013-01-01.csv"
+    lines = day.read_bytes().splitlines()
+    header = lines[0].decode().split(",")
+    keep = [i for i, c in enumerate(header) if c != "air_time"]
+    short = [b",".join(line.split(b",")[i] for i in keep) for line in lines[:3]]
+    (landing / "flights" / "short.csv").write_bytes(b"\n".join(short) + b"\n")
+    bad = lines[3].replace(b",N", b",N\xff", 1)
+    day.write_bytes(b"\n".join([*lines[:3], bad, *lines[4:]]) + b"\n")
+    bronze.run(spark, config, "run-1")
+    results = {r["table_name"]: r for r in silver.run(spark, config, "run-1")}
+    flights = results["silver_flights"]
+    assert flights["rows_in"] == 842 + 2 and flights["rows_quarantined"] == 3
+    rules = sorted(r["rules"][0] for r in tables.read(spark, config, "quarantine").collect())
+    assert rules == ["columns_present", "columns_present", "text_decodable"]

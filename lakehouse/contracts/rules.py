@@ -7,7 +7,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import CORRUPT_COLUMN
+from lakehouse.bronze import CORRUPT_COLUMN, INVALID_BYTES_COLUMN, MISSING_COLUMN
 from lakehouse.contracts.core import Action, BatchRule, Contract, Rule, duplicate, kept
 from lakehouse.contracts.models import (
     AirlinesModel,
@@ -17,7 +17,7 @@ from lakehouse.contracts.models import (
     WeatherModel,
 )
 from lakehouse.functions import is_parsable, is_valid_hhmm
-from lakehouse.silver import KEYS, RAW, TYPES
+from lakehouse.silver import EVENT_TYPE, EVENT_TYPES, KEYS, RAW, TYPES
 
 IATA = r"^[A-Z]{3}$"
 FAA = r"^[A-Z0-9]{3,4}$"
@@ -28,6 +28,16 @@ TAILNUM = r"^N[A-Z0-9]{1,5}$"
 def well_formed() -> Rule:
     return Rule("well_formed", "the landed line parsed into the source's columns",
                 f"{CORRUPT_COLUMN} IS NULL")
+
+
+def landed_whole() -> list[Rule]:
+    """Rules on what bronze noted: every column of the source was there, every byte decoded."""
+    return [Rule("columns_present", "the landed file or event had every column of the source "
+                 f"(else bronze lists the missing ones in {MISSING_COLUMN})",
+                 f"{MISSING_COLUMN} IS NULL"),
+            Rule("text_decodable", "every byte decoded in the source's charset (else bronze "
+                 f"keeps the bytes in {INVALID_BYTES_COLUMN})",
+                 f"{INVALID_BYTES_COLUMN} IS NULL")]
 
 
 def not_null(column: str, action: Action = "quarantine") -> Rule:
@@ -84,8 +94,11 @@ def rows_per_file_vs_recent(table: str, settings: dict[str, Any]) -> list[BatchR
 
 
 def flights_contract(settings: dict[str, Any]) -> Contract:
+    types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
     rules = [
-        well_formed(), *parsable("flights"),
+        well_formed(), *landed_whole(), *parsable("flights"),
+        Rule("event_type_known", f"an event is one of {types}",
+             f"{EVENT_TYPE} IN ({types})"),
         *(not_null(c) for c in ("carrier", "flight", "origin", "dest", "sched_dep_time",
                                 "sched_arr_time")),
         Rule("flight_date_valid", "year/month/day are present and form a real date",
@@ -124,7 +137,7 @@ def weather_contract(settings: dict[str, Any]) -> Contract:
     max_wind = float(settings["max_wind_speed_mph"])
     max_gust = float(settings["max_wind_gust_mph"])
     rules = [
-        well_formed(), *parsable("weather"), not_null("origin"), not_null("time_hour"),
+        well_formed(), *landed_whole(), *parsable("weather"), not_null("origin"), not_null("time_hour"),
         matches("origin", IATA), in_range("hour", 0, 23), in_range("temp", -60, 130),
         in_range("dewp", -80, 100), in_range("humid", 0, 100), in_range("wind_dir", 0, 360),
         in_range("precip", 0, 10), in_range("pressure", 850, 1100), in_range("visib", 0, 100),
@@ -138,7 +151,7 @@ def weather_contract(settings: dict[str, Any]) -> Contract:
 
 
 def planes_contract(settings: dict[str, Any]) -> Contract:
-    rules = [well_formed(), *parsable("planes"), not_null("tailnum"), matches("tailnum", TAILNUM),
+    rules = [well_formed(), *landed_whole(), *parsable("planes"), not_null("tailnum"), matches("tailnum", TAILNUM),
              in_range("year", 1900, 2014), in_range("engines", 1, 8), in_range("seats", 1, 1000),
              Rule("year_present", "build year is known (kept, flagged)",
                   "year IS NOT NULL", "warn")]
@@ -146,7 +159,7 @@ def planes_contract(settings: dict[str, Any]) -> Contract:
 
 
 def airports_contract(settings: dict[str, Any]) -> Contract:
-    rules = [well_formed(), *parsable("airports"), not_null("faa"), matches("faa", FAA),
+    rules = [well_formed(), *landed_whole(), *parsable("airports"), not_null("faa"), matches("faa", FAA),
              in_range("lat", -90, 90), in_range("lon", -180, 180),
              Rule("tzone_present", "time zone is known (kept, flagged)",
                   "tzone IS NOT NULL", "warn")]
@@ -155,7 +168,7 @@ def airports_contract(settings: dict[str, Any]) -> Contract:
 
 
 def airlines_contract(settings: dict[str, Any]) -> Contract:
-    rules = [well_formed(), not_null("carrier"), matches("carrier", CARRIER), not_null("name")]
+    rules = [well_formed(), *landed_whole(), not_null("carrier"), matches("carrier", CARRIER), not_null("name")]
     return Contract("airlines", AirlinesModel, KEYS["airlines"], tuple(rules),
                     (unique_key(KEYS["airlines"]),))
 

@@ -1,214 +1,505 @@
-"""Bronze stage: ingest newly landed files exactly once (a file ledger per table)."""
+"""Bronze stage: landed files and Kafka events to append-only Delta tables, each record once.
+
+One Structured Streaming query per source, each with its own checkpoint: Spark's file source
+(Auto Loader on Databricks) names each micro-batch's landed files, Spark's Kafka source its
+events. Each micro-batch is appended with Delta's idempotent writes (txnAppId = the query's
+id, txnVersion = the batch id), so a batch replayed after a crash is not appended twice.
+Scheduled runs take what is there and stop (availableNow); `--continuous` runs a
+micro-batch every interval until stopped.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse import tables
 from lakehouse.bronze import (
     CORRUPT_COLUMN,
-    DAILY_FORMATS,
+    INVALID_BYTES_COLUMN,
+    MISSING_COLUMN,
+    RESCUED_COLUMN,
     SOURCE_COLUMNS,
     BronzeAccountingError,
+    LandedProfile,
     base_name,
+    by_header,
     check_accounting,
     file_name,
+    from_json_lines,
+    from_kafka,
     header_drift,
-    raw_schema,
+    header_names,
+    profile_landed,
     records_per_file,
+    with_event_lineage,
     with_lineage,
 )
 from lakehouse.config import Config
-from lakehouse.ledger import Batch, FileLedger, LandedFile, LedgerError
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.stages.audit import audited
-
 
 # Bronze is raw text read whole by the silver stream: min/max statistics on it would cost
 # every append and never skip a file.
 BRONZE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
 
 
-def empty_counts() -> dict[str, Any]:
-    return {"files": 0, "rows": 0, "corrupt": 0, "landed": 0, "drift": [], "replayed": [],
-            "changed": [], "gone": [], "gone_committed": False}
+class MigrationRequiredError(RuntimeError):
+    """A bronze table exists but its stream checkpoint is new (e.g. written by the ledger
+    version): reading the source from the start would append everything again."""
 
 
-def write_accounted(spark: SparkSession, rows: DataFrame, files: list[str], source: str,
-                    totals: dict[str, Any], write: Callable[[DataFrame], None],
-                    replayed: bool = False) -> None:
-    """Write a batch of landed files in one pass and account for every landed line.
+class EventSourceError(RuntimeError):
+    """Kafka could not be read (broker down, topic missing); nothing was committed."""
 
-    The landed lines of the batch's files are counted first (header drift noted); the records
-    are counted by an observation on the write itself, so the files are parsed once. When the
-    counts differ, the run fails naming the files whose lines and records disagree: the check
-    follows the commit, so the records read stay in bronze and the ledger leaves the batch
-    open; a rerun replays the batch (replayed=True: it is not written again) and checks the
-    files again, until they are mended.
-    """
-    table = f"bronze_{source}"
-    fmt = DAILY_FORMATS.get(source, "csv")
-    profile = tables.landed_lines(spark, files, header=fmt == "csv")
-    landed = {f: n for f, (n, _) in profile.items()}
-    if fmt == "csv":
-        for f, (_, first) in sorted(profile.items()):
-            drift = header_drift(first, SOURCE_COLUMNS[source])
+
+@dataclass(frozen=True)
+class Source:
+    """A streamed bronze source: its table, kind ("files" or "events") and settings."""
+
+    name: str
+    kind: str
+    settings: dict[str, Any]
+
+    @property
+    def table(self) -> str:
+        return f"bronze_{self.name}"
+
+
+def sources(config: Config) -> list[Source]:
+    """The streamed sources of conf: landed file folders, and Kafka topics that are enabled."""
+    section = config.section("bronze")
+    found = [Source(n, "files", dict(s)) for n, s in (section.get("files") or {}).items()]
+    found += [Source(n, "events", dict(s)) for n, s in (section.get("events") or {}).items()
+              if s.get("enabled", True)]
+    return found
+
+
+def checkpoint(config: Config, table: str) -> str:
+    return os.path.join(config.checkpoints, table, "stream")
+
+
+@dataclass
+class Counts:
+    """What a run (or a micro-batch) of one source did, for its audit row."""
+
+    files: int = 0
+    landed: int = 0
+    rows: int = 0
+    corrupt: int = 0
+    rescued: int = 0
+    missing: int = 0
+    invalid: int = 0
+    batches: int = 0
+    drift: list[str] = field(default_factory=list)
+    replayed: list[int] = field(default_factory=list)
+    eof_marks: list[str] = field(default_factory=list)
+    adopted: int = 0
+
+    def add(self, other: Counts) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def notes(self) -> list[str]:
+        """What the audit message says beside the counts."""
+        notes = []
+        if self.drift:
+            notes.append("header drift: " + "; ".join(self.drift))
+        if self.rescued:
+            notes.append(f"{self.rescued} record(s) with extra columns kept in {RESCUED_COLUMN}")
+        if self.missing:
+            notes.append(f"{self.missing} record(s) lacking columns ({MISSING_COLUMN}; "
+                         "quarantined in silver)")
+        if self.invalid:
+            notes.append(f"{self.invalid} record(s) with bytes the source's charset cannot "
+                         f"decode, kept in {INVALID_BYTES_COLUMN} (quarantined in silver)")
+        if self.eof_marks:
+            notes.append("DOS end-of-file mark (Ctrl-Z) not taken for a record: "
+                         + ", ".join(self.eof_marks))
+        if self.replayed:
+            notes.append(f"{len(self.replayed)} micro-batch(es) already committed by an "
+                         "interrupted run: not written again")
+        if self.adopted:
+            notes.append(f"{self.adopted} file(s) already in the table before its stream "
+                         "checkpoint (migration): recorded, not appended again")
+        return notes
+
+
+# --- reading landed files -------------------------------------------------------------------
+
+def profiles(spark: SparkSession, files: list[str], fmt: str) -> dict[str, LandedProfile]:
+    """Each landed file's records counted from its bytes (independently of Spark's readers)."""
+    return {uri: profile_landed(stream, csv_format=fmt == "csv")
+            for uri, stream in tables.landed_bytes(spark, files)}
+
+
+def landed_rows(spark: SparkSession, source: str, settings: dict[str, Any],
+                landed: dict[str, LandedProfile]) -> DataFrame | None:
+    """The records of landed files, parsed by format: CSV columns matched by each file's
+    header, JSON lines one by one. None when the files hold no record."""
+    fmt, charset = settings.get("format", "csv"), settings.get("charset", "utf-8")
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for uri, profile in landed.items():
+        if profile.records:
+            names = tuple(header_names(profile.header, charset)) if fmt == "csv" else ()
+            groups.setdefault((names, profile.eof_mark), []).append(uri)
+    frames = []
+    for (names, eof_mark), files in sorted(groups.items()):
+        if fmt == "json":
+            frames.append(tables.read_text_files(spark, files)
+                          .transform(from_json_lines(source, eof_mark)))
+        elif fmt == "csv":
+            frames.append(tables.read_csv_files(spark, files, len(names), CORRUPT_COLUMN)
+                          .transform(by_header(source, names, charset, eof_mark)))
+        else:
+            raise ValueError(f"bronze.files.{source}.format must be csv or json, got {fmt!r}")
+    return reduce(DataFrame.unionByName, frames) if frames else None
+
+
+def notes_of(source: str, settings: dict[str, Any], landed: dict[str, LandedProfile],
+             counts: Counts) -> None:
+    """Header drift and end-of-file marks of the landed files, by file name."""
+    charset = settings.get("charset", "utf-8")
+    for uri, profile in sorted(landed.items(), key=lambda item: base_name(item[0])):
+        if settings.get("format", "csv") == "csv" and profile.header:
+            drift = header_drift(header_names(profile.header, charset), SOURCE_COLUMNS[source])
             if drift:
-                totals["drift"].append(f"{base_name(f)}: {drift}")
-    totals["files"] += len(files)
-    if not sum(landed.values()):
-        return
-    if replayed:  # an interrupted run committed this batch: check what it committed
-        check_accounting(landed, records_per_file(rows))
-        totals["replayed"].append(len(files))
-        return
-    observed = Observation(f"{table}-{uuid.uuid4().hex}")
-    write(rows.observe(observed, F.count(F.lit(1)).alias("rows"),
-                       F.count(CORRUPT_COLUMN).alias("corrupt")))
-    metrics = observed.get
-    if metrics["rows"] != sum(landed.values()):
-        check_accounting(landed, records_per_file(rows))
-        raise BronzeAccountingError(f"{table}: {sum(landed.values())} lines landed, "
-                                    f"{metrics['rows']} records written")
-    totals["rows"] += metrics["rows"]
-    totals["corrupt"] += metrics["corrupt"]
-    totals["landed"] += sum(landed.values())
+                counts.drift.append(f"{base_name(uri)}: {drift}")
+        if profile.eof_mark:
+            counts.eof_marks.append(base_name(uri))
 
 
-def committed(spark: SparkSession, config: Config, table: str, ledger: str, batch_id: int) -> bool:
-    """Whether the newest commit made through this table's ledger is this batch: the run that
-    planned it crashed after the Delta commit and before the ledger marked it done.
+def observed_write(rows: DataFrame, write: Callable[[DataFrame], None]) -> Callable[[], Counts]:
+    """Write rows once, counting them on the way; returns how to read the counts (only valid
+    when the write ran: Delta may skip an append it already committed)."""
+    observed = Observation(f"bronze-{uuid.uuid4().hex}")
+    aggregates = [F.count(F.lit(1)).alias("rows")]
+    for name, column in (("corrupt", CORRUPT_COLUMN), ("rescued", RESCUED_COLUMN),
+                         ("missing", MISSING_COLUMN), ("invalid", INVALID_BYTES_COLUMN)):
+        if column in rows.columns:
+            aggregates.append(F.count(column).alias(name))
+    write(rows.observe(observed, *aggregates))
 
-    The guarantee of Delta's txnAppId/txnVersion, read from the commits' userMetadata: bronze
-    has one ledger per table, so the newest commit made through a ledger answers (other
-    commits, e.g. OPTIMIZE, are stepped over). txn options cost ~0.4 s per append here: Delta
-    rebuilds its state to find the app's version.
+    def counts() -> Counts:
+        metrics = observed.get
+        return Counts(rows=metrics["rows"], corrupt=metrics.get("corrupt", 0),
+                      rescued=metrics.get("rescued", 0), missing=metrics.get("missing", 0),
+                      invalid=metrics.get("invalid", 0), batches=1)
+
+    return counts
+
+
+# --- micro-batches --------------------------------------------------------------------------
+
+class Batches:
+    """The foreachBatch function of one source's query: parse, append once, count.
+
+    The query's id (kept in its checkpoint, so the same on every restart) is the Delta
+    txnAppId: a batch an interrupted run committed is skipped by Delta, not appended again.
     """
-    for tag in tables.commit_tags(spark, config, table):
-        if tag and tag.startswith("ledger "):  # the newest commit made through a ledger
-            return tag.split()[1:4] == [ledger, "batch", str(batch_id)]
-    return False
+
+    def __init__(self, spark: SparkSession, config: Config, source: Source, run_id: str,
+                 on_batch: Callable[[Counts], None] | None = None, adopt: bool = False) -> None:
+        self.spark, self.config, self.source, self.run_id = spark, config, source, run_id
+        self.on_batch, self.adopt = on_batch, adopt
+        self.totals = Counts()
+        self.failure: list[BaseException] = []
+        self.stream_id: str | None = None
+        self._started = threading.Event()
+
+    def started(self, query: StreamingQuery) -> None:
+        self.stream_id = str(query.id)
+        self._started.set()
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        try:
+            self._started.wait()
+            counts = self.process(batch, batch_id)
+            self.totals.add(counts)
+            if self.on_batch is not None and (counts.rows or counts.files):
+                self.on_batch(counts)
+        except BaseException as error:  # keep the original error; Spark wraps it otherwise
+            self.failure.append(error)
+            raise
+
+    def process(self, batch: DataFrame, batch_id: int) -> Counts:
+        table = self.source.table
+        tag = f"bronze {self.stream_id} batch {batch_id}"
+        if batch_id == 0 and not self.adopt:
+            self.check_new_table(tag)
+        if self.source.kind == "events":
+            rows = batch.transform(from_kafka).transform(with_event_lineage(self.run_id, batch_id))
+            return self.append(rows, batch_id, tag) or Counts(replayed=[0])
+        files = tables.batch_files(batch)
+        counts = Counts(files=len(files))
+        if self.adopt:
+            known = already_ingested(self.spark, self.config, table)
+            counts.adopted = sum(base_name(f) in known for f in files)
+            files = [f for f in files if base_name(f) not in known]
+        fmt = self.source.settings.get("format", "csv")
+        landed = profiles(self.spark, files, fmt)
+        notes_of(self.source.name, self.source.settings, landed, counts)
+        counts.landed = sum(p.records for p in landed.values())
+        rows = landed_rows(self.spark, self.source.name, self.source.settings, landed)
+        if rows is None:
+            return counts
+        rows = rows.transform(with_lineage(self.run_id, batch_id))
+        written = self.append(rows, batch_id, tag)
+        per_file = {uri: p.records for uri, p in landed.items()}
+        if written is None:  # committed by an interrupted run: check what it read
+            check_accounting(per_file, records_per_file(rows))
+            counts.replayed.append(len(files))
+            return counts
+        if written.rows != counts.landed:
+            check_accounting(per_file, records_per_file(rows))
+            raise BronzeAccountingError(f"{table}: {counts.landed} records landed, "
+                                        f"{written.rows} written")
+        written.files, written.landed, written.adopted = counts.files, counts.landed, counts.adopted
+        written.drift, written.eof_marks = counts.drift, counts.eof_marks
+        return written
+
+    def append(self, rows: DataFrame, batch_id: int, tag: str) -> Counts | None:
+        """Append a micro-batch once; its counts, or None when Delta skipped it as committed."""
+        table = self.source.table
+        before = tables.version(self.spark, self.config, table)
+        counts = observed_write(rows, lambda df: tables.append(
+            df, self.config, table, txn=(str(self.stream_id), batch_id), tag=tag,
+            merge_schema=True, properties=BRONZE_PROPERTIES))
+        if not tables.new_commit_tagged(self.spark, self.config, table, tag, before):
+            return None
+        return counts()
+
+    def check_new_table(self, tag: str) -> None:
+        """Refuse to start a new stream over a table that already holds records (written by
+        the ledger version, or its checkpoint deleted): every record would land again."""
+        table = self.source.table
+        if not tables.exists(self.spark, self.config, table):
+            return
+        if tables.new_commit_tagged(self.spark, self.config, table, tag, None):
+            return  # this stream's first batch, committed before a crash
+        raise MigrationRequiredError(
+            f"{table} already holds records but its stream checkpoint "
+            f"{checkpoint(self.config, table)} is new (the table was written by the file-ledger "
+            "version, or the checkpoint was deleted): reading the source from the start would "
+            f"append every record again. Run `lakehouse migrate --env {self.config.env}` once: "
+            f"it records the files {table} already holds in the new checkpoint without "
+            "appending them, and ingests the others. Nothing was written.")
 
 
-def ingest_daily(spark: SparkSession, config: Config, source: str, run_id: str) -> dict[str, Any]:
-    """Append the files landed since the last run to bronze_<source>; return the counts.
+def already_ingested(spark: SparkSession, config: Config, table: str) -> set[str]:
+    """Names of the files a bronze table holds records of."""
+    if not tables.exists(spark, config, table):
+        return set()
+    names = tables.read(spark, config, table).select(file_name(F.col("_source_file"))).distinct()
+    return {base_name(r[0]) for r in names.collect()}
 
-    The table's file ledger remembers which files were read. Each batch is planned in the
-    ledger before it is read and its Delta commit is tagged with the ledger and batch, so a
-    batch an interrupted run left open is taken again first and is not appended twice.
+
+# --- queries --------------------------------------------------------------------------------
+
+def stream_of(spark: SparkSession, config: Config, source: Source) -> DataFrame:
+    if source.kind == "events":
+        return tables.kafka_stream(spark, source.settings)
+    section = config.section("bronze")
+    return tables.landed_file_stream(spark, os.path.join(config.landing, source.name),
+                                     str(section.get("file_source", "files")),
+                                     int(section.get("max_files_per_trigger", 400)))
+
+
+@contextmanager
+def running(spark: SparkSession, config: Config, source: Source, batches: Batches,
+            interval: str | None) -> Iterator[StreamingQuery]:
+    """One run of a source's query, under the source's lock; errors from a batch or from
+    Kafka come out as themselves, not wrapped by Spark."""
+    table = source.table
+    lock = os.path.join(config.checkpoints, table, "run.lock")
+    with tables.exclusive_run(lock, f"the ingestion of {table}"):
+        query = tables.start_stream(stream_of(spark, config, source), batches,
+                                    checkpoint(config, table), f"{table}-{uuid.uuid4().hex[:8]}",
+                                    interval)
+        batches.started(query)
+        try:
+            yield query
+        except StreamingQueryException as error:
+            if query.exception() is None:  # another source's query failed
+                raise
+            if batches.failure:
+                raise batches.failure[0] from None
+            if source.kind == "events":
+                raise kafka_error(source, error) from None
+            raise
+        finally:
+            if query.isActive:
+                between_batches(query)
+                query.stop()
+
+
+# Spark 4.1.1's Kafka source fails its progress report after it replays a micro-batch an
+# interrupted run left uncommitted (SPARK-55271, fixed upstream): the batch is written and
+# committed before the report fails, so starting the query again goes on from there.
+KAFKA_REPLAY_METRICS_BUG = 'because the return value of "scala.Option.get()" is null'
+
+
+def after_kafka_replay_bug(error: BaseException) -> bool:
+    return KAFKA_REPLAY_METRICS_BUG in str(error)
+
+
+def between_batches(query: StreamingQuery, timeout: float = 60) -> None:
+    """Wait (up to timeout) for a running micro-batch to end, so that stopping the query does
+    not interrupt its write (harmless, it is replayed, but noisy)."""
+    deadline = time.monotonic() + timeout
+    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def kafka_error(source: Source, error: Exception) -> Exception:
+    settings = source.settings
+    cause = str(error).split("\n", 1)[0]
+    if "UnknownTopicOrPartition" in cause:
+        return ValueError(f"{source.table}: Kafka topic {settings['topic']!r} does not exist on "
+                          f"{settings['bootstrap_servers']}; nothing was committed ({cause})")
+    return EventSourceError(f"{source.table}: cannot read Kafka topic {settings['topic']!r} from "
+                            f"{settings['bootstrap_servers']} ({cause}); nothing was committed")
+
+
+class LandingLayoutError(ValueError):
+    """Two landed files of one source share a name (in different subfolders)."""
+
+
+def landed_uniquely(spark: SparkSession, config: Config, source: Source) -> bool:
+    """Whether anything has landed for a file source; fails when two files share a name.
+
+    Subfolders are read, and files are known by name (so that a moved data root is not read
+    again): a second file of the same name would never be read, so it is refused, loudly.
     """
-    table = f"bronze_{source}"
-    totals = empty_counts()
-    ledger = FileLedger(spark, os.path.join(config.checkpoints, table, "ledger"))
-    if ledger.empty and tables.exists(spark, config, table):
-        raise LedgerError(
-            f"{table} exists but its file ledger {ledger.folder} is empty (deleted, or the "
-            "table was written by an earlier version that read landed files as a stream): "
-            f"reading the landing zone would append every file again. Restore the ledger, or "
-            f"move {table} aside to ingest the landing zone from scratch.")
+    folder = os.path.join(config.landing, source.name)
+    files = tables.landed_files(spark, folder)
+    by_name: dict[str, list[str]] = {}
+    for uri in files:
+        by_name.setdefault(base_name(uri), []).append(uri)
+    twice = {name: uris for name, uris in by_name.items() if len(uris) > 1}
+    if twice:
+        detail = "; ".join(f"{name}: {', '.join(uris)}" for name, uris in sorted(twice.items()))
+        raise LandingLayoutError(
+            f"{source.table}: file names must be unique under {folder} (subfolders included): "
+            f"bronze knows a landed file by its name. Rename or remove one of each: {detail}")
+    return bool(files)
 
-    def ingest(batch: Batch, replayed: bool, gone: frozenset[str] = frozenset()) -> None:
-        paths = [p for p in batch.paths if p not in gone]
-        if paths:
-            tag = f"ledger {ledger.id} batch {batch.id} run {run_id}"
-            rows = tables.read_landing(spark, paths, DAILY_FORMATS[source],
-                                       raw_schema(source), CORRUPT_COLUMN)
-            write_accounted(spark, rows.transform(with_lineage(run_id, batch.id)), paths,
-                            source, totals,
-                            lambda rows: tables.append(rows, config, table, tag=tag,
-                                                       properties=BRONZE_PROPERTIES),
-                            replayed=replayed)
-        ledger.done(batch)
 
-    listing = [LandedFile(*f) for f in
-               tables.list_files(spark, os.path.join(config.landing, source))]
-    if ledger.open is not None:  # left open by an interrupted run: take it again first
-        replayed = committed(spark, config, table, ledger.id, ledger.open.id)
-        gone = ledger.take_open(listing, replayed)
-        totals["gone"] = [base_name(path) for path in gone]
-        totals["gone_committed"] = replayed
-        ingest(ledger.open, replayed, frozenset(gone))
-    totals["changed"] = [base_name(f.path) for f in ledger.changed(listing)]
-    while (batch := ledger.plan(listing)) is not None:
-        ingest(batch, replayed=False)
+def ingest(spark: SparkSession, config: Config, source: Source, run_id: str,
+           adopt: bool = False) -> Counts:
+    """Ingest everything the source has now, then stop (availableNow); return the counts."""
+    if source.kind == "files" and not landed_uniquely(spark, config, source):
+        return Counts()
+    totals = Counts()
+    for attempt in range(2):
+        batches = Batches(spark, config, source, run_id, adopt=adopt)
+        try:
+            with running(spark, config, source, batches, None) as query:
+                query.awaitTermination()
+        except EventSourceError as error:
+            if attempt or not after_kafka_replay_bug(error):
+                raise
+            totals.add(batches.totals)
+            continue
+        totals.add(batches.totals)
+        return totals
     return totals
 
 
-def ingest_snapshot(spark: SparkSession, config: Config, source: str,
-                    run_id: str) -> dict[str, Any]:
+def ingest_snapshot(spark: SparkSession, config: Config, source: str, run_id: str) -> Counts:
     """Replace bronze_<source> with the newest landed snapshot, unless it is already loaded."""
     table = f"bronze_{source}"
-    latest = tables.latest_file(os.path.join(config.landing, "reference", source), "*.csv")
-    totals = empty_counts()
-    if latest is None:
-        return totals
+    files = tables.landed_files(spark, os.path.join(config.landing, "reference", source))
+    counts = Counts()
+    if not files:
+        return counts
+    latest = max(files, key=base_name)  # snapshots are named by date
     if tables.exists(spark, config, table):
         loaded = tables.read(spark, config, table).select(file_name(F.col("_source_file"))).first()
-        if loaded is not None and base_name(loaded[0]) == os.path.basename(latest):
-            return totals
-    files = [Path(latest).absolute().as_uri()]
-    rows = (tables.read_landing(spark, files, "csv", raw_schema(source), CORRUPT_COLUMN)
-            .transform(with_lineage(run_id, 0)))
-    write_accounted(spark, rows, files, source, totals,
-                    lambda df: tables.overwrite(df, config, table))
-    return totals
+        if loaded is not None and base_name(loaded[0]) == base_name(latest):
+            return counts
+    settings = {"format": "csv", **dict((config.section("bronze").get("references") or {})
+                                        .get(source) or {})}
+    landed = profiles(spark, [latest], "csv")
+    notes_of(source, settings, landed, counts)
+    rows = landed_rows(spark, source, settings, landed)
+    counts.files, counts.landed = 1, landed[latest].records
+    if rows is None:
+        return counts
+    written = observed_write(rows.transform(with_lineage(run_id, 0)),
+                             lambda df: tables.overwrite(df, config, table))()
+    if written.rows != counts.landed:
+        check_accounting({latest: counts.landed}, records_per_file(
+            rows.transform(with_lineage(run_id, 0))))
+    written.files, written.landed, written.drift = 1, counts.landed, counts.drift
+    written.eof_marks = counts.eof_marks
+    return written
 
 
-def ingest_daily_sources(spark: SparkSession, config: Config, run_id: str,
-                         ingest: Callable[[str], Any] | None = None) -> list[Any]:
-    """Ingest the daily drops side by side, one thread per source: a new day's cost is mostly
-    the fixed latency of a small read and Delta commit, which two threads overlap. Each source
-    runs to its end; the first failure is raised after both."""
-    ingest = ingest or (lambda source: ingest_daily(spark, config, source, run_id))
-    with ThreadPoolExecutor(len(DAILY_FORMATS), thread_name_prefix="bronze") as pool:
-        futures = [pool.submit(ingest, source) for source in DAILY_FORMATS]
-    return [future.result() for future in futures]
+def audit_row(audit: dict[str, Any], spark: SparkSession, config: Config, table: str,
+              counts: Counts) -> None:
+    audit.update(files=counts.files, rows_landed=counts.landed, rows_in=counts.rows,
+                 rows_out=counts.rows, rows_corrupt=counts.corrupt,
+                 version_written=tables.version(spark, config, table))
+    notes = counts.notes()
+    if notes:
+        audit["message"] = " | ".join(notes)[:1900]
 
 
-def audit_notes(counts: dict[str, Any]) -> list[str]:
-    """What the audit message says beside the counts: drift, files skipped or gone, replays."""
-    notes = []
-    if counts["drift"]:
-        notes.append("schema drift: " + "; ".join(counts["drift"]))
-    if counts["changed"]:
-        notes.append(f"{len(counts['changed'])} file(s) changed after they were read, not read "
-                     f"again: {', '.join(counts['changed'])}")
-    if counts["gone"]:
-        kept = ("committed before: their records stay in bronze" if counts["gone_committed"]
-                else "not read")
-        notes.append(f"{len(counts['gone'])} file(s) of a batch left open by an interrupted run "
-                     f"were gone when it was taken again ({kept}): {', '.join(counts['gone'])}")
-    if counts["replayed"]:
-        notes.append(f"{len(counts['replayed'])} batch(es) of {sum(counts['replayed'])} files "
-                     "already committed by an interrupted run: not written again")
-    return notes
+def run(spark: SparkSession, config: Config, run_id: str,
+        adopt: bool = False) -> list[dict[str, Any]]:
+    """Ingest every source once (snapshots, then the streamed sources side by side, one
+    thread each); one audit row per bronze table."""
 
-
-def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
-    """Ingest every source; one audit row per bronze table."""
-
-    def ingest_audited(source: str) -> dict[str, Any]:
-        table = f"bronze_{source}"
-        with audited(spark, config, run_id, "bronze", table) as audit:
-            ingest = ingest_snapshot if source in SNAPSHOT_SOURCES else ingest_daily
-            counts = ingest(spark, config, source, run_id)
-            audit.update(files=counts["files"], rows_landed=counts["landed"],
-                         rows_in=counts["rows"], rows_out=counts["rows"],
-                         rows_corrupt=counts["corrupt"],
-                         version_written=tables.version(spark, config, table))
-            notes = audit_notes(counts)
-            if notes:
-                audit["message"] = " | ".join(notes)[:1900]
+    def audited_run(name: str, work: Callable[[], Counts]) -> dict[str, Any]:
+        with audited(spark, config, run_id, "bronze", name) as audit:
+            audit_row(audit, spark, config, name, work())
             return dict(audit)
 
-    # Snapshots first, one by one: they also create the audit table the daily threads append to.
-    results = [ingest_audited(source) for source in SNAPSHOT_SOURCES]
-    return results + ingest_daily_sources(spark, config, run_id, ingest_audited)
+    tables.create_audit(spark, config)  # before the threads append to it
+    results = [audited_run(f"bronze_{s}", lambda s=s: ingest_snapshot(spark, config, s, run_id))
+               for s in SNAPSHOT_SOURCES]
+    streamed = sources(config)
+    if not streamed:
+        return results
+    with ThreadPoolExecutor(len(streamed), thread_name_prefix="bronze") as pool:
+        futures = [pool.submit(audited_run, s.table,
+                               lambda s=s: ingest(spark, config, s, run_id, adopt))
+                   for s in streamed]
+    return results + [future.result() for future in futures]
+
+
+def run_continuous(spark: SparkSession, config: Config, run_id: str,
+                   until: Callable[[], bool] | None = None) -> None:
+    """Run every streamed source as a micro-batch every bronze.continuous_interval until
+    stopped (Ctrl-C, SIGTERM) or until() is true; one audit row per micro-batch."""
+    interval = str(config.section("bronze").get("continuous_interval", "10 seconds"))
+    tables.create_audit(spark, config)
+    with ExitStack() as stack:
+        for source in sources(config):
+            if source.kind == "files":  # a folder to watch, even before anything has landed
+                tables.ensure_folder(os.path.join(config.landing, source.name))
+
+            def audit_batch(counts: Counts, table: str = source.table) -> None:
+                with audited(spark, config, run_id, "bronze", table) as audit:
+                    audit_row(audit, spark, config, table, counts)
+
+            batches = Batches(spark, config, source, run_id, on_batch=audit_batch)
+            stack.enter_context(running(spark, config, source, batches, interval))
+        spark.streams.resetTerminated()
+        while not (until and until()):
+            if spark.streams.awaitAnyTermination(1):  # raises a failed query's error
+                break

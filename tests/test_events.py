@@ -1,0 +1,203 @@
+"""Flight events through a real Kafka broker (KRaft, started here on 127.0.0.1): the producer,
+bronze's Kafka stream, its errors, and the way from produced events to silver, with a kill."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import tables
+from lakehouse.broker import Broker, free_port, start
+from lakehouse.config import Config
+from lakehouse.produce import (
+    Pace,
+    ensure_topic,
+    flight_events,
+    produce,
+    selected_flights,
+    time_zones,
+    with_duplicates,
+)
+from lakehouse.seed import seed
+from lakehouse.stages import bronze, silver
+from tests.conftest import TEST_SPARK, make_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    running = start(tmp_path_factory.mktemp("kafka"))
+    yield running
+    running.stop()
+
+
+def events_settings(servers: str, topic: str, **settings: object) -> dict:
+    return {"files": None, "continuous_interval": "1 second", "events": {"flight_events": {
+        "enabled": True, "bootstrap_servers": servers, "topic": topic, "partitions": 2,
+        "timeout_seconds": 5, **settings}}}
+
+
+def events_source(config: Config) -> bronze.Source:
+    return next(s for s in bronze.sources(config) if s.kind == "events")
+
+
+def test_events_are_sent_in_the_order_they_became_known() -> None:
+    header, rows = selected_flights(date(2013, 1, 1), date(2013, 1, 1), None)
+    events = flight_events(header, rows, time_zones())
+    assert len(events) == 2 * 842
+    assert [e.known_at for e in events] == sorted(e.known_at for e in events)
+    seen: dict[str, str] = {}
+    for event in events:  # a flight's schedule comes before its outcome
+        before = "scheduled" if event.value["event_type"] == "outcome" else None
+        assert seen.get(event.key) == before
+        seen[event.key] = event.value["event_type"]
+    first = {e.value["event_type"]: e for e in events if e.key == "2013-01-01_UA_1545_EWR"}
+    # Scheduled 05:15 EST (10:15Z); due in Houston 08:19 CST (14:19Z), 11 minutes late.
+    assert first["outcome"].known_at == datetime(2013, 1, 1, 14, 30, tzinfo=UTC)
+    assert first["scheduled"].known_at == datetime(2012, 12, 31, 10, 15, tzinfo=UTC)
+    assert first["scheduled"].value["arr_delay"] is None
+    assert first["outcome"].value["arr_delay"] == 11
+    cancelled = next(e for e in events if e.value["event_type"] == "outcome"
+                     and e.value["dep_time"] is None)
+    departure = datetime.fromisoformat(cancelled.value["time_hour"].replace("Z", "+00:00"))
+    assert (cancelled.known_at - departure).total_seconds() == 60 * cancelled.value["minute"]
+    repeated = with_duplicates(events, 0.1, random.Random(1))
+    copies = [i for i, (_, again) in enumerate(repeated) if again]
+    assert len(repeated) == len(events) + len(copies) and 120 < len(copies) < 220
+    for i in copies:  # each copy follows its first sending
+        assert repeated.index((repeated[i][0], False)) < i
+
+
+def test_a_burst_sends_ten_times_faster_for_its_length() -> None:
+    pace = Pace(speedup=60, burst_at=10, burst_factor=10, burst_seconds=5)
+    assert pace.wall_seconds(600) == 10  # an hour of event time per minute before it
+    assert pace.wall_seconds(3600) == pytest.approx(15)  # 50 min in 5 s during the burst
+    assert pace.wall_seconds(4200) == pytest.approx(25)  # back to the steady rate after it
+    assert Pace().wall_seconds(10 ** 6) == 0  # no pace: as fast as the broker takes them
+
+
+def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
+        spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
+    from confluent_kafka import Producer
+
+    config = make_config(tmp_path, bronze=events_settings(broker.bootstrap_servers, "keep",
+                                                          max_offsets_per_trigger=150))
+    sent = produce(config, date(2013, 1, 1), date(2013, 1, 1), Pace(), duplicates=0.05,
+                   limit=100)
+    raw = Producer({"bootstrap.servers": broker.bootstrap_servers})
+    raw.produce("keep", key=b"x", value=b"not json, {")
+    raw.produce("keep", key=b"y", value=b'{"flight": 1, "tailnum": "N\xff1"}')
+    assert raw.flush(30) == 0
+    counts = bronze.ingest(spark, config, events_source(config), "run-1")
+    events = tables.read(spark, config, "bronze_flight_events")
+    total = sent["events"] + 2
+    assert counts.rows == events.count() == total and sent["duplicates"] > 0
+    assert events.select("partition", "offset").distinct().count() == total
+    assert events.select("_batch_id").distinct().count() >= 2  # a micro-batch is bounded
+    assert events.filter(F.col("timestamp").isNull() | (F.col("topic") != "keep")).count() == 0
+    assert events.filter(F.col("value") == "not json, {").count() == 1  # kept whole
+    invalid = events.filter(F.col("_invalid_bytes").isNotNull()).first()
+    assert invalid["_invalid_bytes"] == {"value": bytearray(b'{"flight": 1, "tailnum": "N\xff1"}')}
+    assert bronze.ingest(spark, config, events_source(config), "run-2").rows == 0
+
+
+def test_a_missing_topic_or_an_unreachable_broker_fails_clearly_and_quickly(
+        spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
+    missing = make_config(tmp_path / "missing", bronze=events_settings(
+        broker.bootstrap_servers, "no_such_topic"))
+    began = time.monotonic()
+    with pytest.raises(ValueError, match=rf"topic 'no_such_topic' does not exist on "
+                                         rf"{broker.bootstrap_servers}; nothing was committed"):
+        bronze.ingest(spark, missing, events_source(missing), "run-1")
+    assert time.monotonic() - began < 60
+    down = f"127.0.0.1:{free_port()}"
+    unreachable = make_config(tmp_path / "down", bronze=events_settings(down, "flights"))
+    began = time.monotonic()
+    with pytest.raises(bronze.EventSourceError, match=rf"cannot read Kafka topic 'flights' from "
+                                                      rf"{down} .*nothing was committed"):
+        bronze.ingest(spark, unreachable, events_source(unreachable), "run-1")
+    assert time.monotonic() - began < 60
+    for config in (missing, unreachable):
+        assert not tables.exists(spark, config, "bronze_flight_events")
+
+
+def write_env(folder: Path, settings: dict) -> Path:
+    """A conf folder: the project's base.yml and an env file for a child process."""
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "conf" / "base.yml", folder / "base.yml")
+    (folder / "e2e.yml").write_text(yaml.safe_dump({**TEST_SPARK, "bronze": settings}))
+    return folder
+
+
+@pytest.mark.slow
+def test_produced_events_land_once_through_a_kill_and_a_restart(
+        spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
+    settings = events_settings(broker.bootstrap_servers, "e2e", max_offsets_per_trigger=200)
+    config = make_config(tmp_path, bronze=settings)
+    checkpoint = Path(bronze.checkpoint(config, "bronze_flight_events"))
+    env = {**os.environ, "LAKEHOUSE_DATA_ROOT": str(tmp_path),
+           "LAKEHOUSE_CONF_DIR": str(write_env(tmp_path / "conf", settings))}
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    ensure_topic(broker.bootstrap_servers, "e2e", partitions=2, timeout=30)
+    log = (tmp_path / "bronze.log").open("w")
+    child = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "run", "bronze",
+                              "--continuous", "--env", "e2e"], cwd=ROOT, env=env,
+                             start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    sent: dict = {}
+    producer = threading.Thread(target=lambda: sent.update(produce(
+        config, date(2013, 1, 1), date(2013, 1, 1), duplicates=0.03,
+        pace=Pace(speedup=12000, burst_at=4, burst_factor=10, burst_seconds=2))))
+    try:
+        deadline = time.monotonic() + 240
+        while not (checkpoint / "metadata").exists():  # the child's query has started
+            assert child.poll() is None and time.monotonic() < deadline, (
+                "bronze never started: " + (tmp_path / "bronze.log").read_text()[-3000:])
+            time.sleep(0.5)
+        producer.start()
+        while not (tables.exists(spark, config, "bronze_flight_events") and
+                   tables.read(spark, config, "bronze_flight_events").count() >= 200):
+            assert child.poll() is None and time.monotonic() < deadline, (
+                "no event ingested: " + (tmp_path / "bronze.log").read_text()[-3000:])
+            time.sleep(0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # mid-way: kill -9, the JVM with it
+        child.wait(60)
+        if producer.is_alive() or producer.ident:
+            producer.join(300)
+    at_kill = tables.read(spark, config, "bronze_flight_events").count()
+    total = sent["events"]
+    assert 200 <= at_kill < total and sent["duplicates"] > 0
+
+    bronze.ingest(spark, config, events_source(config), "restart")
+    events = tables.read(spark, config, "bronze_flight_events")
+    assert events.count() == events.select("partition", "offset").distinct().count() == total
+
+    landing = Path(config.landing)  # the reference snapshots silver types flights against
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    shutil.rmtree(landing / "flights")
+    shutil.rmtree(landing / "weather")
+    bronze.run(spark, config, "references")
+    results = {r["table_name"]: r for r in silver.run(spark, config, "e2e")}
+    flights = tables.read(spark, config, "silver_flights")
+    assert flights.count() == flights.select("flight_id").distinct().count() == 842
+    assert flights.filter(F.col("cancelled").isNull()).count() == 0  # every outcome arrived
+    row = results["silver_flights"]
+    assert row["rows_in"] == total
+    assert row["rows_in"] == row["rows_out"] + row["rows_quarantined"] + row["rows_duplicate"]
