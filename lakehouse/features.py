@@ -116,20 +116,22 @@ def with_outcome(settings: FeatureSettings) -> Callable[[DataFrame], DataFrame]:
     def transform(df: DataFrame) -> DataFrame:
         disrupted = (F.col("cancelled") | F.col("diverted")
                      | (F.col("arr_delay") >= settings.disruption_delay_minutes))
+        # cancelled is null while a flight's outcome is not reported yet: no label then
+        label = F.when(F.col("cancelled").isNotNull(), F.coalesce(disrupted, F.lit(False)))
         return df.withColumns({
             "as_of_utc": F.col("sched_dep_utc") - hours(settings.as_of_offset_minutes / 60),
             "known_at_utc": outcome_known_at(),
-            LABEL: F.coalesce(disrupted, F.lit(False)).cast("int"),
+            LABEL: label.cast("int"),
         })
 
     return transform
 
 
 def history_events(flights: DataFrame) -> DataFrame:
-    """Flights whose outcome can feed history features: known within MAX_OUTCOME_LAG_HOURS of
-    scheduled departure."""
-    return flights.filter(F.col("known_at_utc")
-                          <= F.col("sched_dep_utc") + hours(MAX_OUTCOME_LAG_HOURS))
+    """Flights whose outcome can feed history features: known (reported), within
+    MAX_OUTCOME_LAG_HOURS of scheduled departure."""
+    return flights.filter(F.col("known_at_utc").isNotNull() & (
+        F.col("known_at_utc") <= F.col("sched_dep_utc") + hours(MAX_OUTCOME_LAG_HOURS)))
 
 
 def trailing_outcomes(events: DataFrame, queries: DataFrame, keys: list[str], window_seconds: int,
@@ -223,7 +225,7 @@ def previous_flight(flights: DataFrame) -> DataFrame:
         F.lag(LABEL).over(window).alias("_prev_disrupted"),
         F.lag("sched_arr_utc").over(window).alias("_prev_sched_arr"),
         F.lag("sched_dep_utc").over(window).alias("_prev_sched_dep"))
-    known = F.col("_prev_known_at") <= F.col("as_of_utc")
+    known = F.coalesce(F.col("_prev_known_at") <= F.col("as_of_utc"), F.lit(False))
     same_day = F.col("_prev_sched_dep") >= F.col("sched_dep_utc") - hours(24)
     return prev.select(
         "flight_id",

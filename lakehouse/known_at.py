@@ -52,6 +52,9 @@ KNOWN_AT: tuple[KnownAt, ...] = (
     KnownAt("weather", "an hourly row at the origin stamped time_hour hh:00 (readings up to "
             "hh:51)", "at the end of its hour, time_hour + 1 h",
             f"time_hour + {WEATHER_KNOWN_AFTER_STAMP}"),
+    KnownAt("outcome: not reported yet", "a flight only announced so far (a schedule event, no "
+            "outcome event yet)", "not known: no label, and it feeds no history",
+            "CAST(NULL AS TIMESTAMP)", "cancelled IS NULL"),
     KnownAt("outcome: cancelled", "a flight without dep_time", "at its scheduled departure",
             "sched_dep_utc", "cancelled"),
     KnownAt("outcome: arrived", "dep/arr times and delays, air time, the disruption label",

@@ -172,10 +172,10 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
     window, choose the threshold (max F1) on validation, and score the holdout.
 
     Flights without a recorded tail number are left out of fitting, validation and the holdout
-    metrics (see lakehouse.features). Rows are ordered by flight_id first, so that the same
+    metrics (see lakehouse.features), and so are flights whose outcome is not reported yet. Rows are ordered by flight_id first, so that the same
     table version and seed give the same model.
     """
-    every_flight = features.orderBy("flight_id").persist()
+    every_flight = features.filter(F.col(LABEL).isNotNull()).orderBy("flight_id").persist()
     rows = every_flight.filter(F.col(TAIL_RECORDED))
     slices = windows.slices()
     parts = {name: rows.transform(between(*span)) for name, span in slices.items()}

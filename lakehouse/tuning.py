@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from hyperopt import STATUS_FAIL, STATUS_OK, Trials, hp, space_eval, tpe
-from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_RUNNING, Domain
+from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Domain
 
 from lakehouse.models import FAMILIES, INTEGER_PARAMS, check_family
 
@@ -127,6 +127,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     started = time.monotonic()
     finished: list[Trial] = []
     running: dict[Future[Trial], dict[str, Any]] = {}
+    submitted = 0
 
     def run(number: int, point: dict[str, Any]) -> Trial:
         family, params = point["model"]["family"], dict(point["model"]["params"])
@@ -146,10 +147,11 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         return trial
 
     def may_start() -> bool:
-        best_at = max((i for i, t in enumerate(finished) if t.ok and t.auc == best_auc(finished)),
+        # the first trial that reached the best: a later equal score is no improvement
+        best_at = min((i for i, t in enumerate(finished) if t.ok and t.auc == best_auc(finished)),
                       default=-1)
         stalled = len(finished) - 1 - best_at >= budget.early_stop_trials and best_at >= 0
-        return (len(trials.trials) < budget.max_evals and not stalled
+        return (submitted < budget.max_evals and not stalled
                 and time.monotonic() - started < budget.timeout_s)
 
     with ThreadPoolExecutor(budget.parallelism, thread_name_prefix="trial") as pool:
@@ -162,13 +164,16 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 trials.insert_trial_docs([doc])
                 trials.refresh()
                 values = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
-                running[pool.submit(run, len(trials.trials), space_eval(space, values))] = doc
+                submitted += 1
+                running[pool.submit(run, submitted, space_eval(space, values))] = doc
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 doc, trial = running.pop(future), future.result()
-                doc["state"] = JOB_STATE_DONE if trial.ok else JOB_STATE_ERROR
+                # A failed trial stays among the trials (as fmin keeps it): TPE counts its
+                # point as a bad one (no loss) instead of suggesting it again.
+                doc["state"] = JOB_STATE_DONE
                 doc["result"] = ({"status": STATUS_OK, "loss": -float(trial.auc or 0)}
                                  if trial.ok else {"status": STATUS_FAIL, "error": trial.error})
                 trials.refresh()

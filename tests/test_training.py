@@ -1,18 +1,227 @@
+"""Training on two real weeks: families searched with failures and concurrency, metrics checked
+against scikit-learn, the gate with a real MLflow store, lineage and reproducibility."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from lakehouse.training import search_space
+from lakehouse import registry, tables
+from lakehouse.config import Config
+from lakehouse.evaluation import histogram
+from lakehouse.features import FeatureSettings, flight_features
+from lakehouse.stages import train
+from lakehouse.training import Windows, WindowsError
+from lakehouse.tuning import Budget, SearchSpaceError, search, search_space
+from tests.conftest import make_config
+from tests.rows import silver_frames, source_rows
+
+WINDOWS = {"train_from": "2013-01-01", "train_to": "2013-01-10",
+           "validation_from": "2013-01-08", "holdout_from": "2013-01-11",
+           "holdout_to": "2013-01-14"}
+LR_ONLY = {**WINDOWS, "max_evals": 2, "timeout_seconds": 300, "families": ["logistic_regression"],
+           "class_weighting": ["none"], "startup_trials": 1, "early_stop_trials": 10,
+           "search_space": {"logistic_regression": {"regParam": [0.01, 0.01],
+                                                    "elasticNetParam": [0.0, 0.0]}}}
+STUMP = {**LR_ONLY, "families": ["gbt"], "max_evals": 1,
+         "search_space": {"gbt": {"maxDepth": [1, 1], "maxIter": [1, 1],
+                                  "subsamplingRate": [1.0, 1.0]}}}
 
 
-def test_search_space_rejects_unknown_parameters() -> None:
-    with pytest.raises(ValueError, match=r"unknown search_space parameters \['maxDepht'\]"):
-        search_space({"maxDepht": [3, 5]})
+def day_of(row: dict[str, str]) -> date:
+    return date(int(row["year"]), int(row["month"]), int(row["day"]))
 
 
-def test_search_space_takes_bounds_from_conf() -> None:
-    from hyperopt.pyll.stochastic import sample
-    import numpy as np
+@pytest.fixture(scope="module")
+def features_root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gold.flight_features of 2013-01-01..14, built from the real rows, in a Delta table."""
+    root = tmp_path_factory.mktemp("training")
+    config = make_config(root)
+    days = {date(2013, 1, 1) + timedelta(days=i) for i in range(14)}
+    frames = silver_frames(spark, source_rows("flights", lambda r: day_of(r) in days),
+                           source_rows("weather", lambda r: day_of(r) in days))
+    settings = FeatureSettings.from_conf(config.section("gold"))
+    tables.overwrite(flight_features(frames["flights"], frames["weather"], frames["planes"],
+                                     settings), config, "flight_features")
+    return root
 
-    space = search_space({"maxDepth": [2, 3], "maxIter": [10, 20]})
-    draws = [sample(space, rng=np.random.default_rng(i)) for i in range(20)]
-    assert {d["maxDepth"] for d in draws} <= {2.0, 3.0}
-    assert {d["maxIter"] for d in draws} <= {10.0, 20.0}
+
+def config_for(root: Path, tmp_path: Path, train_conf: dict[str, Any], **mlflow: Any) -> Config:
+    """The features table of root, an MLflow store of this test's own."""
+    return make_config(root, train=train_conf, mlflow={
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "artifact_location": str(tmp_path / "mlruns"), **mlflow})
+
+
+def test_metrics_agree_with_scikit_learn(spark: SparkSession) -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 4000)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 4000), 0, 1)
+    df = spark.createDataFrame([(int(a), float(b)) for a, b in zip(y, p, strict=True)],
+                               "disrupted int, p double")
+    h = histogram(df, "disrupted", F.col("p"))
+    assert h.auc_roc() == pytest.approx(roc_auc_score(y, p), abs=2e-4)
+    assert h.log_loss() == pytest.approx(log_loss(y, p), rel=1e-9)
+    assert h.brier() == pytest.approx(brier_score_loss(y, p), rel=1e-9)
+    threshold = h.best_f1_threshold()
+    at = h.at_threshold(threshold)
+    predicted = p >= threshold
+    assert at["precision"] == pytest.approx((y[predicted] == 1).mean(), abs=1e-9)
+    assert at["recall"] == pytest.approx(predicted[y == 1].mean(), abs=1e-9)
+
+
+def test_no_date_falls_in_two_of_fit_validation_and_holdout() -> None:
+    slices = Windows.from_conf(WINDOWS).slices()
+    days = {name: {date.fromisoformat(a) + timedelta(days=i) for i in range(
+        (date.fromisoformat(b) - date.fromisoformat(a)).days + 1)} for name, (a, b) in
+        slices.items()}
+    assert not days["fit"] & days["validation"] and not days["validation"] & days["holdout"]
+    assert days["fit"] | days["validation"] == days["train"]
+    for bad in ({"validation_from": "2013-01-01"}, {"holdout_from": "2013-01-10"},
+                {"train_to": "2013-01-07"}):
+        with pytest.raises(WindowsError, match="no day in two of fit, validation and holdout"):
+            Windows(**{**WINDOWS, **bad})
+
+
+def test_gate_decision_needs_the_margin() -> None:
+    assert registry.decide(0.70, None, None, 0.002).promoted  # the first model
+    assert registry.decide(0.703, "1", 0.700, 0.002).promoted
+    worse = registry.decide(0.69, "1", 0.70, 0.002)
+    assert not worse.promoted and worse.alias == "challenger" and "does not beat" in worse.reason
+    assert not registry.decide(0.701, "1", 0.700, 0.002).promoted  # within the margin
+    with pytest.raises(ValueError, match="champion's AUC-ROC on the gate window is needed"):
+        registry.decide(0.7, "1", None, 0.002)
+
+
+def test_search_space_errors_name_the_entry() -> None:
+    with pytest.raises(SearchSpaceError, match=r"unknown families \['xgboost'\]"):
+        search_space(["gbt"], {"xgboost": {}}, ["none"])
+    with pytest.raises(SearchSpaceError, match=r"gbt.stepSize: a log range needs low > 0"):
+        search_space(["gbt"], {"gbt": {"stepSize": [0, 0.3, "log"]}}, ["none"])
+    with pytest.raises(SearchSpaceError, match=r"class_weighting 'heavy' unknown"):
+        search_space(["gbt"], {}, ["heavy"])
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on() -> None:
+    space = search_space(["logistic_regression", "gbt"], {}, ["none"])
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        if family == "gbt":
+            raise RuntimeError("maxDepth 31 is out of range")
+        return 0.6 + number / 1000, {}
+
+    trials = search(objective, space, Budget(max_evals=8, timeout_s=60, early_stop_trials=100,
+                                             startup_trials=3), seed=1)
+    assert len(trials) == 8
+    failed = [t for t in trials if not t.ok]
+    assert failed and all("maxDepth 31" in (t.error or "") for t in failed)
+    assert any(t.ok for t in trials)
+
+
+def test_search_stops_early_when_the_best_does_not_improve() -> None:
+    space = search_space(["logistic_regression"], {}, ["none"])
+    trials = search(lambda *_: (0.7, {}), space, Budget(max_evals=30, timeout_s=60,
+                                                         early_stop_trials=3), seed=1)
+    assert len(trials) == 4  # the first sets the best, three more do not improve it
+
+
+def test_concurrent_trials_each_log_a_nested_run_with_lineage(
+        spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
+    conf = {**LR_ONLY, "max_evals": 4, "parallelism": 2, "families": ["logistic_regression",
+                                                                      "gbt"],
+            "class_weighting": ["none", "balanced"],
+            "search_space": {"gbt": {"maxDepth": [2, 3], "maxIter": [3, 5, 1]},
+                             "logistic_regression": {"regParam": [0.001, 0.1, "log"]}}}
+    config = config_for(features_root, tmp_path, conf)
+    result = train.run(spark, config, "concurrent")
+    client = MlflowClient()
+    parent = client.get_run(result["run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == result["trials"] == 4
+    assert all(c.data.metrics.get("validation_auc_roc") for c in children)
+    # two trials ran at the same time: their spans overlap
+    spans = sorted((c.info.start_time, c.info.end_time) for c in children)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    params = parent.data.params
+    assert int(params["features_delta_version"]) == tables.version(spark, config,
+                                                                   "flight_features")
+    rebuilt = tables.read(spark, config, "flight_features",
+                          version=int(params["features_delta_version"]))
+    assert rebuilt.count() == tables.read(spark, config, "flight_features").count()
+    assert params["threshold_rule"] == "max_f1" and "code_version" in parent.data.tags
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert artifacts == {"plots/roc.png", "plots/precision_recall.png", "plots/calibration.png",
+                         "plots/importances.png"}
+    model = client.get_model_version("flight_disruption", result["version"])
+    assert float(model.tags["decision_threshold"]) == pytest.approx(result["threshold"])
+    info = mlflow.models.get_model_info(f"models:/flight_disruption/{result['version']}")
+    inputs = {c["name"] for c in info.signature.inputs.to_dict()}
+    assert {"carrier", "origin", "dest", "temp", "plane_age"} <= inputs
+    assert info.saved_input_example_info is not None
+
+
+def test_gate_promotes_better_refuses_worse_and_ties(
+        spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
+    stump = train.run(spark, config_for(features_root, tmp_path, STUMP), "stump")
+    assert stump["promoted"] and stump["decision"] == "no champion yet"
+    better = train.run(spark, config_for(features_root, tmp_path, LR_ONLY), "better")
+    assert better["promoted"], better["decision"]
+    # the same data, conf and seed give the same model: a tie, refused within the margin
+    tie = train.run(spark, config_for(features_root, tmp_path,
+                                      {**LR_ONLY, "promotion_margin": 0.001}), "tie")
+    # (sums of floats across partitions may differ in the last bit)
+    assert tie["holdout"] == pytest.approx(better["holdout"], rel=1e-12)
+    assert not tie["promoted"] and "gain +0.0000" in tie["decision"]
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("flight_disruption", "champion").version) == \
+        better["version"]
+    assert str(client.get_model_version_by_alias("flight_disruption", "challenger").version) == \
+        tie["version"]
+    run = client.get_run(tie["run_id"])
+    assert run.data.params["gate_decision"] == "challenger"
+    assert run.data.metrics["gate_champion_auc_roc"] == pytest.approx(
+        better["holdout"]["auc_roc"])
+
+
+class _Failing(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "down"}')
+
+    do_POST = do_GET
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_registry_error_other_than_a_missing_alias_fails_the_job(
+        spark: SparkSession, features_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    try:
+        config = config_for(features_root, tmp_path, LR_ONLY,
+                            registry_uri=f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(MlflowException, match="TEMPORARILY_UNAVAILABLE|503"):
+            train.run(spark, config, "registry-down")
+    finally:
+        server.shutdown()
+    failed = tables.read(spark, config, "audit").filter(F.col("job") == "train").first()
+    assert failed["status"] == "failed" and "MlflowException" in failed["message"]
