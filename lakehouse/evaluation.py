@@ -9,6 +9,7 @@ agree with an exact computation to about 1e-4 (rows within one bin count as ties
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pyspark.ml.functions import vector_to_array
@@ -34,6 +35,16 @@ class Histogram:
     sum_p: np.ndarray
     log_loss_sum: float
     brier_sum: float
+
+    def __add__(self, other: Histogram) -> Histogram:
+        """The histogram of both sets of rows (e.g. days summed into a trailing window)."""
+        return Histogram(self.negatives + other.negatives, self.positives + other.positives,
+                         self.sum_p + other.sum_p, self.log_loss_sum + other.log_loss_sum,
+                         self.brier_sum + other.brier_sum)
+
+    @classmethod
+    def empty(cls) -> Histogram:
+        return cls(np.zeros(BINS), np.zeros(BINS), np.zeros(BINS), 0.0, 0.0)
 
     @property
     def rows(self) -> int:
@@ -124,21 +135,30 @@ class Histogram:
 
 def histogram(scored: DataFrame, label: str, score: Column) -> Histogram:
     """Count scored rows into probability bins in one Spark job."""
+    return histograms_by(scored.withColumn("_all", F.lit(0)), "_all", label, score).get(
+        0, Histogram.empty())
+
+
+def histograms_by(scored: DataFrame, group: str, label: str,
+                  score: Column) -> dict[Any, Histogram]:
+    """One histogram per value of the group column (e.g. per day), in one Spark job."""
     p = F.least(F.greatest(score.cast("double"), F.lit(0.0)), F.lit(1.0))
     y = F.col(label).cast("double")
     clipped = F.least(F.greatest(p, F.lit(EPSILON)), F.lit(1 - EPSILON))
     loss = -(y * F.log(clipped) + (1 - y) * F.log(1 - clipped))
-    rows = (scored.select(F.least(F.floor(p * BINS), F.lit(BINS - 1)).cast("int").alias("bin"),
+    rows = (scored.select(F.col(group).alias("_group"),
+                          F.least(F.floor(p * BINS), F.lit(BINS - 1)).cast("int").alias("bin"),
                           y.alias("y"), p.alias("p"), loss.alias("loss"),
                           ((p - y) * (p - y)).alias("se"))
-            .groupBy("bin").agg(F.sum(1 - F.col("y")).alias("neg"), F.sum("y").alias("pos"),
-                                F.sum("p").alias("sum_p"), F.sum("loss").alias("loss"),
-                                F.sum("se").alias("se"))
+            .groupBy("_group", "bin").agg(F.sum(1 - F.col("y")).alias("neg"),
+                                          F.sum("y").alias("pos"), F.sum("p").alias("sum_p"),
+                                          F.sum("loss").alias("loss"), F.sum("se").alias("se"))
             .collect())
-    neg, pos, sum_p = np.zeros(BINS), np.zeros(BINS), np.zeros(BINS)
-    log_loss = brier = 0.0
+    out: dict[Any, Histogram] = {}
     for r in rows:
-        neg[r["bin"]], pos[r["bin"]], sum_p[r["bin"]] = r["neg"], r["pos"], r["sum_p"]
-        log_loss += r["loss"]
-        brier += r["se"]
-    return Histogram(neg, pos, sum_p, log_loss, brier)
+        h = out.setdefault(r["_group"], Histogram.empty())
+        h.negatives[r["bin"]], h.positives[r["bin"]], h.sum_p[r["bin"]] = (
+            r["neg"], r["pos"], r["sum_p"])
+        out[r["_group"]] = Histogram(h.negatives, h.positives, h.sum_p,
+                                     h.log_loss_sum + r["loss"], h.brier_sum + r["se"])
+    return out

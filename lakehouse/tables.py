@@ -23,7 +23,7 @@ from urllib.request import url2pathname
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
@@ -170,6 +170,12 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
         if tag is not None:
             spark.conf.unset(key)
     return last_operation_metrics(spark, config, name)
+
+
+def update(spark: SparkSession, config: Config, name: str, condition: Column,
+           values: dict[str, Column]) -> None:
+    """Set columns of the rows matching condition (Delta UPDATE)."""
+    delta_table(spark, config, name).update(condition, values)
 
 
 def _sql_name(location: str) -> str:

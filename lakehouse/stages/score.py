@@ -1,15 +1,17 @@
-"""Score stage: the champion model scores a date range into gold.delay_predictions (MERGE)."""
+"""Score stage: the champion, and a challenger in shadow, score a date range into
+gold.delay_predictions, one row per flight and model version (MERGE)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow.spark
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse import registry, tables
 from lakehouse.config import Config
-from lakehouse.inference import PREDICTION_KEYS, PREDICTION_VALUES, score
+from lakehouse.inference import PREDICTION_KEYS, PREDICTION_VALUES, score, unscorable
 from lakehouse.stages.audit import audited
 from lakehouse.training import between
 
@@ -18,27 +20,80 @@ class NoChampionError(RuntimeError):
     """No model version holds the champion alias yet: run the train job first."""
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """A registered model version, resolved once, with what its predictions need."""
+
+    name: str
+    version: str
+    run_id: str
+    role: str
+    threshold: float
+
+    @classmethod
+    def resolve(cls, name: str, alias: str) -> Scorer | None:
+        found = registry.resolve(name, alias)
+        if found is None:
+            return None
+        threshold = float((found.tags or {}).get("decision_threshold") or 0.5)
+        return cls(name, str(found.version), found.run_id or "", alias, threshold)
+
+
+def scorers(name: str, champion_alias: str) -> list[Scorer]:
+    """The champion (required) and, when another version holds @challenger, that one."""
+    champion = Scorer.resolve(name, champion_alias)
+    if champion is None:
+        uri = mlflow.get_tracking_uri()
+        raise NoChampionError(f"no version of model {name!r} has alias {champion_alias!r} in "
+                              f"{uri}; run the train job first")
+    challenger = Scorer.resolve(name, registry.CHALLENGER)
+    return [champion] + ([challenger] if challenger and challenger.version != champion.version
+                         else [])
+
+
+def predictions_of(spark: SparkSession, config: Config, scorer: Scorer, features: DataFrame,
+                   flights: DataFrame, features_version: int) -> DataFrame:
+    """The scorer's rows: a prediction for every featured flight, a reason for the others."""
+    model = mlflow.spark.load_model(f"models:/{scorer.name}/{scorer.version}")
+    args = (scorer.name, scorer.version, scorer.run_id, scorer.role, scorer.threshold,
+            features_version)
+    missing = flights.join(features.select("flight_id"), "flight_id", "left_anti")
+    return score(model, features, *args).unionByName(
+        unscorable(missing, "no row in gold.flight_features", *args))
+
+
 def run(spark: SparkSession, config: Config, run_id: str, start: str,
         end: str) -> dict[str, Any]:
-    """Score flights dated start..end with models:/<name>@<alias>; idempotent by flight_id."""
+    """Score flights dated start..end; idempotent by flight and model version."""
     mlflow_conf = registry.configure(config)
     name, alias = mlflow_conf["model_name"], mlflow_conf["alias"]
     with audited(spark, config, run_id, "score", "delay_predictions") as audit:
-        current = registry.resolve(name, alias)  # once: a promotion meanwhile changes nothing
-        if current is None:
-            raise NoChampionError(f"no version of model {name!r} has alias {alias!r} in "
-                                  f"{mlflow_conf['tracking_uri']}; run the train job first")
-        model = mlflow.spark.load_model(f"models:/{name}/{current.version}")
+        models = scorers(name, alias)  # resolved once: a promotion meanwhile changes nothing
         version_read = tables.version(spark, config, "flight_features")
-        features = tables.read(spark, config, "flight_features", version=version_read)
-        predictions = score(model, features.transform(between(start, end)), name,
-                            str(current.version)).persist()
-        rows = predictions.count()
-        tables.merge(spark, predictions, config, "delay_predictions", PREDICTION_KEYS,
-                     changed_columns=PREDICTION_VALUES)
+        features = tables.read(spark, config, "flight_features", version=version_read).transform(
+            between(start, end))
+        flights = tables.read(spark, config, "silver_flights").transform(between(start, end))
+        frames = [predictions_of(spark, config, m, features, flights, version_read or 0)
+                  for m in models]
+        predictions = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+        predictions = predictions.persist()
+        counts = {(r["role"], r["status"]): r["count"] for r in
+                  predictions.groupBy("role", "status").count().collect()}
+        metrics = tables.merge(spark, predictions, config, "delay_predictions", PREDICTION_KEYS,
+                               changed_columns=PREDICTION_VALUES)
         predictions.unpersist()
-        audit.update(rows_in=rows, rows_out=rows, version_read=version_read,
+        rows = sum(counts.values())
+        scored = sum(n for (_, status), n in counts.items() if status == "scored")
+        audit.update(rows_in=rows, rows_out=scored, rows_quarantined=rows - scored,
+                     version_read=version_read,
                      version_written=tables.version(spark, config, "delay_predictions"),
-                     message=f"{name} v{current.version} scored {start}..{end}")
-    return {"model_name": name, "model_version": str(current.version), "rows": rows,
+                     message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in models)
+                             + f" scored {start}..{end}; written "
+                             f"{metrics.get('numTargetRowsInserted', metrics.get('numOutputRows', 0))}"
+                             f" new, {metrics.get('numTargetRowsUpdated', 0)} changed")
+    champion = models[0]
+    return {"model_name": name, "model_version": champion.version,
+            "challenger_version": models[1].version if len(models) > 1 else None,
+            "rows": counts.get((champion.role, "scored"), 0),
+            "unscorable": counts.get((champion.role, "unscorable"), 0),
             "table": config.table("delay_predictions"), "from": start, "to": end}

@@ -20,10 +20,12 @@ from pyspark.sql import functions as F
 from lakehouse import plots, registry, tables
 from lakehouse.baseline import SCORE, historical_rate
 from lakehouse.config import Config
-from lakehouse.evaluation import Histogram, histogram
+from lakehouse.drift import FeatureReference, reference, references_to_json
+from lakehouse.evaluation import Histogram, histogram, positive_probability
 from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED
 from lakehouse.lineage import code_version, table_versions
 from lakehouse.models import importances
+from lakehouse.monitoring import PREDICTION
 from lakehouse.stages.audit import audited
 from lakehouse.training import (
     TrainSettings,
@@ -37,6 +39,7 @@ from lakehouse.tuning import Trial
 
 log = logging.getLogger("lakehouse")
 MODEL_INPUTS = (*CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
+REFERENCE_ARTIFACT = "monitoring/reference.json"
 
 
 class GateError(RuntimeError):
@@ -88,6 +91,19 @@ def champion_auc(name: str, version: str, rows: DataFrame) -> float:
                         f"({type(error).__name__}: {str(error)[:300]}); the gate cannot compare. "
                         f"If the features changed on purpose, remove the alias "
                         f"{name}@{registry.CHAMPION} so the new model takes it") from error
+
+
+def drift_reference(model: Any, features: DataFrame,
+                    windows: Windows) -> dict[str, FeatureReference]:
+    """What the monitor compares each day with: the model features over the training window
+    and the predicted probability over the holdout."""
+    rows = features.filter(F.col(TAIL_RECORDED) & F.col(LABEL).isNotNull())
+    train_rows = rows.transform(between(windows.train_from, windows.train_to))
+    predicted = model.transform(rows.transform(between(windows.holdout_from,
+                                                       windows.holdout_to)))
+    return {**reference(train_rows, list(NUMERIC_FEATURES), list(CATEGORICAL_FEATURES)),
+            **reference(predicted.select(positive_probability().alias(PREDICTION)),
+                        [PREDICTION], [])}
 
 
 def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, float]) -> None:
@@ -164,6 +180,9 @@ def run(spark: SparkSession, config: Config, run_id: str,
                                  .transform(between(windows.holdout_from, windows.holdout_to)),
                                  LABEL, F.col(SCORE))
             log_evaluation(result, baseline, importances(result.model, labeled))
+            mlflow.log_text(references_to_json(drift_reference(result.model, features,
+                                                               windows)),
+                            REFERENCE_ARTIFACT)
 
             rows, window = gate_rows(features, windows, settings)
             new_auc = (result.holdout.auc_roc() if window == f"{windows.holdout_from}.."

@@ -1,0 +1,119 @@
+"""Alert rules of the monitor job, from conf: which monitoring values cross which threshold,
+for how many days, and whether the alert makes retraining due (pure functions)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from lakehouse.alerts import raised_days
+from lakehouse.monitoring import DAY, PREDICTION, TRAILING
+
+KINDS = ("feature_drift", "prediction_drift", "quality_drop", "calibration")
+
+
+class AlertRuleError(ValueError):
+    """A monitor.alerts entry of conf is malformed."""
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One threshold on one monitoring metric.
+
+    feature_drift and prediction_drift compare a daily drift statistic with `above`;
+    quality_drop compares the trailing realized AUC-ROC with the model's training holdout AUC
+    less `below_training_by`; calibration compares the trailing |mean predicted - observed|
+    with `above`. Quality rules need at least min_labeled labeled flights.
+    """
+
+    name: str
+    metric: str
+    above: float | None
+    below_training_by: float | None
+    persist_days: int
+    retrain: bool
+
+    @property
+    def window(self) -> str:
+        return DAY if self.name in ("feature_drift", "prediction_drift") else TRAILING
+
+    def subjects(self, available: set[str]) -> list[str]:
+        if self.name == "feature_drift":
+            return sorted(s for s in available if s and s != PREDICTION)
+        return [PREDICTION] if self.name == "prediction_drift" else [""]
+
+    def crossed(self, value: float, rows: int, training_auc: float | None,
+                min_labeled: int) -> bool:
+        if self.window == TRAILING and rows < min_labeled:
+            return False
+        if self.name == "quality_drop":
+            return training_auc is not None and value < training_auc - float(
+                self.below_training_by or 0.0)
+        if self.name == "calibration":
+            return abs(value) > float(self.above or 0.0)
+        return value >= float(self.above or 0.0)
+
+    def threshold_text(self, training_auc: float | None) -> str:
+        if self.name == "quality_drop":
+            return f"< {training_auc:.4f} - {self.below_training_by}" if training_auc else "n/a"
+        return f"{'|x| > ' if self.name == 'calibration' else '>= '}{self.above}"
+
+
+def rules_from_conf(section: dict[str, Any]) -> list[AlertRule]:
+    rules = []
+    for name, spec in (section or {}).items():
+        if name not in KINDS:
+            raise AlertRuleError(f"monitor.alerts.{name}: unknown rule; rules are {list(KINDS)}")
+        if not isinstance(spec, dict):
+            raise AlertRuleError(f"monitor.alerts.{name}: expected a mapping, got {spec!r}")
+        metric = {"quality_drop": "auc_roc", "calibration": "calibration_gap"}.get(
+            name, str(spec.get("metric", "psi")))
+        rules.append(AlertRule(name, metric, spec.get("above"), spec.get("below_training_by"),
+                               int(spec.get("persist_days", 1)), bool(spec.get("retrain", False))))
+    return rules
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """An alert raised for one rule and subject on one day."""
+
+    rule: AlertRule
+    subject: str
+    day: date
+    value: float
+    rows: int
+    threshold: str
+
+    @property
+    def alert_id(self) -> str:
+        return f"{self.rule.name}|{self.subject}|{self.day}"
+
+    def message(self, model: str) -> str:
+        what = f"{self.rule.metric} of {self.subject}" if self.subject else self.rule.metric
+        window = "that day" if self.rule.window == DAY else "over the trailing window"
+        return (f"{model}: {what} = {self.value:.4f} {window} ({self.rows} flights), threshold "
+                f"{self.threshold}, for {self.rule.persist_days} day(s) running"
+                + ("; retraining is due" if self.rule.retrain else ""))
+
+
+def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
+              training_auc: float | None, min_labeled: int) -> list[Crossing]:
+    """The alerts raised on day: once per episode, when a rule's condition has held for its
+    persist_days consecutive days (history: monitoring rows of one model version)."""
+    series: dict[tuple[str, str, str], dict[date, dict[str, Any]]] = defaultdict(dict)
+    for row in history:
+        series[(row["window"], row["metric"], row["subject"])][row["monitored_date"]] = row
+    subjects = {row["subject"] for row in history}
+    out = []
+    for rule in rules:
+        for subject in rule.subjects(subjects):
+            by_day = series.get((rule.window, rule.metric, subject), {})
+            flags = [(d, rule.crossed(r["value"], r["rows"], training_auc, min_labeled))
+                     for d, r in sorted(by_day.items()) if d <= day]
+            if day in raised_days(flags, rule.persist_days) and day in by_day:
+                row = by_day[day]
+                out.append(Crossing(rule, subject, day, row["value"], row["rows"],
+                                    rule.threshold_text(training_auc)))
+    return out

@@ -1,0 +1,90 @@
+"""Monitoring of a scored day (pure functions of DataFrames and settings).
+
+Feature drift of every model feature and of the predicted probability against the reference
+saved with the model at training time (PSI on quantile bins or categories, and the
+Jensen-Shannon distance, which stays bounded where PSI explodes on near-empty bins), in one Spark
+pass over the day's rows; realized quality (AUC-ROC, AUC-PR, Brier score, calibration) of the
+flights whose outcome is known at the monitoring instant, by gold's own known-at rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from lakehouse.drift import FeatureReference, bin_counts, drift
+from lakehouse.evaluation import Histogram, histograms_by
+from lakehouse.features import LABEL
+
+PREDICTION = "prediction"  # the subject name of prediction drift
+DAY, TRAILING = "day", "trailing"
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """The monitor section of conf (thresholds live in its alerts)."""
+
+    trailing_days: int
+    min_labeled: int
+    home_timezone: str
+
+    @classmethod
+    def from_conf(cls, section: dict[str, Any], home_timezone: str) -> MonitorSettings:
+        return cls(int(section.get("trailing_days", 7)), int(section.get("min_labeled", 200)),
+                   home_timezone)
+
+
+def end_of_day(day: date, timezone: str) -> datetime:
+    """Local midnight after day, as a naive UTC datetime (Spark's session time zone)."""
+    local = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(timezone)) + timedelta(days=1)
+    return local.astimezone(ZoneInfo("UTC")).replace(tzinfo=None)
+
+
+def drift_rows(rows: DataFrame, refs: dict[str, FeatureReference]) -> list[dict[str, Any]]:
+    """PSI and Jensen-Shannon distance per day and feature (and the prediction), one pass.
+
+    rows: a day's predictions joined to their features, with the probability as PREDICTION.
+    """
+    counts = bin_counts(rows, refs, ["flight_date"]).collect()
+    out = []
+    for r in drift(counts, refs, ["flight_date"]):
+        for metric in ("psi", "js_distance"):
+            out.append({"monitored_date": r["flight_date"], "window": DAY, "metric": metric,
+                        "subject": r["feature"], "value": float(r[metric]),
+                        "rows": int(r["rows"])})
+    return out
+
+
+def labeled(predictions: DataFrame, features: DataFrame, as_of: datetime) -> DataFrame:
+    """Predictions whose flight's outcome is known at as_of (gold's known_at_utc), with the
+    label."""
+    outcomes = features.select("flight_id", LABEL, "known_at_utc").filter(
+        F.col(LABEL).isNotNull() & (F.col("known_at_utc") <= F.lit(as_of)))
+    return predictions.filter(F.col("status") == "scored").join(outcomes, "flight_id", "inner")
+
+
+def quality_rows(rows: DataFrame, days: list[date], trailing_end: date) -> list[dict[str, Any]]:
+    """AUC-ROC, AUC-PR, Brier score, log loss and calibration (mean predicted vs observed rate)
+    of the labeled rows of each day, and of all of them as the trailing window ending at
+    trailing_end, each with the number of labeled flights it rests on (one Spark pass)."""
+    by_day = histograms_by(rows, "flight_date", LABEL, F.col("probability"))
+    out = [r for d in days for r in _quality(by_day.get(d, Histogram.empty()), DAY, d)]
+    trailing = sum((by_day.get(d, Histogram.empty()) for d in days), Histogram.empty())
+    return out + _quality(trailing, TRAILING, trailing_end)
+
+
+def _quality(h: Histogram, window: str, day: date) -> list[dict[str, Any]]:
+    n = h.rows
+    if not n:
+        return []
+    values = {"auc_roc": h.auc_roc(), "auc_pr": h.auc_pr(), "brier": h.brier(),
+              "log_loss": h.log_loss(), "mean_predicted": float(h.sum_p.sum() / n),
+              "observed_rate": float(h.positives.sum() / n)}
+    values["calibration_gap"] = values["mean_predicted"] - values["observed_rate"]
+    return [{"monitored_date": day, "window": window, "metric": k, "subject": "",
+             "value": float(v), "rows": n} for k, v in values.items()]

@@ -1,0 +1,222 @@
+"""Monitor stage: drift and realized quality of the models that scored a day, alerts once per
+episode (table, ERROR log line, webhook), and whether retraining is due."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakehouse import registry, tables
+from lakehouse.alert_rules import Crossing, rules_from_conf, raised_on
+from lakehouse.alerts import deliver, slack_payload
+from lakehouse.config import Config
+from lakehouse.drift import FeatureReference, references_from_json
+from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from lakehouse.monitoring import (
+    PREDICTION,
+    MonitorSettings,
+    drift_rows,
+    end_of_day,
+    labeled,
+    quality_rows,
+)
+from lakehouse.stages.audit import audited
+from lakehouse.stages.train import REFERENCE_ARTIFACT
+
+log = logging.getLogger("lakehouse")
+MONITOR_KEYS = ("monitored_date", "model_version", "window", "metric", "subject")
+MONITOR_SCHEMA = T.StructType([
+    T.StructField("monitored_date", T.DateType(), False),
+    T.StructField("model_name", T.StringType(), False),
+    T.StructField("model_version", T.StringType(), False),
+    T.StructField("role", T.StringType(), True),
+    T.StructField("window", T.StringType(), False),
+    T.StructField("metric", T.StringType(), False),
+    T.StructField("subject", T.StringType(), False),
+    T.StructField("value", T.DoubleType(), True),
+    T.StructField("rows", T.LongType(), True),
+    T.StructField("as_of_utc", T.TimestampType(), False),
+    T.StructField("run_id", T.StringType(), True),
+])
+ALERT_SCHEMA = T.StructType([
+    T.StructField("alert_id", T.StringType(), False),
+    T.StructField("rule", T.StringType(), False),
+    T.StructField("monitored_date", T.DateType(), False),
+    T.StructField("model_name", T.StringType(), False),
+    T.StructField("model_version", T.StringType(), False),
+    T.StructField("subject", T.StringType(), True),
+    T.StructField("metric", T.StringType(), True),
+    T.StructField("value", T.DoubleType(), True),
+    T.StructField("threshold", T.StringType(), True),
+    T.StructField("message", T.StringType(), True),
+    T.StructField("retrain", T.BooleanType(), False),
+    T.StructField("webhook_delivered", T.BooleanType(), True),
+    T.StructField("webhook_attempts", T.IntegerType(), True),
+    T.StructField("webhook_error", T.StringType(), True),
+    T.StructField("raised_at", T.TimestampType(), False),
+    T.StructField("handled_by_run", T.StringType(), True),
+    T.StructField("handled_on", T.DateType(), True),
+])
+
+
+def reference_of(run_id: str) -> dict[str, FeatureReference] | None:
+    """The drift reference saved with a model at training time (None for a model without)."""
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
+    except (MlflowException, OSError):
+        return None
+    return references_from_json(Path(path).read_text())
+
+
+def day_rows(predictions: DataFrame, features: DataFrame, day: date, version: str) -> DataFrame:
+    """A model's scored flights of the day with their features and the probability."""
+    inputs = features.select("flight_id", *CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
+    return (predictions.filter((F.col("flight_date") == F.lit(day))
+                               & (F.col("model_version") == version)
+                               & (F.col("status") == "scored"))
+            .select("flight_id", "flight_date", F.col("probability").alias(PREDICTION))
+            .join(inputs, "flight_id", "inner"))
+
+
+def measure(spark: SparkSession, predictions: DataFrame, features: DataFrame, day: date,
+            as_of: datetime, settings: MonitorSettings, model: Any) -> tuple[list[dict], bool]:
+    """Drift (one pass) and realized quality (one pass) of one model version."""
+    rows: list[dict[str, Any]] = []
+    refs = reference_of(model["model_run_id"])
+    if refs is not None:
+        rows += drift_rows(day_rows(predictions, features, day, model["model_version"]), refs)
+    days = [day - timedelta(days=i) for i in range(settings.trailing_days - 1, -1, -1)]
+    window = predictions.filter((F.col("model_version") == model["model_version"])
+                                & F.col("flight_date").isin(days))
+    rows += quality_rows(labeled(window, features, as_of), days, day)
+    for row in rows:
+        row.update(model_name=model["model_name"], model_version=model["model_version"],
+                   role=model["role"])
+    return rows, refs is not None
+
+
+def training_auc(run_id: str) -> float | None:
+    return MlflowClient().get_run(run_id).data.metrics.get("holdout_auc_roc")
+
+
+def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing], model: Any,
+                 settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Record alerts not raised before (by id), log each at ERROR and POST it to the webhook."""
+    known: set[str] = set()
+    if tables.exists(spark, config, "alerts"):
+        ids = [c.alert_id for c in crossings]
+        known = {r[0] for r in tables.read(spark, config, "alerts")
+                 .filter(F.col("alert_id").isin(ids)).select("alert_id").collect()}
+    url = settings.get("webhook_url")
+    new = []
+    for c in (c for c in crossings if c.alert_id not in known):
+        alert = {"alert_id": c.alert_id, "rule": c.rule.name, "monitored_date": c.day,
+                 "model_name": model["model_name"], "model_version": model["model_version"],
+                 "subject": c.subject, "metric": c.rule.metric, "value": c.value,
+                 "threshold": c.threshold, "message": c.message(
+                     f"{model['model_name']} v{model['model_version']}"),
+                 "retrain": c.rule.retrain,
+                 "raised_at": datetime.now(UTC).replace(tzinfo=None),
+                 "webhook_delivered": None, "webhook_attempts": None, "webhook_error": None,
+                 "handled_by_run": None, "handled_on": None}
+        log.error("ALERT %s: %s", c.alert_id, alert["message"])
+        if url:
+            sent = deliver(url, slack_payload({**alert, "monitored_date": str(c.day),
+                                               "raised_at": str(alert["raised_at"])}),
+                           retries=int(settings.get("webhook_retries", 3)),
+                           timeout_s=float(settings.get("webhook_timeout_seconds", 5)))
+            alert.update(webhook_delivered=sent.delivered, webhook_attempts=sent.attempts,
+                         webhook_error=sent.error)
+        new.append(alert)
+    if new:
+        tables.append(spark.createDataFrame(new, ALERT_SCHEMA), config, "alerts")
+    return new
+
+
+@dataclass(frozen=True)
+class RetrainingDue:
+    due: bool
+    reason: str
+    alert_ids: tuple[str, ...] = ()
+
+
+def retraining_due(spark: SparkSession, config: Config, day: date,
+                   min_days_between: int) -> RetrainingDue:
+    """Due when an alert of the retraining kind is open, unless the last retraining is more
+    recent than min_days_between days."""
+    if not tables.exists(spark, config, "alerts"):
+        return RetrainingDue(False, "no alert yet")
+    alerts = tables.read(spark, config, "alerts").filter(F.col("monitored_date") <= F.lit(day))
+    open_ = [r["alert_id"] for r in alerts.filter(F.col("retrain") & F.col("handled_by_run")
+                                                  .isNull()).select("alert_id").collect()]
+    last = alerts.agg(F.max("handled_on")).first()[0]
+    if not open_:
+        return RetrainingDue(False, "no open alert of the retraining kind")
+    if last is not None and (day - last).days < min_days_between:
+        return RetrainingDue(False, f"rate-limited: last retraining on {last}, next on "
+                                    f"{last + timedelta(days=min_days_between)}", tuple(open_))
+    return RetrainingDue(True, f"{len(open_)} open alert(s): {', '.join(open_[:5])}",
+                         tuple(open_))
+
+
+def mark_handled(spark: SparkSession, config: Config, ids: tuple[str, ...], run_id: str,
+                 day: date) -> None:
+    """Close the alerts a retraining answered."""
+    tables.update(spark, config, "alerts", F.col("alert_id").isin(list(ids)),
+                  {"handled_by_run": F.lit(run_id), "handled_on": F.lit(day)})
+
+
+def run(spark: SparkSession, config: Config, run_id: str, day: str,
+        as_of: datetime | None = None) -> dict[str, Any]:
+    """Monitor the models that scored day, as known at as_of (default: the end of that day)."""
+    gold = config.section("gold")
+    conf = config.section("monitor")
+    settings = MonitorSettings.from_conf(conf, gold["home_timezone"])
+    when = date.fromisoformat(day)
+    as_of = as_of or end_of_day(when, settings.home_timezone)
+    registry.configure(config)
+    with audited(spark, config, run_id, "monitor", "model_monitoring") as audit:
+        predictions = tables.read(spark, config, "delay_predictions")
+        features = tables.read(spark, config, "flight_features")
+        models = (predictions.filter(F.col("flight_date") == F.lit(when))
+                  .select("model_name", "model_version", "model_run_id", "role").distinct()
+                  .orderBy("role").collect())
+        rows: list[dict[str, Any]] = []
+        notes = []
+        for model in models:
+            measured, has_reference = measure(spark, predictions, features, when, as_of,
+                                              settings, model)
+            rows += measured
+            if not has_reference:
+                notes.append(f"v{model['model_version']} has no drift reference")
+        if rows:
+            frame = spark.createDataFrame(
+                [{**r, "as_of_utc": as_of, "run_id": run_id} for r in rows], MONITOR_SCHEMA)
+            tables.merge(spark, frame, config, "model_monitoring", MONITOR_KEYS,
+                         changed_columns=("value", "rows", "role"))
+        champion = next((m for m in models if m["role"] == registry.CHAMPION), None)
+        new: list[dict[str, Any]] = []
+        if champion is not None:
+            history = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
+                (F.col("model_version") == champion["model_version"])
+                & (F.col("monitored_date") <= F.lit(when))).collect()]
+            crossings = raised_on(when, history, rules_from_conf(conf.get("alerts") or {}),
+                                  training_auc(champion["model_run_id"]), settings.min_labeled)
+            new = raise_alerts(spark, config, crossings, champion, conf)
+        due = retraining_due(spark, config, when, int(conf.get("retrain_min_days_between", 14)))
+        audit.update(rows_out=len(rows), message="; ".join(
+            [f"{day}: {len(models)} model(s), {len(rows)} values, {len(new)} alert(s) raised, "
+             f"retraining {'due' if due.due else 'not due'} ({due.reason})", *notes])[:1900])
+    return {"day": day, "as_of": as_of, "models": [m["model_version"] for m in models],
+            "values": len(rows), "alerts": new, "retrain_due": due.due,
+            "retrain_reason": due.reason, "retrain_alerts": due.alert_ids}
