@@ -98,5 +98,6 @@ def check_accounting(landed: dict[str, int], records: dict[str, int]) -> None:
     wrong = {f: (n, records.get(f, 0)) for f, n in landed.items() if records.get(f, 0) != n}
     wrong.update({f: (0, n) for f, n in records.items() if f not in landed})
     if wrong:
-        detail = "; ".join(f"{f}: {a} lines landed, {b} records read" for f, (a, b) in wrong.items())
+        detail = "; ".join(f"{f}: {a} lines landed, {b} records read"
+                           for f, (a, b) in wrong.items())
         raise BronzeAccountingError(f"landed lines != bronze records: {detail}")

@@ -122,10 +122,12 @@ def daily_history(flights: DataFrame, settings: FeatureSettings, keys: list[str]
     cutoffs = (flights.select(*keys, "flight_date").distinct()
                .withColumn("_cutoff", _local_midnight_utc(settings)))
     queries = cutoffs.select(*keys, F.unix_seconds("_cutoff").alias("_ts"),
-                             F.concat_ws("|", *keys, F.col("flight_date").cast("string")).alias("_qid"))
+                             F.concat_ws("|", *keys, F.col("flight_date").cast("string"))
+                             .alias("_qid"))
     stats = trailing_outcomes(flights, queries, keys, settings.daily_history_days * 86400, prefix)
     lookup = cutoffs.select(*keys, "flight_date",
-                            F.concat_ws("|", *keys, F.col("flight_date").cast("string")).alias("_qid"))
+                            F.concat_ws("|", *keys, F.col("flight_date").cast("string"))
+                            .alias("_qid"))
     return lookup.join(stats, on="_qid", how="inner").drop("_qid", f"{prefix}_mean_arr_delay")
 
 
@@ -179,7 +181,8 @@ def schedule_features(flights: DataFrame) -> DataFrame:
         hour.cast("int").alias("sched_dep_hour"),
         (hour * 60 + F.col("sched_dep_time") % 100).cast("int").alias("sched_dep_minute_of_day"),
         F.dayofweek("flight_date").alias("day_of_week"),
-        minutes_between(F.col("sched_arr_utc"), F.col("sched_dep_utc")).alias("sched_block_minutes"),
+        minutes_between(F.col("sched_arr_utc"), F.col("sched_dep_utc"))
+        .alias("sched_block_minutes"),
         F.count(F.lit(1)).over(per_hour).alias("origin_hour_departures"),
         F.count(F.lit(1)).over(per_day).alias("origin_day_departures"))
 
@@ -205,7 +208,8 @@ def flight_features(flights: DataFrame, weather: DataFrame, planes: DataFrame,
         "flight_id", "flight_date", "sched_dep_utc", "as_of_utc", "tailnum",
         *CATEGORICAL_FEATURES,
         *[F.col(c).cast("double").alias(c) for c in NUMERIC_FEATURES if c != "weather_age_minutes"],
-        minutes_between(F.col("as_of_utc"), F.col("weather_observed_at")).alias("weather_age_minutes"),
+        minutes_between(F.col("as_of_utc"), F.col("weather_observed_at"))
+        .alias("weather_age_minutes"),
         "weather_observed_at", "known_at_utc", LABEL)
 
 

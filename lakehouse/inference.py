@@ -18,7 +18,7 @@ def score(model: PipelineModel, features: DataFrame, model_name: str,
     scored = model.transform(features)
     return scored.select(
         "flight_id", "flight_date", "sched_dep_utc", "carrier", "origin", "dest",
-        F.round(vector_to_array("probability")[1], 6).alias("probability"),
+        F.round(vector_to_array(F.col("probability"))[1], 6).alias("probability"),
         F.col("prediction").cast("int").alias("prediction"),
         F.lit(model_name).alias("model_name"),
         F.lit(model_version).alias("model_version"),

@@ -55,7 +55,7 @@ def version(spark: SparkSession, config: Config, name: str) -> int | None:
     """The table's latest Delta version, or None when it does not exist yet."""
     if not exists(spark, config, name):
         return None
-    return int(delta_table(spark, config, name).history(1).select("version").first()[0])
+    return int(delta_table(spark, config, name).history(1).select("version").first()[0])  # type: ignore[index]
 
 
 def last_operation_metrics(spark: SparkSession, config: Config, name: str) -> dict[str, str]:
@@ -103,7 +103,7 @@ def commit_tags(spark: SparkSession, config: Config, name: str) -> Iterator[str 
     """
     location = config.table(name)
     if not _is_path(location):
-        location = spark.sql(f"DESCRIBE DETAIL {location}").first()["location"]
+        location = spark.sql(f"DESCRIBE DETAIL {location}").first()["location"]  # type: ignore[index]
     fs, log = _hadoop_fs(spark, f"{location}/_delta_log")
     if not fs.exists(log):
         return
@@ -237,7 +237,7 @@ def _local_path(spark: SparkSession, uri: str) -> str | None:
 
 
 def _hadoop_fs(spark: SparkSession, uri: str):  # type: ignore[no-untyped-def]
-    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
 
 
@@ -303,7 +303,8 @@ def _hadoop_read(spark: SparkSession, uri: str) -> str | None:
 def _hadoop_read_path(spark: SparkSession, fs, path) -> str:  # type: ignore[no-untyped-def]
     stream = fs.open(path)
     try:
-        return str(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        jvm = spark.sparkContext._jvm
+        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))  # type: ignore[union-attr]
     finally:
         stream.close()
 

@@ -12,10 +12,10 @@ from lakehouse.bronze import CORRUPT_COLUMN, SOURCE_COLUMNS
 
 GOOD_FLIGHT = dict(zip(SOURCE_COLUMNS["flights"], (
     "2013", "1", "1", "517", "515", "2", "830", "819", "11", "UA", "1545", "N14228", "EWR", "IAH",
-    "227", "1400", "5", "15", "2013-01-01T10:00:00Z")))
+    "227", "1400", "5", "15", "2013-01-01T10:00:00Z"), strict=True))
 GOOD_WEATHER = dict(zip(SOURCE_COLUMNS["weather"], (
     "EWR", "2013", "1", "1", "5", "39.02", "26.06", "59.37", "270", "10.35702", "NA", "0",
-    "1012", "10", "2013-01-01T10:00:00Z")))
+    "1012", "10", "2013-01-01T10:00:00Z"), strict=True))
 AIRPORTS = [("EWR", "Newark Liberty Intl", "40.69", "-74.17", "18", "-5", "A", "America/New_York"),
             ("JFK", "John F Kennedy Intl", "40.64", "-73.78", "13", "-5", "A", "America/New_York"),
             ("IAH", "George Bush Intercontinental", "29.98", "-95.34", "97", "-6", "A",
@@ -35,9 +35,9 @@ def bronze_rows(spark: SparkSession, source: str, rows: list[dict[str, Any]],
     columns = SOURCE_COLUMNS[source]
     schema = T.StructType([*(T.StructField(c, T.StringType()) for c in columns),
                            T.StructField(CORRUPT_COLUMN, T.StringType()), *LINEAGE.fields])
-    records = [tuple(row.get(c) for c in columns)
-               + (row.get(CORRUPT_COLUMN), row.get("_source_file", f"{source}.csv"),
-                  row.get("_ingested_at", ingested_at), "test-run") for row in rows]
+    records = [(*(row.get(c) for c in columns),
+                row.get(CORRUPT_COLUMN), row.get("_source_file", f"{source}.csv"),
+                row.get("_ingested_at", ingested_at), "test-run") for row in rows]
     return spark.createDataFrame(records, schema)
 
 
@@ -47,4 +47,5 @@ def flight(**changes: Any) -> dict[str, Any]:
 
 def reference_rows(spark: SparkSession, source: str) -> DataFrame:
     data = {"airports": AIRPORTS, "planes": PLANES}[source]
-    return bronze_rows(spark, source, [dict(zip(SOURCE_COLUMNS[source], r)) for r in data])
+    return bronze_rows(spark, source,
+                       [dict(zip(SOURCE_COLUMNS[source], r, strict=True)) for r in data])

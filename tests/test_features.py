@@ -20,7 +20,13 @@ from lakehouse.features import (
     with_outcome,
 )
 from lakehouse.seed import source_dir
-from lakehouse.silver import OUTPUT, clean_weather, parse_columns, with_flight_times, with_weather_time
+from lakehouse.silver import (
+    OUTPUT,
+    clean_weather,
+    parse_columns,
+    with_flight_times,
+    with_weather_time,
+)
 from tests.rows import bronze_rows
 
 SETTINGS = FeatureSettings(as_of_offset_minutes=60, origin_recent_hours=3, daily_history_days=7,

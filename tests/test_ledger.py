@@ -21,7 +21,6 @@ from lakehouse.stages import bronze
 from tests.conftest import make_config
 from tests.test_bronze import bronze_lines, landed_lines
 
-
 ODD_NAME = "flights_2013-01-02 [late] #2 100% %41 {a,b} x*?.csv"
 
 
@@ -127,7 +126,7 @@ def test_a_table_without_its_ledger_is_not_read_into_again(spark: SparkSession,
     bronze.ingest_daily(spark, config, "flights", "run-1")
     for path in ledger_folder(config, "bronze_flights").iterdir():
         path.unlink()
-    with pytest.raises(LedgerError, match="bronze_flights exists but its file ledger .* is empty"):
+    with pytest.raises(LedgerError, match=r"bronze_flights exists but its file ledger .* is empty"):
         bronze.ingest_daily(spark, config, "flights", "run-2")
     assert tables.version(spark, config, "bronze_flights") == 0
 

@@ -31,7 +31,6 @@ from lakehouse.ledger import Batch, FileLedger, LandedFile, LedgerError
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.stages.audit import audited
 
-
 # Bronze is raw text read whole by the silver stream: min/max statistics on it would cost
 # every append and never skip a file.
 BRONZE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}

@@ -47,14 +47,16 @@ def run(spark: SparkSession, config: Config, run_id: str) -> dict[str, Any]:
                                   int(settings["timeout_seconds"]), int(settings["seed"]),
                                   search_space(settings.get("search_space")), on_trial=log_trial)
             mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
-            mlflow.log_metrics({**{f"validation_{k}": v for k, v in result.validation_metrics.items()},
+            mlflow.log_metrics({**{f"validation_{k}": v
+                                   for k, v in result.validation_metrics.items()},
                                 **{f"holdout_{k}": v for k, v in result.holdout_metrics.items()},
                                 "trials": result.trials,
                                 "tuning_seconds": time.monotonic() - started})
-            importances = result.model.stages[-1].featureImportances.toArray().tolist()
+            classifier = result.model.stages[-1]
+            importances = classifier.featureImportances.toArray().tolist()  # type: ignore[attr-defined]
             names = [*NUMERIC_FEATURES, *CATEGORICAL_FEATURES]
-            mlflow.log_dict(dict(sorted(zip(names, importances), key=lambda kv: -kv[1])),
-                            "feature_importances.json")
+            ranked = sorted(zip(names, importances, strict=True), key=lambda kv: -kv[1])
+            mlflow.log_dict(dict(ranked), "feature_importances.json")
             info = mlflow.spark.log_model(result.model, artifact_path="model",
                                           registered_model_name=mlflow_conf["model_name"])
         version = str(info.registered_model_version)
