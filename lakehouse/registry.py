@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 
 from lakehouse.config import Config
 
-
 # The user's MLFLOW_TRACKING_URI, read once: mlflow.set_tracking_uri() later writes this variable
 # itself, and a value it wrote must not pin every later config of this process to one store.
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -32,7 +31,7 @@ def configure(config: Config) -> dict[str, Any]:
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(settings.get("registry_uri") or uri)  # databricks-uc on Databricks
     name = settings["experiment"]
     if mlflow.get_experiment_by_name(name) is None:
         location = settings.get("artifact_location")
