@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from hyperopt import STATUS_OK, Trials, fmin, hp, tpe
+from hyperopt import STATUS_OK, Trials, fmin, hp, space_eval, tpe
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
@@ -28,19 +28,23 @@ DEFAULT_BOUNDS = {"maxDepth": (3, 8), "maxIter": (20, 90), "stepSize": (0.03, 0.
 
 
 def search_space(bounds: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hyperopt space over GBT parameters from [low, high] bounds (conf: train.search_space)."""
+    """Hyperopt space over GBT parameters from [low, high] bounds (conf: train.search_space).
+
+    Bounds [v, v] pin a parameter at v (a Hyperopt range must be wider than a point).
+    """
     b = {**DEFAULT_BOUNDS, **{k: tuple(v) for k, v in (bounds or {}).items()}}
     unknown = set(b) - set(DEFAULT_BOUNDS)
     if unknown:
         raise ValueError(f"unknown search_space parameters {sorted(unknown)}; "
                          f"known are {sorted(DEFAULT_BOUNDS)}")
-    return {
-        "maxDepth": hp.quniform("maxDepth", *b["maxDepth"], 1),
-        "maxIter": hp.quniform("maxIter", *b["maxIter"], 10),
-        "stepSize": hp.loguniform("stepSize", np.log(b["stepSize"][0]), np.log(b["stepSize"][1])),
-        "subsamplingRate": hp.uniform("subsamplingRate", *b["subsamplingRate"]),
-        "minInstancesPerNode": hp.quniform("minInstancesPerNode", *b["minInstancesPerNode"], 1),
+    ranges: dict[str, Callable[[float, float], Any]] = {
+        "maxDepth": lambda low, high: hp.quniform("maxDepth", low, high, 1),
+        "maxIter": lambda low, high: hp.quniform("maxIter", low, high, 10),
+        "stepSize": lambda low, high: hp.loguniform("stepSize", np.log(low), np.log(high)),
+        "subsamplingRate": lambda low, high: hp.uniform("subsamplingRate", low, high),
+        "minInstancesPerNode": lambda low, high: hp.quniform("minInstancesPerNode", low, high, 1),
     }
+    return {k: low if low == high else ranges[k](low, high) for k, (low, high) in b.items()}
 
 
 class TrainingDataError(ValueError):
@@ -75,7 +79,8 @@ def feature_pipeline() -> Pipeline:
     indexers = [StringIndexer(inputCol=c, outputCol=f"{c}__idx", handleInvalid="keep")
                 for c in CATEGORICAL_FEATURES]
     assembler = VectorAssembler(
-        inputCols=[f"{c}__f" for c in NUMERIC_FEATURES] + [f"{c}__idx" for c in CATEGORICAL_FEATURES],
+        inputCols=[*(f"{c}__f" for c in NUMERIC_FEATURES),
+                   *(f"{c}__idx" for c in CATEGORICAL_FEATURES)],
         outputCol="features", handleInvalid="keep")
     return Pipeline(stages=[SQLTransformer(statement=f"SELECT *, {filled} FROM __THIS__"),
                             *indexers, assembler])
@@ -83,7 +88,8 @@ def feature_pipeline() -> Pipeline:
 
 def classifier(params: dict[str, Any], seed: int) -> GBTClassifier:
     typed = {k: int(v) if k in INTEGER_PARAMS else float(v) for k, v in params.items()}
-    return GBTClassifier(labelCol=LABEL, featuresCol="features", maxBins=128, seed=seed, **typed)
+    return GBTClassifier(labelCol=LABEL, featuresCol="features", maxBins=128, seed=seed,
+                         **typed)  # type: ignore[arg-type]
 
 
 def evaluate(predictions: DataFrame) -> dict[str, float]:
@@ -140,8 +146,10 @@ def tune_and_fit(features: DataFrame, windows: Windows, max_evals: int, timeout_
         return {"loss": -metrics["auc_roc"], "status": STATUS_OK, "metrics": metrics}
 
     trials = Trials()
-    best = fmin(objective, space or search_space(), algo=tpe.suggest, max_evals=max_evals, trials=trials,
-                timeout=timeout_s, rstate=np.random.default_rng(seed), show_progressbar=False)
+    space = space or search_space()
+    best = space_eval(space, fmin(objective, space, algo=tpe.suggest, max_evals=max_evals,
+                                  trials=trials, timeout=timeout_s,
+                                  rstate=np.random.default_rng(seed), show_progressbar=False))
     fit_vec.unpersist()
     val_vec.unpersist()
     best_params = {k: (int(v) if k in INTEGER_PARAMS else float(v)) for k, v in best.items()}
