@@ -75,8 +75,9 @@ def build_session(config: Config) -> SparkSession:
             active.conf.set(key, value)
         return active
     spark_conf = config.section("spark")
-    builder = SparkSession.builder.appName(spark_conf.get("app_name", "lakehouse"))
-    if not _launched_by_spark_submit():
+    builder = SparkSession.builder
+    if not _launched_by_spark_submit():  # else spark-submit's --name, master and jars hold
+        builder = builder.appName(spark_conf.get("app_name", "lakehouse"))
         if spark_conf.get("master"):
             builder = builder.master(spark_conf["master"])
         builder = builder.config("spark.jars", ",".join(delta_jars()))
