@@ -101,3 +101,18 @@ def test_display_saves_figures_and_the_cli_runs_a_notebook(
     png = tmp_path / "out" / "nb-1.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"figures ['{png}']" in capsys.readouterr().out
+
+
+def test_bad_notebook_parameters_are_named_before_anything_runs(tmp_path: Path) -> None:
+    from lakehouse import workflow
+    from lakehouse.config import load_config
+
+    config = load_config("local", overrides={"data_root": str(tmp_path)})
+    never = SparkSession  # not a session: nothing may reach Spark
+    with pytest.raises(ValueError, match=r"from: expected a date as YYYY-MM-DD, got '2013-13-01'"):
+        workflow.run_job(never, config, "score", "2013-13-01")  # type: ignore[arg-type]
+    with pytest.raises(workflow.UnknownStageError, match=r"unknown stage 'silvr' in stages"):
+        workflow.run_job(never, config, "daily", stages="bronze,silvr")  # type: ignore[arg-type]
+    with pytest.raises(workflow.UnknownStageError, match=r"unknown job 'monitr'"):
+        workflow.run_job(never, config, "monitr")  # type: ignore[arg-type]
+    assert not (tmp_path / "delta").exists()
