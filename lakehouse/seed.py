@@ -73,7 +73,8 @@ def _write_day(path: Path, source: str, header: list[str], rows: list[list[str]]
             writer.writerows(rows)
         else:
             for row in rows:
-                handle.write(json.dumps({k: _json_value(v) for k, v in zip(header, row)}) + "\n")
+                record = {k: _json_value(v) for k, v in zip(header, row, strict=True)}
+                handle.write(json.dumps(record) + "\n")
     tmp.rename(path)  # a reader never sees a half-written file
 
 

@@ -10,6 +10,12 @@ from pyspark.sql import SparkSession
 from lakehouse.config import Config
 
 JARS_DIR_ENV = "LAKEHOUSE_JARS_DIR"
+# Set on every Databricks cluster: there the runtime owns the session (Delta built in).
+DATABRICKS_ENV = "DATABRICKS_RUNTIME_VERSION"
+# Settings the code depends on for correct results, applied to a session it did not build
+# too: silver converts local schedules to UTC timestamps, which Spark stores as instants and
+# renders and parses in the session time zone.
+REQUIRED_CONF = {"spark.sql.session.timeZone": "UTC"}
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -41,11 +47,21 @@ def _launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def _existing_session() -> SparkSession | None:
+    active = SparkSession.getActiveSession()
+    if active is None and DATABRICKS_ENV in os.environ:
+        # A Databricks wheel or script task may run before any session is active here.
+        active = SparkSession.builder.getOrCreate()
+    return active
+
+
 def build_session(config: Config) -> SparkSession:
     """Return the active SparkSession, or build a Delta-enabled one from config.
 
     Under spark-submit the master and jars come from the command line; from plain Python
     (tests, `lakehouse run`) the master comes from conf and the jars from the local cache.
+    A session that exists already (a notebook, Databricks) keeps its settings, except
+    REQUIRED_CONF, which is set on it.
 
     Args:
         config: the environment's configuration (its `spark` section is used).
@@ -53,15 +69,18 @@ def build_session(config: Config) -> SparkSession:
     Returns:
         A SparkSession with the Delta extension and catalog.
     """
-    active = SparkSession.getActiveSession()
+    active = _existing_session()
     if active is not None:
+        for key, value in REQUIRED_CONF.items():
+            active.conf.set(key, value)
         return active
     spark_conf = config.section("spark")
-    builder = SparkSession.builder.appName(spark_conf.get("app_name", "lakehouse"))
-    if not _launched_by_spark_submit():
+    builder = SparkSession.builder
+    if not _launched_by_spark_submit():  # else spark-submit's --name, master and jars hold
+        builder = builder.appName(spark_conf.get("app_name", "lakehouse"))
         if spark_conf.get("master"):
             builder = builder.master(spark_conf["master"])
         builder = builder.config("spark.jars", ",".join(delta_jars()))
-    for key, value in {**DELTA_CONF, **(spark_conf.get("conf") or {})}.items():
+    for key, value in {**DELTA_CONF, **(spark_conf.get("conf") or {}), **REQUIRED_CONF}.items():
         builder = builder.config(key, str(value))
     return builder.getOrCreate()

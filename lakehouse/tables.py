@@ -69,7 +69,7 @@ def version(spark: SparkSession, config: Config, name: str) -> int | None:
     """The table's latest Delta version, or None when it does not exist yet."""
     if not exists(spark, config, name):
         return None
-    return int(delta_table(spark, config, name).history(1).select("version").first()[0])
+    return int(delta_table(spark, config, name).history(1).select("version").first()[0])  # type: ignore[index]
 
 
 def last_operation_metrics(spark: SparkSession, config: Config, name: str) -> dict[str, str]:

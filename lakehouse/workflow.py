@@ -6,7 +6,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -75,6 +76,51 @@ def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
     return module.run(spark, config, run_id)
 
 
+JOBS = ("daily", *STAGES)
+
+
+def _day(value: str | None, name: str) -> str | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"{name}: expected a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def run_job(spark: SparkSession, config: Config, job: str, start: str | None = None,
+            end: str | None = None, train_mode: str = "auto",
+            stages: str | None = None) -> dict[str, Any]:
+    """Run one job by name, as `lakehouse run`, spark-submit and the notebooks do.
+
+    Args:
+        spark: the session.
+        config: the environment's configuration.
+        job: "daily" or one stage.
+        start, end: the flight dates to score (empty: the conf's score.from/score.to).
+        train_mode: daily only: train when no champion exists (auto), always or never.
+        stages: daily only: comma-separated subset of STAGES (empty: all).
+
+    Returns:
+        Each stage's result by name, and the run id.
+    """
+    if job not in JOBS:
+        raise UnknownStageError(f"unknown job {job!r}; jobs are {list(JOBS)}")
+    score_conf = config.section("score")
+    score_range = (_day(start, "from") or str(score_conf["from"]),
+                   _day(end, "to") or str(score_conf["to"]))
+    if job != "daily":
+        run_id = new_run_id()
+        return {"run_id": run_id, job: run_stage(spark, config, job, run_id, score_range,
+                                                 full_gold)}
+    chosen = tuple(stages.split(",")) if stages else STAGES
+    for stage in chosen:
+        if stage not in STAGES:
+            raise UnknownStageError(f"unknown stage {stage!r} in stages; stages are "
+                                    f"{list(STAGES)}")
+    return run_daily(spark, config, score_range, chosen, train_mode, full_gold=full_gold)
+
+
 def needs_training(config: Config, mode: str) -> bool:
     if mode not in TRAIN_MODES:
         raise ValueError(f"--train must be one of {list(TRAIN_MODES)}, got {mode!r}")
@@ -98,7 +144,7 @@ def run_daily(spark: SparkSession, config: Config, score_range: tuple[str, str],
         started = time.monotonic()
         log.info("stage %s: starting (run %s)", stage, run_id)
         results[stage] = with_retries(
-            lambda s=stage: run_stage(spark, config, s, run_id, score_range, full_gold), stage,
+            partial(run_stage, spark, config, stage, run_id, score_range, full_gold), stage,
             retries)
         log.info("stage %s: done in %.1f s", stage, time.monotonic() - started)
     return results
@@ -111,7 +157,8 @@ REPORT_TABLES = ("bronze_flights", "bronze_weather", "silver_flights", "silver_w
 
 def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
     """A short text report: tables with rows and Delta version, the model, predictions."""
-    lines = [f"run {results.get('run_id')}", "", f"{'table':<20} {'rows':>10} {'version':>8}  location"]
+    lines = [f"run {results.get('run_id')}", "",
+             f"{'table':<20} {'rows':>10} {'version':>8}  location"]
     for name in REPORT_TABLES:
         if tables.exists(spark, config, name):
             rows = tables.read(spark, config, name).count()

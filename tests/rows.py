@@ -12,10 +12,10 @@ from lakehouse.bronze import CORRUPT_COLUMN, SOURCE_COLUMNS
 
 GOOD_FLIGHT = dict(zip(SOURCE_COLUMNS["flights"], (
     "2013", "1", "1", "517", "515", "2", "830", "819", "11", "UA", "1545", "N14228", "EWR", "IAH",
-    "227", "1400", "5", "15", "2013-01-01T10:00:00Z")))
+    "227", "1400", "5", "15", "2013-01-01T10:00:00Z"), strict=True))
 GOOD_WEATHER = dict(zip(SOURCE_COLUMNS["weather"], (
     "EWR", "2013", "1", "1", "5", "39.02", "26.06", "59.37", "270", "10.35702", "NA", "0",
-    "1012", "10", "2013-01-01T10:00:00Z")))
+    "1012", "10", "2013-01-01T10:00:00Z"), strict=True))
 AIRPORTS = [("EWR", "Newark Liberty Intl", "40.69", "-74.17", "18", "-5", "A", "America/New_York"),
             ("JFK", "John F Kennedy Intl", "40.64", "-73.78", "13", "-5", "A", "America/New_York"),
             ("IAH", "George Bush Intercontinental", "29.98", "-95.34", "97", "-6", "A",

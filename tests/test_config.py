@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.config import ConfigError, deep_merge, load_config
+from lakehouse.config import ConfigError, deep_merge, default_conf_dir, load_config
 
 
 def test_env_overlays_base_and_resolves_data_root(tmp_path: Path) -> None:
@@ -26,10 +26,44 @@ def test_unknown_env_names_the_known_ones() -> None:
 
 def test_unknown_table_lists_configured_tables(tmp_path: Path) -> None:
     config = load_config("local", overrides={"data_root": str(tmp_path)})
-    with pytest.raises(ConfigError, match="unknown table 'gold_flights'.*silver_flights"):
+    with pytest.raises(ConfigError, match=r"unknown table 'gold_flights'.*silver_flights"):
         config.table("gold_flights")
 
 
 def test_deep_merge_keeps_untouched_nested_keys() -> None:
     merged = deep_merge({"a": {"b": 1, "c": 2}, "d": None}, {"a": {"c": 3}, "d": {"e": 4}})
     assert merged == {"a": {"b": 1, "c": 3}, "d": {"e": 4}}
+
+
+def test_catalog_placeholder_names_unity_catalog_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAKEHOUSE_DATA_ROOT", raising=False)
+    monkeypatch.delenv("LAKEHOUSE_CATALOG", raising=False)
+    assert load_config("databricks").table("audit") == "lakehouse.ops.audit"
+    monkeypatch.setenv("LAKEHOUSE_CATALOG", "dev_jane")
+    config = load_config("databricks")
+    assert config.table("silver_flights") == "dev_jane.silver.flights"
+    assert config.landing == "/Volumes/dev_jane/ops/files/landing"
+    assert config.section("mlflow")["model_name"] == "dev_jane.ml.flight_disruption"
+
+
+def test_a_placeholder_nothing_sets_is_named(tmp_path: Path) -> None:
+    (tmp_path / "base.yml").write_text("tables:\n  audit: ${catalog}.ops.audit\n")
+    (tmp_path / "uc.yml").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"tables.audit = '\$\{catalog\}.ops.audit' uses "
+                                          r"\$\{catalog\}, which is not set"):
+        load_config("uc", conf_dir=tmp_path)
+
+
+def test_conf_dir_comes_from_the_wheel_when_there_is_no_checkout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lakehouse.config as module
+
+    package = tmp_path / "site-packages" / "lakehouse"
+    (package / "conf").mkdir(parents=True)
+    monkeypatch.delenv("LAKEHOUSE_CONF_DIR", raising=False)
+    monkeypatch.setattr(module, "__file__", str(package / "config.py"))
+    assert default_conf_dir() == package / "conf"
+    (package / "conf").rmdir()  # a source checkout: conf/ beside the package
+    assert default_conf_dir() == tmp_path / "site-packages" / "conf"
+    monkeypatch.setenv("LAKEHOUSE_CONF_DIR", str(tmp_path / "mine"))
+    assert default_conf_dir() == tmp_path / "mine"

@@ -6,11 +6,16 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.contracts import ContractViolation, contracts, validate, with_rule_results
+from lakehouse.contracts import (
+    ContractViolation,
+    contracts,
+    rule_counts,
+    validate,
+    with_rule_results,
+)
 from lakehouse.contracts.core import FAILED_RULES, WARNED_RULES
 from lakehouse.silver import TYPES, parse_columns, with_flight_times
 from lakehouse.stages.silver import enforce_thresholds
-from lakehouse.contracts import rule_counts
 from tests.rows import bronze_rows, flight, reference_rows
 
 SETTINGS = {"max_quarantine_share": 0.05, "max_wind_speed_mph": 150, "max_wind_gust_mph": 200}

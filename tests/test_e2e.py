@@ -58,7 +58,8 @@ def test_daily_pipeline_twice_is_idempotent_and_scores_every_flight(
     # nothing lost: landed = bronze = silver + quarantined + duplicates, per table
     audit = tables.read(spark, config, "audit").filter(F.col("run_id") == first["run_id"])
     silver = audit.filter(F.col("table_name") == "silver_flights").first()
-    assert silver["rows_in"] == silver["rows_out"] + silver["rows_quarantined"] + silver["rows_duplicate"]
+    assert silver["rows_in"] == (silver["rows_out"] + silver["rows_quarantined"]
+                                 + silver["rows_duplicate"])
     assert silver["rows_in"] == tables.read(spark, config, "bronze_flights").count()
 
     report = workflow.report(spark, config, first)

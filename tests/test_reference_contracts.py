@@ -7,18 +7,18 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
+from lakehouse.bronze import SOURCE_COLUMNS
 from lakehouse.contracts import contracts, with_rule_results
 from lakehouse.contracts.core import FAILED_RULES, WARNED_RULES
 from lakehouse.silver import TYPES, parse_columns, with_weather_time
 from tests.rows import AIRPORTS, GOOD_WEATHER, PLANES, bronze_rows
-from lakehouse.bronze import SOURCE_COLUMNS
 
 CONTRACTS = contracts({"max_quarantine_share": 0.05, "max_wind_speed_mph": 150,
                        "max_wind_gust_mph": 200})
 GOOD = {
     "weather": GOOD_WEATHER,
-    "planes": dict(zip(SOURCE_COLUMNS["planes"], PLANES[0])),
-    "airports": dict(zip(SOURCE_COLUMNS["airports"], AIRPORTS[0])),
+    "planes": dict(zip(SOURCE_COLUMNS["planes"], PLANES[0], strict=True)),
+    "airports": dict(zip(SOURCE_COLUMNS["airports"], AIRPORTS[0], strict=True)),
     "airlines": {"carrier": "UA", "name": "United Air Lines Inc."},
 }
 BREAKING: dict[str, dict[str, dict[str, Any]]] = {

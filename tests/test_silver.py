@@ -34,10 +34,12 @@ def test_batch_is_split_deduplicated_and_accounted(spark: SparkSession,
                                                    with_references: Config) -> None:
     config = with_references
     rows = [*good_flights(30), flight(flight="1000", arr_delay="99"), flight(distance="0")]
-    counts = refine_batch(spark, config, CONTRACTS["flights"], bronze_rows(spark, "flights", rows), 1)
+    counts = refine_batch(spark, config, CONTRACTS["flights"],
+                          bronze_rows(spark, "flights", rows), 1)
     assert counts["rows_in"] == 32 and counts["rows_out"] == 30
     assert counts["rows_quarantined"] == 1 and counts["rows_duplicate"] == 1
-    assert counts["rows_in"] == counts["rows_out"] + counts["rows_quarantined"] + counts["rows_duplicate"]
+    assert counts["rows_in"] == (counts["rows_out"] + counts["rows_quarantined"]
+                                 + counts["rows_duplicate"])
     silver = tables.read(spark, config, "silver_flights")
     assert silver.count() == 30
     quarantined = tables.read(spark, config, "quarantine").collect()
@@ -88,7 +90,7 @@ def test_poisoned_batch_halts_and_leaves_tables_untouched(
     refine_batch(spark, config, contract, bronze_rows(spark, "flights", good_flights(20)), 1)
     versions = {t: tables.version(spark, config, t) for t in ("silver_flights", "quarantine")}
     poisoned = [*good_flights(5), *(flight(flight=str(2000 + i), **poison) for i in range(5))]
-    with pytest.raises(ContractViolation, match="silver.flights: rule '.*' .* broken by 5 of 10"):
+    with pytest.raises(ContractViolation, match=r"silver.flights: rule '.*' .* broken by 5 of 10"):
         refine_batch(spark, config, contract, bronze_rows(spark, "flights", poisoned), 2)
     assert {t: tables.version(spark, config, t) for t in versions} == versions
     assert held_rdds(spark) <= held  # the batches' materialized rows are released, halted or not
@@ -100,7 +102,8 @@ def test_duplicate_keys_are_dropped_keeping_latest(spark: SparkSession,
     rows = [flight(arr_delay="1", _ingested_at=dt.datetime(2026, 1, 1)),
             flight(arr_delay="2", _ingested_at=dt.datetime(2026, 1, 3)),
             flight(arr_delay="3", _ingested_at=dt.datetime(2026, 1, 2)), *good_flights(20)]
-    counts = refine_batch(spark, config, CONTRACTS["flights"], bronze_rows(spark, "flights", rows), 1)
+    counts = refine_batch(spark, config, CONTRACTS["flights"],
+                          bronze_rows(spark, "flights", rows), 1)
     assert counts["rows_duplicate"] == 2
     assert counts["batch_warnings"] == ["key_unique"]  # a warn-level batch rule: rows go on
     kept = tables.read(spark, config, "silver_flights").filter(F.col("flight") == 1545)
@@ -128,9 +131,11 @@ def test_renamed_column_fails_naming_it(spark: SparkSession, with_references: Co
 def test_impossible_wind_speed_is_nulled_and_counted(spark: SparkSession, config: Config) -> None:
     rows = [GOOD_WEATHER, {**GOOD_WEATHER, "time_hour": "2013-01-01T11:00:00Z", "hour": "6",
                            "wind_speed": "1048.36058"}]
-    counts = refine_batch(spark, config, CONTRACTS["weather"], bronze_rows(spark, "weather", rows), 1)
+    counts = refine_batch(spark, config, CONTRACTS["weather"],
+                          bronze_rows(spark, "weather", rows), 1)
     assert counts["rows_out"] == 2 and counts["rows_warned"] == 1
-    speeds = {r["hour"]: r["wind_speed"] for r in tables.read(spark, config, "silver_weather").collect()}
+    speeds = {r["hour"]: r["wind_speed"]
+              for r in tables.read(spark, config, "silver_weather").collect()}
     assert speeds == {5: pytest.approx(10.35702), 6: None}
 
 

@@ -10,8 +10,8 @@ from typing import Any, Literal
 from pandera.api.checks import Check
 from pandera.api.pyspark.container import DataFrameSchema
 from pandera.pyspark import DataFrameModel
-from pyspark.sql import Column, DataFrame, Window
 from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from lakehouse.silver import latest_landed_first
@@ -176,7 +176,8 @@ def pandera_schema(contract: Contract, answers: ContractAnswers | None = None) -
     schema = copy.deepcopy(contract.model.to_schema())
     answers = answers or ContractAnswers(contract)
     schema.checks = [*schema.checks,
-                     *(_check(r.name, answers) for r in (*contract.rules, *contract.batch_rules))]
+                     *(_check(r.name, answers)  # type: ignore[attr-defined]
+                       for r in (*contract.rules, *contract.batch_rules))]
     return schema
 
 
@@ -194,7 +195,7 @@ def validate(contract: Contract, df: DataFrame,
     errors = pandera_schema(contract, answers).validate(df).pandera.errors
     schema_errors: list[str] = []
     failed: list[str] = []
-    for category, by_reason in errors.items():
+    for category, by_reason in errors.items():  # type: ignore[operator]  # pandera's accessor
         for reason, entries in by_reason.items():
             for entry in entries:
                 if reason == "DATAFRAME_CHECK":

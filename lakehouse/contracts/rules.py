@@ -155,7 +155,8 @@ def planes_contract(settings: dict[str, Any]) -> Contract:
              in_range("year", 1900, 2014), in_range("engines", 1, 8), in_range("seats", 1, 1000),
              Rule("year_present", "build year is known (kept, flagged)",
                   "year IS NOT NULL", "warn")]
-    return Contract("planes", PlanesModel, KEYS["planes"], tuple(rules), (unique_key(KEYS["planes"]),))
+    return Contract("planes", PlanesModel, KEYS["planes"], tuple(rules),
+                    (unique_key(KEYS["planes"]),))
 
 
 def airports_contract(settings: dict[str, Any]) -> Contract:

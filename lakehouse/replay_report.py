@@ -1,0 +1,121 @@
+"""The replay's picture and report: realized quality, calibration and the top drifting features
+per day, with alerts and model changes marked (matplotlib PNG, plain text)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from lakehouse import plots  # noqa: F401  (selects the Agg backend before pyplot loads)
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.dates import DateFormatter  # noqa: E402
+
+TOP_FEATURES = 5
+
+
+@dataclass
+class DayOutcome:
+    """What the daily workflow did on one replayed day."""
+
+    day: date
+    champion: str | None
+    statuses: dict[str, str]
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    retrained: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def champion_rows(monitoring: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The monitoring values of whichever model was champion on each day."""
+    return [r for r in monitoring if r.get("role") == "champion"]
+
+
+def series(rows: list[dict[str, Any]], window: str, metric: str,
+           subject: str = "") -> list[tuple[date, float]]:
+    return sorted((r["monitored_date"], r["value"]) for r in rows
+                  if r["window"] == window and r["metric"] == metric
+                  and r["subject"] == subject and r["value"] is not None)
+
+
+def top_drifting(rows: list[dict[str, Any]], n: int = TOP_FEATURES) -> list[str]:
+    peak: dict[str, float] = defaultdict(float)
+    for r in rows:
+        if r["window"] == "day" and r["metric"] == "psi" and r["subject"] != "prediction":
+            peak[r["subject"]] = max(peak[r["subject"]], r["value"] or 0.0)
+    return [k for k, _ in sorted(peak.items(), key=lambda kv: -kv[1])[:n]]
+
+
+def picture(monitoring: list[dict[str, Any]], days: list[DayOutcome], path: Path,
+            psi_threshold: float = 0.2) -> Path:
+    """Three panels over the replayed days: realized AUC-ROC (daily and trailing),
+    calibration (mean predicted vs observed rate, trailing) and PSI of the top drifting
+    features and of the prediction; alerts as red marks, model changes as vertical lines."""
+    rows = champion_rows(monitoring)
+    fig, (auc, cal, drift) = plt.subplots(3, 1, figsize=(12, 10), sharex=True)
+    for window, style in (("day", ":"), ("trailing", "-")):
+        points = series(rows, window, "auc_roc")
+        auc.plot([d for d, _ in points], [v for _, v in points], style, marker=".",
+                 label=f"realized AUC-ROC ({window})")
+    auc.set(ylabel="AUC-ROC", title="champion's realized quality, drift, alerts and model changes")
+    for metric, label in (("mean_predicted", "mean predicted"), ("observed_rate", "observed rate")):
+        points = series(rows, "trailing", metric)
+        cal.plot([d for d, _ in points], [v for _, v in points], marker=".", label=label)
+    cal.set(ylabel="disruption rate (trailing)")
+    for feature in [*top_drifting(rows), "prediction"]:
+        points = series(rows, "day", "psi", feature)
+        drift.plot([d for d, _ in points], [v for _, v in points], marker=".",
+                   linestyle="--" if feature == "prediction" else "-", label=feature)
+    drift.axhline(psi_threshold, color="grey", linestyle=":", label=f"PSI {psi_threshold}")
+    drift.set(ylabel="PSI vs training", xlabel="flight date")
+    for outcome in days:
+        for alert in outcome.alerts:
+            for ax in (auc, cal, drift):
+                ax.axvline(outcome.day, color="red", alpha=0.25, linewidth=4)
+            auc.annotate(alert["rule"], (outcome.day, auc.get_ylim()[0]), rotation=90,
+                         fontsize=7, color="red", va="bottom")
+        if outcome.retrained and outcome.retrained.get("promoted"):
+            for ax in (auc, cal, drift):
+                ax.axvline(outcome.day, color="green", linestyle="--")
+            auc.annotate(f"v{outcome.retrained['version']} promoted",
+                         (outcome.day, auc.get_ylim()[1]), rotation=90, fontsize=8,
+                         color="green", va="top")
+    for ax in (auc, cal, drift):
+        ax.legend(loc="best", fontsize=7)
+        ax.grid(alpha=0.3)
+    drift.xaxis.set_major_formatter(DateFormatter("%m-%d"))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(days: list[DayOutcome], picture_path: Path | None, seconds: float) -> str:
+    """The replay in text: days, alerts, retrainings with their gate decisions, champions."""
+    lines = [f"replayed {len(days)} day(s) "
+             f"{days[0].day}..{days[-1].day} in {seconds / 60:.1f} min" if days else "no day"]
+    failed = [(o.day, t) for o in days for t, s in o.statuses.items() if s == "failed"]
+    lines.append(f"tasks failed: {len(failed)}" + (f" {failed[:5]}" if failed else ""))
+    alerts = [(o.day, a) for o in days for a in o.alerts]
+    lines.append(f"alerts raised: {len(alerts)}")
+    lines += [f"  {d} {a['rule']}: {a['message']}" for d, a in alerts]
+    retrained = [(o.day, o.retrained) for o in days if o.retrained]
+    lines.append(f"retrainings: {len(retrained)}")
+    lines += [f"  {d} v{r['version']} ({r['family']}) -> @{r['alias']}: {r['decision']}"
+              for d, r in retrained]
+    lines.append("champion over time:")
+    current, since = None, None
+    for o in days:
+        if o.champion != current:
+            if current is not None:
+                lines.append(f"  v{current} {since}..{o.day}")
+            current, since = o.champion, o.day
+    if current is not None and days:
+        lines.append(f"  v{current} {since}..{days[-1].day}")
+    if picture_path is not None:
+        lines.append(f"picture: {picture_path}")
+    return "\n".join(lines)

@@ -1,0 +1,38 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Bronze: ingest newly landed files
+# MAGIC
+# MAGIC The bronze job as a notebook: the same call as `./spark-submit.sh bronze` and `lakehouse run
+# MAGIC bronze`. Each landed file is read once (a file ledger per table under `checkpoints/`), every
+# MAGIC record kept as text with its lineage; one audit row per bronze table.
+# MAGIC
+# MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
+# MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
+# MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel). The notebook ends with the run
+# MAGIC id as its exit value.
+
+# COMMAND ----------
+
+dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
+dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
+
+# COMMAND ----------
+
+from lakehouse import tables, workflow
+from lakehouse.config import load_config
+from lakehouse.session import build_session
+
+config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"))
+spark = build_session(config)
+
+# COMMAND ----------
+
+results = workflow.run_job(spark, config, "bronze")
+
+# COMMAND ----------
+
+display(tables.latest_audit(spark, config))
+
+# COMMAND ----------
+
+dbutils.notebook.exit(results["run_id"])

@@ -1,0 +1,52 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Daily workflow
+# MAGIC
+# MAGIC The daily workflow in one notebook: the same call as `./spark-submit.sh daily` and
+# MAGIC `lakehouse run daily`. Bronze, silver, gold, train (only when no `@champion` exists, unless
+# MAGIC `train` says otherwise) and score run in order in this session; a stage that fails on
+# MAGIC something transient is retried, a data error (a contract halt, an empty training window)
+# MAGIC fails at once. On a schedule, the bundle's `lakehouse_daily` job runs the same stages as
+# MAGIC separate tasks.
+# MAGIC
+# MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
+# MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
+# MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel). The notebook ends with the run
+# MAGIC id as its exit value.
+# MAGIC
+# MAGIC `from`/`to` are the flight dates to score (empty: `score.from`/`score.to`); `train` is
+# MAGIC `auto`, `always` or `never`; `stages` a comma-separated subset of
+# MAGIC `bronze,silver,gold,train,score`.
+
+# COMMAND ----------
+
+dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
+dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
+dbutils.widgets.text("from", "", "First flight date to score (empty: conf score.from)")
+dbutils.widgets.text("to", "", "Last flight date to score (empty: conf score.to)")
+dbutils.widgets.dropdown("train", "auto", ["auto", "always", "never"], "Train")
+dbutils.widgets.text("stages", "", "Stages, comma-separated (empty: all)")
+
+# COMMAND ----------
+
+from lakehouse import tables, workflow
+from lakehouse.config import load_config
+from lakehouse.session import build_session
+
+config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"))
+spark = build_session(config)
+
+# COMMAND ----------
+
+results = workflow.run_job(spark, config, "daily", dbutils.widgets.get("from"),
+                           dbutils.widgets.get("to"), dbutils.widgets.get("train"),
+                           dbutils.widgets.get("stages"))
+print(workflow.report(spark, config, results))
+
+# COMMAND ----------
+
+display(tables.latest_audit(spark, config))
+
+# COMMAND ----------
+
+dbutils.notebook.exit(results["run_id"])

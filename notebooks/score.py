@@ -1,0 +1,46 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Score: predictions of the champion
+# MAGIC
+# MAGIC The score job as a notebook: the same call as `./spark-submit.sh score --from ... --to ...`
+# MAGIC and `lakehouse run score`. Loads `models:/<model>@champion`, scores the flights dated
+# MAGIC `from`..`to` and MERGEs them into `delay_predictions` by `flight_id` (a rerun with the same
+# MAGIC model changes no row).
+# MAGIC
+# MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
+# MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
+# MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel). The notebook ends with the run
+# MAGIC id as its exit value.
+# MAGIC
+# MAGIC `from` and `to` are the first and last flight dates to score (YYYY-MM-DD; empty: the conf's
+# MAGIC `score.from` and `score.to`).
+
+# COMMAND ----------
+
+dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
+dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
+dbutils.widgets.text("from", "", "First flight date to score (empty: conf score.from)")
+dbutils.widgets.text("to", "", "Last flight date to score (empty: conf score.to)")
+
+# COMMAND ----------
+
+from lakehouse import tables, workflow
+from lakehouse.config import load_config
+from lakehouse.session import build_session
+
+config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"))
+spark = build_session(config)
+
+# COMMAND ----------
+
+results = workflow.run_job(spark, config, "score", dbutils.widgets.get("from"),
+                           dbutils.widgets.get("to"))
+print(workflow.report(spark, config, results))
+
+# COMMAND ----------
+
+display(tables.latest_audit(spark, config))
+
+# COMMAND ----------
+
+dbutils.notebook.exit(results["run_id"])

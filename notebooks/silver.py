@@ -1,0 +1,39 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Silver: typed, contract-checked tables
+# MAGIC
+# MAGIC The silver job as a notebook: the same call as `./spark-submit.sh silver` and `lakehouse run
+# MAGIC silver`. New bronze rows are typed, converted to UTC, checked against their pandera contract
+# MAGIC and MERGEd; failing rows go to `quarantine` with the rule they broke, and a batch that
+# MAGIC breaks a fail rule halts with nothing written.
+# MAGIC
+# MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
+# MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
+# MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel). The notebook ends with the run
+# MAGIC id as its exit value.
+
+# COMMAND ----------
+
+dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
+dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
+
+# COMMAND ----------
+
+from lakehouse import tables, workflow
+from lakehouse.config import load_config
+from lakehouse.session import build_session
+
+config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"))
+spark = build_session(config)
+
+# COMMAND ----------
+
+results = workflow.run_job(spark, config, "silver")
+
+# COMMAND ----------
+
+display(tables.latest_audit(spark, config))
+
+# COMMAND ----------
+
+dbutils.notebook.exit(results["run_id"])

@@ -1,0 +1,41 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Train: tune, register, promote
+# MAGIC
+# MAGIC The train job as a notebook: the same call as `./spark-submit.sh train` and `lakehouse run
+# MAGIC train`. Hyperopt tunes a GBT on `flight_features`; every trial is an MLflow run; the model
+# MAGIC is registered and the `@champion` alias moves to it unless the current champion scored
+# MAGIC higher on the holdout. It always trains: the daily workflow trains only when no champion
+# MAGIC exists.
+# MAGIC
+# MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
+# MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
+# MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel). The notebook ends with the run
+# MAGIC id as its exit value.
+
+# COMMAND ----------
+
+dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
+dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
+
+# COMMAND ----------
+
+from lakehouse import tables, workflow
+from lakehouse.config import load_config
+from lakehouse.session import build_session
+
+config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"))
+spark = build_session(config)
+
+# COMMAND ----------
+
+results = workflow.run_job(spark, config, "train")
+print(workflow.report(spark, config, results))
+
+# COMMAND ----------
+
+display(tables.latest_audit(spark, config))
+
+# COMMAND ----------
+
+dbutils.notebook.exit(results["run_id"])

@@ -1,0 +1,51 @@
+"""The session factory on a session that exists already (a notebook, Databricks)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse.functions import local_hhmm_to_utc
+from lakehouse.seed import seed
+from lakehouse.session import build_session
+from lakehouse.stages import bronze, silver
+from tests import snapshot
+from tests.conftest import make_config
+
+TZ = "spark.sql.session.timeZone"
+SILVER = ("silver_flights", "silver_weather", "silver_planes", "silver_airports",
+          "silver_airlines", "quarantine")
+
+
+def new_york_0515_as_utc(spark: SparkSession) -> object:
+    day = spark.range(1).select(F.lit("2013-03-10").cast("date").alias("d"))
+    return day.select(local_hhmm_to_utc(F.col("d"), F.lit(515), F.lit("America/New_York"))
+                      .cast("string")).first()[0]
+
+
+def test_silver_in_a_los_angeles_session_gives_the_tables_of_a_utc_one(
+        spark: SparkSession, tmp_path: Path) -> None:
+    utc = make_config(tmp_path / "utc")
+    # New York's change to daylight saving time; both silver runs read the same bronze.
+    seed(Path(utc.landing), date(2013, 3, 10), date(2013, 3, 10))
+    bronze.run(spark, utc, "run-utc")
+    la = make_config(tmp_path / "la", tables={
+        name: utc.table(name) for name in utc.values["tables"] if name.startswith("bronze_")})
+    silver.run(spark, utc, "run-utc")
+    expected = snapshot.content(spark, utc, SILVER)
+    utc_conversion = new_york_0515_as_utc(spark)
+    try:
+        spark.conf.set(TZ, "America/Los_Angeles")
+        # The check can fail: silver's local-to-UTC conversion depends on the session zone.
+        assert new_york_0515_as_utc(spark) != utc_conversion
+        # What a notebook or a Databricks job does first with the session it was given.
+        session = build_session(la)
+        assert session.conf.get(TZ) == "UTC" and spark.conf.get(TZ) == "UTC"
+        silver.run(session, la, "run-la")
+    finally:
+        spark.conf.set(TZ, "UTC")
+    assert snapshot.content(spark, la, SILVER) == expected
+    assert len(expected["silver_flights"]) > 700
