@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lakehouse.bronze import raw_schema  # noqa: E402
-from lakehouse.config import load_config  # noqa: E402
-from lakehouse.seed import seed  # noqa: E402
-from lakehouse.session import build_session  # noqa: E402
-from lakehouse.stages import bronze  # noqa: E402
+from lakehouse.bronze import raw_schema
+from lakehouse.config import load_config
+from lakehouse.seed import seed
+from lakehouse.session import build_session
+from lakehouse.stages import bronze
 
 DAILY = (("flights", "csv"), ("weather", "json"))
 
@@ -80,8 +80,10 @@ def main() -> None:
             new_day.append(bronze_run(spark, root, f"day-{i}"))
         print(f"files: {len(list((landing / 'flights').iterdir()))} flights, "
               f"{len(list((landing / 'weather').iterdir()))} weather (2013-01-01..2013-12-30)")
-        print(f"plain read→delta write   best {min(floor):7.2f} s   runs {[round(t, 2) for t in floor]}")
-        print(f"bronze job (full year)   best {min(job):7.2f} s   runs {[round(t, 2) for t in job]}")
+        print(f"plain read→delta write   best {min(floor):7.2f} s   "
+              f"runs {[round(t, 2) for t in floor]}")
+        print(f"bronze job (full year)   best {min(job):7.2f} s   "
+              f"runs {[round(t, 2) for t in job]}")
         print(f"bronze job (one new day) best {min(new_day):7.2f} s")
         print(f"ratio bronze / plain            = {min(job) / min(floor):.2f}  (goal ≤ 1.30)")
         print(f"ratio one new day / full year   = {min(new_day) / min(job):.3f} (no goal)")

@@ -18,15 +18,16 @@ import sys
 import tempfile
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lakehouse import tables  # noqa: E402
-from lakehouse.config import load_config  # noqa: E402
-from lakehouse.seed import seed  # noqa: E402
-from lakehouse.session import build_session  # noqa: E402
-from lakehouse.stages import bronze, gold, silver  # noqa: E402
+from lakehouse import tables
+from lakehouse.config import load_config
+from lakehouse.seed import seed
+from lakehouse.session import build_session
+from lakehouse.stages import bronze, gold, silver
 
 NEW_DAYS = (date(2013, 12, 29), date(2013, 12, 30), date(2013, 12, 31))
 
@@ -37,6 +38,10 @@ def plain_copy(spark, config, out: Path) -> float:  # type: ignore[no-untyped-de
     tables.read(spark, config, "silver_flights").write.format("delta").mode("overwrite").save(
         str(out))
     return time.perf_counter() - start
+
+
+def rounded(times: list[float]) -> list[float]:
+    return [round(t, 2) for t in times]
 
 
 def timed(step) -> float:  # type: ignore[no-untyped-def]
@@ -61,7 +66,7 @@ def main() -> None:
         full: list[float] = []
         plain: list[float] = []
         for i in range(-1, args.repeat):  # round -1 warms up (JIT, code generation)
-            took_full = timed(lambda: gold.run(spark, config, f"full-{i}", full=True))
+            took_full = timed(partial(gold.run, spark, config, f"full-{i}", full=True))
             took_plain = plain_copy(spark, config, work / f"plain{i}")
             if i >= 0:
                 full.append(took_full)
@@ -71,14 +76,15 @@ def main() -> None:
             seed(Path(config.landing), day, day)
             bronze.run(spark, config, f"bench-{day}")
             silver.run(spark, config, f"bench-{day}")
-            results = []
-            new_day.append(timed(lambda: results.extend(gold.run(spark, config, f"day-{day}"))))
+            started = time.perf_counter()
+            results = gold.run(spark, config, f"day-{day}")
+            new_day.append(time.perf_counter() - started)
             print(f"  {day}: {new_day[-1]:.2f} s; " + "; ".join(r["message"] for r in results))
         best_full, best_plain, day_cost = min(full), min(plain), statistics.median(new_day)
         print(f"silver flights: {rows} rows")
-        print(f"gold full build          best {best_full:7.2f} s  runs {[round(t, 2) for t in full]}")
-        print(f"plain read + write       best {best_plain:7.2f} s  runs {[round(t, 2) for t in plain]}")
-        print(f"one new day (gold run)   median {day_cost:5.2f} s  runs {[round(t, 2) for t in new_day]}")
+        print(f"gold full build          best {best_full:7.2f} s  runs {rounded(full)}")
+        print(f"plain read + write       best {best_plain:7.2f} s  runs {rounded(plain)}")
+        print(f"one new day (gold run)   median {day_cost:5.2f} s  runs {rounded(new_day)}")
         print(f"full build / plain read + write = {best_full / best_plain:.2f}")
         print(f"one new day / full build = {day_cost / best_full:.3f}  (goal ≤ 0.10)")
     finally:

@@ -26,14 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyspark.sql import functions as F  # noqa: E402
+from pyspark.sql import functions as F
 
-from lakehouse import broker, tables  # noqa: E402
-from lakehouse.config import load_config  # noqa: E402
-from lakehouse.produce import Pace, produce  # noqa: E402
-from lakehouse.seed import seed  # noqa: E402
-from lakehouse.session import build_session  # noqa: E402
-from lakehouse.stages import bronze  # noqa: E402
+from lakehouse import broker, tables
+from lakehouse.config import load_config
+from lakehouse.produce import Pace, produce
+from lakehouse.seed import seed
+from lakehouse.session import build_session
+from lakehouse.stages import bronze
 
 START = date(2013, 1, 1)
 
@@ -97,12 +97,14 @@ def latency(spark, work: Path, servers: str, args: argparse.Namespace) -> None: 
         delay = commits[row["_batch_id"]] - sent_at
         (burst if burst_from <= sent_at < burst_to else steady).append(delay)
     wall = sent["seconds"]
-    print(f"latency run: {sent['events']} events in {wall:.1f} s (mean {sent['events'] / wall:,.0f} "
+    print(f"latency run: {sent['events']} events in {wall:.1f} s "
+          f"(mean {sent['events'] / wall:,.0f} "
           f"events/s; speed-up {args.speedup:g}x event time, a x10 burst for "
           f"{args.burst_seconds:g} s), a micro-batch every {args.interval}")
     for name, delays in (("steady", steady), ("burst", burst)):
         if delays:
-            rate = len(delays) / (args.burst_seconds if name == "burst" else wall - args.burst_seconds)
+            span = args.burst_seconds if name == "burst" else wall - args.burst_seconds
+            rate = len(delays) / span
             print(f"  {name:<6} {len(delays):>6} events (~{rate:,.0f}/s): produce -> bronze "
                   f"p50 {np.percentile(delays, 50):.2f} s, p99 {np.percentile(delays, 99):.2f} s")
 

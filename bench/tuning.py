@@ -24,20 +24,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyspark.ml import Pipeline  # noqa: E402
-from pyspark.ml.classification import GBTClassifier  # noqa: E402
-from pyspark.ml.evaluation import BinaryClassificationEvaluator  # noqa: E402
-from pyspark.ml.tuning import CrossValidator, ParamGridBuilder  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
+from pyspark.ml import Pipeline
+from pyspark.ml.classification import GBTClassifier
+from pyspark.ml.evaluation import BinaryClassificationEvaluator
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from pyspark.sql import functions as F
 
-from lakehouse import tables  # noqa: E402
-from lakehouse.config import load_config  # noqa: E402
-from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED  # noqa: E402
-from lakehouse.models import MAX_BINS, tree_prep  # noqa: E402
-from lakehouse.seed import seed  # noqa: E402
-from lakehouse.session import build_session  # noqa: E402
-from lakehouse.stages import bronze, gold, silver  # noqa: E402
-from lakehouse.training import TrainSettings, Windows, between, scored_histogram, tune_and_fit  # noqa: E402
+from lakehouse import tables
+from lakehouse.config import load_config
+from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED
+from lakehouse.models import MAX_BINS, tree_prep
+from lakehouse.seed import seed
+from lakehouse.session import build_session
+from lakehouse.stages import bronze, gold, silver
+from lakehouse.training import TrainSettings, Windows, between, scored_histogram, tune_and_fit
 
 
 def grid_search(train, holdout, folds: int):  # type: ignore[no-untyped-def]

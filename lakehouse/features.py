@@ -102,7 +102,7 @@ class FeatureSettings:
 
 
 def hours(n: float) -> Column:
-    return F.make_dt_interval(F.lit(0), F.lit(0), F.lit(int(round(n * 60))))
+    return F.make_dt_interval(F.lit(0), F.lit(0), F.lit(round(n * 60)))
 
 
 def local_date(instant: Column, settings: FeatureSettings) -> Column:
@@ -204,8 +204,9 @@ def weather_as_of(queries: DataFrame, weather: DataFrame, settings: FeatureSetti
     window = Window.partitionBy("origin").orderBy("_ts", "_q").rowsBetween(
         Window.unboundedPreceding, Window.currentRow)
     age = F.col("_ts") - F.col("_latest_known")
-    latest = (stacked.withColumns({"_latest": F.last("time_hour", ignorenulls=True).over(window),
-                                   "_latest_known": F.last("_known", ignorenulls=True).over(window)})
+    latest = (stacked.withColumns({
+        "_latest": F.last("time_hour", ignorenulls=True).over(window),
+        "_latest_known": F.last("_known", ignorenulls=True).over(window)})
               .filter((F.col("_q") == 1) & (age <= settings.weather_max_age_hours * 3600))
               .select("flight_id", "origin", F.col("_latest").alias("time_hour"),
                       (age / 60).cast("double").alias("weather_age_minutes")))
@@ -247,7 +248,8 @@ def schedule_features(flights: DataFrame) -> DataFrame:
         hour.cast("int").alias("sched_dep_hour"),
         (hour * 60 + F.col("sched_dep_time") % 100).cast("int").alias("sched_dep_minute_of_day"),
         F.dayofweek("flight_date").alias("day_of_week"),
-        minutes_between(F.col("sched_arr_utc"), F.col("sched_dep_utc")).alias("sched_block_minutes"),
+        minutes_between(F.col("sched_arr_utc"), F.col("sched_dep_utc"))
+        .alias("sched_block_minutes"),
         F.count(F.lit(1)).over(per_hour).alias("origin_hour_departures"),
         F.count(F.lit(1)).over(per_day).alias("origin_day_departures"))
 

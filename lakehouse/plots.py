@@ -7,10 +7,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a cluster driver
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from lakehouse.evaluation import Histogram  # noqa: E402
+from lakehouse.evaluation import Histogram
 
 
 def roc(model: Histogram, baseline: Histogram | None, title: str) -> Figure:

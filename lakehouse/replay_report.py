@@ -9,10 +9,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from lakehouse import plots  # noqa: F401  (selects the Agg backend before pyplot loads)
+import matplotlib.pyplot as plt
+from matplotlib.dates import DateFormatter
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.dates import DateFormatter  # noqa: E402
+from lakehouse import plots  # noqa: F401  (selects the Agg backend before pyplot loads)
 
 TOP_FEATURES = 5
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import re
-import json
 import socket
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname

@@ -7,6 +7,7 @@ through the `on_trial` callback.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -56,7 +57,7 @@ class Windows:
         days = {k: date.fromisoformat(v) for k, v in vars(self).items()}
         order = ("train_from", "validation_from", "train_to", "holdout_from", "holdout_to")
         strictly = {("train_from", "validation_from"), ("train_to", "holdout_from")}
-        for a, b in zip(order, order[1:], strict=False):
+        for a, b in itertools.pairwise(order):
             if days[a] > days[b] or ((a, b) in strictly and days[a] == days[b]):
                 raise WindowsError(
                     f"train windows must satisfy train_from < validation_from <= train_to < "
@@ -172,7 +173,8 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
     window, choose the threshold (max F1) on validation, and score the holdout.
 
     Flights without a recorded tail number are left out of fitting, validation and the holdout
-    metrics (see lakehouse.features), and so are flights whose outcome is not reported yet. Rows are ordered by flight_id first, so that the same
+    metrics (see lakehouse.features), and so are flights whose outcome is not reported yet.
+    Rows are ordered by flight_id first, so that the same
     table version and seed give the same model.
     """
     every_flight = features.filter(F.col(LABEL).isNotNull()).orderBy("flight_id").persist()

@@ -90,7 +90,7 @@ def _day(value: str | None, name: str) -> str | None:
 
 def run_job(spark: SparkSession, config: Config, job: str, start: str | None = None,
             end: str | None = None, train_mode: str = "auto",
-            stages: str | None = None) -> dict[str, Any]:
+            stages: str | None = None, full_gold: bool = False) -> dict[str, Any]:
     """Run one job by name, as `lakehouse run`, spark-submit and the notebooks do.
 
     Args:
@@ -100,6 +100,7 @@ def run_job(spark: SparkSession, config: Config, job: str, start: str | None = N
         start, end: the flight dates to score (empty: the conf's score.from/score.to).
         train_mode: daily only: train when no champion exists (auto), always or never.
         stages: daily only: comma-separated subset of STAGES (empty: all).
+        full_gold: rebuild gold in full instead of incrementally.
 
     Returns:
         Each stage's result by name, and the run id.

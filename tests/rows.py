@@ -41,10 +41,10 @@ def bronze_rows(spark: SparkSession, source: str, rows: list[dict[str, Any]],
     schema = T.StructType([*(T.StructField(c, T.StringType()) for c in columns),
                            T.StructField(CORRUPT_COLUMN, T.StringType()), *LINEAGE.fields,
                            *NOTED.fields])
-    records = [tuple(row.get(c) for c in columns)
-               + (row.get(CORRUPT_COLUMN), row.get("_source_file", f"{source}.csv"),
-                  row.get("_ingested_at", ingested_at), "test-run")
-               + tuple(row.get(f.name) for f in NOTED.fields) for row in rows]
+    records = [(*(row.get(c) for c in columns),
+                row.get(CORRUPT_COLUMN), row.get("_source_file", f"{source}.csv"),
+                row.get("_ingested_at", ingested_at), "test-run",
+                *(row.get(f.name) for f in NOTED.fields)) for row in rows]
     return spark.createDataFrame(records, schema)
 
 
@@ -54,7 +54,8 @@ def flight(**changes: Any) -> dict[str, Any]:
 
 def reference_rows(spark: SparkSession, source: str) -> DataFrame:
     data = {"airports": AIRPORTS, "planes": PLANES}[source]
-    return bronze_rows(spark, source, [dict(zip(SOURCE_COLUMNS[source], r)) for r in data])
+    return bronze_rows(spark, source, [dict(zip(SOURCE_COLUMNS[source], r, strict=True))
+                                       for r in data])
 
 
 def source_rows(name: str, keep: Any = lambda row: True) -> list[dict[str, str]]:

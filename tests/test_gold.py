@@ -137,8 +137,8 @@ def test_rerun_without_changes_commits_nothing_and_full_rebuilds(
 
 
 def test_gold_without_silver_fails_naming_the_table(spark: SparkSession, config: Config) -> None:
-    with pytest.raises(gold.GoldInputError, match="silver_flights does not exist at .*run the "
-                                                  "silver job first"):
+    with pytest.raises(gold.GoldInputError, match=r"silver_flights does not exist at .*run the "
+                                                  r"silver job first"):
         gold.run(spark, config, "none")
 
 

@@ -162,12 +162,13 @@ def flight_events(spark: SparkSession, events: list[tuple[str, str, dict | str]]
 
     from pyspark.sql import types as T
 
-    schema = T.StructType([T.StructField("key", T.StringType()), T.StructField("value", T.StringType()),
-                           T.StructField("topic", T.StringType()), T.StructField("partition", T.IntegerType()),
-                           T.StructField("offset", T.LongType()), T.StructField("timestamp", T.TimestampType()),
-                           T.StructField("_invalid_bytes", T.MapType(T.StringType(), T.BinaryType())),
-                           T.StructField("_ingested_at", T.TimestampType()), T.StructField("_run_id", T.StringType()),
-                           T.StructField("_batch_id", T.LongType())])
+    schema = T.StructType([
+        T.StructField("key", T.StringType()), T.StructField("value", T.StringType()),
+        T.StructField("topic", T.StringType()), T.StructField("partition", T.IntegerType()),
+        T.StructField("offset", T.LongType()), T.StructField("timestamp", T.TimestampType()),
+        T.StructField("_invalid_bytes", T.MapType(T.StringType(), T.BinaryType())),
+        T.StructField("_ingested_at", T.TimestampType()), T.StructField("_run_id", T.StringType()),
+        T.StructField("_batch_id", T.LongType())])
     rows = []
     for i, (kind, at, payload) in enumerate(events):
         value = payload if isinstance(payload, str) else json.dumps(

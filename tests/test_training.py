@@ -3,6 +3,7 @@ against scikit-learn, the gate with a real MLflow store, lineage and reproducibi
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -155,7 +156,7 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
     assert all(c.data.metrics.get("validation_auc_roc") for c in children)
     # two trials ran at the same time: their spans overlap
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
-    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))
     params = parent.data.params
     assert int(params["features_delta_version"]) == tables.version(spark, config,
                                                                    "flight_features")
@@ -198,7 +199,7 @@ def test_gate_promotes_better_refuses_worse_and_ties(
 
 
 class _Failing(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         self.send_response(503)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -219,7 +220,7 @@ def test_a_registry_error_other_than_a_missing_alias_fails_the_job(
     try:
         config = config_for(features_root, tmp_path, LR_ONLY,
                             registry_uri=f"http://127.0.0.1:{server.server_port}")
-        with pytest.raises(MlflowException, match="TEMPORARILY_UNAVAILABLE|503"):
+        with pytest.raises(MlflowException, match=r"TEMPORARILY_UNAVAILABLE|503"):
             train.run(spark, config, "registry-down")
     finally:
         server.shutdown()

@@ -137,7 +137,8 @@ def weather_contract(settings: dict[str, Any]) -> Contract:
     max_wind = float(settings["max_wind_speed_mph"])
     max_gust = float(settings["max_wind_gust_mph"])
     rules = [
-        well_formed(), *landed_whole(), *parsable("weather"), not_null("origin"), not_null("time_hour"),
+        well_formed(), *landed_whole(), *parsable("weather"), not_null("origin"),
+        not_null("time_hour"),
         matches("origin", IATA), in_range("hour", 0, 23), in_range("temp", -60, 130),
         in_range("dewp", -80, 100), in_range("humid", 0, 100), in_range("wind_dir", 0, 360),
         in_range("precip", 0, 10), in_range("pressure", 850, 1100), in_range("visib", 0, 100),
@@ -151,7 +152,8 @@ def weather_contract(settings: dict[str, Any]) -> Contract:
 
 
 def planes_contract(settings: dict[str, Any]) -> Contract:
-    rules = [well_formed(), *landed_whole(), *parsable("planes"), not_null("tailnum"), matches("tailnum", TAILNUM),
+    rules = [well_formed(), *landed_whole(), *parsable("planes"), not_null("tailnum"),
+             matches("tailnum", TAILNUM),
              in_range("year", 1900, 2014), in_range("engines", 1, 8), in_range("seats", 1, 1000),
              Rule("year_present", "build year is known (kept, flagged)",
                   "year IS NOT NULL", "warn")]
@@ -160,7 +162,8 @@ def planes_contract(settings: dict[str, Any]) -> Contract:
 
 
 def airports_contract(settings: dict[str, Any]) -> Contract:
-    rules = [well_formed(), *landed_whole(), *parsable("airports"), not_null("faa"), matches("faa", FAA),
+    rules = [well_formed(), *landed_whole(), *parsable("airports"), not_null("faa"),
+             matches("faa", FAA),
              in_range("lat", -90, 90), in_range("lon", -180, 180),
              Rule("tzone_present", "time zone is known (kept, flagged)",
                   "tzone IS NOT NULL", "warn")]
@@ -169,7 +172,8 @@ def airports_contract(settings: dict[str, Any]) -> Contract:
 
 
 def airlines_contract(settings: dict[str, Any]) -> Contract:
-    rules = [well_formed(), *landed_whole(), not_null("carrier"), matches("carrier", CARRIER), not_null("name")]
+    rules = [well_formed(), *landed_whole(), not_null("carrier"), matches("carrier", CARRIER),
+             not_null("name")]
     return Contract("airlines", AirlinesModel, KEYS["airlines"], tuple(rules),
                     (unique_key(KEYS["airlines"]),))
 

@@ -29,8 +29,8 @@ from lakehouse.gold_changes import (
     dates_moved_by_flights,
     dates_moved_by_weather,
     flights_read,
-    weather_read,
     row_changes,
+    weather_read,
 )
 from lakehouse.gold_docs import TABLE_COMMENTS, with_comments
 from lakehouse.lineage import GOLD_TAG
@@ -193,7 +193,8 @@ def rows_written(metrics: dict[str, str]) -> int:
     return sum(int(metrics.get(k, 0)) for k in keys)
 
 
-def run(spark: SparkSession, config: Config, run_id: str, full: bool = False) -> list[dict[str, Any]]:
+def run(spark: SparkSession, config: Config, run_id: str,
+        full: bool = False) -> list[dict[str, Any]]:
     """Bring gold.flight_features and gold.route_daily_kpis up to date with silver."""
     settings = FeatureSettings.from_conf(config.section("gold"))
     states = {name: tables.tagged_state(spark, config, name, TAG) for name in OUTPUTS}

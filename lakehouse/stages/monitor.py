@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakehouse import registry, tables
-from lakehouse.alert_rules import Crossing, rules_from_conf, raised_on
+from lakehouse.alert_rules import Crossing, raised_on, rules_from_conf
 from lakehouse.alerts import deliver, slack_payload
 from lakehouse.config import Config
 from lakehouse.drift import FeatureReference, references_from_json

@@ -62,6 +62,11 @@ def predictions_of(spark: SparkSession, config: Config, scorer: Scorer, features
         unscorable(missing, "no row in gold.flight_features", *args))
 
 
+def inserted(metrics: dict[str, str]) -> str:
+    """Rows a MERGE inserted (or an append wrote, when it created the table)."""
+    return metrics.get("numTargetRowsInserted", metrics.get("numOutputRows", "0"))
+
+
 def run(spark: SparkSession, config: Config, run_id: str, start: str,
         end: str) -> dict[str, Any]:
     """Score flights dated start..end; idempotent by flight and model version."""
@@ -88,9 +93,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
                      version_read=version_read,
                      version_written=tables.version(spark, config, "delay_predictions"),
                      message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in models)
-                             + f" scored {start}..{end}; written "
-                             f"{metrics.get('numTargetRowsInserted', metrics.get('numOutputRows', 0))}"
-                             f" new, {metrics.get('numTargetRowsUpdated', 0)} changed")
+                             + f" scored {start}..{end}; written {inserted(metrics)} new, "
+                             f"{metrics.get('numTargetRowsUpdated', 0)} changed")
     champion = models[0]
     return {"model_name": name, "model_version": champion.version,
             "challenger_version": models[1].version if len(models) > 1 else None,
