@@ -23,7 +23,7 @@ __all__ = ["Delivery", "deliver", "raised_days", "slack_payload"]
 
 log = logging.getLogger("lakehouse.alerts")
 # Statuses worth another try: the receiver is overloaded or asks us to slow down.
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
 
 def raised_days(flags: Sequence[tuple[date, bool]], persist_days: int = 1) -> list[date]:

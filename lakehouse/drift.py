@@ -93,6 +93,12 @@ def _numeric(name: str) -> Column:
     return F.nanvl(value, F.lit(None).cast("double"))
 
 
+def _pairs(columns: dict[str, Column], alias: str) -> Column:
+    """Each row as one (feature, alias) struct per column, exploded: all features in one pass."""
+    return F.explode(F.array(*(F.struct(F.lit(name).alias("feature"), column.alias(alias))
+                               for name, column in columns.items()))).alias("pair")
+
+
 def _check_columns(df: DataFrame, wanted: Iterable[str], what: str) -> None:
     missing = [name for name in wanted if name not in df.columns]
     if missing:
@@ -132,17 +138,14 @@ def reference(df: DataFrame, numeric: list[str], categorical: list[str], quantil
             _edges(df, numeric, quantiles, relative_error).items()}
     refs |= {name: FeatureReference(name, "categorical", categories=categories)
              for name, categories in _top_categories(df, categorical, top_categories).items()}
-    counts = bin_counts(df, refs, []).collect()
-    if not counts:
+    counts = {(row["feature"], row["bin"]): row["rows"]
+              for row in bin_counts(df, refs, []).collect()}
+    total = sum(counts.values()) / len(refs)  # every row is counted once per feature
+    if not total:
         raise DriftInputError("reference: the data frame has no rows")
-    totals: dict[str, int] = {}
-    for row in counts:
-        totals[row["feature"]] = totals.get(row["feature"], 0) + row["rows"]
-    shares: dict[str, dict[str, float]] = {name: {} for name in refs}
-    for row in counts:
-        shares[row["feature"]][row["bin"]] = row["rows"] / totals[row["feature"]]
     return {name: FeatureReference(name, ref.kind, ref.edges, ref.categories,
-                                   {label: shares[name].get(label, 0.0) for label in ref.labels})
+                                   {label: counts.get((name, label), 0) / total
+                                    for label in ref.labels})
             for name, ref in refs.items()}
 
 
@@ -163,9 +166,7 @@ def _top_categories(df: DataFrame, categorical: list[str],
     """The top most frequent non-null values of each categorical column, in one Spark job."""
     if not categorical:
         return {}
-    pairs = F.explode(F.array(*(F.struct(F.lit(name).alias("feature"),
-                                         F.col(name).cast("string").alias("value"))
-                                for name in categorical))).alias("pair")
+    pairs = _pairs({name: F.col(name).cast("string") for name in categorical}, "value")
     ranked = Window.partitionBy("feature").orderBy(F.desc("rows"), F.asc("value"))
     rows = (df.select(pairs).select("pair.feature", "pair.value")
             .where(F.col("value").isNotNull())
@@ -175,10 +176,6 @@ def _top_categories(df: DataFrame, categorical: list[str],
     found: dict[str, list[tuple[int, str]]] = {name: [] for name in categorical}
     for row in rows:
         found[row["feature"]].append((row["rank"], row["value"]))
-    reserved = {name: [v for _, v in values if v in (NULL, OTHER)] for name, values in
-                found.items() if any(v in (NULL, OTHER) for _, v in values)}
-    if reserved:
-        raise DriftInputError(f"reference: categories named like the reserved bins {reserved}")
     return {name: tuple(value for _, value in sorted(values)) for name, values in found.items()}
 
 
@@ -197,8 +194,7 @@ def bin_counts(df: DataFrame, refs: dict[str, FeatureReference],
     if not refs:
         raise DriftInputError("bin_counts: no feature references given")
     _check_columns(df, [*group_cols, *refs], "bin_counts")
-    pairs = F.explode(F.array(*(F.struct(F.lit(name).alias("feature"), ref.bin().alias("bin"))
-                                for name, ref in refs.items()))).alias("pair")
+    pairs = _pairs({name: ref.bin() for name, ref in refs.items()}, "bin")
     return (df.select(*group_cols, pairs)
             .select(*group_cols, "pair.feature", "pair.bin")
             .groupBy(*group_cols, "feature", "bin")

@@ -129,6 +129,9 @@ def test_bad_input_is_named(spark: SparkSession) -> None:
         drift([{"feature": "x", "bin": "b42", "rows": 1}], refs, [])
     with pytest.raises(DriftInputError, match="no rows"):
         reference(df.where("false"), ["x"], [])
+    reserved = df.withColumn("carrier", F.when(F.col("x") < 60, F.lit(OTHER)).otherwise("AA"))
+    with pytest.raises(DriftInputError, match=r"no category named .* categories \('__other__', "):
+        reference(reserved, [], ["carrier"])
 
 
 def test_bin_counts_is_one_spark_pass_for_all_features(
