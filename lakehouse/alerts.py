@@ -1,0 +1,161 @@
+"""Alert episodes from a daily condition, and webhook delivery that retries what is transient.
+
+An alert is raised once per episode: when its condition has held for `persist_days` days in a
+row, not again while it keeps holding, and again only after it has cleared. Delivery POSTs JSON
+with the standard library; it never raises, because a webhook must not fail the workflow: the
+caller records in the alert row whether the message arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+__all__ = ["Delivery", "deliver", "raised_days", "slack_payload"]
+
+log = logging.getLogger("lakehouse.alerts")
+# Statuses worth another try: the receiver is overloaded or asks us to slow down.
+RETRY_STATUSES = frozenset({429, *range(500, 600)})
+
+
+def raised_days(flags: Sequence[tuple[date, bool]], persist_days: int = 1) -> list[date]:
+    """The days an alert is raised, once per episode of a condition held persist_days in a row.
+
+    Args:
+        flags: (day, condition crossed) sorted by day, one per day at most; a day missing from
+            the list counts as not crossed (it ends an episode and breaks a run).
+        persist_days: how many consecutive crossed days raise the alert (1: the first one).
+
+    Returns:
+        The days on which an alert is raised, in order.
+    """
+    if persist_days < 1:
+        raise ValueError(f"persist_days must be at least 1, got {persist_days}")
+    raised: list[date] = []
+    run, alerted, previous = 0, False, None
+    for day, crossed in flags:
+        if previous is not None and day <= previous:
+            raise ValueError(f"flags must be sorted by day with one flag per day: {day} comes "
+                             f"after {previous}")
+        if previous is not None and day != previous + timedelta(days=1):
+            run, alerted = 0, False  # a missing day is a day the condition did not hold
+        if crossed:
+            run += 1
+            if run >= persist_days and not alerted:
+                raised.append(day)
+                alerted = True
+        else:
+            run, alerted = 0, False
+        previous = day
+    return raised
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How a webhook POST ended: delivered or not, after how many attempts, and why."""
+
+    delivered: bool
+    attempts: int
+    status: int | None
+    error: str | None
+
+
+def _post(url: str, body: bytes, timeout_s: float) -> int:
+    """POST body once; the HTTP status of a 2xx answer (urllib raises for the others)."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "User-Agent": "lakehouse-alerts"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        response.read()
+        return int(response.status)
+
+
+def _outcome(error: Exception) -> tuple[int | None, str, bool]:
+    """The status, description and whether to retry, for a failed POST."""
+    if isinstance(error, urllib.error.HTTPError):
+        error.close()
+        return error.code, f"HTTP {error.code} {error.reason}", error.code in RETRY_STATUSES
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    transient = isinstance(reason, (ConnectionError, TimeoutError))
+    return None, f"{type(reason).__name__}: {reason}", transient
+
+
+def deliver(url: str, payload: dict[str, Any], retries: int = 3, timeout_s: float = 5.0,
+            backoff_s: float = 1.0) -> Delivery:
+    """POST payload as JSON to a webhook, retrying refusals, timeouts, 5xx and 429; never raises.
+
+    Other 4xx answers (a bad URL path, a revoked hook) and malformed URLs are not retried: the
+    same request would fail the same way.
+
+    Args:
+        url: the webhook (http or https).
+        payload: the JSON body (dates as ISO strings, NaN as null, other objects as str).
+        retries: further attempts after the first, for transient failures only.
+        timeout_s: the socket timeout of each attempt (connect, and each read).
+        backoff_s: the wait before the first retry; it doubles for each further one.
+
+    Returns:
+        The Delivery: delivered on a 2xx, the attempts made, the last status and error.
+    """
+    if not url.lower().startswith(("http://", "https://")):
+        return Delivery(False, 0, None, f"not an http(s) webhook URL: {url!r}")
+    try:
+        body = json.dumps(_json_safe(payload), default=str).encode("utf-8")
+    except Exception as error:  # e.g. a circular structure: still never raise
+        return Delivery(False, 0, None, f"payload is not JSON serialisable: {error!r}")
+    status: int | None = None
+    message: str | None = None
+    for attempt in range(1, retries + 2):
+        try:
+            status = _post(url, body, timeout_s)
+            return Delivery(True, attempt, status, None)
+        except Exception as error:  # never raise: the workflow must not fail on a webhook
+            status, message, transient = _outcome(error)
+        if not transient or attempt > retries:
+            log.warning("webhook %s: attempt %d failed (%s); giving up", url, attempt, message)
+            return Delivery(False, attempt, status, message)
+        wait = backoff_s * 2 ** (attempt - 1)
+        log.warning("webhook %s: attempt %d failed (%s); retrying in %.1f s", url, attempt,
+                    message, wait)
+        time.sleep(wait)
+    return Delivery(False, retries + 1, status, message)  # not reached: the loop returns
+
+
+def _json_safe(value: Any) -> Any:
+    """value with dates as ISO strings, NaN and infinities as null, numpy scalars as Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def slack_payload(alert: dict[str, Any]) -> dict[str, Any]:
+    """A webhook body that Slack and Teams incoming webhooks display: text plus the fields.
+
+    Args:
+        alert: the alert's fields (e.g. kind, day, model_version, metric, feature, value,
+            threshold, message).
+
+    Returns:
+        {"text": one readable line, "alert": the fields as JSON-safe values}; receivers that
+        only show text ignore "alert", programs reading the hook use it.
+    """
+    fields = _json_safe(alert)
+    kind = fields.get("kind", "alert")
+    detail = fields.get("message") or ", ".join(
+        f"{key}={value}" for key, value in fields.items() if key not in ("kind", "message"))
+    return {"text": f":rotating_light: lakehouse {kind}: {detail}", "alert": fields}

@@ -1,0 +1,159 @@
+"""Alert episodes, and webhook delivery against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from lakehouse.alerts import Delivery, deliver, raised_days, slack_payload
+
+
+class Hook:
+    """A webhook receiver: answers each POST with the next scripted status (the last repeats),
+    after an optional pause, and keeps what it received."""
+
+    def __init__(self, statuses: list[int], pause_s: float = 0.0) -> None:
+        self.statuses, self.pause_s = statuses, pause_s
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.received.append((self.headers["Content-Type"], json.loads(body)))
+                status = hook.statuses[min(len(hook.received), len(hook.statuses)) - 1]
+                time.sleep(hook.pause_s)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the client gave up waiting (the timeout case)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
+
+
+@pytest.fixture()
+def hook(request: pytest.FixtureRequest) -> Iterator[Hook]:
+    statuses, pause_s = request.param
+    server = Hook(statuses, pause_s)
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+ALERT = {"kind": "feature_drift", "day": date(2013, 11, 20), "model_version": 3,
+         "feature": "temp", "value": 0.31, "threshold": 0.2, "message": "PSI of temp 0.31"}
+
+
+@pytest.mark.parametrize("hook", [([200], 0.0)], indirect=True)
+def test_delivered_on_first_try(hook: Hook) -> None:
+    result = deliver(hook.url, slack_payload(ALERT), retries=3, backoff_s=0.01)
+    assert result == Delivery(True, 1, 200, None)
+    [(content_type, body)] = hook.received
+    assert content_type == "application/json"
+    assert body["text"] == ":rotating_light: lakehouse feature_drift: PSI of temp 0.31"
+    assert body["alert"] == {**ALERT, "day": "2013-11-20"}
+
+
+@pytest.mark.parametrize("hook", [([503, 503, 200], 0.0)], indirect=True)
+def test_unavailable_twice_then_delivered_on_attempt_3(hook: Hook) -> None:
+    result = deliver(hook.url, {"text": "x"}, retries=3, backoff_s=0.01)
+    assert result == Delivery(True, 3, 200, None)
+    assert len(hook.received) == 3
+
+
+@pytest.mark.parametrize("hook", [([429, 503], 0.0)], indirect=True)
+def test_retries_are_bounded_and_back_off(hook: Hook) -> None:
+    started = time.monotonic()
+    result = deliver(hook.url, {"text": "x"}, retries=2, backoff_s=0.2)
+    assert result == Delivery(False, 3, 503, "HTTP 503 Service Unavailable")
+    assert len(hook.received) == 3
+    assert time.monotonic() - started >= 0.2 + 0.4  # waits of 0.2 s, then 0.4 s
+
+
+@pytest.mark.parametrize("hook", [([200], 2.0)], indirect=True)
+def test_timeout_gives_up_after_one_plus_retries_attempts(hook: Hook) -> None:
+    started = time.monotonic()
+    result = deliver(hook.url, {"text": "x"}, retries=2, timeout_s=0.3, backoff_s=0.05)
+    elapsed = time.monotonic() - started
+    assert not result.delivered and result.attempts == 3 and result.status is None
+    assert "timed out" in str(result.error)
+    assert len(hook.received) == 3
+    # 3 timeouts of 0.3 s and waits of 0.05 + 0.1 s: well under the server's 3 x 2 s of sleep.
+    assert 0.9 <= elapsed < 2.0
+
+
+def test_refused_connection_is_retried_then_not_delivered() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago, now closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = deliver(f"http://127.0.0.1:{port}/hook", {"text": "x"}, retries=2, backoff_s=0.01)
+    assert not result.delivered and result.attempts == 3 and result.status is None
+    assert "ConnectionRefusedError" in str(result.error)
+
+
+@pytest.mark.parametrize("hook", [([400, 200], 0.0)], indirect=True)
+def test_client_error_is_not_retried(hook: Hook) -> None:
+    result = deliver(hook.url, {"text": "x"}, retries=3, backoff_s=0.01)
+    assert result == Delivery(False, 1, 400, "HTTP 400 Bad Request")
+    assert len(hook.received) == 1
+
+
+def test_bad_url_or_payload_is_reported_not_raised() -> None:
+    assert deliver("file:///etc/hosts", {"text": "x"}) == Delivery(
+        False, 0, None, "not an http(s) webhook URL: 'file:///etc/hosts'")
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    result = deliver("http://127.0.0.1:9/hook", circular)
+    assert not result.delivered and result.attempts == 0 and "serialisable" in str(result.error)
+
+
+def test_slack_payload_without_message_lists_the_fields() -> None:
+    payload = slack_payload({"kind": "quality", "auc_roc": float("nan"), "day": date(2013, 12, 1)})
+    assert payload == {"text": ":rotating_light: lakehouse quality: auc_roc=None, day=2013-12-01",
+                       "alert": {"kind": "quality", "auc_roc": None, "day": "2013-12-01"}}
+    json.dumps(payload, allow_nan=False)  # strict JSON: NaN was turned into null
+
+
+def days(*offsets: int) -> list[date]:
+    return [date(2013, 11, 1) + timedelta(days=i) for i in offsets]
+
+
+def test_raised_days_once_per_episode_with_gaps() -> None:
+    crossed = {0, 1, 2, 3, 5, 6, 8, 10, 11, 12}
+    # Day 4 clears; days 5-6 are a new episode; 8 stands alone; day 9 is missing (not crossed)
+    # and days 10-12 cross again after it.
+    flags = [(day, i in crossed) for i, day in zip(range(13), days(*range(13)), strict=True)
+             if i != 9]
+    assert raised_days(flags, persist_days=2) == days(1, 6, 11)
+    assert raised_days(flags, persist_days=1) == days(0, 5, 8, 10)
+    assert raised_days(flags, persist_days=4) == days(3)
+    assert raised_days(flags, persist_days=5) == []
+    # A gap inside a run of crossed days breaks it: 0, 1 then 3, 4 (2 missing).
+    assert raised_days([(d, True) for d in days(0, 1, 3, 4)], persist_days=2) == days(1, 4)
+    assert raised_days([(d, True) for d in days(0, 2, 4)], persist_days=2) == []
+    assert raised_days([], persist_days=2) == []
+
+
+def test_raised_days_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="persist_days must be at least 1, got 0"):
+        raised_days([], persist_days=0)
+    with pytest.raises(ValueError, match="2013-11-01 comes after 2013-11-02"):
+        raised_days([(days(1)[0], True), (days(0)[0], True)])

@@ -1,0 +1,171 @@
+"""The task runner: order, retries of transient failures only, skips, failures that stop only
+their dependents, invalid workflows, and a rerun after a failure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lakehouse.dag import DagError, Task, TaskResult, failed, order, run_dag, summary
+
+
+class DataError(ValueError):
+    """Stands for a contract halt or an empty window: retrying cannot help."""
+
+
+def is_permanent(error: BaseException) -> bool:
+    return isinstance(error, DataError)
+
+
+class Recorder:
+    """Tasks that record their runs; a task can be told to fail its first n attempts."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.waits: list[float] = []
+        self.failures: dict[str, tuple[int, Exception]] = {}
+
+    def task(self, name: str, *deps: str, retries: int = 0,
+             when: Callable[[dict[str, TaskResult]], str | None] | None = None) -> Task:
+        def run() -> str:
+            self.calls.append(name)
+            left, error = self.failures.get(name, (0, RuntimeError()))
+            if left:
+                self.failures[name] = (left - 1, error)
+                raise error
+            return f"{name} done"
+
+        return Task(name, run, tuple(deps), retries, when)
+
+    def run(self, tasks: list[Task]) -> dict[str, TaskResult]:
+        return run_dag(tasks, is_permanent, sleep=self.waits.append)
+
+
+def daily(rec: Recorder, retries: int = 2) -> list[Task]:
+    """The shape of the daily workflow, plus a report task that needs only gold."""
+    return [rec.task("bronze", retries=retries), rec.task("silver", "bronze", retries=retries),
+            rec.task("gold", "silver", retries=retries), rec.task("score", "gold", retries=retries),
+            rec.task("monitor", "score"), rec.task("kpis", "gold"),
+            rec.task("train", "monitor",
+                     when=lambda r: None if r["monitor"].result == "due" else "not due"),
+            rec.task("rescore", "train")]
+
+
+def statuses(results: dict[str, TaskResult]) -> dict[str, str]:
+    return {name: r.status for name, r in results.items()}
+
+
+def test_order_follows_dependencies_then_declaration() -> None:
+    rec = Recorder()
+    tasks = [rec.task("report", "score", "kpis"), rec.task("score", "gold"),
+             rec.task("kpis", "gold"), rec.task("gold")]
+    assert [t.name for t in order(tasks)] == ["gold", "score", "kpis", "report"]
+    results = rec.run(tasks)
+    assert rec.calls == ["gold", "score", "kpis", "report"] == list(results)
+    assert all(r.status == "succeeded" and r.attempts == 1 for r in results.values())
+    assert results["kpis"].result == "kpis done" and not failed(results)
+
+
+def test_transient_failure_is_retried_with_backoff_and_the_workflow_completes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    rec.failures["silver"] = (1, ConnectionError("executor lost"))
+    with caplog.at_level(logging.INFO, logger="lakehouse.dag"):
+        results = run_dag(daily(rec), is_permanent, backoff_s=lambda n: 5.0 * (n + 1),
+                          sleep=rec.waits.append)
+    assert rec.calls[:4] == ["bronze", "silver", "silver", "gold"]
+    assert results["silver"].status == "succeeded" and results["silver"].attempts == 2
+    assert rec.waits == [5.0]  # slept once, through the injected sleep: no real waiting
+    assert statuses(results) == {
+        "bronze": "succeeded", "silver": "succeeded", "gold": "succeeded", "score": "succeeded",
+        "monitor": "succeeded", "kpis": "succeeded", "train": "skipped", "rescore": "succeeded"}
+    assert not failed(results)
+    retries = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert retries == ["task silver: attempt 1 of 3 failed (ConnectionError('executor lost')); "
+                       "retrying in 5.0 s"]
+    assert any(r.getMessage().startswith("task silver: succeeded in") and "2 attempts" in
+               r.getMessage() for r in caplog.records)
+
+
+def test_transient_failures_beyond_the_retries_fail_the_task() -> None:
+    rec = Recorder()
+    rec.failures["gold"] = (5, TimeoutError("metastore"))
+    results = rec.run(daily(rec))
+    assert rec.calls.count("gold") == 3 and rec.waits == [1, 2]  # default backoff 2**n
+    assert [r.name for r in failed(results)] == ["gold"]
+    assert isinstance(results["gold"].error, TimeoutError)
+
+
+def test_permanent_error_is_not_retried_and_stops_only_its_dependents() -> None:
+    rec = Recorder()
+    rec.failures["score"] = (1, DataError("empty window"))
+    results = rec.run(daily(rec, retries=3))
+    assert rec.calls.count("score") == 1 and rec.waits == []  # though 3 retries were allowed
+    assert statuses(results) == {
+        "bronze": "succeeded", "silver": "succeeded", "gold": "succeeded", "score": "failed",
+        "monitor": "upstream_failed", "kpis": "succeeded", "train": "upstream_failed",
+        "rescore": "upstream_failed"}
+    assert results["monitor"].reason == "upstream failed: score"
+    assert results["train"].reason == "upstream failed: monitor"
+    assert "train" not in rec.calls and "kpis" in rec.calls
+    table = summary(results)
+    assert "score    failed" in table and "DataError: empty window" in table
+    assert "rescore  upstream_failed" in table
+
+
+def test_skip_by_condition_counts_as_done_for_dependents() -> None:
+    rec = Recorder()
+    tasks = [rec.task("monitor"),
+             rec.task("train", "monitor", when=lambda r: f"{r['monitor'].result}: not due"),
+             rec.task("rescore", "train", when=lambda r: None if r["train"].status == "skipped"
+                      else "train ran")]
+    results = rec.run(tasks)
+    assert statuses(results) == {"monitor": "succeeded", "train": "skipped",
+                                 "rescore": "succeeded"}
+    assert results["train"].reason == "monitor done: not due" and results["train"].attempts == 0
+    assert rec.calls == ["monitor", "rescore"]
+
+
+def test_a_broken_condition_fails_its_task() -> None:
+    rec = Recorder()
+    results = rec.run([rec.task("a", when=lambda r: r["missing"].reason), rec.task("b", "a")])
+    assert statuses(results) == {"a": "failed", "b": "upstream_failed"}
+    assert isinstance(results["a"].error, KeyError) and rec.calls == []
+
+
+@pytest.mark.parametrize(("tasks", "message"), [
+    ([("a", ()), ("b", ("a", "x")), ("c", ("y",))],
+     r"unknown dependencies \{'b': \['x'\], 'c': \['y'\]\}.*the tasks are \['a', 'b', 'c'\]"),
+    ([("a", ("c",)), ("b", ("a",)), ("c", ("b",)), ("d", ())],
+     "dependency cycle: a -> c -> b -> a"),
+    ([("a", ("a",))], "dependency cycle: a -> a"),
+    ([("a", ()), ("a", ())], "task 'a' is declared twice"),
+])
+def test_invalid_workflows_raise_naming_the_tasks(tasks: list[tuple[str, tuple[str, ...]]],
+                                                  message: str) -> None:
+    rec = Recorder()
+    with pytest.raises(DagError, match=message):
+        rec.run([rec.task(name, *deps) for name, deps in tasks])
+    assert rec.calls == []  # validated before anything runs
+
+
+def test_rerun_after_a_failure_runs_the_failed_task_again() -> None:
+    rec = Recorder()
+    rec.failures["score"] = (1, DataError("contract halt"))
+    first = rec.run(daily(rec))
+    assert [r.name for r in failed(first)] == ["score"]
+    rec.calls.clear()
+    second = rec.run(daily(rec))  # the data was fixed: the failure is used up
+    assert not failed(second) and second["score"].attempts == 1
+    assert rec.calls == ["bronze", "silver", "gold", "score", "monitor", "kpis", "rescore"]
+    assert second["train"].status == "skipped" and second["rescore"].status == "succeeded"
+
+
+def test_summary_lists_every_task() -> None:
+    results: dict[str, Any] = {"a": TaskResult("a", "succeeded", 1, 3, None, 1.24, None)}
+    assert summary(results).splitlines() == [
+        "task  status          attempts  seconds  detail",
+        "a     succeeded              1      1.2"]
