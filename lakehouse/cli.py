@@ -37,13 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--to", dest="end", type=_date, required=True)
 
     run = with_env(sub.add_parser("run", help="run one job or the daily workflow"))
-    run.add_argument("job", choices=["daily", "bronze", "silver", "gold", "train", "score"])
+    run.add_argument("job", choices=["daily", "bronze", "silver", "gold", "score", "monitor",
+                                     "train"])
     run.add_argument("--from", dest="start", type=_date, help="first flight date to score")
-    run.add_argument("--to", dest="end", type=_date, help="last flight date to score")
+    run.add_argument("--to", dest="end", type=_date,
+                     help="last flight date to score (the day the monitor job monitors)")
     run.add_argument("--train", default="auto", choices=["auto", "always", "never"],
                      help="daily: train when no champion exists (auto), always or never")
     run.add_argument("--stages", default=None,
-                     help="daily: comma-separated subset of bronze,silver,gold,train,score")
+                     help="daily: comma-separated subset of bronze,silver,gold,score,monitor,"
+                          "train")
     run.add_argument("--full", action="store_true",
                      help="gold (alone or in daily): rebuild in full instead of incrementally")
     run.add_argument("--continuous", action="store_true",
@@ -69,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="share of events sent a second time, a little later")
     produce.add_argument("--limit", type=int, default=None, help="send at most this many flights")
     produce.add_argument("--seed", type=int, default=13)
+
+    replay = with_env(sub.add_parser(
+        "replay", help="land real days one at a time and run the daily workflow for each "
+                       "(scoring, monitoring, alerts, retraining), then report and draw it"))
+    replay.add_argument("--from", dest="start", type=_date, required=True)
+    replay.add_argument("--to", dest="end", type=_date, required=True)
 
     with_env(sub.add_parser("status", help="print the latest audit rows"))
     describe = with_env(sub.add_parser(
@@ -157,6 +166,16 @@ def cmd_produce(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(config: Config, args: argparse.Namespace) -> int:
+    from lakehouse.replay import replay
+    from lakehouse.session import build_session
+
+    text, _ = replay(build_session(config), config, date.fromisoformat(args.start),
+                     date.fromisoformat(args.end))
+    print(text)
+    return 0
+
+
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     from lakehouse import tables
     from lakehouse.session import build_session
@@ -241,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(getattr(args, "env", "local"), getattr(args, "conf_dir", None))
     commands = {"seed": cmd_seed, "run": cmd_run, "status": cmd_status,
                 "describe": cmd_describe, "contracts": cmd_contracts, "migrate": cmd_migrate,
-                "produce": cmd_produce, "notebook": cmd_notebook}
+                "produce": cmd_produce, "notebook": cmd_notebook, "replay": cmd_replay}
     try:
         return commands[args.command](config, args)
     except Exception as error:  # a clear one-line reason, then the exit code

@@ -1,12 +1,13 @@
-"""The daily workflow: stages in order in one Spark session, with retries and a final report."""
+"""The daily workflow: a small DAG of the stages in one Spark session, with retries of
+transient failures and a final report. Production scheduling belongs to Databricks Jobs, cron or
+Airflow calling the same jobs; this runner keeps a laptop's or a replay's day in one JVM."""
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -16,12 +17,14 @@ from lakehouse import registry, tables
 from lakehouse.bronze import BronzeAccountingError
 from lakehouse.config import Config
 from lakehouse.contracts import ContractViolation
-from lakehouse.stages import bronze, gold, score, silver, train
+from lakehouse.dag import Task, TaskResult, failed, run_dag, summary
+from lakehouse.monitoring import end_of_day
+from lakehouse.stages import bronze, gold, monitor, score, silver, train
 from lakehouse.tables import ConcurrentRunError
-from lakehouse.training import TrainingDataError
+from lakehouse.training import TrainingDataError, Windows
 
 log = logging.getLogger("lakehouse")
-STAGES = ("bronze", "silver", "gold", "train", "score")
+STAGES = ("bronze", "silver", "gold", "score", "monitor", "train")
 TRAIN_MODES = ("auto", "always", "never")
 # Errors about the data, not the machine: retrying cannot help. Nor can retrying a run that
 # overlapped another run of the same stream: a retry would race it again.
@@ -50,17 +53,11 @@ def new_run_id() -> str:
 
 
 def with_retries(step: Callable[[], Any], name: str, retries: int) -> Any:
-    """Run a stage, retrying transient failures; data errors fail at once."""
-    for attempt in range(retries + 1):
-        try:
-            return step()
-        except Exception as error:
-            if is_permanent(error) or attempt == retries:
-                raise
-            log.warning("stage %s failed (attempt %d of %d); retrying", name, attempt + 1,
-                        retries + 1, exc_info=True)
-            time.sleep(2 ** attempt)
-    return None
+    """Run a step alone, retrying transient failures; data errors fail at once."""
+    outcome = run_dag([Task(name, step, retries=retries)], is_permanent)[name]
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.result
 
 
 def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
@@ -70,6 +67,8 @@ def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
         raise UnknownStageError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     if stage == "score":
         return score.run(spark, config, run_id, *score_range)
+    if stage == "monitor":
+        return monitor.run(spark, config, run_id, score_range[1])
     if stage == "gold":
         return gold.run(spark, config, run_id, full=full_gold)
     module = {"bronze": bronze, "silver": silver, "train": train}[stage]
@@ -88,6 +87,17 @@ def _day(value: str | None, name: str) -> str | None:
         raise ValueError(f"{name}: expected a date as YYYY-MM-DD, got {value!r}") from None
 
 
+class WorkflowFailed(RuntimeError):
+    """A task of the daily workflow failed; the others ran as far as they could."""
+
+    def __init__(self, results: dict[str, Any]) -> None:
+        self.results = results
+        self.errors = [r.error for r in failed(results["tasks"]) if r.error is not None]
+        first = self.errors[0] if self.errors else None
+        super().__init__(f"{len(self.errors)} task(s) failed; first: "
+                         f"{type(first).__name__}: {first}\n{summary(results['tasks'])}")
+
+
 def run_job(spark: SparkSession, config: Config, job: str, start: str | None = None,
             end: str | None = None, train_mode: str = "auto",
             stages: str | None = None, full_gold: bool = False) -> dict[str, Any]:
@@ -97,13 +107,18 @@ def run_job(spark: SparkSession, config: Config, job: str, start: str | None = N
         spark: the session.
         config: the environment's configuration.
         job: "daily" or one stage.
-        start, end: the flight dates to score (empty: the conf's score.from/score.to).
-        train_mode: daily only: train when no champion exists (auto), always or never.
+        start, end: the flight dates to score (empty: the conf's score.from/score.to); the
+            monitor job monitors the last of them.
+        train_mode: daily only: train when no champion exists or monitoring made retraining
+            due (auto), always or never.
         stages: daily only: comma-separated subset of STAGES (empty: all).
         full_gold: rebuild gold in full instead of incrementally.
 
     Returns:
         Each stage's result by name, and the run id.
+
+    Raises:
+        WorkflowFailed: a task of the daily workflow failed (after the others ran).
     """
     if job not in JOBS:
         raise UnknownStageError(f"unknown job {job!r}; jobs are {list(JOBS)}")
@@ -119,47 +134,128 @@ def run_job(spark: SparkSession, config: Config, job: str, start: str | None = N
         if stage not in STAGES:
             raise UnknownStageError(f"unknown stage {stage!r} in stages; stages are "
                                     f"{list(STAGES)}")
-    return run_daily(spark, config, score_range, chosen, train_mode, full_gold=full_gold)
+    results = run_daily(spark, config, score_range, chosen, train_mode, full_gold=full_gold)
+    if failed(results["tasks"]):
+        raise WorkflowFailed(results)
+    return results
 
 
-def needs_training(config: Config, mode: str) -> bool:
-    if mode not in TRAIN_MODES:
-        raise ValueError(f"--train must be one of {list(TRAIN_MODES)}, got {mode!r}")
-    if mode != "auto":
-        return mode == "always"
+def champion_exists(config: Config) -> bool:
     mlflow_conf = registry.configure(config)
-    return registry.champion(mlflow_conf["model_name"], mlflow_conf["alias"]) is None
+    return registry.resolve(mlflow_conf["model_name"], mlflow_conf["alias"]) is not None
+
+
+def retrain_windows(config: Config, latest_labeled: date) -> Windows:
+    """Windows ending at the latest labeled day: its last retrain_holdout_days days are the
+    holdout (and the gate's window), validation before them, the fit window before that."""
+    conf = config.section("monitor")
+    holdout_from = latest_labeled - timedelta(days=int(conf["retrain_holdout_days"]) - 1)
+    validation_from = holdout_from - timedelta(days=int(conf["retrain_validation_days"]))
+    train_from = holdout_from - timedelta(days=int(conf["retrain_train_days"]))
+    return Windows(train_from.isoformat(), (holdout_from - timedelta(days=1)).isoformat(),
+                   validation_from.isoformat(), holdout_from.isoformat(),
+                   latest_labeled.isoformat())
+
+
+def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: tuple[str, str],
+                stages: tuple[str, ...], train_mode: str, full_gold: bool,
+                as_of: datetime | None = None) -> list[Task]:
+    """The daily workflow as a DAG: bronze -> silver -> gold -> score -> monitor ->
+    train (if no champion, or the alerts table has retraining due) -> score again (if the new
+    model was promoted; part of the train task when run alone). Tasks not chosen are left out,
+    and so are their dependencies."""
+    if train_mode not in TRAIN_MODES:
+        raise ValueError(f"--train must be one of {list(TRAIN_MODES)}, got {train_mode!r}")
+    retries = int((config.values.get("workflow") or {}).get("retries", 1))
+    day = date.fromisoformat(score_range[1])
+    min_days = int(config.section("monitor").get("retrain_min_days_between", 14))
+    due: list[monitor.RetrainingDue] = []
+
+    def train_when(done: dict[str, TaskResult]) -> str | None:
+        if train_mode == "never":
+            return "--train never"
+        if train_mode == "always" or not champion_exists(config):
+            return None
+        # Read from the alerts table, so a train task run apart from monitor decides the same.
+        due[:] = [monitor.retraining_due(spark, config, day, min_days)]
+        return None if due[0].due else f"a champion exists; retraining not due ({due[0].reason})"
+
+    def run_train() -> Any:
+        if not due or not due[0].due:
+            return train.run(spark, config, run_id)
+        trained = train.run(spark, config, run_id,
+                            windows=retrain_windows(config, day - timedelta(days=1)),
+                            labels_known_at=as_of or end_of_day(
+                                day, config.section("gold")["home_timezone"]))
+        monitor.mark_handled(spark, config, due[0].alert_ids, trained["run_id"], day)
+        return {**trained, "trigger": due[0].reason}
+
+    def rescore_when(done: dict[str, TaskResult]) -> str | None:
+        trained = done.get("train")
+        if trained is None or trained.status != "succeeded" or not trained.result["promoted"]:
+            return "no new champion"
+        return None
+
+    def score_when(done: dict[str, TaskResult]) -> str | None:
+        if train_mode != "never" and not champion_exists(config):
+            return "no champion yet: the train task trains one, then scores"
+        return None
+
+    tasks = [
+        Task("bronze", partial(bronze.run, spark, config, run_id), retries=retries),
+        Task("silver", partial(silver.run, spark, config, run_id), ("bronze",), retries),
+        Task("gold", partial(gold.run, spark, config, run_id, full=full_gold), ("silver",),
+             retries),
+        Task("score", partial(score.run, spark, config, run_id, *score_range), ("gold",),
+             retries, when=score_when),
+        Task("monitor", partial(monitor.run, spark, config, run_id, score_range[1], as_of),
+             ("score",), retries,
+             when=lambda done: None if done.get("score") is None
+             or done["score"].status == "succeeded" else "nothing was scored"),
+        Task("train", run_train, ("gold", "monitor"), 0, when=train_when),
+        Task("rescore", partial(score.run, spark, config, run_id, *score_range), ("train",),
+             retries, when=rescore_when),
+    ]
+    chosen = [t for t in tasks if t.name in stages or (t.name == "rescore" and "train" in stages)]
+    names = {t.name for t in chosen}
+    return [Task(t.name, t.run, tuple(d for d in t.depends_on if d in names), t.retries, t.when)
+            for t in chosen]
 
 
 def run_daily(spark: SparkSession, config: Config, score_range: tuple[str, str],
               stages: tuple[str, ...] = STAGES, train_mode: str = "auto",
-              run_id: str | None = None, full_gold: bool = False) -> dict[str, Any]:
-    """Bronze, silver, gold, (train), score, in one session; returns each stage's result."""
+              run_id: str | None = None, full_gold: bool = False,
+              as_of: datetime | None = None) -> dict[str, Any]:
+    """Run the daily DAG in one session; returns each task's result and status (a failed task
+    stops only its dependents; transient failures are retried, data errors are not)."""
     run_id = run_id or new_run_id()
-    retries = int(config.values.get("workflow", {}).get("retries", 1))
-    results: dict[str, Any] = {"run_id": run_id}
-    for stage in stages:
-        if stage == "train" and not needs_training(config, train_mode):
-            results["train"] = "skipped: a champion exists (use --train always to retrain)"
-            continue
-        started = time.monotonic()
-        log.info("stage %s: starting (run %s)", stage, run_id)
-        results[stage] = with_retries(
-            partial(run_stage, spark, config, stage, run_id, score_range, full_gold), stage,
-            retries)
-        log.info("stage %s: done in %.1f s", stage, time.monotonic() - started)
+    tasks = daily_tasks(spark, config, run_id, score_range, stages, train_mode, full_gold,
+                        as_of)
+    outcome = run_dag(tasks, is_permanent)
+    log.info("daily workflow %s:\n%s", run_id, summary(outcome))
+    results: dict[str, Any] = {"run_id": run_id, "tasks": outcome}
+    for name, result in outcome.items():
+        if result.status == "succeeded":
+            results[name] = result.result
+        elif result.status == "skipped":
+            results[name] = f"skipped: {result.reason}"
+    if isinstance(results.get("rescore"), dict):
+        results["score"] = results["rescore"]
     return results
 
 
 REPORT_TABLES = ("bronze_flights", "bronze_weather", "silver_flights", "silver_weather",
                  "silver_planes", "silver_airports", "silver_airlines", "quarantine",
-                 "flight_features", "route_daily_kpis", "delay_predictions", "audit")
+                 "flight_features", "route_daily_kpis", "delay_predictions", "model_monitoring",
+                 "alerts", "audit")
 
 
 def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
     """A short text report: tables with rows and Delta version, the model, predictions."""
-    lines = [f"run {results.get('run_id')}", "",
-             f"{'table':<20} {'rows':>10} {'version':>8}  location"]
+    lines = [f"run {results.get('run_id')}", ""]
+    if "tasks" in results:
+        lines += [summary(results["tasks"]), ""]
+    lines.append(f"{'table':<20} {'rows':>10} {'version':>8}  location")
     for name in REPORT_TABLES:
         if tables.exists(spark, config, name):
             rows = tables.read(spark, config, name).count()
@@ -189,8 +285,17 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
                      f"{current.version} (holdout AUC-ROC {auc})")
     scored = results.get("score")
     if isinstance(scored, dict):
+        shadow = (f", challenger v{scored['challenger_version']} in shadow"
+                  if scored.get("challenger_version") else "")
         lines.append(f"predictions: {scored['rows']} flights dated {scored['from']}..{scored['to']}"
-                     f" in {scored['table']} (model version {scored['model_version']})")
+                     f" in {scored['table']} (model version {scored['model_version']}{shadow}; "
+                     f"{scored['unscorable']} unscorable, with the reason)")
+    watched = results.get("monitor")
+    if isinstance(watched, dict):
+        lines.append(f"monitoring {watched['day']}: {watched['values']} values, "
+                     f"{len(watched['alerts'])} alert(s) raised; retraining "
+                     f"{'due' if watched['retrain_due'] else 'not due'} "
+                     f"({watched['retrain_reason']})")
     uri = mlflow_conf["tracking_uri"]
     lines.append(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
     return "\n".join(lines)

@@ -4,8 +4,8 @@
 # MAGIC
 # MAGIC The score job as a notebook: the same call as `./spark-submit.sh score --from ... --to ...`
 # MAGIC and `lakehouse run score`. Loads `models:/<model>@champion`, scores the flights dated
-# MAGIC `from`..`to` and MERGEs them into `delay_predictions` by `flight_id` (a rerun with the same
-# MAGIC model changes no row).
+# MAGIC `from`..`to` (and a @challenger in shadow) and MERGEs them into `delay_predictions` by
+# MAGIC flight and model version (a rerun with the same model changes no row).
 # MAGIC
 # MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
 # MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and

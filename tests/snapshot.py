@@ -14,7 +14,8 @@ from pyspark.sql import functions as F
 from lakehouse import tables
 from lakehouse.config import Config
 
-WHEN_OR_WHICH_RUN = ("_ingested_at", "_run_id", "_batch_id", "scored_at", "quarantined_at")
+WHEN_OR_WHICH_RUN = ("_ingested_at", "_run_id", "_batch_id", "scored_at", "quarantined_at",
+                     "model_run_id", "features_version")
 CONTENT_TABLES = ("bronze_flights", "bronze_weather", "bronze_planes", "bronze_airports",
                   "bronze_airlines", "silver_flights", "silver_weather", "silver_planes",
                   "silver_airports", "silver_airlines", "quarantine", "flight_features",

@@ -33,7 +33,8 @@ BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())
 TARGETS = sorted(BUNDLE["targets"])
 QUARTZ = sorted(glob.glob(str(ROOT / ".jars" / "tools" / "quartz-*.jar")))
 # What each stage's task must run: (job argument of `lakehouse run`, --stages of daily).
-TASK_JOBS = {stage: (stage, None) for stage in STAGES} | {"train": ("daily", "train")}
+TASK_JOBS = {stage: (stage, None) for stage in STAGES} | {"score": ("daily", "score"),
+                                                          "train": ("daily", "train")}
 
 
 def resource_files() -> list[Path]:

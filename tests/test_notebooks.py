@@ -24,7 +24,7 @@ from tests import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-JOB_NOTEBOOKS = ("bronze", "silver", "gold", "train", "score", "daily")
+JOB_NOTEBOOKS = ("bronze", "silver", "gold", "train", "score", "monitor", "daily")
 ENV = "nbtest"
 # Three days: fit on Jan 1, validate on Jan 2, hold out Jan 3; one Hyperopt trial of a small
 # GBT without subsampling: GBT subsampling follows the physical row order of flight_features,
@@ -34,8 +34,10 @@ TEST_CONF = {
     "train": {"train_from": "2013-01-01", "train_to": "2013-01-02",
               "validation_from": "2013-01-02", "holdout_from": "2013-01-03",
               "holdout_to": "2013-01-03", "max_evals": 1, "timeout_seconds": 120,
-              "search_space": {"maxDepth": [2, 3], "maxIter": [5, 10],
-                               "subsamplingRate": [1.0, 1.0], "minInstancesPerNode": [5, 20]}},
+              "families": ["gbt"], "class_weighting": ["none"],
+              "search_space": {"gbt": {"maxDepth": [2, 3], "maxIter": [5, 10],
+                                       "subsamplingRate": [1.0, 1.0],
+                                       "minInstancesPerNode": [5, 20]}}},
     "score": {"from": "2013-01-03", "to": "2013-01-03"},
 }
 # What each stage notebook writes (besides its audit rows).
@@ -139,6 +141,14 @@ def test_notebooks_write_the_tables_their_jobs_write(
     assert snapshot.audit(spark, config_of(by_job)) == snapshot.audit(spark, config)
     assert {str(r["flight_date"]) for r in after["delay_predictions"]} == {"2013-01-03",
                                                                            "2013-01-04"}
+
+    # The monitor notebook over the new day: the values the daily job wrote, unchanged.
+    monitored = tables.read(spark, config, "model_monitoring").filter(
+        F.col("monitored_date") == "2013-01-04").count()
+    run = run_notebook(NOTEBOOKS / "monitor.py", spark, {**widgets, "to": "2013-01-04"})
+    assert run.exit_value and monitored > 0
+    assert tables.read(spark, config, "model_monitoring").filter(
+        F.col("monitored_date") == "2013-01-04").count() == monitored
 
     # The exploration notebook reads what the pipeline left and plots it; it writes nothing.
     versions = {n: tables.version(spark, config, n) for n in snapshot.CONTENT_TABLES}

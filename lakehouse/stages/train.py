@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import mlflow
@@ -137,9 +137,15 @@ def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, f
         "trials.json")
 
 
-def run(spark: SparkSession, config: Config, run_id: str,
-        windows: Windows | None = None) -> dict[str, Any]:
-    """Tune, fit, evaluate and register a model; the gate sets @champion or @challenger."""
+def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | None = None,
+        labels_known_at: datetime | None = None) -> dict[str, Any]:
+    """Tune, fit, evaluate and register a model; the gate sets @champion or @challenger.
+
+    Args:
+        windows: fit, validation and holdout windows (default: conf's train section).
+        labels_known_at: use only flights whose outcome was known by then (a retraining
+            during the day uses what that day knows, by gold's known-at rule).
+    """
     settings = config.section("train")
     mlflow_conf = registry.configure(config)
     name = mlflow_conf["model_name"]
@@ -150,10 +156,13 @@ def run(spark: SparkSession, config: Config, run_id: str,
         current = registry.resolve(name, registry.CHAMPION)  # a registry error fails here
         features_version = tables.version(spark, config, "flight_features")
         features = tables.read(spark, config, "flight_features", version=features_version)
+        if labels_known_at is not None:
+            features = features.filter(F.col("known_at_utc") <= F.lit(labels_known_at))
         with mlflow.start_run(run_name=f"tune-{run_id}") as parent:
             mlflow.set_tags({"lakehouse.run_id": run_id, "code_version": code_version()})
             mlflow.log_params({
                 **{f"window_{k}": v for k, v in vars(windows).items()},
+                "labels_known_at": str(labels_known_at or "all"),
                 **table_versions(spark, config, features_version),
                 "families": ",".join(train_settings.families),
                 "class_weighting": ",".join(train_settings.class_weighting),
