@@ -12,6 +12,7 @@ from lakehouse.alerts import raised_days
 from lakehouse.monitoring import DAY, PREDICTION, TRAILING
 
 KINDS = ("feature_drift", "prediction_drift", "quality_drop", "calibration")
+DRIFT_METRICS = ("psi", "js_distance", "mean_shift")
 
 
 class AlertRuleError(ValueError):
@@ -34,6 +35,7 @@ class AlertRule:
     below_training_by: float | None
     persist_days: int
     retrain: bool
+    features: tuple[str, ...] = ()  # feature_drift: only these (default: every model feature)
 
     @property
     def window(self) -> str:
@@ -41,7 +43,8 @@ class AlertRule:
 
     def subjects(self, available: set[str]) -> list[str]:
         if self.name == "feature_drift":
-            return sorted(s for s in available if s and s != PREDICTION)
+            return sorted(s for s in available if s and s != PREDICTION
+                          and (not self.features or s in self.features))
         return [PREDICTION] if self.name == "prediction_drift" else [""]
 
     def crossed(self, value: float, rows: int, training_auc: float | None,
@@ -53,12 +56,16 @@ class AlertRule:
                 self.below_training_by or 0.0)
         if self.name == "calibration":
             return abs(value) > float(self.above or 0.0)
+        if self.metric == "mean_shift":  # either way: warmer or colder than the reference
+            return abs(value) >= float(self.above or 0.0)
         return value >= float(self.above or 0.0)
 
     def threshold_text(self, training_auc: float | None) -> str:
         if self.name == "quality_drop":
             return f"< {training_auc:.4f} - {self.below_training_by}" if training_auc else "n/a"
-        return f"{'|x| > ' if self.name == 'calibration' else '>= '}{self.above}"
+        if self.name == "calibration":
+            return f"|x| > {self.above}"
+        return f"{'|x| >= ' if self.metric == 'mean_shift' else '>= '}{self.above}"
 
 
 def rules_from_conf(section: dict[str, Any]) -> list[AlertRule]:
@@ -70,8 +77,12 @@ def rules_from_conf(section: dict[str, Any]) -> list[AlertRule]:
             raise AlertRuleError(f"monitor.alerts.{name}: expected a mapping, got {spec!r}")
         metric = {"quality_drop": "auc_roc", "calibration": "calibration_gap"}.get(
             name, str(spec.get("metric", "psi")))
+        if name in ("feature_drift", "prediction_drift") and metric not in DRIFT_METRICS:
+            raise AlertRuleError(f"monitor.alerts.{name}.metric: {metric!r} unknown; use one of "
+                                 f"{list(DRIFT_METRICS)}")
         rules.append(AlertRule(name, metric, spec.get("above"), spec.get("below_training_by"),
-                               int(spec.get("persist_days", 1)), bool(spec.get("retrain", False))))
+                               int(spec.get("persist_days", 1)), bool(spec.get("retrain", False)),
+                               tuple(spec.get("features") or ())))
     return rules
 
 

@@ -236,7 +236,7 @@ def from_json_lines(source: str, eof_mark: bool) -> Callable[[DataFrame], DataFr
         known = F.array(*[F.lit(c) for c in expected])
         extra = F.array_except("_keys", known)
         missing = F.array_except(known, "_keys")
-        fields = F.from_json("_text", T.MapType(T.StringType(), T.StringType()))
+        fields = F.from_json("_text", "map<string,string>")
         well_formed = F.col(f"_parsed.{CORRUPT_COLUMN}").isNull()
         return parsed.select(
             *[F.col(f"_parsed.{c}").alias(c) for c in expected],
@@ -291,6 +291,17 @@ def same_file(uri: str) -> str:
     return path if parts.scheme in ("", "file") else f"{parts.scheme}://{parts.netloc}{path}"
 
 
+@dataclass
+class _Scan:
+    """What counting a landed file's lines has seen so far."""
+
+    records: int = 0
+    quoted: bool = False
+    header: bytes | None = None
+    last: bytes = b""
+    last_eof: bool = False
+
+
 @dataclass(frozen=True)
 class LandedProfile:
     """What a landed file holds, counted from its bytes independently of Spark's readers."""
@@ -309,21 +320,21 @@ def profile_landed(stream: BinaryIO, csv_format: bool, chunk: int = 1 << 22) -> 
     escaped "" quotes). JSON lines: every line that is not only whitespace. A last record that
     is nothing but Ctrl-Z is the DOS end-of-file mark, not a record.
     """
-    state = {"records": 0, "quoted": False, "header": None, "last": b"", "last_eof": False}
+    state = _Scan()
 
     def take(line: bytes) -> None:
         body = line.rstrip(b"\r\n")
-        starts = (body != b"" if csv_format else body.strip() != b"") and not state["quoted"]
+        starts = (body != b"" if csv_format else body.strip() != b"") and not state.quoted
         if starts:
-            state["records"] += 1
-            state["header"] = body if state["header"] is None else state["header"]
-            state["last_eof"] = body.strip(EOF_MARK.encode()) == b""
-        elif state["quoted"]:
-            state["last_eof"] = False
+            state.records += 1
+            state.header = body if state.header is None else state.header
+            state.last_eof = body.strip(EOF_MARK.encode()) == b""
+        elif state.quoted:
+            state.last_eof = False
         if csv_format and body.count(b'"') % 2:
-            state["quoted"] = not state["quoted"]
+            state.quoted = not state.quoted
         if body.strip():
-            state["last"] = body
+            state.last = body
 
     carry = b""
     for block in iter(lambda: stream.read(chunk), b""):
@@ -335,9 +346,9 @@ def profile_landed(stream: BinaryIO, csv_format: bool, chunk: int = 1 << 22) -> 
             take(line)
     if carry:
         take(carry)
-    eof_mark = state["last"].rstrip().endswith(EOF_MARK.encode())
-    records = state["records"] - int(eof_mark and state["last_eof"])
-    header = state["header"] or b""
+    eof_mark = state.last.rstrip().endswith(EOF_MARK.encode())
+    records = state.records - int(eof_mark and state.last_eof)
+    header = state.header or b""
     return LandedProfile(max(records - int(csv_format), 0), header, eof_mark)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,8 @@ from pyspark.sql.types import NumericType
 from scipy.spatial.distance import jensenshannon
 
 __all__ = ["NULL", "OTHER", "DriftInputError", "FeatureReference", "bin_counts", "drift",
-           "js_distance", "psi", "reference", "references_from_json", "references_to_json"]
+           "js_distance", "mean_shift", "psi", "reference", "references_from_json",
+           "references_to_json", "with_moments"]
 
 NULL = "__null__"
 OTHER = "__other__"
@@ -42,6 +43,9 @@ class FeatureReference:
     edges: tuple[float, ...] = ()
     categories: tuple[str, ...] = ()
     shares: dict[str, float] = field(default_factory=dict)
+    # Numeric features: mean and standard deviation of the reference rows, for mean_shift.
+    mean: float | None = None
+    std: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -253,7 +257,8 @@ def _shares(values: np.ndarray, what: str) -> np.ndarray:
     if values.ndim != 1 or (values < 0).any() or not values.sum() > 0:
         raise DriftInputError(f"{what} must be non-negative counts or shares with a positive "
                               f"sum, got {values}")
-    return values / values.sum()
+    shares: np.ndarray = values / values.sum()
+    return shares
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, floor: float = 1e-4) -> float:
@@ -306,8 +311,38 @@ def references_to_json(refs: dict[str, FeatureReference]) -> str:
         JSON text that references_from_json reads back unchanged.
     """
     features = [{"name": r.name, "kind": r.kind, "edges": list(r.edges),
-                 "categories": list(r.categories), "shares": r.shares} for r in refs.values()]
+                 "categories": list(r.categories), "shares": r.shares, "mean": r.mean,
+                 "std": r.std} for r in refs.values()]
     return json.dumps({"format": JSON_FORMAT, "features": features}, indent=1)
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def with_moments(df: DataFrame, refs: dict[str, FeatureReference]) -> dict[str, FeatureReference]:
+    """The references with each numeric feature's mean and standard deviation over df (one
+    aggregation for all of them)."""
+    numeric = [name for name, r in refs.items() if r.kind == "numeric"]
+    if not numeric:
+        return dict(refs)
+    row = df.agg(*[F.avg(_numeric(c)).alias(f"m{i}") for i, c in enumerate(numeric)],
+                 *[F.stddev_pop(_numeric(c)).alias(f"s{i}") for i, c in enumerate(numeric)]
+                 ).first()
+    out = dict(refs)
+    for i, name in enumerate(numeric):
+        out[name] = replace(refs[name], mean=_optional(row[f"m{i}"] if row else None),
+                            std=_optional(row[f"s{i}"] if row else None))
+    return out
+
+
+def mean_shift(day_mean: float | None, ref: FeatureReference) -> float | None:
+    """How far a day's mean lies from the reference mean, in reference standard deviations
+    (a location statistic: PSI of one day's rows of a feature that is strongly correlated
+    within a day, such as the weather, is large on every day whatever its level)."""
+    if day_mean is None or ref.mean is None or not ref.std:
+        return None
+    return (day_mean - ref.mean) / ref.std
 
 
 def references_from_json(text: str) -> dict[str, FeatureReference]:
@@ -329,7 +364,8 @@ def references_from_json(text: str) -> dict[str, FeatureReference]:
             refs[item["name"]] = FeatureReference(
                 item["name"], item["kind"], tuple(float(x) for x in item["edges"]),
                 tuple(str(c) for c in item["categories"]),
-                {str(k): float(v) for k, v in item["shares"].items()})
+                {str(k): float(v) for k, v in item["shares"].items()},
+                _optional(item.get("mean")), _optional(item.get("std")))
         except (KeyError, TypeError, AttributeError) as error:
             raise DriftInputError(f"feature references: feature {i} is malformed "
                                   f"({error!r}): {str(item)[:200]}") from error

@@ -22,7 +22,7 @@ EPSILON = 1e-15
 
 def positive_probability(column: str = "probability") -> Column:
     """The probability of the positive class from an MLlib probability vector."""
-    return vector_to_array(column)[1]
+    return vector_to_array(F.col(column))[1]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
+from pyspark.ml import Estimator, Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
 from pyspark.ml.feature import (
     Imputer,
@@ -85,7 +85,8 @@ def typed(params: dict[str, Any]) -> dict[str, Any]:
             for k, v in params.items()}
 
 
-def classifier(family: str, params: dict[str, Any], seed: int, weighted: bool) -> Estimator:
+def classifier(family: str, params: dict[str, Any], seed: int,
+               weighted: bool) -> Estimator[Any]:
     """An unfitted MLlib classifier of the family with the given parameters."""
     common: dict[str, Any] = {"labelCol": LABEL, "featuresCol": "features"}
     if weighted:
@@ -101,7 +102,7 @@ def classifier(family: str, params: dict[str, Any], seed: int, weighted: bool) -
 def class_weights(df: DataFrame) -> tuple[float, float]:
     """Balanced weights (negative, positive): each class weighs half of the rows in total."""
     row = df.agg(F.count(F.lit(1)), F.sum(LABEL)).first()
-    total, positives = float(row[0]), float(row[1] or 0)
+    total, positives = (float(row[0]), float(row[1] or 0)) if row is not None else (0.0, 0.0)
     negatives = total - positives
     if not positives or not negatives:
         return 1.0, 1.0
@@ -135,9 +136,9 @@ def feature_names(model: PipelineModel, sample: DataFrame) -> list[str]:
 def importances(model: PipelineModel, sample: DataFrame) -> dict[str, float]:
     """Feature importances (trees) or coefficients (logistic regression), by feature name,
     largest magnitude first."""
-    last: Transformer = model.stages[-1]
-    values = (last.featureImportances.toArray() if hasattr(last, "featureImportances")
-              else last.coefficients.toArray())
+    last: Any = model.stages[-1]  # a tree model or a LogisticRegressionModel
+    values = (last.featureImportances if hasattr(last, "featureImportances")
+              else last.coefficients).toArray()
     names = feature_names(model, sample)
     if len(names) != len(values):
         names = [f"f{i}" for i in range(len(values))]

@@ -1,10 +1,13 @@
 """Monitoring of a scored day (pure functions of DataFrames and settings).
 
 Feature drift of every model feature and of the predicted probability against the reference
-saved with the model at training time (PSI on quantile bins or categories, and the
-Jensen-Shannon distance, which stays bounded where PSI explodes on near-empty bins), in one Spark
-pass over the day's rows; realized quality (AUC-ROC, AUC-PR, Brier score, calibration) of the
-flights whose outcome is known at the monitoring instant, by gold's own known-at rule.
+saved with the model at training time: PSI on quantile bins or categories and the
+Jensen-Shannon distance (bounded where PSI explodes on near-empty bins) from one Spark pass over
+the day's rows, and each numeric feature's mean shift in reference standard deviations from one
+aggregation (the day's rows of the weather are hourly readings of one place: their PSI is large
+every day, while their mean moves only when the weather does); realized quality (AUC-ROC,
+AUC-PR, Brier score, calibration) of the flights whose outcome is known at the monitoring
+instant, by gold's own known-at rule.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from zoneinfo import ZoneInfo
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakehouse.drift import FeatureReference, bin_counts, drift
+from lakehouse.drift import FeatureReference, bin_counts, drift, mean_shift
 from lakehouse.evaluation import Histogram, histograms_by
-from lakehouse.features import LABEL
+from lakehouse.features import LABEL, TAIL_RECORDED
 
 PREDICTION = "prediction"  # the subject name of prediction drift
 DAY, TRAILING = "day", "trailing"
@@ -57,15 +60,26 @@ def drift_rows(rows: DataFrame, refs: dict[str, FeatureReference]) -> list[dict[
             out.append({"monitored_date": r["flight_date"], "window": DAY, "metric": metric,
                         "subject": r["feature"], "value": float(r[metric]),
                         "rows": int(r["rows"])})
+    numeric = [name for name, ref in refs.items() if ref.kind == "numeric"]
+    means = rows.groupBy("flight_date").agg(F.count(F.lit(1)).alias("_rows"), *[
+        F.avg(F.col(c).cast("double")).alias(c) for c in numeric]).collect()
+    for day in means:
+        for name in numeric:
+            shift = mean_shift(day[name], refs[name])
+            if shift is not None:
+                out.append({"monitored_date": day["flight_date"], "window": DAY,
+                            "metric": "mean_shift", "subject": name, "value": float(shift),
+                            "rows": int(day["_rows"])})
     return out
 
 
 def labeled(predictions: DataFrame, features: DataFrame, as_of: datetime) -> DataFrame:
     """Predictions whose flight's outcome is known at as_of (gold's known_at_utc), with the
-    label."""
+    label; flights without a recorded tail are left out, as in training's evaluation."""
     outcomes = features.select("flight_id", LABEL, "known_at_utc").filter(
         F.col(LABEL).isNotNull() & (F.col("known_at_utc") <= F.lit(as_of)))
-    return predictions.filter(F.col("status") == "scored").join(outcomes, "flight_id", "inner")
+    return (predictions.filter((F.col("status") == "scored") & F.col(TAIL_RECORDED))
+            .join(outcomes, "flight_id", "inner"))
 
 
 def quality_rows(rows: DataFrame, days: list[date], trailing_end: date) -> list[dict[str, Any]]:

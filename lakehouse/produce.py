@@ -147,7 +147,8 @@ def kafka_settings(config: Config) -> dict[str, Any]:
 
 def ensure_topic(servers: str, topic: str, partitions: int, timeout: float) -> None:
     """Create the topic unless it exists; ProduceError naming the servers when unreachable."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    # confluent_kafka.admin defines NewTopic without listing it in __all__
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": servers})
     try:

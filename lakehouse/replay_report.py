@@ -86,7 +86,7 @@ def picture(monitoring: list[dict[str, Any]], days: list[DayOutcome], path: Path
     for ax in (auc, cal, drift):
         ax.legend(loc="best", fontsize=7)
         ax.grid(alpha=0.3)
-    drift.xaxis.set_major_formatter(DateFormatter("%m-%d"))
+    drift.xaxis.set_major_formatter(DateFormatter("%m-%d"))  # type: ignore[no-untyped-call]
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -24,9 +24,15 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming.query import StreamingQuery
 
 from lakehouse.config import Config
+
+
+def scalar(df: DataFrame) -> Any:
+    """The first column of a one-row result (None when there is no row)."""
+    row = df.first()
+    return row[0] if row is not None else None
 
 
 def _is_path(location: str) -> bool:
@@ -152,7 +158,8 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
         differs = f"({differs}) AND NOT coalesce(s.`{newer}` < t.`{newer}`, false)"
     builder = target.alias("t").merge(df.alias("s"), condition).withSchemaEvolution()
     if delete_flag:
-        columns = {f"`{c}`": f"s.`{c}`" for c in df.columns if c != delete_flag}
+        columns: dict[str, str | Column] = {f"`{c}`": f"s.`{c}`" for c in df.columns
+                                            if c != delete_flag}
         builder = (builder.whenMatchedDelete(condition=f"s.`{delete_flag}`")
                    .whenMatchedUpdate(condition=differs or None, set=columns)
                    .whenNotMatchedInsert(condition=f"NOT s.`{delete_flag}`", values=columns))
@@ -171,7 +178,7 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
 
 
 def update(spark: SparkSession, config: Config, name: str, condition: Column,
-           values: dict[str, Column]) -> None:
+           values: dict[str, str | Column]) -> None:
     """Set columns of the rows matching condition (Delta UPDATE)."""
     delta_table(spark, config, name).update(condition, values)
 
@@ -186,7 +193,7 @@ def ensure_properties(spark: SparkSession, config: Config, name: str) -> bool:
     wanted = _properties(config, name)
     if not wanted or not exists(spark, config, name):
         return False
-    current = delta_table(spark, config, name).detail().select("properties").first()[0] or {}
+    current = scalar(delta_table(spark, config, name).detail().select("properties")) or {}
     missing = {k: v for k, v in wanted.items() if current.get(k) != v}
     if missing:
         settings = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
@@ -196,7 +203,7 @@ def ensure_properties(spark: SparkSession, config: Config, name: str) -> bool:
 
 def set_comment(spark: SparkSession, config: Config, name: str, comment: str) -> None:
     """Set the table's comment (its Delta description) unless it already reads so."""
-    current = delta_table(spark, config, name).detail().select("description").first()[0]
+    current = scalar(delta_table(spark, config, name).detail().select("description"))
     if current != comment:
         quoted = comment.replace("\\", "\\\\").replace("'", "\\'")
         spark.sql(f"COMMENT ON TABLE {_sql_name(config.table(name))} IS '{quoted}'")

@@ -196,7 +196,8 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
         return scored.auc_roc(), {}
 
     def set_pool(pool: str | None) -> None:
-        spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)
+        # None unsets the property (the thread's jobs go back to the default pool)
+        spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)  # type: ignore[arg-type]
 
     space = search_space(settings.families, settings.search_space, settings.class_weighting)
     trials = search(objective, space, settings.budget, settings.seed, set_pool=set_pool,

@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import partial, reduce
 from typing import Any
 
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming.query import StreamingQuery
 
 from lakehouse import tables
 from lakehouse.bronze import (
@@ -253,10 +253,10 @@ class Batches:
         landed = profiles(self.spark, files, fmt)
         notes_of(self.source.name, self.source.settings, landed, counts)
         counts.landed = sum(p.records for p in landed.values())
-        rows = landed_rows(self.spark, self.source.name, self.source.settings, landed)
-        if rows is None:
+        read = landed_rows(self.spark, self.source.name, self.source.settings, landed)
+        if read is None:
             return counts
-        rows = rows.transform(with_lineage(self.run_id, batch_id))
+        rows = read.transform(with_lineage(self.run_id, batch_id))
         written = self.append(rows, batch_id, tag)
         per_file = {uri: p.records for uri, p in landed.items()}
         if written is None:  # committed by an interrupted run: check what it read
@@ -470,14 +470,14 @@ def run(spark: SparkSession, config: Config, run_id: str,
             return dict(audit)
 
     tables.create_audit(spark, config)  # before the threads append to it
-    results = [audited_run(f"bronze_{s}", lambda s=s: ingest_snapshot(spark, config, s, run_id))
+    results = [audited_run(f"bronze_{s}", partial(ingest_snapshot, spark, config, s, run_id))
                for s in SNAPSHOT_SOURCES]
     streamed = sources(config)
     if not streamed:
         return results
     with ThreadPoolExecutor(len(streamed), thread_name_prefix="bronze") as pool:
         futures = [pool.submit(audited_run, s.table,
-                               lambda s=s: ingest(spark, config, s, run_id, adopt))
+                               partial(ingest, spark, config, s, run_id, adopt))
                    for s in streamed]
     return results + [future.result() for future in futures]
 

@@ -89,7 +89,8 @@ def day_rows(predictions: DataFrame, features: DataFrame, day: date, version: st
 
 
 def measure(spark: SparkSession, predictions: DataFrame, features: DataFrame, day: date,
-            as_of: datetime, settings: MonitorSettings, model: Any) -> tuple[list[dict], bool]:
+            as_of: datetime, settings: MonitorSettings,
+            model: Any) -> tuple[list[dict[str, Any]], bool]:
     """Drift (one pass) and realized quality (one pass) of one model version."""
     rows: list[dict[str, Any]] = []
     refs = reference_of(model["model_run_id"])
@@ -159,7 +160,7 @@ def retraining_due(spark: SparkSession, config: Config, day: date,
     alerts = tables.read(spark, config, "alerts").filter(F.col("monitored_date") <= F.lit(day))
     open_ = [r["alert_id"] for r in alerts.filter(F.col("retrain") & F.col("handled_by_run")
                                                   .isNull()).select("alert_id").collect()]
-    last = alerts.agg(F.max("handled_on")).first()[0]
+    last = tables.scalar(alerts.agg(F.max("handled_on")))
     if not open_:
         return RetrainingDue(False, "no open alert of the retraining kind")
     if last is not None and (day - last).days < min_days_between:

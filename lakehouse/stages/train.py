@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from lakehouse import plots, registry, tables
 from lakehouse.baseline import SCORE, historical_rate
 from lakehouse.config import Config
-from lakehouse.drift import FeatureReference, reference, references_to_json
+from lakehouse.drift import FeatureReference, reference, references_to_json, with_moments
 from lakehouse.evaluation import Histogram, histogram, positive_probability
 from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED
 from lakehouse.lineage import code_version, table_versions
@@ -28,6 +28,7 @@ from lakehouse.models import importances
 from lakehouse.monitoring import PREDICTION
 from lakehouse.stages.audit import audited
 from lakehouse.training import (
+    TrainingDataError,
     TrainSettings,
     TuningResult,
     Windows,
@@ -101,9 +102,10 @@ def drift_reference(model: Any, features: DataFrame,
     train_rows = rows.transform(between(windows.train_from, windows.train_to))
     predicted = model.transform(rows.transform(between(windows.holdout_from,
                                                        windows.holdout_to)))
-    return {**reference(train_rows, list(NUMERIC_FEATURES), list(CATEGORICAL_FEATURES)),
-            **reference(predicted.select(positive_probability().alias(PREDICTION)),
-                        [PREDICTION], [])}
+    scores = predicted.select(positive_probability().alias(PREDICTION))
+    return {**with_moments(train_rows, reference(train_rows, list(NUMERIC_FEATURES),
+                                                 list(CATEGORICAL_FEATURES))),
+            **with_moments(scores, reference(scores, [PREDICTION], []))}
 
 
 def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, float]) -> None:
@@ -155,6 +157,9 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
     with audited(spark, config, run_id, "train", name) as audit:
         current = registry.resolve(name, registry.CHAMPION)  # a registry error fails here
         features_version = tables.version(spark, config, "flight_features")
+        if features_version is None:
+            raise TrainingDataError(f"flight_features does not exist at "
+                                    f"{config.table('flight_features')}: run the gold job first")
         features = tables.read(spark, config, "flight_features", version=features_version)
         if labels_known_at is not None:
             features = features.filter(F.col("known_at_utc") <= F.lit(labels_known_at))
@@ -182,8 +187,8 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
             mlflow.log_metric("tuning_seconds", time.monotonic() - started)
             labeled = features.filter(F.col(TAIL_RECORDED)).transform(
                 between(windows.holdout_from, windows.holdout_to))
-            prior = features.transform(between(windows.train_from, windows.train_to)).agg(
-                F.avg(LABEL)).first()[0] or 0.0
+            prior = tables.scalar(features.transform(between(
+                windows.train_from, windows.train_to)).agg(F.avg(LABEL))) or 0.0
             baseline = histogram(historical_rate(features, train_settings.baseline_days,
                                                  float(prior)).filter(F.col(TAIL_RECORDED))
                                  .transform(between(windows.holdout_from, windows.holdout_to)),

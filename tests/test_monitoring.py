@@ -1,0 +1,154 @@
+"""The loop that keeps a model honest, on real days: predictions per model version, drift and
+realized quality, alerts once per episode to a real webhook, retraining due and decided."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import date, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import tables, workflow
+from lakehouse.alert_rules import AlertRuleError, raised_on, rules_from_conf
+from lakehouse.monitoring import end_of_day
+from lakehouse.replay import replay_day
+from lakehouse.seed import daily_path, seed
+from lakehouse.stages import score, train
+from tests.conftest import make_config
+
+RULES = {"feature_drift": {"metric": "mean_shift", "above": 2.0, "persist_days": 2,
+                           "retrain": True},
+         "quality_drop": {"below_training_by": 0.05, "persist_days": 1, "retrain": True}}
+
+
+def row(day: int, metric: str, value: float, subject: str = "", window: str = "day",
+        rows: int = 500) -> dict[str, Any]:
+    return {"monitored_date": date(2013, 12, day), "window": window, "metric": metric,
+            "subject": subject, "value": value, "rows": rows}
+
+
+def test_an_alert_is_raised_once_per_episode_after_persisting() -> None:
+    rules = rules_from_conf(RULES)
+    history = [row(d, "mean_shift", v, "temp") for d, v in
+               [(1, 0.5), (2, -2.5), (3, -2.6), (4, -3.0), (5, 0.1), (6, 2.2), (7, 2.4)]]
+    raised = {d: raised_on(date(2013, 12, d), history, rules, 0.75, 200) for d in range(1, 8)}
+    assert [d for d, c in raised.items() if c] == [3, 7]  # 2 days running, then a new episode
+    (alert,) = raised[3]
+    assert alert.alert_id == "feature_drift|temp|2013-12-03"
+    assert "mean_shift of temp = -2.6000" in alert.message("m v1")
+    assert "retraining is due" in alert.message("m v1")
+
+
+def test_quality_rules_need_enough_labeled_flights() -> None:
+    rules = rules_from_conf(RULES)
+    thin = [row(1, "auc_roc", 0.60, window="trailing", rows=50)]
+    enough = [row(1, "auc_roc", 0.60, window="trailing", rows=500)]
+    assert raised_on(date(2013, 12, 1), thin, rules, 0.75, 200) == []
+    (alert,) = raised_on(date(2013, 12, 1), enough, rules, 0.75, 200)
+    assert alert.rule.name == "quality_drop" and alert.threshold == "< 0.7500 - 0.05"
+
+
+def test_bad_alert_rules_are_named() -> None:
+    with pytest.raises(AlertRuleError, match=r"monitor\.alerts\.drift: unknown rule"):
+        rules_from_conf({"drift": {}})
+    with pytest.raises(AlertRuleError, match=r"feature_drift\.metric: 'ks' unknown"):
+        rules_from_conf({"feature_drift": {"metric": "ks"}})
+
+
+class Webhook(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Webhook.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+LOOP_TRAIN = {"max_evals": 1, "timeout_seconds": 120, "families": ["logistic_regression"],
+              "class_weighting": ["none"], "startup_trials": 1,
+              "search_space": {"logistic_regression": {"regParam": [0.01, 0.01],
+                                                       "elasticNetParam": [0.0, 0.0]}}}
+LOOP_MONITOR = {"trailing_days": 3, "min_labeled": 100, "retrain_min_days_between": 14,
+                "retrain_train_days": 9, "retrain_validation_days": 2,
+                "retrain_holdout_days": 2,
+                "alerts": {"feature_drift": {"metric": "mean_shift", "features": ["temp"],
+                                             "above": 2.0, "persist_days": 1,
+                                             "retrain": True}}}
+
+
+@pytest.mark.slow
+def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decides(
+        spark: SparkSession, tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Webhook.received.clear()
+    config = make_config(tmp_path, train=LOOP_TRAIN, monitor={
+        **LOOP_MONITOR, "webhook_url": f"http://127.0.0.1:{server.server_port}/hook"})
+    try:
+        landing = Path(config.landing)
+        seed(landing, date(2013, 1, 1), date(2013, 1, 14))
+        workflow.run_daily(spark, config, ("2013-01-14", "2013-01-14"),
+                           ("bronze", "silver", "gold"))
+        first = train.run(spark, config, "first",
+                          windows=workflow.retrain_windows(config, date(2013, 1, 14)))
+        assert first["promoted"]
+        # Temperatures of the 17th shifted by +15 °F in the landed file (a sensor gone wrong).
+        # The days' mean temperature of flights, in the reference's standard deviations: the
+        # 15th -0.7, the 16th -1.3, the 17th 0.0 (3.0 shifted); the threshold is 2.0.
+        seed(landing, date(2013, 1, 15), date(2013, 1, 17))
+        path = daily_path(landing, "weather", date(2013, 1, 17))
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "temp": r["temp"] + 15 if r["temp"] is not None
+                                            else None}) + "\n" for r in lines))
+        days = [replay_day(spark, config, date(2013, 1, 15) + timedelta(days=i))
+                for i in range(3)]
+    finally:
+        server.shutdown()
+    assert [len(d.alerts) for d in days] == [0, 0, 1]
+    (alert,) = days[2].alerts
+    assert alert["alert_id"] == "feature_drift|temp|2013-01-17" and alert["webhook_delivered"]
+    assert [p["alert"]["alert_id"] for p in Webhook.received] == [alert["alert_id"]]
+    assert "temp" in Webhook.received[0]["text"]
+    # retraining was due on the 17th only; the gate decided between the two models on the
+    # latest labeled days
+    assert [d.retrained is not None for d in days] == [False, False, True]
+    assert days[0].statuses["train"] == days[1].statuses["train"] == "skipped"
+    retrained = days[2].retrained
+    assert retrained is not None and retrained["gate_window"] == "2013-01-15..2013-01-16"
+    assert retrained["alias"] in ("champion", "challenger") and "AUC-ROC" in retrained["decision"]
+    handled = tables.read(spark, config, "alerts").first()
+    assert handled is not None and handled["handled_by_run"] == retrained["run_id"]
+
+    # every flight of the replayed days has a champion prediction or a recorded reason
+    flights = tables.read(spark, config, "silver_flights").filter(
+        F.col("flight_date").between("2013-01-15", "2013-01-17"))
+    predictions = tables.read(spark, config, "delay_predictions").filter(
+        F.col("role") == "champion")
+    assert flights.join(predictions, "flight_id", "left_anti").limit(1).count() == 0
+    assert predictions.filter((F.col("status") == "unscorable")
+                              & F.col("reason").isNull()).limit(1).count() == 0
+    # a rerun of scoring with the same models changes no row
+    version = tables.version(spark, config, "delay_predictions")
+    score.run(spark, config, "again", "2013-01-17", "2013-01-17")
+    assert tables.version(spark, config, "delay_predictions") == version
+    # realized quality counts only outcomes known by the end of the monitored day
+    monitored = tables.read(spark, config, "model_monitoring").filter(
+        (F.col("monitored_date") == "2013-01-17") & (F.col("window") == "day")
+        & (F.col("metric") == "auc_roc")).first()
+    features = tables.read(spark, config, "flight_features")
+    known = features.filter((F.col("flight_date") == "2013-01-17") & F.col("tail_recorded")
+                            & (F.col("known_at_utc") <= F.lit(end_of_day(
+                                date(2013, 1, 17), "America/New_York")))).count()
+    total = features.filter((F.col("flight_date") == "2013-01-17")
+                            & F.col("tail_recorded")).count()
+    assert monitored is not None and monitored["rows"] == known < total
