@@ -83,6 +83,28 @@ def test_metrics_agree_with_scikit_learn(spark: SparkSession) -> None:
     assert at["recall"] == pytest.approx(predicted[y == 1].mean(), abs=1e-9)
 
 
+def test_models_fit_and_score_in_a_session_that_ran_bronze(spark: SparkSession,
+                                                          tmp_path: Path) -> None:
+    """A daily run trains in the session bronze used; models keeping a training summary hold
+    that session and must still serialize (Spark's Observation once broke them)."""
+    from pyspark.ml.classification import LogisticRegression, RandomForestClassifier
+    from pyspark.ml.linalg import Vectors
+
+    from lakehouse.evaluation import positive_probability
+    from lakehouse.seed import seed
+    from lakehouse.stages import bronze
+
+    config = make_config(tmp_path)
+    seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 1))
+    bronze.run(spark, config, "run-1")
+    rows = spark.createDataFrame([(Vectors.dense([float(i % 7)]), i % 2) for i in range(60)],
+                                 ["features", "disrupted"])
+    for estimator in (LogisticRegression(labelCol="disrupted"),
+                      RandomForestClassifier(labelCol="disrupted", numTrees=2, seed=1)):
+        scored = estimator.fit(rows).transform(rows)
+        assert histogram(scored, "disrupted", positive_probability()).rows == 60
+
+
 def test_no_date_falls_in_two_of_fit_validation_and_holdout() -> None:
     slices = Windows.from_conf(WINDOWS).slices()
     days = {name: {date.fromisoformat(a) + timedelta(days=i) for i in range(

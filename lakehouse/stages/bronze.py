@@ -22,7 +22,8 @@ from functools import partial, reduce
 from typing import Any
 
 from pyspark.errors import StreamingQueryException
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.query import StreamingQuery
 
@@ -182,20 +183,32 @@ def notes_of(source: str, settings: dict[str, Any], landed: dict[str, LandedProf
             counts.eof_marks.append(base_name(uri))
 
 
-def observed_write(rows: DataFrame, write: Callable[[DataFrame], None]) -> Callable[[], Counts]:
-    """Write rows once, counting them on the way; returns how to read the counts (only valid
-    when the write ran: Delta may skip an append it already committed)."""
-    observed = Observation(f"bronze-{uuid.uuid4().hex}")
+def counted_write(rows: DataFrame, write: Callable[[DataFrame], None]) -> Callable[[], Counts]:
+    """Write rows once, counting them from the same read; returns how to read the counts (only
+    meaningful when the write ran: Delta may skip an append it already committed).
+
+    The rows are persisted, counted, written from the cache and released: each landed file is
+    parsed once. Spark's `Observation` would count during the write, but once a session has
+    run one, every MLlib model fitted in that session that keeps a training summary (logistic
+    regression, random forest) fails with "Task not serializable" (the summary holds the
+    session, whose ObservationManager is not serializable; Spark 4.0), and bronze shares the
+    session with training in a daily run and in notebooks.
+    """
     aggregates = [F.count(F.lit(1)).alias("rows")]
     for name, column in (("corrupt", CORRUPT_COLUMN), ("rescued", RESCUED_COLUMN),
                          ("missing", MISSING_COLUMN), ("invalid", INVALID_BYTES_COLUMN)):
         if column in rows.columns:
             aggregates.append(F.count(column).alias(name))
-    write(rows.observe(observed, *aggregates))
+    cached = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        found = cached.agg(*aggregates).first()
+        metrics = found.asDict() if found is not None else {}
+        write(cached)
+    finally:
+        cached.unpersist()
 
     def counts() -> Counts:
-        metrics = observed.get
-        return Counts(rows=metrics["rows"], corrupt=metrics.get("corrupt", 0),
+        return Counts(rows=metrics.get("rows", 0), corrupt=metrics.get("corrupt", 0),
                       rescued=metrics.get("rescued", 0), missing=metrics.get("missing", 0),
                       invalid=metrics.get("invalid", 0), batches=1)
 
@@ -275,7 +288,7 @@ class Batches:
         """Append a micro-batch once; its counts, or None when Delta skipped it as committed."""
         table = self.source.table
         before = tables.version(self.spark, self.config, table)
-        counts = observed_write(rows, lambda df: tables.append(
+        counts = counted_write(rows, lambda df: tables.append(
             df, self.config, table, txn=(str(self.stream_id), batch_id), tag=tag,
             merge_schema=True, properties=BRONZE_PROPERTIES))
         if not tables.new_commit_tagged(self.spark, self.config, table, tag, before):
@@ -439,7 +452,7 @@ def ingest_snapshot(spark: SparkSession, config: Config, source: str, run_id: st
     counts.files, counts.landed = 1, landed[latest].records
     if rows is None:
         return counts
-    written = observed_write(rows.transform(with_lineage(run_id, 0)),
+    written = counted_write(rows.transform(with_lineage(run_id, 0)),
                              lambda df: tables.overwrite(df, config, table))()
     if written.rows != counts.landed:
         check_accounting({latest: counts.landed}, records_per_file(
