@@ -107,10 +107,11 @@ display(fig)
 # COMMAND ----------
 
 model = mlflow.spark.load_model(champion.model_uri)
-holdout = features.transform(between(champion.params["window_holdout_from"],
-                                     champion.params["window_holdout_to"]))
+holdout = features.filter("tail_recorded AND disrupted IS NOT NULL").transform(between(
+    champion.params["window_holdout_from"], champion.params["window_holdout_to"]))
 holdout_scored = exploration.with_outcomes(
-    score(model, holdout, mlflow_conf["model_name"], champion.version), features)
+    score(model, holdout, mlflow_conf["model_name"], champion.version, "", "champion", 0.5, 0),
+    features)
 curve = exploration.roc_curve(holdout_scored)
 curve_auc = exploration.area_under(curve)
 fig, ax = plt.subplots(figsize=(6, 6))
@@ -132,7 +133,8 @@ display(fig)
 
 # COMMAND ----------
 
-scored = exploration.with_outcomes(tables.read(spark, config, "delay_predictions"), features)
+scored = exploration.with_outcomes(tables.read(spark, config, "delay_predictions").filter(
+    "role = 'champion' AND status = 'scored'"), features)
 buckets = exploration.calibration(scored)
 display(buckets)
 fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))

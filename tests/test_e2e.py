@@ -1,4 +1,5 @@
-"""End to end on ten real days: landed files to predictions, twice, through the workflow."""
+"""End to end: a job through spark-submit.sh in its own JVM, and a poisoned day halting the
+workflow. (The daily workflow over real days, twice, is in test_monitoring.)"""
 
 from __future__ import annotations
 
@@ -12,62 +13,14 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import tables, workflow
-from lakehouse.config import Config
 from lakehouse.seed import seed
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = {"train_from": "2013-01-01", "train_to": "2013-01-07", "validation_from": "2013-01-06",
-         "holdout_from": "2013-01-08", "holdout_to": "2013-01-10", "max_evals": 2,
-         "timeout_seconds": 120,
-         "search_space": {"maxDepth": [3, 4], "maxIter": [10, 20], "minInstancesPerNode": [5, 20]}}
-CONTENT_TABLES = ("bronze_flights", "bronze_weather", "bronze_planes", "silver_flights",
-                  "silver_weather", "silver_planes", "silver_airports", "silver_airlines",
-                  "flight_features", "route_daily_kpis", "delay_predictions")
-VOLATILE = ("_ingested_at", "_run_id", "_batch_id", "scored_at")
 
 
-def snapshot(spark: SparkSession, config: Config) -> dict[str, list]:
-    out = {}
-    for name in CONTENT_TABLES:
-        df = tables.read(spark, config, name)
-        out[name] = sorted(df.drop(*[c for c in VOLATILE if c in df.columns]).collect())
-    return out
-
-
-def test_daily_pipeline_twice_is_idempotent_and_scores_every_flight(
-        spark: SparkSession, tmp_path: Path) -> None:
-    config = make_config(tmp_path, train=TRAIN)
-    seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 10))
-    first = workflow.run_daily(spark, config, ("2013-01-08", "2013-01-10"))
-    assert first["train"]["promoted"] is True
-    assert 0.5 < first["train"]["holdout"]["auc_roc"] <= 1.0
-    before = snapshot(spark, config)
-    second = workflow.run_daily(spark, config, ("2013-01-08", "2013-01-10"))
-    assert str(second["train"]).startswith("skipped")
-    assert snapshot(spark, config) == before
-
-    eligible = tables.read(spark, config, "flight_features").filter(
-        F.col("flight_date").between("2013-01-08", "2013-01-10"))
-    predictions = tables.read(spark, config, "delay_predictions")
-    assert eligible.count() == predictions.count() > 2500
-    assert eligible.join(predictions, "flight_id", "left_anti").limit(1).count() == 0
-    assert predictions.filter(~F.col("probability").between(0, 1)).limit(1).count() == 0
-    assert {r[0] for r in predictions.select("model_version").distinct().collect()} == {"1"}
-    # nothing lost: landed = bronze = silver + quarantined + duplicates, per table
-    audit = tables.read(spark, config, "audit").filter(F.col("run_id") == first["run_id"])
-    silver = audit.filter(F.col("table_name") == "silver_flights").first()
-    assert silver["rows_in"] == (silver["rows_out"] + silver["rows_quarantined"]
-                                 + silver["rows_duplicate"])
-    assert silver["rows_in"] == tables.read(spark, config, "bronze_flights").count()
-
-    report = workflow.report(spark, config, first)
-    for text in ("silver_flights", "champion: models:/flight_disruption@champion = version 1",
-                 "AUC-ROC", "mlflow ui --backend-store-uri sqlite:///"):
-        assert text in report
-
-
+@pytest.mark.cluster  # a second JVM through spark-submit.sh: make cluster-test runs it
 def test_jobs_run_through_spark_submit(spark: SparkSession, tmp_path: Path) -> None:
     """One spark-submit of the daily job: bronze, silver and gold run in a separate JVM; score
     then fails cleanly (exit code 2, a one-line reason) because no model is registered yet."""
@@ -108,8 +61,14 @@ def test_poisoned_day_halts_the_workflow_and_leaves_silver_and_gold_untouched(
     poisoned = [lines[0], *(",".join([*r.split(",")[:15], "0", *r.split(",")[16:]])
                             for r in lines[1:])]
     day.write_text("\n".join(poisoned) + "\n")
-    with pytest.raises(ContractViolation, match=r"silver.flights: rule 'distance_range'"):
-        workflow.run_daily(spark, config, ("2013-01-02", "2013-01-02"), stages)
+    with pytest.raises(workflow.WorkflowFailed) as failure:
+        workflow.run_job(spark, config, "daily", "2013-01-02", "2013-01-02",
+                         stages=",".join(stages))
+    (error,) = failure.value.errors
+    assert isinstance(error, ContractViolation)
+    assert "silver.flights: rule 'distance_range'" in str(error)
+    tasks = failure.value.results["tasks"]  # a data error: not retried, its dependents stopped
+    assert (tasks["silver"].attempts, tasks["gold"].status) == (1, "upstream_failed")
     assert {t: tables.version(spark, config, t) for t in guarded} == versions
     bronze_rows = tables.read(spark, config, "bronze_flights").count()
     assert bronze_rows == 842 + len(lines) - 1  # the raw records are kept in bronze

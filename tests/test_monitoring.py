@@ -20,6 +20,7 @@ from lakehouse.monitoring import end_of_day
 from lakehouse.replay import replay_day
 from lakehouse.seed import daily_path, seed
 from lakehouse.stages import score, train
+from tests import snapshot
 from tests.conftest import make_config
 
 RULES = {"feature_drift": {"metric": "mean_shift", "above": 2.0, "persist_days": 2,
@@ -112,8 +113,15 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
                                             else None}) + "\n" for r in lines))
         days = [replay_day(spark, config, date(2013, 1, 15) + timedelta(days=i))
                 for i in range(3)]
+        # the daily workflow run again on the last day changes nothing and sends nothing
+        before = snapshot.content(spark, config, (*snapshot.CONTENT_TABLES, "model_monitoring",
+                                                  "alerts"))
+        again = replay_day(spark, config, date(2013, 1, 17))
+        after = snapshot.content(spark, config, (*snapshot.CONTENT_TABLES, "model_monitoring",
+                                                 "alerts"))
     finally:
         server.shutdown()
+    assert again.alerts == [] and again.retrained is None and after == before
     assert [len(d.alerts) for d in days] == [0, 0, 1]
     (alert,) = days[2].alerts
     assert alert["alert_id"] == "feature_drift|temp|2013-01-17" and alert["webhook_delivered"]
@@ -129,6 +137,10 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
     handled = tables.read(spark, config, "alerts").first()
     assert handled is not None and handled["handled_by_run"] == retrained["run_id"]
 
+    # nothing lost: each silver run's rows in = rows out + quarantined + duplicates
+    for run in tables.read(spark, config, "audit").filter(
+            F.col("table_name") == "silver_flights").collect():
+        assert run["rows_in"] == run["rows_out"] + run["rows_quarantined"] + run["rows_duplicate"]
     # every flight of the replayed days has a champion prediction or a recorded reason
     flights = tables.read(spark, config, "silver_flights").filter(
         F.col("flight_date").between("2013-01-15", "2013-01-17"))
@@ -139,7 +151,7 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
                               & F.col("reason").isNull()).limit(1).count() == 0
     # a rerun of scoring with the same models changes no row
     version = tables.version(spark, config, "delay_predictions")
-    score.run(spark, config, "again", "2013-01-17", "2013-01-17")
+    score.run(spark, config, "again", "2013-01-15", "2013-01-17")
     assert tables.version(spark, config, "delay_predictions") == version
     # realized quality counts only outcomes known by the end of the monitored day
     monitored = tables.read(spark, config, "model_monitoring").filter(
