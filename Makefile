@@ -20,6 +20,8 @@ ENV ?= local
 FROM ?= 2013-01-01
 TO ?= 2013-12-31
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`, each with its own Spark session; a test file stays on one.
+TEST_WORKERS ?= 3
 
 .PHONY: help setup run test cluster-test wheel-test lint wheel bench clean-data kafka
 
@@ -54,7 +56,7 @@ run: setup  ## Seed the landing zone with the full year and run the daily pipeli
 	$(LAKEHOUSE) run daily --env $(ENV)
 
 test: setup  ## Run the whole test suite (unit, contract and end-to-end tests)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 cluster-test: setup  ## Start a Spark standalone cluster on 127.0.0.1, run the daily job on it, stop it
 	$(PY) -m pytest tests/cluster -m cluster $(PYTEST_ARGS)

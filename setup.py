@@ -30,6 +30,8 @@ SPARK_REQUIRES = [
 TEST_REQUIRES = [
     "chispa==0.12.0",
     "pytest==9.2.0",
+    # tests spend much of their time waiting on Spark and MLflow: three workers fill 2 cores
+    "pytest-xdist==3.8.0",
     "databricks-bundles==1.22.1",
 ]
 
