@@ -73,6 +73,8 @@ def rules_from_conf(section: dict[str, Any]) -> list[AlertRule]:
     for name, spec in (section or {}).items():
         if name not in KINDS:
             raise AlertRuleError(f"monitor.alerts.{name}: unknown rule; rules are {list(KINDS)}")
+        if spec is None:  # `rule: null` in an env's conf turns a base rule off
+            continue
         if not isinstance(spec, dict):
             raise AlertRuleError(f"monitor.alerts.{name}: expected a mapping, got {spec!r}")
         metric = {"quality_drop": "auc_roc", "calibration": "calibration_gap"}.get(

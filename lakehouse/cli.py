@@ -170,10 +170,10 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
     from lakehouse.replay import replay
     from lakehouse.session import build_session
 
-    text, _ = replay(build_session(config), config, date.fromisoformat(args.start),
-                     date.fromisoformat(args.end))
+    text, _, failures = replay(build_session(config), config, date.fromisoformat(args.start),
+                               date.fromisoformat(args.end))
     print(text)
-    return 0
+    return 1 if failures else 0  # the report names the failed tasks
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:

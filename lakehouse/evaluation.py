@@ -103,6 +103,26 @@ class Histogram:
             f1 = np.where(tp > 0, 2 * tp / (tp + fp + pos), 0.0)
         return float(np.argmax(f1[:BINS]) / BINS)
 
+    def threshold_by(self, rule: str) -> float:
+        """The decision threshold a conf'd rule picks on these rows: `max_f1`, `recall:R` (the
+        highest threshold that still catches a share R of the disrupted flights) or `fixed:P`.
+        """
+        name, _, value = rule.partition(":")
+        if name == "max_f1" and not value:
+            return self.best_f1_threshold()
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if name == "fixed" and 0 <= number <= 1:
+            return number
+        if name == "recall" and 0 < number <= 1:
+            tp, _ = self._cumulative()
+            reached = np.nonzero(tp[:BINS] >= number * tp[0])[0]
+            return float(reached[-1] / BINS) if len(reached) else 0.0
+        raise ValueError(f"train.threshold_rule {rule!r}: use max_f1, recall:R (0 < R <= 1) "
+                         "or fixed:P (0 <= P <= 1)")
+
     def roc_curve(self) -> tuple[np.ndarray, np.ndarray]:
         tp, fp = self._cumulative()
         return fp[::-1] / max(fp[0], 1), tp[::-1] / max(tp[0], 1)

@@ -90,8 +90,9 @@ class FeatureSettings:
     def history_lookback_days(self) -> int:
         """Days of flights before a flight's date that its features can read (events known
         from the history window's start, at most MAX_OUTCOME_LAG_HOURS after departure)."""
-        hours = (self.as_of_offset_minutes / 60 + max(self.daily_history_days * 24,
-                                                      ORIGIN_DAY_HOURS) + MAX_OUTCOME_LAG_HOURS)
+        hours = (self.as_of_offset_minutes / 60
+                 + max(self.daily_history_days * 24, ORIGIN_DAY_HOURS, self.origin_recent_hours)
+                 + MAX_OUTCOME_LAG_HOURS)
         return math.ceil(hours / 24) + 1
 
     @property

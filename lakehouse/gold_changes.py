@@ -35,7 +35,8 @@ def dates_moved_by_flights(changes: DataFrame, settings: FeatureSettings) -> Dat
     """Flight dates whose features can differ after these silver flight rows changed.
 
     From the flight's own date to the last date whose windows can count its outcome: history
-    up to daily_history_days after it is known, origin outcomes up to ORIGIN_DAY_HOURS, and the
+    up to daily_history_days after it is known, origin outcomes up to ORIGIN_DAY_HOURS (or
+    origin_recent_hours if longer), and the
     same plane's next flight within 24 h.
     """
     labelled = changes.transform(with_outcome(settings))
@@ -43,7 +44,8 @@ def dates_moved_by_flights(changes: DataFrame, settings: FeatureSettings) -> Dat
                             F.col("sched_dep_utc") + hours(MAX_OUTCOME_LAG_HOURS))
     start = F.greatest(F.col("sched_dep_utc"), counted_until)
     reach = max(settings.daily_history_days * 24,
-                ORIGIN_DAY_HOURS + settings.as_of_offset_minutes / 60, 24)
+                max(ORIGIN_DAY_HOURS, settings.origin_recent_hours)
+                + settings.as_of_offset_minutes / 60, 24)
     last = F.date_add(local_date(start + hours(reach), settings), 1)
     return labelled.select(_date_range(F.col("flight_date"), last).alias("flight_date")).distinct()
 

@@ -43,9 +43,13 @@ class MonitorSettings:
 
 
 def end_of_day(day: date, timezone: str) -> datetime:
-    """Local midnight after day, as a naive UTC datetime (Spark's session time zone)."""
+    """Local midnight after day, as an aware UTC datetime.
+
+    Aware, because PySpark turns a naive datetime into a timestamp through the driver's OS
+    time zone (not the session's): on a laptop in New York a naive 05:00 UTC became 10:00.
+    """
     local = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(timezone)) + timedelta(days=1)
-    return local.astimezone(ZoneInfo("UTC")).replace(tzinfo=None)
+    return local.astimezone(ZoneInfo("UTC"))
 
 
 def drift_rows(rows: DataFrame, refs: dict[str, FeatureReference]) -> list[dict[str, Any]]:

@@ -110,13 +110,14 @@ class GateDecision:
 def decide(new_auc: float, champion_version: str | None, champion_auc: float | None,
            margin: float) -> GateDecision:
     """Promote when there is no champion, or when the new model's AUC-ROC beats the champion's
-    on the same window by at least margin; otherwise the new model is the challenger."""
+    on the same window by at least margin (and by more than nothing); otherwise the new model
+    is the challenger."""
     if champion_version is None:
         return GateDecision(True, CHAMPION, "no champion yet", new_auc, None, None, margin)
     if champion_auc is None:
         raise ValueError("the champion's AUC-ROC on the gate window is needed to decide")
     gain = new_auc - champion_auc
-    promoted = gain >= margin
+    promoted = gain >= margin and gain > 0  # a tie never promotes, even at margin 0
     verb = "beats" if promoted else "does not beat"
     reason = (f"new AUC-ROC {new_auc:.4f} {verb} champion v{champion_version}'s "
               f"{champion_auc:.4f} by the margin {margin:.4f} (gain {gain:+.4f})")

@@ -18,9 +18,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import registry, tables, workflow
+from lakehouse.alert_rules import rules_from_conf
 from lakehouse.config import Config
+from lakehouse.dag import failed
 from lakehouse.monitoring import end_of_day
-from lakehouse.replay_report import DayOutcome, picture, report
+from lakehouse.replay_report import DayOutcome, DriftRule, picture, report
 from lakehouse.seed import seed
 from lakehouse.stages import train
 
@@ -46,17 +48,31 @@ def bootstrap(spark: SparkSession, config: Config, start: date) -> dict[str, Any
     before start unless one exists."""
     seed(Path(config.landing), FIRST_DAY, start - timedelta(days=1))
     before = start - timedelta(days=1)
-    workflow.run_daily(spark, config, (before.isoformat(), before.isoformat()),
-                       ("bronze", "silver", "gold"))
+    built = workflow.run_daily(spark, config, (before.isoformat(), before.isoformat()),
+                               ("bronze", "silver", "gold"))
+    if failed(built["tasks"]):
+        raise workflow.WorkflowFailed(built)
     if workflow.champion_exists(config):
         return None
     return train.run(spark, config, workflow.new_run_id(),
                      windows=workflow.retrain_windows(config, before))
 
 
+def drift_rules(config: Config) -> tuple[DriftRule, DriftRule]:
+    """The feature- and prediction-drift rules of conf, as the picture plots them."""
+    rules = {r.name: r for r in rules_from_conf(config.section("monitor").get("alerts") or {})}
+    plotted = []
+    for name, default in (("feature_drift", DriftRule("mean_shift", 2.0)),
+                          ("prediction_drift", DriftRule("psi", 0.2))):
+        rule = rules.get(name)
+        plotted.append(DriftRule(rule.metric, rule.above) if rule is not None
+                       and rule.above is not None else default)
+    return plotted[0], plotted[1]
+
+
 def champion_version(config: Config) -> str | None:
     conf = registry.configure(config)
-    found = registry.resolve(conf["model_name"], conf["alias"])
+    found = registry.resolve(conf["model_name"], registry.CHAMPION)
     return str(found.version) if found is not None else None
 
 
@@ -77,8 +93,9 @@ def replay_day(spark: SparkSession, config: Config, day: date) -> DayOutcome:
 
 
 def replay(spark: SparkSession, config: Config, start: date, end: date,
-           on_day: Callable[[DayOutcome], None] | None = None) -> tuple[str, Path]:
-    """Replay start..end; returns the text report and the picture's path."""
+           on_day: Callable[[DayOutcome], None] | None = None) -> tuple[str, Path, int]:
+    """Replay start..end; returns the text report, the picture's path and the number of
+    tasks that failed over the replayed days (the report names them)."""
     began = time.monotonic()
     wanted = days(start, end)
     first = bootstrap(spark, config, start)
@@ -98,6 +115,6 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
     monitoring = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
         F.col("monitored_date").between(F.lit(start), F.lit(end))).collect()]
     path = Path(config.data_root) / "reports" / f"replay_{start}_{end}.png"
-    thresholds = (config.section("monitor").get("alerts") or {}).get("feature_drift") or {}
-    picture(monitoring, outcomes, path, float(thresholds.get("above", 0.2)))
-    return report(outcomes, path, time.monotonic() - began), path
+    picture(monitoring, outcomes, path, *drift_rules(config))
+    failures = sum(s == "failed" for o in outcomes for s in o.statuses.values())
+    return report(outcomes, path, time.monotonic() - began), path, failures

@@ -41,21 +41,32 @@ def series(rows: list[dict[str, Any]], window: str, metric: str,
                   and r["subject"] == subject and r["value"] is not None)
 
 
-def top_drifting(rows: list[dict[str, Any]], n: int = TOP_FEATURES) -> list[str]:
+def top_drifting(rows: list[dict[str, Any]], metric: str, n: int = TOP_FEATURES) -> list[str]:
+    """The n features whose daily value of metric peaked highest."""
     peak: dict[str, float] = defaultdict(float)
     for r in rows:
-        if r["window"] == "day" and r["metric"] == "psi" and r["subject"] != "prediction":
-            peak[r["subject"]] = max(peak[r["subject"]], r["value"] or 0.0)
+        if r["window"] == "day" and r["metric"] == metric and r["subject"] != "prediction":
+            peak[r["subject"]] = max(peak[r["subject"]], abs(r["value"] or 0.0))
     return [k for k, _ in sorted(peak.items(), key=lambda kv: -kv[1])[:n]]
 
 
+@dataclass(frozen=True)
+class DriftRule:
+    """The metric an alert rule watches and its threshold (what the drift panels plot)."""
+
+    metric: str
+    above: float
+
+
 def picture(monitoring: list[dict[str, Any]], days: list[DayOutcome], path: Path,
-            psi_threshold: float = 0.2) -> Path:
-    """Three panels over the replayed days: realized AUC-ROC (daily and trailing),
-    calibration (mean predicted vs observed rate, trailing) and PSI of the top drifting
-    features and of the prediction; alerts as red marks, model changes as vertical lines."""
+            feature_rule: DriftRule = DriftRule("mean_shift", 2.0),
+            prediction_rule: DriftRule = DriftRule("psi", 0.2)) -> Path:
+    """Four panels over the replayed days: realized AUC-ROC (daily and trailing), calibration
+    (mean predicted vs observed rate, trailing), the feature-drift rule's metric for the top
+    drifting features and the prediction-drift rule's metric, each with its alert threshold;
+    alerts as red bands, promotions as green dashed lines."""
     rows = champion_rows(monitoring)
-    fig, (auc, cal, drift) = plt.subplots(3, 1, figsize=(12, 10), sharex=True)
+    fig, (auc, cal, drift, pred) = plt.subplots(4, 1, figsize=(12, 12), sharex=True)
     for window, style in (("day", ":"), ("trailing", "-")):
         points = series(rows, window, "auc_roc")
         auc.plot([d for d, _ in points], [v for _, v in points], style, marker=".",
@@ -65,28 +76,35 @@ def picture(monitoring: list[dict[str, Any]], days: list[DayOutcome], path: Path
         points = series(rows, "trailing", metric)
         cal.plot([d for d, _ in points], [v for _, v in points], marker=".", label=label)
     cal.set(ylabel="disruption rate (trailing)")
-    for feature in [*top_drifting(rows), "prediction"]:
-        points = series(rows, "day", "psi", feature)
-        drift.plot([d for d, _ in points], [v for _, v in points], marker=".",
-                   linestyle="--" if feature == "prediction" else "-", label=feature)
-    drift.axhline(psi_threshold, color="grey", linestyle=":", label=f"PSI {psi_threshold}")
-    drift.set(ylabel="PSI vs training", xlabel="flight date")
+    for feature in top_drifting(rows, feature_rule.metric):
+        points = series(rows, "day", feature_rule.metric, feature)
+        drift.plot([d for d, _ in points], [v for _, v in points], marker=".", label=feature)
+    drift.axhline(feature_rule.above, color="grey", linestyle=":",
+                  label=f"alert above {feature_rule.above}")
+    drift.set(ylabel=f"feature {feature_rule.metric}")
+    points = series(rows, "day", prediction_rule.metric, "prediction")
+    pred.plot([d for d, _ in points], [v for _, v in points], "--", marker=".",
+              label="prediction")
+    pred.axhline(prediction_rule.above, color="grey", linestyle=":",
+                 label=f"alert above {prediction_rule.above}")
+    pred.set(ylabel=f"prediction {prediction_rule.metric}", xlabel="flight date")
+    panels = (auc, cal, drift, pred)
     for outcome in days:
         for alert in outcome.alerts:
-            for ax in (auc, cal, drift):
+            for ax in panels:
                 ax.axvline(outcome.day, color="red", alpha=0.25, linewidth=4)
             auc.annotate(alert["rule"], (outcome.day, auc.get_ylim()[0]), rotation=90,
                          fontsize=7, color="red", va="bottom")
         if outcome.retrained and outcome.retrained.get("promoted"):
-            for ax in (auc, cal, drift):
+            for ax in panels:
                 ax.axvline(outcome.day, color="green", linestyle="--")
             auc.annotate(f"v{outcome.retrained['version']} promoted",
                          (outcome.day, auc.get_ylim()[1]), rotation=90, fontsize=8,
                          color="green", va="top")
-    for ax in (auc, cal, drift):
+    for ax in panels:
         ax.legend(loc="best", fontsize=7)
         ax.grid(alpha=0.3)
-    drift.xaxis.set_major_formatter(DateFormatter("%m-%d"))  # type: ignore[no-untyped-call]
+    pred.xaxis.set_major_formatter(DateFormatter("%m-%d"))  # type: ignore[no-untyped-call]
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

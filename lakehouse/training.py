@@ -18,6 +18,7 @@ from typing import Any
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.utils import is_remote
 
 from lakehouse.evaluation import Histogram, histogram, positive_probability
 from lakehouse.features import LABEL, TAIL_RECORDED
@@ -87,6 +88,7 @@ class TrainSettings:
     budget: Budget
     seed: int
     baseline_days: int
+    threshold_rule: str = "max_f1"
 
     @classmethod
     def from_conf(cls, section: dict[str, Any]) -> TrainSettings:
@@ -95,10 +97,13 @@ class TrainSettings:
                         early_stop_trials=int(section.get("early_stop_trials", 10**6)),
                         parallelism=max(int(section.get("parallelism", 1)), 1),
                         startup_trials=int(section.get("startup_trials", 5)))
+        rule = str(section.get("threshold_rule", "max_f1"))
+        Histogram.empty().threshold_by(rule)  # a bad rule fails here, before any trial
         return cls(list(section.get("families", ["gbt"])),
                    list(section.get("class_weighting", ["none"])),
                    dict(section.get("search_space") or {}), budget, int(section["seed"]),
-                   int(section.get("baseline_days", 28)))
+                   int(section.get("baseline_days", 28)),
+                   rule)
 
 
 def between(start: str, end: str) -> Callable[[DataFrame], DataFrame]:
@@ -189,7 +194,8 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
     def objective(number: int, family: str, params: dict[str, Any],
                   weighting: str) -> tuple[float, dict[str, Any]]:
         _, fit, val = vectors.get(family)
-        spark.sparkContext.setJobDescription(f"trial {number}: {family}")
+        if classic:
+            spark.sparkContext.setJobDescription(f"trial {number}: {family}")
         model = classifier(family, params, settings.seed, weighting == "balanced").fit(fit)
         scored = histogram(model.transform(val), LABEL, positive_probability())
         histograms[number] = scored
@@ -199,9 +205,12 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
         # None unsets the property (the thread's jobs go back to the default pool)
         spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)  # type: ignore[arg-type]
 
+    # Spark Connect (Databricks standard and serverless compute) has no SparkContext: trials
+    # then run without scheduler pools and job descriptions, in the server's scheduling.
+    classic = not is_remote()
     space = search_space(settings.families, settings.search_space, settings.class_weighting)
-    trials = search(objective, space, settings.budget, settings.seed, set_pool=set_pool,
-                    on_done=on_trial)
+    trials = search(objective, space, settings.budget, settings.seed,
+                    set_pool=set_pool if classic else None, on_done=on_trial)
     vectors.release()
     for part in (vectors.fit_rows, vectors.val_rows):
         part.unpersist()
@@ -210,7 +219,7 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
         errors = sorted({t.error or "no AUC" for t in trials})
         raise TrainingDataError(f"all {len(trials)} trials failed: {errors[:3]}")
     validation = histograms[best.number]
-    threshold = validation.best_f1_threshold()
+    threshold = validation.threshold_by(settings.threshold_rule)
     weighted = best.weighting == "balanced"
     train = parts["train"]
     if weighted:

@@ -11,6 +11,14 @@ from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from pyspark.errors import (
+    AnalysisException,
+    ArithmeticException,
+    DateTimeException,
+    IllegalArgumentException,
+    NumberFormatException,
+    UnsupportedOperationException,
+)
 from pyspark.sql import SparkSession
 
 from lakehouse import registry, tables
@@ -28,9 +36,14 @@ STAGES = ("bronze", "silver", "gold", "score", "monitor", "train")
 TRAIN_MODES = ("auto", "always", "never")
 # Errors about the data, not the machine: retrying cannot help. Nor can retrying a run that
 # overlapped another run of the same stream: a retry would race it again.
+# Spark's own errors about a query or its data (a missing table or column, a cast or
+# arithmetic error in ANSI mode, a MERGE with two source rows for one target row) are
+# permanent too; a lost executor, a network or storage error, an MLflow 5xx are retried.
 PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError, ValueError,
                     ConcurrentRunError, BronzeAccountingError, bronze.MigrationRequiredError,
-                    gold.GoldInputError)
+                    gold.GoldInputError, AnalysisException, ArithmeticException,
+                    DateTimeException, NumberFormatException, IllegalArgumentException,
+                    UnsupportedOperationException)
 # How Spark's checkpoint and Delta's transaction check report a second writer of one stream
 # (where no lock was taken, e.g. a checkpoint on S3): the same overlap, found later.
 CONCURRENT_WRITERS = ("ConcurrentModificationException", "ConcurrentTransactionException",
@@ -142,7 +155,7 @@ def run_job(spark: SparkSession, config: Config, job: str, start: str | None = N
 
 def champion_exists(config: Config) -> bool:
     mlflow_conf = registry.configure(config)
-    return registry.resolve(mlflow_conf["model_name"], mlflow_conf["alias"]) is not None
+    return registry.resolve(mlflow_conf["model_name"], registry.CHAMPION) is not None
 
 
 def retrain_windows(config: Config, latest_labeled: date) -> Windows:
@@ -264,7 +277,7 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
         else:
             lines.append(f"{name:<20} {'-':>10} {'-':>8}  (not created)")
     mlflow_conf = registry.configure(config)
-    current = registry.champion(mlflow_conf["model_name"], mlflow_conf["alias"])
+    current = registry.champion(mlflow_conf["model_name"], registry.CHAMPION)
     trained = results.get("train")
     lines.append("")
     if isinstance(trained, dict):
@@ -281,7 +294,7 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
         lines.append(f"historical-rate baseline: AUC-ROC {baseline:.4f} (the model {verdict} it)")
     if current is not None:
         auc = f"{current.holdout_auc_roc:.4f}" if current.holdout_auc_roc is not None else "n/a"
-        lines.append(f"champion: models:/{current.name}@{mlflow_conf['alias']} = version "
+        lines.append(f"champion: models:/{current.name}@{registry.CHAMPION} = version "
                      f"{current.version} (holdout AUC-ROC {auc})")
     scored = results.get("score")
     if isinstance(scored, dict):

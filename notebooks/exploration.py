@@ -86,7 +86,7 @@ display(fig)
 # COMMAND ----------
 
 mlflow_conf = registry.configure(config)
-champion = exploration.champion_run(mlflow_conf["model_name"], mlflow_conf["alias"])
+champion = exploration.champion_run(mlflow_conf["model_name"], registry.CHAMPION)
 print(f"{champion.model_uri} = version {champion.version} (run {champion.run_id}); holdout "
       f"{champion.params['window_holdout_from']}..{champion.params['window_holdout_to']}: "
       f"AUC-ROC {champion.metrics['holdout_auc_roc']:.4f}, "

@@ -40,3 +40,17 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 @pytest.fixture()
 def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
+
+
+# The longest test files, started first so that three xdist workers (`make test`, one file per
+# worker) do not end with one of them running alone.
+LONGEST_FIRST = ("test_monitoring.py", "test_training.py", "test_gold.py", "test_events.py",
+                 "test_e2e.py", "test_notebooks.py", "test_bronze.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept

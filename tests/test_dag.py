@@ -169,3 +169,19 @@ def test_summary_lists_every_task() -> None:
     assert summary(results).splitlines() == [
         "task  status          attempts  seconds  detail",
         "a     succeeded              1      1.2"]
+
+
+def test_the_workflow_retries_only_what_is_transient() -> None:
+    from pyspark.errors import AnalysisException, NumberFormatException
+
+    from lakehouse import workflow
+    from lakehouse.training import TrainingDataError
+
+    permanent = [AnalysisException(message="[TABLE_OR_VIEW_NOT_FOUND] silver.flights"),
+                 NumberFormatException(message="[CAST_INVALID_INPUT] 'x' cannot be cast"),
+                 TrainingDataError("the holdout window has no labeled flight"),
+                 RuntimeError("io.delta.exceptions.ConcurrentTransactionException: ...")]
+    transient = [OSError("Connection reset by peer"),
+                 RuntimeError("Job aborted due to stage failure: ExecutorLostFailure")]
+    assert [workflow.is_permanent(e) for e in permanent] == [True] * len(permanent)
+    assert [workflow.is_permanent(e) for e in transient] == [False] * len(transient)

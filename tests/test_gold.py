@@ -134,6 +134,17 @@ def test_rerun_without_changes_commits_nothing_and_full_rebuilds(
     changed = make_config(Path(config.data_root), gold={"daily_history_days": 5})
     assert messages(gold.run(spark, changed, "settings"))[0] == (
         "full build: gold settings or feature definitions changed since the last build")
+    # silver written while its change data feed was off: gold cannot know what changed
+    silver = tables.delta_table(spark, changed, "silver_flights").detail().first()
+    assert silver is not None
+    spark.sql(f"ALTER TABLE delta.`{silver['location']}` "
+              "SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'false')")
+    land(spark, changed, [r for r in raw["flights"] if day_of(r) == DAYS[1]],
+         [r for r in raw["weather"] if day_of(r) == DAYS[1]])
+    message = messages(gold.run(spark, changed, "feed off"))[0]
+    assert message.startswith("full build: change data feed unreadable since") and (
+        "enabled now on ['silver_flights']" in message), message
+    assert "incremental" in messages(gold.run(spark, changed, "after"))[0]
 
 
 def test_gold_without_silver_fails_naming_the_table(spark: SparkSession, config: Config) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -55,6 +56,23 @@ def test_quality_rules_need_enough_labeled_flights() -> None:
     assert alert.rule.name == "quality_drop" and alert.threshold == "< 0.7500 - 0.05"
 
 
+def test_the_end_of_a_day_is_the_same_instant_whatever_the_drivers_time_zone(
+        spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    expected = "2013-01-18 05:00:00"  # New York's midnight after Jan 17 (EST, UTC-5), in UTC
+    try:
+        for zone in ("America/New_York", "Asia/Tokyo", "UTC"):
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            instant = end_of_day(date(2013, 1, 17), "America/New_York")
+            shown = spark.range(1).select(F.lit(instant).cast("string")).first()
+            assert shown is not None and shown[0] == expected, zone
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_bad_alert_rules_are_named() -> None:
     with pytest.raises(AlertRuleError, match=r"monitor\.alerts\.drift: unknown rule"):
         rules_from_conf({"drift": {}})
@@ -84,7 +102,10 @@ LOOP_MONITOR = {"trailing_days": 3, "min_labeled": 100, "retrain_min_days_betwee
                 "retrain_holdout_days": 2,
                 "alerts": {"feature_drift": {"metric": "mean_shift", "features": ["temp"],
                                              "above": 2.0, "persist_days": 1,
-                                             "retrain": True}}}
+                                             "retrain": True},
+                           # off: a model trained on nine January days is poor and drifts
+                           "prediction_drift": None, "quality_drop": None,
+                           "calibration": None}}
 
 
 @pytest.mark.slow
@@ -100,9 +121,14 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
         seed(landing, date(2013, 1, 1), date(2013, 1, 14))
         workflow.run_daily(spark, config, ("2013-01-14", "2013-01-14"),
                            ("bronze", "silver", "gold"))
+        silver_read = {t: tables.version(spark, config, t)
+                       for t in ("silver_flights", "silver_weather", "silver_planes")}
         first = train.run(spark, config, "first",
                           windows=workflow.retrain_windows(config, date(2013, 1, 14)))
         assert first["promoted"]
+        # lineage: the silver versions gold was built from, recorded by the gold job
+        params = MlflowClient().get_run(first["run_id"]).data.params
+        assert {t: int(params[f"{t}_delta_version"]) for t in silver_read} == silver_read
         # Temperatures of the 17th shifted by +15 °F in the landed file (a sensor gone wrong).
         # The days' mean temperature of flights, in the reference's standard deviations: the
         # 15th -0.7, the 16th -1.3, the 17th 0.0 (3.0 shifted); the threshold is 2.0.
@@ -113,7 +139,7 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
                                             else None}) + "\n" for r in lines))
         days = [replay_day(spark, config, date(2013, 1, 15) + timedelta(days=i))
                 for i in range(3)]
-        # the daily workflow run again on the last day changes nothing and sends nothing
+        # the daily workflow run again on the last day sends nothing and changes nothing ...
         before = snapshot.content(spark, config, (*snapshot.CONTENT_TABLES, "model_monitoring",
                                                   "alerts"))
         again = replay_day(spark, config, date(2013, 1, 17))
@@ -121,6 +147,16 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
                                                  "alerts"))
     finally:
         server.shutdown()
+    # ... except that the version the 17th's retraining registered now scores that day too
+    # (as champion, or as challenger in shadow) and is monitored on it
+    assert days[2].retrained is not None
+    new = days[2].retrained["version"]
+    for table in ("delay_predictions", "model_monitoring"):
+        added = [r for r in after[table] if r["model_version"] == new]
+        after[table] = [r for r in after[table] if r["model_version"] != new]
+        before[table] = [r for r in before[table] if r["model_version"] != new]
+        assert {r["flight_date"] if table == "delay_predictions" else r["monitored_date"]
+                for r in added} <= {date(2013, 1, 17)}
     assert again.alerts == [] and again.retrained is None and after == before
     assert [len(d.alerts) for d in days] == [0, 0, 1]
     (alert,) = days[2].alerts
@@ -149,9 +185,18 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
     assert flights.join(predictions, "flight_id", "left_anti").limit(1).count() == 0
     assert predictions.filter((F.col("status") == "unscorable")
                               & F.col("reason").isNull()).limit(1).count() == 0
+    # one champion prediction per flight, whatever the gate decided (a promotion rescored the
+    # 17th: the former champion's rows of that day are kept as role 'previous')
+    assert predictions.groupBy("flight_id").count().filter(F.col("count") > 1).limit(1).count() == 0
+    if retrained["alias"] == "champion":
+        roles = {(r["model_version"], r["role"]) for r in tables.read(
+            spark, config, "delay_predictions").filter(F.col("flight_date") == "2013-01-17")
+            .select("model_version", "role").distinct().collect()}
+        assert roles == {(first["version"], "previous"),
+                         (retrained["version"], "champion")}
     # a rerun of scoring with the same models changes no row
     version = tables.version(spark, config, "delay_predictions")
-    score.run(spark, config, "again", "2013-01-15", "2013-01-17")
+    score.run(spark, config, "again", "2013-01-17", "2013-01-17")
     assert tables.version(spark, config, "delay_predictions") == version
     # realized quality counts only outcomes known by the end of the monitored day
     monitored = tables.read(spark, config, "model_monitoring").filter(
@@ -159,8 +204,9 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
         & (F.col("metric") == "auc_roc")).first()
     features = tables.read(spark, config, "flight_features")
     known = features.filter((F.col("flight_date") == "2013-01-17") & F.col("tail_recorded")
-                            & (F.col("known_at_utc") <= F.lit(end_of_day(
-                                date(2013, 1, 17), "America/New_York")))).count()
+                            # New York's midnight after Jan 17 (EST, UTC-5)
+                            & (F.col("known_at_utc") <= F.lit("2013-01-18 05:00:00")
+                               .cast("timestamp"))).count()
     total = features.filter((F.col("flight_date") == "2013-01-17")
                             & F.col("tail_recorded")).count()
     assert monitored is not None and monitored["rows"] == known < total

@@ -124,7 +124,7 @@ def test_notebooks_write_the_tables_their_jobs_write(
     assert tables.read(spark, config, "delay_predictions").count() == tables.read(
         spark, config, "flight_features").filter(F.col("flight_date") == "2013-01-03").count()
     mlflow_conf = registry.configure(config)
-    assert registry.champion(mlflow_conf["model_name"], mlflow_conf["alias"]) is not None
+    assert registry.champion(mlflow_conf["model_name"]) is not None
     assert snapshot.content(spark, config_of(by_job)) == snapshot.content(
         spark, config_of(by_notebook))
     assert snapshot.audit(spark, config_of(by_job)) == snapshot.audit(spark, config)

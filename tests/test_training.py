@@ -81,6 +81,12 @@ def test_metrics_agree_with_scikit_learn(spark: SparkSession) -> None:
     predicted = p >= threshold
     assert at["precision"] == pytest.approx((y[predicted] == 1).mean(), abs=1e-9)
     assert at["recall"] == pytest.approx(predicted[y == 1].mean(), abs=1e-9)
+    # the conf'd threshold rules
+    assert h.threshold_by("max_f1") == threshold and h.threshold_by("fixed:0.4") == 0.4
+    at_recall = h.threshold_by("recall:0.7")
+    assert (p[y == 1] >= at_recall).mean() >= 0.7 > (p[y == 1] >= at_recall + 1e-4).mean()
+    with pytest.raises(ValueError, match=r"train.threshold_rule 'recall:2'"):
+        h.threshold_by("recall:2")
 
 
 def test_models_fit_and_score_in_a_session_that_ran_bronze(spark: SparkSession,
@@ -184,7 +190,9 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
                                                                    "flight_features")
     rebuilt = tables.read(spark, config, "flight_features",
                           version=int(params["features_delta_version"]))
-    assert rebuilt.count() == tables.read(spark, config, "flight_features").count()
+    current = tables.read(spark, config, "flight_features")
+    assert rebuilt.exceptAll(current).limit(1).count() == 0
+    assert current.exceptAll(rebuilt).limit(1).count() == 0
     assert params["threshold_rule"] == "max_f1" and "code_version" in parent.data.tags
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert artifacts == {"plots/roc.png", "plots/precision_recall.png", "plots/calibration.png",

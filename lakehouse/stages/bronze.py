@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from functools import partial, reduce
 from typing import Any
 
-from pyspark.errors import StreamingQueryException
 from pyspark import StorageLevel
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.query import StreamingQuery

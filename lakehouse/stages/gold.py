@@ -114,6 +114,17 @@ def changed_dates(spark: SparkSession, config: Config, silver: Silver, since: di
     return Changes(since, {"flight_features": features, "route_daily_kpis": kpis})
 
 
+# What Delta reports when a table's change data feed cannot be read for the versions asked:
+# versions vacuumed or expired from the log, or written while the feed was off.
+FEED_ERROR_MARKERS = ("CHANGE_DATA", "CDC", "FILE_NOT_FOUND", "VERSION", "HISTORY")
+
+
+def feed_unreadable(error: AnalysisException) -> bool:
+    """Whether error says the change data feed is unreadable (gold then builds in full)."""
+    condition = error.getCondition() or ""
+    return any(marker in condition for marker in FEED_ERROR_MARKERS)
+
+
 def plan(spark: SparkSession, config: Config, name: str, state: dict[str, Any] | None,
          silver: Silver, settings: FeatureSettings, full: bool, seen: list[Changes]) -> Plan:
     """Full build or incremental dates for one gold table, from the state of its last build.
@@ -133,7 +144,9 @@ def plan(spark: SparkSession, config: Config, name: str, state: dict[str, Any] |
     if known is None:
         try:
             known = changed_dates(spark, config, silver, since, settings)
-        except AnalysisException as error:  # e.g. versions vacuumed or written without a feed
+        except AnalysisException as error:
+            if not feed_unreadable(error):
+                raise  # a permission, schema or code error: not a reason to rebuild in full
             reset = [n for n in INPUTS if tables.ensure_properties(spark, config, n)]
             return Plan(True, f"change data feed unreadable since {since}"
                               f"{f' (enabled now on {reset})' if reset else ''}: "

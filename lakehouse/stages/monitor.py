@@ -4,13 +4,13 @@ episode (table, ERROR log line, webhook), and whether retraining is due."""
 from __future__ import annotations
 
 import logging
+import posixpath
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -21,7 +21,7 @@ from lakehouse.alert_rules import Crossing, raised_on, rules_from_conf
 from lakehouse.alerts import deliver, slack_payload
 from lakehouse.config import Config
 from lakehouse.drift import FeatureReference, references_from_json
-from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TAIL_RECORDED
 from lakehouse.monitoring import (
     PREDICTION,
     MonitorSettings,
@@ -70,11 +70,16 @@ ALERT_SCHEMA = T.StructType([
 
 
 def reference_of(run_id: str) -> dict[str, FeatureReference] | None:
-    """The drift reference saved with a model at training time (None for a model without)."""
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
-    except (MlflowException, OSError):
+    """The drift reference saved with a model at training time (None for a model without).
+
+    Only a run that holds no reference gives None; an MLflow or storage error fails the task
+    (retried as transient) rather than skipping the day's drift silently.
+    """
+    folder = posixpath.dirname(REFERENCE_ARTIFACT)
+    listed = {a.path for a in MlflowClient().list_artifacts(run_id, folder or None)}
+    if REFERENCE_ARTIFACT not in listed:
         return None
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
     return references_from_json(Path(path).read_text())
 
 
@@ -83,7 +88,10 @@ def day_rows(predictions: DataFrame, features: DataFrame, day: date, version: st
     inputs = features.select("flight_id", *CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
     return (predictions.filter((F.col("flight_date") == F.lit(day))
                                & (F.col("model_version") == version)
-                               & (F.col("status") == "scored"))
+                               & (F.col("status") == "scored")
+                               # the population of the training reference: a flight without a
+                               # recorded tail (all cancelled in 2013) is scored but flagged
+                               & F.col(TAIL_RECORDED))
             .select("flight_id", "flight_date", F.col("probability").alias(PREDICTION))
             .join(inputs, "flight_id", "inner"))
 
@@ -189,7 +197,9 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
     with audited(spark, config, run_id, "monitor", "model_monitoring") as audit:
         predictions = tables.read(spark, config, "delay_predictions")
         features = tables.read(spark, config, "flight_features")
-        models = (predictions.filter(F.col("flight_date") == F.lit(when))
+        # the versions holding an alias for the day's flights (not those a promotion retired)
+        models = (predictions.filter((F.col("flight_date") == F.lit(when))
+                                     & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER))
                   .select("model_name", "model_version", "model_run_id", "role").distinct()
                   .orderBy("role").collect())
         rows: list[dict[str, Any]] = []

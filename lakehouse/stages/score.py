@@ -3,17 +3,23 @@ gold.delay_predictions, one row per flight and model version (MERGE)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow.spark
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
 from lakehouse.config import Config
 from lakehouse.inference import PREDICTION_KEYS, PREDICTION_VALUES, score, unscorable
 from lakehouse.stages.audit import audited
 from lakehouse.training import between
+
+log = logging.getLogger("lakehouse")
+# The role of a version's predictions once another version holds its alias for those flights.
+PREVIOUS = "previous"
 
 
 class NoChampionError(RuntimeError):
@@ -35,7 +41,11 @@ class Scorer:
         found = registry.resolve(name, alias)
         if found is None:
             return None
-        threshold = float((found.tags or {}).get("decision_threshold") or 0.5)
+        tagged = (found.tags or {}).get("decision_threshold")
+        if tagged is None:
+            log.warning("%s version %s has no decision_threshold tag (registered outside the "
+                        "train job?): its predicted class uses 0.5", name, found.version)
+        threshold = float(tagged) if tagged is not None else 0.5
         return cls(name, str(found.version), found.run_id or "", alias, threshold)
 
 
@@ -62,6 +72,25 @@ def predictions_of(spark: SparkSession, config: Config, scorer: Scorer, features
         unscorable(missing, "no row in gold.flight_features", *args))
 
 
+def retire_others(spark: SparkSession, config: Config, start: str, end: str,
+                  models: list[Scorer]) -> list[str]:
+    """In the scored range, only the current champion's and challenger's rows keep those roles:
+    an earlier version's rows (kept as history) become role 'previous', so a reader filtering
+    role = 'champion' sees one prediction per flight. Returns the versions retired."""
+    current = [m.version for m in models]
+    stale = (between(start, end)(tables.read(spark, config, "delay_predictions"))
+             .filter(F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
+                     & ~F.col("model_version").isin(current)))
+    versions = sorted({r[0] for r in stale.select("model_version").distinct().collect()})
+    if versions:
+        tables.update(spark, config, "delay_predictions",
+                      F.col("flight_date").between(F.lit(start).cast("date"),
+                                                   F.lit(end).cast("date"))
+                      & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
+                      & F.col("model_version").isin(versions), {"role": F.lit(PREVIOUS)})
+    return versions
+
+
 def inserted(metrics: dict[str, str]) -> str:
     """Rows a MERGE inserted (or an append wrote, when it created the table)."""
     return metrics.get("numTargetRowsInserted", metrics.get("numOutputRows", "0"))
@@ -71,7 +100,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         end: str) -> dict[str, Any]:
     """Score flights dated start..end; idempotent by flight and model version."""
     mlflow_conf = registry.configure(config)
-    name, alias = mlflow_conf["model_name"], mlflow_conf["alias"]
+    name, alias = mlflow_conf["model_name"], registry.CHAMPION
     with audited(spark, config, run_id, "score", "delay_predictions") as audit:
         models = scorers(name, alias)  # resolved once: a promotion meanwhile changes nothing
         version_read = tables.version(spark, config, "flight_features")
@@ -87,6 +116,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         metrics = tables.merge(spark, predictions, config, "delay_predictions", PREDICTION_KEYS,
                                changed_columns=PREDICTION_VALUES)
         predictions.unpersist()
+        retired = retire_others(spark, config, start, end, models)
         rows = sum(counts.values())
         scored = sum(n for (_, status), n in counts.items() if status == "scored")
         audit.update(rows_in=rows, rows_out=scored, rows_quarantined=rows - scored,
@@ -94,7 +124,9 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
                      version_written=tables.version(spark, config, "delay_predictions"),
                      message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in models)
                              + f" scored {start}..{end}; written {inserted(metrics)} new, "
-                             f"{metrics.get('numTargetRowsUpdated', 0)} changed")
+                             f"{metrics.get('numTargetRowsUpdated', 0)} changed"
+                             + (f"; rows of v{', v'.join(retired)} now role "
+                                f"{PREVIOUS!r}" if retired else ""))
     champion = models[0]
     return {"model_name": name, "model_version": champion.version,
             "challenger_version": models[1].version if len(models) > 1 else None,

@@ -78,7 +78,8 @@ def gate_rows(features: DataFrame, windows: Windows, settings: dict[str, Any]) -
     if settings.get("gate_window", "holdout") == "recent":
         days = int(settings["gate_recent_days"])
         start = max(start, (date.fromisoformat(end) - timedelta(days=days - 1)).isoformat())
-    rows = features.filter(F.col(TAIL_RECORDED)).transform(between(start, end))
+    rows = features.filter(F.col(TAIL_RECORDED) & F.col(LABEL).isNotNull()).transform(
+        between(start, end))
     return rows, f"{start}..{end}"
 
 
@@ -175,7 +176,7 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
                 "timeout_seconds": train_settings.budget.timeout_s,
                 "early_stop_trials": train_settings.budget.early_stop_trials,
                 "parallelism": train_settings.budget.parallelism, "seed": train_settings.seed,
-                "threshold_rule": "max_f1", "promotion_margin": margin})
+                "threshold_rule": train_settings.threshold_rule, "promotion_margin": margin})
             mlflow.log_dict(config.values, "conf/resolved.json")
             started = time.monotonic()
             result = tune_and_fit(spark, features, windows, train_settings,
