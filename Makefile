@@ -76,6 +76,9 @@ wheel: setup  ## Build dist/lakehouse-<version>-py3-none-any.whl (conf/ inside; 
 bench: setup  ## Run the benchmarks under bench/ (prints ratios measured side by side)
 	$(PY) bench/bronze.py
 	$(PY) bench/silver.py
+	$(PY) bench/gold.py
+	$(PY) bench/scoring.py
+	$(PY) bench/tuning.py
 	$(PY) bench/streaming.py
 
 kafka: setup  ## Start a single-node Kafka broker on 127.0.0.1:$(KAFKA_PORT) until Ctrl-C (data in data/kafka)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import reduce
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
@@ -127,7 +128,7 @@ def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) 
 def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
           changed_columns: Iterable[str] | None = None, newer: str | None = None,
           target_filter: str | None = None, tag: str | None = None,
-          delete_flag: str | None = None) -> dict[str, str]:
+          delete_flag: str | None = None, skip_unchanged: bool = False) -> dict[str, str]:
     """Upsert df into the table on its natural key; create the table on first use.
 
     Matched rows are updated only where one of changed_columns differs, so re-running the same
@@ -137,13 +138,24 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     schema evolution), so a table written by an earlier version takes new lineage columns.
     target_filter (SQL on the target `t`) narrows the target rows the merge can touch, so
     Delta skips the files outside it. Source rows whose delete_flag column is true delete their
-    matched target row. tag is stored as the commit's userMetadata. Returns Delta's operation
-    metrics of the commit.
+    matched target row. tag is stored as the commit's userMetadata. With skip_unchanged, source
+    rows equal to their target row (keys and changed_columns) are dropped first, and a source
+    with nothing left commits nothing: Delta's MERGE rewrites every file holding a matched row
+    even when no clause updates it. Returns Delta's operation metrics of the commit (empty
+    when nothing was committed).
     """
     if not exists(spark, config, name):
         rows = df.filter(~F.col(delete_flag)).drop(delete_flag) if delete_flag else df
         append(rows, config, name, tag=tag)
         return last_operation_metrics(spark, config, name)
+    if skip_unchanged and delete_flag is None:
+        same = [*keys, *(changed_columns if changed_columns is not None else df.columns)]
+        current = read(spark, config, name).select(*same)
+        on = reduce(lambda a, b: a & b, [F.col(f"s.`{c}`").eqNullSafe(F.col(f"t.`{c}`"))
+                                         for c in same])
+        df = df.alias("s").join(current.alias("t"), on, "left_anti")
+        if df.isEmpty():
+            return {}
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if target_filter:
         condition = f"({target_filter}) AND {condition}"

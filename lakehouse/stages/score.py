@@ -114,7 +114,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         counts = {(r["role"], r["status"]): r["count"] for r in
                   predictions.groupBy("role", "status").count().collect()}
         metrics = tables.merge(spark, predictions, config, "delay_predictions", PREDICTION_KEYS,
-                               changed_columns=PREDICTION_VALUES)
+                               changed_columns=PREDICTION_VALUES, skip_unchanged=True)
         predictions.unpersist()
         retired = retire_others(spark, config, start, end, models)
         rows = sum(counts.values())
