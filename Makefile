@@ -56,10 +56,10 @@ run: setup  ## Seed the landing zone with the full year and run the daily pipeli
 	$(LAKEHOUSE) run daily --env $(ENV)
 
 test: setup  ## Run the whole test suite (unit, contract and end-to-end tests)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 cluster-test: setup  ## Start a Spark standalone cluster on 127.0.0.1, run the daily job on it, stop it
-	$(PY) -m pytest tests/cluster -m cluster $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m cluster $(PYTEST_ARGS)
 
 wheel-test: setup  ## Build the wheel, install it with the spark extra into fresh virtualenvs (3.11, 3.12), run it
 	$(PY) -m pytest tests/test_wheel.py -m install $(PYTEST_ARGS)

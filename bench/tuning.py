@@ -79,9 +79,34 @@ def single_machine(train, holdout) -> float:  # type: ignore[no-untyped-def]
     return float(roc_auc_score(test[LABEL], model.predict_proba(test[columns])[:, 1]))
 
 
+def compare_parallelism(spark, features, windows, settings, trials: int) -> None:  # type: ignore[no-untyped-def]
+    """The same random search (same seed and trials, no time box, no early stop) with one
+    trial at a time and with two at once, alternated twice; prints wall times and their
+    ratio."""
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(2):
+        for parallelism in (1, 2):
+            # all trials random from the same seed: both searches fit the same models
+            conf = {**settings, "parallelism": parallelism, "max_evals": trials,
+                    "startup_trials": trials, "timeout_seconds": 10**6,
+                    "early_stop_trials": 10**6}
+            started = time.perf_counter()
+            tuned = tune_and_fit(spark, features, windows, TrainSettings.from_conf(conf))
+            times[parallelism].append(time.perf_counter() - started)
+            print(f"parallelism {parallelism}: {len(tuned.trials)} trials + refit in "
+                  f"{times[parallelism][-1]:.1f} s, holdout AUC-ROC {tuned.holdout.auc_roc():.4f}",
+                  flush=True)
+    best = {p: min(t) for p, t in times.items()}
+    print(f"time parallelism 2 / parallelism 1 = {best[2] / best[1]:.2f} (best of two each)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--parallelism-only", action="store_true",
+                        help="only time the same search with train.parallelism 1 and 2")
+    parser.add_argument("--trials", type=int, default=8,
+                        help="trials per search with --parallelism-only")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-tuning-"))
     try:
@@ -95,6 +120,9 @@ def main() -> None:
         features.count()
         settings = config.section("train")
         windows = Windows.from_conf(settings)
+        if args.parallelism_only:
+            compare_parallelism(spark, features, windows, settings, args.trials)
+            return
         started = time.perf_counter()
         tuned = tune_and_fit(spark, features, windows, TrainSettings.from_conf(settings))
         hyperopt_s = time.perf_counter() - started

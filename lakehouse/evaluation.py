@@ -161,7 +161,9 @@ def histogram(scored: DataFrame, label: str, score: Column) -> Histogram:
 
 def histograms_by(scored: DataFrame, group: str, label: str,
                   score: Column) -> dict[Any, Histogram]:
-    """One histogram per value of the group column (e.g. per day), in one Spark job."""
+    """One histogram per value of the group column (e.g. per day), in one Spark job; rows
+    without a label or a score are not counted."""
+    scored = scored.filter(F.col(label).isNotNull() & score.isNotNull())
     p = F.least(F.greatest(score.cast("double"), F.lit(0.0)), F.lit(1.0))
     y = F.col(label).cast("double")
     clipped = F.least(F.greatest(p, F.lit(EPSILON)), F.lit(1 - EPSILON))

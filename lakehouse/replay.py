@@ -113,7 +113,8 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
         if on_day is not None:
             on_day(outcome)
     monitoring = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
-        F.col("monitored_date").between(F.lit(start), F.lit(end))).collect()]
+        F.col("monitored_date").between(F.lit(start), F.lit(end))).collect()] if tables.exists(
+        spark, config, "model_monitoring") else []
     path = Path(config.data_root) / "reports" / f"replay_{start}_{end}.png"
     picture(monitoring, outcomes, path, *drift_rules(config))
     failures = sum(s == "failed" for o in outcomes for s in o.statuses.values())

@@ -148,12 +148,16 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
         rows = df.filter(~F.col(delete_flag)).drop(delete_flag) if delete_flag else df
         append(rows, config, name, tag=tag)
         return last_operation_metrics(spark, config, name)
-    if skip_unchanged and delete_flag is None:
-        same = [*keys, *(changed_columns if changed_columns is not None else df.columns)]
-        current = read(spark, config, name).select(*same)
+    same = list(dict.fromkeys([*keys, *(changed_columns if changed_columns is not None
+                                        else df.columns)]))
+    existing = read(spark, config, name)
+    if skip_unchanged and delete_flag is None and set(same) <= set(existing.columns):
+        current = existing.alias("t")
+        if target_filter:
+            current = current.filter(F.expr(target_filter))
         on = reduce(lambda a, b: a & b, [F.col(f"s.`{c}`").eqNullSafe(F.col(f"t.`{c}`"))
                                          for c in same])
-        df = df.alias("s").join(current.alias("t"), on, "left_anti")
+        df = df.alias("s").join(current.select(*same).alias("t"), on, "left_anti")
         if df.isEmpty():
             return {}
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)

@@ -19,7 +19,7 @@ def audited(spark: SparkSession, config: Config, run_id: str, job: str,
             table_name: str) -> Iterator[dict[str, Any]]:
     """Yield a dict to fill with counts; append it to the audit table on exit, failed or not."""
     row: dict[str, Any] = {"run_id": run_id, "job": job, "table_name": table_name,
-                           "started_at": datetime.now(UTC).replace(tzinfo=None)}
+                           "started_at": datetime.now(UTC)}
     start = time.monotonic()
     try:
         yield row

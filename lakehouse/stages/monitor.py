@@ -75,6 +75,8 @@ def reference_of(run_id: str) -> dict[str, FeatureReference] | None:
     Only a run that holds no reference gives None; an MLflow or storage error fails the task
     (retried as transient) rather than skipping the day's drift silently.
     """
+    if not run_id:  # a version registered without a run
+        return None
     folder = posixpath.dirname(REFERENCE_ARTIFACT)
     listed = {a.path for a in MlflowClient().list_artifacts(run_id, folder or None)}
     if REFERENCE_ARTIFACT not in listed:
@@ -135,7 +137,7 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
                  "threshold": c.threshold, "message": c.message(
                      f"{model['model_name']} v{model['model_version']}"),
                  "retrain": c.rule.retrain,
-                 "raised_at": datetime.now(UTC).replace(tzinfo=None),
+                 "raised_at": datetime.now(UTC),
                  "webhook_delivered": None, "webhook_attempts": None, "webhook_error": None,
                  "handled_by_run": None, "handled_on": None}
         log.error("ALERT %s: %s", c.alert_id, alert["message"])

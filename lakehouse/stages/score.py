@@ -114,7 +114,9 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         counts = {(r["role"], r["status"]): r["count"] for r in
                   predictions.groupBy("role", "status").count().collect()}
         metrics = tables.merge(spark, predictions, config, "delay_predictions", PREDICTION_KEYS,
-                               changed_columns=PREDICTION_VALUES, skip_unchanged=True)
+                               changed_columns=PREDICTION_VALUES, skip_unchanged=True,
+                               target_filter=f"t.flight_date BETWEEN DATE'{start}' AND "
+                                             f"DATE'{end}'")
         predictions.unpersist()
         retired = retire_others(spark, config, start, end, models)
         rows = sum(counts.values())
