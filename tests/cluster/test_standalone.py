@@ -211,7 +211,7 @@ def test_daily_job_on_a_standalone_cluster_equals_a_local_run_even_when_a_worker
     job = submit(workdir, "killed", MASTER, models_of="local")
     log = workdir / "killed.log"
     deadline = time.monotonic() + 900
-    while "stage silver: starting" not in log.read_text(errors="replace"):
+    while "task silver: starting" not in log.read_text(errors="replace"):
         assert job.poll() is None, log.read_text(errors="replace")[-4000:]
         assert time.monotonic() < deadline, "silver never started"
         time.sleep(0.1)
@@ -219,7 +219,7 @@ def test_daily_job_on_a_standalone_cluster_equals_a_local_run_even_when_a_worker
     before_kill = len(log.read_text(errors="replace"))
     cluster.kill_worker(0)
     output = finish(job, workdir, "killed")
-    assert "stage silver: done" in output[before_kill:], "silver was over before the kill"
+    assert "task silver: succeeded" in output[before_kill:], "silver was over before the kill"
     print("after the kill:", [line for line in output[before_kill:].splitlines()
                               if "Lost executor" in line or "retrying" in line][:5])
     assert len(cluster.alive(cluster.state())) == 1
