@@ -210,3 +210,25 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
     total = features.filter((F.col("flight_date") == "2013-01-17")
                             & F.col("tail_recorded")).count()
     assert monitored is not None and monitored["rows"] == known < total
+
+
+def test_a_former_champions_rescored_rows_become_previous(spark: SparkSession,
+                                                          tmp_path: Path) -> None:
+    from datetime import datetime
+
+    config = make_config(tmp_path)
+    rows = [(f"f{day}{n}", date(2013, 12, day), version, role)
+            for day in (1, 2) for n in range(2)
+            for version, role in (("1", "champion"), ("2", "challenger"))]
+    tables.overwrite(spark.createDataFrame(rows, "flight_id string, flight_date date, "
+                                                 "model_version string, role string")
+                     .withColumn("scored_at", F.lit(datetime(2013, 12, 3))),
+                     config, "delay_predictions")
+    promoted = [score.Scorer("flight_disruption", "2", "run-2", "champion", 0.5)]
+    assert score.retire_others(spark, config, "2013-12-02", "2013-12-02", promoted) == ["1"]
+    roles = {(r["flight_date"].day, r["model_version"], r["role"]) for r in
+             tables.read(spark, config, "delay_predictions").collect()}
+    # the 2nd was rescored by v2 (its own rows' role is the score MERGE's business);
+    # the 1st was not, and keeps its history as it was
+    assert roles == {(1, "1", "champion"), (1, "2", "challenger"), (2, "1", "previous"),
+                     (2, "2", "challenger")}
