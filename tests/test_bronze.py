@@ -223,6 +223,12 @@ def test_new_snapshot_replaces_reference_and_history_keeps_the_old(
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
     bronze.ingest_snapshot(spark, config, "planes", "run-1")
+    # the next day's dump repeats the loaded one byte for byte: noted, no new version
+    seed(landing, date(2013, 1, 2), date(2013, 1, 2))
+    repeated = bronze.ingest_snapshot(spark, config, "planes", "run-1b")
+    assert repeated.rows == 0 and repeated.unchanged == ["planes_2013-01-02.csv"]
+    assert "not loaded again" in repeated.notes()[0]
+    assert tables.version(spark, config, "bronze_planes") == 0
     old = landing / "reference" / "planes" / "planes_2013-01-01.csv"
     lines = old.read_text().splitlines()
     (old.parent / "planes_2013-02-01.csv").write_text("\n".join(lines[:-1]) + "\n")

@@ -181,6 +181,9 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
         return tables.last_operation_metrics(spark, config, name)
     wanted = ", ".join(f"DATE'{d.isoformat()}'" for d in plan_.dates)
     current = tables.read(spark, config, name).filter(f"flight_date IN ({wanted})")
+    if current.isEmpty():  # dates gold does not hold yet (a new day): nothing to compare
+        tables.append(rows, config, name, tag=tag)
+        return tables.last_operation_metrics(spark, config, name)
     keys = OUTPUTS[name]
     # Computed once: Delta's MERGE reads its source twice (to find the files it touches, then
     # to write), and most runs change nothing or only add a day.
