@@ -125,6 +125,18 @@ def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) 
     _save(writer, config.table(name))
 
 
+def insert_into_empty(df: DataFrame, config: Config, name: str, predicate: str,
+                      tag: str | None = None) -> None:
+    """Write rows into a slice of the table (predicate: SQL on its columns) that the caller
+    found empty, in one pass: Delta's replaceWhere, which removes nothing there, fails a
+    commit racing another writer's rows into the slice (a blind append would let both in) and
+    refuses rows outside the predicate."""
+    writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", predicate))
+    if tag is not None:
+        writer = writer.option("userMetadata", tag)
+    _save(writer, config.table(name))
+
+
 def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
           changed_columns: Iterable[str] | None = None, newer: str | None = None,
           target_filter: str | None = None, tag: str | None = None,

@@ -52,7 +52,7 @@ from lakehouse.bronze import (
 )
 from lakehouse.config import Config
 from lakehouse.seed import SNAPSHOT_SOURCES
-from lakehouse.stages.audit import audited
+from lakehouse.stages.audit import audit_batch, audited
 
 # Bronze is raw text read whole by the silver stream: min/max statistics on it would cost
 # every append and never skip a file.
@@ -454,7 +454,7 @@ def ingest_snapshot(spark: SparkSession, config: Config, source: str, run_id: st
         if same and same_bytes(spark, same[0], latest):
             # A daily dump that repeats the loaded one: the table already holds these exact
             # records, so no new version (silver and gold then have nothing to redo).
-            counts.files, counts.unchanged = 1, [base_name(latest)]
+            counts.unchanged = [base_name(latest)]  # files 0: nothing read or written
             return counts
     settings = {"format": "csv", **dict((config.section("bronze").get("references") or {})
                                         .get(source) or {})}
@@ -476,7 +476,7 @@ def ingest_snapshot(spark: SparkSession, config: Config, source: str, run_id: st
 
 def same_bytes(spark: SparkSession, first: str, second: str) -> bool:
     """Whether two landed files hold the same bytes (compared by SHA-256)."""
-    digests = {uri: hashlib.file_digest(stream, "sha256").hexdigest()
+    digests = {uri: hashlib.sha256(stream.read()).hexdigest()  # reference files: small
                for uri, stream in tables.landed_bytes(spark, [first, second])}
     return len(digests) == 2 and len(set(digests.values())) == 1
 
@@ -497,21 +497,22 @@ def run(spark: SparkSession, config: Config, run_id: str,
     thread each); one audit row per bronze table."""
 
     def audited_run(name: str, work: Callable[[], Counts]) -> dict[str, Any]:
-        with audited(spark, config, run_id, "bronze", name) as audit:
+        with audited(spark, config, run_id, "bronze", name, batch) as audit:
             audit_row(audit, spark, config, name, work())
             return dict(audit)
 
-    tables.create_audit(spark, config)  # before the threads append to it
-    results = [audited_run(f"bronze_{s}", partial(ingest_snapshot, spark, config, s, run_id))
-               for s in SNAPSHOT_SOURCES]
-    streamed = sources(config)
-    if not streamed:
-        return results
-    with ThreadPoolExecutor(len(streamed), thread_name_prefix="bronze") as pool:
-        futures = [pool.submit(audited_run, s.table,
-                               partial(ingest, spark, config, s, run_id, adopt))
-                   for s in streamed]
-    return results + [future.result() for future in futures]
+    with audit_batch(spark, config) as batch:
+        results = [audited_run(f"bronze_{s}",
+                               partial(ingest_snapshot, spark, config, s, run_id))
+                   for s in SNAPSHOT_SOURCES]
+        streamed = sources(config)
+        if not streamed:
+            return results
+        with ThreadPoolExecutor(len(streamed), thread_name_prefix="bronze") as pool:
+            futures = [pool.submit(audited_run, s.table,
+                                   partial(ingest, spark, config, s, run_id, adopt))
+                       for s in streamed]
+        return results + [future.result() for future in futures]
 
 
 def run_continuous(spark: SparkSession, config: Config, run_id: str,
@@ -525,11 +526,11 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
             if source.kind == "files":  # a folder to watch, even before anything has landed
                 tables.ensure_folder(os.path.join(config.landing, source.name))
 
-            def audit_batch(counts: Counts, table: str = source.table) -> None:
+            def audit_micro_batch(counts: Counts, table: str = source.table) -> None:
                 with audited(spark, config, run_id, "bronze", table) as audit:
                     audit_row(audit, spark, config, table, counts)
 
-            batches = Batches(spark, config, source, run_id, on_batch=audit_batch)
+            batches = Batches(spark, config, source, run_id, on_batch=audit_micro_batch)
             stack.enter_context(running(spark, config, source, batches, interval))
         spark.streams.resetTerminated()
         while not (until and until()):

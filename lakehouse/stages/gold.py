@@ -34,7 +34,7 @@ from lakehouse.gold_changes import (
 )
 from lakehouse.gold_docs import TABLE_COMMENTS, with_comments
 from lakehouse.lineage import GOLD_TAG
-from lakehouse.stages.audit import audited
+from lakehouse.stages.audit import audit_batch, audited
 
 log = logging.getLogger("lakehouse")
 INPUTS = ("silver_flights", "silver_weather", "silver_planes")
@@ -182,7 +182,7 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
     wanted = ", ".join(f"DATE'{d.isoformat()}'" for d in plan_.dates)
     current = tables.read(spark, config, name).filter(f"flight_date IN ({wanted})")
     if current.isEmpty():  # dates gold does not hold yet (a new day): nothing to compare
-        tables.append(rows, config, name, tag=tag)
+        tables.insert_into_empty(rows, config, name, f"flight_date IN ({wanted})", tag=tag)
         return tables.last_operation_metrics(spark, config, name)
     keys = OUTPUTS[name]
     # Computed once: Delta's MERGE reads its source twice (to find the files it touches, then
@@ -222,20 +222,22 @@ def run(spark: SparkSession, config: Config, run_id: str,
                                   "run_id": run_id})
     results: list[dict[str, Any]] = []
     seen: list[Changes] = []
-    for name in OUTPUTS:
-        with audited(spark, config, run_id, "gold", name) as audit:
-            plan_ = plan(spark, config, name, states[name], silver, settings, full, seen)
-            audit["version_read"] = silver.versions["silver_flights"]
-            if plan_.full or plan_.dates:
-                rows = build(silver, name, settings, None if plan_.full else plan_.dates)
-                audit["rows_out"] = rows_written(write(spark, config, name, rows, plan_, tag))
-            else:
-                audit["rows_out"] = 0
-            audit["version_written"] = tables.version(spark, config, name)
-            span = f"{plan_.dates[0]}..{plan_.dates[-1]}" if plan_.dates else "none"
-            audit["message"] = (f"full build: {plan_.reason}" if plan_.full else
-                                f"incremental: {len(plan_.dates)} flight date(s) recomputed "
-                                f"({span})")
-            log.info("gold.%s: %s", name, audit["message"])
-            results.append(dict(audit))
+    with audit_batch(spark, config) as batch:
+        for name in OUTPUTS:
+            with audited(spark, config, run_id, "gold", name, batch) as audit:
+                plan_ = plan(spark, config, name, states[name], silver, settings, full, seen)
+                audit["version_read"] = silver.versions["silver_flights"]
+                if plan_.full or plan_.dates:
+                    rows = build(silver, name, settings, None if plan_.full else plan_.dates)
+                    audit["rows_out"] = rows_written(write(spark, config, name, rows, plan_,
+                                                           tag))
+                else:
+                    audit["rows_out"] = 0
+                audit["version_written"] = tables.version(spark, config, name)
+                span = f"{plan_.dates[0]}..{plan_.dates[-1]}" if plan_.dates else "none"
+                audit["message"] = (f"full build: {plan_.reason}" if plan_.full else
+                                    f"incremental: {len(plan_.dates)} flight date(s) "
+                                    f"recomputed ({span})")
+                log.info("gold.%s: %s", name, audit["message"])
+                results.append(dict(audit))
     return results

@@ -44,7 +44,7 @@ from lakehouse.silver import (
     with_flight_times,
     with_weather_time,
 )
-from lakehouse.stages.audit import audited
+from lakehouse.stages.audit import audit_batch, audited
 
 
 def enforce_thresholds(contract: Contract, checked: DataFrame, counts: dict[str, int],
@@ -264,14 +264,15 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
     # Compared with the runs before this one: this run's own bronze rows are left out.
     settings = {**config.section("silver"),
                 "recent_rows_per_file": recent_rows_per_file(spark, config, exclude_run=run_id)}
-    for table, contract in contracts(settings).items():
-        with audited(spark, config, run_id, "silver", f"silver_{table}") as audit:
-            refine = refine_snapshot if table in SNAPSHOT_SOURCES else refine_stream
-            counts = refine(spark, config, contract, run_id)
-            warnings = counts.pop("batch_warnings", [])
-            audit.update(counts)
-            if warnings:
-                audit["message"] = f"batch rules warned: {sorted(set(warnings))}"
-            audit["version_written"] = tables.version(spark, config, f"silver_{table}")
-            results.append(dict(audit))
+    with audit_batch(spark, config) as batch:
+        for table, contract in contracts(settings).items():
+            with audited(spark, config, run_id, "silver", f"silver_{table}", batch) as audit:
+                refine = refine_snapshot if table in SNAPSHOT_SOURCES else refine_stream
+                counts = refine(spark, config, contract, run_id)
+                warnings = counts.pop("batch_warnings", [])
+                audit.update(counts)
+                if warnings:
+                    audit["message"] = f"batch rules warned: {sorted(set(warnings))}"
+                audit["version_written"] = tables.version(spark, config, f"silver_{table}")
+                results.append(dict(audit))
     return results
