@@ -171,3 +171,21 @@ def test_describe_prints_known_at_rules_comments_version_and_rows(
                    out.splitlines()), column
     assert main(["describe", "nope"]) == 2
     assert "unknown table 'nope'; configured tables are" in capsys.readouterr().err
+
+
+def test_a_new_day_is_written_into_its_dates_only(spark: SparkSession, config: Config) -> None:
+    """The new-day path (replaceWhere on the recomputed dates) adds the day's rows, keeps the
+    others, and refuses a row outside the dates instead of writing it."""
+    rows = spark.createDataFrame([("a", date(2013, 2, 1)), ("b", date(2013, 2, 2))],
+                                 "flight_id string, flight_date date")
+    tables.append(rows.filter("flight_date = DATE'2013-02-01'"), config, "route_daily_kpis")
+    day = "flight_date IN (DATE'2013-02-02', DATE'2013-02-03')"
+    tables.insert_into_empty(rows.filter("flight_date = DATE'2013-02-02'"), config,
+                             "route_daily_kpis", day, tag="t")
+    assert sorted(r[0] for r in tables.read(spark, config, "route_daily_kpis").collect()) == [
+        "a", "b"]
+    version = tables.version(spark, config, "route_daily_kpis")
+    with pytest.raises(Exception, match="REPLACE_WHERE"):
+        tables.insert_into_empty(rows.filter("flight_date = DATE'2013-02-01'"), config,
+                                 "route_daily_kpis", "flight_date = DATE'2013-02-04'")
+    assert tables.version(spark, config, "route_daily_kpis") == version
