@@ -1,6 +1,6 @@
 """Timing and recording of one audit row per table per job run.
 
-A job that audits several tables collects their rows in one `AuditBatch` and appends them in a
+A job that audits several tables collects their rows in one `audit_batch` and appends them in a
 single Delta commit when it ends, failed or not (one commit per table cost ~0.5 s each)."""
 
 from __future__ import annotations

@@ -171,8 +171,9 @@ def build(silver: Silver, name: str, settings: FeatureSettings,
 
 def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_: Plan,
           tag: str) -> dict[str, str]:
-    """Overwrite (full build, clustered by date so later MERGEs skip files) or MERGE what
-    changed in the recomputed dates: new and changed rows, and rows that are gone."""
+    """Overwrite (full build, clustered by date so later MERGEs skip files), write dates gold
+    holds no row of yet in one pass, or MERGE what changed in the recomputed dates: new and
+    changed rows, and rows that are gone."""
     if plan_.full:
         partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
         tables.overwrite(rows.repartitionByRange(partitions, "flight_date"), config, name, tag=tag)
