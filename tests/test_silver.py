@@ -122,6 +122,19 @@ def test_batch_with_too_many_missing_tail_numbers_halts(spark: SparkSession,
     assert {t: tables.version(spark, config, t) for t in versions} == versions
 
 
+def test_cancelled_flights_without_a_tail_do_not_halt_the_batch(
+        spark: SparkSession, with_references: Config) -> None:
+    # A storm day (e.g. 2013-12-10: 55 of 943 flights without a tail, each one cancelled): the
+    # tail-number rule counts the flights that departed only.
+    cancelled = [flight(flight=str(4000 + i), dep_time="NA", dep_delay="NA", arr_time="NA",
+                        arr_delay="NA", air_time="NA", tailnum="NA") for i in range(4)]
+    counts = refine_batch(spark, with_references, CONTRACTS["flights"],
+                          bronze_rows(spark, "flights", [*good_flights(16), *cancelled]), 1)
+    assert counts["rows_out"] == 20 and counts["rows_quarantined"] == 0
+    written = tables.read(spark, with_references, "silver_flights")
+    assert written.filter(F.col("tailnum").isNull() & F.col("cancelled")).count() == 4
+
+
 def test_renamed_column_fails_naming_it(spark: SparkSession, with_references: Config) -> None:
     batch = bronze_rows(spark, "flights", good_flights(3)).withColumnRenamed("dest", "destination")
     with pytest.raises(MissingColumnsError, match=r"lacks columns \['dest'\].*destination"):
