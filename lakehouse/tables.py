@@ -140,7 +140,8 @@ def insert_into_empty(df: DataFrame, config: Config, name: str, predicate: str,
 def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
           changed_columns: Iterable[str] | None = None, newer: str | None = None,
           target_filter: str | None = None, tag: str | None = None,
-          delete_flag: str | None = None, skip_unchanged: bool = False) -> dict[str, str]:
+          delete_flag: str | None = None, skip_unchanged: bool = False,
+          insert_only: bool = False) -> dict[str, str]:
     """Upsert df into the table on its natural key; create the table on first use.
 
     Matched rows are updated only where one of changed_columns differs, so re-running the same
@@ -155,6 +156,11 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     with nothing left commits nothing: Delta's MERGE rewrites every file holding a matched row
     even when no clause updates it. Returns Delta's operation metrics of the commit (empty
     when nothing was committed).
+
+    With insert_only, rows whose key the table holds are left as they are and nothing is
+    compared: for a slice the caller found empty (e.g. a new day), Delta's insert-only MERGE
+    writes the rows in one pass, deletes nothing, still conflicts with a writer racing rows into
+    the slice and evolves the schema as above.
     """
     if not exists(spark, config, name):
         rows = df.filter(~F.col(delete_flag)).drop(delete_flag) if delete_flag else df
@@ -163,7 +169,8 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     same = list(dict.fromkeys([*keys, *(changed_columns if changed_columns is not None
                                         else df.columns)]))
     existing = read(spark, config, name)
-    if skip_unchanged and delete_flag is None and set(same) <= set(existing.columns):
+    if (skip_unchanged and not insert_only and delete_flag is None
+            and set(same) <= set(existing.columns)):
         current = existing.alias("t")
         if target_filter:
             current = current.filter(F.expr(target_filter))
@@ -185,7 +192,9 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     if newer is not None and differs and newer in target.toDF().columns:
         differs = f"({differs}) AND NOT coalesce(s.`{newer}` < t.`{newer}`, false)"
     builder = target.alias("t").merge(df.alias("s"), condition).withSchemaEvolution()
-    if delete_flag:
+    if insert_only:
+        builder = builder.whenNotMatchedInsertAll()
+    elif delete_flag:
         columns: dict[str, str | Column] = {f"`{c}`": f"s.`{c}`" for c in df.columns
                                             if c != delete_flag}
         builder = (builder.whenMatchedDelete(condition=f"s.`{delete_flag}`")

@@ -194,9 +194,25 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
             .select("model_version", "role").distinct().collect()}
         assert roles == {(first["version"], "previous"),
                          (retrained["version"], "champion")}
+    # the 16th and the 17th, dates the existing table held no row of, were each written by an
+    # insert-only MERGE (nothing compared, nothing deleted): the first version's rows of the day
+    inserts = {d: int(r["metrics"]["numTargetRowsInserted"]) for r in tables.delta_table(
+        spark, config, "delay_predictions").history().filter(
+        (F.col("operation") == "MERGE")
+        & (F.col("operationParameters.matchedPredicates") == "[]"))
+        .select(F.col("operationParameters.predicate").alias("predicate"),
+                F.col("operationMetrics").alias("metrics")).collect()
+        for d in ("2013-01-15", "2013-01-16", "2013-01-17") if d in r["predicate"]}
+    first_rows = {d: tables.read(spark, config, "delay_predictions").filter(
+        (F.col("flight_date") == d) & (F.col("model_version") == first["version"])).count()
+        for d in ("2013-01-16", "2013-01-17")}
+    assert inserts == first_rows and all(first_rows.values()), (inserts, first_rows)
     # a rerun of scoring with the same models changes no row
     version = tables.version(spark, config, "delay_predictions")
     score.run(spark, config, "again", "2013-01-17", "2013-01-17")
+    assert tables.version(spark, config, "delay_predictions") == version
+    # and a day without flights landed yet commits nothing
+    assert score.run(spark, config, "early", "2013-01-18", "2013-01-18")["rows"] == 0
     assert tables.version(spark, config, "delay_predictions") == version
     # realized quality counts only outcomes known by the end of the monitored day
     monitored = tables.read(spark, config, "model_monitoring").filter(

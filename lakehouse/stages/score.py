@@ -1,5 +1,6 @@
 """Score stage: the champion, and a challenger in shadow, score a date range into
-gold.delay_predictions, one row per flight and model version (MERGE)."""
+gold.delay_predictions, one row per flight and model version (MERGE; insert-only for dates the
+table holds no row of yet)."""
 
 from __future__ import annotations
 
@@ -113,12 +114,17 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         predictions = predictions.persist()
         counts = {(r["role"], r["status"]): r["count"] for r in
                   predictions.groupBy("role", "status").count().collect()}
+        window = f"flight_date BETWEEN DATE'{start}' AND DATE'{end}'"
+        existed = tables.exists(spark, config, "delay_predictions")
+        # no row in the range yet (a new day): nothing to compare or retire
+        empty = existed and tables.read(spark, config, "delay_predictions").filter(
+            window).isEmpty()
         metrics = tables.merge(spark, predictions, config, "delay_predictions", PREDICTION_KEYS,
                                changed_columns=PREDICTION_VALUES, skip_unchanged=True,
-                               target_filter=f"t.flight_date BETWEEN DATE'{start}' AND "
-                                             f"DATE'{end}'")
+                               target_filter=f"t.{window}", insert_only=empty) if counts else {}
+        retired = retire_others(spark, config, start, end, models) if existed and not empty \
+            else []
         predictions.unpersist()
-        retired = retire_others(spark, config, start, end, models)
         rows = sum(counts.values())
         scored = sum(n for (_, status), n in counts.items() if status == "scored")
         audit.update(rows_in=rows, rows_out=scored, rows_quarantined=rows - scored,
