@@ -162,6 +162,9 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     writes the rows in one pass, deletes nothing, still conflicts with a writer racing rows into
     the slice and evolves the schema as above.
     """
+    if insert_only and (delete_flag or newer):
+        raise ValueError("merge: insert_only inserts new keys only; it takes no delete_flag "
+                         "or newer")
     if not exists(spark, config, name):
         rows = df.filter(~F.col(delete_flag)).drop(delete_flag) if delete_flag else df
         append(rows, config, name, tag=tag)

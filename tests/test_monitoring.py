@@ -129,6 +129,9 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
         # lineage: the silver versions gold was built from, recorded by the gold job
         params = MlflowClient().get_run(first["run_id"]).data.params
         assert {t: int(params[f"{t}_delta_version"]) for t in silver_read} == silver_read
+        # scoring a day not landed yet creates the predictions table, empty, and nothing else
+        assert score.run(spark, config, "early", "2013-01-15", "2013-01-15")["rows"] == 0
+        assert tables.read(spark, config, "delay_predictions").count() == 0
         # Temperatures of the 17th shifted by +15 °F in the landed file (a sensor gone wrong).
         # The days' mean temperature of flights, in the reference's standard deviations: the
         # 15th -0.7, the 16th -1.3, the 17th 0.0 (3.0 shifted); the threshold is 2.0.
@@ -194,8 +197,8 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
             .select("model_version", "role").distinct().collect()}
         assert roles == {(first["version"], "previous"),
                          (retrained["version"], "champion")}
-    # the 16th and the 17th, dates the existing table held no row of, were each written by an
-    # insert-only MERGE (nothing compared, nothing deleted): the first version's rows of the day
+    # each replayed day, a date the existing table held no row of, was written by an insert-only
+    # MERGE (nothing compared, nothing deleted): the first version's rows of the day
     inserts = {d: int(r["metrics"]["numTargetRowsInserted"]) for r in tables.delta_table(
         spark, config, "delay_predictions").history().filter(
         (F.col("operation") == "MERGE")
@@ -205,7 +208,7 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
         for d in ("2013-01-15", "2013-01-16", "2013-01-17") if d in r["predicate"]}
     first_rows = {d: tables.read(spark, config, "delay_predictions").filter(
         (F.col("flight_date") == d) & (F.col("model_version") == first["version"])).count()
-        for d in ("2013-01-16", "2013-01-17")}
+        for d in ("2013-01-15", "2013-01-16", "2013-01-17")}
     assert inserts == first_rows and all(first_rows.values()), (inserts, first_rows)
     # a rerun of scoring with the same models changes no row
     version = tables.version(spark, config, "delay_predictions")

@@ -134,11 +134,13 @@ def flights_contract(settings: dict[str, Any]) -> Contract:
              "tailnum IS NOT NULL", action="warn"),
     ]
     batch = [unique_key(KEYS["flights"]),
-             # Among flights that departed: a cancelled flight often has no tail assigned
-             # (every one of 2013's 2,512 flights without a tail was cancelled, and a storm
-             # day such as 2013-12-10 cancels more than 5% of the day's flights).
+             # Flights known to be cancelled are not counted: a cancelled flight often has no
+             # tail assigned (every one of 2013's 2,512 flights without a tail was cancelled,
+             # and a storm day such as 2013-12-10 cancels more than 5% of the day's flights).
+             # Schedule events (outcome not known yet, cancelled null) are counted as before.
              max_null_share("tailnum", float(settings.get("max_tailnum_null_share", 0.05)),
-                            among="cancelled = false", rows_named="departed flights"),
+                            among="NOT coalesce(cancelled, false)",
+                            rows_named="flights not known to be cancelled"),
              *rows_per_file_vs_recent("flights", settings)]
     return Contract("flights", FlightsModel, KEYS["flights"], tuple(rules), tuple(batch))
 

@@ -116,14 +116,15 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
                   predictions.groupBy("role", "status").count().collect()}
         window = f"flight_date BETWEEN DATE'{start}' AND DATE'{end}'"
         existed = tables.exists(spark, config, "delay_predictions")
-        # no row in the range yet (a new day): nothing to compare or retire
+        # no row in the range yet (a new day): nothing to compare
         empty = existed and tables.read(spark, config, "delay_predictions").filter(
             window).isEmpty()
         metrics = tables.merge(spark, predictions, config, "delay_predictions", PREDICTION_KEYS,
                                changed_columns=PREDICTION_VALUES, skip_unchanged=True,
-                               target_filter=f"t.{window}", insert_only=empty) if counts else {}
-        retired = retire_others(spark, config, start, end, models) if existed and not empty \
-            else []
+                               target_filter=f"t.{window}", insert_only=empty) \
+            if counts or not existed else {}  # no flights: nothing to write (but create it)
+        # also after an insert: another job may have scored the range since it looked empty
+        retired = retire_others(spark, config, start, end, models) if existed else []
         predictions.unpersist()
         rows = sum(counts.values())
         scored = sum(n for (_, status), n in counts.items() if status == "scored")
