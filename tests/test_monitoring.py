@@ -251,3 +251,10 @@ def test_a_former_champions_rescored_rows_become_previous(spark: SparkSession,
     # the 1st was not, and keeps its history as it was
     assert roles == {(1, "1", "champion"), (1, "2", "challenger"), (2, "1", "previous"),
                      (2, "2", "challenger")}
+
+
+def test_an_insert_only_merge_refuses_deletes_and_newer() -> None:
+    for extra in ({"delete_flag": "_delete"}, {"newer": "scored_at"}):
+        with pytest.raises(ValueError, match="insert_only inserts new keys only"):
+            tables.merge(None, None, None, "delay_predictions", ("flight_id",),  # type: ignore[arg-type]
+                         insert_only=True, **extra)
