@@ -163,6 +163,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 doc["state"] = JOB_STATE_RUNNING
                 trials.insert_trial_docs([doc])
                 trials.refresh()
+                # the stored doc, not ours: insert_trial_docs keeps a copy when bson is
+                # importable (SONify), and a result set on ours would never reach TPE
+                doc = next(t for t in trials.trials if t["tid"] == doc["tid"])
                 values = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
                 submitted += 1
                 running[pool.submit(run, submitted, space_eval(space, values))] = doc

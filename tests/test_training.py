@@ -160,6 +160,29 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on() -> None:
     assert any(t.ok for t in trials)
 
 
+@pytest.mark.parametrize("copying", [False, True], ids=["as-is", "sonify-copies"])
+def test_tpe_learns_from_finished_trials(copying: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the random start, TPE's suggestions follow the results: one family scores far
+    better, so most later trials pick it. With bson importable Hyperopt stores a copy of each
+    trial (SONify); the search must set results on the stored trial, not its own."""
+    import copy
+
+    import hyperopt.base
+
+    if copying:
+        monkeypatch.setattr(hyperopt.base, "SONify", lambda arg, memo=None: copy.deepcopy(arg))
+    space = search_space(["logistic_regression", "random_forest", "gbt"], {}, ["none"])
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        return (0.9 if family == "gbt" else 0.5), {}
+
+    trials = search(objective, space, Budget(max_evals=30, timeout_s=60, early_stop_trials=100,
+                                             startup_trials=6), seed=1)
+    later = [t.family for t in trials if t.number > 6]
+    assert later.count("gbt") >= 0.6 * len(later), later
+
+
 def test_search_stops_early_when_the_best_does_not_improve() -> None:
     space = search_space(["logistic_regression"], {}, ["none"])
     trials = search(lambda *_: (0.7, {}), space, Budget(max_evals=30, timeout_s=60,
