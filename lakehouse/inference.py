@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from lakehouse.evaluation import positive_probability
 from lakehouse.features import TAIL_RECORDED
 
-PREDICTION_KEYS = ("flight_id", "model_version")
+PREDICTION_KEYS = ("flight_id", "model_name", "model_version")  # versions restart per model name
 # Columns whose change makes a re-score update a prediction row (scored_at and the features
 # version read alone do not): a rerun with the same model changes no row.
 PREDICTION_VALUES = ("probability", "predicted_disrupted", "threshold", "status", "reason",

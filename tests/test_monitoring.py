@@ -20,7 +20,7 @@ from lakehouse.alert_rules import AlertRuleError, raised_on, rules_from_conf
 from lakehouse.monitoring import end_of_day
 from lakehouse.replay import replay_day
 from lakehouse.seed import daily_path, seed
-from lakehouse.stages import score, train
+from lakehouse.stages import monitor, score, train
 from tests import snapshot
 from tests.conftest import make_config
 
@@ -77,7 +77,16 @@ def test_bad_alert_rules_are_named() -> None:
     with pytest.raises(AlertRuleError, match=r"monitor\.alerts\.drift: unknown rule"):
         rules_from_conf({"drift": {}})
     with pytest.raises(AlertRuleError, match=r"feature_drift\.metric: 'ks' unknown"):
-        rules_from_conf({"feature_drift": {"metric": "ks"}})
+        rules_from_conf({"feature_drift": {"metric": "ks", "above": 0.2}})
+    # a rule without its threshold would fire every day (and keep retraining due)
+    with pytest.raises(AlertRuleError, match=r"prediction_drift\.above: expected a number > 0"):
+        rules_from_conf({"prediction_drift": {"metric": "psi", "persist_days": 2}})
+    with pytest.raises(AlertRuleError, match=r"quality_drop\.below_training_by: expected"):
+        rules_from_conf({"quality_drop": {"above": 0.05}})
+    with pytest.raises(AlertRuleError, match=r"calibration: unknown keys \['abvoe'\]"):
+        rules_from_conf({"calibration": {"abvoe": 0.1}})
+    with pytest.raises(AlertRuleError, match=r"calibration\.persist_days: expected a whole"):
+        rules_from_conf({"calibration": {"above": 0.1, "persist_days": 0}})
 
 
 class Webhook(BaseHTTPRequestHandler):
@@ -236,21 +245,28 @@ def test_a_former_champions_rescored_rows_become_previous(spark: SparkSession,
     from datetime import datetime
 
     config = make_config(tmp_path)
-    rows = [(f"f{day}{n}", date(2013, 12, day), version, role)
+    rows = [(f"f{day}{n}", date(2013, 12, day), name, version, role)
             for day in (1, 2) for n in range(2)
-            for version, role in (("1", "champion"), ("2", "challenger"))]
+            for name, version, role in (("flight_disruption", "1", "champion"),
+                                        ("flight_disruption", "2", "challenger"),
+                                        # versions restart per model name: another model's
+                                        # v2 is not the current v2
+                                        ("earlier_model", "2", "champion"))]
     tables.overwrite(spark.createDataFrame(rows, "flight_id string, flight_date date, "
-                                                 "model_version string, role string")
+                                                 "model_name string, model_version string, "
+                                                 "role string")
                      .withColumn("scored_at", F.lit(datetime(2013, 12, 3))),
                      config, "delay_predictions")
     promoted = [score.Scorer("flight_disruption", "2", "run-2", "champion", 0.5)]
-    assert score.retire_others(spark, config, "2013-12-02", "2013-12-02", promoted) == ["1"]
-    roles = {(r["flight_date"].day, r["model_version"], r["role"]) for r in
+    assert score.retire_others(spark, config, "2013-12-02", "2013-12-02",
+                               promoted) == ["1", "2"]
+    roles = {(r["flight_date"].day, r["model_name"][0], r["model_version"], r["role"]) for r in
              tables.read(spark, config, "delay_predictions").collect()}
     # the 2nd was rescored by v2 (its own rows' role is the score MERGE's business);
     # the 1st was not, and keeps its history as it was
-    assert roles == {(1, "1", "champion"), (1, "2", "challenger"), (2, "1", "previous"),
-                     (2, "2", "challenger")}
+    assert roles == {(1, "f", "1", "champion"), (1, "f", "2", "challenger"),
+                     (1, "e", "2", "champion"), (2, "f", "1", "previous"),
+                     (2, "f", "2", "challenger"), (2, "e", "2", "previous")}
 
 
 def test_an_insert_only_merge_refuses_deletes_and_newer() -> None:
@@ -258,3 +274,15 @@ def test_an_insert_only_merge_refuses_deletes_and_newer() -> None:
         with pytest.raises(ValueError, match="insert_only inserts new keys only"):
             tables.merge(None, None, None, "delay_predictions", ("flight_id",),  # type: ignore[arg-type]
                          insert_only=True, **extra)
+
+
+def test_monitor_before_anything_was_scored_succeeds_and_says_so(spark: SparkSession,
+                                                                  tmp_path: Path) -> None:
+    """On a first scheduled run there is no champion, so nothing is scored: the monitor task
+    (a separate task on Databricks) must not fail, or the train task after it never runs."""
+    config = make_config(tmp_path)
+    result = monitor.run(spark, config, "first-run", "2013-12-02")
+    assert result["models"] == [] and result["values"] == 0 and not result["retrain_due"]
+    assert not tables.exists(spark, config, "model_monitoring")
+    audit = tables.read(spark, config, "audit").filter(F.col("job") == "monitor").collect()
+    assert len(audit) == 1 and "nothing scored yet" in audit[0]["message"]

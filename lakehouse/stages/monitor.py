@@ -12,7 +12,7 @@ from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -34,7 +34,7 @@ from lakehouse.stages.audit import audited
 from lakehouse.stages.train import REFERENCE_ARTIFACT
 
 log = logging.getLogger("lakehouse")
-MONITOR_KEYS = ("monitored_date", "model_version", "window", "metric", "subject")
+MONITOR_KEYS = ("monitored_date", "model_name", "model_version", "window", "metric", "subject")
 MONITOR_SCHEMA = T.StructType([
     T.StructField("monitored_date", T.DateType(), False),
     T.StructField("model_name", T.StringType(), False),
@@ -85,11 +85,17 @@ def reference_of(run_id: str) -> dict[str, FeatureReference] | None:
     return references_from_json(Path(path).read_text())
 
 
-def day_rows(predictions: DataFrame, features: DataFrame, day: date, version: str) -> DataFrame:
+def of_model(model: Any) -> Column:
+    """The rows of one registered model version (versions restart per model name)."""
+    same: Column = ((F.col("model_name") == model["model_name"])
+                    & (F.col("model_version") == model["model_version"]))
+    return same
+
+
+def day_rows(predictions: DataFrame, features: DataFrame, day: date, model: Any) -> DataFrame:
     """A model's scored flights of the day with their features and the probability."""
     inputs = features.select("flight_id", *CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
-    return (predictions.filter((F.col("flight_date") == F.lit(day))
-                               & (F.col("model_version") == version)
+    return (predictions.filter((F.col("flight_date") == F.lit(day)) & of_model(model)
                                & (F.col("status") == "scored")
                                # the population of the training reference: a flight without a
                                # recorded tail (all cancelled in 2013) is scored but flagged
@@ -105,10 +111,9 @@ def measure(spark: SparkSession, predictions: DataFrame, features: DataFrame, da
     rows: list[dict[str, Any]] = []
     refs = reference_of(model["model_run_id"])
     if refs is not None:
-        rows += drift_rows(day_rows(predictions, features, day, model["model_version"]), refs)
+        rows += drift_rows(day_rows(predictions, features, day, model), refs)
     days = [day - timedelta(days=i) for i in range(settings.trailing_days - 1, -1, -1)]
-    window = predictions.filter((F.col("model_version") == model["model_version"])
-                                & F.col("flight_date").isin(days))
+    window = predictions.filter(of_model(model) & F.col("flight_date").isin(days))
     rows += quality_rows(labeled(window, features, as_of), days, day)
     for row in rows:
         row.update(model_name=model["model_name"], model_version=model["model_version"],
@@ -197,6 +202,13 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
     as_of = as_of or end_of_day(when, settings.home_timezone)
     registry.configure(config)
     with audited(spark, config, run_id, "monitor", "model_monitoring") as audit:
+        if not tables.exists(spark, config, "delay_predictions"):
+            # nothing scored yet (no champion on a first run): nothing to monitor, and no
+            # error, so a scheduler's train task after this one still runs
+            audit.update(rows_out=0, message=f"{day}: nothing scored yet (no delay_predictions)")
+            return {"day": day, "as_of": as_of, "models": [], "values": 0, "alerts": [],
+                    "retrain_due": False, "retrain_reason": "nothing scored yet",
+                    "retrain_alerts": ()}
         predictions = tables.read(spark, config, "delay_predictions")
         features = tables.read(spark, config, "flight_features")
         # the versions holding an alias for the day's flights (not those a promotion retired)
@@ -221,8 +233,7 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
         new: list[dict[str, Any]] = []
         if champion is not None:
             history = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
-                (F.col("model_version") == champion["model_version"])
-                & (F.col("monitored_date") <= F.lit(when))).collect()]
+                of_model(champion) & (F.col("monitored_date") <= F.lit(when))).collect()]
             crossings = raised_on(when, history, rules_from_conf(conf.get("alerts") or {}),
                                   training_auc(champion["model_run_id"]), settings.min_labeled)
             new = raise_alerts(spark, config, crossings, champion, conf)

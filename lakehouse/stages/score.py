@@ -78,17 +78,19 @@ def retire_others(spark: SparkSession, config: Config, start: str, end: str,
     """In the scored range, only the current champion's and challenger's rows keep those roles:
     an earlier version's rows (kept as history) become role 'previous', so a reader filtering
     role = 'champion' sees one prediction per flight. Returns the versions retired."""
-    current = [m.version for m in models]
+    # a version is current only under its own model name (versions restart per name)
+    key = F.concat_ws("/", "model_name", "model_version")
+    current = [f"{m.name}/{m.version}" for m in models]
     stale = (between(start, end)(tables.read(spark, config, "delay_predictions"))
              .filter(F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
-                     & ~F.col("model_version").isin(current)))
+                     & ~key.isin(current)))
     versions = sorted({r[0] for r in stale.select("model_version").distinct().collect()})
     if versions:
         tables.update(spark, config, "delay_predictions",
                       F.col("flight_date").between(F.lit(start).cast("date"),
                                                    F.lit(end).cast("date"))
                       & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
-                      & F.col("model_version").isin(versions), {"role": F.lit(PREVIOUS)})
+                      & ~key.isin(current), {"role": F.lit(PREVIOUS)})
     return versions
 
 
