@@ -124,6 +124,28 @@ def test_no_date_falls_in_two_of_fit_validation_and_holdout() -> None:
             Windows(**{**WINDOWS, **bad})
 
 
+def test_the_gate_leaves_out_days_the_champion_was_trained_on(spark: SparkSession) -> None:
+    """A champion retrained later than the new model's holdout starts is scored only on the
+    days after its own training window (the same rows for both models); a champion trained
+    on the whole gate window, or a misspelt gate_window, fails before any tuning."""
+    days = [date(2013, 11, 1) + timedelta(days=i) for i in range(61)]
+    features = spark.createDataFrame([(d, True, i % 2) for i, d in enumerate(days)],
+                                     "flight_date date, tail_recorded boolean, disrupted int")
+    windows = Windows("2013-01-01", "2013-10-31", "2013-10-01", "2013-11-01", "2013-12-31")
+    rows, window = train.gate_rows(features, windows, {"gate_window": "holdout"}, "2013-10-31")
+    assert window == "2013-11-01..2013-12-31" and rows.count() == 61
+    rows, window = train.gate_rows(features, windows, {"gate_window": "holdout"}, "2013-12-01")
+    assert window == "2013-12-02..2013-12-31"
+    assert rows.agg(F.min("flight_date")).first()[0] == date(2013, 12, 2) and rows.count() == 30
+    rows, window = train.gate_rows(features, windows, {"gate_window": "recent",
+                                                       "gate_recent_days": 14}, "2013-12-01")
+    assert window == "2013-12-18..2013-12-31" and rows.count() == 14
+    with pytest.raises(train.GateError, match=r"trained on days up to 2013-12-31"):
+        train.gate_rows(features, windows, {"gate_window": "holdout"}, "2013-12-31")
+    with pytest.raises(ValueError, match=r"train.gate_window: expected holdout or recent"):
+        train.gate_rows(features, windows, {"gate_window": "recnt"})
+
+
 def test_gate_decision_needs_the_margin() -> None:
     assert registry.decide(0.70, None, None, 0.002).promoted  # the first model
     assert registry.decide(0.703, "1", 0.700, 0.002).promoted

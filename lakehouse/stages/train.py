@@ -71,16 +71,35 @@ def trial_logger(parent_run_id: str, experiment_id: str):  # type: ignore[no-unt
     return log_trial
 
 
-def gate_rows(features: DataFrame, windows: Windows, settings: dict[str, Any]) -> tuple[
-        DataFrame, str]:
-    """The labeled window both models are scored on: the holdout, or its last N days."""
+def gate_rows(features: DataFrame, windows: Windows, settings: dict[str, Any],
+              champion_trained_to: str | None = None) -> tuple[DataFrame, str]:
+    """The labeled window both models are scored on: the holdout, or its last N days; in
+    either case only days after the champion's training window (a champion scored on days it
+    was fitted on would look better than it is)."""
     start, end = windows.holdout_from, windows.holdout_to
-    if settings.get("gate_window", "holdout") == "recent":
+    kind = settings.get("gate_window", "holdout")
+    if kind not in ("holdout", "recent"):
+        raise ValueError(f"train.gate_window: expected holdout or recent, got {kind!r}")
+    if kind == "recent":
         days = int(settings["gate_recent_days"])
         start = max(start, (date.fromisoformat(end) - timedelta(days=days - 1)).isoformat())
+    if champion_trained_to is not None and champion_trained_to >= start:
+        start = (date.fromisoformat(champion_trained_to) + timedelta(days=1)).isoformat()
+        if start > end:
+            raise GateError(f"the champion was trained on days up to {champion_trained_to}, "
+                            f"which covers the whole gate window (..{end}): no day scores both "
+                            f"models on rows neither was fitted on; train with a holdout "
+                            f"after {champion_trained_to}")
     rows = features.filter(F.col(TAIL_RECORDED) & F.col(LABEL).isNotNull()).transform(
         between(start, end))
     return rows, f"{start}..{end}"
+
+
+def trained_to(version: Any) -> str | None:
+    """The last day of a registered version's training window, as its run logged it."""
+    if version is None or not getattr(version, "run_id", None):
+        return None
+    return MlflowClient().get_run(version.run_id).data.params.get("window_train_to")
 
 
 def champion_auc(name: str, version: str, rows: DataFrame) -> float:
@@ -164,6 +183,8 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
         features = tables.read(spark, config, "flight_features", version=features_version)
         if labels_known_at is not None:
             features = features.filter(F.col("known_at_utc") <= F.lit(labels_known_at))
+        # before tuning: a gate that cannot compare fails the job before its longest step
+        rows, window = gate_rows(features, windows, settings, trained_to(current))
         with mlflow.start_run(run_name=f"tune-{run_id}") as parent:
             mlflow.set_tags({"lakehouse.run_id": run_id, "code_version": code_version()})
             mlflow.log_params({
@@ -199,7 +220,6 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
                                                                windows)),
                             REFERENCE_ARTIFACT)
 
-            rows, window = gate_rows(features, windows, settings)
             new_auc = (result.holdout.auc_roc() if window == f"{windows.holdout_from}.."
                        f"{windows.holdout_to}" else scored_histogram(result.model, rows).auc_roc())
             old_auc = champion_auc(name, str(current.version), rows) if current else None
