@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 __all__ = ["STATUSES", "DagError", "Task", "TaskResult", "failed", "order", "run_dag",
@@ -105,22 +106,22 @@ def order(tasks: Sequence[Task]) -> list[Task]:
     return ordered
 
 
-def _attempts(task: Task, is_permanent: Callable[[BaseException], bool],
-              backoff_s: Callable[[int], float],
+def _attempts(name: str, call: Callable[[], Any], retries: int,
+              is_permanent: Callable[[BaseException], bool], backoff_s: Callable[[int], float],
               sleep: Callable[[float], Any]) -> tuple[str, int, Any, Exception | None]:
-    """Run a task with its retries: status, attempts made, return value, last error."""
-    for attempt in range(task.retries + 1):
+    """Call with retries: status, attempts made, return value, last error."""
+    for attempt in range(retries + 1):
         try:
-            return "succeeded", attempt + 1, task.run(), None
+            return "succeeded", attempt + 1, call(), None
         except Exception as error:
-            if is_permanent(error) or attempt == task.retries:
+            if is_permanent(error) or attempt == retries:
                 kind = "permanent" if is_permanent(error) else "transient, no retry left"
-                log.error("task %s: attempt %d failed (%s): %r", task.name, attempt + 1, kind,
+                log.error("task %s: attempt %d failed (%s): %r", name, attempt + 1, kind,
                           error, exc_info=error)
                 return "failed", attempt + 1, None, error
             wait = backoff_s(attempt)
-            log.warning("task %s: attempt %d of %d failed (%r); retrying in %.1f s", task.name,
-                        attempt + 1, task.retries + 1, error, wait)
+            log.warning("task %s: attempt %d of %d failed (%r); retrying in %.1f s", name,
+                        attempt + 1, retries + 1, error, wait)
             sleep(wait)
     raise AssertionError("unreachable: the last attempt returns")
 
@@ -149,19 +150,23 @@ def run_dag(tasks: Sequence[Task], is_permanent: Callable[[BaseException], bool]
             log.warning("task %s: upstream_failed (%s)", task.name, ", ".join(stopped))
             continue
         started = time.monotonic()
-        try:
-            reason = task.when(dict(results)) if task.when else None
-        except Exception as error:  # a broken condition is the task's failure, not retried
-            log.error("task %s: its condition failed: %r", task.name, error, exc_info=error)
-            results[task.name] = TaskResult(task.name, "failed", 0, None, error,
-                                            time.monotonic() - started, "condition failed")
-            continue
+        reason = None
+        if task.when is not None:
+            # a condition may ask the registry or a table: retried like the task itself
+            status, _, reason, error = _attempts(f"{task.name} (condition)",
+                                                 partial(task.when, dict(results)), task.retries,
+                                                 is_permanent, backoff_s, sleep)
+            if status == "failed":
+                results[task.name] = TaskResult(task.name, "failed", 0, None, error,
+                                                time.monotonic() - started, "condition failed")
+                continue
         if reason is not None:
             results[task.name] = TaskResult(task.name, "skipped", 0, None, None, 0.0, reason)
             log.info("task %s: skipped (%s)", task.name, reason)
             continue
         log.info("task %s: starting", task.name)
-        status, attempts, value, last_error = _attempts(task, is_permanent, backoff_s, sleep)
+        status, attempts, value, last_error = _attempts(task.name, task.run, task.retries,
+                                                        is_permanent, backoff_s, sleep)
         seconds = time.monotonic() - started
         results[task.name] = TaskResult(task.name, status, attempts, value, last_error, seconds,
                                         None)

@@ -136,6 +136,29 @@ def test_a_broken_condition_fails_its_task() -> None:
     assert isinstance(results["a"].error, KeyError) and rec.calls == []
 
 
+def test_a_condition_failing_transiently_is_retried_a_data_error_in_it_is_not() -> None:
+    """A condition asks the registry or a table (is there a champion? is retraining due?):
+    a transient error there is retried like the task; a data error fails the task at once."""
+    rec = Recorder()
+    asked: list[str] = []
+
+    def flaky(results: dict[str, TaskResult]) -> str | None:
+        asked.append("train")
+        if len(asked) == 1:
+            raise ConnectionError("registry: 503")
+        return None
+
+    def broken(results: dict[str, TaskResult]) -> str | None:
+        asked.append("score")
+        raise DataError("alerts table unreadable")
+
+    results = rec.run([rec.task("train", retries=2, when=flaky),
+                       rec.task("score", "train", retries=2, when=broken)])
+    assert statuses(results) == {"train": "succeeded", "score": "failed"}
+    assert asked == ["train", "train", "score"] and rec.calls == ["train"]
+    assert len(rec.waits) == 1 and isinstance(results["score"].error, DataError)
+
+
 @pytest.mark.parametrize(("tasks", "message"), [
     ([("a", ()), ("b", ("a", "x")), ("c", ("y",))],
      r"unknown dependencies \{'b': \['x'\], 'c': \['y'\]\}.*the tasks are \['a', 'b', 'c'\]"),
