@@ -68,6 +68,9 @@ class AlertRule:
         return f"{'|x| >= ' if self.metric == 'mean_shift' else '>= '}{self.above}"
 
 
+RULE_KEYS = {"metric", "above", "below_training_by", "persist_days", "retrain", "features"}
+
+
 def rules_from_conf(section: dict[str, Any]) -> list[AlertRule]:
     rules = []
     for name, spec in (section or {}).items():
@@ -77,6 +80,21 @@ def rules_from_conf(section: dict[str, Any]) -> list[AlertRule]:
             continue
         if not isinstance(spec, dict):
             raise AlertRuleError(f"monitor.alerts.{name}: expected a mapping, got {spec!r}")
+        unknown = sorted(set(spec) - RULE_KEYS)
+        if unknown:
+            raise AlertRuleError(f"monitor.alerts.{name}: unknown keys {unknown}; a rule takes "
+                                 f"{sorted(RULE_KEYS)}")
+        threshold = "below_training_by" if name == "quality_drop" else "above"
+        value = spec.get(threshold)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+                threshold == "above" and value == 0):
+            raise AlertRuleError(f"monitor.alerts.{name}.{threshold}: expected a number "
+                                 f"{'>= 0' if threshold == 'below_training_by' else '> 0'}, "
+                                 f"got {value!r}")
+        persist = spec.get("persist_days", 1)
+        if isinstance(persist, bool) or not isinstance(persist, int) or persist < 1:
+            raise AlertRuleError(f"monitor.alerts.{name}.persist_days: expected a whole number "
+                                 f">= 1, got {persist!r}")
         metric = {"quality_drop": "auc_roc", "calibration": "calibration_gap"}.get(
             name, str(spec.get("metric", "psi")))
         if name in ("feature_drift", "prediction_drift") and metric not in DRIFT_METRICS:
