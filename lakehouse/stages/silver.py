@@ -8,6 +8,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.utils import is_remote
 
 from lakehouse import tables
 from lakehouse.bronze import CORRUPT_COLUMN
@@ -113,8 +114,16 @@ def materialized(df: DataFrame) -> DataFrame:
 
 
 def release(df: DataFrame) -> None:
-    """Drop the rows a materialized frame holds now, instead of when the JVM collects it."""
-    df._jdf.queryExecution().analyzed().rdd().unpersist(False)
+    """Drop the rows a materialized frame holds now, instead of when the JVM collects it.
+
+    PySpark has no public call to unpersist a local checkpoint, so this reaches the JVM (the
+    checkpointed RDD under the plan); a Spark Connect DataFrame has no JVM handle, and there
+    the server frees the rows when the plan is collected, so this does nothing."""
+    # a Connect DataFrame raises PySparkAttributeError (an AttributeError) for _jdf
+    jdf = None if is_remote() else getattr(df, "_jdf", None)
+    if jdf is None:
+        return
+    jdf.queryExecution().analyzed().rdd().unpersist(False)
 
 
 def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze_rows: DataFrame,
