@@ -194,9 +194,10 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
             return {}
         touched = changes.filter(F.col("_delete")).unionByName(
             changes.join(current.select(*keys), on=list(keys), how="left_semi"))
-        if touched.isEmpty():  # only new keys (a new day): one append, no MERGE
-            tables.append(changes.drop("_delete"), config, name, tag=tag)
-            return tables.last_operation_metrics(spark, config, name)
+        if touched.isEmpty():  # only new keys: an insert-only MERGE, no row compared
+            # (not a blind append: it would let a racing run's same rows in twice)
+            return tables.merge(spark, changes.drop("_delete"), config, name, keys,
+                                insert_only=True, tag=tag)
         return tables.merge(spark, changes, config, name, keys, changed_columns=(),
                             target_filter=f"t.flight_date IN ({wanted})", tag=tag,
                             delete_flag="_delete")
