@@ -20,6 +20,7 @@ from pyspark.errors import (
     UnsupportedOperationException,
 )
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
 from lakehouse.bronze import BronzeAccountingError
@@ -73,15 +74,39 @@ def with_retries(step: Callable[[], Any], name: str, retries: int) -> Any:
     return outcome.result
 
 
+LATEST = "latest"
+
+
+class NoFlightsYetError(ValueError):
+    """Scoring 'latest' before silver holds any flight."""
+
+
+def resolved(spark: SparkSession, config: Config, score_range: tuple[str, str]) -> tuple[str, str]:
+    """The flight dates to score, with `latest` (conf or --from/--to) made the latest flight
+    date silver holds: a scheduled job passes no dates and scores the day it just landed. Read
+    when the score or monitor step starts, after this run's silver."""
+    if LATEST not in score_range:
+        return score_range
+    if not tables.exists(spark, config, "silver_flights"):
+        raise NoFlightsYetError("score dates 'latest': silver_flights does not exist yet; run "
+                                "bronze and silver first")
+    last = tables.scalar(tables.read(spark, config, "silver_flights")
+                         .agg(F.max("flight_date")))
+    if last is None:
+        raise NoFlightsYetError("score dates 'latest': silver_flights holds no flight yet")
+    start, end = (last.isoformat() if v == LATEST else v for v in score_range)
+    return start, end
+
+
 def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
               score_range: tuple[str, str], full_gold: bool = False) -> Any:
     """Run one stage by name (full_gold: rebuild gold in full instead of incrementally)."""
     if stage not in STAGES:
         raise UnknownStageError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     if stage == "score":
-        return score.run(spark, config, run_id, *score_range)
+        return score.run(spark, config, run_id, *resolved(spark, config, score_range))
     if stage == "monitor":
-        return monitor.run(spark, config, run_id, score_range[1])
+        return monitor.run(spark, config, run_id, resolved(spark, config, score_range)[1])
     if stage == "gold":
         return gold.run(spark, config, run_id, full=full_gold)
     module = {"bronze": bronze, "silver": silver, "train": train}[stage]
@@ -94,6 +119,8 @@ JOBS = ("daily", *STAGES)
 def _day(value: str | None, name: str) -> str | None:
     if not value:
         return None
+    if value == LATEST:
+        return LATEST
     try:
         return date.fromisoformat(value).isoformat()
     except ValueError:
@@ -136,8 +163,8 @@ def run_job(spark: SparkSession, config: Config, job: str, start: str | None = N
     if job not in JOBS:
         raise UnknownStageError(f"unknown job {job!r}; jobs are {list(JOBS)}")
     score_conf = config.section("score")
-    score_range = (_day(start, "from") or str(score_conf["from"]),
-                   _day(end, "to") or str(score_conf["to"]))
+    score_range = (_day(start, "from") or _day(str(score_conf["from"]), "score.from") or "",
+                   _day(end, "to") or _day(str(score_conf["to"]), "score.to") or "")
     if job != "daily":
         run_id = new_run_id()
         return {"run_id": run_id, job: run_stage(spark, config, job, run_id, score_range,
@@ -180,7 +207,16 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
     if train_mode not in TRAIN_MODES:
         raise ValueError(f"--train must be one of {list(TRAIN_MODES)}, got {train_mode!r}")
     retries = int((config.values.get("workflow") or {}).get("retries", 1))
-    day = date.fromisoformat(score_range[1])
+    known: list[tuple[str, str]] = []
+
+    def dates() -> tuple[str, str]:  # resolved once, when the first step after gold needs it
+        if not known:
+            known.append(resolved(spark, config, score_range))
+        return known[0]
+
+    def last_day() -> date:
+        return date.fromisoformat(dates()[1])
+
     min_days = int(config.section("monitor").get("retrain_min_days_between", 14))
     due: list[monitor.RetrainingDue] = []
 
@@ -190,12 +226,13 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
         if train_mode == "always" or not champion_exists(config):
             return None
         # Read from the alerts table, so a train task run apart from monitor decides the same.
-        due[:] = [monitor.retraining_due(spark, config, day, min_days)]
+        due[:] = [monitor.retraining_due(spark, config, last_day(), min_days)]
         return None if due[0].due else f"a champion exists; retraining not due ({due[0].reason})"
 
     def run_train() -> Any:
         if not due or not due[0].due:
             return train.run(spark, config, run_id)
+        day = last_day()
         trained = train.run(spark, config, run_id,
                             windows=retrain_windows(config, day - timedelta(days=1)),
                             labels_known_at=as_of or end_of_day(
@@ -219,14 +256,14 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
         Task("silver", partial(silver.run, spark, config, run_id), ("bronze",), retries),
         Task("gold", partial(gold.run, spark, config, run_id, full=full_gold), ("silver",),
              retries),
-        Task("score", partial(score.run, spark, config, run_id, *score_range), ("gold",),
+        Task("score", lambda: score.run(spark, config, run_id, *dates()), ("gold",),
              retries, when=score_when),
-        Task("monitor", partial(monitor.run, spark, config, run_id, score_range[1], as_of),
+        Task("monitor", lambda: monitor.run(spark, config, run_id, dates()[1], as_of),
              ("score",), retries,
              when=lambda done: None if done.get("score") is None
              or done["score"].status == "succeeded" else "nothing was scored"),
         Task("train", run_train, ("gold", "monitor"), 0, when=train_when),
-        Task("rescore", partial(score.run, spark, config, run_id, *score_range), ("train",),
+        Task("rescore", lambda: score.run(spark, config, run_id, *dates()), ("train",),
              retries, when=rescore_when),
     ]
     chosen = [t for t in tasks if t.name in stages or (t.name == "rescore" and "train" in stages)]

@@ -286,3 +286,26 @@ def test_monitor_before_anything_was_scored_succeeds_and_says_so(spark: SparkSes
     assert not tables.exists(spark, config, "model_monitoring")
     audit = tables.read(spark, config, "audit").filter(F.col("job") == "monitor").collect()
     assert len(audit) == 1 and "nothing scored yet" in audit[0]["message"]
+
+
+def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """The cluster and Databricks confs score `latest`: a scheduled run passing no dates scores
+    and monitors the day it landed, read when the step starts (after this run's silver)."""
+    config = make_config(tmp_path, score={"from": "latest", "to": "latest"})
+    with pytest.raises(workflow.NoFlightsYetError, match="silver_flights does not exist yet"):
+        workflow.resolved(spark, config, ("latest", "latest"))
+    with pytest.raises(ValueError, match=r"to: expected a date as YYYY-MM-DD, got 'lastest'"):
+        workflow.run_job(spark, config, "score", None, "lastest")
+    days = spark.createDataFrame([(date(2013, 12, d),) for d in (3, 1, 2)], "flight_date date")
+    tables.overwrite(days, config, "silver_flights")
+    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-03", "2013-12-03")
+    assert workflow.resolved(spark, config, ("2013-11-30", "latest")) == ("2013-11-30",
+                                                                          "2013-12-03")
+    tables.append(spark.createDataFrame([(date(2013, 12, 4),)], "flight_date date"), config,
+                  "silver_flights")
+    tasks = {t.name: t for t in workflow.daily_tasks(spark, config, "r", ("latest", "latest"),
+                                                     ("monitor",), "never", False)}
+    # monitor resolves when it runs: the day landed after the DAG was built
+    assert tasks["monitor"].run()["day"] == "2013-12-04"
+    assert workflow.is_permanent(workflow.NoFlightsYetError("x"))
