@@ -478,12 +478,16 @@ def exclusive_run(lock_file: str, what: str) -> Iterator[None]:
     fails at once with ConcurrentRunError naming the first.
 
     An OS lock (flock) on a local file, released when the process ends however it ends
-    (kill -9 included). On other file systems nothing is locked here: a second run is then
+    (kill -9 included). On other file systems (object stores, Databricks' /Volumes and /dbfs
+    mounts) nothing is locked here: a second run is then
     stopped by Spark's checkpoint (which refuses a batch another run wrote) or Delta's
     transaction check, and nothing is appended twice either way.
     """
     parts = urlparse(lock_file)
-    if parts.scheme not in ("", "file"):
+    # Databricks' FUSE mounts (/Volumes, /dbfs) look local but are shared object storage: an
+    # flock there guards one node at most, and the mount may refuse it or the in-place rewrite
+    shared_mount = not parts.scheme and lock_file.startswith(("/Volumes/", "/dbfs/"))
+    if parts.scheme not in ("", "file") or shared_mount:
         yield
         return
     path = url2pathname(parts.path) if parts.scheme else lock_file

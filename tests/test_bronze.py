@@ -269,3 +269,18 @@ def test_accounting_names_each_file_whose_records_differ() -> None:
     with pytest.raises(BronzeAccountingError, match=r"/l/a.csv: 3 records landed, 2 read; "
                                                     r"/l/b.csv: 0 records landed, 1 read"):
         check_accounting({"file:/l/a.csv": 3}, {"file:/l/a.csv": 2, "file:/l/b.csv": 1})
+
+
+def test_no_os_lock_is_taken_on_databricks_shared_mounts(tmp_path: Path) -> None:
+    """/Volumes and /dbfs are FUSE views of shared object storage: an flock there would guard
+    one node at most, so none is taken (nothing is created there); a local path is locked."""
+    from lakehouse.tables import ConcurrentRunError, exclusive_run
+
+    assert not Path("/Volumes").exists()
+    with exclusive_run("/Volumes/lakehouse/ops/files/_locks/bronze_flights.lock", "bronze"):
+        assert not Path("/Volumes").exists()
+    local = str(tmp_path / "locks" / "bronze_flights.lock")
+    with exclusive_run(local, "bronze"):
+        with pytest.raises(ConcurrentRunError, match="is being run by pid"):
+            with exclusive_run(local, "bronze"):
+                pass
