@@ -189,3 +189,27 @@ def test_a_new_day_is_written_into_its_dates_only(spark: SparkSession, config: C
         tables.insert_into_empty(rows.filter("flight_date = DATE'2013-02-01'"), config,
                                  "route_daily_kpis", "flight_date = DATE'2013-02-04'")
     assert tables.version(spark, config, "route_daily_kpis") == version
+
+
+def test_new_flights_of_a_held_day_are_merged_into_that_day_only(spark: SparkSession,
+                                                                  config: Config) -> None:
+    """A late flight of a day gold holds (nothing else changed) goes in by an insert-only MERGE
+    on the recomputed dates' slice: no blind append a racing run could duplicate, no scan of
+    (or conflict with) the other dates."""
+    schema = "flight_id string, flight_date date, value int"
+    tables.overwrite(spark.createDataFrame([("a", date(2013, 2, 1), 1),
+                                            ("b", date(2013, 2, 2), 2)], schema),
+                     config, "flight_features")
+    recomputed = spark.createDataFrame([("b", date(2013, 2, 2), 2), ("c", date(2013, 2, 2), 3)],
+                                       schema)
+    plan = gold.Plan(False, "a late flight", [date(2013, 2, 2)])
+    metrics = gold.write(spark, config, "flight_features", recomputed, plan, "t")
+    assert metrics["numTargetRowsInserted"] == "1" and metrics["numTargetRowsUpdated"] == "0"
+    assert sorted(tuple(r) for r in tables.read(spark, config, "flight_features").collect()) == [
+        ("a", date(2013, 2, 1), 1), ("b", date(2013, 2, 2), 2), ("c", date(2013, 2, 2), 3)]
+    last = tables.delta_table(spark, config, "flight_features").history(1).first()
+    assert last["operation"] == "MERGE"
+    predicate = last["operationParameters"]["predicate"]  # as Delta planned it
+    assert "flight_date" in predicate and "2013-02-02" in predicate, predicate
+    # the same run again: nothing to write
+    assert gold.write(spark, config, "flight_features", recomputed, plan, "t") == {}

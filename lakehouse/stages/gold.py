@@ -196,8 +196,10 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
             changes.join(current.select(*keys), on=list(keys), how="left_semi"))
         if touched.isEmpty():  # only new keys: an insert-only MERGE, no row compared
             # (not a blind append: it would let a racing run's same rows in twice)
+            # the dates' slice only: no scan of, and no conflict with, the rest of the table
             return tables.merge(spark, changes.drop("_delete"), config, name, keys,
-                                insert_only=True, tag=tag)
+                                insert_only=True, tag=tag,
+                                target_filter=f"t.flight_date IN ({wanted})")
         return tables.merge(spark, changes, config, name, keys, changed_columns=(),
                             target_filter=f"t.flight_date IN ({wanted})", tag=tag,
                             delete_flag="_delete")
