@@ -8,6 +8,7 @@ import threading
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -19,7 +20,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from lakehouse import registry, tables
+from lakehouse import registry, tables, workflow
 from lakehouse.config import Config
 from lakehouse.evaluation import histogram
 from lakehouse.features import FeatureSettings, flight_features
@@ -140,10 +141,21 @@ def test_the_gate_leaves_out_days_the_champion_was_trained_on(spark: SparkSessio
     rows, window = train.gate_rows(features, windows, {"gate_window": "recent",
                                                        "gate_recent_days": 14}, "2013-12-01")
     assert window == "2013-12-18..2013-12-31" and rows.count() == 14
-    with pytest.raises(train.GateError, match=r"trained on days up to 2013-12-31"):
+    with pytest.raises(train.GateWindowError, match=r"trained on days up to 2013-12-31") as e:
         train.gate_rows(features, windows, {"gate_window": "holdout"}, "2013-12-31")
+    # a data error, not retried; a champion that cannot be loaded may be transient
+    assert workflow.is_permanent(e.value) and not workflow.is_permanent(train.GateError("x"))
     with pytest.raises(ValueError, match=r"train.gate_window: expected holdout or recent"):
         train.gate_rows(features, windows, {"gate_window": "recnt"})
+
+
+def test_a_champion_whose_run_is_gone_is_gated_on_the_whole_window(
+        features_root: Path, tmp_path: Path) -> None:
+    """A version whose run was purged (or registered from another workspace) has no known
+    training window: the gate uses its whole window instead of failing every retraining."""
+    registry.configure(config_for(features_root, tmp_path, LR_ONLY))
+    assert train.trained_to(SimpleNamespace(version="3", run_id="0" * 32)) is None
+    assert train.trained_to(None) is None
 
 
 def test_gate_decision_needs_the_margin() -> None:

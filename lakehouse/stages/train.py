@@ -11,6 +11,7 @@ from typing import Any
 import mlflow
 import mlflow.spark
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -45,6 +46,11 @@ REFERENCE_ARTIFACT = "monitoring/reference.json"
 
 class GateError(RuntimeError):
     """The champion could not be scored on the gate window, so the gate cannot decide."""
+
+
+class GateWindowError(GateError, ValueError):
+    """The gate window holds no day after the champion's training window: a data error,
+    which retrying cannot cure (a ValueError, so the workflow does not retry it)."""
 
 
 def trial_logger(parent_run_id: str, experiment_id: str):  # type: ignore[no-untyped-def]
@@ -86,7 +92,7 @@ def gate_rows(features: DataFrame, windows: Windows, settings: dict[str, Any],
     if champion_trained_to is not None and champion_trained_to >= start:
         start = (date.fromisoformat(champion_trained_to) + timedelta(days=1)).isoformat()
         if start > end:
-            raise GateError(f"the champion was trained on days up to {champion_trained_to}, "
+            raise GateWindowError(f"the champion was trained on days up to {champion_trained_to}, "
                             f"which covers the whole gate window (..{end}): no day scores both "
                             f"models on rows neither was fitted on; train with a holdout "
                             f"after {champion_trained_to}")
@@ -99,7 +105,18 @@ def trained_to(version: Any) -> str | None:
     """The last day of a registered version's training window, as its run logged it."""
     if version is None or not getattr(version, "run_id", None):
         return None
-    return MlflowClient().get_run(version.run_id).data.params.get("window_train_to")
+    try:
+        run = MlflowClient().get_run(version.run_id)
+    except MlflowException as error:
+        # the run was deleted, or the version was registered from another workspace: the
+        # gate then uses its whole window (any other registry error fails the job)
+        if getattr(error, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            raise
+        log.warning("champion version %s: its run %s is gone, so its training window is "
+                    "unknown; the gate scores both models on the whole gate window",
+                    getattr(version, "version", "?"), version.run_id)
+        return None
+    return run.data.params.get("window_train_to")
 
 
 def champion_auc(name: str, version: str, rows: DataFrame) -> float:
