@@ -472,22 +472,29 @@ def new_commit_tagged(spark: SparkSession, config: Config, name: str, tag: str,
     return any(row[0] == tag for row in history.collect())
 
 
+# Databricks' FUSE mounts look local but are shared storage: an flock there guards one node
+# at most, and the mount may refuse it or the in-place rewrite.
+SHARED_MOUNTS = ("/Volumes/", "/dbfs/", "/Workspace/")
+
+
+def shared_mount(path: str) -> bool:
+    """Whether a local-looking path (or a file: URI's path) is a Databricks shared mount."""
+    return path.startswith(SHARED_MOUNTS)
+
+
 @contextmanager
 def exclusive_run(lock_file: str, what: str) -> Iterator[None]:
     """Hold an exclusive lock for one run of a stream: a second run of it at the same time
     fails at once with ConcurrentRunError naming the first.
 
     An OS lock (flock) on a local file, released when the process ends however it ends
-    (kill -9 included). On other file systems (object stores, Databricks' /Volumes and /dbfs
-    mounts) nothing is locked here: a second run is then
+    (kill -9 included). On other file systems (object stores, Databricks' /Volumes, /dbfs and
+    /Workspace mounts, as paths or file: URIs) nothing is locked here: a second run is then
     stopped by Spark's checkpoint (which refuses a batch another run wrote) or Delta's
     transaction check, and nothing is appended twice either way.
     """
     parts = urlparse(lock_file)
-    # Databricks' FUSE mounts (/Volumes, /dbfs) look local but are shared object storage: an
-    # flock there guards one node at most, and the mount may refuse it or the in-place rewrite
-    shared_mount = not parts.scheme and lock_file.startswith(("/Volumes/", "/dbfs/"))
-    if parts.scheme not in ("", "file") or shared_mount:
+    if parts.scheme not in ("", "file") or shared_mount(parts.path):
         yield
         return
     path = url2pathname(parts.path) if parts.scheme else lock_file

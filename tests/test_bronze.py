@@ -6,6 +6,7 @@ import csv
 import io
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from pyspark.sql import SparkSession
@@ -272,13 +273,15 @@ def test_accounting_names_each_file_whose_records_differ() -> None:
 
 
 def test_no_os_lock_is_taken_on_databricks_shared_mounts(tmp_path: Path) -> None:
-    """/Volumes and /dbfs are FUSE views of shared object storage: an flock there would guard
-    one node at most, so none is taken (nothing is created there); a local path is locked."""
-    from lakehouse.tables import ConcurrentRunError, exclusive_run
+    """/Volumes, /dbfs and /Workspace are FUSE views of shared storage: an flock there would
+    guard one node at most, so none is taken (as a path or a file: URI); a local path is
+    locked. Decided from the path, so the test never touches such a mount on this machine."""
+    from lakehouse.tables import ConcurrentRunError, exclusive_run, shared_mount
 
-    assert not Path("/Volumes").exists()
-    with exclusive_run("/Volumes/lakehouse/ops/files/_locks/bronze_flights.lock", "bronze"):
-        assert not Path("/Volumes").exists()
+    for path in ("/Volumes/main/ops/files/_locks/bronze.lock", "/dbfs/tmp/l.lock",
+                 "/Workspace/Users/a/l.lock"):
+        assert shared_mount(path) and shared_mount(urlparse(f"file:{path}").path)
+    assert not shared_mount(str(tmp_path)) and not shared_mount("/VolumesX/l.lock")
     local = str(tmp_path / "locks" / "bronze_flights.lock")
     with exclusive_run(local, "bronze"):
         with pytest.raises(ConcurrentRunError, match="is being run by pid"):
