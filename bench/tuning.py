@@ -47,14 +47,15 @@ def grid_search(train, holdout, windows: Windows):  # type: ignore[no-untyped-de
     BinaryClassificationEvaluator, the best refitted on Jan-Oct. CrossValidator itself cannot
     take one fixed split (with foldCol every fold is validated once, so it would also fit on
     October and validate on Jan-Sep). Timed like the search: from the cached features, vector
-    preparation included."""
+    preparation fitted on the fit slice for the selection (as the job's), the best point
+    refitted with its preparation on Jan-Oct, the holdout scored."""
     started = time.perf_counter()
     spans = windows.slices()
-    prep = Pipeline(stages=tree_prep()).fit(train)
-    vectors = prep.transform(train).select("flight_date", "features", LABEL).persist()
-    vectors.count()
-    fit = vectors.transform(between(*spans["fit"]))
-    validation = vectors.transform(between(*spans["validation"]))
+    fit_rows = train.transform(between(*spans["fit"]))
+    prep = Pipeline(stages=tree_prep()).fit(fit_rows)
+    fit = prep.transform(fit_rows).select("features", LABEL).persist()
+    validation = prep.transform(train.transform(between(*spans["validation"]))).select(
+        "features", LABEL).persist()
     gbt = GBTClassifier(labelCol=LABEL, featuresCol="features", maxBins=MAX_BINS, seed=42)
     grid = (ParamGridBuilder().addGrid(gbt.maxDepth, [4, 6, 8])
             .addGrid(gbt.maxIter, [50, 100]).addGrid(gbt.stepSize, [0.1]).build())
@@ -62,12 +63,13 @@ def grid_search(train, holdout, windows: Windows):  # type: ignore[no-untyped-de
     scores = [0.0] * len(grid)
     for index, model in gbt.fitMultiple(fit, grid):
         scores[index] = evaluator.evaluate(model.transform(validation))
+    fit.unpersist()
+    validation.unpersist()
     chosen = grid[max(range(len(grid)), key=scores.__getitem__)]
-    model = gbt.copy(chosen).fit(vectors)
+    model = Pipeline(stages=[*tree_prep(), gbt.copy(chosen)]).fit(train)
+    auc = evaluator.evaluate(model.transform(holdout))
     took = time.perf_counter() - started
-    auc = evaluator.evaluate(model.transform(prep.transform(holdout)))
     best = {p.name: v for p, v in chosen.items()}
-    vectors.unpersist()
     return auc, took, best
 
 
