@@ -34,6 +34,10 @@ class Task:
     retries: int = 0
     # Given the results so far: None to run the task, or the reason to skip it.
     when: Callable[[dict[str, TaskResult]], str | None] | None = None
+    # Retries of the condition (it may ask a registry or read a table); None: as the task's.
+    # A task that must not be retried (it trains and registers) can still have its check
+    # retried, since asking again repeats no work.
+    when_retries: int | None = None
 
 
 @dataclass
@@ -86,8 +90,9 @@ def order(tasks: Sequence[Task]) -> list[Task]:
     for task in tasks:
         if task.name in by_name:
             raise DagError(f"task {task.name!r} is declared twice")
-        if task.retries < 0:
-            raise DagError(f"task {task.name!r}: retries must be >= 0, got {task.retries}")
+        if task.retries < 0 or (task.when_retries or 0) < 0:
+            raise DagError(f"task {task.name!r}: retries must be >= 0, got {task.retries} "
+                           f"(condition: {task.when_retries})")
         by_name[task.name] = task
     unknown = {t.name: [d for d in t.depends_on if d not in by_name] for t in tasks}
     unknown = {name: deps for name, deps in unknown.items() if deps}
@@ -152,13 +157,15 @@ def run_dag(tasks: Sequence[Task], is_permanent: Callable[[BaseException], bool]
         started = time.monotonic()
         reason = None
         if task.when is not None:
-            # a condition may ask the registry or a table: retried like the task itself
-            status, _, reason, error = _attempts(f"{task.name} (condition)",
-                                                 partial(task.when, dict(results)), task.retries,
-                                                 is_permanent, backoff_s, sleep)
+            # a condition may ask the registry or a table: retried for transient errors too
+            retries = task.retries if task.when_retries is None else task.when_retries
+            status, tries, reason, error = _attempts(f"{task.name} (condition)",
+                                                     partial(task.when, dict(results)), retries,
+                                                     is_permanent, backoff_s, sleep)
             if status == "failed":
-                results[task.name] = TaskResult(task.name, "failed", 0, None, error,
-                                                time.monotonic() - started, "condition failed")
+                results[task.name] = TaskResult(task.name, "failed", tries, None, error,
+                                                time.monotonic() - started,
+                                                f"condition failed after {tries} attempt(s)")
                 continue
         if reason is not None:
             results[task.name] = TaskResult(task.name, "skipped", 0, None, None, 0.0, reason)

@@ -81,21 +81,70 @@ class NoFlightsYetError(ValueError):
     """Scoring 'latest' before silver holds any flight."""
 
 
-def resolved(spark: SparkSession, config: Config, score_range: tuple[str, str]) -> tuple[str, str]:
-    """The flight dates to score, with `latest` (conf or --from/--to) made the latest flight
-    date silver holds: a scheduled job passes no dates and scores the day it just landed. Read
-    when the score or monitor step starts, after this run's silver."""
+# What `from: latest` catches up on: the day after the last one the step recorded.
+DONE_DATE = {"score": ("delay_predictions", "flight_date"),
+             "monitor": ("model_monitoring", "monitored_date")}
+
+
+def resolved(spark: SparkSession, config: Config, score_range: tuple[str, str],
+             step: str = "score") -> tuple[str, str]:
+    """The flight dates a step covers, with `latest` (conf or --from/--to) resolved when the
+    step starts, after this run's silver: `to: latest` is the latest flight date silver holds;
+    `from: latest` the day after the last one the step recorded (its table's latest date), so
+    a run that failed, was paused or landed two days at once leaves no day unscored or
+    unmonitored, at most `score.catch_up_days` back; the end day itself when the step is up to
+    date (a rerun repeats it and changes nothing)."""
     if LATEST not in score_range:
-        return score_range
-    if not tables.exists(spark, config, "silver_flights"):
-        raise NoFlightsYetError("score dates 'latest': silver_flights does not exist yet; run "
-                                "bronze and silver first")
-    last = tables.scalar(tables.read(spark, config, "silver_flights")
-                         .agg(F.max("flight_date")))
-    if last is None:
-        raise NoFlightsYetError("score dates 'latest': silver_flights holds no flight yet")
-    start, end = (last.isoformat() if v == LATEST else v for v in score_range)
+        start, end = score_range
+    else:
+        if not tables.exists(spark, config, "silver_flights"):
+            raise NoFlightsYetError("score dates 'latest': silver_flights does not exist yet; "
+                                    "run bronze and silver first")
+        last = tables.scalar(tables.read(spark, config, "silver_flights")
+                             .agg(F.max("flight_date")))
+        if last is None:
+            raise NoFlightsYetError("score dates 'latest': silver_flights holds no flight yet")
+        end = last.isoformat() if score_range[1] == LATEST else score_range[1]
+        start = score_range[0]
+        if start == LATEST:
+            start = _first_undone(spark, config, step, date.fromisoformat(end)).isoformat()
+    if start > end:
+        raise ValueError(f"score dates: from {start} is after to {end} (from {score_range[0]!r}, "
+                         f"to {score_range[1]!r})")
     return start, end
+
+
+def _first_undone(spark: SparkSession, config: Config, step: str, end: date) -> date:
+    table, column = DONE_DATE[step]
+    done = (tables.scalar(tables.read(spark, config, table).filter(F.col(column) <= F.lit(end))
+                          .agg(F.max(column)))
+            if tables.exists(spark, config, table) else None)
+    if done is None:
+        return end
+    days = int(config.section("score").get("catch_up_days", 7))
+    if days < 1:
+        raise ValueError(f"score.catch_up_days: expected a whole number >= 1, got {days}")
+    start: date = min(done + timedelta(days=1), end)
+    if (end - start).days >= days:
+        log.warning("%s: the last day done is %s; catching up on the %d days to %s only "
+                    "(score.catch_up_days), run it with --from/--to for the days before", step,
+                    done, days, end)
+        start = end - timedelta(days=days - 1)
+    return start
+
+
+def monitor_range(spark: SparkSession, config: Config, run_id: str,
+                  score_range: tuple[str, str], as_of: datetime | None = None) -> dict[str, Any]:
+    """Monitor the last day of the range; with `from: latest`, every day not monitored yet up to
+    it (each as of its own end, unless as_of is given). Returns the last day's result, with the
+    alerts of all and the days monitored."""
+    start, end = resolved(spark, config, score_range, "monitor")
+    first = date.fromisoformat(start if score_range[0] == LATEST else end)
+    days = [(first + timedelta(days=n)).isoformat()
+            for n in range((date.fromisoformat(end) - first).days + 1)]
+    results = [monitor.run(spark, config, run_id, day, as_of) for day in days]
+    return {**results[-1], "days": days,
+            "alerts": [alert for result in results for alert in result["alerts"]]}
 
 
 def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
@@ -106,7 +155,7 @@ def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
     if stage == "score":
         return score.run(spark, config, run_id, *resolved(spark, config, score_range))
     if stage == "monitor":
-        return monitor.run(spark, config, run_id, resolved(spark, config, score_range)[1])
+        return monitor_range(spark, config, run_id, score_range)
     if stage == "gold":
         return gold.run(spark, config, run_id, full=full_gold)
     module = {"bronze": bronze, "silver": silver, "train": train}[stage]
@@ -258,18 +307,19 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
              retries),
         Task("score", lambda: score.run(spark, config, run_id, *dates()), ("gold",),
              retries, when=score_when),
-        Task("monitor", lambda: monitor.run(spark, config, run_id, dates()[1], as_of),
+        Task("monitor", lambda: monitor_range(spark, config, run_id, score_range, as_of),
              ("score",), retries,
              when=lambda done: None if done.get("score") is None
              or done["score"].status == "succeeded" else "nothing was scored"),
-        Task("train", run_train, ("gold", "monitor"), 0, when=train_when),
+        # training is not retried (a retry would register a second version), its condition is
+        Task("train", run_train, ("gold", "monitor"), 0, when=train_when, when_retries=retries),
         Task("rescore", lambda: score.run(spark, config, run_id, *dates()), ("train",),
              retries, when=rescore_when),
     ]
     chosen = [t for t in tasks if t.name in stages or (t.name == "rescore" and "train" in stages)]
     names = {t.name for t in chosen}
-    return [Task(t.name, t.run, tuple(d for d in t.depends_on if d in names), t.retries, t.when)
-            for t in chosen]
+    return [Task(t.name, t.run, tuple(d for d in t.depends_on if d in names), t.retries, t.when,
+                 t.when_retries) for t in chosen]
 
 
 def run_daily(spark: SparkSession, config: Config, score_range: tuple[str, str],
@@ -342,7 +392,9 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
                      f"{scored['unscorable']} unscorable, with the reason)")
     watched = results.get("monitor")
     if isinstance(watched, dict):
-        lines.append(f"monitoring {watched['day']}: {watched['values']} values, "
+        days = watched.get("days") or [watched["day"]]
+        span = watched["day"] if len(days) == 1 else f"{days[0]}..{days[-1]}"
+        lines.append(f"monitoring {span}: {watched['values']} values (last day), "
                      f"{len(watched['alerts'])} alert(s) raised; retraining "
                      f"{'due' if watched['retrain_due'] else 'not due'} "
                      f"({watched['retrain_reason']})")

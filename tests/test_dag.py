@@ -29,7 +29,8 @@ class Recorder:
         self.failures: dict[str, tuple[int, Exception]] = {}
 
     def task(self, name: str, *deps: str, retries: int = 0,
-             when: Callable[[dict[str, TaskResult]], str | None] | None = None) -> Task:
+             when: Callable[[dict[str, TaskResult]], str | None] | None = None,
+             when_retries: int | None = None) -> Task:
         def run() -> str:
             self.calls.append(name)
             left, error = self.failures.get(name, (0, RuntimeError()))
@@ -38,7 +39,7 @@ class Recorder:
                 raise error
             return f"{name} done"
 
-        return Task(name, run, tuple(deps), retries, when)
+        return Task(name, run, tuple(deps), retries, when, when_retries)
 
     def run(self, tasks: list[Task]) -> dict[str, TaskResult]:
         return run_dag(tasks, is_permanent, sleep=self.waits.append)
@@ -157,6 +158,28 @@ def test_a_condition_failing_transiently_is_retried_a_data_error_in_it_is_not() 
     assert statuses(results) == {"train": "succeeded", "score": "failed"}
     assert asked == ["train", "train", "score"] and rec.calls == ["train"]
     assert len(rec.waits) == 1 and isinstance(results["score"].error, DataError)
+    assert results["score"].attempts == 1 and results["score"].reason.endswith("1 attempt(s)")
+
+
+def test_a_task_run_once_can_have_its_condition_retried() -> None:
+    """The train task is not retried (a retry would register a second model version), but its
+    condition (champion? retraining due?) only reads, so its own retry count applies."""
+    rec = Recorder()
+    asked: list[int] = []
+
+    def flaky(results: dict[str, TaskResult]) -> str | None:
+        asked.append(1)
+        if len(asked) < 3:
+            raise ConnectionError("registry: 503")
+        return None
+
+    results = rec.run([rec.task("train", retries=0, when=flaky, when_retries=2)])
+    assert statuses(results) == {"train": "succeeded"} and len(asked) == 3
+    assert rec.calls == ["train"] and len(rec.waits) == 2
+    rec, asked[:] = Recorder(), []
+    results = rec.run([rec.task("train", retries=0, when=flaky)])  # none given: the task's 0
+    assert statuses(results) == {"train": "failed"} and results["train"].attempts == 1
+    assert isinstance(results["train"].error, ConnectionError) and rec.calls == []
 
 
 @pytest.mark.parametrize(("tasks", "message"), [

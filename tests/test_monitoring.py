@@ -259,7 +259,7 @@ def test_a_former_champions_rescored_rows_become_previous(spark: SparkSession,
                      config, "delay_predictions")
     promoted = [score.Scorer("flight_disruption", "2", "run-2", "champion", 0.5)]
     assert score.retire_others(spark, config, "2013-12-02", "2013-12-02",
-                               promoted) == ["1", "2"]
+                               promoted) == ["earlier_model/2", "flight_disruption/1"]
     roles = {(r["flight_date"].day, r["model_name"][0], r["model_version"], r["role"]) for r in
              tables.read(spark, config, "delay_predictions").collect()}
     # the 2nd was rescored by v2 (its own rows' role is the score MERGE's business);
@@ -286,12 +286,17 @@ def test_monitor_before_anything_was_scored_succeeds_and_says_so(spark: SparkSes
     assert not tables.exists(spark, config, "model_monitoring")
     audit = tables.read(spark, config, "audit").filter(F.col("job") == "monitor").collect()
     assert len(audit) == 1 and "nothing scored yet" in audit[0]["message"]
+    # a misspelt alert rule fails the first run too, not the first run with a champion
+    typo = make_config(tmp_path, monitor={"alerts": {"calibration": {"abvoe": 0.1}}})
+    with pytest.raises(AlertRuleError, match=r"calibration: unknown keys \['abvoe'\]"):
+        monitor.run(spark, typo, "typo", "2013-12-02")
 
 
 def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
         spark: SparkSession, tmp_path: Path) -> None:
     """The cluster and Databricks confs score `latest`: a scheduled run passing no dates scores
-    and monitors the day it landed, read when the step starts (after this run's silver)."""
+    and monitors the day it landed, read when the step starts (after this run's silver), and
+    the days a failed or paused run left behind."""
     config = make_config(tmp_path, score={"from": "latest", "to": "latest"})
     with pytest.raises(workflow.NoFlightsYetError, match="silver_flights does not exist yet"):
         workflow.resolved(spark, config, ("latest", "latest"))
@@ -306,6 +311,23 @@ def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
                   "silver_flights")
     tasks = {t.name: t for t in workflow.daily_tasks(spark, config, "r", ("latest", "latest"),
                                                      ("monitor",), "never", False)}
+    retries = {t.name: (t.retries, t.when_retries) for t in workflow.daily_tasks(
+        spark, config, "r", ("latest", "latest"), workflow.STAGES, "auto", False)}
+    assert retries["train"] == (0, 1)  # training runs once; asking whether it is due retries
     # monitor resolves when it runs: the day landed after the DAG was built
     assert tasks["monitor"].run()["day"] == "2013-12-04"
+    # a step that fell behind catches up: from the day after the last one it recorded
+    monitored = spark.createDataFrame([(date(2013, 12, 1),)], "monitored_date date")
+    tables.overwrite(monitored, config, "model_monitoring")
+    assert tasks["monitor"].run()["days"] == ["2013-12-02", "2013-12-03", "2013-12-04"]
+    scored = spark.createDataFrame([(date(2013, 12, 1),)], "flight_date date")
+    tables.overwrite(scored, config, "delay_predictions")
+    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-02", "2013-12-04")
+    capped = make_config(tmp_path, score={"from": "latest", "to": "latest", "catch_up_days": 2})
+    assert workflow.resolved(spark, capped, ("latest", "latest")) == ("2013-12-03", "2013-12-04")
+    tables.append(spark.createDataFrame([(date(2013, 12, 4),)], "flight_date date"), config,
+                  "delay_predictions")  # up to date: the end day again (a rerun changes nothing)
+    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-04", "2013-12-04")
+    with pytest.raises(ValueError, match=r"from 2013-12-05 is after to 2013-12-04"):
+        workflow.resolved(spark, config, ("2013-12-05", "latest"))
     assert workflow.is_permanent(workflow.NoFlightsYetError("x"))

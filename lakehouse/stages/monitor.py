@@ -198,6 +198,7 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
     gold = config.section("gold")
     conf = config.section("monitor")
     settings = MonitorSettings.from_conf(conf, gold["home_timezone"])
+    rules = rules_from_conf(conf.get("alerts") or {})  # a bad rule fails before any write
     when = date.fromisoformat(day)
     as_of = as_of or end_of_day(when, settings.home_timezone)
     registry.configure(config)
@@ -234,7 +235,7 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
         if champion is not None:
             history = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
                 of_model(champion) & (F.col("monitored_date") <= F.lit(when))).collect()]
-            crossings = raised_on(when, history, rules_from_conf(conf.get("alerts") or {}),
+            crossings = raised_on(when, history, rules,
                                   training_auc(champion["model_run_id"]), settings.min_labeled)
             new = raise_alerts(spark, config, crossings, champion, conf)
         due = retraining_due(spark, config, when, int(conf.get("retrain_min_days_between", 14)))

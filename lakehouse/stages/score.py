@@ -77,14 +77,15 @@ def retire_others(spark: SparkSession, config: Config, start: str, end: str,
                   models: list[Scorer]) -> list[str]:
     """In the scored range, only the current champion's and challenger's rows keep those roles:
     an earlier version's rows (kept as history) become role 'previous', so a reader filtering
-    role = 'champion' sees one prediction per flight. Returns the versions retired."""
+    role = 'champion' sees one prediction per flight. Returns the versions retired, each as
+    name/version (versions restart per model name)."""
     # a version is current only under its own model name (versions restart per name)
     key = F.concat_ws("/", "model_name", "model_version")
     current = [f"{m.name}/{m.version}" for m in models]
     stale = (between(start, end)(tables.read(spark, config, "delay_predictions"))
              .filter(F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
                      & ~key.isin(current)))
-    versions = sorted({r[0] for r in stale.select("model_version").distinct().collect()})
+    versions = sorted({r[0] for r in stale.select(key).distinct().collect()})
     if versions:
         tables.update(spark, config, "delay_predictions",
                       F.col("flight_date").between(F.lit(start).cast("date"),
@@ -136,7 +137,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
                      message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in models)
                              + f" scored {start}..{end}; written {inserted(metrics)} new, "
                              f"{metrics.get('numTargetRowsUpdated', 0)} changed"
-                             + (f"; rows of v{', v'.join(retired)} now role "
+                             + (f"; rows of {', '.join(retired)} now role "
                                 f"{PREVIOUS!r}" if retired else ""))
     champion = models[0]
     return {"model_name": name, "model_version": champion.version,

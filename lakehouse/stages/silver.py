@@ -118,7 +118,8 @@ def release(df: DataFrame) -> None:
 
     PySpark has no public call to unpersist a local checkpoint, so this reaches the JVM (the
     checkpointed RDD under the plan); a Spark Connect DataFrame has no JVM handle, and there
-    the server frees the rows when the plan is collected, so this does nothing."""
+    the server frees the rows when the client's DataFrame is garbage-collected, so this does
+    nothing."""
     # a Connect DataFrame raises PySparkAttributeError (an AttributeError) for _jdf
     jdf = None if is_remote() else getattr(df, "_jdf", None)
     if jdf is None:
