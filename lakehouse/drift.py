@@ -184,13 +184,16 @@ def _top_categories(df: DataFrame, categorical: list[str],
 
 
 def bin_counts(df: DataFrame, refs: dict[str, FeatureReference],
-               group_cols: list[str]) -> DataFrame:
+               group_cols: list[str], sums: bool = False) -> DataFrame:
     """Rows per group, feature and bin, for every feature in one Spark pass.
 
     Args:
         df: the rows to bin (e.g. one day's scored flights).
         refs: the features and their binning, from `reference`.
         group_cols: columns to count by (e.g. day and model version); [] for one group.
+        sums: also sum each numeric feature's values per bin (`value_sum`, over `values`
+            non-null values; null for a categorical feature), so the group's means come from
+            the same pass.
 
     Returns:
         A DataFrame of group_cols + feature, bin, rows (bins with no row are absent).
@@ -198,11 +201,21 @@ def bin_counts(df: DataFrame, refs: dict[str, FeatureReference],
     if not refs:
         raise DriftInputError("bin_counts: no feature references given")
     _check_columns(df, [*group_cols, *refs], "bin_counts")
-    pairs = _pairs({name: ref.bin() for name, ref in refs.items()}, "bin")
+    if not sums:
+        pairs = _pairs({name: ref.bin() for name, ref in refs.items()}, "bin")
+        return (df.select(*group_cols, pairs)
+                .select(*group_cols, "pair.feature", "pair.bin")
+                .groupBy(*group_cols, "feature", "bin")
+                .agg(F.count(F.lit(1)).alias("rows")))
+    pairs = F.explode(F.array(*(F.struct(
+        F.lit(name).alias("feature"), ref.bin().alias("bin"),
+        (_numeric(name) if ref.kind == "numeric" else F.lit(None).cast("double")).alias("value"))
+        for name, ref in refs.items()))).alias("pair")
     return (df.select(*group_cols, pairs)
-            .select(*group_cols, "pair.feature", "pair.bin")
+            .select(*group_cols, "pair.feature", "pair.bin", "pair.value")
             .groupBy(*group_cols, "feature", "bin")
-            .agg(F.count(F.lit(1)).alias("rows")))
+            .agg(F.count(F.lit(1)).alias("rows"), F.sum("value").alias("value_sum"),
+                 F.count("value").alias("values")))
 
 
 def _field(row: Any, name: str) -> Any:

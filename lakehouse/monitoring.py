@@ -57,23 +57,26 @@ def drift_rows(rows: DataFrame, refs: dict[str, FeatureReference]) -> list[dict[
 
     rows: a day's predictions joined to their features, with the probability as PREDICTION.
     """
-    counts = bin_counts(rows, refs, ["flight_date"]).collect()
+    counts = bin_counts(rows, refs, ["flight_date"], sums=True).collect()
     out = []
     for r in drift(counts, refs, ["flight_date"]):
         for metric in ("psi", "js_distance"):
             out.append({"monitored_date": r["flight_date"], "window": DAY, "metric": metric,
                         "subject": r["feature"], "value": float(r[metric]),
                         "rows": int(r["rows"])})
-    numeric = [name for name, ref in refs.items() if ref.kind == "numeric"]
-    means = rows.groupBy("flight_date").agg(F.count(F.lit(1)).alias("_rows"), *[
-        F.avg(F.col(c).cast("double")).alias(c) for c in numeric]).collect()
-    for day in means:
-        for name in numeric:
-            shift = mean_shift(day[name], refs[name])
-            if shift is not None:
-                out.append({"monitored_date": day["flight_date"], "window": DAY,
-                            "metric": "mean_shift", "subject": name, "value": float(shift),
-                            "rows": int(day["_rows"])})
+    # each numeric feature's mean from the same pass: its values' sum and count over the bins
+    sums: dict[tuple[Any, str], tuple[float, int, int]] = {}
+    for c in counts:
+        if refs[c["feature"]].kind == "numeric":
+            key = (c["flight_date"], c["feature"])
+            value_sum, values, rows_ = sums.get(key, (0.0, 0, 0))
+            sums[key] = (value_sum + (c["value_sum"] or 0.0), values + c["values"],
+                         rows_ + c["rows"])
+    for (day, name), (value_sum, values, day_rows) in sorted(sums.items()):
+        shift = mean_shift(value_sum / values if values else None, refs[name])
+        if shift is not None:
+            out.append({"monitored_date": day, "window": DAY, "metric": "mean_shift",
+                        "subject": name, "value": float(shift), "rows": int(day_rows)})
     return out
 
 

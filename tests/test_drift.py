@@ -144,21 +144,22 @@ def test_bin_counts_is_one_spark_pass_for_all_features(
     refs = reference(df, [f"f{k}" for k in range(12)], ["carrier"])
     tracker = spark.sparkContext.statusTracker()
 
-    def jobs_for(features: dict[str, FeatureReference]) -> list[int]:
+    def jobs_for(features: dict[str, FeatureReference], sums: bool = False) -> list[int]:
         group = f"drift-{uuid.uuid4().hex}"
         spark.sparkContext.setJobGroup(group, "bin_counts")
         try:
-            rows = bin_counts(df, features, ["day"]).collect()
+            rows = bin_counts(df, features, ["day"], sums=sums).collect()
         finally:
             spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         assert {r["feature"] for r in rows} == set(features)
         return tracker.getJobIdsForGroup(group)
 
     one, all_13 = jobs_for({"f0": refs["f0"]}), jobs_for(refs)
+    with_sums = jobs_for(refs, sums=True)
     # The count of jobs does not grow with the features (adaptive execution runs the map side
     # of the one aggregation as its own job, hence at most 2), and the files are scanned once.
-    assert len(all_13) == len(one) <= 2
-    bin_counts(df, refs, ["day"]).explain(mode="formatted")
+    assert len(all_13) == len(with_sums) == len(one) <= 2
+    bin_counts(df, refs, ["day"], sums=True).explain(mode="formatted")
     nodes = re.findall(r"^\(\d+\) (\w+(?: parquet)?)", capsys.readouterr().out, re.MULTILINE)
     assert nodes.count("Scan parquet") == 1 and nodes.count("Generate") == 1, nodes
 
@@ -173,3 +174,30 @@ def test_json_round_trip(spark: SparkSession) -> None:
     with pytest.raises(DriftInputError, match="kind must be one of"):
         references_from_json('{"format": 1, "features": [{"name": "x", "kind": "text", '
                              '"edges": [], "categories": [], "shares": {}}]}')
+
+
+def test_drift_rows_mean_shift_matches_a_direct_mean(spark: SparkSession) -> None:
+    """The monitor's means come from the binning pass (sums per bin): they match numpy's mean
+    of the same values, nulls and NaN left out, in the reference's standard deviations."""
+    from datetime import date
+
+    from lakehouse.drift import with_moments
+    from lakehouse.monitoring import drift_rows
+
+    base = small_frame(spark)
+    refs = with_moments(base, reference(base, ["x", "y"], ["carrier"]))
+    values = [float(i) * 1.5 + 7 for i in range(60)] + [None, float("nan")]
+    rows = [(date(2013, 3, 10) if i % 2 else date(2013, 3, 11), v, float(i % 4), "AA")
+            for i, v in enumerate(values)]
+    day = spark.createDataFrame(rows, "flight_date date, x double, y double, carrier string")
+    shifts = {(r["monitored_date"], r["subject"]): r for r in drift_rows(day, refs)
+              if r["metric"] == "mean_shift"}
+    assert set(shifts) == {(d, f) for d in (date(2013, 3, 10), date(2013, 3, 11))
+                           for f in ("x", "y")}
+    for d, parity in ((date(2013, 3, 10), 1), (date(2013, 3, 11), 0)):
+        for feature, column in (("x", [v for i, v in enumerate(values) if i % 2 == parity]),
+                                ("y", [float(i % 4) for i in range(62) if i % 2 == parity])):
+            kept = np.array([v for v in column if v is not None and not math.isnan(v)])
+            expected = (kept.mean() - refs[feature].mean) / refs[feature].std
+            assert shifts[(d, feature)]["value"] == pytest.approx(expected, rel=1e-9)
+            assert shifts[(d, feature)]["rows"] == 31

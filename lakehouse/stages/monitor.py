@@ -94,7 +94,9 @@ def of_model(model: Any) -> Column:
 
 def day_rows(predictions: DataFrame, features: DataFrame, day: date, model: Any) -> DataFrame:
     """A model's scored flights of the day with their features and the probability."""
-    inputs = features.select("flight_id", *CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
+    # the day's feature rows only: Delta skips the other days' files on flight_date
+    inputs = features.filter(F.col("flight_date") == F.lit(day)).select(
+        "flight_id", *CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
     return (predictions.filter((F.col("flight_date") == F.lit(day)) & of_model(model)
                                & (F.col("status") == "scored")
                                # the population of the training reference: a flight without a
@@ -114,7 +116,8 @@ def measure(spark: SparkSession, predictions: DataFrame, features: DataFrame, da
         rows += drift_rows(day_rows(predictions, features, day, model), refs)
     days = [day - timedelta(days=i) for i in range(settings.trailing_days - 1, -1, -1)]
     window = predictions.filter(of_model(model) & F.col("flight_date").isin(days))
-    rows += quality_rows(labeled(window, features, as_of), days, day)
+    rows += quality_rows(labeled(window, features.filter(F.col("flight_date").isin(days)),
+                                 as_of), days, day)
     for row in rows:
         row.update(model_name=model["model_name"], model_version=model["model_version"],
                    role=model["role"])
