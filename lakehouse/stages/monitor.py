@@ -231,8 +231,12 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
         if rows:
             frame = spark.createDataFrame(
                 [{**r, "as_of_utc": as_of, "run_id": run_id} for r in rows], MONITOR_SCHEMA)
+            dates = sorted({r["monitored_date"] for r in rows})
+            # the monitored dates' rows only: Delta reads and rewrites no other day's files
             tables.merge(spark, frame, config, "model_monitoring", MONITOR_KEYS,
-                         changed_columns=("value", "rows", "role"))
+                         changed_columns=("value", "rows", "role"),
+                         target_filter=f"t.monitored_date BETWEEN DATE'{dates[0]}' AND "
+                                       f"DATE'{dates[-1]}'")
         champion = next((m for m in models if m["role"] == registry.CHAMPION), None)
         new: list[dict[str, Any]] = []
         if champion is not None:

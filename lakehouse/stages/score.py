@@ -73,37 +73,37 @@ def predictions_of(spark: SparkSession, config: Config, scorer: Scorer, features
         unscorable(missing, "no row in gold.flight_features", *args))
 
 
+def held_rows(spark: SparkSession, config: Config, start: str, end: str
+              ) -> dict[tuple[str, str, str], int]:
+    """Rows per (name/version, role, status) the table holds for the range: one small
+    aggregate on the range's files, read after the write (counts, and the versions to retire)."""
+    # a version is current only under its own model name (versions restart per name)
+    key = F.concat_ws("/", "model_name", "model_version").alias("key")
+    rows = (between(start, end)(tables.read(spark, config, "delay_predictions"))
+            .groupBy(key, "role", "status").count().collect())
+    return {(r["key"], r["role"], r["status"]): r["count"] for r in rows}
+
+
 def retire_others(spark: SparkSession, config: Config, start: str, end: str,
-                  models: list[Scorer]) -> list[str]:
+                  models: list[Scorer],
+                  held: dict[tuple[str, str, str], int] | None = None) -> list[str]:
     """In the scored range, only the current champion's and challenger's rows keep those roles:
     an earlier version's rows (kept as history) become role 'previous', so a reader filtering
-    role = 'champion' sees one prediction per flight. Returns the versions retired, each as
-    name/version (versions restart per model name)."""
-    # a version is current only under its own model name (versions restart per name)
-    key = F.concat_ws("/", "model_name", "model_version")
+    role = 'champion' sees one prediction per flight. held: `held_rows` of the range, when the
+    caller has them. Returns the versions retired, each as name/version (versions restart per
+    model name)."""
     current = [f"{m.name}/{m.version}" for m in models]
-    stale = (between(start, end)(tables.read(spark, config, "delay_predictions"))
-             .filter(F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
-                     & ~key.isin(current)))
-    versions = sorted({r[0] for r in stale.select(key).distinct().collect()})
+    held = held_rows(spark, config, start, end) if held is None else held
+    versions = sorted({k for k, role, _ in held
+                       if role in (registry.CHAMPION, registry.CHALLENGER) and k not in current})
     if versions:
+        key = F.concat_ws("/", "model_name", "model_version")
         tables.update(spark, config, "delay_predictions",
                       F.col("flight_date").between(F.lit(start).cast("date"),
                                                    F.lit(end).cast("date"))
                       & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
                       & ~key.isin(current), {"role": F.lit(PREVIOUS)})
     return versions
-
-
-def written_counts(spark: SparkSession, config: Config, start: str, end: str,
-                   models: list[Scorer]) -> dict[tuple[str, str], int]:
-    """Rows per (role, status) the table holds for the range from the scoring models, read
-    back after the write (a small aggregate on the range's files, not a second model pass)."""
-    key = F.concat_ws("/", "model_name", "model_version")
-    rows = (between(start, end)(tables.read(spark, config, "delay_predictions"))
-            .filter(key.isin([f"{m.name}/{m.version}" for m in models]))
-            .groupBy("role", "status").count().collect())
-    return {(r["role"], r["status"]): r["count"] for r in rows}
 
 
 def inserted(metrics: dict[str, str]) -> str:
@@ -128,8 +128,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         window = f"flight_date BETWEEN DATE'{start}' AND DATE'{end}'"
         existed = tables.exists(spark, config, "delay_predictions")
         # One pass over the model's output: the rows are written straight from the transform
-        # (no cache, no count before the write: each cost as much as the write at a year's
-        # size, bench/scoring.py) and counted afterwards in the table, by role and status.
+        # (no cache, no count before the write) and counted afterwards in the table, by role
+        # and status, with the query that finds the versions to retire.
         metrics: dict[str, str] = {}
         if not existed:  # the first run creates the table, empty when no flight was landed
             metrics = tables.merge(spark, predictions, config, "delay_predictions",
@@ -141,9 +141,14 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
                                    PREDICTION_KEYS, changed_columns=PREDICTION_VALUES,
                                    skip_unchanged=True, target_filter=f"t.{window}",
                                    insert_only=empty)
+        held = held_rows(spark, config, start, end)
         # also after an insert: another job may have scored the range since it looked empty
-        retired = retire_others(spark, config, start, end, models) if existed else []
-        counts = written_counts(spark, config, start, end, models)
+        retired = retire_others(spark, config, start, end, models, held) if existed else []
+        current = {f"{m.name}/{m.version}" for m in models}
+        counts: dict[tuple[str, str], int] = {}
+        for (key, role, status), n in held.items():
+            if key in current:
+                counts[role, status] = counts.get((role, status), 0) + n
         rows = sum(counts.values())
         scored = sum(n for (_, status), n in counts.items() if status == "scored")
         audit.update(rows_in=rows, rows_out=scored, rows_quarantined=rows - scored,
