@@ -255,7 +255,8 @@ def test_a_former_champions_rescored_rows_become_previous(spark: SparkSession,
     tables.overwrite(spark.createDataFrame(rows, "flight_id string, flight_date date, "
                                                  "model_name string, model_version string, "
                                                  "role string")
-                     .withColumn("scored_at", F.lit(datetime(2013, 12, 3))),
+                     .withColumn("scored_at", F.lit(datetime(2013, 12, 3)))
+                     .withColumn("status", F.lit("scored")),
                      config, "delay_predictions")
     promoted = [score.Scorer("flight_disruption", "2", "run-2", "champion", 0.5)]
     assert score.retire_others(spark, config, "2013-12-02", "2013-12-02",
