@@ -196,7 +196,8 @@ def bin_counts(df: DataFrame, refs: dict[str, FeatureReference],
             the same pass.
 
     Returns:
-        A DataFrame of group_cols + feature, bin, rows (bins with no row are absent).
+        A DataFrame of group_cols + feature, bin, rows (bins with no row are absent), and
+        value_sum, values with sums.
     """
     if not refs:
         raise DriftInputError("bin_counts: no feature references given")

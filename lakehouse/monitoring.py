@@ -3,9 +3,10 @@
 Feature drift of every model feature and of the predicted probability against the reference
 saved with the model at training time: PSI on quantile bins or categories and the
 Jensen-Shannon distance (bounded where PSI explodes on near-empty bins) from one Spark pass over
-the day's rows, and each numeric feature's mean shift in reference standard deviations from one
-aggregation (the day's rows of the weather are hourly readings of one place: their PSI is large
-every day, while their mean moves only when the weather does); realized quality (AUC-ROC,
+the day's rows, and each numeric feature's mean shift in reference standard deviations from the
+same pass, NaN counted as missing as in the reference (the day's rows of the weather are hourly
+readings of one place: their PSI is large every day, while their mean moves only when the
+weather does); realized quality (AUC-ROC,
 AUC-PR, Brier score, calibration) of the flights whose outcome is known at the monitoring
 instant, by gold's own known-at rule.
 """

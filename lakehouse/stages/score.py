@@ -127,20 +127,29 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         predictions = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
         window = f"flight_date BETWEEN DATE'{start}' AND DATE'{end}'"
         existed = tables.exists(spark, config, "delay_predictions")
-        # One pass over the model's output: the rows are written straight from the transform
-        # (no cache, no count before the write) and counted afterwards in the table, by role
-        # and status, with the query that finds the versions to retire.
+        # A new range is written straight from the model's output in one pass (nothing cached
+        # or counted before the write); a range the table holds rows of is compared with them
+        # first, so its predictions are cached for the comparison and the MERGE (Delta
+        # materializes a MERGE source holding UDFs, the model's, again otherwise). The audit
+        # counts are read back afterwards: the rows the table holds for the range from the
+        # scoring versions, by role and status.
         metrics: dict[str, str] = {}
-        if not existed:  # the first run creates the table, empty when no flight was landed
-            metrics = tables.merge(spark, predictions, config, "delay_predictions",
-                                   PREDICTION_KEYS)
-        elif not flights.isEmpty():  # no flight in the range: nothing to write, no commit
+        # no flight in the range of an existing table: nothing to write, no commit
+        if not existed or not flights.isEmpty():
             # no row in the range yet (a new day): an insert-only MERGE, nothing to compare
-            empty = tables.read(spark, config, "delay_predictions").filter(window).isEmpty()
-            metrics = tables.merge(spark, predictions, config, "delay_predictions",
-                                   PREDICTION_KEYS, changed_columns=PREDICTION_VALUES,
-                                   skip_unchanged=True, target_filter=f"t.{window}",
-                                   insert_only=empty)
+            empty = existed and tables.read(spark, config, "delay_predictions").filter(
+                window).isEmpty()
+            compared = existed and not empty
+            if compared:
+                predictions = predictions.persist()
+            try:
+                metrics = tables.merge(spark, predictions, config, "delay_predictions",
+                                       PREDICTION_KEYS, changed_columns=PREDICTION_VALUES,
+                                       skip_unchanged=True, target_filter=f"t.{window}",
+                                       insert_only=empty)
+            finally:
+                if compared:
+                    predictions.unpersist()
         held = held_rows(spark, config, start, end)
         # also after an insert: another job may have scored the range since it looked empty
         retired = retire_others(spark, config, start, end, models, held) if existed else []
