@@ -13,6 +13,8 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas
+import pyspark
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -260,6 +262,12 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
     inputs = {c["name"] for c in info.signature.inputs.to_dict()}
     assert {"carrier", "origin", "dest", "temp", "plane_age"} <= inputs
     assert info.saved_input_example_info is not None
+    # the requirements a serving environment installs: pinned to the versions that trained it
+    requirements = set(Path(mlflow.artifacts.download_artifacts(
+        f"models:/flight_disruption/{result['version']}/requirements.txt")).read_text()
+        .split())
+    assert {f"mlflow=={mlflow.__version__}", f"pyspark=={pyspark.__version__}",
+            f"pandas=={pandas.__version__}"} <= requirements
 
 
 def test_gate_promotes_better_refuses_worse_and_ties(
