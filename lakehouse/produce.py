@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from lakehouse.config import Config
-from lakehouse.seed import _json_value, _read_rows, _row_day, source_dir
+from lakehouse.seed import _day_of, _json_value, _read_rows, source_dir
 
 OUTCOME_COLUMNS = ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")
 SCHEDULE_LEAD = timedelta(days=1)
@@ -124,7 +124,8 @@ def with_duplicates(events: list[Event], share: float, rng: random.Random,
 def selected_flights(start: date, end: date,
                      limit: int | None) -> tuple[list[str], list[list[str]]]:
     header, rows = _read_rows("flights")
-    chosen = [r for r in rows if start <= _row_day(header, r) <= end]
+    day_of = _day_of(header)
+    chosen = [r for r in rows if start <= day_of(r) <= end]
     return header, chosen[:limit] if limit is not None else chosen
 
 

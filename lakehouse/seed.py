@@ -11,7 +11,7 @@ import io
 import json
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from importlib.util import find_spec
 from pathlib import Path
@@ -43,9 +43,10 @@ def _read_rows(name: str) -> tuple[list[str], Iterator[list[str]]]:
     return next(reader), reader
 
 
-def _row_day(header: list[str], row: list[str]) -> date:
-    year, month, day = (int(row[header.index(k)]) for k in ("year", "month", "day"))
-    return date(year, month, day)
+def _day_of(header: list[str]) -> Callable[[list[str]], date]:
+    """The function giving a source row's local date (the columns are looked up once)."""
+    year, month, day = (header.index(k) for k in ("year", "month", "day"))
+    return lambda row: date(int(row[year]), int(row[month]), int(row[day]))
 
 
 def _json_value(text: str) -> object:
@@ -92,8 +93,9 @@ def seed(landing: Path, start: date, end: date) -> dict[str, int]:
     for source in DAILY_SOURCES:
         header, rows = _read_rows(source)
         by_day: dict[date, list[list[str]]] = defaultdict(list)
+        day_of = _day_of(header)
         for row in rows:
-            day = _row_day(header, row)
+            day = day_of(row)
             if start <= day <= end:
                 by_day[day].append(row)
         for day, day_rows in sorted(by_day.items()):
