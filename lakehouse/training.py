@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -171,6 +173,43 @@ class Vectors:
             val.unpersist()
 
 
+class TrialControl:
+    """Where a search's trials run in Spark: each trial's jobs in a FAIR pool and a job group
+    of their own, so that the search's time box can cancel a running trial with Spark's own
+    job-group cancellation (its fit then fails with a cancelled job).
+
+    Spark Connect (Databricks standard and serverless compute) has no SparkContext: trials
+    then run without pools and groups, in the server's scheduling, and are not cancelled.
+    """
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+        self.classic = not is_remote()
+        self.search_id = uuid.uuid4().hex[:12]  # groups unique among searches in one session
+
+    def set_pool(self, pool: str | None) -> None:
+        # None unsets the property (the thread's jobs go back to the default pool)
+        self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)  # type: ignore[arg-type]
+
+    def group(self, number: int) -> str:
+        return f"{self.search_id}-trial-{number}"
+
+    @contextmanager
+    def trial(self, number: int, family: str) -> Iterator[None]:
+        """The calling thread's Spark jobs in the trial's group (described by family)."""
+        if not self.classic:
+            yield
+            return
+        self.spark.sparkContext.setJobGroup(self.group(number), f"trial {number}: {family}")
+        try:
+            yield
+        finally:
+            self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+
+    def stop(self, number: int) -> None:
+        self.spark.sparkContext.cancelJobGroup(self.group(number))
+
+
 def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
                  settings: TrainSettings,
                  on_trial: Callable[[Trial], None] | None = None) -> TuningResult:
@@ -194,23 +233,17 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
     def objective(number: int, family: str, params: dict[str, Any],
                   weighting: str) -> tuple[float, dict[str, Any]]:
         _, fit, val = vectors.get(family)
-        if classic:
-            spark.sparkContext.setJobDescription(f"trial {number}: {family}")
-        model = classifier(family, params, settings.seed, weighting == "balanced").fit(fit)
-        scored = histogram(model.transform(val), LABEL, positive_probability())
+        with control.trial(number, family):
+            model = classifier(family, params, settings.seed, weighting == "balanced").fit(fit)
+            scored = histogram(model.transform(val), LABEL, positive_probability())
         histograms[number] = scored
         return scored.auc_roc(), {}
 
-    def set_pool(pool: str | None) -> None:
-        # None unsets the property (the thread's jobs go back to the default pool)
-        spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)  # type: ignore[arg-type]
-
-    # Spark Connect (Databricks standard and serverless compute) has no SparkContext: trials
-    # then run without scheduler pools and job descriptions, in the server's scheduling.
-    classic = not is_remote()
+    control = TrialControl(spark)
     space = search_space(settings.families, settings.search_space, settings.class_weighting)
     trials = search(objective, space, settings.budget, settings.seed,
-                    set_pool=set_pool if classic else None, on_done=on_trial)
+                    set_pool=control.set_pool if control.classic else None, on_done=on_trial,
+                    stop=control.stop if control.classic else None)
     vectors.release()
     for part in (vectors.fit_rows, vectors.val_rows):
         part.unpersist()

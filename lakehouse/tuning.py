@@ -112,13 +112,17 @@ Objective = Callable[[int, str, dict[str, Any], str], tuple[float, dict[str, Any
 
 def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: int,
            set_pool: Callable[[str | None], None] | None = None,
-           on_done: Callable[[Trial], None] | None = None) -> list[Trial]:
+           on_done: Callable[[Trial], None] | None = None,
+           stop: Callable[[int], None] | None = None) -> list[Trial]:
     """Run the search; returns every trial in the order they finished.
 
     objective(number, family, params, weighting) returns (validation AUC, extra); an exception
     makes the trial fail (recorded with its error) and the search goes on. set_pool(name) is
     called in a trial's thread before it starts (None after); on_done(trial) in the calling
-    thread as each trial finishes.
+    thread as each trial finishes. When the time box ends with trials still running and one
+    trial has succeeded already, stop(number) is called for each running trial: it should make
+    that trial's objective raise (the trial is recorded as stopped at the time box). Without
+    stop, or before any trial succeeded, running trials finish.
     """
     domain = Domain(lambda _: 0.0, space)
     trials = Trials()
@@ -127,6 +131,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     started = time.monotonic()
     finished: list[Trial] = []
     running: dict[Future[Trial], dict[str, Any]] = {}
+    numbers: dict[Future[Trial], int] = {}
+    stopped: set[int] = set()
     submitted = 0
 
     def run(number: int, point: dict[str, Any]) -> Trial:
@@ -139,6 +145,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             trial.auc, trial.extra = objective(number, family, params, trial.weighting)
         except Exception as error:  # recorded and reported; the search goes on
             trial.error = f"{type(error).__name__}: {error}"[:1000]
+            if number in stopped:
+                trial.error = (f"stopped at the time box ({budget.timeout_s:.0f} s): "
+                               f"{trial.error}")[:1000]
             log.warning("trial %d (%s) failed: %s", number, family, trial.error)
         finally:
             if set_pool is not None:
@@ -168,12 +177,26 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 doc = next(t for t in trials.trials if t["tid"] == doc["tid"])
                 values = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
                 submitted += 1
-                running[pool.submit(run, submitted, space_eval(space, values))] = doc
+                future = pool.submit(run, submitted, space_eval(space, values))
+                running[future], numbers[future] = doc, submitted
             if not running:
                 break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            # the time box ends the running trials too, once there is a model to refit
+            may_stop = (stop is not None and best_auc(finished) is not None
+                        and not stopped.issuperset(numbers.values()))
+            left = budget.timeout_s - (time.monotonic() - started)
+            done, _ = wait(running, timeout=max(left, 0.0) if may_stop else None,
+                           return_when=FIRST_COMPLETED)
+            if not done and stop is not None:
+                for number in sorted(set(numbers.values()) - stopped):
+                    log.info("trial %d: stopped, the search's time box (%.0f s) has ended",
+                             number, budget.timeout_s)
+                    stopped.add(number)
+                    stop(number)
+                continue
             for future in done:
                 doc, trial = running.pop(future), future.result()
+                numbers.pop(future)
                 # A failed trial stays among the trials (as fmin keeps it): TPE counts its
                 # point as a bad one (no loss) instead of suggesting it again.
                 doc["state"] = JOB_STATE_DONE

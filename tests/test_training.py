@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +28,7 @@ from lakehouse.config import Config
 from lakehouse.evaluation import histogram
 from lakehouse.features import FeatureSettings, flight_features
 from lakehouse.stages import train
-from lakehouse.training import Windows, WindowsError
+from lakehouse.training import TrialControl, Windows, WindowsError
 from lakehouse.tuning import Budget, SearchSpaceError, search, search_space
 from tests.conftest import make_config
 from tests.rows import silver_frames, source_rows
@@ -224,6 +225,71 @@ def test_search_stops_early_when_the_best_does_not_improve() -> None:
     trials = search(lambda *_: (0.7, {}), space, Budget(max_evals=30, timeout_s=60,
                                                          early_stop_trials=3), seed=1)
     assert len(trials) == 4  # the first sets the best, three more do not improve it
+
+
+def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
+    """A trial still running when the time box ends is stopped (the first trial, without which
+    there is no model, is let finish) and recorded as stopped."""
+    space = search_space(["logistic_regression"], {}, ["none"])
+    released = threading.Event()
+    stops: list[int] = []
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        if number == 1:
+            time.sleep(0.8)  # past the time box: still let finish, it is the only model
+            return 0.6, {}
+        if not released.wait(60):
+            return 0.7, {}
+        raise RuntimeError("job cancelled")
+
+    def stop(number: int) -> None:
+        stops.append(number)
+        released.set()
+
+    started = time.monotonic()
+    trials = search(objective, space, Budget(max_evals=5, timeout_s=0.5, early_stop_trials=100,
+                                             parallelism=2), seed=1, stop=stop)
+    assert time.monotonic() - started < 30
+    assert stops == [2]
+    assert [(t.number, t.ok) for t in sorted(trials, key=lambda t: t.number)] == [(1, True),
+                                                                                (2, False)]
+    assert next(t for t in trials if t.number == 2).error == (
+        "stopped at the time box (0 s): RuntimeError: job cancelled")
+
+
+def test_a_trials_spark_jobs_are_cancelled_by_its_stop(spark: SparkSession) -> None:
+    """The stop the training job gives the search cancels the trial's running Spark job (run
+    from the trial's own thread, as the search runs it), and no other thread's."""
+    control = TrialControl(spark)
+    outcome: dict[str, Any] = {}
+
+    def slow(rows: Any) -> Any:
+        import time as t
+
+        t.sleep(120)
+        yield from rows
+
+    def trial() -> None:
+        with control.trial(7, "gbt"):
+            try:
+                spark.range(2).repartition(2).mapInPandas(slow, "id long").count()
+                outcome["finished"] = True
+            except Exception as error:
+                outcome["error"] = str(error)
+
+    thread = threading.Thread(target=trial)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(5)
+    control.stop(8)  # another trial's group: nothing happens to this one
+    time.sleep(1)
+    assert thread.is_alive()
+    control.stop(7)
+    thread.join(60)
+    assert not thread.is_alive() and time.monotonic() - started < 60
+    assert "finished" not in outcome and "cancel" in outcome["error"].lower()
+    assert spark.range(3).count() == 3  # the session goes on
 
 
 def test_concurrent_trials_each_log_a_nested_run_with_lineage(

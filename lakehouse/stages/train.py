@@ -59,12 +59,11 @@ def model_requirements() -> list[str]:
     loads with (MLflow adds itself). Given explicitly because MLflow would otherwise infer them
     by loading the model in a subprocess that starts a Spark session of its own: ~30 s a model
     on 2 cores, more than the fit of a small one."""
-    import numpy
-    import pandas
-    import pyarrow
+    from importlib import import_module
 
     return [*mlflow.spark.get_default_pip_requirements(),
-            *(f"{m.__name__}=={m.__version__}" for m in (pandas, numpy, pyarrow))]
+            *(f"{name}=={import_module(name).__version__}"
+              for name in ("pandas", "numpy", "pyarrow"))]
 
 
 def trial_logger(parent_run_id: str, experiment_id: str):  # type: ignore[no-untyped-def]
