@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -174,40 +175,49 @@ class Vectors:
 
 
 class TrialControl:
-    """Where a search's trials run in Spark: each trial's jobs in a FAIR pool and a job group
-    of their own, so that the search's time box can cancel a running trial with Spark's own
-    job-group cancellation (its fit then fails with a cancelled job).
+    """Where a search's trials run in Spark: each trial's jobs in a FAIR pool and under a job
+    tag of their own, so that the search's time box can cancel a running trial with Spark's
+    own cancellation (its fit then fails with a cancelled job). A tag is added to the thread's
+    jobs, not put in place of a job group (Databricks cancels a run or a cell by its group).
 
     Spark Connect (Databricks standard and serverless compute) has no SparkContext: trials
-    then run without pools and groups, in the server's scheduling, and are not cancelled.
+    then run without pools and tags, in the server's scheduling, and are not cancelled; nor
+    are they when PySpark's pinned thread mode is off (a thread's properties would then land
+    on whichever JVM thread serves the call).
     """
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
-        self.classic = not is_remote()
-        self.search_id = uuid.uuid4().hex[:12]  # groups unique among searches in one session
+        self.classic = (not is_remote()
+                        and os.environ.get("PYSPARK_PIN_THREAD", "true").lower() != "false")
+        self.search_id = uuid.uuid4().hex[:12]  # tags unique among searches in one session
 
     def set_pool(self, pool: str | None) -> None:
         # None unsets the property (the thread's jobs go back to the default pool)
         self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)  # type: ignore[arg-type]
 
-    def group(self, number: int) -> str:
-        return f"{self.search_id}-trial-{number}"
+    def tag(self, number: int) -> str:
+        return f"lakehouse-{self.search_id}-trial-{number}"
 
     @contextmanager
     def trial(self, number: int, family: str) -> Iterator[None]:
-        """The calling thread's Spark jobs in the trial's group (described by family)."""
+        """The calling thread's Spark jobs tagged as the trial's (and described by family)."""
         if not self.classic:
             yield
             return
-        self.spark.sparkContext.setJobGroup(self.group(number), f"trial {number}: {family}")
+        context = self.spark.sparkContext
+        context.setJobDescription(f"trial {number}: {family}")
+        context.addJobTag(self.tag(number))
         try:
             yield
         finally:
-            self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+            context.removeJobTag(self.tag(number))
+            context.setJobDescription(None)  # type: ignore[arg-type]
 
     def stop(self, number: int) -> None:
-        self.spark.sparkContext.cancelJobGroup(self.group(number))
+        """Cancel the trial's running jobs (the search calls it again while the trial runs:
+        a job it starts later is not cancelled by an earlier call)."""
+        self.spark.sparkContext.cancelJobsWithTag(self.tag(number))
 
 
 def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,

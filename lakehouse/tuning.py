@@ -25,6 +25,7 @@ from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Domain
 from lakehouse.models import FAMILIES, INTEGER_PARAMS, check_family
 
 log = logging.getLogger("lakehouse")
+STOP_REPEAT_S = 1.0  # a stopped trial still running is stopped again this often
 WEIGHTINGS = ("none", "balanced")
 
 
@@ -98,7 +99,7 @@ class Trial:
 
 @dataclass(frozen=True)
 class Budget:
-    """When the search stops taking new trials (running ones finish)."""
+    """When the search stops taking new trials (and, with a stop, ends running ones)."""
 
     max_evals: int
     timeout_s: float
@@ -120,9 +121,10 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     makes the trial fail (recorded with its error) and the search goes on. set_pool(name) is
     called in a trial's thread before it starts (None after); on_done(trial) in the calling
     thread as each trial finishes. When the time box ends with trials still running and one
-    trial has succeeded already, stop(number) is called for each running trial: it should make
-    that trial's objective raise (the trial is recorded as stopped at the time box). Without
-    stop, or before any trial succeeded, running trials finish.
+    trial has succeeded already, stop(number) is called for each running trial, again every
+    STOP_REPEAT_S until it ends (a cancellation reaches only the jobs running at that moment):
+    it should make that trial's objective raise (the trial is recorded as stopped at the time
+    box). Without stop, or before any trial succeeded, running trials finish.
     """
     domain = Domain(lambda _: 0.0, space)
     trials = Trials()
@@ -145,10 +147,11 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             trial.auc, trial.extra = objective(number, family, params, trial.weighting)
         except Exception as error:  # recorded and reported; the search goes on
             trial.error = f"{type(error).__name__}: {error}"[:1000]
-            if number in stopped:
-                trial.error = (f"stopped at the time box ({budget.timeout_s:.0f} s): "
-                               f"{trial.error}")[:1000]
-            log.warning("trial %d (%s) failed: %s", number, family, trial.error)
+            if number in stopped:  # the cancelled job's error says nothing more
+                log.debug("trial %d stopped: %s", number, trial.error)
+                trial.error = f"stopped at the time box ({budget.timeout_s:.0f} s)"
+            else:
+                log.warning("trial %d (%s) failed: %s", number, family, trial.error)
         finally:
             if set_pool is not None:
                 set_pool(None)
@@ -182,17 +185,21 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             if not running:
                 break
             # the time box ends the running trials too, once there is a model to refit
-            may_stop = (stop is not None and best_auc(finished) is not None
-                        and not stopped.issuperset(numbers.values()))
+            may_stop = stop is not None and best_auc(finished) is not None
             left = budget.timeout_s - (time.monotonic() - started)
-            done, _ = wait(running, timeout=max(left, 0.0) if may_stop else None,
-                           return_when=FIRST_COMPLETED)
+            timeout = (None if not may_stop else STOP_REPEAT_S
+                       if stopped.issuperset(numbers.values()) else max(left, 0.0))
+            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
             if not done and stop is not None:
-                for number in sorted(set(numbers.values()) - stopped):
-                    log.info("trial %d: stopped, the search's time box (%.0f s) has ended",
-                             number, budget.timeout_s)
-                    stopped.add(number)
-                    stop(number)
+                for number in sorted(numbers.values()):
+                    if number not in stopped:
+                        log.info("trial %d: stopping it, the search's time box (%.0f s) has "
+                                 "ended", number, budget.timeout_s)
+                        stopped.add(number)
+                    try:
+                        stop(number)
+                    except Exception as error:  # the trial then finishes; the search goes on
+                        log.warning("trial %d: could not be stopped: %s", number, error)
                 continue
             for future in done:
                 doc, trial = running.pop(future), future.result()

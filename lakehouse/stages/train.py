@@ -59,11 +59,12 @@ def model_requirements() -> list[str]:
     loads with (MLflow adds itself). Given explicitly because MLflow would otherwise infer them
     by loading the model in a subprocess that starts a Spark session of its own: ~30 s a model
     on 2 cores, more than the fit of a small one."""
-    from importlib import import_module
+    from importlib.metadata import version
 
+    # a local version label (+...) is dropped, as MLflow does: PyPI holds no such version
     return [*mlflow.spark.get_default_pip_requirements(),
-            *(f"{name}=={import_module(name).__version__}"
-              for name in ("pandas", "numpy", "pyarrow"))]
+            *(f"{name}=={version(name).split('+')[0]}" for name in ("pandas", "numpy",
+                                                                    "pyarrow"))]
 
 
 def trial_logger(parent_run_id: str, experiment_id: str):  # type: ignore[no-untyped-def]
