@@ -177,8 +177,8 @@ class Vectors:
 class TrialControl:
     """Where a search's trials run in Spark: each trial's jobs in a FAIR pool and under a job
     tag of their own, so that the search's time box can cancel a running trial with Spark's
-    own cancellation (its fit then fails with a cancelled job). A tag is added to the thread's
-    jobs, not put in place of a job group (Databricks cancels a run or a cell by its group).
+    own cancellation (its fit then fails with a cancelled job). A tag adds to the thread's
+    properties; a job group or description the thread had is left as it was.
 
     Spark Connect (Databricks standard and serverless compute) has no SparkContext: trials
     then run without pools and tags, in the server's scheduling, and are not cancelled; nor
@@ -189,7 +189,8 @@ class TrialControl:
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
         self.classic = (not is_remote()
-                        and os.environ.get("PYSPARK_PIN_THREAD", "true").lower() != "false")
+                        # PySpark's own test for pinned thread mode
+                        and os.environ.get("PYSPARK_PIN_THREAD", "true").lower() == "true")
         self.search_id = uuid.uuid4().hex[:12]  # tags unique among searches in one session
 
     def set_pool(self, pool: str | None) -> None:
@@ -206,13 +207,14 @@ class TrialControl:
             yield
             return
         context = self.spark.sparkContext
+        description = context.getLocalProperty("spark.job.description")
         context.setJobDescription(f"trial {number}: {family}")
         context.addJobTag(self.tag(number))
         try:
             yield
         finally:
             context.removeJobTag(self.tag(number))
-            context.setJobDescription(None)  # type: ignore[arg-type]
+            context.setJobDescription(description)  # type: ignore[arg-type]
 
     def stop(self, number: int) -> None:
         """Cancel the trial's running jobs (the search calls it again while the trial runs:
@@ -242,8 +244,8 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
 
     def objective(number: int, family: str, params: dict[str, Any],
                   weighting: str) -> tuple[float, dict[str, Any]]:
-        _, fit, val = vectors.get(family)
         with control.trial(number, family):
+            _, fit, val = vectors.get(family)  # the first trial of a kind prepares it
             model = classifier(family, params, settings.seed, weighting == "balanced").fit(fit)
             scored = histogram(model.transform(val), LABEL, positive_probability())
         histograms[number] = scored

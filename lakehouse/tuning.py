@@ -135,6 +135,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     running: dict[Future[Trial], dict[str, Any]] = {}
     numbers: dict[Future[Trial], int] = {}
     stopped: set[int] = set()
+    unstoppable: set[int] = set()
     submitted = 0
 
     def run(number: int, point: dict[str, Any]) -> Trial:
@@ -147,8 +148,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             trial.auc, trial.extra = objective(number, family, params, trial.weighting)
         except Exception as error:  # recorded and reported; the search goes on
             trial.error = f"{type(error).__name__}: {error}"[:1000]
-            if number in stopped:  # the cancelled job's error says nothing more
-                log.debug("trial %d stopped: %s", number, trial.error)
+            if number in stopped:
+                log.info("trial %d stopped: %s", number, trial.error.splitlines()[0])
                 trial.error = f"stopped at the time box ({budget.timeout_s:.0f} s)"
             else:
                 log.warning("trial %d (%s) failed: %s", number, family, trial.error)
@@ -199,7 +200,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                     try:
                         stop(number)
                     except Exception as error:  # the trial then finishes; the search goes on
-                        log.warning("trial %d: could not be stopped: %s", number, error)
+                        if number not in unstoppable:
+                            unstoppable.add(number)
+                            log.warning("trial %d: could not be stopped: %s", number, error)
                 continue
             for future in done:
                 doc, trial = running.pop(future), future.result()
