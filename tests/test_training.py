@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from lakehouse import registry, tables, workflow
+from lakehouse import registry, tables, training, workflow
 from lakehouse.config import Config
 from lakehouse.evaluation import histogram
 from lakehouse.features import FeatureSettings, flight_features
@@ -262,40 +262,31 @@ def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
     assert next(t for t in trials if t.number == 2).error == "stopped at the time box (1 s)"
 
 
-def test_a_trials_spark_jobs_are_cancelled_by_its_stop(spark: SparkSession,
-                                                      tmp_path: Path) -> None:
+def test_a_trials_spark_jobs_are_cancelled_by_its_stop(spark: SparkSession) -> None:
     """The stop the training job gives the search cancels the trial's running Spark job (run
     from the trial's own thread, as the search runs it), and no other trial's; the thread's
     own job group and description are left as they were."""
     control = TrialControl(spark)
     outcome: dict[str, Any] = {}
-    marker = tmp_path / "running"
-
-    def slow(rows: Any) -> Any:
-        import time as t
-        from pathlib import Path as P
-
-        P(str(marker)).touch()
-        t.sleep(120)
-        yield from rows
 
     def trial() -> None:
         spark.sparkContext.setJobGroup("the-run", "a scheduled run")
         with control.trial(7, "gbt"):
-            try:
-                spark.range(2).repartition(2).mapInPandas(slow, "id long").count()
+            try:  # a job of hours on the JVM alone (no Python worker)
+                spark.range(0, 10**13, numPartitions=2).agg(F.sum(F.sqrt("id"))).collect()
                 outcome["finished"] = True
             except Exception as error:
                 outcome["error"] = str(error)
         context = spark.sparkContext
         outcome["left"] = (context.getLocalProperty("spark.jobGroup.id"),
                            context.getLocalProperty("spark.job.description"),
-                           context.getJobTags())
+                           set(context.getJobTags()))
 
     thread = threading.Thread(target=trial)
     started = time.monotonic()
     thread.start()
-    while not marker.exists():  # the sleeping job runs
+    tracker = spark.sparkContext.statusTracker()
+    while not tracker.getActiveStageIds():  # the long job runs
         assert time.monotonic() - started < 60, "the trial's job never started"
         time.sleep(0.2)
     control.stop(8)  # another trial's tag: nothing happens to this one
@@ -306,19 +297,30 @@ def test_a_trials_spark_jobs_are_cancelled_by_its_stop(spark: SparkSession,
     assert not thread.is_alive() and time.monotonic() - started < 120
     assert "finished" not in outcome and "cancel" in outcome["error"].lower()
     assert outcome["left"] == ("the-run", "a scheduled run", set())
-    assert not spark.sparkContext.getJobTags()  # nor did the test's own thread get a tag
+    assert not set(spark.sparkContext.getJobTags())  # nor did the test's own thread get a tag
     assert spark.range(3).count() == 3  # the session goes on
 
 
 def test_concurrent_trials_each_log_a_nested_run_with_lineage(
-        spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
+        spark: SparkSession, features_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     conf = {**LR_ONLY, "max_evals": 4, "parallelism": 2, "families": ["logistic_regression",
                                                                       "gbt"],
             "class_weighting": ["none", "balanced"],
             "search_space": {"gbt": {"maxDepth": [2, 3], "maxIter": [3, 5, 1]},
                              "logistic_regression": {"regParam": [0.001, 0.1, "log"]}}}
     config = config_for(features_root, tmp_path, conf)
+    given: dict[str, Any] = {}
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        given.update(kwargs)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(training, "search", watched)
     result = train.run(spark, config, "concurrent")
+    # the search was given the means to stop this session's trials at its time box
+    assert isinstance(given["stop"].__self__, TrialControl)
+    assert given["stop"].__self__.spark is spark and given["stop"].__self__.classic
     client = MlflowClient()
     parent = client.get_run(result["run_id"])
     children = client.search_runs([parent.info.experiment_id],
