@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -152,11 +151,12 @@ class Vectors:
         self.fit_rows, self.val_rows = fit_rows, val_rows
         self.weights = class_weights(fit_rows)
         self._cache: dict[str, tuple[PipelineModel, DataFrame, DataFrame]] = {}
-        self._lock = threading.Lock()  # concurrent trials of one kind prepare it once
+        # concurrent trials of one kind prepare it once; a trial of the other kind need not wait
+        self._locks = {"trees": threading.Lock(), "linear": threading.Lock()}
 
     def get(self, family: str) -> tuple[PipelineModel, DataFrame, DataFrame]:
         kind = "trees" if family in TREE_FAMILIES else "linear"
-        with self._lock:
+        with self._locks[kind]:
             return self._prepared(kind, family)
 
     def _prepared(self, kind: str, family: str) -> tuple[PipelineModel, DataFrame, DataFrame]:
@@ -174,6 +174,15 @@ class Vectors:
             val.unpersist()
 
 
+def pinned_threads() -> bool:
+    """Whether PySpark runs in pinned thread mode (each Python thread on a JVM thread of its
+    own), tested as PySpark's `inheritable_thread_target` tests it: by the gateway's kind."""
+    from py4j.clientserver import ClientServer  # type: ignore[import-untyped]  # classic only
+    from pyspark import SparkContext
+
+    return isinstance(SparkContext._gateway, ClientServer)
+
+
 class TrialControl:
     """Where a search's trials run in Spark: each trial's jobs in a FAIR pool and under a job
     tag of their own, so that the search's time box can cancel a running trial with Spark's
@@ -188,10 +197,20 @@ class TrialControl:
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
-        self.classic = (not is_remote()
-                        # PySpark's own test for pinned thread mode
-                        and os.environ.get("PYSPARK_PIN_THREAD", "true").lower() == "true")
+        self.classic = not is_remote() and pinned_threads()
         self.search_id = uuid.uuid4().hex[:12]  # tags unique among searches in one session
+
+    def inherit(self, target: Callable[..., Any]) -> Callable[..., Any]:
+        """The target a trial's thread runs, carrying the calling thread's Spark properties
+        (its job group, description, tags: a cancellation of the caller's job group, as
+        Databricks cancels a notebook command, reaches the trial's jobs) or, on Spark Connect,
+        its session and tags. PySpark's own wrapper; the target itself where there is nothing
+        to carry (pinned thread mode off)."""
+        from pyspark.util import inheritable_thread_target
+
+        if is_remote() or self.classic:
+            return inheritable_thread_target(self.spark)(target)  # type: ignore[no-any-return]
+        return target
 
     def set_pool(self, pool: str | None) -> None:
         # None unsets the property (the thread's jobs go back to the default pool)
@@ -255,7 +274,7 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
     space = search_space(settings.families, settings.search_space, settings.class_weighting)
     trials = search(objective, space, settings.budget, settings.seed,
                     set_pool=control.set_pool if control.classic else None, on_done=on_trial,
-                    stop=control.stop if control.classic else None)
+                    stop=control.stop if control.classic else None, wrap=control.inherit)
     vectors.release()
     for part in (vectors.fit_rows, vectors.val_rows):
         part.unpersist()

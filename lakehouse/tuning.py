@@ -5,7 +5,8 @@ Spark task, where MLlib cannot run (DESIGN.md). This loop keeps TPE's suggestion
 `parallelism` trials at once, each in its own driver thread submitting distributed MLlib jobs
 (in its own FAIR scheduler pool, so one fit cannot starve the others): it asks
 `tpe.suggest` for a point whenever a slot is free, with the trials still running counted as
-unknown (Hyperopt's own rule for asynchronous trials), and tells it each result as it comes.
+`tpe.suggest` counts them (as points of infinite loss, like failed ones: its next suggestion
+moves away from the points being tried), and tells it each result as it comes.
 """
 
 from __future__ import annotations
@@ -114,17 +115,24 @@ Objective = Callable[[int, str, dict[str, Any], str], tuple[float, dict[str, Any
 def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: int,
            set_pool: Callable[[str | None], None] | None = None,
            on_done: Callable[[Trial], None] | None = None,
-           stop: Callable[[int], None] | None = None) -> list[Trial]:
+           stop: Callable[[int], None] | None = None,
+           wrap: Callable[[Callable[..., Trial]], Callable[..., Trial]] | None = None,
+           ) -> list[Trial]:
     """Run the search; returns every trial in the order they finished.
 
     objective(number, family, params, weighting) returns (validation AUC, extra); an exception
     makes the trial fail (recorded with its error) and the search goes on. set_pool(name) is
-    called in a trial's thread before it starts (None after); on_done(trial) in the calling
-    thread as each trial finishes. When the time box ends with trials still running and one
-    trial has succeeded already, stop(number) is called for each running trial, again every
-    STOP_REPEAT_S until it ends (a cancellation reaches only the jobs running at that moment):
-    it should make that trial's objective raise (the trial is recorded as stopped at the time
-    box). Without stop, or before any trial succeeded, running trials finish.
+    called in a trial's thread before it starts (None after), with a pool name per free slot;
+    on_done(trial) in the calling thread as each trial finishes. wrap(target), called in the
+    calling thread as each trial is submitted, returns the target the trial's thread runs (e.g.
+    PySpark's `inheritable_thread_target`, so the trial's jobs carry the caller's job group).
+    When the time box ends with trials still running and one trial has succeeded already,
+    stop(number) is called for each running trial, again every STOP_REPEAT_S until it ends (a
+    cancellation reaches only the jobs running at that moment): it should make that trial's
+    objective raise (the trial is recorded as stopped at the time box). Without stop, or before
+    any trial succeeded, running trials finish. When the search itself fails or is interrupted
+    (an error from on_done, KeyboardInterrupt), running trials are stopped the same way before
+    the error propagates.
     """
     domain = Domain(lambda _: 0.0, space)
     trials = Trials()
@@ -134,21 +142,22 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     finished: list[Trial] = []
     running: dict[Future[Trial], dict[str, Any]] = {}
     numbers: dict[Future[Trial], int] = {}
+    slots: dict[Future[Trial], int] = {}
     stopped: set[int] = set()
     unstoppable: set[int] = set()
     submitted = 0
 
-    def run(number: int, point: dict[str, Any]) -> Trial:
+    def run(number: int, point: dict[str, Any], slot: int) -> Trial:
         family, params = point["model"]["family"], dict(point["model"]["params"])
         if set_pool is not None:
-            set_pool(f"trial-{number % budget.parallelism}")
+            set_pool(f"trial-{slot}")
         began = time.monotonic()
         trial = Trial(number, family, params, point["class_weighting"], 0.0, time.time())
         try:
             trial.auc, trial.extra = objective(number, family, params, trial.weighting)
         except Exception as error:  # recorded and reported; the search goes on
             trial.error = f"{type(error).__name__}: {error}"[:1000]
-            if number in stopped:
+            if number in stopped:  # by the time box, or as the search was interrupted
                 log.info("trial %d stopped: %s", number, trial.error.splitlines()[0])
                 trial.error = f"stopped at the time box ({budget.timeout_s:.0f} s)"
             else:
@@ -167,7 +176,26 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         return (submitted < budget.max_evals and not stalled
                 and time.monotonic() - started < budget.timeout_s)
 
-    with ThreadPoolExecutor(budget.parallelism, thread_name_prefix="trial") as pool:
+    def stop_all() -> None:
+        """Stop every running trial, again every STOP_REPEAT_S, until each has ended."""
+        pending = set(running)
+        if stop is None or not pending:
+            return
+        log.warning("the search failed or was interrupted: stopping %d running trial(s)",
+                    len(pending))
+        while pending:
+            for future in pending:
+                stopped.add(numbers[future])
+                try:
+                    stop(numbers[future])
+                except Exception as error:  # the trial then finishes; the error goes on
+                    if numbers[future] not in unstoppable:
+                        unstoppable.add(numbers[future])
+                        log.warning("trial %d: could not be stopped: %s", numbers[future], error)
+            _, pending = wait(pending, timeout=STOP_REPEAT_S)
+
+    pool = ThreadPoolExecutor(budget.parallelism, thread_name_prefix="trial")
+    try:
         while True:
             while len(running) < budget.parallelism and may_start():
                 ids = trials.new_trial_ids(1)
@@ -181,8 +209,10 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 doc = next(t for t in trials.trials if t["tid"] == doc["tid"])
                 values = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
                 submitted += 1
-                future = pool.submit(run, submitted, space_eval(space, values))
-                running[future], numbers[future] = doc, submitted
+                slot = min(set(range(budget.parallelism)) - set(slots.values()))
+                target = wrap(run) if wrap is not None else run
+                future = pool.submit(target, submitted, space_eval(space, values), slot)
+                running[future], numbers[future], slots[future] = doc, submitted, slot
             if not running:
                 break
             # the time box ends the running trials too, once there is a model to refit
@@ -207,6 +237,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             for future in done:
                 doc, trial = running.pop(future), future.result()
                 numbers.pop(future)
+                slots.pop(future)
                 # A failed trial stays among the trials (as fmin keeps it): TPE counts its
                 # point as a bad one (no loss) instead of suggesting it again.
                 doc["state"] = JOB_STATE_DONE
@@ -221,6 +252,11 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                          f"{trial.auc:.4f}" if trial.ok else f"failed ({trial.error})",
                          f"{best_auc(finished):.4f}" if best_auc(finished) is not None else "-",
                          time.monotonic() - started)
+    except BaseException:
+        stop_all()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return finished
 
 

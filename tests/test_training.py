@@ -262,6 +262,74 @@ def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
     assert next(t for t in trials if t.number == 2).error == "stopped at the time box (1 s)"
 
 
+def test_a_failing_search_stops_its_running_trials_before_the_error_propagates() -> None:
+    """An error in the search itself (here logging a finished trial, as an MLflow outage
+    would) stops the trials still running instead of waiting for them, then propagates;
+    concurrent trials run in pools of distinct free slots."""
+    space = search_space(["logistic_regression"], {}, ["none"])
+    stopped, pools = threading.Event(), []
+    wrapped: list[int] = []
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        if number == 1:
+            return 0.6, {}
+        if not stopped.wait(60):  # a long fit, until stopped
+            return 0.7, {}
+        raise RuntimeError("job cancelled")
+
+    def on_done(trial: Any) -> None:
+        if trial.number == 1:
+            raise OSError("tracking server unavailable")
+
+    def wrap(target: Any) -> Any:  # called in the search's thread at each submission
+        wrapped.append(threading.get_ident())
+        return target
+
+    started = time.monotonic()
+    with pytest.raises(OSError, match="tracking server unavailable"):
+        search(objective, space, Budget(max_evals=2, timeout_s=600, early_stop_trials=100,
+                                        parallelism=2), seed=1,
+               set_pool=lambda p: pools.append(p), on_done=on_done,
+               stop=lambda n: stopped.set() if n == 2 else None, wrap=wrap)
+    assert time.monotonic() - started < 30 and stopped.is_set()
+    assert wrapped == [threading.get_ident()] * 2
+    assert sorted(p for p in pools if p) == ["trial-0", "trial-1"]
+
+
+def test_a_trial_thread_carries_the_callers_job_group(spark: SparkSession) -> None:
+    """A trial's thread inherits the caller's Spark properties: cancelling the caller's job
+    group (as Databricks cancels a notebook command) cancels the trial's running job."""
+    control = TrialControl(spark)
+    outcome: dict[str, Any] = {}
+
+    def trial() -> None:
+        with control.trial(3, "gbt"):
+            try:
+                spark.range(0, 10**13, numPartitions=2).agg(F.sum(F.sqrt("id"))).collect()
+                outcome["finished"] = True
+            except Exception as error:
+                outcome["error"] = str(error)
+
+    context = spark.sparkContext
+    context.setJobGroup("the-cell", "a notebook command")
+    try:
+        thread = threading.Thread(target=control.inherit(trial))
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        context.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+    started = time.monotonic()
+    thread.start()
+    tracker = context.statusTracker()
+    while not tracker.getJobIdsForGroup("the-cell"):
+        assert time.monotonic() - started < 60, "the trial's job never started in the group"
+        time.sleep(0.2)
+    context.cancelJobGroup("the-cell")
+    thread.join(60)
+    assert not thread.is_alive() and "finished" not in outcome
+    assert "cancel" in outcome["error"].lower()
+
+
 def test_a_trials_spark_jobs_are_cancelled_by_its_stop(spark: SparkSession) -> None:
     """The stop the training job gives the search cancels the trial's running Spark job (run
     from the trial's own thread, as the search runs it), and no other trial's; the thread's
@@ -408,3 +476,38 @@ def test_a_registry_error_other_than_a_missing_alias_fails_the_job(
         server.shutdown()
     failed = tables.read(spark, config, "audit").filter(F.col("job") == "train").first()
     assert failed["status"] == "failed" and "MlflowException" in failed["message"]
+
+
+def test_a_champion_moved_during_training_fails_the_gate_and_registers_nothing(
+        spark: SparkSession, features_root: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run takes @champion while this one searches: this run's gate compared against
+    no champion, so it must not promote (MLflow aliases have no compare-and-set)."""
+    config = config_for(features_root, tmp_path, LR_ONLY)
+    name = registry.configure(config)["model_name"]
+    client = MlflowClient()
+    real = train.tune_and_fit
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        # a concurrent run registers its version and promotes it meanwhile
+        client.create_registered_model(name)
+        other = client.create_model_version(name, source=str(tmp_path / "other-model"))
+        client.set_registered_model_alias(name, registry.CHAMPION, other.version)
+        return result
+
+    monkeypatch.setattr(train, "tune_and_fit", racing)
+    with pytest.raises(train.ChampionChangedError,
+                       match=r"@champion of flight_disruption moved from none to 1 .*nothing "
+                             r"was registered"):
+        train.run(spark, config, "raced")
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(name, registry.CHAMPION).version) == "1"
+    assert workflow.is_permanent(train.ChampionChangedError("x"))  # a retry would race again
+    # the check itself, just before an alias is set: the version stays without one
+    champion = registry.resolve(name, registry.CHAMPION)
+    train.check_champion_unchanged(name, champion, "2")  # unchanged: passes
+    with pytest.raises(train.ChampionChangedError, match=r"from 1 to none .*: version 2 "
+                                                         r"stays registered without an alias"):
+        client.delete_registered_model_alias(name, registry.CHAMPION)
+        train.check_champion_unchanged(name, champion, "2")

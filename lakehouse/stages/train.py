@@ -53,6 +53,27 @@ class GateWindowError(GateError, ValueError):
     which retrying cannot cure (a ValueError, so the workflow does not retry it)."""
 
 
+class ChampionChangedError(GateError, ValueError):
+    """Another run moved @champion while this one trained: its gate compared against a model
+    that no longer holds the alias. Not retried by the workflow (a ValueError): a retry would
+    race that run again; run the train job again once it is done."""
+
+
+def check_champion_unchanged(name: str, gated: Any, new_version: str | None = None) -> None:
+    """Fail when @champion is no longer the version the gate compared against. MLflow's
+    registry has no compare-and-set for aliases: this is checked before the model is
+    registered and again just before its alias is set, which leaves only that moment open."""
+    now = registry.resolve(name, registry.CHAMPION)
+    before, after = (str(v.version) if v is not None else None for v in (gated, now))
+    if before != after:
+        registered = (f"version {new_version} stays registered without an alias"
+                      if new_version else "nothing was registered")
+        raise ChampionChangedError(
+            f"@champion of {name} moved from {before or 'none'} to {after or 'none'} while this "
+            f"run trained (another train run?); its gate compared against {before or 'none'}, "
+            f"so it decides nothing: {registered}; run the train job again")
+
+
 def model_requirements() -> list[str]:
     """The logged model's pip requirements, pinned to the versions this job runs with: pyspark
     (as MLflow's Spark flavor pins it), and pandas, numpy and pyarrow, which its pyfunc flavor
@@ -260,6 +281,7 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
             mlflow.log_metrics({"gate_new_auc_roc": new_auc,
                                 **({"gate_champion_auc_roc": old_auc} if old_auc is not None
                                    else {})})
+            check_champion_unchanged(name, current)
             sample = labeled.select(*MODEL_INPUTS).limit(5)
             example = sample.toPandas()
             signature = infer_signature(example, result.model.transform(sample)
@@ -271,6 +293,7 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
         version = str(info.registered_model_version)
         client = MlflowClient()
         client.set_model_version_tag(name, version, "decision_threshold", str(result.threshold))
+        check_champion_unchanged(name, current, version)
         registry.set_alias(name, decision.alias, version)
         if decision.promoted:
             registry.delete_alias(name, registry.CHALLENGER)
