@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from lakehouse.config import Config
+from lakehouse.lineage import code_version
 from lakehouse.seed import seed
 from lakehouse.stages import bronze, gold, silver
 
@@ -29,10 +31,17 @@ def data_root(given: Path | None, prefix: str) -> tuple[Path, bool]:
 
 
 def build_year(spark: SparkSession, config: Config, root: Path) -> None:
-    """Land and build 2013 through bronze, silver and gold, unless a bench did so in root."""
-    if (root / MARKER).exists():
+    """Land and build 2013 through bronze, silver and gold, unless a bench did so in root (a
+    year built by another code version is reused too, with a warning: give a new folder to
+    measure this version's gold)."""
+    marker = root / MARKER
+    if marker.exists():
+        built_by = marker.read_text().strip()
+        if built_by != code_version():
+            print(f"warning: the year in {root} was built by {built_by}, not by this code "
+                  f"({code_version()})", file=sys.stderr)
         return
     seed(Path(config.landing), date(2013, 1, 1), date(2013, 12, 31))
     for stage in (bronze, silver, gold):
         stage.run(spark, config, "bench")
-    (root / MARKER).write_text("2013-01-01..2013-12-31 built through gold\n")
+    marker.write_text(code_version() + "\n")

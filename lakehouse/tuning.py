@@ -132,7 +132,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     objective raise (the trial is recorded as stopped at the time box). Without stop, or before
     any trial succeeded, running trials finish. When the search itself fails or is interrupted
     (an error from on_done, KeyboardInterrupt), running trials are stopped the same way before
-    the error propagates.
+    the error propagates (without stop, they are waited for).
     """
     domain = Domain(lambda _: 0.0, space)
     trials = Trials()
@@ -184,15 +184,19 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         log.warning("the search failed or was interrupted: stopping %d running trial(s)",
                     len(pending))
         while pending:
-            for future in pending:
-                stopped.add(numbers[future])
-                try:
-                    stop(numbers[future])
-                except Exception as error:  # the trial then finishes; the error goes on
-                    if numbers[future] not in unstoppable:
-                        unstoppable.add(numbers[future])
-                        log.warning("trial %d: could not be stopped: %s", numbers[future], error)
-            _, pending = wait(pending, timeout=STOP_REPEAT_S)
+            try:
+                for future in pending:
+                    stopped.add(numbers[future])
+                    try:
+                        stop(numbers[future])
+                    except Exception as error:  # the trial then finishes; the error goes on
+                        if numbers[future] not in unstoppable:
+                            unstoppable.add(numbers[future])
+                            log.warning("trial %d: could not be stopped: %s", numbers[future],
+                                        error)
+                _, pending = wait(pending, timeout=STOP_REPEAT_S)
+            except KeyboardInterrupt:  # a second Ctrl-C: the trials are still to be stopped
+                pending = {f for f in pending if not f.done()}
 
     pool = ThreadPoolExecutor(budget.parallelism, thread_name_prefix="trial")
     try:

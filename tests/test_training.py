@@ -297,6 +297,31 @@ def test_a_failing_search_stops_its_running_trials_before_the_error_propagates()
     assert sorted(p for p in pools if p) == ["trial-0", "trial-1"]
 
 
+def test_a_trial_takes_the_pool_of_a_free_slot() -> None:
+    """Trial 1 ends while trial 2 runs: trial 3 takes trial 1's pool, not trial 2's."""
+    space = search_space(["logistic_regression"], {}, ["none"])
+    by_thread: dict[int, str] = {}
+    seen: dict[int, str] = {}
+    third = threading.Event()
+
+    def set_pool(pool: str | None) -> None:
+        if pool is not None:
+            by_thread[threading.get_ident()] = pool
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        seen[number] = by_thread[threading.get_ident()]
+        if number == 2:
+            assert third.wait(30), "trial 3 never started beside trial 2"
+        if number == 3:
+            third.set()
+        return 0.6, {}
+
+    search(objective, space, Budget(max_evals=3, timeout_s=600, early_stop_trials=100,
+                                    parallelism=2), seed=1, set_pool=set_pool)
+    assert seen == {1: "trial-0", 2: "trial-1", 3: "trial-0"}
+
+
 def test_a_trial_thread_carries_the_callers_job_group(spark: SparkSession) -> None:
     """A trial's thread inherits the caller's Spark properties: cancelling the caller's job
     group (as Databricks cancels a notebook command) cancels the trial's running job."""
@@ -389,6 +414,9 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
     # the search was given the means to stop this session's trials at its time box
     assert isinstance(given["stop"].__self__, TrialControl)
     assert given["stop"].__self__.spark is spark and given["stop"].__self__.classic
+    # and its trial threads carry the caller's Spark properties
+    assert given["wrap"].__self__ is given["stop"].__self__
+    assert given["wrap"].__func__ is TrialControl.inherit
     client = MlflowClient()
     parent = client.get_run(result["run_id"])
     children = client.search_runs([parent.info.experiment_id],
@@ -504,10 +532,22 @@ def test_a_champion_moved_during_training_fails_the_gate_and_registers_nothing(
     assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
     assert str(client.get_model_version_by_alias(name, registry.CHAMPION).version) == "1"
     assert workflow.is_permanent(train.ChampionChangedError("x"))  # a retry would race again
-    # the check itself, just before an alias is set: the version stays without one
-    champion = registry.resolve(name, registry.CHAMPION)
-    train.check_champion_unchanged(name, champion, "2")  # unchanged: passes
-    with pytest.raises(train.ChampionChangedError, match=r"from 1 to none .*: version 2 "
-                                                         r"stays registered without an alias"):
-        client.delete_registered_model_alias(name, registry.CHAMPION)
-        train.check_champion_unchanged(name, champion, "2")
+    # the alias moves after this run registered its model, before it sets its alias: the
+    # version stays registered without an alias, and the other run's champion stays
+    monkeypatch.setattr(train, "tune_and_fit", real)
+    log_model = train.mlflow.spark.log_model
+
+    def racing_log(*args: Any, **kwargs: Any) -> Any:
+        info = log_model(*args, **kwargs)
+        other = client.create_model_version(name, source=str(tmp_path / "third-model"))
+        client.set_registered_model_alias(name, registry.CHAMPION, other.version)
+        return info
+
+    monkeypatch.setattr(train.mlflow.spark, "log_model", racing_log)
+    client.delete_registered_model_alias(name, registry.CHAMPION)  # no champion at the start
+    with pytest.raises(train.ChampionChangedError,
+                       match=r"moved from none to 3 .*: version 2 stays registered without an "
+                             r"alias"):
+        train.run(spark, config, "raced-late")
+    assert str(client.get_model_version_by_alias(name, registry.CHAMPION).version) == "3"
+    assert client.get_model_version(name, "2").aliases == []
