@@ -20,10 +20,12 @@ ENV ?= local
 FROM ?= 2013-01-01
 TO ?= 2013-12-31
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test`, each with its own Spark session; a test file stays on one.
+# pytest-xdist workers for `make test` and `make slow-test`, each with its own Spark session; a
+# test file stays on one.
 TEST_WORKERS ?= 3
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-.PHONY: help setup run test cluster-test wheel-test lint wheel bench clean-data kafka
+.PHONY: help setup run test slow-test cluster-test wheel-test lint wheel bench clean-data kafka
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -55,8 +57,11 @@ run: setup  ## Seed the landing zone with the full year and run the daily pipeli
 	$(LAKEHOUSE) seed --env $(ENV) --from $(FROM) --to $(TO)
 	$(LAKEHOUSE) run daily --env $(ENV)
 
-test: setup  ## Run the whole test suite (unit, contract and end-to-end tests)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+test: setup  ## Run the test suite but the slow end-to-end tests (unit, contract, job and stream tests)
+	$(PY) -m pytest $(XDIST) -m "not slow and not cluster and not install" $(PYTEST_ARGS)
+
+slow-test: setup  ## Run the slow end-to-end tests (whole jobs run many times; CI runs them after make test)
+	$(PY) -m pytest $(XDIST) -m "slow and not cluster and not install" $(PYTEST_ARGS)
 
 cluster-test: setup  ## Start a Spark standalone cluster on 127.0.0.1, run the daily job on it, stop it
 	$(PY) -m pytest tests -m cluster $(PYTEST_ARGS)

@@ -42,10 +42,12 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
 
 
-# The longest test files, started first so that three xdist workers (`make test`, one file per
-# worker) do not end with one of them running alone.
-LONGEST_FIRST = ("test_monitoring.py", "test_training.py", "test_gold.py", "test_events.py",
-                 "test_e2e.py", "test_notebooks.py", "test_bronze.py")
+# The longest test files, started first so that three xdist workers (one file per worker) do not
+# end with one of them running alone: in `make slow-test` the first four, in `make test` (the
+# slow tests left out) training, silver and features.
+LONGEST_FIRST = ("test_monitoring.py", "test_training.py", "test_gold.py", "test_notebooks.py",
+                 "test_silver.py", "test_features.py", "test_events.py", "test_exactly_once.py",
+                 "test_e2e.py", "test_session.py", "test_leakage.py", "test_bronze.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

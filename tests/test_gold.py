@@ -62,6 +62,7 @@ def messages(results: list[dict[str, Any]]) -> list[str]:
     return [r["message"] for r in results]
 
 
+@pytest.mark.slow
 def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
         spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
     by_day = {d: [r for r in raw["flights"] if day_of(r) == d] for d in DAYS}
@@ -117,6 +118,7 @@ def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
                            ignore_column_order=False)
 
 
+@pytest.mark.slow
 def test_rerun_without_changes_commits_nothing_and_full_rebuilds(
         spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
     land(spark, config, [r for r in raw["flights"] if day_of(r) == DAYS[0]],

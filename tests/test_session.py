@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -26,6 +27,7 @@ def new_york_0515_as_utc(spark: SparkSession) -> object:
                       .cast("string")).first()[0]
 
 
+@pytest.mark.slow
 def test_silver_in_a_los_angeles_session_gives_the_tables_of_a_utc_one(
         spark: SparkSession, tmp_path: Path) -> None:
     utc = make_config(tmp_path / "utc")

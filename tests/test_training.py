@@ -153,11 +153,10 @@ def test_the_gate_leaves_out_days_the_champion_was_trained_on(spark: SparkSessio
         train.gate_rows(features, windows, {"gate_window": "recnt"})
 
 
-def test_a_champion_whose_run_is_gone_is_gated_on_the_whole_window(
-        features_root: Path, tmp_path: Path) -> None:
+def test_a_champion_whose_run_is_gone_is_gated_on_the_whole_window(tmp_path: Path) -> None:
     """A version whose run was purged (or registered from another workspace) has no known
     training window: the gate uses its whole window instead of failing every retraining."""
-    registry.configure(config_for(features_root, tmp_path, LR_ONLY))
+    registry.configure(config_for(tmp_path, tmp_path, LR_ONLY))
     assert train.trained_to(SimpleNamespace(version="3", run_id="0" * 32)) is None
     assert train.trained_to(None) is None
 
@@ -394,6 +393,7 @@ def test_a_trials_spark_jobs_are_cancelled_by_its_stop(spark: SparkSession) -> N
     assert spark.range(3).count() == 3  # the session goes on
 
 
+@pytest.mark.slow
 def test_concurrent_trials_each_log_a_nested_run_with_lineage(
         spark: SparkSession, features_root: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -453,6 +453,7 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
             f"pyarrow=={pyarrow.__version__}"} <= requirements
 
 
+@pytest.mark.slow
 def test_gate_promotes_better_refuses_worse_and_ties(
         spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
     stump = train.run(spark, config_for(features_root, tmp_path, STUMP), "stump")
@@ -490,13 +491,14 @@ class _Failing(BaseHTTPRequestHandler):
 
 
 def test_a_registry_error_other_than_a_missing_alias_fails_the_job(
-        spark: SparkSession, features_root: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The champion is looked up before anything is read: a registry that answers 503 fails
+    the job (recorded in the audit table), it is not taken for "no champion"."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     try:
-        config = config_for(features_root, tmp_path, LR_ONLY,
+        config = config_for(tmp_path, tmp_path, LR_ONLY,
                             registry_uri=f"http://127.0.0.1:{server.server_port}")
         with pytest.raises(MlflowException, match=r"TEMPORARILY_UNAVAILABLE|503"):
             train.run(spark, config, "registry-down")
@@ -506,6 +508,7 @@ def test_a_registry_error_other_than_a_missing_alias_fails_the_job(
     assert failed["status"] == "failed" and "MlflowException" in failed["message"]
 
 
+@pytest.mark.slow
 def test_a_champion_moved_during_training_fails_the_gate_and_registers_nothing(
         spark: SparkSession, features_root: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
