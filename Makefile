@@ -57,7 +57,8 @@ run: setup  ## Seed the landing zone with the full year and run the daily pipeli
 	$(LAKEHOUSE) seed --env $(ENV) --from $(FROM) --to $(TO)
 	$(LAKEHOUSE) run daily --env $(ENV)
 
-test: setup  ## Run the test suite but the slow end-to-end tests (unit, contract, job and stream tests)
+# PYTEST_ARGS adds options (-k gold); a -m there would replace the target's selection.
+test: setup  ## Run the test suite except the slow end-to-end tests (unit, contract, job and stream tests)
 	$(PY) -m pytest $(XDIST) -m "not slow and not cluster and not install" $(PYTEST_ARGS)
 
 slow-test: setup  ## Run the slow end-to-end tests (whole jobs run many times; CI runs them after make test)
