@@ -149,6 +149,32 @@ def test_rerun_without_changes_commits_nothing_and_full_rebuilds(
     assert "incremental" in messages(gold.run(spark, changed, "after"))[0]
 
 
+@pytest.mark.slow
+def test_a_vacuumed_change_feed_rebuilds_in_full(
+        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
+    """A VACUUM removed the files behind the silver versions gold has not read yet (here the
+    _change_data files of a correction): the read fails only when it runs, and gold builds in
+    full instead of failing every day until someone passes --full."""
+    first = [r for r in raw["flights"] if day_of(r) == DAYS[0]]
+    weather = [r for r in raw["weather"] if day_of(r) == DAYS[0]]
+    land(spark, config, first, weather, raw["planes"])
+    gold.run(spark, config, "first")
+    late = next(r for r in first if r["arr_delay"] not in ("NA",) and int(r["arr_delay"]) < 0)
+    land(spark, config, [{**late, "arr_delay": "300"}], [])  # an update: a _change_data file
+    location = tables.delta_table(spark, config, "silver_flights").detail().first()
+    assert location is not None
+    check = "spark.databricks.delta.retentionDurationCheck.enabled"
+    spark.conf.set(check, "false")
+    try:
+        spark.sql(f"VACUUM delta.`{location['location']}` RETAIN 0 HOURS")
+    finally:
+        spark.conf.unset(check)
+    message = messages(gold.run(spark, config, "after vacuum"))[0]
+    assert message.startswith("full build: change data feed unreadable since"), message
+    assert "FAILED_READ_FILE.FILE_NOT_EXIST" in message, message
+    assert "incremental" in messages(gold.run(spark, config, "after"))[0]
+
+
 def test_gold_without_silver_fails_naming_the_table(spark: SparkSession, config: Config) -> None:
     with pytest.raises(gold.GoldInputError, match=r"silver_flights does not exist at .*run the "
                                                   r"silver job first"):

@@ -17,7 +17,7 @@ from datetime import date
 from functools import reduce
 from typing import Any
 
-from pyspark.errors import AnalysisException
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -115,14 +115,31 @@ def changed_dates(spark: SparkSession, config: Config, silver: Silver, since: di
 
 
 # What Delta reports when a table's change data feed cannot be read for the versions asked:
-# versions vacuumed or expired from the log, or written while the feed was off.
+# versions vacuumed or expired from the log, or written while the feed was off (analysis
+# errors, by their condition).
 FEED_ERROR_MARKERS = ("CHANGE_DATA", "CDC", "FILE_NOT_FOUND", "VERSION", "HISTORY")
+# A VACUUM that removed the files behind those versions (the data files a MERGE replaced, the
+# _change_data files) fails the read only when it runs, with FAILED_READ_FILE.FILE_NOT_EXIST:
+# a SparkException, which classic PySpark passes on as a Py4JJavaError (its text holds the
+# condition) and Spark Connect as a PySparkException with the condition.
+VACUUMED_MARKERS = ("FAILED_READ_FILE.FILE_NOT_EXIST", "java.io.FileNotFoundException")
 
 
-def feed_unreadable(error: AnalysisException) -> bool:
+def feed_unreadable(error: Exception) -> bool:
     """Whether error says the change data feed is unreadable (gold then builds in full)."""
-    condition = error.getCondition() or ""
-    return any(marker in condition for marker in FEED_ERROR_MARKERS)
+    if isinstance(error, AnalysisException):
+        condition = error.getCondition() or ""
+        return any(marker in condition for marker in FEED_ERROR_MARKERS)
+    condition = (error.getCondition() or "") if isinstance(error, PySparkException) else ""
+    return any(marker in condition or marker in str(error) for marker in VACUUMED_MARKERS)
+
+
+def summary(error: Exception) -> str:
+    """The line of error's text that names the cause (a Py4JJavaError's first line names only
+    the py4j call)."""
+    lines = str(error).splitlines() or [""]
+    return next((line.strip() for line in lines
+                 if any(marker in line for marker in VACUUMED_MARKERS)), lines[0])
 
 
 def plan(spark: SparkSession, config: Config, name: str, state: dict[str, Any] | None,
@@ -144,13 +161,13 @@ def plan(spark: SparkSession, config: Config, name: str, state: dict[str, Any] |
     if known is None:
         try:
             known = changed_dates(spark, config, silver, since, settings)
-        except AnalysisException as error:
+        except Exception as error:  # classic PySpark: a Py4JJavaError (py4j is not in Connect)
             if not feed_unreadable(error):
                 raise  # a permission, schema or code error: not a reason to rebuild in full
             reset = [n for n in INPUTS if tables.ensure_properties(spark, config, n)]
             return Plan(True, f"change data feed unreadable since {since}"
                               f"{f' (enabled now on {reset})' if reset else ''}: "
-                              f"{str(error).splitlines()[0][:300]}")
+                              f"{summary(error)[:300]}")
         seen.append(known)
     return Plan(False, "incremental", known.dates[name])
 
