@@ -125,12 +125,50 @@ def _first_undone(spark: SparkSession, config: Config, step: str, end: date) -> 
     if days < 1:
         raise ValueError(f"score.catch_up_days: expected a whole number >= 1, got {days}")
     start: date = min(done + timedelta(days=1), end)
+    why = f"the last day done is {done}"
+    if step == "score":
+        changed = _first_changed_since_scored(spark, config, done, end, days)
+        if changed is not None and changed < start:
+            log.info("score: feature rows of %s or later changed since they were scored (late "
+                     "flights, corrections): scoring from there", changed)
+            start, why = changed, f"feature rows from {changed} changed since they were scored"
     if (end - start).days >= days:
-        log.warning("%s: the last day done is %s; catching up on the %d days to %s only "
-                    "(score.catch_up_days), run it with --from/--to for the days before", step,
-                    done, days, end)
+        log.warning("%s: %s; catching up on the %d days to %s only (score.catch_up_days), run "
+                    "it with --from/--to for the days before", step, why, days, end)
         start = end - timedelta(days=days - 1)
     return start
+
+
+def _first_changed_since_scored(spark: SparkSession, config: Config, done: date, end: date,
+                                days: int) -> date | None:
+    """The earliest flight date up to end whose feature rows were added or changed since the
+    features version the last scored day was scored with: late flights and corrections of days
+    already scored, from flight_features' change data feed (a full gold rebuild reports every
+    row). None when none changed; when the feed cannot be read (vacuumed, written with the feed
+    off), the first day of the catch-up window, rescored whole (unchanged rows commit
+    nothing)."""
+    predictions = tables.read(spark, config, "delay_predictions")
+    if "features_version" not in predictions.columns:  # written by an earlier version
+        return None
+    scored = tables.scalar(predictions.filter(F.col("flight_date") == F.lit(done))
+                           .agg(F.max("features_version")))
+    current = tables.version(spark, config, "flight_features")
+    if scored is None or current is None or current <= scored:
+        return None
+    try:
+        first: date | None = tables.scalar(
+            tables.read_changes(spark, config, "flight_features", int(scored) + 1, current)
+            .filter(F.col("_change_type").isin("insert", "update_postimage")
+                    & (F.col("flight_date") <= F.lit(end)))
+            .agg(F.min("flight_date")))
+    except Exception as error:  # classic PySpark: a Py4JJavaError (py4j is not in Connect)
+        if not gold.feed_unreadable(error):
+            raise
+        log.warning("score: flight_features' change feed since version %s cannot be read "
+                    "(%s): rescoring the %d days to %s", int(scored) + 1,
+                    gold.summary(error)[:200], days, end)
+        return end - timedelta(days=days - 1)
+    return first
 
 
 def monitor_range(spark: SparkSession, config: Config, run_id: str,

@@ -332,3 +332,42 @@ def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
     with pytest.raises(ValueError, match=r"from 2013-12-05 is after to 2013-12-04"):
         workflow.resolved(spark, config, ("2013-12-05", "latest"))
     assert workflow.is_permanent(workflow.NoFlightsYetError("x"))
+
+
+def test_latest_scoring_goes_back_to_feature_rows_changed_since_scored(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """A late flight (or a correction) of a day already scored changes its feature rows: `from:
+    latest` starts at that day, found in flight_features' change data feed since the features
+    version the last scored day was read at, so the flight is scored too."""
+    config = make_config(tmp_path, score={"from": "latest", "to": "latest"})
+    dates = [date(2013, 12, d) for d in (1, 2, 3, 4)]
+    flights = spark.createDataFrame([(f"f{d.day}", d) for d in dates],
+                                    "flight_id string, flight_date date")
+    tables.overwrite(flights, config, "silver_flights")
+    tables.overwrite(flights, config, "flight_features")  # conf enables its change feed
+    version = tables.version(spark, config, "flight_features")
+    tables.overwrite(flights.withColumn("features_version", F.lit(version).cast("long")), config,
+                     "delay_predictions")
+    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-04", "2013-12-04")
+    late = spark.createDataFrame([("f2b", date(2013, 12, 2))], "flight_id string, flight_date date")
+    tables.merge(spark, late, config, "flight_features", ["flight_id"])
+    tables.append(late, config, "silver_flights")
+    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-02", "2013-12-04")
+    # a change beyond catch_up_days goes back that far only
+    capped = make_config(tmp_path, score={"from": "latest", "to": "latest", "catch_up_days": 2})
+    assert workflow.resolved(spark, capped, ("latest", "latest")) == ("2013-12-03", "2013-12-04")
+    # once scored at the new features version, the end day again
+    rescored = tables.version(spark, config, "flight_features")
+    tables.overwrite(flights.union(late).withColumn("features_version",
+                                                    F.lit(rescored).cast("long")),
+                     config, "delay_predictions")
+    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-04", "2013-12-04")
+    # a change the feed cannot tell (written with the feed off): the whole catch-up window
+    location = tables.delta_table(spark, config, "flight_features").detail().first()
+    assert location is not None
+    spark.sql(f"ALTER TABLE delta.`{location['location']}` "
+              "SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'false')")
+    tables.merge(spark, spark.createDataFrame([("f3b", date(2013, 12, 3))],
+                                              "flight_id string, flight_date date"),
+                 config, "flight_features", ["flight_id"])
+    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-11-28", "2013-12-04")
