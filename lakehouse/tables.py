@@ -77,10 +77,18 @@ def version(spark: SparkSession, config: Config, name: str) -> int | None:
     return int(delta_table(spark, config, name).history(1).select("version").first()[0])  # type: ignore[index]
 
 
+def last_commit(spark: SparkSession, config: Config, name: str) -> tuple[int, dict[str, str]]:
+    """The version and Delta's operation metrics (e.g. numOutputRows) of the table's latest
+    commit, from one read of its history."""
+    row = delta_table(spark, config, name).history(1).select("version", "operationMetrics").first()
+    if row is None:  # a Delta table has at least its creating commit
+        raise RuntimeError(f"table {config.table(name)} has no commit")
+    return int(row[0]), dict(row[1] or {})
+
+
 def last_operation_metrics(spark: SparkSession, config: Config, name: str) -> dict[str, str]:
     """Delta's operation metrics of the table's latest commit (e.g. numOutputRows)."""
-    row = delta_table(spark, config, name).history(1).select("operationMetrics").first()
-    return dict(row[0] or {}) if row is not None else {}
+    return last_commit(spark, config, name)[1]
 
 
 def _save(writer, location: str) -> None:  # type: ignore[no-untyped-def]

@@ -554,3 +554,49 @@ def test_a_champion_moved_during_training_fails_the_gate_and_registers_nothing(
         train.run(spark, config, "raced-late")
     assert str(client.get_model_version_by_alias(name, registry.CHAMPION).version) == "3"
     assert client.get_model_version(name, "2").aliases == []
+
+
+def test_scoring_gives_every_flight_a_prediction_or_a_reason(
+        spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
+    """The score job on a fresh table, then on a held range and on a new day: every silver
+    flight of the range gets the champion's prediction or a row with the reason (here one
+    flight without a feature row); the audit counts come from what was written; a rerun
+    commits nothing."""
+    from lakehouse.stages import score
+
+    own = {name: str(tmp_path / name) for name in ("silver_flights", "delay_predictions",
+                                                    "audit")}
+    config = make_config(features_root, train=STUMP, tables=own, mlflow={
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "artifact_location": str(tmp_path / "mlruns")})
+    train.run(spark, config, "champion")
+    features = tables.read(spark, config, "flight_features")
+    held = features.filter(F.col("flight_date").between("2013-01-11", "2013-01-13")).select(
+        "flight_id", "flight_date", "sched_dep_utc", "carrier", "origin", "dest",
+        F.when(F.col("tail_recorded"), F.lit("N12345")).alias("tailnum"))
+    orphan = held.limit(1).withColumn("flight_id", F.lit("no-features-row"))
+    tables.overwrite(held.unionByName(orphan), config, "silver_flights")
+    featured = features.filter(F.col("flight_date").between("2013-01-11", "2013-01-12")).count()
+
+    first = score.run(spark, config, "first", "2013-01-11", "2013-01-12")
+    assert (first["rows"], first["unscorable"]) == (featured, 1)
+    predictions = tables.read(spark, config, "delay_predictions")
+    (reason,) = predictions.filter(F.col("status") == "unscorable").collect()
+    assert reason["flight_id"] == "no-features-row" and reason["probability"] is None
+    assert reason["reason"] == "no row in gold.flight_features"
+    assert predictions.filter(F.col("status") == "scored").count() == featured
+    audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "first").first()
+    assert audit is not None and (audit["rows_in"], audit["rows_out"],
+                                  audit["rows_quarantined"]) == (featured + 1, featured, 1)
+    assert audit["version_written"] == tables.version(spark, config, "delay_predictions")
+
+    version = tables.version(spark, config, "delay_predictions")
+    again = score.run(spark, config, "again", "2013-01-11", "2013-01-12")
+    assert (again["rows"], again["unscorable"]) == (featured, 1)
+    assert tables.version(spark, config, "delay_predictions") == version
+
+    # a new day whose flights all have a feature row
+    day = score.run(spark, config, "day", "2013-01-13", "2013-01-13")
+    on_day = features.filter(F.col("flight_date") == "2013-01-13").count()
+    assert (day["rows"], day["unscorable"]) == (on_day, 0) and on_day
+    assert tables.read(spark, config, "delay_predictions").count() == featured + 1 + on_day

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow.spark
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
@@ -63,14 +63,45 @@ def scorers(name: str, champion_alias: str) -> list[Scorer]:
 
 
 def predictions_of(spark: SparkSession, config: Config, scorer: Scorer, features: DataFrame,
-                   flights: DataFrame, features_version: int) -> DataFrame:
-    """The scorer's rows: a prediction for every featured flight, a reason for the others."""
+                   missing: DataFrame | None, features_version: int) -> DataFrame:
+    """The scorer's rows: a prediction for every featured flight, a reason for the others
+    (missing: the range's flights without a feature row, None when there is none)."""
     model = mlflow.spark.load_model(f"models:/{scorer.name}/{scorer.version}")
     args = (scorer.name, scorer.version, scorer.run_id, scorer.role, scorer.threshold,
             features_version)
-    missing = flights.join(features.select("flight_id"), "flight_id", "left_anti")
-    return score(model, features, *args).unionByName(
-        unscorable(missing, "no row in gold.flight_features", *args))
+    scored = score(model, features, *args)
+    if missing is None:
+        return scored
+    return scored.unionByName(unscorable(missing, "no row in gold.flight_features", *args))
+
+
+@dataclass(frozen=True)
+class RangeState:
+    """What the score job looks at before it writes, from one small Spark job."""
+
+    flights: int            # the range's flights in silver
+    same_flights: bool      # gold's feature rows of the range are those flights, no more, no less
+    predictions_held: bool  # the predictions table holds a row of the range
+
+
+def range_state(flights: DataFrame, features: DataFrame,
+                held: DataFrame | None) -> RangeState:
+    """Whether every flight of the range has a feature row, and what the table holds, in one
+    job: the count and the XOR of the 64-bit hashes of flight_id on each side (flight_id is
+    silver's key and the features' MERGE key, unique on both), so the anti-join that finds
+    the flights without a feature row runs only when the two differ. Two different sets of
+    flights agreeing on both would take a 64-bit hash collision."""
+    def fingerprint(df: DataFrame, side: str) -> DataFrame:
+        return df.agg(F.count(F.lit(1)).alias(f"{side}_n"),
+                      F.bit_xor(F.xxhash64("flight_id")).alias(f"{side}_x"))
+
+    parts = fingerprint(flights, "s").crossJoin(fingerprint(features, "f"))
+    if held is not None:
+        parts = parts.crossJoin(held.limit(1).agg(F.count(F.lit(1)).alias("held")))
+    row = parts.first()
+    assert row is not None  # global aggregates give one row
+    return RangeState(int(row["s_n"]), row["s_n"] == row["f_n"] and row["s_x"] == row["f_x"],
+                      held is not None and row["held"] > 0)
 
 
 def held_rows(spark: SparkSession, config: Config, start: str, end: str
@@ -122,47 +153,62 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         features = tables.read(spark, config, "flight_features", version=version_read).transform(
             between(start, end))
         flights = tables.read(spark, config, "silver_flights").transform(between(start, end))
-        frames = [predictions_of(spark, config, m, features, flights, version_read or 0)
-                  for m in models]
-        predictions = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
         window = f"flight_date BETWEEN DATE'{start}' AND DATE'{end}'"
         existed = tables.exists(spark, config, "delay_predictions")
-        # A new range is written straight from the model's output in one pass (nothing cached
-        # or counted before the write); a range the table holds rows of is compared with them
-        # first, so its predictions are cached for the comparison and the MERGE (Delta
-        # materializes a MERGE source holding UDFs, the model's, again otherwise). The audit
-        # counts are read back afterwards: the rows the table holds for the range from the
-        # scoring versions, by role and status.
+        state = range_state(flights, features, tables.read(
+            spark, config, "delay_predictions").filter(window) if existed else None)
+        missing = (None if state.same_flights
+                   else flights.join(features.select("flight_id"), "flight_id", "left_anti"))
+        frames = [predictions_of(spark, config, m, features, missing, version_read or 0)
+                  for m in models]
+        predictions = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
         metrics: dict[str, str] = {}
-        # no flight in the range of an existing table: nothing to write, no commit
-        if not existed or not flights.isEmpty():
-            # no row in the range yet (a new day): an insert-only MERGE, nothing to compare
-            empty = existed and tables.read(spark, config, "delay_predictions").filter(
-                window).isEmpty()
-            compared = existed and not empty
-            if compared:
-                predictions = predictions.persist()
-            try:
-                metrics = tables.merge(spark, predictions, config, "delay_predictions",
-                                       PREDICTION_KEYS, changed_columns=PREDICTION_VALUES,
-                                       skip_unchanged=True, target_filter=f"t.{window}",
-                                       insert_only=empty)
-            finally:
-                if compared:
-                    predictions.unpersist()
-        held = held_rows(spark, config, start, end)
-        # also after an insert: another job may have scored the range since it looked empty
-        retired = retire_others(spark, config, start, end, models, held) if existed else []
-        current = {f"{m.name}/{m.version}" for m in models}
         counts: dict[tuple[str, str], int] = {}
-        for (key, role, status), n in held.items():
-            if key in current:
-                counts[role, status] = counts.get((role, status), 0) + n
+        retired: list[str] = []
+        version_written: int | None = None
+        if not existed:
+            # The first write creates the table: nothing to compare, retire or read back. The
+            # audit counts come from the write itself (an observation of its rows).
+            observed = Observation()
+            statuses = [(m.role, status) for m in models for status in ("scored", "unscorable")]
+            tables.append(predictions.observe(observed, *[
+                F.sum(F.when((F.col("role") == role) & (F.col("status") == status), 1)
+                      .otherwise(0)).alias(f"{role}|{status}") for role, status in statuses]),
+                config, "delay_predictions")
+            counts = {tuple(key.split("|")): int(n or 0)  # type: ignore[misc]
+                      for key, n in observed.get.items()}
+            version_written, metrics = tables.last_commit(spark, config, "delay_predictions")
+        else:
+            # No flight in the range: nothing to write, no commit. No row of the range yet (a
+            # new day): an insert-only MERGE, nothing to compare. Otherwise the predictions are
+            # compared with the rows held, so they are cached for the comparison and the MERGE
+            # (Delta materializes a MERGE source holding UDFs, the model's, again otherwise).
+            if state.flights:
+                compared = state.predictions_held
+                if compared:
+                    predictions = predictions.persist()
+                try:
+                    metrics = tables.merge(spark, predictions, config, "delay_predictions",
+                                           PREDICTION_KEYS, changed_columns=PREDICTION_VALUES,
+                                           skip_unchanged=True, target_filter=f"t.{window}",
+                                           insert_only=not compared)
+                finally:
+                    if compared:
+                        predictions.unpersist()
+            # The audit counts are read back: the rows the table holds for the range from the
+            # scoring versions, by role and status. Also after an insert: another job may have
+            # scored the range since it looked empty.
+            held = held_rows(spark, config, start, end)
+            retired = retire_others(spark, config, start, end, models, held)
+            current = {f"{m.name}/{m.version}" for m in models}
+            for (key, role, status), n in held.items():
+                if key in current:
+                    counts[role, status] = counts.get((role, status), 0) + n
+            version_written = tables.version(spark, config, "delay_predictions")
         rows = sum(counts.values())
         scored = sum(n for (_, status), n in counts.items() if status == "scored")
         audit.update(rows_in=rows, rows_out=scored, rows_quarantined=rows - scored,
-                     version_read=version_read,
-                     version_written=tables.version(spark, config, "delay_predictions"),
+                     version_read=version_read, version_written=version_written,
                      message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in models)
                              + f" scored {start}..{end}; written {inserted(metrics)} new, "
                              f"{metrics.get('numTargetRowsUpdated', 0)} changed"
