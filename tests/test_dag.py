@@ -231,3 +231,37 @@ def test_the_workflow_retries_only_what_is_transient() -> None:
                  RuntimeError("Job aborted due to stage failure: ExecutorLostFailure")]
     assert [workflow.is_permanent(e) for e in permanent] == [True] * len(permanent)
     assert [workflow.is_permanent(e) for e in transient] == [False] * len(transient)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_an_audit_write_that_fails_does_not_hide_the_jobs_own_error(
+        batched: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The job's error decides whether the workflow retries it (a contract halt is not
+    retried): an audit table that cannot be written after it is logged, not raised instead."""
+    from lakehouse.contracts import ContractViolation
+    from lakehouse.stages import audit
+
+    written: list[list[dict[str, Any]]] = []
+
+    def unwritable(spark: Any, config: Any, rows: list[dict[str, Any]]) -> None:
+        written.append(list(rows))
+        raise OSError("audit table unreachable")
+
+    monkeypatch.setattr("lakehouse.tables.write_audit", unwritable)
+    halt = ContractViolation("silver_flights: 3 rows break dep_time_valid")
+    with caplog.at_level(logging.ERROR, logger="lakehouse"), pytest.raises(ContractViolation):
+        if batched:
+            with audit.audit_batch(None, None) as batch:  # type: ignore[arg-type]
+                with audit.audited(None, None, "r1", "silver", "silver_flights",  # type: ignore[arg-type]
+                                   batch=batch):
+                    raise halt
+        else:
+            with audit.audited(None, None, "r1", "silver", "silver_flights"):  # type: ignore[arg-type]
+                raise halt
+    assert [[(r["status"], r["table_name"]) for r in rows] for rows in written] == [
+        [("failed", "silver_flights")]]
+    assert "audit rows of a failed run could not be written" in caplog.text
+    # a run that succeeded still fails when its audit row cannot be written
+    with pytest.raises(OSError, match="audit table unreachable"):
+        with audit.audited(None, None, "r2", "silver", "silver_flights"):  # type: ignore[arg-type]
+            pass

@@ -5,6 +5,7 @@ single Delta commit when it ends, failed or not (one commit per table cost ~0.5 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from pyspark.sql import SparkSession
 from lakehouse import tables
 from lakehouse.config import Config
 
+log = logging.getLogger("lakehouse")
+
 
 @contextmanager
 def audit_batch(spark: SparkSession, config: Config) -> Iterator[list[dict[str, Any]]]:
@@ -24,8 +27,20 @@ def audit_batch(spark: SparkSession, config: Config) -> Iterator[list[dict[str, 
     rows: list[dict[str, Any]] = []
     try:
         yield rows
-    finally:
+    except BaseException:
+        _write_after_failure(spark, config, rows)
+        raise
+    tables.write_audit(spark, config, rows)
+
+
+def _write_after_failure(spark: SparkSession, config: Config, rows: list[dict[str, Any]]) -> None:
+    """Write the audit rows of a run that failed; an error writing them is logged, so the
+    caller sees the run's own error (which decides whether it is retried), not the audit's."""
+    try:
         tables.write_audit(spark, config, rows)
+    except Exception:
+        log.exception("the audit rows of a failed run could not be written: %s",
+                      [(r.get("job"), r.get("table_name"), r.get("run_id")) for r in rows])
 
 
 @contextmanager
@@ -43,10 +58,14 @@ def audited(spark: SparkSession, config: Config, run_id: str, job: str,
     except BaseException as error:
         row["status"] = "failed"
         row["message"] = f"{type(error).__name__}: {error}"[:2000]
-        raise
-    finally:
         row["duration_s"] = round(time.monotonic() - start, 3)
         if batch is None:
-            tables.write_audit(spark, config, [row])
+            _write_after_failure(spark, config, [row])
         else:
             batch.append(row)
+        raise
+    row["duration_s"] = round(time.monotonic() - start, 3)
+    if batch is None:
+        tables.write_audit(spark, config, [row])
+    else:
+        batch.append(row)
