@@ -313,7 +313,8 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
         if train_mode == "always" or not champion_exists(config):
             return None
         # Read from the alerts table, so a train task run apart from monitor decides the same.
-        due[:] = [monitor.retraining_due(spark, config, last_day(), min_days)]
+        due[:] = [monitor.retraining_due(spark, config, last_day(), min_days,
+                                         monitor.current_champion(config))]
         return None if due[0].due else f"a champion exists; retraining not due ({due[0].reason})"
 
     def run_train() -> Any:

@@ -47,6 +47,28 @@ def test_an_alert_is_raised_once_per_episode_after_persisting() -> None:
     assert "retraining is due" in alert.message("m v1")
 
 
+def test_alerts_belong_to_their_model_version_and_only_the_champions_make_retraining_due(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """A new champion crossing the rule an earlier one crossed that day raises its own alert;
+    an open alert of a model no longer champion does not make retraining due."""
+    config = make_config(tmp_path)
+    rules = rules_from_conf(RULES)
+    history = [row(d, "mean_shift", v, "temp") for d, v in [(1, 2.5), (2, 2.6)]]
+    (crossing,) = raised_on(date(2013, 12, 2), history, rules, 0.75, 200)
+    old = {"model_name": "m", "model_version": "1"}
+    new = {"model_name": "m", "model_version": "2"}
+    (first,) = monitor.raise_alerts(spark, config, [crossing], old, {})
+    assert monitor.raise_alerts(spark, config, [crossing], old, {}) == []  # once per episode
+    (second,) = monitor.raise_alerts(spark, config, [crossing], new, {})
+    assert (first["alert_id"], second["alert_id"]) == ("feature_drift|temp|2013-12-02|m/1",
+                                                       "feature_drift|temp|2013-12-02|m/2")
+    monitor.mark_handled(spark, config, (second["alert_id"],), "run-2", date(2013, 12, 2))
+    day = date(2013, 12, 20)  # past the rate limit
+    assert monitor.retraining_due(spark, config, day, 14, ("m", "1")).due
+    due = monitor.retraining_due(spark, config, day, 14, ("m", "3"))
+    assert not due.due and due.reason == "no open alert of the retraining kind"
+
+
 def test_quality_rules_need_enough_labeled_flights() -> None:
     rules = rules_from_conf(RULES)
     thin = [row(1, "auc_roc", 0.60, window="trailing", rows=50)]
@@ -172,7 +194,8 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
     assert again.alerts == [] and again.retrained is None and after == before
     assert [len(d.alerts) for d in days] == [0, 0, 1]
     (alert,) = days[2].alerts
-    assert alert["alert_id"] == "feature_drift|temp|2013-01-17" and alert["webhook_delivered"]
+    assert alert["alert_id"] == f"feature_drift|temp|2013-01-17|flight_disruption/" \
+        f"{first['version']}" and alert["webhook_delivered"]
     assert [p["alert"]["alert_id"] for p in Webhook.received] == [alert["alert_id"]]
     assert "temp" in Webhook.received[0]["text"]
     # retraining was due on the 17th only; the gate decided between the two models on the

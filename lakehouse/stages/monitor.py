@@ -131,15 +131,20 @@ def training_auc(run_id: str) -> float | None:
 def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing], model: Any,
                  settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Record alerts not raised before (by id), log each at ERROR and POST it to the webhook."""
+    # an alert belongs to its model version: a new champion crossing the same rule on the same
+    # day is an episode of its own
+    model_key = f"{model['model_name']}/{model['model_version']}"
+    ident = [f"{c.alert_id}|{model_key}" for c in crossings]
     known: set[str] = set()
     if tables.exists(spark, config, "alerts"):
-        ids = [c.alert_id for c in crossings]
+        ids = ident
         known = {r[0] for r in tables.read(spark, config, "alerts")
                  .filter(F.col("alert_id").isin(ids)).select("alert_id").collect()}
     url = settings.get("webhook_url")
     new = []
-    for c in (c for c in crossings if c.alert_id not in known):
-        alert = {"alert_id": c.alert_id, "rule": c.rule.name, "monitored_date": c.day,
+    for c, alert_id in ((c, i) for c, i in zip(crossings, ident, strict=True)
+                        if i not in known):
+        alert = {"alert_id": alert_id, "rule": c.rule.name, "monitored_date": c.day,
                  "model_name": model["model_name"], "model_version": model["model_version"],
                  "subject": c.subject, "metric": c.rule.metric, "value": c.value,
                  "threshold": c.threshold, "message": c.message(
@@ -148,7 +153,7 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
                  "raised_at": datetime.now(UTC),
                  "webhook_delivered": None, "webhook_attempts": None, "webhook_error": None,
                  "handled_by_run": None, "handled_on": None}
-        log.error("ALERT %s: %s", c.alert_id, alert["message"])
+        log.error("ALERT %s: %s", alert_id, alert["message"])
         if url:
             sent = deliver(url, slack_payload({**alert, "monitored_date": str(c.day),
                                                "raised_at": str(alert["raised_at"])}),
@@ -169,15 +174,19 @@ class RetrainingDue:
     alert_ids: tuple[str, ...] = ()
 
 
-def retraining_due(spark: SparkSession, config: Config, day: date,
-                   min_days_between: int) -> RetrainingDue:
+def retraining_due(spark: SparkSession, config: Config, day: date, min_days_between: int,
+                   champion: tuple[str, str] | None = None) -> RetrainingDue:
     """Due when an alert of the retraining kind is open, unless the last retraining is more
-    recent than min_days_between days."""
+    recent than min_days_between days. champion (model name, version): only its alerts count;
+    an alert raised on a model since replaced speaks of a model no longer serving."""
     if not tables.exists(spark, config, "alerts"):
         return RetrainingDue(False, "no alert yet")
     alerts = tables.read(spark, config, "alerts").filter(F.col("monitored_date") <= F.lit(day))
-    open_ = [r["alert_id"] for r in alerts.filter(F.col("retrain") & F.col("handled_by_run")
-                                                  .isNull()).select("alert_id").collect()]
+    pending = alerts.filter(F.col("retrain") & F.col("handled_by_run").isNull())
+    if champion is not None:
+        pending = pending.filter((F.col("model_name") == champion[0])
+                                 & (F.col("model_version") == champion[1]))
+    open_ = [r["alert_id"] for r in pending.select("alert_id").collect()]
     last = tables.scalar(alerts.agg(F.max("handled_on")))
     if not open_:
         return RetrainingDue(False, "no open alert of the retraining kind")
@@ -186,6 +195,13 @@ def retraining_due(spark: SparkSession, config: Config, day: date,
                                     f"{last + timedelta(days=min_days_between)}", tuple(open_))
     return RetrainingDue(True, f"{len(open_)} open alert(s): {', '.join(open_[:5])}",
                          tuple(open_))
+
+
+def current_champion(config: Config) -> tuple[str, str] | None:
+    """The model name and version holding @champion now (None before the first)."""
+    name = registry.configure(config)["model_name"]
+    found = registry.resolve(name, registry.CHAMPION)
+    return (name, str(found.version)) if found is not None else None
 
 
 def mark_handled(spark: SparkSession, config: Config, ids: tuple[str, ...], run_id: str,
@@ -245,7 +261,8 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
             crossings = raised_on(when, history, rules,
                                   training_auc(champion["model_run_id"]), settings.min_labeled)
             new = raise_alerts(spark, config, crossings, champion, conf)
-        due = retraining_due(spark, config, when, int(conf.get("retrain_min_days_between", 14)))
+        due = retraining_due(spark, config, when, int(conf.get("retrain_min_days_between", 14)),
+                             current_champion(config))
         audit.update(rows_out=len(rows), message="; ".join(
             [f"{day}: {len(models)} model(s), {len(rows)} values, {len(new)} alert(s) raised, "
              f"retraining {'due' if due.due else 'not due'} ({due.reason})", *notes])[:1900])
