@@ -26,7 +26,9 @@ class AlertRule:
     feature_drift and prediction_drift compare a daily drift statistic with `above`;
     quality_drop compares the trailing realized AUC-ROC with the model's training holdout AUC
     less `below_training_by`; calibration compares the trailing |mean predicted - observed|
-    with `above`. Quality rules need at least min_labeled labeled flights.
+    with `above`. Quality rules need at least min_labeled labeled flights, drift rules a day of
+    at least min_scored scored flights (a day landed in part, e.g. from the event stream, is
+    not judged on a handful of flights).
     """
 
     name: str
@@ -48,8 +50,8 @@ class AlertRule:
         return [PREDICTION] if self.name == "prediction_drift" else [""]
 
     def crossed(self, value: float, rows: int, training_auc: float | None,
-                min_labeled: int) -> bool:
-        if self.window == TRAILING and rows < min_labeled:
+                min_labeled: int, min_scored: int = 0) -> bool:
+        if rows < (min_labeled if self.window == TRAILING else min_scored):
             return False
         if self.name == "quality_drop":
             return training_auc is not None and value < training_auc - float(
@@ -130,7 +132,8 @@ class Crossing:
 
 
 def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
-              training_auc: float | None, min_labeled: int) -> list[Crossing]:
+              training_auc: float | None, min_labeled: int,
+              min_scored: int = 0) -> list[Crossing]:
     """The alerts raised on day: once per episode, when a rule's condition has held for its
     persist_days consecutive days (history: monitoring rows of one model version)."""
     series: dict[tuple[str, str, str], dict[date, dict[str, Any]]] = defaultdict(dict)
@@ -141,7 +144,8 @@ def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
     for rule in rules:
         for subject in rule.subjects(subjects):
             by_day = series.get((rule.window, rule.metric, subject), {})
-            flags = [(d, rule.crossed(r["value"], r["rows"], training_auc, min_labeled))
+            flags = [(d, rule.crossed(r["value"], r["rows"], training_auc, min_labeled,
+                                      min_scored))
                      for d, r in sorted(by_day.items()) if d <= day]
             if day in raised_days(flags, rule.persist_days) and day in by_day:
                 row = by_day[day]

@@ -36,11 +36,12 @@ class MonitorSettings:
     trailing_days: int
     min_labeled: int
     home_timezone: str
+    min_scored: int = 0
 
     @classmethod
     def from_conf(cls, section: dict[str, Any], home_timezone: str) -> MonitorSettings:
         return cls(int(section.get("trailing_days", 7)), int(section.get("min_labeled", 200)),
-                   home_timezone)
+                   home_timezone, int(section.get("min_scored", 100)))
 
 
 def end_of_day(day: date, timezone: str) -> datetime:

@@ -30,7 +30,7 @@ from lakehouse.dag import Task, TaskResult, failed, run_dag, summary
 from lakehouse.monitoring import end_of_day
 from lakehouse.stages import bronze, gold, monitor, score, silver, train
 from lakehouse.tables import ConcurrentRunError
-from lakehouse.training import TrainingDataError, Windows
+from lakehouse.training import TrainingDataError, Windows, between
 
 log = logging.getLogger("lakehouse")
 STAGES = ("bronze", "silver", "gold", "score", "monitor", "train")
@@ -125,50 +125,46 @@ def _first_undone(spark: SparkSession, config: Config, step: str, end: date) -> 
     if days < 1:
         raise ValueError(f"score.catch_up_days: expected a whole number >= 1, got {days}")
     start: date = min(done + timedelta(days=1), end)
-    why = f"the last day done is {done}"
-    if step == "score":
-        changed = _first_changed_since_scored(spark, config, done, end, days)
-        if changed is not None and changed < start:
-            log.info("score: feature rows of %s or later changed since they were scored (late "
-                     "flights, corrections): scoring from there", changed)
-            start, why = changed, f"feature rows from {changed} changed since they were scored"
     if (end - start).days >= days:
-        log.warning("%s: %s; catching up on the %d days to %s only (score.catch_up_days), run "
-                    "it with --from/--to for the days before", step, why, days, end)
+        log.warning("%s: the last day done is %s; catching up on the %d days to %s only "
+                    "(score.catch_up_days), run it with --from/--to for the days before", step,
+                    done, days, end)
         start = end - timedelta(days=days - 1)
     return start
 
 
-def _first_changed_since_scored(spark: SparkSession, config: Config, done: date, end: date,
-                                days: int) -> date | None:
-    """The earliest flight date up to end whose feature rows were added or changed since the
-    features version the last scored day was scored with: late flights and corrections of days
-    already scored, from flight_features' change data feed (a full gold rebuild reports every
-    row). None when none changed; when the feed cannot be read (vacuumed, written with the feed
-    off), the first day of the catch-up window, rescored whole (unchanged rows commit
-    nothing)."""
-    predictions = tables.read(spark, config, "delay_predictions")
-    if "features_version" not in predictions.columns:  # written by an earlier version
+def late_from(spark: SparkSession, config: Config, score_range: tuple[str, str], start: str,
+              end: str) -> str | None:
+    """With `from: latest`, the earliest day before start, within `score.catch_up_days` of end,
+    holding a silver flight without any row in delay_predictions (a flight landed after its
+    day was scored); None when there is none (one small anti-join)."""
+    if score_range[0] != LATEST or not tables.exists(spark, config, "delay_predictions"):
         return None
-    scored = tables.scalar(predictions.filter(F.col("flight_date") == F.lit(done))
-                           .agg(F.max("features_version")))
-    current = tables.version(spark, config, "flight_features")
-    if scored is None or current is None or current <= scored:
+    days = int(config.section("score").get("catch_up_days", 7))
+    first = date.fromisoformat(end) - timedelta(days=days - 1)
+    last = date.fromisoformat(start) - timedelta(days=1)
+    if first > last:
         return None
-    try:
-        first: date | None = tables.scalar(
-            tables.read_changes(spark, config, "flight_features", int(scored) + 1, current)
-            .filter(F.col("_change_type").isin("insert", "update_postimage")
-                    & (F.col("flight_date") <= F.lit(end)))
-            .agg(F.min("flight_date")))
-    except Exception as error:  # classic PySpark: a Py4JJavaError (py4j is not in Connect)
-        if not gold.feed_unreadable(error):
-            raise
-        log.warning("score: flight_features' change feed since version %s cannot be read "
-                    "(%s): rescoring the %d days to %s", int(scored) + 1,
-                    gold.summary(error)[:200], days, end)
-        return end - timedelta(days=days - 1)
-    return first
+    window = between(first.isoformat(), last.isoformat())
+    held = tables.read(spark, config, "delay_predictions").transform(window).select("flight_id")
+    found: date | None = tables.scalar(
+        tables.read(spark, config, "silver_flights").transform(window)
+        .join(held, "flight_id", "left_anti").agg(F.min("flight_date")))
+    if found is not None:
+        log.info("score: flights of %s or later landed after their day was scored: scoring "
+                 "them too", found)
+    return found.isoformat() if found is not None else None
+
+
+def score_dates(spark: SparkSession, config: Config, run_id: str, score_range: tuple[str, str],
+                dates: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Score the resolved range and, with `from: latest`, the late flights of the days before it
+    (scored alone: the earlier days' other rows stay as they were)."""
+    start, end = dates or resolved(spark, config, score_range)
+    late = late_from(spark, config, score_range, start, end)
+    if late is None:
+        return score.run(spark, config, run_id, start, end)
+    return score.run(spark, config, run_id, late, end, new_from=start)
 
 
 def monitor_range(spark: SparkSession, config: Config, run_id: str,
@@ -191,7 +187,7 @@ def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
     if stage not in STAGES:
         raise UnknownStageError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     if stage == "score":
-        return score.run(spark, config, run_id, *resolved(spark, config, score_range))
+        return score_dates(spark, config, run_id, score_range)
     if stage == "monitor":
         return monitor_range(spark, config, run_id, score_range)
     if stage == "gold":
@@ -344,16 +340,16 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
         Task("silver", partial(silver.run, spark, config, run_id), ("bronze",), retries),
         Task("gold", partial(gold.run, spark, config, run_id, full=full_gold), ("silver",),
              retries),
-        Task("score", lambda: score.run(spark, config, run_id, *dates()), ("gold",),
-             retries, when=score_when),
+        Task("score", lambda: score_dates(spark, config, run_id, score_range, dates()),
+             ("gold",), retries, when=score_when),
         Task("monitor", lambda: monitor_range(spark, config, run_id, score_range, as_of),
              ("score",), retries,
              when=lambda done: None if done.get("score") is None
              or done["score"].status == "succeeded" else "nothing was scored"),
         # training is not retried (a retry would register a second version), its condition is
         Task("train", run_train, ("gold", "monitor"), 0, when=train_when, when_retries=retries),
-        Task("rescore", lambda: score.run(spark, config, run_id, *dates()), ("train",),
-             retries, when=rescore_when),
+        Task("rescore", lambda: score_dates(spark, config, run_id, score_range, dates()),
+             ("train",), retries, when=rescore_when),
     ]
     chosen = [t for t in tasks if t.name in stages or (t.name == "rescore" and "train" in stages)]
     names = {t.name for t in chosen}

@@ -47,26 +47,35 @@ def test_an_alert_is_raised_once_per_episode_after_persisting() -> None:
     assert "retraining is due" in alert.message("m v1")
 
 
-def test_alerts_belong_to_their_model_version_and_only_the_champions_make_retraining_due(
+def test_only_the_champions_open_alerts_make_retraining_due(
         spark: SparkSession, tmp_path: Path) -> None:
-    """A new champion crossing the rule an earlier one crossed that day raises its own alert;
-    an open alert of a model no longer champion does not make retraining due."""
+    """An open alert of a model no longer champion does not make retraining due; the next
+    retraining closes it with the champion's. An alert is one per rule, subject and day,
+    whichever version crossed it."""
     config = make_config(tmp_path)
     rules = rules_from_conf(RULES)
     history = [row(d, "mean_shift", v, "temp") for d, v in [(1, 2.5), (2, 2.6)]]
     (crossing,) = raised_on(date(2013, 12, 2), history, rules, 0.75, 200)
-    old = {"model_name": "m", "model_version": "1"}
-    new = {"model_name": "m", "model_version": "2"}
-    (first,) = monitor.raise_alerts(spark, config, [crossing], old, {})
-    assert monitor.raise_alerts(spark, config, [crossing], old, {}) == []  # once per episode
-    (second,) = monitor.raise_alerts(spark, config, [crossing], new, {})
-    assert (first["alert_id"], second["alert_id"]) == ("feature_drift|temp|2013-12-02|m/1",
-                                                       "feature_drift|temp|2013-12-02|m/2")
-    monitor.mark_handled(spark, config, (second["alert_id"],), "run-2", date(2013, 12, 2))
+    (first,) = monitor.raise_alerts(spark, config, [crossing],
+                                    {"model_name": "m", "model_version": "1"}, {})
+    assert first["alert_id"] == "feature_drift|temp|2013-12-02"
+    # the same day's crossing by the version promoted that day: the same episode
+    assert monitor.raise_alerts(spark, config, [crossing],
+                                {"model_name": "m", "model_version": "2"}, {}) == []
     day = date(2013, 12, 20)  # past the rate limit
-    assert monitor.retraining_due(spark, config, day, 14, ("m", "1")).due
-    due = monitor.retraining_due(spark, config, day, 14, ("m", "3"))
+    due = monitor.retraining_due(spark, config, day, 14, ("m", "1"))
+    assert due.due and due.alert_ids == (first["alert_id"],)
+    due = monitor.retraining_due(spark, config, day, 14, ("m", "2"))
     assert not due.due and due.reason == "no open alert of the retraining kind"
+    # a later crossing by v2 makes retraining due; it closes v1's alert too
+    later = [row(d, "mean_shift", 2.7, "temp") for d in (5, 6)]
+    (crossing2,) = raised_on(date(2013, 12, 6), later, rules, 0.75, 200)
+    (second,) = monitor.raise_alerts(spark, config, [crossing2],
+                                     {"model_name": "m", "model_version": "2"}, {})
+    due = monitor.retraining_due(spark, config, day, 14, ("m", "2"))
+    assert due.due and sorted(due.alert_ids) == sorted([first["alert_id"], second["alert_id"]])
+    monitor.mark_handled(spark, config, due.alert_ids, "run-3", day)
+    assert not monitor.retraining_due(spark, config, day, 14, ("m", "2")).due
 
 
 def test_quality_rules_need_enough_labeled_flights() -> None:
@@ -76,6 +85,16 @@ def test_quality_rules_need_enough_labeled_flights() -> None:
     assert raised_on(date(2013, 12, 1), thin, rules, 0.75, 200) == []
     (alert,) = raised_on(date(2013, 12, 1), enough, rules, 0.75, 200)
     assert alert.rule.name == "quality_drop" and alert.threshold == "< 0.7500 - 0.05"
+
+
+def test_drift_rules_need_a_day_of_enough_scored_flights() -> None:
+    """A day landed in part (a handful of flights so far) is not judged for drift."""
+    rules = rules_from_conf(RULES)
+    thin = [row(d, "mean_shift", 3.0, "temp", rows=40) for d in (1, 2)]
+    enough = [row(d, "mean_shift", 3.0, "temp", rows=400) for d in (1, 2)]
+    assert raised_on(date(2013, 12, 2), thin, rules, 0.75, 200, min_scored=100) == []
+    (alert,) = raised_on(date(2013, 12, 2), enough, rules, 0.75, 200, min_scored=100)
+    assert alert.subject == "temp"
 
 
 def test_the_end_of_a_day_is_the_same_instant_whatever_the_drivers_time_zone(
@@ -194,8 +213,7 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
     assert again.alerts == [] and again.retrained is None and after == before
     assert [len(d.alerts) for d in days] == [0, 0, 1]
     (alert,) = days[2].alerts
-    assert alert["alert_id"] == f"feature_drift|temp|2013-01-17|flight_disruption/" \
-        f"{first['version']}" and alert["webhook_delivered"]
+    assert alert["alert_id"] == "feature_drift|temp|2013-01-17" and alert["webhook_delivered"]
     assert [p["alert"]["alert_id"] for p in Webhook.received] == [alert["alert_id"]]
     assert "temp" in Webhook.received[0]["text"]
     # retraining was due on the 17th only; the gate decided between the two models on the
@@ -357,40 +375,28 @@ def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
     assert workflow.is_permanent(workflow.NoFlightsYetError("x"))
 
 
-def test_latest_scoring_goes_back_to_feature_rows_changed_since_scored(
+def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
         spark: SparkSession, tmp_path: Path) -> None:
-    """A late flight (or a correction) of a day already scored changes its feature rows: `from:
-    latest` starts at that day, found in flight_features' change data feed since the features
-    version the last scored day was read at, so the flight is scored too."""
+    """A flight that reached silver after its day was scored has no prediction row: `from:
+    latest` scores it too (from its day, within score.catch_up_days), and only it there."""
     config = make_config(tmp_path, score={"from": "latest", "to": "latest"})
+    latest = ("latest", "latest")
     dates = [date(2013, 12, d) for d in (1, 2, 3, 4)]
     flights = spark.createDataFrame([(f"f{d.day}", d) for d in dates],
                                     "flight_id string, flight_date date")
     tables.overwrite(flights, config, "silver_flights")
-    tables.overwrite(flights, config, "flight_features")  # conf enables its change feed
-    version = tables.version(spark, config, "flight_features")
-    tables.overwrite(flights.withColumn("features_version", F.lit(version).cast("long")), config,
-                     "delay_predictions")
-    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-04", "2013-12-04")
+    tables.overwrite(flights, config, "delay_predictions")
+    assert workflow.resolved(spark, config, latest) == ("2013-12-04", "2013-12-04")
+    assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
     late = spark.createDataFrame([("f2b", date(2013, 12, 2))], "flight_id string, flight_date date")
-    tables.merge(spark, late, config, "flight_features", ["flight_id"])
     tables.append(late, config, "silver_flights")
-    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-02", "2013-12-04")
-    # a change beyond catch_up_days goes back that far only
+    assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") == "2013-12-02"
+    # explicit dates score what they name; a late flight before the catch-up window waits for
+    # them (catch_up_days 2: Dec 3 and 4)
+    assert workflow.late_from(spark, config, ("2013-12-04", "latest"), "2013-12-04",
+                              "2013-12-04") is None
     capped = make_config(tmp_path, score={"from": "latest", "to": "latest", "catch_up_days": 2})
-    assert workflow.resolved(spark, capped, ("latest", "latest")) == ("2013-12-03", "2013-12-04")
-    # once scored at the new features version, the end day again
-    rescored = tables.version(spark, config, "flight_features")
-    tables.overwrite(flights.union(late).withColumn("features_version",
-                                                    F.lit(rescored).cast("long")),
-                     config, "delay_predictions")
-    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-04", "2013-12-04")
-    # a change the feed cannot tell (written with the feed off): the whole catch-up window
-    location = tables.delta_table(spark, config, "flight_features").detail().first()
-    assert location is not None
-    spark.sql(f"ALTER TABLE delta.`{location['location']}` "
-              "SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'false')")
-    tables.merge(spark, spark.createDataFrame([("f3b", date(2013, 12, 3))],
-                                              "flight_id string, flight_date date"),
-                 config, "flight_features", ["flight_id"])
-    assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-11-28", "2013-12-04")
+    assert workflow.late_from(spark, capped, latest, "2013-12-04", "2013-12-04") is None
+    # an unscorable row (a flight recorded with the reason) is a row: nothing is late
+    tables.append(late, config, "delay_predictions")
+    assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None

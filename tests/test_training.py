@@ -556,26 +556,40 @@ def test_a_champion_moved_during_training_fails_the_gate_and_registers_nothing(
     assert client.get_model_version(name, "2").aliases == []
 
 
+@pytest.mark.slow  # a champion trained, then four score runs
 def test_scoring_gives_every_flight_a_prediction_or_a_reason(
         spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
     """The score job on a fresh table, then on a held range and on a new day: every silver
     flight of the range gets the champion's prediction or a row with the reason (here one
-    flight without a feature row); the audit counts come from what was written; a rerun
-    commits nothing."""
+    flight without a feature row, in place of one silver lacks: the same count); the audit
+    counts come from what was written; a rerun commits nothing; a flight landed after its day
+    was scored is scored by the next `from: latest` run, alone on its day."""
+    from lakehouse import workflow
     from lakehouse.stages import score
 
-    own = {name: str(tmp_path / name) for name in ("silver_flights", "delay_predictions",
-                                                    "audit")}
-    config = make_config(features_root, train=STUMP, tables=own, mlflow={
-        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-        "artifact_location": str(tmp_path / "mlruns")})
+    own = {"train": STUMP, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                      "artifact_location": str(tmp_path / "mlruns")},
+           "tables": {name: str(tmp_path / name) for name in (
+               "silver_flights", "flight_features", "delay_predictions", "audit")}}
+    config = make_config(features_root, **own)
+    shared = make_config(features_root)
+    every = tables.read(spark, shared, "flight_features")
+    twelfth = every.filter(F.col("flight_date") == "2013-01-12").orderBy("flight_id")
+    late_id = twelfth.first()["flight_id"]  # type: ignore[index]
+    tables.overwrite(every.filter(F.col("flight_id") != late_id), config, "flight_features")
     train.run(spark, config, "champion")
     features = tables.read(spark, config, "flight_features")
-    held = features.filter(F.col("flight_date").between("2013-01-11", "2013-01-13")).select(
-        "flight_id", "flight_date", "sched_dep_utc", "carrier", "origin", "dest",
-        F.when(F.col("tail_recorded"), F.lit("N12345")).alias("tailnum"))
-    orphan = held.limit(1).withColumn("flight_id", F.lit("no-features-row"))
-    tables.overwrite(held.unionByName(orphan), config, "silver_flights")
+
+    def as_silver(df: Any) -> Any:
+        return df.select("flight_id", "flight_date", "sched_dep_utc", "carrier", "origin",
+                         "dest", F.when(F.col("tail_recorded"), F.lit("N12345")).alias("tailnum"))
+
+    held = as_silver(features.filter(F.col("flight_date").between("2013-01-11", "2013-01-13")))
+    first_of_11th = held.filter(F.col("flight_date") == "2013-01-11").orderBy("flight_id")
+    dropped = first_of_11th.first()["flight_id"]  # type: ignore[index]
+    orphan = first_of_11th.limit(1).withColumn("flight_id", F.lit("no-features-row"))
+    tables.overwrite(held.filter(F.col("flight_id") != dropped).unionByName(orphan), config,
+                     "silver_flights")
     featured = features.filter(F.col("flight_date").between("2013-01-11", "2013-01-12")).count()
 
     first = score.run(spark, config, "first", "2013-01-11", "2013-01-12")
@@ -600,3 +614,15 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     on_day = features.filter(F.col("flight_date") == "2013-01-13").count()
     assert (day["rows"], day["unscorable"]) == (on_day, 0) and on_day
     assert tables.read(spark, config, "delay_predictions").count() == featured + 1 + on_day
+
+    # a flight of the 12th lands late (silver and gold) once the 13th was scored
+    late = every.filter(F.col("flight_id") == late_id)
+    tables.merge(spark, late, config, "flight_features", ["flight_id"])
+    tables.append(as_silver(late), config, "silver_flights")
+    before = {(r["flight_id"], r["model_version"], r["role"], r["scored_at"]) for r in
+              tables.read(spark, config, "delay_predictions").collect()}
+    workflow.run_stage(spark, make_config(features_root, score={"from": "latest", "to": "latest"},
+                                          **own), "score", "late", ("latest", "latest"))
+    after = {(r["flight_id"], r["model_version"], r["role"], r["scored_at"]) for r in
+             tables.read(spark, config, "delay_predictions").collect()}
+    assert before < after and {r[0] for r in after - before} == {late_id}

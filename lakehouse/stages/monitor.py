@@ -131,10 +131,10 @@ def training_auc(run_id: str) -> float | None:
 def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing], model: Any,
                  settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Record alerts not raised before (by id), log each at ERROR and POST it to the webhook."""
-    # an alert belongs to its model version: a new champion crossing the same rule on the same
-    # day is an episode of its own
-    model_key = f"{model['model_name']}/{model['model_version']}"
-    ident = [f"{c.alert_id}|{model_key}" for c in crossings]
+    # One alert per rule, subject and day, whichever version crossed it: a champion promoted
+    # that day (and monitored on it when the day is run again) crossing the rule the replaced
+    # one crossed is the same episode of the data, not news.
+    ident = [c.alert_id for c in crossings]
     known: set[str] = set()
     if tables.exists(spark, config, "alerts"):
         ids = ident
@@ -182,19 +182,19 @@ def retraining_due(spark: SparkSession, config: Config, day: date, min_days_betw
     if not tables.exists(spark, config, "alerts"):
         return RetrainingDue(False, "no alert yet")
     alerts = tables.read(spark, config, "alerts").filter(F.col("monitored_date") <= F.lit(day))
-    pending = alerts.filter(F.col("retrain") & F.col("handled_by_run").isNull())
-    if champion is not None:
-        pending = pending.filter((F.col("model_name") == champion[0])
-                                 & (F.col("model_version") == champion[1]))
-    open_ = [r["alert_id"] for r in pending.select("alert_id").collect()]
+    pending = [(r["alert_id"], (r["model_name"], r["model_version"])) for r in
+               alerts.filter(F.col("retrain") & F.col("handled_by_run").isNull())
+               .select("alert_id", "model_name", "model_version").collect()]
+    open_ = [i for i, model in pending if champion is None or model == champion]
+    # a retraining answers them all: the champion's, and those of models it replaced
+    every = tuple(i for i, _ in pending)
     last = tables.scalar(alerts.agg(F.max("handled_on")))
     if not open_:
         return RetrainingDue(False, "no open alert of the retraining kind")
     if last is not None and (day - last).days < min_days_between:
         return RetrainingDue(False, f"rate-limited: last retraining on {last}, next on "
-                                    f"{last + timedelta(days=min_days_between)}", tuple(open_))
-    return RetrainingDue(True, f"{len(open_)} open alert(s): {', '.join(open_[:5])}",
-                         tuple(open_))
+                                    f"{last + timedelta(days=min_days_between)}", every)
+    return RetrainingDue(True, f"{len(open_)} open alert(s): {', '.join(open_[:5])}", every)
 
 
 def current_champion(config: Config) -> tuple[str, str] | None:
@@ -259,7 +259,8 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
             history = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
                 of_model(champion) & (F.col("monitored_date") <= F.lit(when))).collect()]
             crossings = raised_on(when, history, rules,
-                                  training_auc(champion["model_run_id"]), settings.min_labeled)
+                                  training_auc(champion["model_run_id"]), settings.min_labeled,
+                                  settings.min_scored)
             new = raise_alerts(spark, config, crossings, champion, conf)
         due = retraining_due(spark, config, when, int(conf.get("retrain_min_days_between", 14)),
                              current_champion(config))

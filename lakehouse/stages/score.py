@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow.spark
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
@@ -137,14 +137,28 @@ def retire_others(spark: SparkSession, config: Config, start: str, end: str,
     return versions
 
 
+def of_current(held: dict[tuple[str, str, str], int],
+               models: list[Scorer]) -> dict[tuple[str, str], int]:
+    """Rows per (role, status) of the scoring versions, from `held_rows`."""
+    current = {f"{m.name}/{m.version}" for m in models}
+    counts: dict[tuple[str, str], int] = {}
+    for (key, role, status), n in held.items():
+        if key in current:
+            counts[role, status] = counts.get((role, status), 0) + n
+    return counts
+
+
 def inserted(metrics: dict[str, str]) -> str:
     """Rows a MERGE inserted (or an append wrote, when it created the table)."""
     return metrics.get("numTargetRowsInserted", metrics.get("numOutputRows", "0"))
 
 
-def run(spark: SparkSession, config: Config, run_id: str, start: str,
-        end: str) -> dict[str, Any]:
-    """Score flights dated start..end; idempotent by flight and model version."""
+def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
+        new_from: str | None = None) -> dict[str, Any]:
+    """Score flights dated start..end; idempotent by flight and model version. With new_from,
+    flights dated before it are scored only when the table holds no row of theirs (flights that
+    landed after their day was scored): the other rows of those days stay as they were, whatever
+    model holds the aliases now."""
     mlflow_conf = registry.configure(config)
     name, alias = mlflow_conf["model_name"], registry.CHAMPION
     with audited(spark, config, run_id, "score", "delay_predictions") as audit:
@@ -155,6 +169,17 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         flights = tables.read(spark, config, "silver_flights").transform(between(start, end))
         window = f"flight_date BETWEEN DATE'{start}' AND DATE'{end}'"
         existed = tables.exists(spark, config, "delay_predictions")
+        late = existed and new_from is not None and new_from > start
+        if late:
+            earlier = F.col("flight_date") < F.lit(new_from).cast("date")
+            held_ids = (tables.read(spark, config, "delay_predictions").filter(window)
+                        .filter(earlier).select("flight_id"))
+
+            def unheld(df: DataFrame) -> DataFrame:
+                return df.filter(~earlier).unionByName(
+                    df.filter(earlier).join(held_ids, "flight_id", "left_anti"))
+
+            features, flights = unheld(features), unheld(flights)
         state = range_state(flights, features, tables.read(
             spark, config, "delay_predictions").filter(window) if existed else None)
         missing = (None if state.same_flights
@@ -167,16 +192,12 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
         retired: list[str] = []
         version_written: int | None = None
         if not existed:
-            # The first write creates the table: nothing to compare, retire or read back. The
-            # audit counts come from the write itself (an observation of its rows).
-            observed = Observation()
-            statuses = [(m.role, status) for m in models for status in ("scored", "unscorable")]
-            tables.append(predictions.observe(observed, *[
-                F.sum(F.when((F.col("role") == role) & (F.col("status") == status), 1)
-                      .otherwise(0)).alias(f"{role}|{status}") for role, status in statuses]),
-                config, "delay_predictions")
-            counts = {tuple(key.split("|")): int(n or 0)  # type: ignore[misc]
-                      for key, n in observed.get.items()}
+            # The first write creates the table: nothing to compare or retire. The audit counts
+            # are read back (not observed during the write: once a session has used an
+            # Observation, a later LogisticRegression fit in it fails with Task not
+            # serializable, Spark 4.1; see stages/bronze.py).
+            tables.append(predictions, config, "delay_predictions")
+            counts = of_current(held_rows(spark, config, start, end), models)
             version_written, metrics = tables.last_commit(spark, config, "delay_predictions")
         else:
             # No flight in the range: nothing to write, no commit. No row of the range yet (a
@@ -199,18 +220,19 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str,
             # scoring versions, by role and status. Also after an insert: another job may have
             # scored the range since it looked empty.
             held = held_rows(spark, config, start, end)
-            retired = retire_others(spark, config, start, end, models, held)
-            current = {f"{m.name}/{m.version}" for m in models}
-            for (key, role, status), n in held.items():
-                if key in current:
-                    counts[role, status] = counts.get((role, status), 0) + n
+            # the days before new_from keep their rows' roles: only their late flights were new
+            retired = (retire_others(spark, config, new_from, end, models) if late and new_from
+                       else retire_others(spark, config, start, end, models, held))
+            counts = of_current(held, models)
             version_written = tables.version(spark, config, "delay_predictions")
         rows = sum(counts.values())
         scored = sum(n for (_, status), n in counts.items() if status == "scored")
         audit.update(rows_in=rows, rows_out=scored, rows_quarantined=rows - scored,
                      version_read=version_read, version_written=version_written,
                      message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in models)
-                             + f" scored {start}..{end}; written {inserted(metrics)} new, "
+                             + f" scored {start}..{end}"
+                             + (f" (before {new_from}: late flights only)" if late else "")
+                             + f"; written {inserted(metrics)} new, "
                              f"{metrics.get('numTargetRowsUpdated', 0)} changed"
                              + (f"; rows of {', '.join(retired)} now role "
                                 f"{PREVIOUS!r}" if retired else ""))
