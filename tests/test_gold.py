@@ -175,12 +175,33 @@ def test_a_vacuumed_change_feed_rebuilds_in_full(
     assert "incremental" in messages(gold.run(spark, config, "after"))[0]
 
 
+def test_a_vacuumed_feed_is_told_by_its_error_condition_only() -> None:
+    """The conditions OSS Delta and Databricks raise when a VACUUM removed a change feed's files
+    make gold build in full; another missing file named in a trace does not."""
+    for text in ("An error occurred while calling o1.collectToPython.\n: org.apache.spark."
+                 "SparkException: [FAILED_READ_FILE.FILE_NOT_EXIST] Encountered error while "
+                 "reading file file:/t/_change_data/cdc-0.parquet. File does not exist.",
+                 "[FAILED_READ_FILE.DBR_FILE_NOT_EXIST] Error while reading file dbfs:/t/x",
+                 "[DELTA_CHANGE_DATA_FILE_NOT_FOUND] File s3://b/t/_change_data/cdc-1 "
+                 "referenced in the transaction log cannot be found",
+                 "[DELTA_FILE_NOT_FOUND_DETAILED] File s3://b/t/part-0 referenced in the "
+                 "transaction log cannot be found"):
+        assert gold.feed_unreadable(RuntimeError(text)), text
+        # the audit message names the line with the condition, not the py4j call
+        line = gold.summary(RuntimeError("An error occurred while calling o1\n" + text))
+        assert any(marker in line for marker in gold.VACUUMED_MARKERS), line
+    for text in ("Caused by: java.io.FileNotFoundException: /etc/spark/conf/missing.xml",
+                 "[PERMISSION_DENIED] User does not have READ on table silver.flights"):
+        assert not gold.feed_unreadable(RuntimeError(text)), text
+
+
 def test_gold_without_silver_fails_naming_the_table(spark: SparkSession, config: Config) -> None:
     with pytest.raises(gold.GoldInputError, match=r"silver_flights does not exist at .*run the "
                                                   r"silver job first"):
         gold.run(spark, config, "none")
 
 
+@pytest.mark.slow  # builds gold, then describes it through the CLI
 def test_describe_prints_known_at_rules_comments_version_and_rows(
         spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]],
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -94,6 +94,7 @@ def test_metrics_agree_with_scikit_learn(spark: SparkSession) -> None:
         h.threshold_by("recall:2")
 
 
+@pytest.mark.slow  # a bronze run first, then fits in its session
 def test_models_fit_and_score_in_a_session_that_ran_bronze(spark: SparkSession,
                                                           tmp_path: Path) -> None:
     """A daily run trains in the session bronze used; models keeping a training summary hold
@@ -577,7 +578,7 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     twelfth = every.filter(F.col("flight_date") == "2013-01-12").orderBy("flight_id")
     late_id = twelfth.first()["flight_id"]  # type: ignore[index]
     tables.overwrite(every.filter(F.col("flight_id") != late_id), config, "flight_features")
-    train.run(spark, config, "champion")
+    champion = train.run(spark, config, "champion")
     features = tables.read(spark, config, "flight_features")
 
     def as_silver(df: Any) -> Any:
@@ -615,14 +616,33 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     assert (day["rows"], day["unscorable"]) == (on_day, 0) and on_day
     assert tables.read(spark, config, "delay_predictions").count() == featured + 1 + on_day
 
-    # a flight of the 12th lands late (silver and gold) once the 13th was scored
+    # a flight of the 12th lands late (silver and gold) once the 13th was scored, and a second
+    # version (the same data, conf and seed: a tie) takes @challenger
     late = every.filter(F.col("flight_id") == late_id)
     tables.merge(spark, late, config, "flight_features", ["flight_id"])
     tables.append(as_silver(late), config, "silver_flights")
-    before = {(r["flight_id"], r["model_version"], r["role"], r["scored_at"]) for r in
-              tables.read(spark, config, "delay_predictions").collect()}
+    challenger = train.run(spark, config, "challenger")
+    assert not challenger["promoted"]
+
+    def rows() -> set[tuple[Any, ...]]:
+        return {(r["flight_id"], r["flight_date"].day, r["model_version"], r["role"],
+                 r["status"], r["scored_at"]) for r in
+                tables.read(spark, config, "delay_predictions").collect()}
+
+    before = rows()
     workflow.run_stage(spark, make_config(features_root, score={"from": "latest", "to": "latest"},
                                           **own), "score", "late", ("latest", "latest"))
-    after = {(r["flight_id"], r["model_version"], r["role"], r["scored_at"]) for r in
-             tables.read(spark, config, "delay_predictions").collect()}
-    assert before < after and {r[0] for r in after - before} == {late_id}
+    after = rows()
+    added = after - before
+    # nothing held changed; the late flight is scored by both versions, alone on its day; the
+    # day after it (the 13th, scored whole) gets the challenger's rows in shadow
+    assert before < after
+    assert {r[:5] for r in added if r[0] == late_id} == {
+        (late_id, 12, champion["version"], "champion", "scored"),
+        (late_id, 12, challenger["version"], "challenger", "scored")}
+    shadow = [r for r in added if r[0] != late_id]
+    assert len(shadow) == on_day and {r[1:4] for r in shadow} == {
+        (13, challenger["version"], "challenger")}
+    audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "late").first()
+    assert audit is not None and "before 2013-01-13: 1 late flight(s) only" in audit["message"]
+    assert (audit["rows_in"], audit["rows_out"]) == (2 * on_day + 2, 2 * on_day + 2)

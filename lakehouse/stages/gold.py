@@ -120,10 +120,12 @@ def changed_dates(spark: SparkSession, config: Config, silver: Silver, since: di
 FEED_ERROR_MARKERS = ("CHANGE_DATA", "CDC", "FILE_NOT_FOUND", "VERSION", "HISTORY")
 # A VACUUM that removed the files behind those versions (the data files a MERGE replaced, the
 # _change_data files) fails the read only when it runs, with FAILED_READ_FILE.FILE_NOT_EXIST
-# (Databricks: DELTA_FILE_NOT_FOUND_DETAILED): a SparkException, which classic PySpark passes on
-# as a Py4JJavaError (its text holds the condition) and Spark Connect as a PySparkException
-# with the condition. Only these conditions count, not any missing file named in a trace.
-VACUUMED_MARKERS = ("FAILED_READ_FILE.FILE_NOT_EXIST", "DELTA_FILE_NOT_FOUND")
+# (Databricks: FAILED_READ_FILE.DBR_FILE_NOT_EXIST, DELTA_CHANGE_DATA_FILE_NOT_FOUND or
+# DELTA_FILE_NOT_FOUND_DETAILED): a SparkException, which classic PySpark passes on as a
+# Py4JJavaError (its text holds the condition) and Spark Connect as a PySparkException with the
+# condition. Only these conditions count, not any missing file named in a trace.
+VACUUMED_MARKERS = ("FAILED_READ_FILE.FILE_NOT_EXIST", "FAILED_READ_FILE.DBR_FILE_NOT_EXIST",
+                    "DELTA_CHANGE_DATA_FILE_NOT_FOUND", "DELTA_FILE_NOT_FOUND")
 
 
 def feed_unreadable(error: Exception) -> bool:

@@ -104,14 +104,17 @@ def range_state(flights: DataFrame, features: DataFrame,
                       held is not None and row["held"] > 0)
 
 
-def held_rows(spark: SparkSession, config: Config, start: str, end: str
-              ) -> dict[tuple[str, str, str], int]:
-    """Rows per (name/version, role, status) the table holds for the range: one small
-    aggregate on the range's files, read after the write (counts, and the versions to retire)."""
+def held_rows(spark: SparkSession, config: Config, start: str, end: str,
+              flight_ids: list[str] | None = None) -> dict[tuple[str, str, str], int]:
+    """Rows per (name/version, role, status) the table holds for the range (of those flights
+    only, when given): one small aggregate on the range's files, read after the write (counts,
+    and the versions to retire)."""
     # a version is current only under its own model name (versions restart per name)
     key = F.concat_ws("/", "model_name", "model_version").alias("key")
-    rows = (between(start, end)(tables.read(spark, config, "delay_predictions"))
-            .groupBy(key, "role", "status").count().collect())
+    held = between(start, end)(tables.read(spark, config, "delay_predictions"))
+    if flight_ids is not None:
+        held = held.filter(F.col("flight_id").isin(flight_ids))
+    rows = held.groupBy(key, "role", "status").count().collect()
     return {(r["key"], r["role"], r["status"]): r["count"] for r in rows}
 
 
@@ -170,18 +173,23 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
         window = f"flight_date BETWEEN DATE'{start}' AND DATE'{end}'"
         existed = tables.exists(spark, config, "delay_predictions")
         late = existed and new_from is not None and new_from > start
+        # the days the run scores whole: new_from..end with late flights, else the range
+        first = new_from if late and new_from else start
+        late_ids: list[str] = []
         if late:
+            # the silver flights of the days before new_from that hold no row yet (a handful:
+            # flights landed after their day was scored), listed before the write adds theirs
             earlier = F.col("flight_date") < F.lit(new_from).cast("date")
             held_ids = (tables.read(spark, config, "delay_predictions").filter(window)
                         .filter(earlier).select("flight_id"))
-
-            def unheld(df: DataFrame) -> DataFrame:
-                return df.filter(~earlier).unionByName(
-                    df.filter(earlier).join(held_ids, "flight_id", "left_anti"))
-
-            features, flights = unheld(features), unheld(flights)
+            late_ids = [r[0] for r in flights.filter(earlier)
+                        .join(held_ids, "flight_id", "left_anti").select("flight_id").collect()]
+            features, flights = (df.filter(~earlier | F.col("flight_id").isin(late_ids))
+                                 for df in (features, flights))
+        whole = f"flight_date BETWEEN DATE'{first}' AND DATE'{end}'"
+        # whether the days scored whole hold rows: the late flights hold none by construction
         state = range_state(flights, features, tables.read(
-            spark, config, "delay_predictions").filter(window) if existed else None)
+            spark, config, "delay_predictions").filter(whole) if existed else None)
         missing = (None if state.same_flights
                    else flights.join(features.select("flight_id"), "flight_id", "left_anti"))
         frames = [predictions_of(spark, config, m, features, missing, version_read or 0)
@@ -219,10 +227,13 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             # The audit counts are read back: the rows the table holds for the range from the
             # scoring versions, by role and status. Also after an insert: another job may have
             # scored the range since it looked empty.
-            held = held_rows(spark, config, start, end)
-            # the days before new_from keep their rows' roles: only their late flights were new
-            retired = (retire_others(spark, config, new_from, end, models) if late and new_from
-                       else retire_others(spark, config, start, end, models, held))
+            # the days before new_from keep their rows and roles: only their late flights are
+            # this run's, counted apart
+            held = held_rows(spark, config, first, end)
+            retired = retire_others(spark, config, first, end, models, held)
+            if late_ids:
+                for key, n in held_rows(spark, config, start, end, late_ids).items():
+                    held[key] = held.get(key, 0) + n
             counts = of_current(held, models)
             version_written = tables.version(spark, config, "delay_predictions")
         rows = sum(counts.values())
@@ -231,7 +242,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                      version_read=version_read, version_written=version_written,
                      message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in models)
                              + f" scored {start}..{end}"
-                             + (f" (before {new_from}: late flights only)" if late else "")
+                             + (f" (before {new_from}: {len(late_ids)} late flight(s) only)"
+                                if late else "")
                              + f"; written {inserted(metrics)} new, "
                              f"{metrics.get('numTargetRowsUpdated', 0)} changed"
                              + (f"; rows of {', '.join(retired)} now role "
