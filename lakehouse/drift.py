@@ -79,16 +79,40 @@ class FeatureReference:
 
     def bin(self) -> Column:
         """The bin label of each row as a Spark column expression (no UDF)."""
+        return F.expr(self.bin_sql())
+
+    def bin_sql(self) -> str:
+        """The bin label of each row as Spark SQL text: built in Python and parsed once by
+        Spark, where a Column tree built call by call costs a Py4J round trip per node (~0.6 s
+        for the monitor's features, measured)."""
         if self.kind == "categorical":
-            value = F.col(self.name).cast("string")
-            return (F.when(value.isNull(), F.lit(NULL))
-                    .when(value.isin(list(self.categories)), value).otherwise(F.lit(OTHER)))
-        value, labels = _numeric(self.name), self.labels
+            value = f"CAST({_quoted(self.name)} AS STRING)"
+            known = (f" WHEN {value} IN ({', '.join(_literal(c) for c in self.categories)}) "
+                     f"THEN {value}") if self.categories else ""
+            return (f"CASE WHEN {value} IS NULL THEN {_literal(NULL)}{known} "
+                    f"ELSE {_literal(OTHER)} END")
+        value, labels = _numeric_sql(self.name), self.labels
         # Bin i holds edges[i-1] <= x < edges[i]: a value on a cut point goes to the upper bin.
-        binned = F.when(value.isNull(), F.lit(NULL))
-        for label, edge in zip(labels, self.edges, strict=False):
-            binned = binned.when(value < F.lit(edge), F.lit(label))
-        return binned.otherwise(F.lit(labels[len(self.edges)]))
+        whens = "".join(f" WHEN {value} < CAST({_literal(repr(float(edge)))} AS DOUBLE) THEN "
+                        f"{_literal(label)}" for label, edge in zip(labels, self.edges,
+                                                                     strict=False))
+        return (f"CASE WHEN {value} IS NULL THEN {_literal(NULL)}{whens} "
+                f"ELSE {_literal(labels[len(self.edges)])} END")
+
+
+def _quoted(name: str) -> str:
+    """A column name as a Spark SQL identifier."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _literal(text: str) -> str:
+    """A Spark SQL string literal (backslash escapes, the parser's default)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _numeric_sql(name: str) -> str:
+    """_numeric as SQL text."""
+    return f"nanvl(CAST({_quoted(name)} AS DOUBLE), CAST(NULL AS DOUBLE))"
 
 
 def _numeric(name: str) -> Column:
@@ -202,19 +226,21 @@ def bin_counts(df: DataFrame, refs: dict[str, FeatureReference],
     if not refs:
         raise DriftInputError("bin_counts: no feature references given")
     _check_columns(df, [*group_cols, *refs], "bin_counts")
+    # all features' (feature, bin[, value]) structs as one SQL expression: one parse, not a
+    # Py4J call per node of a Column tree
+    structs = []
+    for name, ref in refs.items():
+        fields = [f"'feature', {_literal(name)}", f"'bin', {ref.bin_sql()}"]
+        if sums:
+            value = _numeric_sql(name) if ref.kind == "numeric" else "CAST(NULL AS DOUBLE)"
+            fields.append(f"'value', {value}")
+        structs.append(f"named_struct({', '.join(fields)})")
+    pairs = F.expr(f"explode(array({', '.join(structs)}))").alias("pair")
+    exploded = df.select(*group_cols, pairs).select(*group_cols, "pair.*")
     if not sums:
-        pairs = _pairs({name: ref.bin() for name, ref in refs.items()}, "bin")
-        return (df.select(*group_cols, pairs)
-                .select(*group_cols, "pair.feature", "pair.bin")
-                .groupBy(*group_cols, "feature", "bin")
-                .agg(F.count(F.lit(1)).alias("rows")))
-    pairs = F.explode(F.array(*(F.struct(
-        F.lit(name).alias("feature"), ref.bin().alias("bin"),
-        (_numeric(name) if ref.kind == "numeric" else F.lit(None).cast("double")).alias("value"))
-        for name, ref in refs.items()))).alias("pair")
-    return (df.select(*group_cols, pairs)
-            .select(*group_cols, "pair.feature", "pair.bin", "pair.value")
-            .groupBy(*group_cols, "feature", "bin")
+        return exploded.groupBy(*group_cols, "feature", "bin").agg(
+            F.count(F.lit(1)).alias("rows"))
+    return (exploded.groupBy(*group_cols, "feature", "bin")
             .agg(F.count(F.lit(1)).alias("rows"), F.sum("value").alias("value_sum"),
                  F.count("value").alias("values")))
 

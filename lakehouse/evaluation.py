@@ -8,6 +8,7 @@ agree with an exact computation to about 1e-4 (rows within one bin count as ties
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,19 +164,29 @@ def histograms_by(scored: DataFrame, group: str, label: str,
                   score: Column) -> dict[Any, Histogram]:
     """One histogram per value of the group column (e.g. per day), in one Spark job; rows
     without a label or a score are not counted."""
+    return histograms_from(histogram_counts(scored, group, label, score).collect())
+
+
+def histogram_counts(scored: DataFrame, group: str, label: str, score: Column) -> DataFrame:
+    """histograms_by's aggregate, not yet collected (to collect it with another in one job):
+    one row per group (`_group`) and probability bin (`bin`) with the negatives, positives,
+    and the sums of the probability, log loss and squared error."""
     scored = scored.filter(F.col(label).isNotNull() & score.isNotNull())
     p = F.least(F.greatest(score.cast("double"), F.lit(0.0)), F.lit(1.0))
     y = F.col(label).cast("double")
     clipped = F.least(F.greatest(p, F.lit(EPSILON)), F.lit(1 - EPSILON))
     loss = -(y * F.log(clipped) + (1 - y) * F.log(1 - clipped))
-    rows = (scored.select(F.col(group).alias("_group"),
+    return (scored.select(F.col(group).alias("_group"),
                           F.least(F.floor(p * BINS), F.lit(BINS - 1)).cast("int").alias("bin"),
                           y.alias("y"), p.alias("p"), loss.alias("loss"),
                           ((p - y) * (p - y)).alias("se"))
             .groupBy("_group", "bin").agg(F.sum(1 - F.col("y")).alias("neg"),
                                           F.sum("y").alias("pos"), F.sum("p").alias("sum_p"),
-                                          F.sum("loss").alias("loss"), F.sum("se").alias("se"))
-            .collect())
+                                          F.sum("loss").alias("loss"), F.sum("se").alias("se")))
+
+
+def histograms_from(rows: Iterable[Any]) -> dict[Any, Histogram]:
+    """The histograms of histogram_counts' collected rows, by group."""
     out: dict[Any, Histogram] = {}
     for r in rows:
         h = out.setdefault(r["_group"], Histogram.empty())

@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.drift import FeatureReference, bin_counts, drift, mean_shift
-from lakehouse.evaluation import Histogram, histograms_by
+from lakehouse.evaluation import Histogram, histogram_counts, histograms_from
 from lakehouse.features import LABEL, TAIL_RECORDED
 
 PREDICTION = "prediction"  # the subject name of prediction drift
@@ -59,7 +59,10 @@ def drift_rows(rows: DataFrame, refs: dict[str, FeatureReference]) -> list[dict[
 
     rows: a day's predictions joined to their features, with the probability as PREDICTION.
     """
-    counts = bin_counts(rows, refs, ["flight_date"], sums=True).collect()
+    return _drift_values(bin_counts(rows, refs, ["flight_date"], sums=True).collect(), refs)
+
+
+def _drift_values(counts: list[Any], refs: dict[str, FeatureReference]) -> list[dict[str, Any]]:
     out = []
     for r in drift(counts, refs, ["flight_date"]):
         for metric in ("psi", "js_distance"):
@@ -82,6 +85,31 @@ def drift_rows(rows: DataFrame, refs: dict[str, FeatureReference]) -> list[dict[
     return out
 
 
+def day_values(day: DataFrame | None, refs: dict[str, FeatureReference] | None,
+               labeled_rows: DataFrame, days: list[date],
+               trailing_end: date) -> list[dict[str, Any]]:
+    """drift_rows of day (when it and refs are given) and the realized quality of labeled_rows
+    per day and over the trailing window (_quality_values), from one
+    Spark job: the two aggregates are unioned and collected together (each job costs a fixed
+    overhead here that the rows do not)."""
+    quality = histogram_counts(labeled_rows, "flight_date", LABEL, F.col("probability")).select(
+        F.lit("quality").alias("part"), F.col("_group").alias("flight_date"),
+        F.col("bin").alias("hbin"), "neg", "pos", "sum_p", "loss", "se")
+    parts = quality
+    if day is not None and refs:
+        parts = bin_counts(day, refs, ["flight_date"], sums=True).select(
+            F.lit("drift").alias("part"), "flight_date", "feature", "bin", "rows", "value_sum",
+            "values").unionByName(quality, allowMissingColumns=True)
+    collected = parts.collect()
+    counts = [r for r in collected if r["part"] == "drift"]
+    by_day = histograms_from(
+        {"_group": r["flight_date"], "bin": r["hbin"], "neg": r["neg"], "pos": r["pos"],
+         "sum_p": r["sum_p"], "loss": r["loss"], "se": r["se"]}
+        for r in collected if r["part"] == "quality")
+    drifted = _drift_values(counts, refs) if counts and refs else []
+    return drifted + _quality_values(by_day, days, trailing_end)
+
+
 def labeled(predictions: DataFrame, features: DataFrame, as_of: datetime) -> DataFrame:
     """Predictions whose flight's outcome is known at as_of (gold's known_at_utc), with the
     label; flights without a recorded tail are left out, as in training's evaluation."""
@@ -91,11 +119,11 @@ def labeled(predictions: DataFrame, features: DataFrame, as_of: datetime) -> Dat
             .join(outcomes, "flight_id", "inner"))
 
 
-def quality_rows(rows: DataFrame, days: list[date], trailing_end: date) -> list[dict[str, Any]]:
+def _quality_values(by_day: dict[Any, Histogram], days: list[date],
+                    trailing_end: date) -> list[dict[str, Any]]:
     """AUC-ROC, AUC-PR, Brier score, log loss and calibration (mean predicted vs observed rate)
     of the labeled rows of each day, and of all of them as the trailing window ending at
-    trailing_end, each with the number of labeled flights it rests on (one Spark pass)."""
-    by_day = histograms_by(rows, "flight_date", LABEL, F.col("probability"))
+    trailing_end, each with the number of labeled flights it rests on."""
     out = [r for d in days for r in _quality(by_day.get(d, Histogram.empty()), DAY, d)]
     trailing = sum((by_day.get(d, Histogram.empty()) for d in days), Histogram.empty())
     return out + _quality(trailing, TRAILING, trailing_end)

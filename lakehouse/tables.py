@@ -149,7 +149,7 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
           changed_columns: Iterable[str] | None = None, newer: str | None = None,
           target_filter: str | None = None, tag: str | None = None,
           delete_flag: str | None = None, skip_unchanged: bool = False,
-          insert_only: bool = False) -> dict[str, str]:
+          insert_only: bool = False, metrics: bool = True) -> dict[str, str]:
     """Upsert df into the table on its natural key; create the table on first use.
 
     Matched rows are updated only where one of changed_columns differs, so re-running the same
@@ -163,7 +163,7 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     rows equal to their target row (keys and changed_columns) are dropped first, and a source
     with nothing left commits nothing: Delta's MERGE rewrites every file holding a matched row
     even when no clause updates it. Returns Delta's operation metrics of the commit (empty
-    when nothing was committed).
+    when nothing was committed, or with metrics=False: the history read they take is skipped).
 
     With insert_only, rows whose key the table holds are left as they are and nothing is
     compared: for a slice the caller found empty (e.g. a new day), Delta's insert-only MERGE
@@ -176,7 +176,7 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     if not exists(spark, config, name):
         rows = df.filter(~F.col(delete_flag)).drop(delete_flag) if delete_flag else df
         append(rows, config, name, tag=tag)
-        return last_operation_metrics(spark, config, name)
+        return last_operation_metrics(spark, config, name) if metrics else {}
     same = list(dict.fromkeys([*keys, *(changed_columns if changed_columns is not None
                                         else df.columns)]))
     existing = read(spark, config, name)
@@ -222,7 +222,7 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     finally:
         if tag is not None:
             spark.conf.unset(key)
-    return last_operation_metrics(spark, config, name)
+    return last_operation_metrics(spark, config, name) if metrics else {}
 
 
 def update(spark: SparkSession, config: Config, name: str, condition: Column,

@@ -118,6 +118,21 @@ def test_unseen_category_goes_to_other_and_nulls_to_null(spark: SparkSession) ->
     assert results[("d2", "carrier")]["rows"] == 1
 
 
+def test_bins_of_names_and_values_that_need_quoting_in_sql(spark: SparkSession) -> None:
+    """The bins are built as SQL text: a category holding a quote or a backslash, a column name
+    holding a backtick and an edge of many digits bin as their plain values do."""
+    df = spark.createDataFrame(
+        [("O'Hare", 0.1 + 0.2), ("a\\b", 0.3), ("O'Hare", -1e-9), (None, None), ("x`y", 2.0)],
+        "`ap``po` string, `we``ird` double")
+    refs = {"ap`po": FeatureReference("ap`po", "categorical", categories=("O'Hare", "a\\b")),
+            "we`ird": FeatureReference("we`ird", "numeric", edges=(0.0, 0.1 + 0.2))}
+    counts = {(r["feature"], r["bin"]): r["rows"] for r in bin_counts(df, refs, []).collect()}
+    # 0.1 + 0.2 = 0.30000000000000004 is its own edge: on it goes to the upper bin, 0.3 below
+    assert counts == {("ap`po", "O'Hare"): 2, ("ap`po", "a\\b"): 1, ("ap`po", NULL): 1,
+                      ("ap`po", OTHER): 1, ("we`ird", "b02"): 2, ("we`ird", "b01"): 1,
+                      ("we`ird", "b00"): 1, ("we`ird", NULL): 1}
+
+
 def test_bad_input_is_named(spark: SparkSession) -> None:
     df = small_frame(spark)
     with pytest.raises(DriftInputError, match=r"columns \['wind'\] not in the data frame"):

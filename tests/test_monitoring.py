@@ -311,6 +311,25 @@ def test_a_former_champions_rescored_rows_become_previous(spark: SparkSession,
                      (2, "f", "2", "challenger"), (2, "e", "2", "previous")}
 
 
+def test_of_two_champion_versions_on_a_day_the_one_that_scored_most_comes_first(
+        spark: SparkSession) -> None:
+    """A late flight scored by a newer champion leaves its day with two champion versions: the
+    monitor raises the alerts of the version that scored most of the day (the first champion
+    of day_models), whichever registered later; retired versions are not monitored."""
+    rows = [(f"f{n}", date(2013, 12, 2), "9", "r9", "champion") for n in range(3)]
+    rows += [("late", date(2013, 12, 2), "10", "r10", "champion"),
+             ("f0", date(2013, 12, 2), "11", "r11", "challenger"),
+             ("f0", date(2013, 12, 2), "8", "r8", "previous"),
+             ("f9", date(2013, 12, 3), "10", "r10", "champion")]
+    predictions = spark.createDataFrame(rows, "flight_id string, flight_date date, "
+                                              "model_version string, model_run_id string, "
+                                              "role string").withColumn(
+        "model_name", F.lit("flight_disruption"))
+    found = [(m["model_version"], m["role"], m["rows"])
+             for m in monitor.day_models(predictions, date(2013, 12, 2))]
+    assert found == [("11", "challenger", 1), ("9", "champion", 3), ("10", "champion", 1)]
+
+
 def test_an_insert_only_merge_refuses_deletes_and_newer() -> None:
     for extra in ({"delete_flag": "_delete"}, {"newer": "scored_at"}):
         with pytest.raises(ValueError, match="insert_only inserts new keys only"):

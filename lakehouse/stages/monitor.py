@@ -25,10 +25,9 @@ from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TAIL_RECO
 from lakehouse.monitoring import (
     PREDICTION,
     MonitorSettings,
-    drift_rows,
+    day_values,
     end_of_day,
     labeled,
-    quality_rows,
 )
 from lakehouse.stages.audit import audited
 from lakehouse.stages.train import REFERENCE_ARTIFACT
@@ -106,18 +105,27 @@ def day_rows(predictions: DataFrame, features: DataFrame, day: date, model: Any)
             .join(inputs, "flight_id", "inner"))
 
 
+def day_models(predictions: DataFrame, day: date) -> list[Any]:
+    """The versions holding an alias for the day's flights (not those a promotion retired),
+    challenger before champion; of two champion versions, as when a late flight was scored by
+    a newer champion, the one that scored most of the day first (its alerts are raised)."""
+    return (predictions.filter((F.col("flight_date") == F.lit(day))
+                               & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER))
+            .groupBy("model_name", "model_version", "model_run_id", "role")
+            .agg(F.count(F.lit(1)).alias("rows"))
+            .orderBy("role", F.desc("rows"), "model_name", "model_version").collect())
+
+
 def measure(spark: SparkSession, predictions: DataFrame, features: DataFrame, day: date,
             as_of: datetime, settings: MonitorSettings,
             model: Any) -> tuple[list[dict[str, Any]], bool]:
-    """Drift (one pass) and realized quality (one pass) of one model version."""
-    rows: list[dict[str, Any]] = []
+    """Drift and realized quality of one model version, from one Spark job."""
     refs = reference_of(model["model_run_id"])
-    if refs is not None:
-        rows += drift_rows(day_rows(predictions, features, day, model), refs)
     days = [day - timedelta(days=i) for i in range(settings.trailing_days - 1, -1, -1)]
     window = predictions.filter(of_model(model) & F.col("flight_date").isin(days))
-    rows += quality_rows(labeled(window, features.filter(F.col("flight_date").isin(days)),
-                                 as_of), days, day)
+    rows = day_values(day_rows(predictions, features, day, model) if refs is not None else None,
+                      refs, labeled(window, features.filter(F.col("flight_date").isin(days)),
+                                    as_of), days, day)
     for row in rows:
         row.update(model_name=model["model_name"], model_version=model["model_version"],
                    role=model["role"])
@@ -136,7 +144,7 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
     # one crossed is the same episode of the data, not news.
     ident = [c.alert_id for c in crossings]
     known: set[str] = set()
-    if tables.exists(spark, config, "alerts"):
+    if ident and tables.exists(spark, config, "alerts"):
         ids = ident
         known = {r[0] for r in tables.read(spark, config, "alerts")
                  .filter(F.col("alert_id").isin(ids)).select("alert_id").collect()}
@@ -181,14 +189,20 @@ def retraining_due(spark: SparkSession, config: Config, day: date, min_days_betw
     an alert raised on a model since replaced speaks of a model no longer serving."""
     if not tables.exists(spark, config, "alerts"):
         return RetrainingDue(False, "no alert yet")
-    alerts = tables.read(spark, config, "alerts").filter(F.col("monitored_date") <= F.lit(day))
-    pending = [(r["alert_id"], (r["model_name"], r["model_version"])) for r in
-               alerts.filter(F.col("retrain") & F.col("handled_by_run").isNull())
-               .select("alert_id", "model_name", "model_version").collect()]
+    # one small read: the open alerts of the retraining kind, and when a retraining last
+    # answered any
+    rows = (tables.read(spark, config, "alerts")
+            .filter((F.col("monitored_date") <= F.lit(day))
+                    & ((F.col("retrain") & F.col("handled_by_run").isNull())
+                       | F.col("handled_on").isNotNull()))
+            .select("alert_id", "model_name", "model_version", "handled_by_run", "handled_on")
+            .collect())
+    pending = [(r["alert_id"], (r["model_name"], r["model_version"])) for r in rows
+               if r["handled_by_run"] is None]
     open_ = [i for i, model in pending if champion is None or model == champion]
     # a retraining answers them all: the champion's, and those of models it replaced
     every = tuple(i for i, _ in pending)
-    last = tables.scalar(alerts.agg(F.max("handled_on")))
+    last = max((r["handled_on"] for r in rows if r["handled_on"] is not None), default=None)
     if not open_:
         return RetrainingDue(False, "no open alert of the retraining kind")
     if last is not None and (day - last).days < min_days_between:
@@ -231,11 +245,7 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
                     "retrain_alerts": ()}
         predictions = tables.read(spark, config, "delay_predictions")
         features = tables.read(spark, config, "flight_features")
-        # the versions holding an alias for the day's flights (not those a promotion retired)
-        models = (predictions.filter((F.col("flight_date") == F.lit(when))
-                                     & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER))
-                  .select("model_name", "model_version", "model_run_id", "role").distinct()
-                  .orderBy("role").collect())
+        models = day_models(predictions, when)
         rows: list[dict[str, Any]] = []
         notes = []
         for model in models:
@@ -250,7 +260,7 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
             dates = sorted({r["monitored_date"] for r in rows})
             # the monitored dates' rows only: Delta reads and rewrites no other day's files
             tables.merge(spark, frame, config, "model_monitoring", MONITOR_KEYS,
-                         changed_columns=("value", "rows", "role"),
+                         changed_columns=("value", "rows", "role"), metrics=False,
                          target_filter=f"t.monitored_date BETWEEN DATE'{dates[0]}' AND "
                                        f"DATE'{dates[-1]}'")
         champion = next((m for m in models if m["role"] == registry.CHAMPION), None)
