@@ -106,8 +106,12 @@ def _quoted(name: str) -> str:
 
 
 def _literal(text: str) -> str:
-    """A Spark SQL string literal (backslash escapes, the parser's default)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A Spark SQL string literal that reads back as text whatever the parser's settings: text
+    holding a quote or a backslash as its UTF-8 bytes (with spark.sql.parser.escapedStringLiterals
+    on, a backslash escape would stay in the value)."""
+    if "'" in text or "\\" in text:
+        return f"CAST(X'{text.encode().hex().upper()}' AS STRING)"
+    return f"'{text}'"
 
 
 def _numeric_sql(name: str) -> str:

@@ -96,7 +96,7 @@ def day_values(day: DataFrame | None, refs: dict[str, FeatureReference] | None,
         F.lit("quality").alias("part"), F.col("_group").alias("flight_date"),
         F.col("bin").alias("hbin"), "neg", "pos", "sum_p", "loss", "se")
     parts = quality
-    if day is not None and refs:
+    if day is not None and refs is not None:  # bin_counts refuses references without features
         parts = bin_counts(day, refs, ["flight_date"], sums=True).select(
             F.lit("drift").alias("part"), "flight_date", "feature", "bin", "rows", "value_sum",
             "values").unionByName(quality, allowMissingColumns=True)
@@ -106,7 +106,7 @@ def day_values(day: DataFrame | None, refs: dict[str, FeatureReference] | None,
         {"_group": r["flight_date"], "bin": r["hbin"], "neg": r["neg"], "pos": r["pos"],
          "sum_p": r["sum_p"], "loss": r["loss"], "se": r["se"]}
         for r in collected if r["part"] == "quality")
-    drifted = _drift_values(counts, refs) if counts and refs else []
+    drifted = _drift_values(counts, refs) if refs else []
     return drifted + _quality_values(by_day, days, trailing_end)
 
 

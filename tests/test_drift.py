@@ -119,18 +119,32 @@ def test_unseen_category_goes_to_other_and_nulls_to_null(spark: SparkSession) ->
 
 
 def test_bins_of_names_and_values_that_need_quoting_in_sql(spark: SparkSession) -> None:
-    """The bins are built as SQL text: a category holding a quote or a backslash, a column name
-    holding a backtick and an edge of many digits bin as their plain values do."""
+    """The bins are built as SQL text: a category holding a quote, a backslash or other text,
+    a column name holding a backtick, an edge of many digits, a number column binned as
+    categories, bin as their plain values do, whatever the parser's string-literal setting."""
     df = spark.createDataFrame(
-        [("O'Hare", 0.1 + 0.2), ("a\\b", 0.3), ("O'Hare", -1e-9), (None, None), ("x`y", 2.0)],
-        "`ap``po` string, `we``ird` double")
-    refs = {"ap`po": FeatureReference("ap`po", "categorical", categories=("O'Hare", "a\\b")),
-            "we`ird": FeatureReference("we`ird", "numeric", edges=(0.0, 0.1 + 0.2))}
-    counts = {(r["feature"], r["bin"]): r["rows"] for r in bin_counts(df, refs, []).collect()}
+        [("O'Hare", 0.1 + 0.2, 1), ("a\\b", 0.3, 2), ("O'Hare", -1e-9, 1), (None, None, None),
+         ("x`y", float("inf"), 3), ("\\u0041 é", float("nan"), 2), ("é", 1e300, 1)],
+        "`ap``po` string, `we``ird` double, n int")
+    refs = {"ap`po": FeatureReference("ap`po", "categorical",
+                                      categories=("O'Hare", "a\\b", "\\u0041 é")),
+            "we`ird": FeatureReference("we`ird", "numeric", edges=(0.0, 0.1 + 0.2, 1e300)),
+            "n": FeatureReference("n", "categorical", categories=("1", "2"))}
     # 0.1 + 0.2 = 0.30000000000000004 is its own edge: on it goes to the upper bin, 0.3 below
-    assert counts == {("ap`po", "O'Hare"): 2, ("ap`po", "a\\b"): 1, ("ap`po", NULL): 1,
-                      ("ap`po", OTHER): 1, ("we`ird", "b02"): 2, ("we`ird", "b01"): 1,
-                      ("we`ird", "b00"): 1, ("we`ird", NULL): 1}
+    expected = {("ap`po", "O'Hare"): 2, ("ap`po", "a\\b"): 1, ("ap`po", "\\u0041 é"): 1,
+                ("ap`po", NULL): 1, ("ap`po", OTHER): 2, ("we`ird", "b00"): 1,
+                ("we`ird", "b01"): 1, ("we`ird", "b02"): 1, ("we`ird", "b03"): 2,
+                ("we`ird", NULL): 2, ("n", "1"): 3, ("n", "2"): 2, ("n", OTHER): 1,
+                ("n", NULL): 1}
+    key = "spark.sql.parser.escapedStringLiterals"
+    for escaped in ("false", "true"):
+        spark.conf.set(key, escaped)
+        try:
+            counts = {(r["feature"], r["bin"]): r["rows"]
+                      for r in bin_counts(df, refs, []).collect()}
+        finally:
+            spark.conf.unset(key)
+        assert counts == expected, escaped
 
 
 def test_bad_input_is_named(spark: SparkSession) -> None:

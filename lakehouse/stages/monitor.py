@@ -113,7 +113,8 @@ def day_models(predictions: DataFrame, day: date) -> list[Any]:
                                & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER))
             .groupBy("model_name", "model_version", "model_run_id", "role")
             .agg(F.count(F.lit(1)).alias("rows"))
-            .orderBy("role", F.desc("rows"), "model_name", "model_version").collect())
+            .orderBy("role", F.desc("rows"), "model_name",
+                     F.col("model_version").cast("long").desc_nulls_last()).collect())
 
 
 def measure(spark: SparkSession, predictions: DataFrame, features: DataFrame, day: date,
@@ -195,10 +196,10 @@ def retraining_due(spark: SparkSession, config: Config, day: date, min_days_betw
             .filter((F.col("monitored_date") <= F.lit(day))
                     & ((F.col("retrain") & F.col("handled_by_run").isNull())
                        | F.col("handled_on").isNotNull()))
-            .select("alert_id", "model_name", "model_version", "handled_by_run", "handled_on")
-            .collect())
+            .select("alert_id", "model_name", "model_version", "retrain", "handled_by_run",
+                    "handled_on").collect())
     pending = [(r["alert_id"], (r["model_name"], r["model_version"])) for r in rows
-               if r["handled_by_run"] is None]
+               if r["retrain"] and r["handled_by_run"] is None]
     open_ = [i for i, model in pending if champion is None or model == champion]
     # a retraining answers them all: the champion's, and those of models it replaced
     every = tuple(i for i, _ in pending)
