@@ -16,7 +16,8 @@ KEYS = ["carrier", "origin", "sched_dep_hour"]
 SCORE = "baseline_rate"
 
 
-def historical_rate(features: DataFrame, days: int, prior: float) -> DataFrame:
+def historical_rate(features: DataFrame, days: int, prior: float, start: str | None = None,
+                    end: str | None = None) -> DataFrame:
     """gold.flight_features rows with SCORE: the slot's trailing disruption rate at as-of.
 
     Args:
@@ -24,12 +25,28 @@ def historical_rate(features: DataFrame, days: int, prior: float) -> DataFrame:
             is also a query at its as_of_utc).
         days: length of the trailing window.
         prior: the score of a slot without known outcomes in the window.
+        start, end: score only the flights dated start..end (ISO dates, both or neither); the
+            events are then those known from the earliest of their as-of instants less the
+            window on, so a holdout's rates are computed without sorting the whole year's.
     """
-    events = features.select(*KEYS, "known_at_utc", "sched_dep_utc", LABEL,
-                             F.lit(None).cast("int").alias("arr_delay"))
-    queries = features.select(*KEYS, F.unix_seconds("as_of_utc").alias("_ts"),
-                              F.col("flight_id").alias("_qid"))
+    queried = features
+    events = features
+    if (start is None) != (end is None):
+        raise ValueError(f"historical_rate: give both start and end or neither, got "
+                         f"start={start!r}, end={end!r}")
+    if start is not None and end is not None:
+        queried = features.filter(F.col("flight_date").between(F.lit(start).cast("date"),
+                                                                F.lit(end).cast("date")))
+        earliest = queried.agg(F.min("as_of_utc").alias("_earliest_as_of"))
+        events = (features.crossJoin(F.broadcast(earliest))
+                  .filter(F.col("known_at_utc") >= F.col("_earliest_as_of")
+                          - F.make_dt_interval(F.lit(days)))
+                  .drop("_earliest_as_of"))
+    events = events.select(*KEYS, "known_at_utc", "sched_dep_utc", LABEL,
+                           F.lit(None).cast("int").alias("arr_delay"))
+    queries = queried.select(*KEYS, F.unix_seconds("as_of_utc").alias("_ts"),
+                             F.col("flight_id").alias("_qid"))
     rates = trailing_outcomes(events, queries, KEYS, days * 86400, "_slot")
-    return features.join(rates.withColumnRenamed("_qid", "flight_id"), on="flight_id",
-                         how="left").withColumn(
+    return queried.join(rates.withColumnRenamed("_qid", "flight_id"), on="flight_id",
+                        how="left").withColumn(
         SCORE, F.coalesce(F.col("_slot_disruption_rate"), F.lit(prior)))

@@ -115,14 +115,14 @@ def _literal(text: str) -> str:
 
 
 def _numeric_sql(name: str) -> str:
-    """_numeric as SQL text."""
+    """The column as a double, NaN turned into null (so it lands in the null bin), as SQL
+    text (bin_counts builds all features' bins as one SQL expression)."""
     return f"nanvl(CAST({_quoted(name)} AS DOUBLE), CAST(NULL AS DOUBLE))"
 
 
 def _numeric(name: str) -> Column:
-    """The column as a double, NaN turned into null (so it lands in the null bin)."""
-    value = F.col(name).cast("double")
-    return F.nanvl(value, F.lit(None).cast("double"))
+    """_numeric_sql as a Column."""
+    return F.expr(_numeric_sql(name))
 
 
 def _pairs(columns: dict[str, Column], alias: str) -> Column:

@@ -163,3 +163,49 @@ def test_route_kpis_add_up_to_the_flights(silver: dict[str, DataFrame]) -> None:
 def test_every_numeric_feature_is_a_double(features: DataFrame) -> None:
     types = dict(features.dtypes)
     assert {types[c] for c in NUMERIC_FEATURES} == {"double"}
+
+
+def test_baseline_rate_is_the_slots_outcomes_known_before_as_of(features: DataFrame) -> None:
+    """The historical-rate baseline of the flights of Jan 11, against rates derived again in
+    plain Python from the raw rows: the slot (carrier, origin, scheduled hour), whether each
+    flight was disrupted and when that became known (test_leakage's derivation from the raw
+    columns, by the README's rules), counted when known within the day before as-of. Scoring
+    only Jan 11 reads only the events it needs: the same rates as scoring all three days."""
+    from lakehouse.baseline import SCORE, historical_rate
+    from tests.test_leakage import (
+        AS_OF_OFFSET,
+        day_of,
+        flight_id,
+        flight_known_at,
+        scheduled_departure,
+    )
+
+    raw = source_rows("flights", _in_days)
+    counted = {}
+    for row in raw:
+        slot = (row["carrier"], row["origin"], int(row["sched_dep_time"]) // 100)
+        disrupted = row["dep_time"] == "NA" or row["arr_delay"] == "NA" or int(
+            row["arr_delay"]) >= SETTINGS.disruption_delay_minutes
+        counted.setdefault(slot, []).append((flight_known_at(row), int(disrupted)))
+    prior, window = 0.123, timedelta(days=1)
+    expected = {}
+    for row in raw:
+        if (day_of(row).month, day_of(row).day) != (1, 11):
+            continue
+        as_of = scheduled_departure(row) - AS_OF_OFFSET
+        slot = (row["carrier"], row["origin"], int(row["sched_dep_time"]) // 100)
+        known = [d for at, d in counted[slot] if as_of - window <= at <= as_of]
+        expected[flight_id(row)] = sum(known) / len(known) if known else prior
+    scored = {r["flight_id"]: r[SCORE] for r in historical_rate(
+        features, 1, prior, "2013-01-11", "2013-01-11").select("flight_id", SCORE).collect()}
+    everything = {r["flight_id"]: r[SCORE] for r in historical_rate(features, 1, prior)
+                  .filter(F.col("flight_date") == "2013-01-11").select("flight_id", SCORE)
+                  .collect()}
+    assert scored.keys() == expected.keys() == everything.keys()
+    assert scored == pytest.approx(expected, abs=1e-12)
+    assert everything == pytest.approx(expected, abs=1e-12)
+    # teeth: most slots have history the day before, a few have none (the prior)
+    with_history = sum(v != prior for v in expected.values())
+    assert len(expected) * 0.5 < with_history < len(expected)
+    with pytest.raises(ValueError, match="both start and end"):
+        historical_rate(features, 1, prior, "2013-01-11")

@@ -171,13 +171,20 @@ def drift_reference(model: Any, features: DataFrame,
     """What the monitor compares each day with: the model features over the training window
     and the predicted probability over the holdout."""
     rows = features.filter(F.col(TAIL_RECORDED) & F.col(LABEL).isNotNull())
-    train_rows = rows.transform(between(windows.train_from, windows.train_to))
+    # each reference takes four passes (cut points, top categories, bin counts, moments):
+    # cached, the gold table is read and the model applied once, not four times
+    train_rows = rows.transform(between(windows.train_from, windows.train_to)).select(
+        *MODEL_INPUTS).persist()
     predicted = model.transform(rows.transform(between(windows.holdout_from,
                                                        windows.holdout_to)))
-    scores = predicted.select(positive_probability().alias(PREDICTION))
-    return {**with_moments(train_rows, reference(train_rows, list(NUMERIC_FEATURES),
-                                                 list(CATEGORICAL_FEATURES))),
-            **with_moments(scores, reference(scores, [PREDICTION], []))}
+    scores = predicted.select(positive_probability().alias(PREDICTION)).persist()
+    try:
+        return {**with_moments(train_rows, reference(train_rows, list(NUMERIC_FEATURES),
+                                                     list(CATEGORICAL_FEATURES))),
+                **with_moments(scores, reference(scores, [PREDICTION], []))}
+    finally:
+        train_rows.unpersist()
+        scores.unpersist()
 
 
 def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, float]) -> None:
@@ -264,8 +271,8 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
             prior = tables.scalar(features.transform(between(
                 windows.train_from, windows.train_to)).agg(F.avg(LABEL))) or 0.0
             baseline = histogram(historical_rate(features, train_settings.baseline_days,
-                                                 float(prior)).filter(F.col(TAIL_RECORDED))
-                                 .transform(between(windows.holdout_from, windows.holdout_to)),
+                                                 float(prior), windows.holdout_from,
+                                                 windows.holdout_to).filter(F.col(TAIL_RECORDED)),
                                  LABEL, F.col(SCORE))
             log_evaluation(result, baseline, importances(result.model, labeled))
             mlflow.log_text(references_to_json(drift_reference(result.model, features,
