@@ -60,6 +60,12 @@ def _missing(error: MlflowException) -> bool:
         code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text)
 
 
+def run_gone(error: MlflowException) -> bool:
+    """Whether a tracking error says the run does not exist (deleted and purged, or the
+    version was registered from another workspace)."""
+    return getattr(error, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
 def resolve(name: str, alias: str) -> ModelVersion | None:
     """The model version behind name@alias, or None when the model or alias does not exist.
 

@@ -328,6 +328,16 @@ def test_of_two_champion_versions_on_a_day_the_one_that_scored_most_comes_first(
     found = [(m["model_version"], m["role"], m["rows"])
              for m in monitor.day_models(predictions, date(2013, 12, 2))]
     assert found == [("11", "challenger", 1), ("9", "champion", 3), ("10", "champion", 1)]
+    # a challenger promoted by hand scores a late flight of the day as champion: monitored
+    # once (its monitoring rows are keyed by version), as champion, after the day's champion
+    hand = spark.createDataFrame(
+        [("f1", date(2013, 12, 2), "11", "r11", "challenger"),
+         ("late2", date(2013, 12, 2), "11", "r11", "champion")],
+        "flight_id string, flight_date date, model_version string, model_run_id string, "
+        "role string").withColumn("model_name", F.lit("flight_disruption"))
+    found = [(m["model_version"], m["role"], m["rows"])
+             for m in monitor.day_models(predictions.unionByName(hand), date(2013, 12, 2))]
+    assert found == [("9", "champion", 3), ("11", "champion", 3), ("10", "champion", 1)]
 
 
 def test_an_insert_only_merge_refuses_deletes_and_newer() -> None:
@@ -419,3 +429,85 @@ def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
     # an unscorable row (a flight recorded with the reason) is a row: nothing is late
     tables.append(late, config, "delay_predictions")
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
+
+
+QUALITY_ONLY = {"trailing_days": 1, "min_labeled": 50,
+                "alerts": {"quality_drop": {"below_training_by": 0.05, "persist_days": 1,
+                                            "retrain": True},
+                           "feature_drift": None, "prediction_drift": None,
+                           "calibration": None}}
+
+
+def monitored_day(spark: SparkSession, tmp_path: Path) -> Any:
+    """A champion's scored day whose realized AUC-ROC (~0.5: probabilities drawn apart from
+    the outcomes) is far below the 0.99 its run logged: the quality_drop rule fires on it."""
+    import random
+    from datetime import datetime
+
+    import mlflow
+
+    from lakehouse import registry
+
+    config = make_config(tmp_path, monitor=QUALITY_ONLY)
+    registry.configure(config)
+    with mlflow.start_run() as run:  # no drift reference: quality only
+        mlflow.log_metric("holdout_auc_roc", 0.99)
+    rng = random.Random(7)
+    flights = [(f"f{i}", rng.random(), int(rng.random() < 0.3)) for i in range(300)]
+    day = date(2013, 12, 2)
+    tables.overwrite(spark.createDataFrame(
+        [(i, day, "flight_disruption", "1", run.info.run_id, "champion", "scored", p, True)
+         for i, p, _ in flights],
+        "flight_id string, flight_date date, model_name string, model_version string, "
+        "model_run_id string, role string, status string, probability double, "
+        "tail_recorded boolean"), config, "delay_predictions")
+    tables.overwrite(spark.createDataFrame(
+        [(i, day, label, datetime(2013, 12, 2, 15)) for i, _, label in flights],
+        "flight_id string, flight_date date, disrupted int, known_at_utc timestamp"),
+        config, "flight_features")
+    return config
+
+
+def test_a_day_whose_alert_was_not_recorded_is_not_counted_as_monitored(
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An episode raises its alert on one day only, and `from: latest` starts after the last
+    monitored day: if recording the alert fails (a storage error), the day's monitoring rows
+    must not be written either, so the next run monitors the day again and raises it, once."""
+    config = monitored_day(spark, tmp_path)
+    append = tables.append
+
+    def alerts_unwritable(df: Any, conf: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        if name == "alerts":
+            raise OSError("storage unavailable")
+        append(df, conf, name, *args, **kwargs)
+
+    monkeypatch.setattr(tables, "append", alerts_unwritable)
+    with pytest.raises(OSError, match="storage unavailable"):
+        monitor.run(spark, config, "run-1", "2013-12-02")
+    assert not tables.exists(spark, config, "model_monitoring")
+    monkeypatch.undo()
+    first = monitor.run(spark, config, "run-2", "2013-12-02")
+    assert [a["rule"] for a in first["alerts"]] == ["quality_drop"] and first["retrain_due"]
+    again = monitor.run(spark, config, "run-3", "2013-12-02")
+    assert again["alerts"] == [] and again["values"] == first["values"] > 0
+    assert tables.read(spark, config, "alerts").count() == 1
+    days = {r[0] for r in tables.read(spark, config, "model_monitoring")
+            .select("monitored_date").distinct().collect()}
+    assert days == {date(2013, 12, 2)}
+
+
+def test_a_monitored_models_run_that_is_gone_gives_no_reference_nor_training_auc(
+        tmp_path: Path) -> None:
+    """A purged run, or a version registered from another workspace: the monitor goes on
+    without drift and without the quality_drop rule (the train task after it must still be
+    able to run); any other tracking error still fails."""
+    from mlflow.exceptions import MlflowException
+
+    from lakehouse import registry
+
+    registry.configure(make_config(tmp_path))
+    gone = "0123456789abcdef0123456789abcdef"
+    assert monitor.reference_of(gone) is None
+    assert monitor.training_auc(gone) is None and monitor.training_auc("") is None
+    with pytest.raises(MlflowException):
+        monitor.training_auc("not a run id/../x")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -71,13 +72,21 @@ ALERT_SCHEMA = T.StructType([
 def reference_of(run_id: str) -> dict[str, FeatureReference] | None:
     """The drift reference saved with a model at training time (None for a model without).
 
-    Only a run that holds no reference gives None; an MLflow or storage error fails the task
-    (retried as transient) rather than skipping the day's drift silently.
+    Only a run that holds no reference, or that is gone (purged, or the version was
+    registered from another workspace), gives None; any other MLflow or storage error fails the
+    task (retried as transient) rather than skipping the day's drift silently.
     """
     if not run_id:  # a version registered without a run
         return None
     folder = posixpath.dirname(REFERENCE_ARTIFACT)
-    listed = {a.path for a in MlflowClient().list_artifacts(run_id, folder or None)}
+    try:
+        listed = {a.path for a in MlflowClient().list_artifacts(run_id, folder or None)}
+    except MlflowException as error:
+        if not registry.run_gone(error):
+            raise
+        log.warning("run %s of the monitored model is gone: no drift reference, its drift is "
+                    "not measured", run_id)
+        return None
     if REFERENCE_ARTIFACT not in listed:
         return None
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
@@ -107,13 +116,19 @@ def day_rows(predictions: DataFrame, features: DataFrame, day: date, model: Any)
 
 def day_models(predictions: DataFrame, day: date) -> list[Any]:
     """The versions holding an alias for the day's flights (not those a promotion retired),
-    challenger before champion; of two champion versions, as when a late flight was scored by
-    a newer champion, the one that scored most of the day first (its alerts are raised)."""
+    each once, challenger before champion; of two champion versions, as when a late flight was
+    scored by a newer champion, the one that scored most of the day as champion first (its
+    alerts are raised). A version holding both roles on the day (a challenger promoted by hand,
+    then scoring a late flight as champion) is monitored once, as champion: its rows are keyed
+    by version, not role."""
+    is_champion = (F.col("role") == registry.CHAMPION).cast("int")
     return (predictions.filter((F.col("flight_date") == F.lit(day))
                                & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER))
-            .groupBy("model_name", "model_version", "model_run_id", "role")
-            .agg(F.count(F.lit(1)).alias("rows"))
-            .orderBy("role", F.desc("rows"), "model_name",
+            .groupBy("model_name", "model_version", "model_run_id")
+            .agg(F.count(F.lit(1)).alias("rows"), F.sum(is_champion).alias("champion_rows"))
+            .withColumn("role", F.when(F.col("champion_rows") > 0, F.lit(registry.CHAMPION))
+                        .otherwise(F.lit(registry.CHALLENGER)))
+            .orderBy("role", F.desc("champion_rows"), F.desc("rows"), "model_name",
                      F.col("model_version").cast("long").desc_nulls_last()).collect())
 
 
@@ -134,7 +149,34 @@ def measure(spark: SparkSession, predictions: DataFrame, features: DataFrame, da
 
 
 def training_auc(run_id: str) -> float | None:
-    return MlflowClient().get_run(run_id).data.metrics.get("holdout_auc_roc")
+    """The holdout AUC-ROC the model's run logged; None without a run, or when it is gone
+    (the rules comparing with it then do not fire: see alert_rules)."""
+    if not run_id:
+        return None
+    try:
+        return MlflowClient().get_run(run_id).data.metrics.get("holdout_auc_roc")
+    except MlflowException as error:
+        if not registry.run_gone(error):
+            raise
+        log.warning("run %s of the champion is gone: its training AUC-ROC is unknown, so "
+                    "the quality_drop rule is not checked", run_id)
+        return None
+
+
+def champion_history(spark: SparkSession, config: Config, champion: Any, day: date,
+                     rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The champion's monitoring values up to day as the table will hold them once this run's
+    rows are merged: the rows held, with this run's rows in place of those of the same key."""
+    held = []
+    if tables.exists(spark, config, "model_monitoring"):
+        held = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
+            of_model(champion) & (F.col("monitored_date") <= F.lit(day))).collect()]
+    mine = [r for r in rows if r["monitored_date"] <= day
+            and (r["model_name"], r["model_version"]) == (champion["model_name"],
+                                                           champion["model_version"])]
+    merged = {tuple(r[k] for k in MONITOR_KEYS): r for r in held}
+    merged.update({tuple(r[k] for k in MONITOR_KEYS): r for r in mine})
+    return list(merged.values())
 
 
 def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing], model: Any,
@@ -255,6 +297,17 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
             rows += measured
             if not has_reference:
                 notes.append(f"v{model['model_version']} has no drift reference")
+        # The alerts are raised before the day's rows are written: a day counts as monitored
+        # (from: latest starts after it) once its rows are in model_monitoring, and an episode
+        # raises its alert on one day only, so a failure between the two must leave the day
+        # unmonitored, to be run again (raise_alerts skips an alert already recorded).
+        champion = next((m for m in models if m["role"] == registry.CHAMPION), None)
+        new: list[dict[str, Any]] = []
+        if champion is not None:
+            crossings = raised_on(when, champion_history(spark, config, champion, when, rows),
+                                  rules, training_auc(champion["model_run_id"]),
+                                  settings.min_labeled, settings.min_scored)
+            new = raise_alerts(spark, config, crossings, champion, conf)
         if rows:
             frame = spark.createDataFrame(
                 [{**r, "as_of_utc": as_of, "run_id": run_id} for r in rows], MONITOR_SCHEMA)
@@ -264,15 +317,6 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
                          changed_columns=("value", "rows", "role"), metrics=False,
                          target_filter=f"t.monitored_date BETWEEN DATE'{dates[0]}' AND "
                                        f"DATE'{dates[-1]}'")
-        champion = next((m for m in models if m["role"] == registry.CHAMPION), None)
-        new: list[dict[str, Any]] = []
-        if champion is not None:
-            history = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
-                of_model(champion) & (F.col("monitored_date") <= F.lit(when))).collect()]
-            crossings = raised_on(when, history, rules,
-                                  training_auc(champion["model_run_id"]), settings.min_labeled,
-                                  settings.min_scored)
-            new = raise_alerts(spark, config, crossings, champion, conf)
         due = retraining_due(spark, config, when, int(conf.get("retrain_min_days_between", 14)),
                              current_champion(config))
         audit.update(rows_out=len(rows), message="; ".join(

@@ -145,7 +145,7 @@ def trained_to(version: Any) -> str | None:
     except MlflowException as error:
         # the run was deleted, or the version was registered from another workspace: the
         # gate then uses its whole window (any other registry error fails the job)
-        if getattr(error, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+        if not registry.run_gone(error):
             raise
         log.warning("champion version %s: its run %s is gone, so its training window is "
                     "unknown; the gate scores both models on the whole gate window",
