@@ -511,3 +511,29 @@ def test_a_monitored_models_run_that_is_gone_gives_no_reference_nor_training_auc
     assert monitor.training_auc(gone) is None and monitor.training_auc("") is None
     with pytest.raises(MlflowException):
         monitor.training_auc("not a run id/../x")
+
+
+def test_after_a_failed_delivery_the_runs_next_alerts_are_posted_once_each(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """A webhook that is down (503 on every POST, a real server on loopback) costs one retried
+    delivery per run: the run's next alerts are tried once each, and every row says it was not
+    delivered."""
+    from tests.test_alerts import Hook
+
+    server = Hook([503])
+    server.thread.start()
+    try:
+        rules = rules_from_conf(RULES)
+        history = [row(d, "mean_shift", 2.5, feature) for d in (1, 2)
+                   for feature in ("temp", "dewp", "humid")]
+        crossings = raised_on(date(2013, 12, 2), history, rules, 0.75, 200)
+        assert len(crossings) == 3
+        raised = monitor.raise_alerts(
+            spark, make_config(tmp_path), crossings, {"model_name": "m", "model_version": "1"},
+            {"webhook_url": server.url, "webhook_retries": 2, "webhook_timeout_seconds": 2})
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    assert [a["webhook_attempts"] for a in raised] == [3, 1, 1]
+    assert [a["webhook_delivered"] for a in raised] == [False, False, False]
+    assert len(server.received) == 5

@@ -192,6 +192,11 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
         known = {r[0] for r in tables.read(spark, config, "alerts")
                  .filter(F.col("alert_id").isin(ids)).select("alert_id").collect()}
     url = settings.get("webhook_url")
+    retries = int(settings.get("webhook_retries", 3))
+    # after a delivery that failed, the run's next alerts are tried once each (a delivery that
+    # succeeds restores the retries): a webhook that is down costs one retried delivery per
+    # run, not one per alert (~27 s each with the defaults)
+    failed = False
     new = []
     for c, alert_id in ((c, i) for c, i in zip(crossings, ident, strict=True)
                         if i not in known):
@@ -208,8 +213,9 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
         if url:
             sent = deliver(url, slack_payload({**alert, "monitored_date": str(c.day),
                                                "raised_at": str(alert["raised_at"])}),
-                           retries=int(settings.get("webhook_retries", 3)),
+                           retries=0 if failed else retries,
                            timeout_s=float(settings.get("webhook_timeout_seconds", 5)))
+            failed = not sent.delivered
             alert.update(webhook_delivered=sent.delivered, webhook_attempts=sent.attempts,
                          webhook_error=sent.error)
         new.append(alert)
