@@ -77,6 +77,14 @@ def _post(url: str, body: bytes, timeout_s: float) -> int:
         return int(response.status)
 
 
+def unreachable(delivery: Delivery) -> bool:
+    """Whether a delivery failed the way a webhook that is down fails (no answer, a refusal or
+    timeout, 5xx or 429), rather than on this payload alone (a 4xx, a payload that is not
+    JSON): the same URL's next POST is then likely to fail too."""
+    return (not delivery.delivered and delivery.attempts > 0
+            and (delivery.status is None or delivery.status in RETRY_STATUSES))
+
+
 def _outcome(error: Exception) -> tuple[int | None, str, bool]:
     """The status, description and whether to retry, for a failed POST."""
     if isinstance(error, urllib.error.HTTPError):

@@ -38,9 +38,10 @@ def historical_rate(features: DataFrame, days: int, prior: float, start: str | N
         queried = features.filter(F.col("flight_date").between(F.lit(start).cast("date"),
                                                                 F.lit(end).cast("date")))
         earliest = queried.agg(F.min("as_of_utc").alias("_earliest_as_of"))
+        # in whole seconds, as trailing_outcomes' window compares them
         events = (features.crossJoin(F.broadcast(earliest))
-                  .filter(F.col("known_at_utc") >= F.col("_earliest_as_of")
-                          - F.make_dt_interval(F.lit(days)))
+                  .filter(F.unix_seconds("known_at_utc")
+                          >= F.unix_seconds("_earliest_as_of") - days * 86400)
                   .drop("_earliest_as_of"))
     events = events.select(*KEYS, "known_at_utc", "sched_dep_utc", LABEL,
                            F.lit(None).cast("int").alias("arr_delay"))

@@ -431,16 +431,18 @@ def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
 
 
-QUALITY_ONLY = {"trailing_days": 1, "min_labeled": 50,
-                "alerts": {"quality_drop": {"below_training_by": 0.05, "persist_days": 1,
-                                            "retrain": True},
-                           "feature_drift": None, "prediction_drift": None,
-                           "calibration": None}}
+def quality_only(persist_days: int) -> dict[str, Any]:
+    return {"trailing_days": 1, "min_labeled": 50,
+            "alerts": {"quality_drop": {"below_training_by": 0.05,
+                                        "persist_days": persist_days, "retrain": True},
+                       "feature_drift": None, "prediction_drift": None, "calibration": None}}
 
 
-def monitored_day(spark: SparkSession, tmp_path: Path) -> Any:
-    """A champion's scored day whose realized AUC-ROC (~0.5: probabilities drawn apart from
-    the outcomes) is far below the 0.99 its run logged: the quality_drop rule fires on it."""
+def monitored_day(spark: SparkSession, tmp_path: Path, days: tuple[int, ...] = (2,),
+                  persist_days: int = 1, run_gone: bool = False) -> Any:
+    """A champion's scored December days whose realized AUC-ROC (~0.5: probabilities drawn
+    apart from the outcomes) is far below the 0.99 its run logged: the quality_drop rule's
+    condition holds on each (with run_gone, the predictions name a run that does not exist)."""
     import random
     from datetime import datetime
 
@@ -448,24 +450,39 @@ def monitored_day(spark: SparkSession, tmp_path: Path) -> Any:
 
     from lakehouse import registry
 
-    config = make_config(tmp_path, monitor=QUALITY_ONLY)
+    config = make_config(tmp_path, monitor=quality_only(persist_days))
     registry.configure(config)
     with mlflow.start_run() as run:  # no drift reference: quality only
         mlflow.log_metric("holdout_auc_roc", 0.99)
+    run_id = "0123456789abcdef0123456789abcdef" if run_gone else run.info.run_id
     rng = random.Random(7)
-    flights = [(f"f{i}", rng.random(), int(rng.random() < 0.3)) for i in range(300)]
-    day = date(2013, 12, 2)
+    flights = [(f"f{d}-{i}", date(2013, 12, d), rng.random(), int(rng.random() < 0.3))
+               for d in days for i in range(300)]
     tables.overwrite(spark.createDataFrame(
-        [(i, day, "flight_disruption", "1", run.info.run_id, "champion", "scored", p, True)
-         for i, p, _ in flights],
+        [(i, day, "flight_disruption", "1", run_id, "champion", "scored", p, True)
+         for i, day, p, _ in flights],
         "flight_id string, flight_date date, model_name string, model_version string, "
         "model_run_id string, role string, status string, probability double, "
         "tail_recorded boolean"), config, "delay_predictions")
     tables.overwrite(spark.createDataFrame(
-        [(i, day, label, datetime(2013, 12, 2, 15)) for i, _, label in flights],
+        [(i, day, label, datetime(day.year, day.month, day.day, 15))
+         for i, day, _, label in flights],
         "flight_id string, flight_date date, disrupted int, known_at_utc timestamp"),
         config, "flight_features")
     return config
+
+
+def test_an_episode_raises_once_its_condition_held_on_the_days_already_monitored(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """persist_days 2: the first day raises nothing; the second raises, from the first day's
+    row read back from model_monitoring and its own, not yet written; a rerun of the second
+    day raises nothing more."""
+    config = monitored_day(spark, tmp_path, days=(1, 2), persist_days=2)
+    assert monitor.run(spark, config, "run-1", "2013-12-01")["alerts"] == []
+    second = monitor.run(spark, config, "run-2", "2013-12-02")
+    assert [a["alert_id"] for a in second["alerts"]] == ["quality_drop||2013-12-02"]
+    assert monitor.run(spark, config, "run-3", "2013-12-02")["alerts"] == []
+    assert tables.read(spark, config, "alerts").count() == 1
 
 
 def test_a_day_whose_alert_was_not_recorded_is_not_counted_as_monitored(
@@ -511,6 +528,17 @@ def test_a_monitored_models_run_that_is_gone_gives_no_reference_nor_training_auc
     assert monitor.training_auc(gone) is None and monitor.training_auc("") is None
     with pytest.raises(MlflowException):
         monitor.training_auc("not a run id/../x")
+
+
+def test_a_champion_whose_run_is_gone_is_monitored_without_drift_and_quality_drop(
+        spark: SparkSession, tmp_path: Path) -> None:
+    config = monitored_day(spark, tmp_path, run_gone=True)
+    result = monitor.run(spark, config, "run-1", "2013-12-02")
+    # the day's realized quality is recorded; the rule comparing it with the training AUC-ROC
+    # cannot be checked, so it raises nothing
+    assert result["values"] > 0 and result["alerts"] == []
+    metrics = {r["metric"] for r in tables.read(spark, config, "model_monitoring").collect()}
+    assert "auc_roc" in metrics and "psi" not in metrics
 
 
 def test_after_a_failed_delivery_the_runs_next_alerts_are_posted_once_each(

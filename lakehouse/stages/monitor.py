@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 
 from lakehouse import registry, tables
 from lakehouse.alert_rules import Crossing, raised_on, rules_from_conf
-from lakehouse.alerts import deliver, slack_payload
+from lakehouse.alerts import deliver, slack_payload, unreachable
 from lakehouse.config import Config
 from lakehouse.drift import FeatureReference, references_from_json
 from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TAIL_RECORDED
@@ -193,9 +193,9 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
                  .filter(F.col("alert_id").isin(ids)).select("alert_id").collect()}
     url = settings.get("webhook_url")
     retries = int(settings.get("webhook_retries", 3))
-    # after a delivery that failed, the run's next alerts are tried once each (a delivery that
-    # succeeds restores the retries): a webhook that is down costs one retried delivery per
-    # run, not one per alert (~27 s each with the defaults)
+    # after a delivery that failed as a webhook that is down fails, the day's next alerts are
+    # tried once each (a delivery that succeeds restores the retries): it costs one retried
+    # delivery per monitored day, not one per alert (~27 s each with the defaults)
     failed = False
     new = []
     for c, alert_id in ((c, i) for c, i in zip(crossings, ident, strict=True)
@@ -215,12 +215,15 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
                                                "raised_at": str(alert["raised_at"])}),
                            retries=0 if failed else retries,
                            timeout_s=float(settings.get("webhook_timeout_seconds", 5)))
-            failed = not sent.delivered
+            failed = unreachable(sent)
             alert.update(webhook_delivered=sent.delivered, webhook_attempts=sent.attempts,
                          webhook_error=sent.error)
         new.append(alert)
     if new:
-        tables.append(spark.createDataFrame(new, ALERT_SCHEMA), config, "alerts")
+        # insert-only by id: a second monitor of the same day running at the same moment
+        # conflicts here instead of recording the alert twice
+        tables.merge(spark, spark.createDataFrame(new, ALERT_SCHEMA), config, "alerts",
+                     ["alert_id"], insert_only=True, metrics=False)
     return new
 
 
