@@ -56,13 +56,13 @@ def _missing(error: MlflowException) -> bool:
     """Whether a registry error says the model or the alias does not exist."""
     code = getattr(error, "error_code", "")
     text = str(error).lower()
-    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+    return run_gone(error) or (
         code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text)
 
 
 def run_gone(error: MlflowException) -> bool:
-    """Whether a tracking error says the run does not exist (deleted and purged, or the
-    version was registered from another workspace)."""
+    """Whether an MLflow error says what was asked for does not exist: a run (deleted and
+    purged, or its version registered from another workspace), a model."""
     return getattr(error, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -34,6 +35,7 @@ from lakehouse.stages.audit import audited
 from lakehouse.stages.train import REFERENCE_ARTIFACT
 
 log = logging.getLogger("lakehouse")
+R = TypeVar("R")
 MONITOR_KEYS = ("monitored_date", "model_name", "model_version", "window", "metric", "subject")
 MONITOR_SCHEMA = T.StructType([
     T.StructField("monitored_date", T.DateType(), False),
@@ -69,6 +71,19 @@ ALERT_SCHEMA = T.StructType([
 ])
 
 
+def unless_run_gone(run_id: str, fetch: Callable[[], R], lost: str) -> R | None:
+    """fetch(), or None with a warning saying what is lost when the model's MLflow run is gone
+    (purged, or the version was registered from another workspace); any other MLflow error
+    is raised."""
+    try:
+        return fetch()
+    except MlflowException as error:
+        if not registry.run_gone(error):
+            raise
+        log.warning("run %s of the monitored model is gone: %s", run_id, lost)
+        return None
+
+
 def reference_of(run_id: str) -> dict[str, FeatureReference] | None:
     """The drift reference saved with a model at training time (None for a model without).
 
@@ -79,15 +94,10 @@ def reference_of(run_id: str) -> dict[str, FeatureReference] | None:
     if not run_id:  # a version registered without a run
         return None
     folder = posixpath.dirname(REFERENCE_ARTIFACT)
-    try:
-        listed = {a.path for a in MlflowClient().list_artifacts(run_id, folder or None)}
-    except MlflowException as error:
-        if not registry.run_gone(error):
-            raise
-        log.warning("run %s of the monitored model is gone: no drift reference, its drift is "
-                    "not measured", run_id)
-        return None
-    if REFERENCE_ARTIFACT not in listed:
+    listed = unless_run_gone(run_id, lambda: {
+        a.path for a in MlflowClient().list_artifacts(run_id, folder or None)},
+        "no drift reference, its drift is not measured")
+    if listed is None or REFERENCE_ARTIFACT not in listed:
         return None
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
     return references_from_json(Path(path).read_text())
@@ -153,14 +163,9 @@ def training_auc(run_id: str) -> float | None:
     (the rules comparing with it then do not fire: see alert_rules)."""
     if not run_id:
         return None
-    try:
-        return MlflowClient().get_run(run_id).data.metrics.get("holdout_auc_roc")
-    except MlflowException as error:
-        if not registry.run_gone(error):
-            raise
-        log.warning("run %s of the champion is gone: its training AUC-ROC is unknown, so "
-                    "the quality_drop rule is not checked", run_id)
-        return None
+    return unless_run_gone(
+        run_id, lambda: MlflowClient().get_run(run_id).data.metrics.get("holdout_auc_roc"),
+        "its training AUC-ROC is unknown, so the quality_drop rule is not checked")
 
 
 def champion_history(spark: SparkSession, config: Config, champion: Any, day: date,
