@@ -646,3 +646,26 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "late").first()
     assert audit is not None and "before 2013-01-13: 1 late flight(s) only" in audit["message"]
     assert (audit["rows_in"], audit["rows_out"]) == (2 * on_day + 2, 2 * on_day + 2)
+
+    # the challenger is promoted (by hand, as a user may): rescoring the 13th moves the roles
+    # in the score MERGE's own commit, the former champion's rows kept as 'previous'
+    from lakehouse import registry
+
+    registry.set_alias(config.section("mlflow")["model_name"], registry.CHAMPION,
+                       challenger["version"])
+    registry.delete_alias(config.section("mlflow")["model_name"], registry.CHALLENGER)
+    version = tables.version(spark, config, "delay_predictions")
+    score.run(spark, config, "promoted", "2013-01-13", "2013-01-13")
+    assert tables.version(spark, config, "delay_predictions") == version + 1  # type: ignore[operator]
+    roles = {(r["model_version"], r["role"]): r["count"] for r in tables.read(
+        spark, config, "delay_predictions").filter(F.col("flight_date") == "2013-01-13")
+        .groupBy("model_version", "role").count().collect()}
+    assert roles == {(champion["version"], "previous"): on_day,
+                     (challenger["version"], "champion"): on_day}
+    # the days outside the rescored one keep their roles
+    assert tables.read(spark, config, "delay_predictions").filter(
+        (F.col("flight_date") < "2013-01-13") & (F.col("role") == "previous")).count() == 0
+    audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "promoted").first()
+    # the new champion's rows changed role, and so did the former one's
+    assert audit is not None and f"written 0 new, {2 * on_day} changed" in audit["message"], \
+        audit["message"]

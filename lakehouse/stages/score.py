@@ -119,25 +119,47 @@ def held_rows(spark: SparkSession, config: Config, start: str, end: str,
     return {(r["key"], r["role"], r["status"]): r["count"] for r in rows}
 
 
+def earlier_versions(start: str, end: str, models: list[Scorer], alias: str = "") -> str:
+    """SQL: the rows dated start..end holding the champion or challenger role of a version
+    other than the scoring ones (alias: the table's alias in the statement, e.g. 't.')."""
+    def quoted(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    current = ", ".join(quoted(f"{m.name}/{m.version}") for m in models)
+    return (f"{alias}flight_date BETWEEN DATE'{start}' AND DATE'{end}' "
+            f"AND {alias}role IN ({quoted(registry.CHAMPION)}, {quoted(registry.CHALLENGER)}) "
+            f"AND concat_ws('/', {alias}model_name, {alias}model_version) NOT IN ({current})")
+
+
+def retiring(spark: SparkSession, config: Config, start: str, end: str, models: list[Scorer],
+             like: DataFrame) -> DataFrame:
+    """The table's rows dated start..end of an earlier version still holding the champion or
+    challenger role, as rows like `like` (the score job's) with role 'previous'."""
+    held = tables.read(spark, config, "delay_predictions").filter(
+        F.expr(earlier_versions(start, end, models)))
+    return held.select(*(F.lit(PREVIOUS).alias(c) if c == "role"
+                         else F.col(c) if c in held.columns
+                         else F.lit(None).cast(like.schema[c].dataType).alias(c)
+                         for c in like.columns))
+
+
 def retire_others(spark: SparkSession, config: Config, start: str, end: str,
                   models: list[Scorer],
                   held: dict[tuple[str, str, str], int] | None = None) -> list[str]:
     """In the scored range, only the current champion's and challenger's rows keep those roles:
     an earlier version's rows (kept as history) become role 'previous', so a reader filtering
-    role = 'champion' sees one prediction per flight. held: `held_rows` of the range, when the
-    caller has them. Returns the versions retired, each as name/version (versions restart per
-    model name)."""
+    role = 'champion' sees one prediction per flight. The score MERGE does this in its own
+    commit; this is for what it did not reach: a range the MERGE left alone (nothing changed)
+    holding such rows, e.g. rows another job wrote meanwhile. held: `held_rows` of the range,
+    when the caller has them. Returns the versions retired, each as name/version (versions
+    restart per model name)."""
     current = [f"{m.name}/{m.version}" for m in models]
     held = held_rows(spark, config, start, end) if held is None else held
     versions = sorted({k for k, role, _ in held
                        if role in (registry.CHAMPION, registry.CHALLENGER) and k not in current})
     if versions:
-        key = F.concat_ws("/", "model_name", "model_version")
         tables.update(spark, config, "delay_predictions",
-                      F.col("flight_date").between(F.lit(start).cast("date"),
-                                                   F.lit(end).cast("date"))
-                      & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
-                      & ~key.isin(current), {"role": F.lit(PREVIOUS)})
+                      F.expr(earlier_versions(start, end, models)), {"role": F.lit(PREVIOUS)})
     return versions
 
 
@@ -218,7 +240,15 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                 if compared:
                     predictions = predictions.persist()
                 try:
-                    metrics = tables.merge(spark, predictions, config, "delay_predictions",
+                    # an earlier version's rows of the days scored whole become 'previous' in
+                    # the MERGE's own commit (not a second one that a failure could miss): they
+                    # join the source with that role, and match their own rows. (Delta's WHEN
+                    # NOT MATCHED BY SOURCE would say it directly, but it rewrote every file of
+                    # the table for a one-day rescore, Delta 4.2: 13 of 13 monthly files.)
+                    source = (predictions.unionByName(retiring(spark, config, first, end, models,
+                                                               predictions))
+                              if compared else predictions)
+                    metrics = tables.merge(spark, source, config, "delay_predictions",
                                            PREDICTION_KEYS, changed_columns=PREDICTION_VALUES,
                                            skip_unchanged=True, target_filter=f"t.{window}",
                                            insert_only=not compared)
