@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import SparkSession
+from pyspark.sql.utils import is_remote
 
 from lakehouse.config import Config
 
@@ -84,3 +87,25 @@ def build_session(config: Config) -> SparkSession:
     for key, value in {**DELTA_CONF, **(spark_conf.get("conf") or {}), **REQUIRED_CONF}.items():
         builder = builder.config(key, str(value))
     return builder.getOrCreate()
+
+
+def pinned_threads() -> bool:
+    """Whether PySpark runs in pinned thread mode (each Python thread on a JVM thread of its
+    own), tested as PySpark's `inheritable_thread_target` tests it: by the gateway's kind."""
+    from py4j.clientserver import ClientServer  # type: ignore[import-untyped]  # classic only
+    from pyspark import SparkContext
+
+    return isinstance(SparkContext._gateway, ClientServer)
+
+
+def inherit(spark: SparkSession, target: Callable[..., Any]) -> Callable[..., Any]:
+    """The target another thread runs, carrying the calling thread's Spark properties (its job
+    group, description, tags: a cancellation of the caller's job group, as Databricks cancels
+    a notebook command, reaches that thread's jobs) or, on Spark Connect, its session and
+    tags. PySpark's own wrapper; the target itself where there is nothing to carry (pinned
+    thread mode off)."""
+    from pyspark.util import inheritable_thread_target
+
+    if is_remote() or pinned_threads():
+        return inheritable_thread_target(spark)(target)  # type: ignore[no-any-return]
+    return target

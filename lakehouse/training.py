@@ -32,6 +32,7 @@ from lakehouse.models import (
     prep_for,
     with_weight,
 )
+from lakehouse.session import inherit, pinned_threads
 from lakehouse.tuning import Budget, Trial, best_trial, search, search_space
 
 log = logging.getLogger("lakehouse")
@@ -174,15 +175,6 @@ class Vectors:
             val.unpersist()
 
 
-def pinned_threads() -> bool:
-    """Whether PySpark runs in pinned thread mode (each Python thread on a JVM thread of its
-    own), tested as PySpark's `inheritable_thread_target` tests it: by the gateway's kind."""
-    from py4j.clientserver import ClientServer  # type: ignore[import-untyped]  # classic only
-    from pyspark import SparkContext
-
-    return isinstance(SparkContext._gateway, ClientServer)
-
-
 class TrialControl:
     """Where a search's trials run in Spark: each trial's jobs in a FAIR pool and under a job
     tag of their own, so that the search's time box can cancel a running trial with Spark's
@@ -202,15 +194,8 @@ class TrialControl:
 
     def inherit(self, target: Callable[..., Any]) -> Callable[..., Any]:
         """The target a trial's thread runs, carrying the calling thread's Spark properties
-        (its job group, description, tags: a cancellation of the caller's job group, as
-        Databricks cancels a notebook command, reaches the trial's jobs) or, on Spark Connect,
-        its session and tags. PySpark's own wrapper; the target itself where there is nothing
-        to carry (pinned thread mode off)."""
-        from pyspark.util import inheritable_thread_target
-
-        if is_remote() or self.classic:
-            return inheritable_thread_target(self.spark)(target)  # type: ignore[no-any-return]
-        return target
+        (`session.inherit`)."""
+        return inherit(self.spark, target)
 
     def set_pool(self, pool: str | None) -> None:
         # None unsets the property (the thread's jobs go back to the default pool)

@@ -5,16 +5,20 @@ table holds no row of yet)."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow.spark
+from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
 from lakehouse.config import Config
 from lakehouse.inference import PREDICTION_KEYS, PREDICTION_VALUES, score, unscorable
+from lakehouse.session import inherit
 from lakehouse.stages.audit import audited
 from lakehouse.training import between
 
@@ -62,11 +66,15 @@ def scorers(name: str, champion_alias: str) -> list[Scorer]:
                          else [])
 
 
-def predictions_of(spark: SparkSession, config: Config, scorer: Scorer, features: DataFrame,
+def load(scorer: Scorer) -> PipelineModel:
+    model: PipelineModel = mlflow.spark.load_model(f"models:/{scorer.name}/{scorer.version}")
+    return model
+
+
+def predictions_of(model: PipelineModel, scorer: Scorer, features: DataFrame,
                    missing: DataFrame | None, features_version: int) -> DataFrame:
     """The scorer's rows: a prediction for every featured flight, a reason for the others
     (missing: the range's flights without a feature row, None when there is none)."""
-    model = mlflow.spark.load_model(f"models:/{scorer.name}/{scorer.version}")
     args = (scorer.name, scorer.version, scorer.run_id, scorer.role, scorer.threshold,
             features_version)
     scored = score(model, features, *args)
@@ -187,8 +195,14 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
     model holds the aliases now."""
     mlflow_conf = registry.configure(config)
     name, alias = mlflow_conf["model_name"], registry.CHAMPION
-    with audited(spark, config, run_id, "score", "delay_predictions") as audit:
+    with audited(spark, config, run_id, "score", "delay_predictions") as audit, \
+            ExitStack() as stack:
         models = scorers(name, alias)  # resolved once: a promotion meanwhile changes nothing
+        # The models load (MLflow's download, then Spark's reading of the saved pipeline, ~1 s
+        # each) while this thread looks at the range: both wait more on I/O than they compute
+        # (bench/scoring.py).
+        pool = stack.enter_context(ThreadPoolExecutor(len(models), thread_name_prefix="score"))
+        loading = [pool.submit(inherit(spark, load), m) for m in models]
         version_read = tables.version(spark, config, "flight_features")
         features = tables.read(spark, config, "flight_features", version=version_read).transform(
             between(start, end))
@@ -215,8 +229,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             spark, config, "delay_predictions").filter(whole) if existed else None)
         missing = (None if state.same_flights
                    else flights.join(features.select("flight_id"), "flight_id", "left_anti"))
-        frames = [predictions_of(spark, config, m, features, missing, version_read or 0)
-                  for m in models]
+        frames = [predictions_of(loaded.result(), m, features, missing, version_read or 0)
+                  for loaded, m in zip(loading, models, strict=True)]
         predictions = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
         metrics: dict[str, str] = {}
         counts: dict[tuple[str, str], int] = {}
