@@ -84,6 +84,17 @@ def cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def format_storage(java: list[str], config: Path, cluster: str, timeout: float) -> None:
+    """Format the broker's data folder for a one-node KRaft cluster. The id is passed as
+    --cluster-id=ID: a random id may start with '-', which the tool would read as an option."""
+    done = subprocess.run([*java, "kafka.tools.StorageTool", "format", "--standalone",
+                           f"--cluster-id={cluster}", "-c", str(config)], capture_output=True,
+                          text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"formatting the Kafka broker's storage ({config}) failed with exit "
+                           f"code {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
+
+
 def start(folder: Path, port: int | None = None, timeout: float = 90) -> Broker:
     """Format a data folder (once) and start a broker on 127.0.0.1; return when it answers.
 
@@ -103,9 +114,7 @@ def start(folder: Path, port: int | None = None, timeout: float = 90) -> Broker:
                                                logs=folder / "data"))
     java = ["java", "-Xms128m", "-Xmx512m", "-cp", classpath]
     if not (folder / "data" / "meta.properties").exists():
-        subprocess.run([*java, "kafka.tools.StorageTool", "format", "--standalone", "-t",
-                        cluster_id(), "-c", str(config)], check=True, capture_output=True,
-                       timeout=timeout)
+        format_storage(java, config, cluster_id(), timeout)
     log = (folder / "broker.log").open("ab")
     process = subprocess.Popen([*java, "kafka.Kafka", str(config)], stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)

@@ -201,3 +201,21 @@ def test_produced_events_land_once_through_a_kill_and_a_restart(
     row = results["silver_flights"]
     assert row["rows_in"] == total
     assert row["rows_in"] == row["rows_out"] + row["rows_quarantined"] + row["rows_duplicate"]
+
+
+def test_a_cluster_id_starting_with_a_dash_formats_the_brokers_storage(tmp_path: Path) -> None:
+    """A random cluster id starts with '-' one time in 64: the format step must take it as the
+    id (read as an option, it failed the broker's start now and then), and a failing format
+    says why."""
+    from lakehouse.broker import SERVER_PROPERTIES, broker_classpath, format_storage
+
+    config = tmp_path / "server.properties"
+    config.write_text(SERVER_PROPERTIES.format(port=free_port(), controller=free_port(),
+                                               logs=tmp_path / "data"))
+    java = ["java", "-Xmx256m", "-cp", broker_classpath()]
+    format_storage(java, config, "-K7D7OjzRLWUKl0moOlDWA", 60)
+    meta = (tmp_path / "data" / "meta.properties").read_text()
+    assert "cluster.id=-K7D7OjzRLWUKl0moOlDWA" in meta
+    with pytest.raises(RuntimeError, match=r"(?s)storage .*server\.properties.* failed with "
+                                           r"exit code 1: .*already formatted"):
+        format_storage(java, config, "-K7D7OjzRLWUKl0moOlDWA", 60)
