@@ -576,8 +576,10 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     shared = make_config(features_root)
     every = tables.read(spark, shared, "flight_features")
     twelfth = every.filter(F.col("flight_date") == "2013-01-12").orderBy("flight_id")
-    late_id = twelfth.first()["flight_id"]  # type: ignore[index]
-    tables.overwrite(every.filter(F.col("flight_id") != late_id), config, "flight_features")
+    # two flights of the 12th land late: one before a promotion, one after
+    late_id, after_promotion = (r["flight_id"] for r in twelfth.limit(2).collect())
+    tables.overwrite(every.filter(~F.col("flight_id").isin(late_id, after_promotion)), config,
+                     "flight_features")
     champion = train.run(spark, config, "champion")
     features = tables.read(spark, config, "flight_features")
 
@@ -647,25 +649,45 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     assert audit is not None and "before 2013-01-13: 1 late flight(s) only" in audit["message"]
     assert (audit["rows_in"], audit["rows_out"]) == (2 * on_day + 2, 2 * on_day + 2)
 
-    # the challenger is promoted (by hand, as a user may): rescoring the 13th moves the roles
-    # in the score MERGE's own commit, the former champion's rows kept as 'previous'
+    # the challenger is promoted (by hand, as a user may), and another flight of the 12th lands
+    # late: the run scores it alone on its day and rescores the 13th, where the roles move in
+    # the score MERGE's own commit, the former champion's rows kept as 'previous' and otherwise
+    # untouched; the 12th's rows keep their roles
     from lakehouse import registry
 
-    registry.set_alias(config.section("mlflow")["model_name"], registry.CHAMPION,
-                       challenger["version"])
-    registry.delete_alias(config.section("mlflow")["model_name"], registry.CHALLENGER)
+    model_name = config.section("mlflow")["model_name"]
+    registry.set_alias(model_name, registry.CHAMPION, challenger["version"])
+    registry.delete_alias(model_name, registry.CHALLENGER)
+    landed = every.filter(F.col("flight_id") == after_promotion)
+    tables.merge(spark, landed, config, "flight_features", ["flight_id"])
+    tables.append(as_silver(landed), config, "silver_flights")
+
+    def former() -> set[tuple[Any, ...]]:
+        return {(r["flight_id"], r["probability"], r["scored_at"], r["features_version"])
+                for r in tables.read(spark, config, "delay_predictions").filter(
+                    (F.col("flight_date") == "2013-01-13")
+                    & (F.col("model_version") == champion["version"])).collect()}
+
+    kept = former()
     version = tables.version(spark, config, "delay_predictions")
-    score.run(spark, config, "promoted", "2013-01-13", "2013-01-13")
+    workflow.run_stage(spark, make_config(features_root, score={"from": "latest", "to": "latest"},
+                                          **own), "score", "promoted", ("latest", "latest"))
     assert tables.version(spark, config, "delay_predictions") == version + 1  # type: ignore[operator]
-    roles = {(r["model_version"], r["role"]): r["count"] for r in tables.read(
-        spark, config, "delay_predictions").filter(F.col("flight_date") == "2013-01-13")
-        .groupBy("model_version", "role").count().collect()}
-    assert roles == {(champion["version"], "previous"): on_day,
-                     (challenger["version"], "champion"): on_day}
-    # the days outside the rescored one keep their roles
-    assert tables.read(spark, config, "delay_predictions").filter(
-        (F.col("flight_date") < "2013-01-13") & (F.col("role") == "previous")).count() == 0
+    assert former() == kept
+
+    def roles(day: str) -> dict[tuple[str, str], int]:
+        return {(r["model_version"], r["role"]): r["count"] for r in tables.read(
+            spark, config, "delay_predictions").filter(F.col("flight_date") == day)
+            .groupBy("model_version", "role").count().collect()}
+
+    assert roles("2013-01-13") == {(champion["version"], "previous"): on_day,
+                                   (challenger["version"], "champion"): on_day}
+    on_12th = featured - features.filter(F.col("flight_date") == "2013-01-11").count()
+    assert roles("2013-01-12") == {(champion["version"], "champion"): on_12th + 1,
+                                   (challenger["version"], "challenger"): 1,
+                                   (challenger["version"], "champion"): 1}
     audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "promoted").first()
-    # the new champion's rows changed role, and so did the former one's
-    assert audit is not None and f"written 0 new, {2 * on_day} changed" in audit["message"], \
+    # the new champion's rows of the 13th changed role, and so did the former one's
+    assert audit is not None and f"written 1 new, {2 * on_day} changed; rows of " \
+        f"{model_name}/{champion['version']} now role 'previous'" in audit["message"], \
         audit["message"]

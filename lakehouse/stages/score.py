@@ -12,7 +12,7 @@ from typing import Any
 
 import mlflow.spark
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
@@ -118,8 +118,7 @@ def held_rows(spark: SparkSession, config: Config, start: str, end: str,
     """Rows per (name/version, role, status) the table holds for the range (of those flights
     only, when given): one small aggregate on the range's files, read after the write (counts,
     and the versions to retire)."""
-    # a version is current only under its own model name (versions restart per name)
-    key = F.concat_ws("/", "model_name", "model_version").alias("key")
+    key = version_key().alias("key")
     held = between(start, end)(tables.read(spark, config, "delay_predictions"))
     if flight_ids is not None:
         held = held.filter(F.col("flight_id").isin(flight_ids))
@@ -127,16 +126,19 @@ def held_rows(spark: SparkSession, config: Config, start: str, end: str,
     return {(r["key"], r["role"], r["status"]): r["count"] for r in rows}
 
 
-def earlier_versions(start: str, end: str, models: list[Scorer], alias: str = "") -> str:
-    """SQL: the rows dated start..end holding the champion or challenger role of a version
-    other than the scoring ones (alias: the table's alias in the statement, e.g. 't.')."""
-    def quoted(text: str) -> str:
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def earlier_versions(start: str, end: str, models: list[Scorer]) -> Column:
+    """The rows dated start..end holding the champion or challenger role of a version other
+    than the scoring ones."""
+    current = [f"{m.name}/{m.version}" for m in models]
+    return (F.col("flight_date").between(F.lit(start).cast("date"), F.lit(end).cast("date"))
+            & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
+            & ~version_key().isin(current))
 
-    current = ", ".join(quoted(f"{m.name}/{m.version}") for m in models)
-    return (f"{alias}flight_date BETWEEN DATE'{start}' AND DATE'{end}' "
-            f"AND {alias}role IN ({quoted(registry.CHAMPION)}, {quoted(registry.CHALLENGER)}) "
-            f"AND concat_ws('/', {alias}model_name, {alias}model_version) NOT IN ({current})")
+
+def version_key() -> Column:
+    """name/version: a version is current only under its own model name (versions restart per
+    model name)."""
+    return F.concat_ws("/", "model_name", "model_version")
 
 
 def retiring(spark: SparkSession, config: Config, start: str, end: str, models: list[Scorer],
@@ -144,7 +146,7 @@ def retiring(spark: SparkSession, config: Config, start: str, end: str, models: 
     """The table's rows dated start..end of an earlier version still holding the champion or
     challenger role, as rows like `like` (the score job's) with role 'previous'."""
     held = tables.read(spark, config, "delay_predictions").filter(
-        F.expr(earlier_versions(start, end, models)))
+        earlier_versions(start, end, models))
     return held.select(*(F.lit(PREVIOUS).alias(c) if c == "role"
                          else F.col(c) if c in held.columns
                          else F.lit(None).cast(like.schema[c].dataType).alias(c)
@@ -156,18 +158,18 @@ def retire_others(spark: SparkSession, config: Config, start: str, end: str,
                   held: dict[tuple[str, str, str], int] | None = None) -> list[str]:
     """In the scored range, only the current champion's and challenger's rows keep those roles:
     an earlier version's rows (kept as history) become role 'previous', so a reader filtering
-    role = 'champion' sees one prediction per flight. The score MERGE does this in its own
-    commit; this is for what it did not reach: a range the MERGE left alone (nothing changed)
-    holding such rows, e.g. rows another job wrote meanwhile. held: `held_rows` of the range,
-    when the caller has them. Returns the versions retired, each as name/version (versions
-    restart per model name)."""
+    role = 'champion' sees one prediction per flight. A score MERGE of a range holding rows
+    does this in its own commit; this UPDATE is for what no such MERGE reached: rows another
+    job wrote in the range meanwhile (e.g. while this run inserted a new day). held:
+    `held_rows` of the range, when the caller has them. Returns the versions retired, each as
+    name/version (versions restart per model name)."""
     current = [f"{m.name}/{m.version}" for m in models]
     held = held_rows(spark, config, start, end) if held is None else held
     versions = sorted({k for k, role, _ in held
                        if role in (registry.CHAMPION, registry.CHALLENGER) and k not in current})
     if versions:
-        tables.update(spark, config, "delay_predictions",
-                      F.expr(earlier_versions(start, end, models)), {"role": F.lit(PREVIOUS)})
+        tables.update(spark, config, "delay_predictions", earlier_versions(start, end, models),
+                      {"role": F.lit(PREVIOUS)})
     return versions
 
 
@@ -259,9 +261,12 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                     # join the source with that role, and match their own rows. (Delta's WHEN
                     # NOT MATCHED BY SOURCE would say it directly, but it rewrote every file of
                     # the table for a one-day rescore, Delta 4.2: 13 of 13 monthly files.)
-                    source = (predictions.unionByName(retiring(spark, config, first, end, models,
-                                                               predictions))
-                              if compared else predictions)
+                    source = predictions
+                    if compared:
+                        former = retiring(spark, config, first, end, models, predictions)
+                        retired = [r[0] for r in former.select(version_key()).distinct()
+                                   .collect()]
+                        source = predictions.unionByName(former)
                     metrics = tables.merge(spark, source, config, "delay_predictions",
                                            PREDICTION_KEYS, changed_columns=PREDICTION_VALUES,
                                            skip_unchanged=True, target_filter=f"t.{window}",
@@ -275,7 +280,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             # the days before new_from keep their rows and roles: only their late flights are
             # this run's, counted apart
             held = held_rows(spark, config, first, end)
-            retired = retire_others(spark, config, first, end, models, held)
+            retired = sorted({*retired, *retire_others(spark, config, first, end, models,
+                                                       held)})
             if late_ids:
                 for key, n in held_rows(spark, config, start, end, late_ids).items():
                     held[key] = held.get(key, 0) + n
