@@ -48,9 +48,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 def events_settings(servers: str, topic: str, **settings: object) -> dict:
+    # 30 s for a broker that answers (a busy 2-core machine, three Spark JVMs beside it, can
+    # take seconds over one request); the tests of failures pass their own, shorter
     return {"files": None, "continuous_interval": "1 second", "events": {"flight_events": {
         "enabled": True, "bootstrap_servers": servers, "topic": topic, "partitions": 2,
-        "timeout_seconds": 5, **settings}}}
+        "timeout_seconds": 30, **settings}}}
 
 
 def events_source(config: Config) -> bronze.Source:
@@ -120,14 +122,15 @@ def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
 def test_a_missing_topic_or_an_unreachable_broker_fails_clearly_and_quickly(
         spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
     missing = make_config(tmp_path / "missing", bronze=events_settings(
-        broker.bootstrap_servers, "no_such_topic"))
+        broker.bootstrap_servers, "no_such_topic", timeout_seconds=5))
     began = time.monotonic()
     with pytest.raises(ValueError, match=rf"topic 'no_such_topic' does not exist on "
                                          rf"{broker.bootstrap_servers}; nothing was committed"):
         bronze.ingest(spark, missing, events_source(missing), "run-1")
     assert time.monotonic() - began < 60
     down = f"127.0.0.1:{free_port()}"
-    unreachable = make_config(tmp_path / "down", bronze=events_settings(down, "flights"))
+    unreachable = make_config(tmp_path / "down", bronze=events_settings(down, "flights",
+                                                                        timeout_seconds=5))
     began = time.monotonic()
     with pytest.raises(bronze.EventSourceError, match=rf"cannot read Kafka topic 'flights' from "
                                                       rf"{down} .*nothing was committed"):
