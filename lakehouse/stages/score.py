@@ -53,6 +53,12 @@ class Scorer:
         threshold = float(tagged) if tagged is not None else 0.5
         return cls(name, str(found.version), found.run_id or "", alias, threshold)
 
+    @property
+    def key(self) -> str:
+        """name/version, as `version_key()` reads it from a prediction row (versions restart
+        per model name, so a version alone does not name a model)."""
+        return f"{self.name}/{self.version}"
+
 
 def scorers(name: str, champion_alias: str) -> list[Scorer]:
     """The champion (required) and, when another version holds @challenger, that one."""
@@ -129,15 +135,14 @@ def held_rows(spark: SparkSession, config: Config, start: str, end: str,
 def earlier_versions(start: str, end: str, models: list[Scorer]) -> Column:
     """The rows dated start..end holding the champion or challenger role of a version other
     than the scoring ones."""
-    current = [f"{m.name}/{m.version}" for m in models]
+    current = [m.key for m in models]
     return (F.col("flight_date").between(F.lit(start).cast("date"), F.lit(end).cast("date"))
             & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
             & ~version_key().isin(current))
 
 
 def version_key() -> Column:
-    """name/version: a version is current only under its own model name (versions restart per
-    model name)."""
+    """A prediction row's `Scorer.key`: name/version."""
     return F.concat_ws("/", "model_name", "model_version")
 
 
@@ -163,7 +168,7 @@ def retire_others(spark: SparkSession, config: Config, start: str, end: str,
     job wrote in the range meanwhile (e.g. while this run inserted a new day). held:
     `held_rows` of the range, when the caller has them. Returns the versions retired, each as
     name/version (versions restart per model name)."""
-    current = [f"{m.name}/{m.version}" for m in models]
+    current = [m.key for m in models]
     held = held_rows(spark, config, start, end) if held is None else held
     versions = sorted({k for k, role, _ in held
                        if role in (registry.CHAMPION, registry.CHALLENGER) and k not in current})
@@ -176,7 +181,7 @@ def retire_others(spark: SparkSession, config: Config, start: str, end: str,
 def of_current(held: dict[tuple[str, str, str], int],
                models: list[Scorer]) -> dict[tuple[str, str], int]:
     """Rows per (role, status) of the scoring versions, from `held_rows`."""
-    current = {f"{m.name}/{m.version}" for m in models}
+    current = {m.key for m in models}
     counts: dict[tuple[str, str], int] = {}
     for (key, role, status), n in held.items():
         if key in current:
