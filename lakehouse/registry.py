@@ -32,10 +32,15 @@ class Champion:
     run_id: str | None = None
 
 
+def tracking_uri(config: Config) -> str:
+    """The environment's MLflow store: MLFLOW_TRACKING_URI when set, else the conf's."""
+    return str(_USER_TRACKING_URI or config.section("mlflow")["tracking_uri"])
+
+
 def configure(config: Config) -> dict[str, Any]:
     """Point MLflow at the environment's store (MLFLOW_TRACKING_URI wins) and experiment."""
     settings = config.section("mlflow")
-    uri = _USER_TRACKING_URI or settings["tracking_uri"]
+    uri = tracking_uri(config)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
     mlflow.set_tracking_uri(uri)

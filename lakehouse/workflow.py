@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from pyspark.errors import (
     AnalysisException,
     ArithmeticException,
@@ -379,6 +380,10 @@ def run_daily(spark: SparkSession, config: Config, score_range: tuple[str, str],
     return results
 
 
+# The report names the champion only after a stage that uses the registry: a bronze, silver or
+# gold run neither needs MLflow nor creates its experiment (on Databricks, under a folder that
+# may not exist yet).
+MODEL_STAGES = ("train", "score", "monitor")
 REPORT_TABLES = ("bronze_flights", "bronze_weather", "silver_flights", "silver_weather",
                  "silver_planes", "silver_airports", "silver_airlines", "quarantine",
                  "flight_features", "route_daily_kpis", "delay_predictions", "model_monitoring",
@@ -398,8 +403,6 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
                          f"{config.table(name)}")
         else:
             lines.append(f"{name:<20} {'-':>10} {'-':>8}  (not created)")
-    mlflow_conf = registry.configure(config)
-    current = registry.champion(mlflow_conf["model_name"], registry.CHAMPION)
     trained = results.get("train")
     lines.append("")
     if isinstance(trained, dict):
@@ -414,10 +417,8 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
         baseline = trained["baseline"]["auc_roc"]
         verdict = "beats" if holdout["auc_roc"] > baseline else "does NOT beat"
         lines.append(f"historical-rate baseline: AUC-ROC {baseline:.4f} (the model {verdict} it)")
-    if current is not None:
-        auc = f"{current.holdout_auc_roc:.4f}" if current.holdout_auc_roc is not None else "n/a"
-        lines.append(f"champion: models:/{current.name}@{registry.CHAMPION} = version "
-                     f"{current.version} (holdout AUC-ROC {auc})")
+    if any(stage in results for stage in MODEL_STAGES):
+        lines += champion_lines(config)
     scored = results.get("score")
     if isinstance(scored, dict):
         shadow = (f", challenger v{scored['challenger_version']} in shadow"
@@ -433,6 +434,24 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
                      f"{len(watched['alerts'])} alert(s) raised; retraining "
                      f"{'due' if watched['retrain_due'] else 'not due'} "
                      f"({watched['retrain_reason']})")
-    uri = mlflow_conf["tracking_uri"]
-    lines.append(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
+    if any(stage in results for stage in MODEL_STAGES):
+        uri = registry.tracking_uri(config)
+        lines.append(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000")
     return "\n".join(lines)
+
+
+def champion_lines(config: Config) -> list[str]:
+    """The champion, as the registry names it now. The report comes after the jobs committed:
+    a registry it cannot read is named in it, never turned into a failure of the run."""
+    try:
+        mlflow_conf = registry.configure(config)
+        current = registry.champion(mlflow_conf["model_name"], registry.CHAMPION)
+    except MlflowException as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log.warning("report: the model registry could not be read: %s", first)
+        return [f"champion: not read from {registry.tracking_uri(config)} ({first[:200]})"]
+    if current is None:
+        return []
+    auc = f"{current.holdout_auc_roc:.4f}" if current.holdout_auc_roc is not None else "n/a"
+    return [f"champion: models:/{current.name}@{registry.CHAMPION} = version "
+            f"{current.version} (holdout AUC-ROC {auc})"]

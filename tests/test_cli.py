@@ -46,3 +46,26 @@ def test_seed_then_status_shows_bronze_audit_rows(spark: SparkSession, tmp_path:
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "bronze_flights" in out and "run-cli" in out and "842" in out
+
+
+def test_a_bronze_run_needs_no_model_registry_and_a_report_survives_one_it_cannot_read(
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """A data stage's report does not touch MLflow (on Databricks the experiment's folder may
+    not exist yet); after a model stage an unreadable registry is named in the report, not
+    turned into a failure of the committed run."""
+    from lakehouse import registry, workflow
+    from lakehouse.config import load_config
+
+    monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    # nothing listens on port 1: any MLflow call fails
+    monkeypatch.setattr(registry, "_USER_TRACKING_URI", "http://127.0.0.1:1")
+    assert main(["seed", "--from", "2013-01-01", "--to", "2013-01-01"]) == 0
+    capsys.readouterr()
+    assert main(["run", "bronze"]) == 0
+    out = capsys.readouterr().out
+    assert "bronze_flights" in out and "champion" not in out and "MLflow UI" not in out
+    text = workflow.report(spark, load_config("local"), {"run_id": "r", "train": None})
+    assert "champion: not read from http://127.0.0.1:1" in text
