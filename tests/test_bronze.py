@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from urllib.parse import urlparse
@@ -236,6 +237,34 @@ def test_new_snapshot_replaces_reference_and_history_keeps_the_old(
     assert bronze.ingest_snapshot(spark, config, "planes", "run-2").rows == 3321
     assert tables.read(spark, config, "bronze_planes").count() == 3321
     assert tables.read(spark, config, "bronze_planes", version=0).count() == 3322
+
+
+def test_snapshot_whose_records_do_not_add_up_leaves_the_table_and_fails_every_rerun(
+        spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count is checked before bronze_<ref> is replaced: a bad snapshot is never loaded,
+    so a rerun (which skips a snapshot already loaded) meets it and fails again."""
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    bronze.ingest_snapshot(spark, config, "planes", "run-1")
+    before = sorted(tables.read(spark, config, "bronze_planes").collect(), key=repr)
+    old = landing / "reference" / "planes" / "planes_2013-01-01.csv"
+    (old.parent / "planes_2013-02-01.csv").write_text(
+        "\n".join(old.read_text().splitlines()[:-1]) + "\n")
+    profiles = bronze.profiles
+
+    def one_record_too_many(spark_: SparkSession, files: list[str], fmt: str) -> dict:
+        return {uri: replace(p, records=p.records + 1)
+                for uri, p in profiles(spark_, files, fmt).items()}
+
+    monkeypatch.setattr(bronze, "profiles", one_record_too_many)
+    for run_id in ("run-2", "run-3"):
+        with pytest.raises(BronzeAccountingError, match=r"bronze_planes: .*planes_2013-02-01.csv: "
+                                                        r"3322 records landed, 3321 read"):
+            bronze.ingest_snapshot(spark, config, "planes", run_id)
+        assert tables.version(spark, config, "bronze_planes") == 0
+        assert sorted(tables.read(spark, config, "bronze_planes").collect(), key=repr) == before
+    monkeypatch.undo()
+    assert bronze.ingest_snapshot(spark, config, "planes", "run-4").rows == 3321
 
 
 def csv_records(data: bytes) -> int:

@@ -189,35 +189,40 @@ def notes_of(source: str, settings: dict[str, Any], landed: dict[str, LandedProf
             counts.eof_marks.append(base_name(uri))
 
 
-def counted_write(rows: DataFrame, write: Callable[[DataFrame], None]) -> Callable[[], Counts]:
+def counted_write(rows: DataFrame, write: Callable[[DataFrame], None],
+                  check: Callable[[Counts, DataFrame], None] | None = None) -> Callable[[], Counts]:
     """Write rows once, counting them from the same read; returns how to read the counts (only
     meaningful when the write ran: Delta may skip an append it already committed).
 
     The rows are persisted, counted, written from the cache and released: each landed file is
-    parsed once. Spark's `Observation` would count during the write, but once a session has
-    run one, every MLlib model fitted in that session that keeps a training summary (logistic
-    regression, random forest) fails with "Task not serializable" (the summary holds the
-    session, whose ObservationManager is not serializable; Spark 4.0), and bronze shares the
-    session with training in a daily run and in notebooks.
+    parsed once. check, when given, sees the counts (and the cached rows) before the write and
+    raises to leave the table as it was. Spark's `Observation` would count during the write, but
+    once a session has run one, every MLlib model fitted in that session that keeps a training
+    summary (logistic regression, random forest) fails with "Task not serializable" (the summary
+    holds the session, whose ObservationManager is not serializable; Spark 4.0), and bronze
+    shares the session with training in a daily run and in notebooks.
     """
     aggregates = [F.count(F.lit(1)).alias("rows")]
     for name, column in (("corrupt", CORRUPT_COLUMN), ("rescued", RESCUED_COLUMN),
                          ("missing", MISSING_COLUMN), ("invalid", INVALID_BYTES_COLUMN)):
         if column in rows.columns:
             aggregates.append(F.count(column).alias(name))
-    cached = rows.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        found = cached.agg(*aggregates).first()
-        metrics = found.asDict() if found is not None else {}
-        write(cached)
-    finally:
-        cached.unpersist()
+    metrics: dict[str, Any] = {}
 
     def counts() -> Counts:
         return Counts(rows=metrics.get("rows", 0), corrupt=metrics.get("corrupt", 0),
                       rescued=metrics.get("rescued", 0), missing=metrics.get("missing", 0),
                       invalid=metrics.get("invalid", 0), batches=1)
 
+    cached = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        found = cached.agg(*aggregates).first()
+        metrics.update(found.asDict() if found is not None else {})
+        if check is not None:
+            check(counts(), cached)
+        write(cached)
+    finally:
+        cached.unpersist()
     return counts
 
 
@@ -464,14 +469,29 @@ def ingest_snapshot(spark: SparkSession, config: Config, source: str, run_id: st
     counts.files, counts.landed = 1, landed[latest].records
     if rows is None:
         return counts
+    # Checked before the overwrite: a snapshot already loaded is skipped above, so one loaded
+    # with records missing would never be checked again.
     written = counted_write(rows.transform(with_lineage(run_id, 0)),
-                             lambda df: tables.overwrite(df, config, table))()
-    if written.rows != counts.landed:
-        check_accounting({latest: counts.landed}, records_per_file(
-            rows.transform(with_lineage(run_id, 0))))
+                            lambda df: tables.overwrite(df, config, table),
+                            partial(check_snapshot, table, latest, counts.landed))()
     written.files, written.landed, written.drift = 1, counts.landed, counts.drift
     written.eof_marks = counts.eof_marks
     return written
+
+
+def check_snapshot(table: str, snapshot: str, landed: int, found: Counts,
+                   rows: DataFrame) -> None:
+    """Fail, naming the table and the file, unless every landed record of a snapshot is about
+    to be written (called before the write: the table is left as it was)."""
+    if found.rows == landed:
+        return
+    kept = f"{table} was left as it was; every rerun checks this snapshot again"
+    try:
+        check_accounting({snapshot: landed}, records_per_file(rows))
+    except BronzeAccountingError as error:
+        raise BronzeAccountingError(f"{table}: {error}; {kept}") from error
+    raise BronzeAccountingError(f"{table}: {snapshot}: {landed} records landed, "
+                                f"{found.rows} read; {kept}")
 
 
 def same_bytes(spark: SparkSession, first: str, second: str) -> bool:
