@@ -54,5 +54,5 @@ setup(
     package_data={"lakehouse.conf": ["*.yml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"spark": SPARK_REQUIRES, "test": TEST_REQUIRES, "lint": LINT_REQUIRES},
-    entry_points={"console_scripts": ["lakehouse=lakehouse.cli:main"]},
+    entry_points={"console_scripts": ["lakehouse=lakehouse.cli:entry"]},
 )

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar="NAME=VALUE", help="a widget value (repeatable)")
     notebook.add_argument("--output", type=Path, default=Path("build/notebooks"),
                           help="folder for the figures display() shows (default: %(default)s)")
-    sub.add_parser("contracts", help="list every contract rule with its table and action")
+    with_env(sub.add_parser("contracts",
+                            help="list every contract rule with its table and action"))
     return parser
 
 
@@ -257,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("py4j", "mlflow", "alembic", "hyperopt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    config = load_config(getattr(args, "env", "local"), getattr(args, "conf_dir", None))
     commands = {"seed": cmd_seed, "run": cmd_run, "status": cmd_status,
                 "describe": cmd_describe, "contracts": cmd_contracts, "migrate": cmd_migrate,
                 "produce": cmd_produce, "notebook": cmd_notebook, "replay": cmd_replay}
     try:
+        config = load_config(getattr(args, "env", "local"), getattr(args, "conf_dir", None))
         return commands[args.command](config, args)
     except Exception as error:  # a clear one-line reason, then the exit code
         from lakehouse.contracts import ContractViolation
@@ -272,5 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def entry() -> None:
+    """The `lakehouse` console script and the Databricks wheel tasks' entry point: a failure
+    ends the process with main's exit code. (A wheel task calls the entry point's function
+    itself, so a code main only returned would leave a failed task green.)"""
+    code = main()
+    if code:
+        sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

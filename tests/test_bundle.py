@@ -108,7 +108,7 @@ def test_every_task_names_an_entry_point_or_notebook_that_exists() -> None:
             wheel_task = task["python_wheel_task"]
             assert wheel_task["package_name"] == "lakehouse"
             entry = console[wheel_task["entry_point"]]
-            assert (entry.dist.name, entry.value) == ("lakehouse", "lakehouse.cli:main")
+            assert (entry.dist.name, entry.value) == ("lakehouse", "lakehouse.cli:entry")
             assert callable(entry.load())
             # the library is the wheel the artifact builds (paths are relative to the file)
             libraries = [(where.parent / lib["whl"]).resolve() for lib in task["libraries"]]

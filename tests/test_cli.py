@@ -19,6 +19,34 @@ def test_contracts_lists_rules_with_table_level_and_action(capsys: pytest.Captur
     assert "passes when true or null: `distance` BETWEEN 1 AND 6000" in out
 
 
+def test_contracts_reads_the_conf_it_is_given(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    for name in ("base.yml", "local.yml"):
+        (tmp_path / name).write_text((conf / name).read_text())
+    base = tmp_path / "base.yml"
+    assert "max_quarantine_share: 0.05" in base.read_text()
+    base.write_text(base.read_text().replace("max_quarantine_share: 0.05",
+                                             "max_quarantine_share: 0.01"))
+    assert main(["contracts", "--conf-dir", str(tmp_path)]) == 0
+    assert "before a batch halts: 1.0%" in capsys.readouterr().out
+
+
+def test_the_console_entry_point_exits_with_the_failure_code(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A Databricks wheel task calls the entry point itself: a failure must end the process
+    with a non-zero code, not return one; success returns."""
+    from lakehouse.cli import entry
+
+    monkeypatch.setattr("sys.argv", ["lakehouse", "contracts", "--env", "nope"])
+    with pytest.raises(SystemExit) as exited:
+        entry()
+    assert exited.value.code == 2
+    assert "unknown env 'nope'" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["lakehouse", "contracts"])
+    assert entry() is None
+
+
 def test_bad_date_is_rejected_naming_the_value(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["seed", "--from", "2013-02-30", "--to", "2013-03-01"])
