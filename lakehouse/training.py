@@ -238,6 +238,15 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
     table version and seed give the same model.
     """
     every_flight = features.filter(F.col(LABEL).isNotNull()).orderBy("flight_id").persist()
+    try:  # a failure releases what was cached too (a notebook or replay session goes on)
+        return _tune_and_fit(spark, every_flight, windows, settings, on_trial)
+    finally:
+        every_flight.unpersist()
+
+
+def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows,
+                  settings: TrainSettings,
+                  on_trial: Callable[[Trial], None] | None) -> TuningResult:
     rows = every_flight.filter(F.col(TAIL_RECORDED))
     slices = windows.slices()
     parts = {name: rows.transform(between(*span)) for name, span in slices.items()}
@@ -257,12 +266,15 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
 
     control = TrialControl(spark)
     space = search_space(settings.families, settings.search_space, settings.class_weighting)
-    trials = search(objective, space, settings.budget, settings.seed,
-                    set_pool=control.set_pool if control.classic else None, on_done=on_trial,
-                    stop=control.stop if control.classic else None, wrap=control.inherit)
-    vectors.release()
-    for part in (vectors.fit_rows, vectors.val_rows):
-        part.unpersist()
+    try:
+        trials = search(objective, space, settings.budget, settings.seed,
+                        set_pool=control.set_pool if control.classic else None,
+                        on_done=on_trial, stop=control.stop if control.classic else None,
+                        wrap=control.inherit)
+    finally:
+        vectors.release()
+        for part in (vectors.fit_rows, vectors.val_rows):
+            part.unpersist()
     best = best_trial(trials)
     if best is None:
         errors = sorted({t.error or "no AUC" for t in trials})
@@ -276,8 +288,6 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
     model = full_pipeline(best.family, best.params, settings.seed, weighted).fit(train)
     holdout_all = every_flight.transform(between(*slices["holdout"]))
     untailed = holdout_all.filter(~F.col(TAIL_RECORDED)).count()
-    result = TuningResult(model, best.family, best.params, best.weighting, threshold, validation,
-                          scored_histogram(model, parts["holdout"]), trials,
-                          scored_histogram(model, holdout_all), untailed)
-    every_flight.unpersist()
-    return result
+    return TuningResult(model, best.family, best.params, best.weighting, threshold, validation,
+                        scored_histogram(model, parts["holdout"]), trials,
+                        scored_histogram(model, holdout_all), untailed)

@@ -692,3 +692,32 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     assert audit is not None and f"written 1 new, {2 * on_day} changed; rows of " \
         f"{model_name}/{champion['version']} now role 'previous'" in audit["message"], \
         audit["message"]
+
+
+def test_a_search_whose_every_trial_fails_releases_what_it_cached(
+        spark: SparkSession, features_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed tuning run leaves no cached copy of the features behind (a notebook or a
+    replay goes on in the same session): the labeled rows and the fit and validation slices
+    are released on the way out, as after a success."""
+    from pyspark.storagelevel import StorageLevel
+
+    from lakehouse.features import LABEL, TAIL_RECORDED
+
+    config = make_config(features_root, train=STUMP)
+    features = tables.read(spark, config, "flight_features")
+    windows = Windows.from_conf(config.section("train"))
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("this trial's fit was refused")
+
+    monkeypatch.setattr(training, "classifier", refused)
+    with pytest.raises(training.TrainingDataError, match=r"all 1 trials failed.*refused"):
+        training.tune_and_fit(spark, features, windows,
+                              training.TrainSettings.from_conf(config.section("train")))
+    # the same plans as the job's: a DataFrame's storageLevel is the cache entry of its plan
+    labeled = features.filter(F.col(LABEL).isNotNull()).orderBy("flight_id")
+    rows = labeled.filter(F.col(TAIL_RECORDED))
+    cached = {"labeled": labeled.storageLevel}
+    for name in ("fit", "validation"):
+        cached[name] = rows.transform(training.between(*windows.slices()[name])).storageLevel
+    assert cached == {name: StorageLevel.NONE for name in cached}
