@@ -95,24 +95,25 @@ def resolved(spark: SparkSession, config: Config, score_range: tuple[str, str],
     a run that failed, was paused or landed two days at once leaves no day unscored or
     unmonitored, at most `score.catch_up_days` back; the end day itself when the step is up to
     date (a rerun repeats it and changes nothing)."""
-    if LATEST not in score_range:
-        start, end = score_range
-    else:
-        if not tables.exists(spark, config, "silver_flights"):
-            raise NoFlightsYetError("score dates 'latest': silver_flights does not exist yet; "
-                                    "run bronze and silver first")
-        last = tables.scalar(tables.read(spark, config, "silver_flights")
-                             .agg(F.max("flight_date")))
-        if last is None:
-            raise NoFlightsYetError("score dates 'latest': silver_flights holds no flight yet")
-        end = last.isoformat() if score_range[1] == LATEST else score_range[1]
-        start = score_range[0]
-        if start == LATEST:
-            start = _first_undone(spark, config, step, date.fromisoformat(end)).isoformat()
+    end = last_day(spark, config) if score_range[1] == LATEST else score_range[1]
+    start = score_range[0]
+    if start == LATEST:
+        start = _first_undone(spark, config, step, date.fromisoformat(end)).isoformat()
     if start > end:
-        raise ValueError(f"score dates: from {start} is after to {end} (from {score_range[0]!r}, "
-                         f"to {score_range[1]!r})")
+        raise ValueError(f"score dates: from {start} is after to {end} (--from or score.from "
+                         f"{score_range[0]!r}, --to or score.to {score_range[1]!r})")
     return start, end
+
+
+def last_day(spark: SparkSession, config: Config) -> str:
+    """`to: latest`: the latest flight date silver holds."""
+    if not tables.exists(spark, config, "silver_flights"):
+        raise NoFlightsYetError("score dates 'latest': silver_flights does not exist yet; "
+                                "run bronze and silver first")
+    last = tables.scalar(tables.read(spark, config, "silver_flights").agg(F.max("flight_date")))
+    if last is None:
+        raise NoFlightsYetError("score dates 'latest': silver_flights holds no flight yet")
+    return str(last.isoformat())
 
 
 def _first_undone(spark: SparkSession, config: Config, step: str, end: date) -> date:
@@ -173,8 +174,11 @@ def monitor_range(spark: SparkSession, config: Config, run_id: str,
     """Monitor the last day of the range; with `from: latest`, every day not monitored yet up to
     it (each as of its own end, unless as_of is given). Returns the last day's result, with the
     alerts of all and the days monitored."""
-    start, end = resolved(spark, config, score_range, "monitor")
-    first = date.fromisoformat(start if score_range[0] == LATEST else end)
+    if score_range[0] == LATEST:
+        start, end = resolved(spark, config, score_range, "monitor")
+    else:  # a fixed `from` is where scoring starts: the monitor looks at the last day only
+        start = end = resolved(spark, config, (score_range[1], score_range[1]), "monitor")[1]
+    first = date.fromisoformat(start)
     days = [(first + timedelta(days=n)).isoformat()
             for n in range((date.fromisoformat(end) - first).days + 1)]
     results = [monitor.run(spark, config, run_id, day, as_of) for day in days]

@@ -391,6 +391,12 @@ def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
     monitored = spark.createDataFrame([(date(2013, 12, 1),)], "monitored_date date")
     tables.overwrite(monitored, config, "model_monitoring")
     assert tasks["monitor"].run()["days"] == ["2013-12-02", "2013-12-03", "2013-12-04"]
+    # a fixed `from` is where scoring starts: the monitor watches the last day, even one
+    # before it (`run monitor --to D` with the local conf's from)
+    assert workflow.monitor_range(spark, config, "r", ("2013-12-05", "2013-12-03"))["days"] == [
+        "2013-12-03"]
+    assert workflow.monitor_range(spark, config, "r", ("2013-12-01", "latest"))["days"] == [
+        "2013-12-04"]
     scored = spark.createDataFrame([(date(2013, 12, 1),)], "flight_date date")
     tables.overwrite(scored, config, "delay_predictions")
     assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-02", "2013-12-04")
