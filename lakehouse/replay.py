@@ -45,7 +45,7 @@ def days(start: date, end: date) -> list[date]:
 
 def bootstrap(spark: SparkSession, config: Config, start: date) -> dict[str, Any] | None:
     """Land and build everything before start; train a champion on windows ending the day
-    before start unless one exists."""
+    before start, on the outcomes known by that day's end, unless one exists."""
     seed(Path(config.landing), FIRST_DAY, start - timedelta(days=1))
     before = start - timedelta(days=1)
     built = workflow.run_daily(spark, config, (before.isoformat(), before.isoformat()),
@@ -54,8 +54,10 @@ def bootstrap(spark: SparkSession, config: Config, start: date) -> dict[str, Any
         raise workflow.WorkflowFailed(built)
     if workflow.champion_exists(config):
         return None
+    # as a retraining in the daily workflow: only outcomes known by the end of that day
     return train.run(spark, config, workflow.new_run_id(),
-                     windows=workflow.retrain_windows(config, before))
+                     windows=workflow.retrain_windows(config, before),
+                     labels_known_at=end_of_day(before, config.section("gold")["home_timezone"]))
 
 
 def drift_rules(config: Config) -> tuple[DriftRule, DriftRule]:

@@ -18,9 +18,9 @@ from pyspark.sql import functions as F
 from lakehouse import tables, workflow
 from lakehouse.alert_rules import AlertRuleError, raised_on, rules_from_conf
 from lakehouse.monitoring import end_of_day
-from lakehouse.replay import replay_day
+from lakehouse.replay import bootstrap, replay_day
 from lakehouse.seed import daily_path, seed
-from lakehouse.stages import monitor, score, train
+from lakehouse.stages import monitor, score
 from tests import snapshot
 from tests.conftest import make_config
 
@@ -168,17 +168,16 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
         **LOOP_MONITOR, "webhook_url": f"http://127.0.0.1:{server.server_port}/hook"})
     try:
         landing = Path(config.landing)
-        seed(landing, date(2013, 1, 1), date(2013, 1, 14))
-        workflow.run_daily(spark, config, ("2013-01-14", "2013-01-14"),
-                           ("bronze", "silver", "gold"))
+        # the replay's own start: the days before the 15th landed and built, a first champion
+        first = bootstrap(spark, config, date(2013, 1, 15))
+        assert first is not None and first["promoted"]
         silver_read = {t: tables.version(spark, config, t)
                        for t in ("silver_flights", "silver_weather", "silver_planes")}
-        first = train.run(spark, config, "first",
-                          windows=workflow.retrain_windows(config, date(2013, 1, 14)))
-        assert first["promoted"]
-        # lineage: the silver versions gold was built from, recorded by the gold job
+        # lineage: the silver versions gold was built from, recorded by the gold job; trained
+        # on the outcomes known by the end of the 14th, as a retraining that day would be
         params = MlflowClient().get_run(first["run_id"]).data.params
         assert {t: int(params[f"{t}_delta_version"]) for t in silver_read} == silver_read
+        assert params["labels_known_at"] == str(end_of_day(date(2013, 1, 14), "America/New_York"))
         # scoring a day not landed yet creates the predictions table, empty, and nothing else
         assert score.run(spark, config, "early", "2013-01-15", "2013-01-15")["rows"] == 0
         assert tables.read(spark, config, "delay_predictions").count() == 0
