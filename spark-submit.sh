@@ -1,27 +1,42 @@
 #!/usr/bin/env bash
-# Submit a lakehouse job:  ./spark-submit.sh <job> [--env ENV] [--master URL] [job args...]
-# Packages lakehouse for --py-files, adds the Delta jars and the env's Spark confs, and submits
-# jobs/<job>.py (local[*] unless the env or --master says otherwise).
+# Submit a lakehouse job:
+#   ./spark-submit.sh <job> [--env ENV] [--master URL] [--conf-dir DIR] [job args...]
+# Packages lakehouse for --py-files, adds the Delta jars and the env's Spark confs (from DIR, else
+# $LAKEHOUSE_CONF_DIR, else conf/), and submits jobs/<job>.py (local[*] unless the env or --master
+# says otherwise).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
-usage() { echo "usage: $0 <job> [--env ENV] [--master URL] [job args...]; jobs: $(ls "$ROOT/jobs" | sed 's/\.py$//' | tr '\n' ' ')" >&2; exit 2; }
+usage() { echo "usage: $0 <job> [--env ENV] [--master URL] [--conf-dir DIR] [job args...]; jobs: $(ls "$ROOT/jobs" | sed 's/\.py$//' | tr '\n' ' ')" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 JOB="$1"; shift
 [ -f "$ROOT/jobs/$JOB.py" ] || { echo "no job '$JOB' in $ROOT/jobs" >&2; usage; }
-ENV=local; MASTER=""; ARGS=()
+ENV=local; MASTER=""; CONF_DIR="${LAKEHOUSE_CONF_DIR:-$ROOT/conf}"; ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --env|--master|--conf-dir) [ $# -ge 2 ] || { echo "$1 needs a value" >&2; usage; } ;;
+  esac
+  case "$1" in
     --env) ENV="$2"; shift 2 ;;
+    --env=*) ENV="${1#*=}"; shift ;;
     --master) MASTER="$2"; shift 2 ;;
+    --master=*) MASTER="${1#*=}"; shift ;;
+    --conf-dir) CONF_DIR="$2"; shift 2 ;;
+    --conf-dir=*) CONF_DIR="${1#*=}"; shift ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
+# submit.py runs in $ROOT, the job where we are: one absolute folder for both
+[[ "$CONF_DIR" = /* ]] || CONF_DIR="$PWD/$CONF_DIR"
 make -s -C "$ROOT" setup
 PY="$ROOT/.venv/bin/python"
+export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
+export LAKEHOUSE_CONF_DIR="$CONF_DIR" LAKEHOUSE_JARS_DIR="${LAKEHOUSE_JARS_DIR:-$ROOT/.jars}"
+# A command substitution, not mapfile < <(...): a failing process substitution would be ignored
+# and spark-submit run without the jars, master and confs. submit.py has said why on stderr.
+SUBMIT_OUT="$(cd "$ROOT" && "$PY" -m lakehouse.submit --conf-dir "$CONF_DIR" -- "$ENV" ${MASTER:+"$MASTER"})" || exit
+mapfile -t SUBMIT_ARGS <<< "$SUBMIT_OUT"
 mkdir -p "$ROOT/build"
 ( cd "$ROOT" && rm -f build/lakehouse.zip && "$PY" -m zipfile -c build/lakehouse.zip lakehouse >/dev/null )
-mapfile -t SUBMIT_ARGS < <(cd "$ROOT" && "$PY" -m lakehouse.submit "$ENV" $MASTER)
-export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
-export LAKEHOUSE_CONF_DIR="${LAKEHOUSE_CONF_DIR:-$ROOT/conf}" LAKEHOUSE_JARS_DIR="${LAKEHOUSE_JARS_DIR:-$ROOT/.jars}"
 exec "$ROOT/.venv/bin/spark-submit" "${SUBMIT_ARGS[@]}" --name "lakehouse-$JOB" \
-  --py-files "$ROOT/build/lakehouse.zip" "$ROOT/jobs/$JOB.py" --env "$ENV" "${ARGS[@]}"
+  --py-files "$ROOT/build/lakehouse.zip" "$ROOT/jobs/$JOB.py" --env "$ENV" --conf-dir "$CONF_DIR" \
+  "${ARGS[@]}"

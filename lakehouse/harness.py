@@ -7,13 +7,15 @@ passed in), `dbutils` (`widgets` and `notebook.exit`) and `display`. Markdown ce
 `%pip`, `%sh`, ...) raises UnsupportedMagicError, naming the notebook, cell and line: nothing is
 silently left out. Arguments play the part of a job's notebook parameters: they set the value
 of the widget of the same name, and an argument no widget declares is an error (a typo would
-otherwise run the notebook on its defaults).
+otherwise run the notebook on its defaults), raised before any cell runs when the notebook's
+widget declarations name their widgets as string literals.
 
     lakehouse notebook notebooks/bronze.py -p env=local
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ HEADER = "# Databricks notebook source"
 CELL_SEPARATOR = re.compile(r"^# COMMAND -+[ \t]*$")
 MAGIC = "# MAGIC"
 SKIPPED_MAGICS = ("md", "md-sandbox")
+WIDGET_KINDS = frozenset({"text", "dropdown", "combobox", "multiselect"})
 
 
 class NotebookFormatError(ValueError):
@@ -82,6 +85,39 @@ def _magic(first: str) -> str | None:
     if not first.startswith(f"{MAGIC} %"):
         return None
     return first.removeprefix(f"{MAGIC} %").split()[0]
+
+
+def declared_widgets(cells: Sequence[Cell]) -> set[str] | None:
+    """Names of the widgets the Python cells declare (`dbutils.widgets.text("name", ...)` and
+    dropdown, combobox, multiselect), read from the source without running it; None when that
+    cannot be known: a cell does not parse, or a declaration's name is not a string literal."""
+    names: set[str] = set()
+    for cell in cells:
+        if cell.magic is not None:
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            return None  # raised with its notebook line when the cell runs
+        for call in filter(None, map(_widget_declaration, ast.walk(tree))):
+            name = call.args[0] if call.args else next(
+                (k.value for k in call.keywords if k.arg == "name"), None)
+            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+                return None
+            names.add(name.value)
+    return names
+
+
+def _widget_declaration(node: ast.AST) -> ast.Call | None:
+    """node if it is a call dbutils.widgets.<text|dropdown|combobox|multiselect>(...)."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in WIDGET_KINDS):
+        return None
+    owner = node.func.value
+    if (isinstance(owner, ast.Attribute) and owner.attr == "widgets"
+            and isinstance(owner.value, ast.Name) and owner.value.id == "dbutils"):
+        return node
+    return None
 
 
 class Widgets:
@@ -220,6 +256,10 @@ def run_notebook(path: Path | str, spark: SparkSession, arguments: dict[str, str
             raise UnsupportedMagicError(
                 f"{path}: cell {cell.number} (line {cell.line}) uses %{cell.magic}, which the "
                 f"local harness cannot run; only Python and %md cells run outside Databricks")
+    declared = declared_widgets(cells)
+    if declared is not None and set(arguments or {}) - declared:
+        raise WidgetError(f"{path}: arguments {sorted(set(arguments or {}) - declared)} match "
+                          f"no widget; its widgets are {sorted(declared)}")
     run = NotebookRun(path)
     widgets = Widgets(arguments or {})
     namespace: dict[str, Any] = {"__name__": "__main__", "__file__": str(path), "spark": spark,
@@ -231,7 +271,7 @@ def run_notebook(path: Path | str, spark: SparkSession, arguments: dict[str, str
     except NotebookExit as done:
         run.exit_value = done.value
     unused = widgets.unused_arguments()
-    if unused:
+    if unused:  # a widget declared under a name only known when run, or removed
         raise WidgetError(f"{path}: arguments {unused} match no widget; its widgets are "
                           f"{sorted(widgets.getAll())}")
     run.widgets = widgets.getAll()

@@ -83,6 +83,34 @@ def test_widget_mistakes_are_named(spark: SparkSession, tmp_path: Path) -> None:
         run_notebook(choice, spark, {"typo": "1"})
 
 
+def test_a_misspelt_parameter_fails_before_any_cell_runs(tmp_path: Path) -> None:
+    """The widgets are read from the source first: a typo in a parameter does not run the
+    notebook (here: write a file) on its defaults, and nothing reaches Spark."""
+    marker = tmp_path / "ran"
+    path = notebook(tmp_path, f"open({str(marker)!r}, 'w').close()",
+                    'dbutils.widgets.text("rows", "3")\n'
+                    'dbutils.widgets.dropdown(name="mode", defaultValue="a", choices=["a", "b"])',
+                    'n = int(dbutils.widgets.get("rows"))')
+    never = SparkSession  # not a session: nothing may reach Spark
+    with pytest.raises(WidgetError, match=r"arguments \['rwos'\] match no widget; its widgets "
+                                          r"are \['mode', 'rows'\]"):
+        run_notebook(path, never, {"rwos": "5", "mode": "b"})  # type: ignore[arg-type]
+    assert not marker.exists()
+    run = run_notebook(path, never, {"rows": "5", "mode": "b"})  # type: ignore[arg-type]
+    assert marker.exists()
+    assert run.widgets == {"rows": "5", "mode": "b"}
+
+
+def test_a_widget_named_at_run_time_is_checked_after_the_run(tmp_path: Path) -> None:
+    """A name the source does not spell out cannot be checked first: the run checks it."""
+    path = notebook(tmp_path, 'name = "ro" + "ws"\ndbutils.widgets.text(name, "3")')
+    never = SparkSession
+    run = run_notebook(path, never, {"rows": "5"})  # type: ignore[arg-type]
+    assert run.widgets == {"rows": "5"}
+    with pytest.raises(WidgetError, match=r"arguments \['rwos'\] match no widget"):
+        run_notebook(path, never, {"rwos": "5"})  # type: ignore[arg-type]
+
+
 def test_a_file_that_is_not_a_notebook_is_refused(spark: SparkSession, tmp_path: Path) -> None:
     path = tmp_path / "script.py"
     path.write_text("print('hello')\n")
