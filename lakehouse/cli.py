@@ -96,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_seed(config: Config, args: argparse.Namespace) -> int:
-    from lakehouse.seed import seed
+    from lakehouse.seed import local_dir, seed
 
-    written = seed(Path(config.landing), date.fromisoformat(args.start),
+    written = seed(local_dir(config.landing, "landing"), date.fromisoformat(args.start),
                    date.fromisoformat(args.end))
     print(f"landed in {config.landing}: {written or 'nothing new'}")
     return 0

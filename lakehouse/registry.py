@@ -32,6 +32,10 @@ class Champion:
     run_id: str | None = None
 
 
+class RegistryConfigError(ValueError):
+    """The mlflow section of conf names a store MLflow cannot use."""
+
+
 def tracking_uri(config: Config) -> str:
     """The environment's MLflow store: MLFLOW_TRACKING_URI when set, else the conf's."""
     return str(_USER_TRACKING_URI or config.section("mlflow")["tracking_uri"])
@@ -41,6 +45,11 @@ def configure(config: Config) -> dict[str, Any]:
     """Point MLflow at the environment's store (MLFLOW_TRACKING_URI wins) and experiment."""
     settings = config.section("mlflow")
     uri = tracking_uri(config)
+    if uri.startswith("sqlite:///") and "://" in uri.removeprefix("sqlite:///"):
+        raise RegistryConfigError(
+            f"MLflow store {uri}: a SQLite store needs a local file, and the data root is a URL "
+            "(object storage): set MLFLOW_TRACKING_URI or mlflow.tracking_uri to an MLflow "
+            "server (or databricks), and mlflow.artifact_location to where its artifacts go")
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -54,6 +63,10 @@ def configure(config: Config) -> dict[str, Any]:
 
 
 def _as_uri(location: str) -> str:
+    """An artifact location as MLflow takes it: a local path as file://; Hadoop's s3a:// (the
+    data root's scheme on a Spark cluster) as s3://, the same bucket, which MLflow knows."""
+    if location.startswith("s3a://"):
+        return "s3://" + location.removeprefix("s3a://")
     return location if "://" in location else f"file://{os.path.abspath(location)}"
 
 

@@ -23,7 +23,7 @@ from lakehouse.config import Config
 from lakehouse.dag import failed
 from lakehouse.monitoring import end_of_day
 from lakehouse.replay_report import DayOutcome, DriftRule, picture, report
-from lakehouse.seed import seed
+from lakehouse.seed import local_dir, seed
 from lakehouse.stages import train
 
 log = logging.getLogger("lakehouse")
@@ -46,7 +46,7 @@ def days(start: date, end: date) -> list[date]:
 def bootstrap(spark: SparkSession, config: Config, start: date) -> dict[str, Any] | None:
     """Land and build everything before start; train a champion on windows ending the day
     before start, on the outcomes known by that day's end, unless one exists."""
-    seed(Path(config.landing), FIRST_DAY, start - timedelta(days=1))
+    seed(local_dir(config.landing, "landing"), FIRST_DAY, start - timedelta(days=1))
     before = start - timedelta(days=1)
     built = workflow.run_daily(spark, config, (before.isoformat(), before.isoformat()),
                                ("bronze", "silver", "gold"))
@@ -81,7 +81,7 @@ def champion_version(config: Config) -> str | None:
 def replay_day(spark: SparkSession, config: Config, day: date) -> DayOutcome:
     """Land day and run the daily workflow for it, as of the end of that day."""
     started = time.monotonic()
-    seed(Path(config.landing), day, day)
+    seed(local_dir(config.landing, "landing"), day, day)
     results = workflow.run_daily(spark, config, (day.isoformat(), day.isoformat()),
                                  as_of=end_of_day(day, config.section("gold")["home_timezone"]))
     tasks = results["tasks"]
@@ -117,7 +117,7 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
     monitoring = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
         F.col("monitored_date").between(F.lit(start), F.lit(end))).collect()] if tables.exists(
         spark, config, "model_monitoring") else []
-    path = Path(config.data_root) / "reports" / f"replay_{start}_{end}.png"
+    path = local_dir(config.data_root, "data_root") / "reports" / f"replay_{start}_{end}.png"
     picture(monitoring, outcomes, path, *drift_rules(config))
     failures = sum(s == "failed" for o in outcomes for s in o.statuses.values())
     return report(outcomes, path, time.monotonic() - began), path, failures

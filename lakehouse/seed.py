@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -77,6 +78,18 @@ def _write_day(path: Path, source: str, header: list[str], rows: list[list[str]]
                 record = {k: _json_value(v) for k, v in zip(header, row, strict=True)}
                 handle.write(json.dumps(record) + "\n")
     tmp.rename(path)  # a reader never sees a half-written file
+
+
+def local_dir(location: str, key: str) -> Path:
+    """location as a local folder: seed and replay write with Python's file system, so a URL
+    (s3a://, abfss://, dbfs:/) would become a relative local folder named after it."""
+    if location.startswith("file://"):
+        return Path(location.removeprefix("file://"))
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", location):
+        raise SeedError(f"{key} {location!r} is a URL: seed and replay write local files only; "
+                        "land the files there with your storage's own tools, or give a local "
+                        "or mounted path (e.g. /dbfs/..., an NFS mount)")
+    return Path(location)
 
 
 def seed(landing: Path, start: date, end: date) -> dict[str, int]:

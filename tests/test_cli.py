@@ -97,3 +97,26 @@ def test_a_bronze_run_needs_no_model_registry_and_a_report_survives_one_it_canno
     assert "bronze_flights" in out and "champion" not in out and "MLflow UI" not in out
     text = workflow.report(spark, load_config("local"), {"run_id": "r", "train": None})
     assert "champion: not read from http://127.0.0.1:1" in text
+
+
+def test_a_data_root_on_object_storage_gets_clear_errors_not_local_folders_named_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """With LAKEHOUSE_DATA_ROOT=s3a://...: seed refuses to write a local folder named
+    's3a:', the SQLite MLflow store the conf derives from the root is refused naming what to
+    set, and an s3a:// artifact location reaches MLflow as s3://."""
+    from lakehouse import registry
+    from lakehouse.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", "s3a://bucket/lakehouse")
+    assert main(["seed", "--from", "2013-01-01", "--to", "2013-01-01"]) == 2
+    assert "landing 's3a://bucket/lakehouse/landing' is a URL" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(registry, "_USER_TRACKING_URI", None)
+    with pytest.raises(registry.RegistryConfigError, match="set MLFLOW_TRACKING_URI"):
+        registry.configure(load_config("local"))
+    assert list(tmp_path.iterdir()) == []
+    assert registry._as_uri("s3a://bucket/lakehouse/mlruns") == "s3://bucket/lakehouse/mlruns"
+    assert registry._as_uri("abfss://c@a.dfs.core.windows.net/x") == (
+        "abfss://c@a.dfs.core.windows.net/x")
