@@ -311,14 +311,37 @@ class LandedProfile:
     eof_mark: bool  # the file ends with Ctrl-Z
 
 
+QUOTE, COMMA = ord('"'), ord(",")
+
+
+def quoted_after(body: bytes, quoted: bool) -> bool:
+    """Whether a quoted field is open at the end of a CSV line that starts with one open or
+    not. A quote opens a field only at the field's start; inside one, "" is a quote and a lone
+    quote closes it; elsewhere a quote is text (Spark's CSV reader reads N1"23 as it stands)."""
+    at_start = not quoted
+    i, n = 0, len(body)
+    while i < n:
+        c = body[i]
+        if quoted:
+            if c == QUOTE:
+                if i + 1 < n and body[i + 1] == QUOTE:
+                    i += 1  # an escaped quote
+                else:
+                    quoted = False
+        elif c == QUOTE and at_start:
+            quoted = True
+        at_start = not quoted and c == COMMA
+        i += 1
+    return quoted
+
+
 def profile_landed(stream: BinaryIO, csv_format: bool, chunk: int = 1 << 22) -> LandedProfile:
     """Count a landed file's records a chunk at a time.
 
     Lines end at LF, CR or CRLF. CSV (RFC 4180): a record starts on a non-empty line outside
     quotes and goes on while a quoted field is open (a line break inside quotes is part of
-    the record; an even number of quote characters leaves the state as it was, which covers
-    escaped "" quotes). JSON lines: every line that is not only whitespace. A last record that
-    is nothing but Ctrl-Z is the DOS end-of-file mark, not a record.
+    the record; see `quoted_after`). JSON lines: every line that is not only whitespace. A
+    last record that is nothing but Ctrl-Z is the DOS end-of-file mark, not a record.
     """
     state = _Scan()
 
@@ -331,8 +354,8 @@ def profile_landed(stream: BinaryIO, csv_format: bool, chunk: int = 1 << 22) -> 
             state.last_eof = body.strip(EOF_MARK.encode()) == b""
         elif state.quoted:
             state.last_eof = False
-        if csv_format and body.count(b'"') % 2:
-            state.quoted = not state.quoted
+        if csv_format and b'"' in body:
+            state.quoted = quoted_after(body, state.quoted)
         if body.strip():
             state.last = body
 

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from lakehouse import tables
 from lakehouse.bronze import (
     BronzeAccountingError,
+    LandedProfile,
     check_accounting,
     file_name,
     header_names,
@@ -201,6 +202,49 @@ def test_quoted_line_breaks_escaped_quotes_and_ctrl_z(spark: SparkSession, confi
     rows = {r["flight"]: r for r in tables.read(spark, config, "bronze_flights").collect()}
     assert rows["1"]["tailnum"] == "N1\n23" and rows["2"]["tailnum"] == 'N"Q'
     assert rows["3"]["time_hour"] == "2013-01-02T11:00:00Z"
+
+
+def test_a_quote_inside_an_unquoted_field_is_text_for_the_count_as_for_spark(
+        spark: SparkSession, config: Config) -> None:
+    """A stray quote is not the start of a quoted field: counted by quote parity, N12"3 opened
+    one, the rest of the file became one record, and the batch failed its accounting."""
+    landing = Path(config.landing)
+    seed(landing / "elsewhere", date(2013, 1, 1), date(2013, 1, 1))
+    header = (landing / "elsewhere" / "flights" / "flights_2013-01-01.csv"
+              ).read_text().splitlines()[0]
+    folder = landing / "flights"
+    folder.mkdir(parents=True)
+    rows = [f"2013,1,2,600,600,0,900,900,0,UA,{n},{tail},EWR,IAH,200,1400,6,0,"
+            "2013-01-02T11:00:00Z" for n, tail in ((1, 'N12"3'), (2, "N2"), (3, 'N3"'))]
+    data = f"{header}\n" + "\n".join(rows) + "\n"
+    (folder / "stray.csv").write_text(data)
+    assert profile_landed(io.BytesIO(data.encode()), csv_format=True).records == 3
+    result = ingest(spark, config, "flights")
+    assert result["rows_landed"] == result["rows_in"] == 3 and result["rows_corrupt"] == 0
+    read = {r["flight"]: r["tailnum"] for r in tables.read(spark, config, "bronze_flights")
+            .collect()}
+    assert read == {"1": 'N12"3', "2": "N2", "3": 'N3"'}
+
+
+def test_a_batch_whose_records_do_not_add_up_is_not_committed(
+        spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count is checked before the write: bronze and the stream's checkpoint stay as they
+    were, so the same batch fails the same way on every rerun until the file is dealt with."""
+    seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 1))
+    counted = bronze.profiles
+
+    def one_too_many(*args: object) -> dict[str, LandedProfile]:
+        return {uri: replace(p, records=p.records + 1) for uri, p in counted(*args).items()}
+
+    monkeypatch.setattr(bronze, "profiles", one_too_many)
+    for _ in range(2):
+        with pytest.raises(BronzeAccountingError, match=r"bronze_flights: .*flights_2013-01-01"
+                                                        r".csv: 843 records landed, 842 read; "
+                                                        r"nothing was written"):
+            ingest(spark, config, "flights")
+        assert not tables.exists(spark, config, "bronze_flights")
+    monkeypatch.undo()
+    assert ingest(spark, config, "flights")["rows_in"] == 842
 
 
 def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,

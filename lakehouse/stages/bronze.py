@@ -281,27 +281,37 @@ class Batches:
         if read is None:
             return counts
         rows = read.transform(with_lineage(self.run_id, batch_id))
-        written = self.append(rows, batch_id, tag)
         per_file = {uri: p.records for uri, p in landed.items()}
-        if written is None:  # committed by an interrupted run: check what it read
-            check_accounting(per_file, records_per_file(rows))
+
+        def check(found: Counts, cached: DataFrame) -> None:
+            """Before the write: a batch whose files' records do not all become rows is not
+            committed (bronze and the checkpoint stay as they were; every rerun checks it)."""
+            if found.rows != counts.landed:
+                try:
+                    check_accounting(per_file, records_per_file(cached))
+                except BronzeAccountingError as error:
+                    raise BronzeAccountingError(f"{table}: {error}; nothing was written") \
+                        from error
+                raise BronzeAccountingError(f"{table}: {counts.landed} records landed, "
+                                            f"{found.rows} read; nothing was written")
+
+        written = self.append(rows, batch_id, tag, check)
+        if written is None:  # committed by an interrupted run, after the same check
             counts.replayed.append(len(files))
             return counts
-        if written.rows != counts.landed:
-            check_accounting(per_file, records_per_file(rows))
-            raise BronzeAccountingError(f"{table}: {counts.landed} records landed, "
-                                        f"{written.rows} written")
         written.files, written.landed, written.adopted = counts.files, counts.landed, counts.adopted
         written.drift, written.eof_marks = counts.drift, counts.eof_marks
         return written
 
-    def append(self, rows: DataFrame, batch_id: int, tag: str) -> Counts | None:
-        """Append a micro-batch once; its counts, or None when Delta skipped it as committed."""
+    def append(self, rows: DataFrame, batch_id: int, tag: str,
+               check: Callable[[Counts, DataFrame], None] | None = None) -> Counts | None:
+        """Append a micro-batch once; its counts, or None when Delta skipped it as committed.
+        check: see `counted_write`."""
         table = self.source.table
         before = tables.version(self.spark, self.config, table)
         counts = counted_write(rows, lambda df: tables.append(
             df, self.config, table, txn=(str(self.stream_id), batch_id), tag=tag,
-            merge_schema=True, properties=BRONZE_PROPERTIES))
+            merge_schema=True, properties=BRONZE_PROPERTIES), check)
         if not tables.new_commit_tagged(self.spark, self.config, table, tag, before):
             return None
         return counts()
