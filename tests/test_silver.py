@@ -251,3 +251,41 @@ def test_missing_columns_and_undecodable_bytes_are_quarantined_from_landed_files
     assert flights["rows_in"] == 842 + 2 and flights["rows_quarantined"] == 3
     rules = sorted(r["rules"][0] for r in tables.read(spark, config, "quarantine").collect())
     assert rules == ["columns_present", "columns_present", "text_decodable"]
+
+
+def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
+        spark: SparkSession, config: Config) -> None:
+    """The quarantine append is idempotent per streaming query and batch: a stream restarted
+    on a new checkpoint (an operator re-checking bronze) numbers its batches from 0 again, and
+    its bad rows must not be taken for the old stream's batches already written."""
+    import shutil
+    from pathlib import Path
+
+    from lakehouse.seed import daily_path, seed
+    from lakehouse.stages import bronze, silver
+
+    landing = Path(config.landing)
+
+    def land(day: dt.date, bad_flight: str | None) -> None:
+        seed(landing, day, day)
+        if bad_flight is None:
+            return
+        path = daily_path(landing, "flights", day)
+        header, *rows = path.read_text().splitlines()
+        names = header.split(",")
+        at, flight_at = names.index("distance"), names.index("flight")
+        first = rows[0].split(",")
+        first[at], first[flight_at] = "0", bad_flight
+        path.write_text("\n".join([header, ",".join(first), *rows[1:]]) + "\n")
+
+    for day, bad in ((dt.date(2013, 1, 1), "9001"), (dt.date(2013, 1, 2), None)):
+        land(day, bad)
+        bronze.run(spark, config, f"b-{day}")
+        silver.run(spark, config, f"s-{day}")  # one micro-batch each: batches 0 and 1
+    shutil.rmtree(Path(config.checkpoints) / "silver_flights")
+    land(dt.date(2013, 1, 3), "9003")
+    bronze.run(spark, config, "b-3")
+    silver.run(spark, config, "s-3")  # a new stream: all of bronze in its batch 0
+    quarantined = [r["raw_record"] for r in tables.read(spark, config, "quarantine")
+                   .filter(F.col("table_name") == "flights").collect()]
+    assert any('"flight":"9003"' in raw for raw in quarantined), quarantined
