@@ -29,10 +29,12 @@ EVENT_TYPE = "_event_type"
 # Kept on every silver row: where the record came from, when it was ingested, by which run,
 # and, for an event, when it became known (null for landed files).
 LINEAGE = ("_source_file", "_ingested_at", "_run_id", EVENT_TIME)
-# What bronze noted about a record, read by silver's rules; absent from tables written by
-# earlier versions and from events: null there.
+SOURCE_MODIFIED = "_source_modified_at"
+# What bronze noted about a record, read by silver's rules and its ranking of duplicates;
+# absent from tables written by earlier versions and from events: null there.
 NOTED: dict[str, str] = {MISSING_COLUMN: "array<string>", INVALID_BYTES_COLUMN:
-                         "map<string,binary>", EVENT_TIME: "timestamp", EVENT_TYPE: "string"}
+                         "map<string,binary>", EVENT_TIME: "timestamp", EVENT_TYPE: "string",
+                         SOURCE_MODIFIED: "timestamp"}
 
 # Columns of each silver table with the type bronze text is parsed to ("string" = text as is).
 TYPES: dict[str, dict[str, str]] = {
@@ -145,9 +147,11 @@ def clean_weather(max_wind_speed: float, max_wind_gust: float) -> Callable[[Data
 
 def latest_landed_first() -> list[Column]:
     """Among rows of one natural key, the order in which the newest comes first: the latest
-    event (by event time), else the most recently landed."""
+    event (by event time), else the most recently landed: by ingestion, then (files ingested
+    in one batch share it) by the file's modification time, so a correction landed after the
+    file it corrects wins whatever their names."""
     return [F.col(EVENT_TIME).desc_nulls_last(), F.col("_ingested_at").desc(),
-            F.col("_source_file").desc()]
+            F.col(SOURCE_MODIFIED).desc_nulls_last(), F.col("_source_file").desc()]
 
 
 def drop_duplicate_keys(keys: tuple[str, ...]) -> Callable[[DataFrame], DataFrame]:

@@ -31,7 +31,8 @@ LINEAGE = T.StructType([T.StructField("_source_file", T.StringType()),
 NOTED = T.StructType([T.StructField("_missing_columns", T.ArrayType(T.StringType())),
                       T.StructField("_invalid_bytes", T.MapType(T.StringType(), T.BinaryType())),
                       T.StructField("_event_time", T.TimestampType()),
-                      T.StructField("_event_type", T.StringType())])
+                      T.StructField("_event_type", T.StringType()),
+                      T.StructField("_source_modified_at", T.TimestampType())])
 
 
 def bronze_rows(spark: SparkSession, source: str, rows: list[dict[str, Any]],

@@ -110,6 +110,23 @@ def test_duplicate_keys_are_dropped_keeping_latest(spark: SparkSession,
     assert [r["arr_delay"] for r in kept.collect()] == [2]
 
 
+def test_a_correction_ingested_with_the_file_it_corrects_wins_by_when_it_landed(
+        spark: SparkSession, with_references: Config) -> None:
+    """Files ingested in one batch share their ingestion time: the later file wins, whatever
+    the names (flights_2013-01-05.csv sorts after flights_2013-01-05-fix.csv)."""
+    config = with_references
+    same = dt.datetime(2026, 1, 1)
+    rows = [flight(arr_delay="1", _source_file="landing/flights_2013-01-05.csv",
+                   _ingested_at=same, _source_modified_at=dt.datetime(2026, 1, 1, 2)),
+            flight(arr_delay="7", _source_file="landing/flights_2013-01-05-fix.csv",
+                   _ingested_at=same, _source_modified_at=dt.datetime(2026, 1, 1, 5)),
+            *good_flights(20)]
+    refine_batch(spark, config, CONTRACTS["flights"], bronze_rows(spark, "flights", rows), 1)
+    kept = tables.read(spark, config, "silver_flights").filter(F.col("flight") == 1545)
+    assert [(r["arr_delay"], r["_source_file"]) for r in kept.collect()] == [
+        (7, "landing/flights_2013-01-05-fix.csv")]
+
+
 def test_batch_with_too_many_missing_tail_numbers_halts(spark: SparkSession,
                                                         with_references: Config) -> None:
     config = with_references

@@ -38,6 +38,7 @@ from lakehouse.silver import (
     OUTPUT,
     QUARANTINE_SCHEMA,
     RAW,
+    SOURCE_MODIFIED,
     clean_weather,
     from_flight_events,
     parse_columns,
@@ -96,7 +97,7 @@ def carried(table: str) -> Callable[[DataFrame], DataFrame]:
 
     def transform(df: DataFrame) -> DataFrame:
         quarantined = ~valid()
-        return df.select(*OUTPUT[table], *LINEAGE, FAILED_RULES, WARNED_RULES,
+        return df.select(*OUTPUT[table], *LINEAGE, SOURCE_MODIFIED, FAILED_RULES, WARNED_RULES,
                          F.when(quarantined, F.col(RAW)).alias(RAW),
                          F.when(quarantined, F.col(CORRUPT_COLUMN)).alias(CORRUPT_COLUMN))
 
