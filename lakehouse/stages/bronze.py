@@ -11,6 +11,8 @@ micro-batch every interval until stopped.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import threading
 import time
@@ -56,6 +58,7 @@ from lakehouse.stages.audit import audit_batch, audited
 
 # Bronze is raw text read whole by the silver stream: min/max statistics on it would cost
 # every append and never skip a file.
+log = logging.getLogger("lakehouse")
 BRONZE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
 
 
@@ -341,6 +344,36 @@ def already_ingested(spark: SparkSession, config: Config, table: str) -> set[str
     return {base_name(r[0]) for r in names.collect()}
 
 
+def after_ingested_offsets(spark: SparkSession, config: Config, source: Source) -> Source:
+    """An events source adopted by a new checkpoint (`lakehouse migrate`) starts after the
+    offsets its bronze table holds, per partition of the topic (a partition it holds nothing
+    of from the earliest): reading from the conf's starting_offsets again would append every
+    retained event a second time. (Spark's startingOffsets applies to a new checkpoint only.)"""
+    if not tables.exists(spark, config, source.table):
+        return source
+    topic = str(source.settings["topic"])
+    held = {int(r[0]): int(r[1]) for r in tables.read(spark, config, source.table)
+            .filter(F.col("topic") == topic).groupBy("partition").agg(F.max("offset"))
+            .collect()}
+    if not held:
+        return source
+    from confluent_kafka.admin import AdminClient
+
+    timeout = float(source.settings.get("timeout_seconds", 10))
+    admin = AdminClient({"bootstrap.servers": str(source.settings["bootstrap_servers"])})
+    try:
+        partitions = admin.list_topics(topic, timeout=timeout).topics[topic].partitions
+    except Exception as error:  # KafkaException: broker unreachable within the timeout
+        raise EventSourceError(f"cannot list the partitions of Kafka topic {topic!r} at "
+                               f"{source.settings['bootstrap_servers']}: {error}; nothing was "
+                               "committed") from error
+    starting = {str(p): held[p] + 1 if p in held else -2 for p in sorted(partitions)}
+    log.info("%s: a new checkpoint adopts the events bronze holds; starting at %s",
+             source.table, starting)
+    return Source(source.name, source.kind,
+                  {**source.settings, "starting_offsets": json.dumps({topic: starting})})
+
+
 # --- queries --------------------------------------------------------------------------------
 
 def stream_of(spark: SparkSession, config: Config, source: Source) -> DataFrame:
@@ -437,6 +470,8 @@ def ingest(spark: SparkSession, config: Config, source: Source, run_id: str,
     """Ingest everything the source has now, then stop (availableNow); return the counts."""
     if source.kind == "files" and not landed_uniquely(spark, config, source):
         return Counts()
+    if adopt and source.kind == "events":
+        source = after_ingested_offsets(spark, config, source)
     totals = Counts()
     for attempt in range(2):
         batches = Batches(spark, config, source, run_id, adopt=adopt)
