@@ -139,3 +139,25 @@ def _check_resolved(values: Any, where: str, key: str = "") -> None:
         raise ConfigError(f"{where}: {key} = {values!r} uses {match.group(0)}, which is not "
                           f"set; placeholders are ${{data_root}} and ${{catalog}} (set by the "
                           f"top-level key or ${DATA_ROOT_ENV} / ${CATALOG_ENV})")
+
+
+def client_options(settings: dict[str, Any], key: str) -> dict[str, str]:
+    """A source's extra client options (settings[key], e.g. Kafka security settings), with
+    each value written `env:NAME` read from the environment variable NAME when used, so that
+    secrets stay out of conf files (on Databricks, a cluster environment variable set from a
+    secret: `{{secrets/<scope>/<key>}}`)."""
+    options = settings.get(key) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{key}: expected a mapping of option names to values, got "
+                          f"{options!r}")
+    resolved = {}
+    for name, value in options.items():
+        text = str(value)
+        if text.startswith("env:"):
+            variable = text.removeprefix("env:")
+            if variable not in os.environ:
+                raise ConfigError(f"{key}.{name} reads the environment variable {variable}, "
+                                  "which is not set")
+            text = os.environ[variable]
+        resolved[str(name)] = text
+    return resolved

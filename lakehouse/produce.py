@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from lakehouse.config import Config
+from lakehouse.config import Config, client_options
 from lakehouse.seed import _day_of, _json_value, _read_rows, source_dir
 
 OUTCOME_COLUMNS = ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")
@@ -146,12 +146,14 @@ def kafka_settings(config: Config) -> dict[str, Any]:
     return dict(config.section("bronze")["events"]["flight_events"])
 
 
-def ensure_topic(servers: str, topic: str, partitions: int, timeout: float) -> None:
-    """Create the topic unless it exists; ProduceError naming the servers when unreachable."""
+def ensure_topic(servers: str, topic: str, partitions: int, timeout: float,
+                 options: dict[str, str] | None = None) -> None:
+    """Create the topic unless it exists; ProduceError naming the servers when unreachable.
+    options: more librdkafka settings (security)."""
     # confluent_kafka.admin defines NewTopic without listing it in __all__
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": servers})
+    admin = AdminClient({"bootstrap.servers": servers, **(options or {})})
     try:
         known = admin.list_topics(timeout=timeout).topics
     except Exception as error:
@@ -175,13 +177,14 @@ def produce(config: Config, start: date, end: date, pace: Pace, duplicates: floa
     settings = kafka_settings(config)
     servers, topic = str(settings["bootstrap_servers"]), str(settings["topic"])
     timeout = float(settings.get("timeout_seconds", 10))
-    ensure_topic(servers, topic, int(settings.get("partitions", 3)), timeout)
+    options = client_options(settings, "client_options")
+    ensure_topic(servers, topic, int(settings.get("partitions", 3)), timeout, options)
     header, rows = selected_flights(start, end, limit)
     events = with_duplicates(flight_events(header, rows, time_zones()), duplicates,
                              random.Random(seed))
     failed: list[str] = []
     producer = Producer({"bootstrap.servers": servers, "enable.idempotence": True,
-                         "linger.ms": 5, "message.timeout.ms": int(timeout * 3000)})
+                         "linger.ms": 5, "message.timeout.ms": int(timeout * 3000), **options})
 
     def delivered(error: Any, _message: Any) -> None:
         if error is not None:

@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming.query import StreamingQuery
 
-from lakehouse.config import Config
+from lakehouse.config import Config, client_options
 
 
 def scalar(df: DataFrame) -> Any:
@@ -442,7 +442,8 @@ def _reader_paths(uris: list[str]) -> list[str]:
 def kafka_stream(spark: SparkSession, settings: dict[str, Any]) -> DataFrame:
     """A Kafka topic as a stream (Spark's Kafka source): each micro-batch at most
     max_offsets_per_trigger records; a broker that does not answer fails the query within
-    about timeout_seconds, a missing topic within a few seconds."""
+    about timeout_seconds, a missing topic within a few seconds. settings' `options` go to
+    Spark's Kafka source as they are (kafka.security.protocol, kafka.sasl.*, ...)."""
     timeout_ms = str(int(float(settings.get("timeout_seconds", 10)) * 1000))
     return (spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", str(settings["bootstrap_servers"]))
@@ -453,6 +454,7 @@ def kafka_stream(spark: SparkSession, settings: dict[str, Any]) -> DataFrame:
             .option("kafka.default.api.timeout.ms", timeout_ms)
             .option("kafka.request.timeout.ms", timeout_ms)
             .option("fetchOffset.numRetries", "1")
+            .options(**client_options(settings, "options"))
             .load())
 
 

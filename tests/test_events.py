@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import tables
 from lakehouse.broker import Broker, free_port, start
-from lakehouse.config import Config
+from lakehouse.config import Config, ConfigError
 from lakehouse.produce import (
     Pace,
     ensure_topic,
@@ -129,7 +129,8 @@ def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
 
 
 def test_a_missing_topic_or_an_unreachable_broker_fails_clearly_and_quickly(
-        spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
+        spark: SparkSession, tmp_path: Path, broker: Broker,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     missing = make_config(tmp_path / "missing", bronze=events_settings(
         broker.bootstrap_servers, "no_such_topic", timeout_seconds=5))
     began = time.monotonic()
@@ -145,7 +146,17 @@ def test_a_missing_topic_or_an_unreachable_broker_fails_clearly_and_quickly(
                                                       rf"{down} .*nothing was committed"):
         bronze.ingest(spark, unreachable, events_source(unreachable), "run-1")
     assert time.monotonic() - began < 60
-    for config in (missing, unreachable):
+    # the conf's client options reach Spark's Kafka consumer: a TLS handshake against this
+    # plaintext broker never completes
+    secured = make_config(tmp_path / "tls", bronze=events_settings(
+        broker.bootstrap_servers, "flights", timeout_seconds=5,
+        options={"kafka.security.protocol": "env:KAFKA_TEST_PROTOCOL"}))
+    with pytest.raises(ConfigError, match="KAFKA_TEST_PROTOCOL, which is not set"):
+        bronze.ingest(spark, secured, events_source(secured), "run-1")
+    monkeypatch.setenv("KAFKA_TEST_PROTOCOL", "SSL")
+    with pytest.raises(bronze.EventSourceError, match=r"cannot read Kafka topic 'flights'"):
+        bronze.ingest(spark, secured, events_source(secured), "run-1")
+    for config in (missing, unreachable, secured):
         assert not tables.exists(spark, config, "bronze_flight_events")
 
 

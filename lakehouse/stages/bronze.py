@@ -52,7 +52,7 @@ from lakehouse.bronze import (
     with_event_lineage,
     with_lineage,
 )
-from lakehouse.config import Config
+from lakehouse.config import Config, client_options
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.stages.audit import audit_batch, audited
 
@@ -360,7 +360,8 @@ def after_ingested_offsets(spark: SparkSession, config: Config, source: Source) 
     from confluent_kafka.admin import AdminClient
 
     timeout = float(source.settings.get("timeout_seconds", 10))
-    admin = AdminClient({"bootstrap.servers": str(source.settings["bootstrap_servers"])})
+    admin = AdminClient({"bootstrap.servers": str(source.settings["bootstrap_servers"]),
+                         **client_options(source.settings, "client_options")})
     try:
         partitions = admin.list_topics(topic, timeout=timeout).topics[topic].partitions
     except Exception as error:  # KafkaException: broker unreachable within the timeout
