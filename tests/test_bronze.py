@@ -360,3 +360,36 @@ def test_no_os_lock_is_taken_on_databricks_shared_mounts(tmp_path: Path) -> None
         with pytest.raises(ConcurrentRunError, match="is being run by pid"):
             with exclusive_run(local, "bronze"):
                 pass
+
+
+def test_a_failed_run_audits_the_micro_batches_it_committed(
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One file a micro-batch, the third failing its accounting: the first two stay committed
+    (a rerun goes on after them), and the failed run's audit row counts their rows."""
+    import os
+
+    from lakehouse.seed import daily_path
+    from tests.conftest import make_config
+
+    config = make_config(tmp_path, bronze={"max_files_per_trigger": 1})
+    landing = Path(config.landing)
+    days = [date(2013, 1, d) for d in (1, 2, 3)]
+    seed(landing, days[0], days[-1])
+    for n, day in enumerate(days):  # the file source takes the oldest first
+        os.utime(daily_path(landing, "flights", day), (1_700_000_000 + 60 * n,) * 2)
+    counted = bronze.profiles
+
+    def third_off(*args: object) -> dict[str, LandedProfile]:
+        return {uri: replace(p, records=p.records + ("flights_2013-01-03" in uri))
+                for uri, p in counted(*args).items()}
+
+    monkeypatch.setattr(bronze, "profiles", third_off)
+    with pytest.raises(BronzeAccountingError, match=r"flights_2013-01-03\.csv"):
+        bronze.run(spark, config, "run-1")
+    held = tables.read(spark, config, "bronze_flights").count()
+    row = (tables.read(spark, config, "audit")
+           .filter((F.col("run_id") == "run-1") & (F.col("table_name") == "bronze_flights"))
+           .first())
+    assert row is not None and row["status"] == "failed"
+    assert (row["files"], row["rows_in"], row["rows_landed"]) == (2, held, held)
+    assert 0 < held < 3 * 842

@@ -467,15 +467,16 @@ def landed_uniquely(spark: SparkSession, config: Config, source: Source) -> bool
 
 
 def ingest(spark: SparkSession, config: Config, source: Source, run_id: str,
-           adopt: bool = False) -> Counts:
-    """Ingest everything the source has now, then stop (availableNow); return the counts."""
+           adopt: bool = False, on_batch: Callable[[Counts], None] | None = None) -> Counts:
+    """Ingest everything the source has now, then stop (availableNow); return the counts.
+    on_batch: called with each committed micro-batch's counts."""
     if source.kind == "files" and not landed_uniquely(spark, config, source):
         return Counts()
     if adopt and source.kind == "events":
         source = after_ingested_offsets(spark, config, source)
     totals = Counts()
     for attempt in range(2):
-        batches = Batches(spark, config, source, run_id, adopt=adopt)
+        batches = Batches(spark, config, source, run_id, on_batch=on_batch, adopt=adopt)
         try:
             with running(spark, config, source, batches, None) as query:
                 query.awaitTermination()
@@ -567,6 +568,21 @@ def run(spark: SparkSession, config: Config, run_id: str,
             audit_row(audit, spark, config, name, work())
             return dict(audit)
 
+    def audited_ingest(source: Source) -> dict[str, Any]:
+        committed = Counts()
+        with audited(spark, config, run_id, "bronze", source.table, batch) as audit:
+            try:
+                counts = ingest(spark, config, source, run_id, adopt, on_batch=committed.add)
+            except BaseException:
+                # the micro-batches committed before the failure stay in bronze (a rerun goes
+                # on after them): the failed run's row counts them
+                audit.update(files=committed.files, rows_landed=committed.landed,
+                             rows_in=committed.rows, rows_out=committed.rows,
+                             rows_corrupt=committed.corrupt)
+                raise
+            audit_row(audit, spark, config, source.table, counts)
+            return dict(audit)
+
     with audit_batch(spark, config) as batch:
         results = [audited_run(f"bronze_{s}",
                                partial(ingest_snapshot, spark, config, s, run_id))
@@ -575,9 +591,7 @@ def run(spark: SparkSession, config: Config, run_id: str,
         if not streamed:
             return results
         with ThreadPoolExecutor(len(streamed), thread_name_prefix="bronze") as pool:
-            futures = [pool.submit(audited_run, s.table,
-                                   partial(ingest, spark, config, s, run_id, adopt))
-                       for s in streamed]
+            futures = [pool.submit(audited_ingest, s) for s in streamed]
         return results + [future.result() for future in futures]
 
 
