@@ -3,7 +3,8 @@
 # MAGIC # Bronze: ingest newly landed files
 # MAGIC
 # MAGIC The bronze job as a notebook: the same call as `./spark-submit.sh bronze` and `lakehouse run
-# MAGIC bronze`. Each landed file is read once (a file ledger per table under `checkpoints/`), every
+# MAGIC bronze`. Each landed file and Kafka event is read once (a Structured Streaming checkpoint
+# MAGIC per table under `checkpoints/`, each micro-batch appended once by its Delta txn id), every
 # MAGIC record kept as text with its lineage; one audit row per bronze table.
 # MAGIC
 # MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
