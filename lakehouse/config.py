@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -161,3 +162,11 @@ def client_options(settings: dict[str, Any], key: str) -> dict[str, str]:
             text = os.environ[variable]
         resolved[str(name)] = text
     return resolved
+
+
+def is_url(location: str) -> bool:
+    """Whether a location names another file system than the local one: a scheme of two
+    letters or more (s3a://, abfss://, dbfs:/), file: excepted (a one-letter one is a Windows
+    drive)."""
+    scheme = urlparse(location).scheme
+    return len(scheme) > 1 and scheme != "file"

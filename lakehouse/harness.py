@@ -90,7 +90,9 @@ def _magic(first: str) -> str | None:
 def declared_widgets(cells: Sequence[Cell]) -> set[str] | None:
     """Names of the widgets the Python cells declare (`dbutils.widgets.text("name", ...)` and
     dropdown, combobox, multiselect), read from the source without running it; None when that
-    cannot be known: a cell does not parse, or a declaration's name is not a string literal."""
+    cannot be known: a cell does not parse, no declaration is written that way, a
+    declaration's name is not a string literal, or `dbutils.widgets` is used other than as
+    the receiver of a call (an alias, a helper taking it)."""
     names: set[str] = set()
     for cell in cells:
         if cell.magic is not None:
@@ -99,13 +101,23 @@ def declared_widgets(cells: Sequence[Cell]) -> set[str] | None:
             tree = ast.parse(cell.source)
         except SyntaxError:
             return None  # raised with its notebook line when the cell runs
+        receivers = {id(node.func.value) for node in ast.walk(tree)
+                     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+        if any(_is_widgets(node) and id(node) not in receivers for node in ast.walk(tree)):
+            return None
         for call in filter(None, map(_widget_declaration, ast.walk(tree))):
             name = call.args[0] if call.args else next(
                 (k.value for k in call.keywords if k.arg == "name"), None)
             if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
                 return None
             names.add(name.value)
-    return names
+    return names or None
+
+
+def _is_widgets(node: ast.AST) -> bool:
+    """node is the expression dbutils.widgets."""
+    return (isinstance(node, ast.Attribute) and node.attr == "widgets"
+            and isinstance(node.value, ast.Name) and node.value.id == "dbutils")
 
 
 def _widget_declaration(node: ast.AST) -> ast.Call | None:
@@ -113,11 +125,7 @@ def _widget_declaration(node: ast.AST) -> ast.Call | None:
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and node.func.attr in WIDGET_KINDS):
         return None
-    owner = node.func.value
-    if (isinstance(owner, ast.Attribute) and owner.attr == "widgets"
-            and isinstance(owner.value, ast.Name) and owner.value.id == "dbutils"):
-        return node
-    return None
+    return node if _is_widgets(node.func.value) else None
 
 
 class Widgets:

@@ -16,7 +16,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from lakehouse.config import Config
+from lakehouse.config import Config, is_url
 
 # The user's MLFLOW_TRACKING_URI, read once: mlflow.set_tracking_uri() later writes this variable
 # itself, and a value it wrote must not pin every later config of this process to one store.
@@ -45,7 +45,7 @@ def configure(config: Config) -> dict[str, Any]:
     """Point MLflow at the environment's store (MLFLOW_TRACKING_URI wins) and experiment."""
     settings = config.section("mlflow")
     uri = tracking_uri(config)
-    if uri.startswith("sqlite:///") and "://" in uri.removeprefix("sqlite:///"):
+    if uri.startswith("sqlite:///") and is_url(uri.removeprefix("sqlite:///")):
         raise RegistryConfigError(
             f"MLflow store {uri}: a SQLite store needs a local file, and the data root is a URL "
             "(object storage): set MLFLOW_TRACKING_URI or mlflow.tracking_uri to an MLflow "

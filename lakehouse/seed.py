@@ -9,13 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import date
 from importlib.util import find_spec
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from lakehouse.config import is_url
 
 DAILY_SOURCES = ("flights", "weather")
 SNAPSHOT_SOURCES = ("planes", "airports", "airlines")
@@ -83,9 +86,9 @@ def _write_day(path: Path, source: str, header: list[str], rows: list[list[str]]
 def local_dir(location: str, key: str) -> Path:
     """location as a local folder: seed and replay write with Python's file system, so a URL
     (s3a://, abfss://, dbfs:/) would become a relative local folder named after it."""
-    if location.startswith("file://"):
-        return Path(location.removeprefix("file://"))
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", location):
+    if urlparse(location).scheme == "file":
+        return Path(url2pathname(urlparse(location).path))
+    if is_url(location):
         raise SeedError(f"{key} {location!r} is a URL: seed and replay write local files only; "
                         "land the files there with your storage's own tools, or give a local "
                         "or mounted path (e.g. /dbfs/..., an NFS mount)")

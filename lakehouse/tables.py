@@ -446,6 +446,7 @@ def kafka_stream(spark: SparkSession, settings: dict[str, Any]) -> DataFrame:
     Spark's Kafka source as they are (kafka.security.protocol, kafka.sasl.*, ...)."""
     timeout_ms = str(int(float(settings.get("timeout_seconds", 10)) * 1000))
     return (spark.readStream.format("kafka")
+            .options(**client_options(settings, "options"))  # the settings below win
             .option("kafka.bootstrap.servers", str(settings["bootstrap_servers"]))
             .option("subscribe", str(settings["topic"]))
             .option("startingOffsets", str(settings.get("starting_offsets", "earliest")))
@@ -454,7 +455,6 @@ def kafka_stream(spark: SparkSession, settings: dict[str, Any]) -> DataFrame:
             .option("kafka.default.api.timeout.ms", timeout_ms)
             .option("kafka.request.timeout.ms", timeout_ms)
             .option("fetchOffset.numRetries", "1")
-            .options(**client_options(settings, "options"))
             .load())
 
 

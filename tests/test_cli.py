@@ -118,5 +118,13 @@ def test_a_data_root_on_object_storage_gets_clear_errors_not_local_folders_named
         registry.configure(load_config("local"))
     assert list(tmp_path.iterdir()) == []
     assert registry._as_uri("s3a://bucket/lakehouse/mlruns") == "s3://bucket/lakehouse/mlruns"
+    # dbfs:/ is a URL too; file: URIs (one slash or three) and plain paths are local
+    from lakehouse.seed import SeedError, local_dir
+
+    with pytest.raises(SeedError, match="'dbfs:/lake/landing' is a URL"):
+        local_dir("dbfs:/lake/landing", "landing")
+    assert local_dir("file:/data/landing", "landing") == Path("/data/landing")
+    assert local_dir("file:///data/landing", "landing") == Path("/data/landing")
+    assert local_dir("data/landing", "landing") == Path("data/landing")
     assert registry._as_uri("abfss://c@a.dfs.core.windows.net/x") == (
         "abfss://c@a.dfs.core.windows.net/x")

@@ -11,6 +11,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.storagelevel import StorageLevel
 
 from lakehouse import tables
 from lakehouse.cli import main
@@ -64,7 +65,17 @@ def messages(results: list[dict[str, Any]]) -> list[str]:
 
 @pytest.mark.slow
 def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
-        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
+        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # every silver slice an incremental run caches, to check each is released by its end
+    sliced: list[DataFrame] = []
+    cache = gold.Silver.slice
+
+    def recorded(self: gold.Silver, *args: Any) -> DataFrame:
+        sliced.append(cache(self, *args))
+        return sliced[-1]
+
+    monkeypatch.setattr(gold.Silver, "slice", recorded)
     by_day = {d: [r for r in raw["flights"] if day_of(r) == d] for d in DAYS}
     weather_by_day = {d: [r for r in raw["weather"] if day_of(r) == d] for d in DAYS}
     for i, day in enumerate(DAYS):
@@ -116,6 +127,7 @@ def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
         assert_df_equality(tables.read(spark, config, name), frame, ignore_row_order=True,
                            ignore_nullable=True,
                            ignore_column_order=False)
+    assert sliced and all(df.storageLevel == StorageLevel.NONE for df in sliced)
 
 
 @pytest.mark.slow

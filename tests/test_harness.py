@@ -109,6 +109,10 @@ def test_a_widget_named_at_run_time_is_checked_after_the_run(tmp_path: Path) -> 
     assert run.widgets == {"rows": "5"}
     with pytest.raises(WidgetError, match=r"arguments \['rwos'\] match no widget"):
         run_notebook(path, never, {"rwos": "5"})  # type: ignore[arg-type]
+    # widgets declared through an alias: nothing to check first, a valid argument runs
+    aliased = notebook(tmp_path, 'w = dbutils.widgets\nw.text("rows", "3")')
+    assert run_notebook(aliased, never, {"rows": "5"}).widgets == {  # type: ignore[arg-type]
+        "rows": "5"}
 
 
 def test_a_file_that_is_not_a_notebook_is_refused(spark: SparkSession, tmp_path: Path) -> None:

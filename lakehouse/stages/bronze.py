@@ -349,8 +349,9 @@ def after_ingested_offsets(spark: SparkSession, config: Config, source: Source) 
     offsets its bronze table holds, per partition of the topic (a partition it holds nothing
     of from the earliest): reading from the conf's starting_offsets again would append every
     retained event a second time. (Spark's startingOffsets applies to a new checkpoint only.)"""
-    if not tables.exists(spark, config, source.table):
-        return source
+    if not tables.exists(spark, config, source.table) or tables.landed_files(
+            spark, os.path.join(checkpoint(config, source.table), "offsets")):
+        return source  # nothing to adopt, or a checkpoint that goes on from its own offsets
     topic = str(source.settings["topic"])
     held = {int(r[0]): int(r[1]) for r in tables.read(spark, config, source.table)
             .filter(F.col("topic") == topic).groupBy("partition").agg(F.max("offset"))
