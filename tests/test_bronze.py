@@ -183,13 +183,20 @@ def test_windows_1252_export_is_read_in_its_charset(spark: SparkSession, config:
     assert read["_invalid_bytes"] is None
 
 
-def test_quoted_line_breaks_escaped_quotes_and_ctrl_z(spark: SparkSession, config: Config) -> None:
+def flights_header_and_folder(config: Config) -> tuple[str, Path]:
+    """The real flights header (a day seeded aside) and the empty flights landing folder, for
+    a test to land files of its own making."""
     landing = Path(config.landing)
     seed(landing / "elsewhere", date(2013, 1, 1), date(2013, 1, 1))
     header = (landing / "elsewhere" / "flights" / "flights_2013-01-01.csv"
               ).read_text().splitlines()[0]
     folder = landing / "flights"
     folder.mkdir(parents=True)
+    return header, folder
+
+
+def test_quoted_line_breaks_escaped_quotes_and_ctrl_z(spark: SparkSession, config: Config) -> None:
+    header, folder = flights_header_and_folder(config)
     quoted = ('2013,1,2,600,600,0,900,900,0,UA,1,"N1\r\n23",EWR,IAH,200,1400,6,0,'
               '2013-01-02T11:00:00Z\r\n2013,1,2,600,600,0,900,900,0,UA,2,"N""Q",EWR,IAH,200,'
               '1400,6,0,2013-01-02T11:00:00Z\r\n')
@@ -208,12 +215,7 @@ def test_a_quote_inside_an_unquoted_field_is_text_for_the_count_as_for_spark(
         spark: SparkSession, config: Config) -> None:
     """A stray quote is not the start of a quoted field: counted by quote parity, N12"3 opened
     one, the rest of the file became one record, and the batch failed its accounting."""
-    landing = Path(config.landing)
-    seed(landing / "elsewhere", date(2013, 1, 1), date(2013, 1, 1))
-    header = (landing / "elsewhere" / "flights" / "flights_2013-01-01.csv"
-              ).read_text().splitlines()[0]
-    folder = landing / "flights"
-    folder.mkdir(parents=True)
+    header, folder = flights_header_and_folder(config)
     rows = [f"2013,1,2,600,600,0,900,900,0,UA,{n},{tail},EWR,IAH,200,1400,6,0,"
             "2013-01-02T11:00:00Z" for n, tail in ((1, 'N12"3'), (2, "N2"), (3, 'N3"'))]
     data = f"{header}\n" + "\n".join(rows) + "\n"
