@@ -9,10 +9,12 @@ from datetime import date
 from typing import Any
 
 from lakehouse.alerts import raised_days
+from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from lakehouse.monitoring import DAY, PREDICTION, TRAILING
 
 KINDS = ("feature_drift", "prediction_drift", "quality_drop", "calibration")
 DRIFT_METRICS = ("psi", "js_distance", "mean_shift")
+MODEL_FEATURES = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
 
 
 class AlertRuleError(ValueError):
@@ -73,6 +75,22 @@ class AlertRule:
 RULE_KEYS = {"metric", "above", "below_training_by", "persist_days", "retrain", "features"}
 
 
+def drift_features(name: str, given: Any) -> tuple[str, ...]:
+    """A rule's `features`: a list of model feature names (a misspelt one would never fire)."""
+    if given is None:
+        return ()
+    if name != "feature_drift":
+        raise AlertRuleError(f"monitor.alerts.{name}.features: only feature_drift takes features")
+    if not isinstance(given, list) or not all(isinstance(f, str) for f in given):
+        raise AlertRuleError(f"monitor.alerts.{name}.features: expected a list of feature "
+                             f"names, got {given!r}")
+    unknown = sorted(set(given) - set(MODEL_FEATURES))
+    if unknown:
+        raise AlertRuleError(f"monitor.alerts.{name}.features: {unknown} not model features; "
+                             f"they are {list(MODEL_FEATURES)}")
+    return tuple(given)
+
+
 def rules_from_conf(section: dict[str, Any]) -> list[AlertRule]:
     rules = []
     for name, spec in (section or {}).items():
@@ -102,9 +120,13 @@ def rules_from_conf(section: dict[str, Any]) -> list[AlertRule]:
         if name in ("feature_drift", "prediction_drift") and metric not in DRIFT_METRICS:
             raise AlertRuleError(f"monitor.alerts.{name}.metric: {metric!r} unknown; use one of "
                                  f"{list(DRIFT_METRICS)}")
+        retrain = spec.get("retrain", False)
+        if not isinstance(retrain, bool):  # YAML's "false" in quotes is a string, and true
+            raise AlertRuleError(f"monitor.alerts.{name}.retrain: expected true or false, got "
+                                 f"{retrain!r}")
         rules.append(AlertRule(name, metric, spec.get("above"), spec.get("below_training_by"),
-                               int(spec.get("persist_days", 1)), bool(spec.get("retrain", False)),
-                               tuple(spec.get("features") or ())))
+                               int(spec.get("persist_days", 1)), retrain,
+                               drift_features(name, spec.get("features"))))
     return rules
 
 

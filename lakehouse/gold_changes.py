@@ -43,9 +43,11 @@ def dates_moved_by_flights(changes: DataFrame, settings: FeatureSettings) -> Dat
     counted_until = F.least(F.col("known_at_utc"),
                             F.col("sched_dep_utc") + hours(MAX_OUTCOME_LAG_HOURS))
     start = F.greatest(F.col("sched_dep_utc"), counted_until)
+    # a flight's history ends at the earlier of its date's midnight and its as-of instant: an
+    # outcome reaches flights up to the history span plus the as-of offset after it
     reach = max(settings.daily_history_days * 24,
-                max(ORIGIN_DAY_HOURS, settings.origin_recent_hours)
-                + settings.as_of_offset_minutes / 60, 24)
+                max(ORIGIN_DAY_HOURS, settings.origin_recent_hours), 24
+                ) + settings.as_of_offset_minutes / 60
     last = F.date_add(local_date(start + hours(reach), settings), 1)
     return labelled.select(_date_range(F.col("flight_date"), last).alias("flight_date")).distinct()
 

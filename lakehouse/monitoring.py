@@ -70,18 +70,17 @@ def _drift_values(counts: list[Any], refs: dict[str, FeatureReference]) -> list[
                         "subject": r["feature"], "value": float(r[metric]),
                         "rows": int(r["rows"])})
     # each numeric feature's mean from the same pass: its values' sum and count over the bins
-    sums: dict[tuple[Any, str], tuple[float, int, int]] = {}
+    sums: dict[tuple[Any, str], tuple[float, int]] = {}
     for c in counts:
         if refs[c["feature"]].kind == "numeric":
             key = (c["flight_date"], c["feature"])
-            value_sum, values, rows_ = sums.get(key, (0.0, 0, 0))
-            sums[key] = (value_sum + (c["value_sum"] or 0.0), values + c["values"],
-                         rows_ + c["rows"])
-    for (day, name), (value_sum, values, day_rows) in sorted(sums.items()):
+            value_sum, values = sums.get(key, (0.0, 0))
+            sums[key] = (value_sum + (c["value_sum"] or 0.0), values + c["values"])
+    for (day, name), (value_sum, values) in sorted(sums.items()):
         shift = mean_shift(value_sum / values if values else None, refs[name])
-        if shift is not None:
+        if shift is not None:  # rows: the flights the mean rests on (those with a value)
             out.append({"monitored_date": day, "window": DAY, "metric": "mean_shift",
-                        "subject": name, "value": float(shift), "rows": int(day_rows)})
+                        "subject": name, "value": float(shift), "rows": int(values)})
     return out
 
 

@@ -122,6 +122,30 @@ def test_history_cutoff_is_as_of_for_a_departure_just_after_midnight(
     assert rows["2013-01-02_UA_1_EWR"]["carrier_history_known"] == 1  # 22:00 yes, 23:50 no
 
 
+def test_an_outcome_moves_every_date_whose_history_counts_it(spark: SparkSession) -> None:
+    """With as-of a day ahead (offset 25 h), a flight at 00:30 on Feb 11 takes its daily
+    history at as-of, 23:30 on Feb 9: its 7-day window holds a cancellation at 23:45 on Feb 2.
+    Incremental gold must recompute Feb 11 when that flight changes (it stopped at Feb 10)."""
+    from datetime import date
+
+    from lakehouse.gold_changes import dates_moved_by_flights
+    from tests.rows import GOOD_FLIGHT
+
+    settings = FeatureSettings(**{**SETTINGS.__dict__, "as_of_offset_minutes": 25 * 60})
+    cancel = {**GOOD_FLIGHT, "month": "2", "day": "2", "flight": "2", "sched_dep_time": "2345",
+              "sched_arr_time": "300", "dep_time": "NA", "dep_delay": "NA", "arr_time": "NA",
+              "arr_delay": "NA", "time_hour": "2013-02-03T04:00:00Z"}
+    early = {**GOOD_FLIGHT, "month": "2", "day": "11", "flight": "1", "sched_dep_time": "30",
+             "sched_arr_time": "330", "time_hour": "2013-02-11T05:00:00Z"}
+    frames = silver_frames(spark, [cancel, early], [])
+    rows = {r["flight_id"]: r for r in flight_features(
+        frames["flights"], frames["weather"], frames["planes"], settings).collect()}
+    assert rows["2013-02-11_UA_1_EWR"]["carrier_history_known"] == 1  # the feature counts it
+    changed = frames["flights"].filter(F.col("flight_id") == "2013-02-02_UA_2_EWR")
+    moved = {r[0] for r in dates_moved_by_flights(changed, settings).collect()}
+    assert date(2013, 2, 11) in moved
+
+
 def test_cancelled_and_diverted_flights_are_disrupted(spark: SparkSession) -> None:
     rows = [(True, False, None, 1), (False, True, None, 1), (False, False, 15, 1),
             (False, False, 14, 0), (False, False, -20, 0)]

@@ -187,6 +187,29 @@ def test_a_vacuumed_change_feed_rebuilds_in_full(
     assert "incremental" in messages(gold.run(spark, config, "after"))[0]
 
 
+def test_a_recreated_silver_table_rebuilds_in_full_and_a_first_build_counts_its_rows(
+        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
+    """silver_flights dropped and made anew stands at an earlier version than the one gold's
+    last build read: its change feed from there reads nothing, so gold builds in full (it
+    reported no change and kept the old rows). A first build's audit counts the rows it wrote
+    (it read the metrics of the table comment's commit: 0)."""
+    import shutil
+
+    first = [r for r in raw["flights"] if day_of(r) == DAYS[0]]
+    weather = [r for r in raw["weather"] if day_of(r) == DAYS[0]]
+    land(spark, config, first, weather, raw["planes"])
+    land(spark, config, [{**first[0], "arr_delay": "301"}], [])  # silver_flights at version 1
+    built = gold.run(spark, config, "first")
+    assert [r["rows_out"] for r in built] == [
+        tables.read(spark, config, n).count() for n in gold.OUTPUTS]
+    assert all(r["rows_out"] > 0 for r in built)
+    shutil.rmtree(config.table("silver_flights"))
+    land(spark, config, first[:50], [])  # a new silver_flights at version 0: 50 flights
+    message = messages(gold.run(spark, config, "recreated"))[0]
+    assert message.startswith("full build: ['silver_flights'] at an earlier version"), message
+    assert tables.read(spark, config, "flight_features").count() == 50
+
+
 def test_a_vacuumed_feed_is_told_by_its_error_condition_only() -> None:
     """The conditions OSS Delta and Databricks raise when a VACUUM removed a change feed's files
     make gold build in full; another missing file named in a trace does not."""

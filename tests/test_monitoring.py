@@ -128,6 +128,17 @@ def test_bad_alert_rules_are_named() -> None:
         rules_from_conf({"calibration": {"abvoe": 0.1}})
     with pytest.raises(AlertRuleError, match=r"calibration\.persist_days: expected a whole"):
         rules_from_conf({"calibration": {"above": 0.1, "persist_days": 0}})
+    # a string is not a list of features (its letters would be), nor a misspelt name one:
+    # either rule would never fire
+    with pytest.raises(AlertRuleError, match=r"features: expected a list of feature names"):
+        rules_from_conf({"feature_drift": {"above": 2, "features": "temp"}})
+    with pytest.raises(AlertRuleError, match=r"features: \['tmep'\] not model features"):
+        rules_from_conf({"feature_drift": {"above": 2, "features": ["tmep"]}})
+    assert rules_from_conf({"feature_drift": {"above": 2, "features": ["temp"]}})[0].features \
+        == ("temp",)
+    # a quoted "false" is a string, which bool() makes true
+    with pytest.raises(AlertRuleError, match=r"calibration\.retrain: expected true or false"):
+        rules_from_conf({"calibration": {"above": 0.1, "retrain": "false"}})
 
 
 class Webhook(BaseHTTPRequestHandler):

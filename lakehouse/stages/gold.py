@@ -183,6 +183,10 @@ def plan(spark: SparkSession, config: Config, name: str, state: dict[str, Any] |
     since = state.get("versions")
     if not isinstance(since, dict) or any(not isinstance(since.get(n), int) for n in INPUTS):
         return Plan(True, f"last build's state lacks input versions: {since}")
+    behind = sorted(n for n in INPUTS if since[n] > (silver.versions[n] or 0))
+    if behind:  # the change feed since then would read nothing: the table was made anew
+        return Plan(True, f"{behind} at an earlier version than the last build read ({since}): "
+                          "recreated since")
     known = next((c for c in seen if c.since == since), None)
     if known is None:
         try:
@@ -221,9 +225,11 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
     if plan_.full:
         partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
         tables.overwrite(rows.repartitionByRange(partitions, "flight_date"), config, name, tag=tag)
+        # the write's metrics, before the commits of properties and comment (of a new table)
+        metrics = tables.last_operation_metrics(spark, config, name)
         tables.ensure_properties(spark, config, name)
         tables.set_comment(spark, config, name, TABLE_COMMENTS[name])
-        return tables.last_operation_metrics(spark, config, name)
+        return metrics
     wanted = ", ".join(f"DATE'{d.isoformat()}'" for d in plan_.dates)
     current = tables.read(spark, config, name).filter(f"flight_date IN ({wanted})")
     if current.isEmpty():  # dates gold does not hold yet (a new day): nothing to compare
