@@ -1,6 +1,7 @@
 """The model families the tuning job searches, as MLlib pipelines over gold's features.
 
-Trees (random forest, gradient-boosted trees) take numeric features with missing values as a
+Trees (random forest, gradient-boosted trees, Newton-boosted trees: lakehouse.newton) take
+numeric features with missing values as a
 sentinel below every real value and categories as indices (categorical splits). Logistic
 regression takes numeric features imputed with the training mean plus a missing-value indicator
 each, categories one-hot encoded, everything standardized.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from pyspark.ml import Estimator, Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
 from pyspark.ml.feature import (
@@ -24,9 +26,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES
+from lakehouse.newton import NewtonBoostedTrees, tree_stages
 
-FAMILIES = ("logistic_regression", "random_forest", "gbt")
-TREE_FAMILIES = ("random_forest", "gbt")
+FAMILIES = ("logistic_regression", "random_forest", "gbt", "newton_gbt")
+TREE_FAMILIES = ("random_forest", "gbt", "newton_gbt")
 MISSING = -999.0  # trees split missing values off from every real value
 WEIGHT = "_weight"
 INTEGER_PARAMS = ("maxDepth", "maxIter", "minInstancesPerNode", "numTrees")
@@ -96,6 +99,8 @@ def classifier(family: str, params: dict[str, Any], seed: int,
         return LogisticRegression(maxIter=100, standardization=False, **common, **values)
     if family == "random_forest":
         return RandomForestClassifier(maxBins=MAX_BINS, seed=seed, **common, **values)
+    if family == "newton_gbt":
+        return NewtonBoostedTrees(maxBins=MAX_BINS, seed=seed, **common, **values)
     return GBTClassifier(maxBins=MAX_BINS, seed=seed, **common, **values)
 
 
@@ -120,9 +125,20 @@ def full_pipeline(family: str, params: dict[str, Any], seed: int, weighted: bool
     return Pipeline(stages=[*prep_for(family), classifier(family, params, seed, weighted)])
 
 
+def flattened(model: PipelineModel) -> PipelineModel:
+    """The fitted pipeline with a nested PipelineModel stage (a Newton model) spliced in: every
+    stage an MLlib one, so MLlib saves it as one Java pipeline."""
+    stages: list[Any] = []
+    for stage in model.stages:
+        stages.extend(stage.stages if isinstance(stage, PipelineModel) else [stage])
+    return PipelineModel(stages=stages)
+
+
 def feature_names(model: PipelineModel, sample: DataFrame) -> list[str]:
     """Names of the assembled feature vector's slots (from the vector's ML attributes)."""
-    schema = PipelineModel(stages=model.stages[:-1]).transform(sample.limit(1)).schema
+    trees = tree_stages(model)  # a Newton model: the stages before its first tree
+    prep = model.stages[:model.stages.index(trees[0])] if trees else model.stages[:-1]
+    schema = PipelineModel(stages=prep).transform(sample.limit(1)).schema
     # The scaler of the linear pipeline drops the names: they are on its input vector.
     for column in ("features", "raw_features"):
         if column in schema.fieldNames():
@@ -137,8 +153,13 @@ def importances(model: PipelineModel, sample: DataFrame) -> dict[str, float]:
     """Feature importances (trees) or coefficients (logistic regression), by feature name,
     largest magnitude first."""
     last: Any = model.stages[-1]  # a tree model or a LogisticRegressionModel
-    values = (last.featureImportances if hasattr(last, "featureImportances")
-              else last.coefficients).toArray()
+    trees = tree_stages(model)
+    if trees:  # Newton boosting: each tree's importances (normalized), summed, as MLlib's GBT
+        total = np.sum([t.featureImportances.toArray() for t in trees], axis=0)
+        values = total / total.sum() if total.sum() > 0 else total
+    else:
+        values = (last.featureImportances if hasattr(last, "featureImportances")
+                  else last.coefficients).toArray()
     names = feature_names(model, sample)
     if len(names) != len(values):
         names = [f"f{i}" for i in range(len(values))]

@@ -28,6 +28,7 @@ from lakehouse.models import (
     TREE_FAMILIES,
     class_weights,
     classifier,
+    flattened,
     full_pipeline,
     prep_for,
     with_weight,
@@ -285,7 +286,7 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
     train = parts["train"]
     if weighted:
         train = train.transform(with_weight(class_weights(train)))
-    model = full_pipeline(best.family, best.params, settings.seed, weighted).fit(train)
+    model = flattened(full_pipeline(best.family, best.params, settings.seed, weighted).fit(train))
     holdout_all = every_flight.transform(between(*slices["holdout"]))
     untailed = holdout_all.filter(~F.col(TAIL_RECORDED)).count()
     return TuningResult(model, best.family, best.params, best.weighting, threshold, validation,

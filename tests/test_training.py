@@ -721,3 +721,39 @@ def test_a_search_whose_every_trial_fails_releases_what_it_cached(
     for name in ("fit", "validation"):
         cached[name] = rows.transform(training.between(*windows.slices()[name])).storageLevel
     assert cached == {name: StorageLevel.NONE for name in cached}
+
+
+def test_a_newton_model_is_trained_logged_and_scores_as_registered(
+        spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
+    """The newton_gbt family through the train job: its fitted pipeline is flattened into MLlib
+    stages, logged with its importances, and the registered version scores as the job's model
+    did on the holdout (its AUC-ROC, read back through MLflow)."""
+    from pyspark.ml.util import JavaMLWritable
+
+    from lakehouse.evaluation import positive_probability
+    from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TAIL_RECORDED
+    from lakehouse.newton import tree_stages
+
+    conf = {**LR_ONLY, "families": ["newton_gbt"], "max_evals": 1,
+            "search_space": {"newton_gbt": {"maxDepth": [2, 2], "maxIter": [3, 3],
+                                            "stepSize": [0.1, 0.1],
+                                            "minInstancesPerNode": [20, 20]}}}
+    config = config_for(features_root, tmp_path, conf)
+    result = train.run(spark, config, "newton")
+    assert result["family"] == "newton_gbt"
+    model = mlflow.spark.load_model(f"models:/flight_disruption/{result['version']}")
+    assert all(isinstance(s, JavaMLWritable) for s in model.stages)
+    assert len(tree_stages(model)) == 3
+    importances = mlflow.artifacts.load_dict(
+        f"runs:/{result['run_id']}/feature_importances.json")
+    assert sum(importances.values()) == pytest.approx(1.0)
+    # named by the assembled vector's slots (not f0, f1, ...): one per model feature
+    assert len(importances) == len(NUMERIC_FEATURES) + len(CATEGORICAL_FEATURES)
+    assert "temp__f" in importances and "carrier__idx" in importances
+    holdout = (tables.read(spark, config, "flight_features")
+               .filter(F.col(TAIL_RECORDED) & F.col("disrupted").isNotNull())
+               .filter(F.col("flight_date").between("2013-01-11", "2013-01-14")))
+    scored = model.transform(holdout).select("disrupted", positive_probability().alias("p"))
+    rows = scored.collect()
+    auc = roc_auc_score([r[0] for r in rows], [r[1] for r in rows])
+    assert auc == pytest.approx(result["holdout"]["auc_roc"], abs=2e-3)

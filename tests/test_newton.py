@@ -1,0 +1,79 @@
+"""Newton-boosted trees (lakehouse.newton): each round's leaf values are Newton steps of the log
+loss, checked against numpy; the fitted model is plain MLlib stages that save and load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.ml import PipelineModel
+from pyspark.ml.linalg import Vectors
+from pyspark.sql import SparkSession
+
+from lakehouse.evaluation import positive_probability
+from lakehouse.newton import NewtonBoostedTrees, tree_stages
+
+# one binary feature: a depth-1 tree splits the rows into x = 0 and x = 1
+X = np.array([0] * 6 + [1] * 6, dtype=float)
+Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1, 1], dtype=float)  # x = 0: 2 of 6, x = 1: 5 of 6
+W = np.array([1.0, 2.0] * 6)
+
+
+def sigmoid(m: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-m))
+
+
+def expected_margins(rounds: int, step: float, weights: np.ndarray) -> np.ndarray:
+    """Newton boosting by hand: start at the weighted log-odds, then per round and leaf add
+    step x sum(w (y - p)) / sum(w p (1 - p))."""
+    prior = (weights * Y).sum() / weights.sum()
+    margin = np.full(len(Y), np.log(prior / (1 - prior)))
+    for _ in range(rounds):
+        p = sigmoid(margin)
+        for leaf in (X == 0, X == 1):
+            value = (weights[leaf] * (Y[leaf] - p[leaf])).sum() / (
+                weights[leaf] * p[leaf] * (1 - p[leaf])).sum()
+            margin[leaf] += step * value
+    return margin
+
+
+@pytest.mark.parametrize(("rounds", "step", "weighted"), [(1, 1.0, False), (3, 0.5, True)])
+def test_leaf_values_are_newton_steps(spark: SparkSession, rounds: int, step: float,
+                                      weighted: bool) -> None:
+    rows = spark.createDataFrame(
+        [(Vectors.dense([float(x)]), float(y), float(w)) for x, y, w in zip(X, Y, W, strict=True)],
+        ["features", "label", "w"])
+    estimator = NewtonBoostedTrees(labelCol="label", maxIter=rounds, stepSize=step, maxDepth=1,
+                                   minInstancesPerNode=1, maxBins=4,
+                                   **({"weightCol": "w"} if weighted else {}))
+    model = estimator.fit(rows)
+    got = np.array([r[0] for r in model.transform(rows).select(positive_probability())
+                    .collect()])
+    want = sigmoid(expected_margins(rounds, step, W if weighted else np.ones(len(Y))))
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    # a first-order step (MLlib's GBT: the leaf's mean of y - p) would give other values
+    first_order = np.log(Y.mean() / (1 - Y.mean())) + np.where(
+        X == 0, (Y[X == 0] - Y.mean()).mean(), (Y[X == 1] - Y.mean()).mean())
+    assert not np.allclose(got, sigmoid(first_order), rtol=1e-3)
+    assert len(tree_stages(model)) == rounds
+
+
+def test_a_fitted_model_is_mllib_stages_that_save_and_load(spark: SparkSession,
+                                                           tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 3))
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=400) > 0).astype(float)
+    rows = spark.createDataFrame([(Vectors.dense(a.tolist()), float(b))
+                                  for a, b in zip(x, y, strict=True)], ["features", "label"])
+    model = NewtonBoostedTrees(labelCol="label", maxIter=4, maxDepth=3,
+                               minInstancesPerNode=5).fit(rows)
+    model.write().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    before, after = (np.array([(r[0], r[1]) for r in m.transform(rows).select(
+        positive_probability(), "prediction").collect()]) for m in (model, loaded))
+    np.testing.assert_array_equal(before, after)
+    assert set(before[:, 1]) <= {0.0, 1.0}
+    assert (before[:, 1] == (before[:, 0] >= 0.5)).all()
+    with pytest.raises(ValueError, match="stepSize in"):
+        NewtonBoostedTrees(labelCol="label", stepSize=0.0).fit(rows)
