@@ -154,7 +154,9 @@ def importances(model: PipelineModel, sample: DataFrame) -> dict[str, float]:
     largest magnitude first."""
     last: Any = model.stages[-1]  # a tree model or a LogisticRegressionModel
     trees = tree_stages(model)
-    if trees:  # Newton boosting: each tree's importances (normalized), summed, as MLlib's GBT
+    if trees:  # Newton boosting: each tree's importances (normalized per tree, the only ones
+        # MLlib's Python API gives), summed and normalized, as MLlib's random forest (its GBT
+        # sums the raw gains)
         total = np.sum([t.featureImportances.toArray() for t in trees], axis=0)
         values = total / total.sum() if total.sum() > 0 else total
     else:

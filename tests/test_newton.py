@@ -64,9 +64,10 @@ def test_a_fitted_model_is_mllib_stages_that_save_and_load(spark: SparkSession,
     rng = np.random.default_rng(5)
     x = rng.normal(size=(400, 3))
     y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=400) > 0).astype(float)
+    # a features column of another name: the trees score from it too
     rows = spark.createDataFrame([(Vectors.dense(a.tolist()), float(b))
-                                  for a, b in zip(x, y, strict=True)], ["features", "label"])
-    model = NewtonBoostedTrees(labelCol="label", maxIter=4, maxDepth=3,
+                                  for a, b in zip(x, y, strict=True)], ["fv", "label"])
+    model = NewtonBoostedTrees(featuresCol="fv", labelCol="label", maxIter=4, maxDepth=3,
                                minInstancesPerNode=5).fit(rows)
     model.write().save(str(tmp_path / "model"))
     loaded = PipelineModel.load(str(tmp_path / "model"))
@@ -77,3 +78,15 @@ def test_a_fitted_model_is_mllib_stages_that_save_and_load(spark: SparkSession,
     assert (before[:, 1] == (before[:, 0] >= 0.5)).all()
     with pytest.raises(ValueError, match="stepSize in"):
         NewtonBoostedTrees(labelCol="label", stepSize=0.0).fit(rows)
+
+
+def test_a_nan_margin_gives_no_probability_rather_than_failing(spark: SparkSession) -> None:
+    """The score job marks a row without a probability unscorable, with the reason: the output
+    stages pass a NaN through instead of failing the whole job on it."""
+    from lakehouse.newton import TREE_PREFIX, output_stages
+
+    rows = spark.createDataFrame([(0.5,), (float("nan"),)], f"{TREE_PREFIX}0 double")
+    out = [r[0] for r in PipelineModel(stages=output_stages(-1.0, 0.1, 1)).transform(rows)
+           .select(positive_probability()).collect()]
+    assert out[0] == pytest.approx(1 / (1 + np.exp(-(-1.0 + 0.1 * 0.5))), rel=1e-12)
+    assert np.isnan(out[1])
