@@ -187,6 +187,7 @@ def test_a_vacuumed_change_feed_rebuilds_in_full(
     assert "incremental" in messages(gold.run(spark, config, "after"))[0]
 
 
+@pytest.mark.slow
 def test_a_recreated_silver_table_rebuilds_in_full_and_a_first_build_counts_its_rows(
         spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
     """silver_flights dropped and made anew stands at an earlier version than the one gold's

@@ -723,6 +723,7 @@ def test_a_search_whose_every_trial_fails_releases_what_it_cached(
     assert cached == {name: StorageLevel.NONE for name in cached}
 
 
+@pytest.mark.slow
 def test_a_newton_model_is_trained_logged_and_scores_as_registered(
         spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
     """The newton_gbt family through the train job: its fitted pipeline is flattened into MLlib
