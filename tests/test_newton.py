@@ -92,27 +92,28 @@ def test_a_nan_margin_gives_no_probability_rather_than_failing(spark: SparkSessi
     assert np.isnan(out[1])
 
 
+def split_gain(left: np.ndarray, y: np.ndarray, p: np.ndarray, newton: bool) -> float:
+    """The Newton gain GL^2/HL + GR^2/HR of a split, or (first order) minus the residual's
+    within-leaf variance."""
+    g, h, r = p - y, p * (1 - p), y - p
+    if newton:
+        return float(g[left].sum() ** 2 / h[left].sum() + g[~left].sum() ** 2 / h[~left].sum())
+    return -float(((r[left] - r[left].mean()) ** 2).sum()
+                  + ((r[~left] - r[~left].mean()) ** 2).sum())
+
+
 def boosted_by_hand(x: np.ndarray, y: np.ndarray, rounds: int, newton_splits: bool) -> np.ndarray:
     """Depth-1 boosting by hand over every feature and threshold, leaves -sum(g) / sum(h); the
-    split chosen by the Newton gain GL^2/HL + GR^2/HR (newton_splits) or, as a first-order
-    learner chooses it, by the variance of the residual y - p."""
+    split chosen by the Newton gain (newton_splits) or, as a first-order learner chooses it,
+    by the variance of the residual y - p."""
     prior = y.mean()
     margin = np.full(len(y), np.log(prior / (1 - prior)))
+    candidates = [x[:, f] <= t for f in range(x.shape[1]) for t in np.unique(x[:, f])[:-1]]
     for _ in range(rounds):
         p = sigmoid(margin)
-        g, h, r = p - y, p * (1 - p), y - p
-
-        def gain(left: np.ndarray) -> float:
-            if newton_splits:
-                return float(g[left].sum() ** 2 / h[left].sum()
-                             + g[~left].sum() ** 2 / h[~left].sum())
-            return -float(((r[left] - r[left].mean()) ** 2).sum()
-                          + ((r[~left] - r[~left].mean()) ** 2).sum())
-
-        candidates = [x[:, f] <= t for f in range(x.shape[1]) for t in np.unique(x[:, f])[:-1]]
-        left = max(candidates, key=gain)
+        left = max(candidates, key=lambda c, p=p: split_gain(c, y, p, newton_splits))
         for leaf in (left, ~left):
-            margin[leaf] += -g[leaf].sum() / h[leaf].sum()
+            margin[leaf] += (y - p)[leaf].sum() / (p * (1 - p))[leaf].sum()
     return margin
 
 
