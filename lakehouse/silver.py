@@ -145,12 +145,21 @@ def clean_weather(max_wind_speed: float, max_wind_gust: float) -> Callable[[Data
     return transform
 
 
-def latest_landed_first() -> list[Column]:
-    """Among rows of one natural key, the order in which the newest comes first: the latest
-    event (by event time), else the most recently landed: by ingestion, then (files ingested
-    in one batch share it) by the file's modification time, so a correction landed after the
-    file it corrects wins whatever their names."""
-    return [F.col(EVENT_TIME).desc_nulls_last(), F.col("_ingested_at").desc(),
+# The column that is null while a record's outcome is not known yet (a flight's schedule
+# event): a row without it never replaces one with it, whatever their times (a schedule event
+# sent after the outcome, or an outcome landed in a file, which carries no event time).
+OUTCOME_KNOWN: dict[str, str] = {"flights": "cancelled"}
+
+
+def latest_landed_first(table: str | None = None) -> list[Column]:
+    """Among rows of one natural key, the order in which the newest comes first: for flights,
+    a row whose outcome is known before one whose outcome is not; then the latest event (by
+    event time), else the most recently landed: by ingestion, then (files ingested in one
+    batch share it) by the file's modification time, so a correction landed after the file it
+    corrects wins whatever their names."""
+    known = ([F.col(OUTCOME_KNOWN[table]).isNotNull().desc()] if table in OUTCOME_KNOWN
+             else [])
+    return [*known, F.col(EVENT_TIME).desc_nulls_last(), F.col("_ingested_at").desc(),
             F.col(SOURCE_MODIFIED).desc_nulls_last(), F.col("_source_file").desc()]
 
 

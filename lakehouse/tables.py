@@ -147,7 +147,7 @@ def insert_into_empty(df: DataFrame, config: Config, name: str, predicate: str,
 
 def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
           changed_columns: Iterable[str] | None = None, newer: str | None = None,
-          target_filter: str | None = None, tag: str | None = None,
+          known: str | None = None, target_filter: str | None = None, tag: str | None = None,
           delete_flag: str | None = None, skip_unchanged: bool = False,
           insert_only: bool = False, metrics: bool = True) -> dict[str, str]:
     """Upsert df into the table on its natural key; create the table on first use.
@@ -155,7 +155,9 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     Matched rows are updated only where one of changed_columns differs, so re-running the same
     batch leaves every row as it was; with `newer` (a timestamp column), only by a row at
     least as new as the table's (a late, older event does not undo a newer one; a null on
-    either side does not hold the update back). Columns the table lacks are added (Delta's
+    either side does not hold the update back); with `known` (a column null while the record is
+    incomplete, e.g. a flight's outcome before it is reported), a row where it is null never
+    replaces one where it is set. Columns the table lacks are added (Delta's
     schema evolution), so a table written by an earlier version takes new lineage columns.
     target_filter (SQL on the target `t`) narrows the target rows the merge can touch, so
     Delta skips the files outside it. Source rows whose delete_flag column is true delete their
@@ -170,9 +172,9 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     writes the rows in one pass, deletes nothing, still conflicts with a writer racing rows into
     the slice and evolves the schema as above.
     """
-    if insert_only and (delete_flag or newer):
-        raise ValueError("merge: insert_only inserts new keys only; it takes no delete_flag "
-                         "or newer")
+    if insert_only and (delete_flag or newer or known):
+        raise ValueError("merge: insert_only inserts new keys only; it takes no delete_flag, "
+                         "newer or known")
     if not exists(spark, config, name):
         rows = df.filter(~F.col(delete_flag)).drop(delete_flag) if delete_flag else df
         append(rows, config, name, tag=tag)
@@ -202,6 +204,8 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     target = delta_table(spark, config, name)
     if newer is not None and differs and newer in target.toDF().columns:
         differs = f"({differs}) AND NOT coalesce(s.`{newer}` < t.`{newer}`, false)"
+    if known is not None and differs and known in target.toDF().columns:
+        differs = f"({differs}) AND NOT (s.`{known}` IS NULL AND t.`{known}` IS NOT NULL)"
     builder = target.alias("t").merge(df.alias("s"), condition).withSchemaEvolution()
     if insert_only:
         builder = builder.whenNotMatchedInsertAll()

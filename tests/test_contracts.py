@@ -53,6 +53,7 @@ BREAKING = [
     ("columns_present", {"air_time": None, "_missing_columns": ["air_time"]}),
     ("text_decodable", {"tailnum": "N\ufffd8", "_invalid_bytes": {"tailnum": b"N\xff8"}}),
     ("event_type_known", {"_event_type": "boarding"}),
+    ("event_time_valid", {"_event_type": "outcome"}),  # an event without its time
 ]
 WARNING = [
     ("tailnum_format", {"tailnum": "D942DN"}),

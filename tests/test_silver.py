@@ -244,6 +244,61 @@ def test_flight_events_are_refined_like_files(spark: SparkSession, with_referenc
     assert len(silver) == 2
 
 
+def test_an_event_without_type_or_readable_time_is_quarantined(
+        spark: SparkSession, with_references: Config) -> None:
+    """A null event_type would pass as an outcome (a schedule-shaped event marked cancelled);
+    an event_time that is not ISO 8601 with an offset would be null, and a null time never
+    loses to an older event."""
+    from lakehouse.silver import from_flight_events
+
+    config = Config(with_references.env, {**with_references.values, "silver": {
+        **with_references.section("silver"), "max_quarantine_share": 0.9}})
+    schedule = {**flight(), **{c: None for c in ("dep_time", "dep_delay", "arr_time", "arr_delay",
+                                                 "air_time")}}
+    events = [(None, "2013-01-01T05:00:00Z", schedule),  # type null
+              ("outcome", "2013-01-01 13:49", {**flight(), "flight": "77"}),  # no offset
+              ("outcome", "2013-01-01T13:49:00Z", {**flight(), "flight": "78"})]
+    counts = refine_batch(spark, config, CONTRACTS["flights"],
+                          from_flight_events(flight_events(spark, events)), 0, "events")
+    assert (counts["rows_out"], counts["rows_quarantined"]) == (1, 2)
+    assert [r["flight"] for r in tables.read(spark, config, "silver_flights").collect()] == [78]
+    rules = {r["source_file"]: r["rules"] for r in tables.read(spark, config, "quarantine")
+             .collect()}
+    assert rules == {"kafka:flights/0@0": ["event_type_known"],
+                     "kafka:flights/0@1": ["event_time_valid"]}
+
+
+def test_a_schedule_event_never_erases_a_known_outcome(
+        spark: SparkSession, with_references: Config) -> None:
+    """The outcome of a landed file (which carries no event time) and an outcome event stay
+    when a schedule event for the flight comes later, in a later batch or in the same one."""
+    from lakehouse.silver import from_flight_events
+
+    refine_batch(spark, with_references, CONTRACTS["flights"],
+                 bronze_rows(spark, "flights", [flight()]), 0)
+    schedule = {**flight(), **{c: None for c in ("dep_time", "dep_delay", "arr_time", "arr_delay",
+                                                 "air_time")}}
+    events = [("scheduled", "2013-01-01T15:00:00Z", schedule),  # after the file's outcome
+              ("outcome", "2013-01-01T13:49:00Z", {**flight(), "flight": "77"}),
+              ("scheduled", "2013-01-01T15:00:00Z", {**schedule, "flight": "77"}),  # same batch
+              ("scheduled", "2013-01-01T15:00:00Z", {**schedule, "flight": "79"})]
+    refine_batch(spark, with_references, CONTRACTS["flights"],
+                 from_flight_events(flight_events(spark, events)), 0, "events")
+    silver = {r["flight"]: r for r in tables.read(spark, with_references, "silver_flights")
+              .collect()}
+    assert (silver[1545]["arr_delay"], silver[1545]["cancelled"]) == (11, False)
+    assert silver[1545]["_source_file"] != "kafka:flights/0@0"
+    assert (silver[77]["arr_delay"], silver[77]["cancelled"]) == (11, False)
+    assert silver[77]["_source_file"] == "kafka:flights/0@1"
+    assert silver[79]["cancelled"] is None  # a schedule alone: not known yet
+    # an outcome event after the schedule still fills it in
+    refine_batch(spark, with_references, CONTRACTS["flights"], from_flight_events(flight_events(
+        spark, [("outcome", "2013-01-01T16:00:00Z", {**flight(), "flight": "79"})],
+        first_offset=4)), 1, "events")
+    after = tables.read(spark, with_references, "silver_flights").filter("flight = 79").first()
+    assert after is not None and after["cancelled"] is False
+
+
 def test_missing_columns_and_undecodable_bytes_are_quarantined_from_landed_files(
         spark: SparkSession, config: Config) -> None:
     from datetime import date

@@ -225,7 +225,7 @@ def with_rule_results(contract: Contract, carry: Callable[[DataFrame], DataFrame
         return F.expr(f"concat({', '.join([none, *flags])})")
 
     latest_valid_first = Window.partitionBy(*contract.keys).orderBy(
-        F.size(FAILED_RULES) > 0, *latest_landed_first())
+        F.size(FAILED_RULES) > 0, *latest_landed_first(contract.table))
 
     def transform(df: DataFrame) -> DataFrame:
         flagged = df.withColumns({FAILED_RULES: names(("quarantine", "fail")),

@@ -17,7 +17,10 @@ from lakehouse.contracts.models import (
     WeatherModel,
 )
 from lakehouse.functions import is_parsable, is_valid_hhmm
-from lakehouse.silver import EVENT_TYPE, EVENT_TYPES, KEYS, RAW, TYPES
+from lakehouse.silver import EVENT_TIME, EVENT_TYPE, EVENT_TYPES, KEYS, RAW, TYPES
+
+# a row from the flight events topic (its source is the record's topic/partition@offset)
+IS_EVENT = "_source_file LIKE 'kafka:%'"
 
 IATA = r"^[A-Z]{3}$"
 FAA = r"^[A-Z0-9]{3,4}$"
@@ -103,8 +106,15 @@ def flights_contract(settings: dict[str, Any]) -> Contract:
     types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
     rules = [
         well_formed(), *landed_whole(), *parsable("flights"),
+        # A Kafka event must say what it is and when: a null type would pass as an outcome
+        # (and mark a schedule-shaped event cancelled), a null time would never lose to an
+        # older event in the MERGE. A landed file's row has neither.
         Rule("event_type_known", f"an event is one of {types}",
-             f"{EVENT_TYPE} IN ({types})"),
+             f"IF({IS_EVENT}, coalesce({EVENT_TYPE} IN ({types}), false), "
+             f"{EVENT_TYPE} IS NULL OR {EVENT_TYPE} IN ({types}))"),
+        Rule("event_time_valid", "an event carries an event_time in ISO 8601 (UTC)",
+             f"({EVENT_TYPE} IS NULL AND NOT coalesce({IS_EVENT}, false)) "
+             f"OR {EVENT_TIME} IS NOT NULL"),
         *(not_null(c) for c in ("carrier", "flight", "origin", "dest", "sched_dep_time",
                                 "sched_arr_time")),
         Rule("flight_date_valid", "year/month/day are present and form a real date",

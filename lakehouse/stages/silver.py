@@ -34,6 +34,7 @@ from lakehouse.contracts.core import (
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.silver import (
     EVENT_TIME,
+    OUTCOME_KNOWN,
     LINEAGE,
     OUTPUT,
     QUARANTINE_SCHEMA,
@@ -169,7 +170,8 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
             tables.overwrite(silver_rows, config, f"silver_{table}")
         else:
             tables.merge(spark, silver_rows, config, f"silver_{table}", contract.keys,
-                         changed_columns=OUTPUT[table], newer=EVENT_TIME)
+                         changed_columns=OUTPUT[table], newer=EVENT_TIME,
+                         known=OUTCOME_KNOWN.get(table))
     finally:  # a halted batch releases its rows too
         release(checked)
     n_quarantined, duplicates = counts["_quarantined"], counts["_duplicates"]
