@@ -34,8 +34,8 @@ from lakehouse.contracts.core import (
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.silver import (
     EVENT_TIME,
-    OUTCOME_KNOWN,
     LINEAGE,
+    OUTCOME_KNOWN,
     OUTPUT,
     QUARANTINE_SCHEMA,
     RAW,
