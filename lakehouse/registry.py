@@ -7,6 +7,7 @@ promoted unchecked because the champion could not be looked up.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,10 @@ def decide(new_auc: float, champion_version: str | None, champion_auc: float | N
     """Promote when there is no champion, or when the new model's AUC-ROC beats the champion's
     on the same window by at least margin (and by more than nothing); otherwise the new model
     is the challenger."""
+    if math.isnan(new_auc) or (champion_auc is not None and math.isnan(champion_auc)):
+        # a NaN compares false with everything: it would make every new model a challenger
+        raise ValueError(f"the gate cannot decide on an undefined AUC-ROC (new {new_auc}, "
+                         f"champion {champion_auc}): its window needs both classes")
     if champion_version is None:
         return GateDecision(True, CHAMPION, "no champion yet", new_auc, None, None, margin)
     if champion_auc is None:

@@ -152,6 +152,12 @@ def test_the_gate_leaves_out_days_the_champion_was_trained_on(spark: SparkSessio
     assert workflow.is_permanent(e.value) and not workflow.is_permanent(train.GateError("x"))
     with pytest.raises(ValueError, match=r"train.gate_window: expected holdout or recent"):
         train.gate_rows(features, windows, {"gate_window": "recnt"})
+    # a window where AUC-ROC is undefined (one class: one day here) fails, before tuning
+    with pytest.raises(train.GateWindowError, match=r"2013-12-31..2013-12-31 holds 1 label"):
+        train.gate_rows(features, windows, {"gate_window": "recent", "gate_recent_days": 1})
+    for bad in (0, -3, "7", 2.5, True):
+        with pytest.raises(ValueError, match=r"train.gate_recent_days: expected a whole number"):
+            train.gate_rows(features, windows, {"gate_window": "recent", "gate_recent_days": bad})
 
 
 def test_a_champion_whose_run_is_gone_is_gated_on_the_whole_window(tmp_path: Path) -> None:
@@ -170,6 +176,9 @@ def test_gate_decision_needs_the_margin() -> None:
     assert not registry.decide(0.701, "1", 0.700, 0.002).promoted  # within the margin
     with pytest.raises(ValueError, match="champion's AUC-ROC on the gate window is needed"):
         registry.decide(0.7, "1", None, 0.002)
+    for new, champion in ((float("nan"), 0.7), (0.7, float("nan"))):
+        with pytest.raises(ValueError, match="cannot decide on an undefined AUC-ROC"):
+            registry.decide(new, "1", champion, 0.002)
 
 
 def test_search_space_errors_name_the_entry() -> None:

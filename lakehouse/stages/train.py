@@ -122,7 +122,10 @@ def gate_rows(features: DataFrame, windows: Windows, settings: dict[str, Any],
     if kind not in ("holdout", "recent"):
         raise ValueError(f"train.gate_window: expected holdout or recent, got {kind!r}")
     if kind == "recent":
-        days = int(settings["gate_recent_days"])
+        days = settings.get("gate_recent_days")
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise ValueError(f"train.gate_recent_days: expected a whole number of days >= 1, "
+                             f"got {days!r}")
         start = max(start, (date.fromisoformat(end) - timedelta(days=days - 1)).isoformat())
     if champion_trained_to is not None and champion_trained_to >= start:
         start = (date.fromisoformat(champion_trained_to) + timedelta(days=1)).isoformat()
@@ -133,6 +136,13 @@ def gate_rows(features: DataFrame, windows: Windows, settings: dict[str, Any],
                             f"after {champion_trained_to}")
     rows = features.filter(F.col(TAIL_RECORDED) & F.col(LABEL).isNotNull()).transform(
         between(start, end))
+    # AUC-ROC needs both classes: without them it is NaN and no comparison would mean anything
+    classes = [r[0] for r in rows.select(LABEL).distinct().limit(2).collect()]
+    if len(classes) < 2:
+        raise GateWindowError(f"the gate window {start}..{end} holds {len(classes)} label "
+                              f"class(es) {classes} among its labeled flights with a recorded "
+                              f"tail: AUC-ROC is undefined there, so the gate cannot compare "
+                              f"models; widen the window (train.gate_recent_days, the holdout)")
     return rows, f"{start}..{end}"
 
 
