@@ -351,7 +351,7 @@ def test_of_two_champion_versions_on_a_day_the_one_that_scored_most_comes_first(
 
 
 def test_an_insert_only_merge_refuses_deletes_and_newer() -> None:
-    for extra in ({"delete_flag": "_delete"}, {"newer": "scored_at"}):
+    for extra in ({"delete_flag": "_delete"}, {"newer": "scored_at"}, {"known": "status"}):
         with pytest.raises(ValueError, match="insert_only inserts new keys only"):
             tables.merge(None, None, None, "delay_predictions", ("flight_id",),  # type: ignore[arg-type]
                          insert_only=True, **extra)
@@ -544,6 +544,38 @@ def test_a_monitored_models_run_that_is_gone_gives_no_reference_nor_training_auc
     assert monitor.training_auc(gone) is None and monitor.training_auc("") is None
     with pytest.raises(MlflowException):
         monitor.training_auc("not a run id/../x")
+
+
+def test_a_versions_threshold_is_its_tag_else_its_runs_metric_and_must_be_a_probability(
+        tmp_path: Path) -> None:
+    """The train job tags each version it registers; a version registered by hand from the
+    run (or whose tag failed to be set) takes the threshold its run logged; one without a run
+    uses 0.5; a tag that is not a probability fails instead of predicting no flight
+    disrupted."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from lakehouse import registry
+
+    registry.configure(make_config(tmp_path))
+    client = MlflowClient()
+    with mlflow.start_run() as run:
+        mlflow.log_metric("decision_threshold", 0.31)
+    client.create_registered_model("m")
+    by_hand = client.create_model_version("m", f"runs:/{run.info.run_id}/model",
+                                          run_id=run.info.run_id)
+    assert score.threshold_of("m", by_hand) == pytest.approx(0.31)
+    no_run = client.create_model_version("m", f"runs:/{run.info.run_id}/model")
+    assert score.threshold_of("m", no_run) == 0.5
+    client.set_model_version_tag("m", by_hand.version, "decision_threshold", "0.27")
+    client.set_registered_model_alias("m", "champion", by_hand.version)
+    champion = score.Scorer.resolve("m", "champion")
+    assert champion is not None and champion.threshold == pytest.approx(0.27)
+    for bad in ("nan", "1.5", "-0.1", "high"):
+        client.set_model_version_tag("m", by_hand.version, "decision_threshold", bad)
+        with pytest.raises(ValueError, match=rf"m version 1: decision_threshold tag '{bad}' is "
+                                             r"not a probability"):
+            score.Scorer.resolve("m", "champion")
 
 
 def test_a_champion_whose_run_is_gone_is_monitored_without_drift_and_quality_drop(

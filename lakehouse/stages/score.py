@@ -5,12 +5,15 @@ table holds no row of yet)."""
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow.spark
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -46,18 +49,42 @@ class Scorer:
         found = registry.resolve(name, alias)
         if found is None:
             return None
-        tagged = (found.tags or {}).get("decision_threshold")
-        if tagged is None:
-            log.warning("%s version %s has no decision_threshold tag (registered outside the "
-                        "train job?): its predicted class uses 0.5", name, found.version)
-        threshold = float(tagged) if tagged is not None else 0.5
-        return cls(name, str(found.version), found.run_id or "", alias, threshold)
+        return cls(name, str(found.version), found.run_id or "", alias,
+                   threshold_of(name, found))
 
     @property
     def key(self) -> str:
         """name/version, as `version_key()` reads it from a prediction row (versions restart
         per model name, so a version alone does not name a model)."""
         return f"{self.name}/{self.version}"
+
+
+def threshold_of(name: str, found: Any) -> float:
+    """A version's decision threshold: its decision_threshold tag (the train job sets it after
+    registering), else the metric of that name its run logged (a tag that failed to be set, a
+    version registered by hand from the run), else 0.5 with a warning (a version without a
+    run). A value that is not a probability fails: a NaN would predict no flight disrupted."""
+    raw: Any = (found.tags or {}).get("decision_threshold")
+    where = "tag"
+    if raw is None and found.run_id:
+        where = f"metric of run {found.run_id}"
+        try:
+            raw = MlflowClient().get_run(found.run_id).data.metrics.get("decision_threshold")
+        except MlflowException as error:
+            if not registry.run_gone(error):
+                raise
+    if raw is None:
+        log.warning("%s version %s has no decision_threshold (no tag, no run metric): its "
+                    "predicted class uses 0.5", name, found.version)
+        return 0.5
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} version {found.version}: decision_threshold {where} {raw!r} "
+                         f"is not a probability in [0, 1]")
+    return value
 
 
 def scorers(name: str, champion_alias: str) -> list[Scorer]:
