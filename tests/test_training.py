@@ -702,6 +702,25 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
         f"{model_name}/{champion['version']} now role 'previous'" in audit["message"], \
         audit["message"]
 
+    # a challenger that cannot be loaded (its artifacts gone) does not stop the champion: the
+    # 14th is scored by the champion alone, and the run says why the shadow was not
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run_of = client.get_model_version(model_name, challenger["version"]).run_id
+    broken = client.create_model_version(model_name, f"runs:/{run_of}/no-such-model",
+                                         run_id=run_of)
+    registry.set_alias(model_name, registry.CHALLENGER, str(broken.version))
+    fourteenth = features.filter(F.col("flight_date") == "2013-01-14")
+    tables.append(as_silver(fourteenth), config, "silver_flights")
+    alone = score.run(spark, config, "shadowless", "2013-01-14", "2013-01-14")
+    assert alone["rows"] == fourteenth.count() > 0 and alone["challenger_version"] is None
+    assert alone["challenger_error"], alone
+    assert roles("2013-01-14") == {(challenger["version"], "champion"): fourteenth.count()}
+    audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "shadowless").first()
+    assert audit is not None and audit["status"] == "succeeded"
+    assert f"v{broken.version} (challenger) not scored: " in audit["message"], audit["message"]
+
 
 def test_a_search_whose_every_trial_fails_releases_what_it_cached(
         spark: SparkSession, features_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

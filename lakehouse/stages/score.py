@@ -263,8 +263,25 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             spark, config, "delay_predictions").filter(whole) if existed else None)
         missing = (None if state.same_flights
                    else flights.join(features.select("flight_id"), "flight_id", "left_anti"))
-        frames = [predictions_of(loaded.result(), m, features, missing, version_read or 0)
-                  for loaded, m in zip(loading, models, strict=True)]
+        frames = [predictions_of(loading[0].result(), models[0], features, missing,
+                                 version_read or 0)]
+        shadow_error: str | None = None
+        if len(models) > 1:
+            # The challenger scores in shadow, best effort: a version that cannot be loaded
+            # (artifacts gone) or whose inputs gold no longer has must not stop the champion's
+            # predictions (nor, through them, the monitor and a retraining). Any error of its
+            # loading or planning is logged, kept in the audit and the result; an error only
+            # its execution raises still fails the write, which holds both models' rows.
+            try:
+                shadow = predictions_of(loading[1].result(), models[1], features, missing,
+                                        version_read or 0)
+                shadow.schema  # noqa: B018 -- analysed now (lazily on Spark Connect)
+                frames.append(shadow)
+            except Exception as error:  # the shadow is best effort (see above)
+                shadow_error = f"{type(error).__name__}: {str(error)[:400]}"
+                log.error("%s v%s (challenger) not scored, the champion alone is: %s", name,
+                          models[1].version, shadow_error)
+        scoring = models[:len(frames)]
         predictions = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
         metrics: dict[str, str] = {}
         counts: dict[tuple[str, str], int] = {}
@@ -276,7 +293,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             # Observation, a later LogisticRegression fit in it fails with Task not
             # serializable, Spark 4.1; see stages/bronze.py).
             tables.append(predictions, config, "delay_predictions")
-            counts = of_current(held_rows(spark, config, start, end), models)
+            counts = of_current(held_rows(spark, config, start, end), scoring)
             version_written, metrics = tables.last_commit(spark, config, "delay_predictions")
         else:
             # No flight in the range: nothing to write, no commit. No row of the range yet (a
@@ -317,14 +334,16 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             if late_ids:
                 for key, n in held_rows(spark, config, start, end, late_ids).items():
                     held[key] = held.get(key, 0) + n
-            counts = of_current(held, models)
+            counts = of_current(held, scoring)
             version_written = tables.version(spark, config, "delay_predictions")
         rows = sum(counts.values())
         scored = sum(n for (_, status), n in counts.items() if status == "scored")
         audit.update(rows_in=rows, rows_out=scored, rows_quarantined=rows - scored,
                      version_read=version_read, version_written=version_written,
-                     message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in models)
+                     message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in scoring)
                              + f" scored {start}..{end}"
+                             + (f" (v{models[1].version} (challenger) not scored: "
+                                f"{shadow_error})" if shadow_error else "")
                              + (f" (before {new_from}: {len(late_ids)} late flight(s) only)"
                                 if late else "")
                              + f"; written {inserted(metrics)} new, "
@@ -333,7 +352,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                                 f"{PREVIOUS!r}" if retired else ""))
     champion = models[0]
     return {"model_name": name, "model_version": champion.version,
-            "challenger_version": models[1].version if len(models) > 1 else None,
+            "challenger_version": scoring[1].version if len(scoring) > 1 else None,
+            "challenger_error": shadow_error,
             "rows": counts.get((champion.role, "scored"), 0),
             "unscorable": counts.get((champion.role, "unscorable"), 0),
             "table": config.table("delay_predictions"), "from": start, "to": end}
