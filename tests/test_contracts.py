@@ -91,6 +91,20 @@ def test_pandera_reports_failed_rules_and_key_duplicates(spark: SparkSession) ->
     assert {"distance_range", "key_unique"} <= set(report.failed_checks)
 
 
+def test_pandera_settings_from_outside_cannot_switch_the_contract_off(
+        spark: SparkSession) -> None:
+    """PANDERA_VALIDATION_DEPTH=SCHEMA_ONLY or PANDERA_VALIDATION_ENABLED=False (as a context
+    here, which is what pandera makes of them) would skip the data checks: the batch rules'
+    halts with them."""
+    from pandera.config import config_context
+
+    checked = checked_flights(spark, [flight(), flight(distance="0", flight="9")])
+    for outside in ({"validation_depth": "SCHEMA_ONLY"}, {"validation_enabled": False}):
+        with config_context(**outside):  # type: ignore[arg-type]
+            report = validate(FLIGHTS, checked)
+        assert "distance_range" in report.failed_checks, outside
+
+
 def test_pandera_reports_renamed_and_retyped_columns(spark: SparkSession) -> None:
     checked = checked_flights(spark, [flight()])
     renamed = validate(FLIGHTS, checked.withColumnRenamed("dest", "destination"))

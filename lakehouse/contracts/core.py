@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pandera.api.checks import Check
 from pandera.api.pyspark.container import DataFrameSchema
+from pandera.config import ValidationDepth, config_context
 from pandera.pyspark import DataFrameModel
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, Window
@@ -191,8 +192,14 @@ class ValidationReport:
 
 def validate(contract: Contract, df: DataFrame,
              answers: ContractAnswers | None = None) -> ValidationReport:
-    """Run the pandera schema over a checked batch and read its collected errors."""
-    errors = pandera_schema(contract, answers).validate(df).pandera.errors
+    """Run the pandera schema over a checked batch and read its collected errors.
+
+    Validation is forced on, schema and data, whatever pandera's environment says
+    (PANDERA_VALIDATION_ENABLED=False or PANDERA_VALIDATION_DEPTH=SCHEMA_ONLY, set for another
+    job on the cluster): the contract is the silver gate, not an optional check."""
+    with config_context(validation_enabled=True,
+                        validation_depth=ValidationDepth.SCHEMA_AND_DATA):
+        errors = pandera_schema(contract, answers).validate(df).pandera.errors
     schema_errors: list[str] = []
     failed: list[str] = []
     for category, by_reason in errors.items():  # type: ignore[operator]  # pandera's accessor
