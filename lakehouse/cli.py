@@ -236,8 +236,10 @@ def cmd_notebook(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_contracts(config: Config, args: argparse.Namespace) -> int:
     from lakehouse.contracts import contracts
+    from lakehouse.contracts.rules import check_settings
 
     settings = config.section("silver")
+    check_settings(settings)  # a share of 5 (meant as 5%) is named, not printed as 500%
     print(f"max quarantined share per rule before a batch halts: "
           f"{float(settings['max_quarantine_share']):.1%}\n")
     print(f"{'table':<9} {'rule':<26} {'level':<6} {'action':<10} description")

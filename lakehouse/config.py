@@ -142,6 +142,56 @@ def _check_resolved(values: Any, where: str, key: str = "") -> None:
                           f"top-level key or ${DATA_ROOT_ENV} / ${CATALOG_ENV})")
 
 
+_REQUIRED: Any = object()
+
+
+def _setting(section: dict[str, Any], where: str, key: str, default: Any) -> Any:
+    value = section.get(key)
+    if value is not None:
+        return value
+    if default is _REQUIRED:
+        raise ConfigError(f"{where}.{key}: missing")
+    return default
+
+
+def whole_number(section: dict[str, Any], where: str, key: str, default: Any = _REQUIRED,
+                 minimum: int = 1) -> int:
+    """section[key] as a whole number >= minimum, or a ConfigError naming where.key."""
+    value = _setting(section, where, key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}.{key}: expected a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def number(section: dict[str, Any], where: str, key: str, default: Any = _REQUIRED,
+           above: float = 0.0, at_most: float = float("inf")) -> float:
+    """section[key] as a number in (above, at_most], or a ConfigError naming where.key (a
+    share is in (0, 1]: 5 for 5% would switch a limit off)."""
+    value = _setting(section, where, key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not above < value <= at_most:
+        bounds = f"({above:g}, {at_most:g}]" if at_most != float("inf") else f"> {above:g}"
+        raise ConfigError(f"{where}.{key}: expected a number {'in ' if '(' in bounds else ''}"
+                          f"{bounds}, got {value!r}")
+    return float(value)
+
+
+def flag(section: dict[str, Any], where: str, key: str, default: Any = _REQUIRED) -> bool:
+    """section[key] as true or false (a quoted "false" is a string, which bool() makes true)."""
+    value = _setting(section, where, key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def names(section: dict[str, Any], where: str, key: str, default: Any = _REQUIRED) -> list[str]:
+    """section[key] as a list of names (a bare string would be iterated letter by letter)."""
+    value = _setting(section, where, key, default)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key}: expected a list of names, got {value!r}")
+    return list(value)
+
+
 def client_options(settings: dict[str, Any], key: str) -> dict[str, str]:
     """A source's extra client options (settings[key], e.g. Kafka security settings), with
     each value written `env:NAME` read from the environment variable NAME when used, so that

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import is_remote
 
+from lakehouse.config import names, number, whole_number
 from lakehouse.evaluation import Histogram, histogram, positive_probability
 from lakehouse.features import LABEL, TAIL_RECORDED
 from lakehouse.models import (
@@ -96,17 +97,20 @@ class TrainSettings:
 
     @classmethod
     def from_conf(cls, section: dict[str, Any]) -> TrainSettings:
-        budget = Budget(max_evals=int(section["max_evals"]),
-                        timeout_s=float(section["timeout_seconds"]),
-                        early_stop_trials=int(section.get("early_stop_trials", 10**6)),
-                        parallelism=max(int(section.get("parallelism", 1)), 1),
-                        startup_trials=int(section.get("startup_trials", 5)))
+        where = "train"
+        budget = Budget(max_evals=whole_number(section, where, "max_evals"),
+                        timeout_s=number(section, where, "timeout_seconds"),
+                        early_stop_trials=whole_number(section, where, "early_stop_trials",
+                                                       10**6),
+                        parallelism=whole_number(section, where, "parallelism", 1),
+                        startup_trials=whole_number(section, where, "startup_trials", 5))
         rule = str(section.get("threshold_rule", "max_f1"))
         Histogram.empty().threshold_by(rule)  # a bad rule fails here, before any trial
-        return cls(list(section.get("families", ["gbt"])),
-                   list(section.get("class_weighting", ["none"])),
-                   dict(section.get("search_space") or {}), budget, int(section["seed"]),
-                   int(section.get("baseline_days", 28)),
+        return cls(names(section, where, "families", ["gbt"]),
+                   names(section, where, "class_weighting", ["none"]),
+                   dict(section.get("search_space") or {}), budget,
+                   whole_number(section, where, "seed", minimum=0),
+                   whole_number(section, where, "baseline_days", 28),
                    rule)
 
 

@@ -37,9 +37,13 @@ class SearchSpaceError(ValueError):
 def dimension(label: str, name: str, spec: Any) -> Any:
     """A Hyperopt distribution from conf: [low, high] (whole numbers for integer parameters),
     [low, high, "log"] (log-uniform), [low, high, step], or [v, v] / v (pinned)."""
+    if isinstance(spec, bool):  # bool is an int to Python; no MLlib parameter here takes one
+        raise SearchSpaceError(f"train.search_space {label}: expected a number, a name or a "
+                               f"range, got {spec!r}")
     if not isinstance(spec, list | tuple):
         return spec
-    if len(spec) not in (2, 3) or not all(isinstance(v, int | float) for v in spec[:2]):
+    if len(spec) not in (2, 3) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                          for v in spec[:2]):
         raise SearchSpaceError(f"train.search_space {label}: expected [low, high], [low, high, "
                                f"'log'] or [low, high, step], got {spec!r}")
     low, high = float(spec[0]), float(spec[1])

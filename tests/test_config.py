@@ -67,3 +67,45 @@ def test_conf_dir_comes_from_the_wheel_when_there_is_no_checkout(
     assert default_conf_dir() == tmp_path / "site-packages" / "conf"
     monkeypatch.setenv("LAKEHOUSE_CONF_DIR", str(tmp_path / "mine"))
     assert default_conf_dir() == tmp_path / "mine"
+
+
+def test_bad_train_silver_and_bronze_values_are_named() -> None:
+    """Values that would switch a limit off or mislead later are refused where conf is read,
+    each naming its key: a share written as a percentage, a quoted "false", a budget of 0, a
+    family list written as one string, a boolean where a range is expected."""
+    from lakehouse.contracts import contracts
+    from lakehouse.stages.bronze import sources
+    from lakehouse.training import TrainSettings
+    from lakehouse.tuning import SearchSpaceError, search_space
+
+    config = load_config("local")
+    train, silver = config.section("train"), config.section("silver")
+    TrainSettings.from_conf(train)  # the shipped conf passes
+    contracts(silver)
+    for key, bad, expected in (("max_evals", 0, "a whole number >= 1"),
+                               ("early_stop_trials", 0, "a whole number >= 1"),
+                               ("parallelism", -3, "a whole number >= 1"),
+                               ("timeout_seconds", 0, "a number > 0"),
+                               ("seed", "42", "a whole number >= 0"),
+                               ("families", "gbt", "a list of names"),
+                               ("class_weighting", "none", "a list of names")):
+        with pytest.raises(ConfigError, match=rf"train\.{key}: expected {expected}, got"):
+            TrainSettings.from_conf({**train, key: bad})
+    with pytest.raises(ConfigError, match=r"train\.max_evals: missing"):
+        TrainSettings.from_conf({k: v for k, v in train.items() if k != "max_evals"})
+    for spec in (True, [True, False]):
+        with pytest.raises(SearchSpaceError, match=r"gbt\.maxDepth"):
+            search_space(["gbt"], {"gbt": {"maxDepth": spec}}, ["none"])
+    for key, bad in (("max_quarantine_share", 5), ("max_tailnum_null_share", "5%"),
+                     ("min_rows_share_of_recent", 0), ("max_quarantine_share", None)):
+        with pytest.raises(ConfigError, match=rf"silver\.{key}: "):
+            contracts({**silver, key: bad})
+    with pytest.raises(ConfigError, match=r"silver\.max_wind_speed_mph: expected a number > 0"):
+        contracts({**silver, "max_wind_speed_mph": -1})
+    events = config.values["bronze"]["events"]["flight_events"]
+    quoted = load_config("local", overrides={"bronze": {"events": {"flight_events": {
+        **events, "enabled": "false"}}}})
+    with pytest.raises(ConfigError, match=r"bronze\.events\.flight_events\.enabled: expected "
+                                          r"true or false, got 'false'"):
+        sources(quoted)
+    assert {s.kind for s in sources(config)} == {"files"}  # events are off in the shipped conf

@@ -8,6 +8,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import CORRUPT_COLUMN, INVALID_BYTES_COLUMN, MISSING_COLUMN
+from lakehouse.config import number
 from lakehouse.contracts.core import Action, BatchRule, Contract, Rule, duplicate, kept
 from lakehouse.contracts.models import (
     AirlinesModel,
@@ -200,8 +201,19 @@ def airlines_contract(settings: dict[str, Any]) -> Contract:
                     (unique_key(KEYS["airlines"]),))
 
 
+def check_settings(settings: dict[str, Any]) -> None:
+    """The silver section's limits, each named when wrong: a share is in (0, 1] (5 meant as
+    5% would switch its halt off), a physical limit is a positive number."""
+    number(settings, "silver", "max_quarantine_share", at_most=1.0)
+    number(settings, "silver", "max_tailnum_null_share", 0.05, at_most=1.0)
+    number(settings, "silver", "min_rows_share_of_recent", 0.1, at_most=1.0)
+    for key in ("max_wind_speed_mph", "max_wind_gust_mph"):
+        number(settings, "silver", key)
+
+
 def contracts(settings: dict[str, Any]) -> dict[str, Contract]:
     """Every silver table's contract, built with the silver settings from conf."""
+    check_settings(settings)
     # References first: flights are typed against silver airports and planes.
     builders = {"planes": planes_contract, "airports": airports_contract,
                 "airlines": airlines_contract, "weather": weather_contract,

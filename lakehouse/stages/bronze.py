@@ -52,7 +52,7 @@ from lakehouse.bronze import (
     with_event_lineage,
     with_lineage,
 )
-from lakehouse.config import Config, client_options
+from lakehouse.config import Config, client_options, flag
 from lakehouse.seed import SNAPSHOT_SOURCES
 from lakehouse.stages.audit import audit_batch, audited
 
@@ -89,7 +89,7 @@ def sources(config: Config) -> list[Source]:
     section = config.section("bronze")
     found = [Source(n, "files", dict(s)) for n, s in (section.get("files") or {}).items()]
     found += [Source(n, "events", dict(s)) for n, s in (section.get("events") or {}).items()
-              if s.get("enabled", True)]
+              if flag(s, f"bronze.events.{n}", "enabled", True)]
     return found
 
 
