@@ -299,6 +299,47 @@ def test_a_schedule_event_never_erases_a_known_outcome(
     assert after is not None and after["cancelled"] is False
 
 
+def test_a_reference_is_rebuilt_only_when_its_bronze_rows_change_and_quarantines_once(
+        spark: SparkSession, config: Config) -> None:
+    """A commit that keeps bronze's rows (properties here; OPTIMIZE and VACUUM likewise, which
+    Databricks runs on its own) rebuilds nothing; a commit that may change them rebuilds the
+    table from the same snapshot, and its bad rows are not quarantined twice."""
+    from datetime import date
+    from pathlib import Path
+
+    from lakehouse.seed import seed
+    from lakehouse.stages import bronze, silver
+
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    (snapshot,) = (landing / "reference" / "planes").glob("*.csv")
+    header, first, *rest = snapshot.read_text().splitlines()
+    broken = first.split(",")
+    broken[0], broken[6] = "N0BAD", "many"  # seats not a number: quarantined
+    snapshot.write_text("\n".join([header, first, ",".join(broken), *rest]) + "\n")
+    bronze.run(spark, config, "b-1")
+
+    def planes_run(run_id: str) -> dict:
+        return next(r for r in silver.run(spark, config, run_id)
+                    if r["table_name"] == "silver_planes")
+
+    def quarantined() -> list:
+        return [r["raw_record"] for r in tables.read(spark, config, "quarantine")
+                .filter(F.col("table_name") == "planes").collect()]
+
+    built = planes_run("s-1")
+    assert built["rows_quarantined"] == 1 and len(quarantined()) == 1
+    location = config.table("bronze_planes")
+    spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ('owner.note' = 'x')")
+    assert planes_run("s-2")["rows_in"] == 0
+    # an UPDATE (of a row to itself): a commit that could have changed the rows, so silver
+    # rebuilds, from the same snapshot
+    spark.sql(f"UPDATE delta.`{location}` SET _run_id = _run_id WHERE _run_id IS NOT NULL")
+    rebuilt = planes_run("s-3")
+    assert rebuilt["rows_in"] == built["rows_in"] > 0 and rebuilt["rows_quarantined"] == 1
+    assert len(quarantined()) == 1 and "N0BAD" in quarantined()[0]
+
+
 def test_missing_columns_and_undecodable_bytes_are_quarantined_from_landed_files(
         spark: SparkSession, config: Config) -> None:
     from datetime import date

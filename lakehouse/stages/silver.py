@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -183,14 +184,41 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
 
 def refine_snapshot(spark: SparkSession, config: Config, contract: Contract,
                     run_id: str) -> dict[str, Any]:
-    """Rebuild a reference table from its bronze snapshot when bronze has a new version."""
-    bronze_version = tables.version(spark, config, f"bronze_{contract.table}")
+    """Rebuild a reference table from its bronze snapshot when bronze's rows changed since the
+    version the last build read: not for commits that keep the rows (OPTIMIZE, VACUUM,
+    properties: Databricks' predictive optimization makes them on its own), but for any other,
+    a table recreated or restored to an earlier version included.
+
+    The quarantine append is idempotent per snapshot (the landed files it was read from), not
+    per bronze version: a rebuild of the same snapshot (after a restore, or a version bump)
+    adds no duplicate, and a snapshot restored to an earlier version is not taken for one
+    already written."""
+    name = f"bronze_{contract.table}"
+    bronze_version = tables.version(spark, config, name)
     done = last_version_read(spark, config, f"silver_{contract.table}")
-    if bronze_version is None or bronze_version == done:
+    if bronze_version is None or bronze_version == done or (
+            done is not None and rows_unchanged(spark, config, name, done, bronze_version)):
         return {"rows_in": 0, "rows_out": 0, "version_read": done}
-    bronze_rows = tables.read(spark, config, f"bronze_{contract.table}", version=bronze_version)
-    counts = refine_batch(spark, config, contract, bronze_rows, bronze_version)
+    bronze_rows = tables.read(spark, config, name, version=bronze_version)
+    files = sorted(f"{r[0]}@{r[1]}" for r in bronze_rows.select(
+        "_source_file", SOURCE_MODIFIED).distinct().collect())
+    snapshot = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+    counts = refine_batch(spark, config, contract, bronze_rows, 0,
+                          stream=f"{contract.table}-snapshot-{snapshot}")
     return {**counts, "version_read": bronze_version}
+
+
+def rows_unchanged(spark: SparkSession, config: Config, name: str, since: int,
+                   version: int) -> bool:
+    """Whether every commit of a table after version `since` up to `version` kept its rows
+    (Delta's history; False when `since` is not before `version` or its commits are gone)."""
+    if since >= version:
+        return False
+    operations = [r["operation"] for r in tables.delta_table(spark, config, name)
+                  .history(version - since).select("version", "operation").collect()
+                  if since < r["version"] <= version]
+    return len(operations) == version - since and all(
+        op in tables.CONTENT_PRESERVING for op in operations)
 
 
 def recent_rows_per_file(spark: SparkSession, config: Config, exclude_run: str,
