@@ -144,6 +144,19 @@ def test_columns_are_matched_by_header_name(spark: SparkSession, config: Config)
     assert "1 record(s) with extra columns" in message and "1 record(s) lacking columns" in message
 
 
+def test_a_csv_without_a_header_fails_the_batch_and_writes_nothing(
+        spark: SparkSession, config: Config) -> None:
+    """Its first record would be read as the header and kept nowhere (the others quarantined
+    for lacking every column): the batch fails naming the file, and nothing is written."""
+    seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 1))
+    day = Path(config.landing) / "flights" / "flights_2013-01-01.csv"
+    day.write_text("\n".join(day.read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(bronze.MissingHeaderError, match=r"flights_2013-01-01.csv: its first "
+                                                        r"line names none of the source's"):
+        ingest(spark, config, "flights")
+    assert not tables.exists(spark, config, "bronze_flights")
+
+
 def test_invalid_utf8_bytes_are_kept_exactly(spark: SparkSession, config: Config) -> None:
     landing = Path(config.landing)
     seed(landing, date(2013, 1, 1), date(2013, 1, 1))
