@@ -402,3 +402,6 @@ def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
     quarantined = [r["raw_record"] for r in tables.read(spark, config, "quarantine")
                    .filter(F.col("table_name") == "flights").collect()]
     assert any('"flight":"9003"' in raw for raw in quarantined), quarantined
+    # the new stream read bronze from its start: the record quarantined before is not added
+    # again
+    assert sum('"flight":"9001"' in raw for raw in quarantined) == 1, quarantined

@@ -160,6 +160,7 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
         enforce_thresholds(contract, checked, counts, float(settings["max_quarantine_share"]))
         if counts["_quarantined"]:
             quarantined = checked.filter(~valid()).transform(to_quarantine(table, FAILED_RULES))
+            quarantined = not_yet_quarantined(spark, config, table, quarantined)
             tables.append(quarantined, config, "quarantine",
                           txn=(f"lakehouse-quarantine-{stream or table}", batch_id))
         rows = checked.filter(kept())
@@ -180,6 +181,24 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
             "rows_quarantined": n_quarantined, "rows_duplicate": duplicates,
             "rows_warned": sum(counts[r.name] for r in contract.rules if r.action == "warn"),
             "batch_warnings": batch_warnings}
+
+
+# What makes a quarantine row the same record judged the same way (run and time aside).
+QUARANTINE_KEY = ("table_name", "source_file", "raw_record", "corrupt_record", "rules")
+
+
+def not_yet_quarantined(spark: SparkSession, config: Config, table: str,
+                        rows: DataFrame) -> DataFrame:
+    """rows less those quarantine already holds (same table, file, record and rules): a
+    silver stream started afresh on a new checkpoint reads bronze again from its start, and
+    its batches' ids are new, so their idempotent appends would add every earlier bad record
+    a second time. Identical records within one batch are all kept."""
+    if not tables.exists(spark, config, "quarantine"):
+        return rows
+    held = (tables.read(spark, config, "quarantine").filter(F.col("table_name") == table)
+            .select(*QUARANTINE_KEY).distinct().alias("q"))
+    on = [F.col(f"r.{c}").eqNullSafe(F.col(f"q.{c}")) for c in QUARANTINE_KEY]
+    return rows.alias("r").join(held, on, "left_anti")
 
 
 def refine_snapshot(spark: SparkSession, config: Config, contract: Contract,
