@@ -43,7 +43,8 @@ def tracking_uri(config: Config) -> str:
 
 
 def configure(config: Config) -> dict[str, Any]:
-    """Point MLflow at the environment's store (MLFLOW_TRACKING_URI wins) and experiment."""
+    """Point MLflow at the environment's store and registry (MLFLOW_TRACKING_URI and
+    MLFLOW_REGISTRY_URI win over conf) and experiment."""
     settings = config.section("mlflow")
     uri = tracking_uri(config)
     if uri.startswith("sqlite:///") and is_url(uri.removeprefix("sqlite:///")):
@@ -54,7 +55,10 @@ def configure(config: Config) -> dict[str, Any]:
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(settings.get("registry_uri") or uri)
+    # MLFLOW_REGISTRY_URI wins as MLFLOW_TRACKING_URI does (e.g. databricks-uc from a job's
+    # environment); else conf's registry_uri, else the tracking store's own registry
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI")
+                            or settings.get("registry_uri") or uri)
     name = settings["experiment"]
     if mlflow.get_experiment_by_name(name) is None:
         location = settings.get("artifact_location")

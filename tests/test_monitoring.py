@@ -546,6 +546,21 @@ def test_a_monitored_models_run_that_is_gone_gives_no_reference_nor_training_auc
         monitor.training_auc("not a run id/../x")
 
 
+def test_the_registry_uri_of_the_environment_wins_over_conf(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from lakehouse import registry
+
+    config = make_config(tmp_path)
+    registry.configure(config)
+    assert mlflow.get_registry_uri() == mlflow.get_tracking_uri()
+    elsewhere = f"sqlite:///{tmp_path}/registry.db"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere)
+    registry.configure(config)
+    assert mlflow.get_registry_uri() == elsewhere != mlflow.get_tracking_uri()
+
+
 def test_a_versions_threshold_is_its_tag_else_its_runs_metric_and_must_be_a_probability(
         tmp_path: Path) -> None:
     """The train job tags each version it registers; a version registered by hand from the
