@@ -22,6 +22,7 @@ from lakehouse.config import Config, is_url
 # The user's MLFLOW_TRACKING_URI, read once: mlflow.set_tracking_uri() later writes this variable
 # itself, and a value it wrote must not pin every later config of this process to one store.
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+_USER_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")  # likewise (set_registry_uri)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -57,8 +58,7 @@ def configure(config: Config) -> dict[str, Any]:
     mlflow.set_tracking_uri(uri)
     # MLFLOW_REGISTRY_URI wins as MLFLOW_TRACKING_URI does (e.g. databricks-uc from a job's
     # environment); else conf's registry_uri, else the tracking store's own registry
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI")
-                            or settings.get("registry_uri") or uri)
+    mlflow.set_registry_uri(_USER_REGISTRY_URI or settings.get("registry_uri") or uri)
     name = settings["experiment"]
     if mlflow.get_experiment_by_name(name) is None:
         location = settings.get("artifact_location")

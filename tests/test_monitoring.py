@@ -556,7 +556,9 @@ def test_the_registry_uri_of_the_environment_wins_over_conf(
     registry.configure(config)
     assert mlflow.get_registry_uri() == mlflow.get_tracking_uri()
     elsewhere = f"sqlite:///{tmp_path}/registry.db"
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere)
+    # the variable as the user set it, read when the module loads (MLflow's set_registry_uri
+    # writes the variable itself afterwards)
+    monkeypatch.setattr(registry, "_USER_REGISTRY_URI", elsewhere)
     registry.configure(config)
     assert mlflow.get_registry_uri() == elsewhere != mlflow.get_tracking_uri()
 
