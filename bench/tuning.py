@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # the bench's own MLflow store under its data root, never the one a user's environment names
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 from pyspark.ml import Pipeline
 from pyspark.ml.classification import GBTClassifier

@@ -165,14 +165,22 @@ def whole_number(section: dict[str, Any], where: str, key: str, default: Any = _
 
 def number(section: dict[str, Any], where: str, key: str, default: Any = _REQUIRED,
            above: float = 0.0, at_most: float = float("inf")) -> float:
-    """section[key] as a number in (above, at_most], or a ConfigError naming where.key (a
-    share is in (0, 1]: 5 for 5% would switch a limit off)."""
+    """section[key] as a number > above and <= at_most, or a ConfigError naming where.key."""
     value = _setting(section, where, key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not above < value <= at_most:
-        bounds = f"({above:g}, {at_most:g}]" if at_most != float("inf") else f"> {above:g}"
-        raise ConfigError(f"{where}.{key}: expected a number {'in ' if '(' in bounds else ''}"
-                          f"{bounds}, got {value!r}")
+        bounds = (f"in ({above:g}, {at_most:g}]" if at_most != float("inf")
+                  else f"> {above:g}")
+        raise ConfigError(f"{where}.{key}: expected a number {bounds}, got {value!r}")
+    return float(value)
+
+
+def share(section: dict[str, Any], where: str, key: str, default: Any = _REQUIRED) -> float:
+    """section[key] as a share in [0, 1], or a ConfigError naming where.key (5 meant as 5%
+    would switch a limit off)."""
+    value = _setting(section, where, key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"{where}.{key}: expected a share in [0, 1], got {value!r}")
     return float(value)
 
 

@@ -35,8 +35,11 @@ def is_parsable(raw: str, parsed: str) -> str:
 
 
 def parse_utc(raw: Column) -> Column:
-    """An ISO-8601 instant with offset ("2013-01-01T10:00:00Z") as a timestamp."""
-    return F.try_to_timestamp(clean_text(raw), F.lit("yyyy-MM-dd'T'HH:mm:ssXXX"))
+    """An ISO-8601 instant with an offset ("2013-01-01T10:00:00Z", "...10:00:00.123+01:00",
+    "...10:00:00+0100") as a timestamp; null without an offset or when it does not parse."""
+    text = clean_text(raw)
+    return F.coalesce(F.try_to_timestamp(text, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]XXX")),
+                      F.try_to_timestamp(text, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSSSSSSSS]XX")))
 
 
 def make_date(year: Column, month: Column, day: Column) -> Column:

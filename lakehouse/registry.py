@@ -144,7 +144,8 @@ def decide(new_auc: float, champion_version: str | None, champion_auc: float | N
     if math.isnan(new_auc) or (champion_auc is not None and math.isnan(champion_auc)):
         # a NaN compares false with everything: it would make every new model a challenger
         raise ValueError(f"the gate cannot decide on an undefined AUC-ROC (new {new_auc}, "
-                         f"champion {champion_auc}): its window needs both classes")
+                         f"champion {champion_auc}): a window without both classes, or scores "
+                         f"that are not numbers")
     if champion_version is None:
         return GateDecision(True, CHAMPION, "no champion yet", new_auc, None, None, margin)
     if champion_auc is None:

@@ -202,9 +202,14 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     differs = (f"NOT (struct({', '.join(f't.`{c}`' for c in compare)}) <=> "
                f"struct({', '.join(f's.`{c}`' for c in compare)}))") if compare else ""
     target = delta_table(spark, config, name)
-    if newer is not None and differs and newer in target.toDF().columns:
-        differs = f"({differs}) AND NOT coalesce(s.`{newer}` < t.`{newer}`, false)"
-    if known is not None and differs and known in target.toDF().columns:
+    target_columns = target.toDF().columns if (newer or known) and differs else []
+    has_known = known is not None and known in target_columns
+    if newer is not None and newer in target_columns:
+        not_older = f"NOT coalesce(s.`{newer}` < t.`{newer}`, false)"
+        if has_known:  # an outcome arriving after a later-stamped schedule still fills it in
+            not_older = f"({not_older} OR (s.`{known}` IS NOT NULL AND t.`{known}` IS NULL))"
+        differs = f"({differs}) AND {not_older}"
+    if has_known:
         differs = f"({differs}) AND NOT (s.`{known}` IS NULL AND t.`{known}` IS NOT NULL)"
     builder = target.alias("t").merge(df.alias("s"), condition).withSchemaEvolution()
     if insert_only:

@@ -155,6 +155,10 @@ def test_a_csv_without_a_header_fails_the_batch_and_writes_nothing(
                                                         r"line names none of the source's"):
         ingest(spark, config, "flights")
     assert not tables.exists(spark, config, "bronze_flights")
+    # a file of one record and no header (counted as a header alone) fails the same way
+    day.write_text(day.read_text().splitlines()[0] + "\n")
+    with pytest.raises(bronze.MissingHeaderError, match=r"flights_2013-01-01.csv"):
+        ingest(spark, config, "flights")
 
 
 def test_invalid_utf8_bytes_are_kept_exactly(spark: SparkSession, config: Config) -> None:

@@ -97,9 +97,10 @@ def test_bad_train_silver_and_bronze_values_are_named() -> None:
         with pytest.raises(SearchSpaceError, match=r"gbt\.maxDepth"):
             search_space(["gbt"], {"gbt": {"maxDepth": spec}}, ["none"])
     for key, bad in (("max_quarantine_share", 5), ("max_tailnum_null_share", "5%"),
-                     ("min_rows_share_of_recent", 0), ("max_quarantine_share", None)):
+                     ("min_rows_share_of_recent", -0.1), ("max_quarantine_share", None)):
         with pytest.raises(ConfigError, match=rf"silver\.{key}: "):
             contracts({**silver, key: bad})
+    contracts({**silver, "max_quarantine_share": 0})  # 0: halt on any quarantined row
     with pytest.raises(ConfigError, match=r"silver\.max_wind_speed_mph: expected a number > 0"):
         contracts({**silver, "max_wind_speed_mph": -1})
     events = config.values["bronze"]["events"]["flight_events"]

@@ -25,7 +25,7 @@ def test_jobs_run_through_spark_submit(spark: SparkSession, tmp_path: Path) -> N
     """One spark-submit of the daily job: bronze, silver and gold run in a separate JVM; score
     then fails cleanly (exit code 2, a one-line reason) because no model is registered yet."""
     env = {**os.environ, "LAKEHOUSE_DATA_ROOT": str(tmp_path)}
-    for inherited in ("PYSPARK_GATEWAY_PORT", "MLFLOW_TRACKING_URI"):
+    for inherited in ("PYSPARK_GATEWAY_PORT", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         env.pop(inherited, None)
     config = make_config(tmp_path)
     seed(Path(config.landing), date(2013, 1, 1), date(2013, 1, 1))

@@ -50,7 +50,13 @@ def test_make_date_rejects_impossible_dates(spark: SparkSession) -> None:
 def test_parse_utc_reads_iso_instants(spark: SparkSession) -> None:
     df = spark.createDataFrame(
         [("2013-01-01T10:00:00Z", dt.datetime(2013, 1, 1, 10, 0)), ("NA", None),
-         ("yesterday", None), (None, None)], "raw string, expected timestamp")
+         ("yesterday", None), (None, None),
+         # fractions and offsets as producers write them (JavaScript, Java, Python)
+         ("2013-01-01T10:00:00.123Z", dt.datetime(2013, 1, 1, 10, 0, 0, 123000)),
+         ("2013-01-01T11:00:00.000001+01:00", dt.datetime(2013, 1, 1, 10, 0, 0, 1)),
+         ("2013-01-01T05:00:00-0500", dt.datetime(2013, 1, 1, 10, 0)),
+         ("2013-01-01 10:00", None), ("2013-01-01T10:00:00", None)],  # no offset: not an instant
+        "raw string, expected timestamp")
     assert_column_equality(df.withColumn("ts", parse_utc(F.col("raw"))), "ts", "expected")
 
 

@@ -593,6 +593,10 @@ def test_a_versions_threshold_is_its_tag_else_its_runs_metric_and_must_be_a_prob
         with pytest.raises(ValueError, match=rf"m version 1: decision_threshold tag '{bad}' is "
                                              r"not a probability"):
             score.Scorer.resolve("m", "champion")
+    # a challenger whose threshold is bad is left out of scoring, not the champion with it
+    client.set_registered_model_alias("m", "challenger", by_hand.version)
+    client.set_registered_model_alias("m", "champion", no_run.version)
+    assert [s.version for s in score.scorers("m", "champion")] == [str(no_run.version)]
 
 
 def test_a_champion_whose_run_is_gone_is_monitored_without_drift_and_quality_drop(

@@ -297,6 +297,15 @@ def test_a_schedule_event_never_erases_a_known_outcome(
         first_offset=4)), 1, "events")
     after = tables.read(spark, with_references, "silver_flights").filter("flight = 79").first()
     assert after is not None and after["cancelled"] is False
+    # an outcome that arrives after a later-stamped schedule event (partition lag) fills it in
+    refine_batch(spark, with_references, CONTRACTS["flights"], from_flight_events(flight_events(
+        spark, [("scheduled", "2013-01-01T15:00:00Z", {**schedule, "flight": "80"})],
+        first_offset=5)), 2, "events")
+    refine_batch(spark, with_references, CONTRACTS["flights"], from_flight_events(flight_events(
+        spark, [("outcome", "2013-01-01T14:00:00Z", {**flight(), "flight": "80"})],
+        first_offset=6)), 3, "events")
+    late = tables.read(spark, with_references, "silver_flights").filter("flight = 80").first()
+    assert late is not None and (late["cancelled"], late["arr_delay"]) == (False, 11)
 
 
 def test_a_reference_is_rebuilt_only_when_its_bronze_rows_change_and_quarantines_once(

@@ -8,7 +8,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import CORRUPT_COLUMN, INVALID_BYTES_COLUMN, MISSING_COLUMN
-from lakehouse.config import number
+from lakehouse.config import number, share
 from lakehouse.contracts.core import Action, BatchRule, Contract, Rule, duplicate, kept
 from lakehouse.contracts.models import (
     AirlinesModel,
@@ -113,7 +113,7 @@ def flights_contract(settings: dict[str, Any]) -> Contract:
         Rule("event_type_known", f"an event is one of {types}",
              f"IF({IS_EVENT}, coalesce({EVENT_TYPE} IN ({types}), false), "
              f"{EVENT_TYPE} IS NULL OR {EVENT_TYPE} IN ({types}))"),
-        Rule("event_time_valid", "an event carries an event_time in ISO 8601 (UTC)",
+        Rule("event_time_valid", "an event carries an event_time in ISO 8601 with an offset",
              f"({EVENT_TYPE} IS NULL AND NOT coalesce({IS_EVENT}, false)) "
              f"OR {EVENT_TIME} IS NOT NULL"),
         *(not_null(c) for c in ("carrier", "flight", "origin", "dest", "sched_dep_time",
@@ -202,11 +202,11 @@ def airlines_contract(settings: dict[str, Any]) -> Contract:
 
 
 def check_settings(settings: dict[str, Any]) -> None:
-    """The silver section's limits, each named when wrong: a share is in (0, 1] (5 meant as
+    """The silver section's limits, each named when wrong: a share is in [0, 1] (5 meant as
     5% would switch its halt off), a physical limit is a positive number."""
-    number(settings, "silver", "max_quarantine_share", at_most=1.0)
-    number(settings, "silver", "max_tailnum_null_share", 0.05, at_most=1.0)
-    number(settings, "silver", "min_rows_share_of_recent", 0.1, at_most=1.0)
+    share(settings, "silver", "max_quarantine_share")
+    share(settings, "silver", "max_tailnum_null_share", 0.05)
+    share(settings, "silver", "min_rows_share_of_recent", 0.1)
     for key in ("max_wind_speed_mph", "max_wind_gust_mph"):
         number(settings, "silver", key)
 

@@ -167,15 +167,17 @@ def landed_rows(spark: SparkSession, source: str, settings: dict[str, Any],
     fmt, charset = settings.get("format", "csv"), settings.get("charset", "utf-8")
     groups: dict[tuple[Any, ...], list[str]] = {}
     for uri, profile in landed.items():
-        if profile.records:
-            names = tuple(header_names(profile.header, charset)) if fmt == "csv" else ()
-            if fmt == "csv" and not set(names) & set(SOURCE_COLUMNS[source]):
+        if fmt == "csv" and profile.header.strip():
+            names = tuple(header_names(profile.header, charset))
+            if not set(names) & set(SOURCE_COLUMNS[source]):
                 # read as a header, a first record would be in neither bronze nor quarantine
                 raise MissingHeaderError(
                     f"bronze_{source}: {base_name(uri)}: its first line names none of the "
                     f"source's columns {list(SOURCE_COLUMNS[source])[:4]}...: a CSV file must "
                     f"start with a header line; nothing was written (replace the file with one "
                     f"that has its header, or remove it)")
+        if profile.records:
+            names = tuple(header_names(profile.header, charset)) if fmt == "csv" else ()
             groups.setdefault((names, profile.eof_mark), []).append(uri)
     frames = []
     for (names, eof_mark), files in sorted(groups.items()):

@@ -94,7 +94,12 @@ def scorers(name: str, champion_alias: str) -> list[Scorer]:
         uri = mlflow.get_tracking_uri()
         raise NoChampionError(f"no version of model {name!r} has alias {champion_alias!r} in "
                               f"{uri}; run the train job first")
-    challenger = Scorer.resolve(name, registry.CHALLENGER)
+    try:  # the shadow is best effort (see run): a challenger whose threshold is bad is left out
+        challenger = Scorer.resolve(name, registry.CHALLENGER)
+    except (ValueError, MlflowException) as error:
+        log.error("%s @%s not scored, the champion alone is: %s", name, registry.CHALLENGER,
+                  error)
+        return [champion]
     return [champion] + ([challenger] if challenger and challenger.version != champion.version
                          else [])
 

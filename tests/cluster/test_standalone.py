@@ -169,7 +169,8 @@ def submit(workdir: Path, name: str, master: str,
     if models_of is not None:
         shutil.copy2(workdir / models_of / "mlflow.db", data_root / "mlflow.db")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYSPARK_GATEWAY_PORT", "MLFLOW_TRACKING_URI", "SPARK_HOME")}
+           if k not in ("PYSPARK_GATEWAY_PORT", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                        "SPARK_HOME")}
     env.update(LAKEHOUSE_DATA_ROOT=str(data_root), LAKEHOUSE_CONF_DIR=str(workdir / "conf"),
                SPARK_LOCAL_IP="127.0.0.1")
     log = (workdir / f"{name}.log").open("wb")
