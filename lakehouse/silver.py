@@ -160,7 +160,16 @@ def latest_landed_first(table: str | None = None) -> list[Column]:
     known = ([F.col(OUTCOME_KNOWN[table]).isNotNull().desc()] if table in OUTCOME_KNOWN
              else [])
     return [*known, F.col(EVENT_TIME).desc_nulls_last(), F.col("_ingested_at").desc(),
-            F.col(SOURCE_MODIFIED).desc_nulls_last(), F.col("_source_file").desc()]
+            F.col(SOURCE_MODIFIED).desc_nulls_last(), kafka_offset().desc_nulls_last(),
+            F.col("_source_file").desc()]
+
+
+def kafka_offset() -> Column:
+    """A Kafka record's offset, from its source (topic/partition@offset), null for a file: of
+    two events of one flight with the same time in one batch (the producer keys by flight, so
+    one partition), the later offset is the later record. As text, @9 sorted after @10."""
+    return F.when(F.col("_source_file").startswith("kafka:"), F.expr(
+        r"try_cast(regexp_extract(_source_file, '@(\\d+)$', 1) AS BIGINT)"))
 
 
 def drop_duplicate_keys(keys: tuple[str, ...]) -> Callable[[DataFrame], DataFrame]:

@@ -244,6 +244,20 @@ def test_flight_events_are_refined_like_files(spark: SparkSession, with_referenc
     assert len(silver) == 2
 
 
+def test_of_two_events_with_one_time_the_later_offset_wins(
+        spark: SparkSession, with_references: Config) -> None:
+    """A re-sent outcome with the same event time: the record at offset 10 is the later one
+    (as text, '@9' sorts after '@10')."""
+    from lakehouse.silver import from_flight_events
+
+    events = [("outcome", "2013-01-01T13:49:00Z", {**flight(), "arr_delay": "5"}),
+              ("outcome", "2013-01-01T13:49:00Z", {**flight(), "arr_delay": "25"})]
+    refine_batch(spark, with_references, CONTRACTS["flights"],
+                 from_flight_events(flight_events(spark, events, first_offset=9)), 0, "events")
+    kept = tables.read(spark, with_references, "silver_flights").collect()
+    assert [(r["arr_delay"], r["_source_file"]) for r in kept] == [(25, "kafka:flights/0@10")]
+
+
 def test_an_event_without_type_or_readable_time_is_quarantined(
         spark: SparkSession, with_references: Config) -> None:
     """A null event_type would pass as an outcome (a schedule-shaped event marked cancelled);
