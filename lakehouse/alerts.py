@@ -68,11 +68,24 @@ class Delivery:
     error: str | None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib answers a 301/302/303 to a POST with a GET without
+    the body, whose 200 would count an alert the hook never received as delivered (an http://
+    hook redirected to https:// is the common case). The 3xx is then an HTTPError, not
+    retried, its Location named in the error."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _post(url: str, body: bytes, timeout_s: float) -> int:
     """POST body once; the HTTP status of a 2xx answer (urllib raises for the others)."""
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": "lakehouse-alerts"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    with _OPENER.open(request, timeout=timeout_s) as response:
         response.read()
         return int(response.status)
 
@@ -89,7 +102,11 @@ def _outcome(error: Exception) -> tuple[int | None, str, bool]:
     """The status, description and whether to retry, for a failed POST."""
     if isinstance(error, urllib.error.HTTPError):
         error.close()
-        return error.code, f"HTTP {error.code} {error.reason}", error.code in RETRY_STATUSES
+        moved = (f" to {error.headers.get('Location')} (not followed: set the webhook URL "
+                 "that answers the POST itself)"
+                 if 300 <= error.code < 400 and error.headers is not None else "")
+        return (error.code, f"HTTP {error.code} {error.reason}{moved}",
+                error.code in RETRY_STATUSES)
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
     transient = isinstance(reason, (ConnectionError, TimeoutError))
     return None, f"{type(reason).__name__}: {reason}", transient

@@ -120,6 +120,43 @@ def test_client_error_is_not_retried(hook: Hook) -> None:
     assert len(hook.received) == 1
 
 
+def test_a_redirect_is_not_delivered() -> None:
+    """urllib would follow a 301 to a POST with a GET without the body: that GET's 200 must
+    not count as delivered."""
+    seen: list[str] = []
+
+    class Moved(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(f"POST {self.path}")
+            self.send_response(301)
+            self.send_header("Location", "/landing")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            seen.append(f"GET {self.path}")
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Moved)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        result = deliver(f"http://127.0.0.1:{server.server_address[1]}/hook", {"text": "x"},
+                         retries=3, backoff_s=0.01)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.delivered, result.attempts, result.status) == (False, 1, 301)
+    assert "to /landing (not followed" in str(result.error)
+    assert seen == ["POST /hook"]
+
+
 def test_bad_url_or_payload_is_reported_not_raised() -> None:
     assert deliver("file:///etc/hosts", {"text": "x"}) == Delivery(
         False, 0, None, "not an http(s) webhook URL: 'file:///etc/hosts'")
