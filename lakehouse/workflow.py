@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from mlflow.exceptions import MlflowException
 from pyspark.errors import (
@@ -88,14 +89,17 @@ DONE_DATE = {"score": ("delay_predictions", "flight_date"),
 
 
 def resolved(spark: SparkSession, config: Config, score_range: tuple[str, str],
-             step: str = "score") -> tuple[str, str]:
+             step: str = "score", cap: str | None = None) -> tuple[str, str]:
     """The flight dates a step covers, with `latest` (conf or --from/--to) resolved when the
     step starts, after this run's silver: `to: latest` is the latest flight date silver holds;
     `from: latest` the day after the last one the step recorded (its table's latest date), so
     a run that failed, was paused or landed two days at once leaves no day unscored or
     unmonitored, at most `score.catch_up_days` back; the end day itself when the step is up to
-    date (a rerun repeats it and changes nothing)."""
+    date (a rerun repeats it and changes nothing). cap: the last day the range may end on."""
     end = last_day(spark, config) if score_range[1] == LATEST else score_range[1]
+    if cap is not None and end > cap:
+        log.info("%s: %s has not ended yet: the range ends on %s", step, end, cap)
+        end = cap
     start = score_range[0]
     if start == LATEST:
         start = _first_undone(spark, config, step, date.fromisoformat(end)).isoformat()
@@ -173,17 +177,28 @@ def monitor_range(spark: SparkSession, config: Config, run_id: str,
                   score_range: tuple[str, str], as_of: datetime | None = None) -> dict[str, Any]:
     """Monitor the last day of the range; with `from: latest`, every day not monitored yet up to
     it (each as of its own end, unless as_of is given). Returns the last day's result, with the
-    alerts of all and the days monitored."""
+    alerts of all and the days monitored. A day is monitored only once it has ended (at
+    as_of, else now): silver holds tomorrow's flights once their schedule events arrived (the
+    Kafka producer sends them a day ahead), and a day monitored before its end would count as
+    done, never to be monitored again with its outcomes."""
+    cap = last_ended_day(as_of or datetime.now(UTC),
+                         config.section("gold")["home_timezone"]).isoformat()
     if score_range[0] == LATEST:
-        start, end = resolved(spark, config, score_range, "monitor")
+        start, end = resolved(spark, config, score_range, "monitor", cap)
     else:  # a fixed `from` is where scoring starts: the monitor looks at the last day only
-        start = end = resolved(spark, config, (score_range[1], score_range[1]), "monitor")[1]
+        last = resolved(spark, config, (score_range[1], score_range[1]), "monitor")[1]
+        start = end = min(last, cap)
     first = date.fromisoformat(start)
     days = [(first + timedelta(days=n)).isoformat()
             for n in range((date.fromisoformat(end) - first).days + 1)]
     results = [monitor.run(spark, config, run_id, day, as_of) for day in days]
     return {**results[-1], "days": days,
             "alerts": [alert for result in results for alert in result["alerts"]]}
+
+
+def last_ended_day(at: datetime, timezone: str) -> date:
+    """The last day whose end (local midnight after it, `end_of_day`) is at or before at."""
+    return at.astimezone(ZoneInfo(timezone)).date() - timedelta(days=1)
 
 
 def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -418,6 +419,29 @@ def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
     with pytest.raises(ValueError, match=r"from 2013-12-05 is after to 2013-12-04"):
         workflow.resolved(spark, config, ("2013-12-05", "latest"))
     assert workflow.is_permanent(workflow.NoFlightsYetError("x"))
+
+
+def test_the_monitor_waits_for_a_day_to_end(spark: SparkSession, tmp_path: Path) -> None:
+    """Silver holds tomorrow's flights once their schedule events arrived (the producer sends
+    them a day ahead): a day monitored before it ends would count as done, and never be
+    monitored again with its outcomes."""
+    config = make_config(tmp_path, score={"from": "latest", "to": "latest"})
+    timezone = config.section("gold")["home_timezone"]
+    today = datetime.now(ZoneInfo(timezone)).date()
+    days = [today + timedelta(days=n) for n in (-2, -1, 0, 1)]
+    tables.overwrite(spark.createDataFrame([(d,) for d in days], "flight_date date"), config,
+                     "silver_flights")
+    latest = ("latest", "latest")
+    assert workflow.monitor_range(spark, config, "r", latest)["days"] == [str(days[1])]
+    tables.overwrite(spark.createDataFrame([(days[0],)], "monitored_date date"), config,
+                     "model_monitoring")
+    assert workflow.monitor_range(spark, config, "r", latest)["days"] == [str(days[1])]
+    # a fixed `to` that has not ended yet: the last day that has
+    assert workflow.monitor_range(spark, config, "r", (str(days[0]), str(days[3])))["days"] == [
+        str(days[1])]
+    # as of a given instant (a replay's), the days ended by then
+    assert workflow.monitor_range(spark, config, "r", latest, end_of_day(days[3], timezone))[
+        "days"] == [str(d) for d in days[1:]]
 
 
 def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
