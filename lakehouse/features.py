@@ -44,7 +44,7 @@ WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust
                    "pressure", "visib")
 ORIGIN_DAY_HOURS = 12
 # Bumped when a feature's definition changes: gold then rebuilds in full on its next run.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 
 
 class FeatureSettingsError(ValueError):

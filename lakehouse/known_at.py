@@ -58,8 +58,11 @@ KNOWN_AT: tuple[KnownAt, ...] = (
     KnownAt("outcome: cancelled", "a flight without dep_time", "at its scheduled departure",
             "sched_dep_utc", "cancelled"),
     KnownAt("outcome: arrived", "dep/arr times and delays, air time, the disruption label",
-            "at its actual arrival, scheduled arrival + arr_delay",
-            "sched_arr_utc + make_dt_interval(0, 0, arr_delay)",
+            "at its actual arrival, scheduled arrival + arr_delay, never before its "
+            "scheduled departure",
+            # the floor: an arr_delay that would land it before its scheduled departure is bad
+            # data, and would let the flight's own outcome count in its own history features
+            "greatest(sched_arr_utc + make_dt_interval(0, 0, arr_delay), sched_dep_utc)",
             "arr_delay IS NOT NULL AND sched_arr_utc IS NOT NULL"),
     KnownAt("outcome: diverted or unknown time zone", "a flight that departed without an "
             "arrival delay, or lands in a time zone not in airports",

@@ -122,6 +122,20 @@ def test_history_cutoff_is_as_of_for_a_departure_just_after_midnight(
     assert rows["2013-01-02_UA_1_EWR"]["carrier_history_known"] == 1  # 22:00 yes, 23:50 no
 
 
+def test_a_flight_never_counts_its_own_outcome(spark: SparkSession) -> None:
+    """An arr_delay that puts the arrival before as-of (bad data the contract's range lets
+    through) must not bring the flight's own outcome into its origin and daily history."""
+    from tests.rows import GOOD_FLIGHT
+
+    early = {**GOOD_FLIGHT, "day": "2", "flight": "1", "sched_dep_time": "1000",
+             "sched_arr_time": "1000", "dep_time": "1000", "dep_delay": "0", "arr_time": "730",
+             "arr_delay": "-150", "time_hour": "2013-01-02T15:00:00Z"}  # IAH: 13:30Z < as-of 14:00Z
+    frames = silver_frames(spark, [early], [])
+    (row,) = flight_features(frames["flights"], frames["weather"], frames["planes"],
+                             SETTINGS).collect()
+    assert (row["origin_recent_known"], row["origin_day_known"]) == (0, 0)
+
+
 def test_an_outcome_moves_every_date_whose_history_counts_it(spark: SparkSession) -> None:
     """With as-of a day ahead (offset 25 h), a flight at 00:30 on Feb 11 takes its daily
     history at as-of, 23:30 on Feb 9: its 7-day window holds a cancellation at 23:45 on Feb 2.
@@ -160,13 +174,13 @@ def test_cancelled_and_diverted_flights_are_disrupted(spark: SparkSession) -> No
 def test_outcome_known_at_follows_the_stated_rules(spark: SparkSession) -> None:
     dep, arr = datetime(2013, 1, 1, 10), datetime(2013, 1, 1, 13)
     rows = [(True, False, None, arr), (False, False, 30, arr), (False, True, None, arr),
-            (False, False, 10, None)]
+            (False, False, 10, None), (False, False, -200, arr)]
     df = spark.createDataFrame([(c, d, a, dep, s) for c, d, a, s in rows],
                                "cancelled boolean, diverted boolean, arr_delay int, "
                                "sched_dep_utc timestamp, sched_arr_utc timestamp")
     known = [r["known_at_utc"] for r in df.transform(with_outcome(SETTINGS)).collect()]
     assert known == [dep, arr + timedelta(minutes=30), dep + timedelta(hours=24),
-                     dep + timedelta(hours=24)]
+                     dep + timedelta(hours=24), dep]  # never before scheduled departure
 
 
 def test_known_at_table_states_every_input() -> None:

@@ -50,7 +50,8 @@ def scheduled_departure(row: dict[str, str]) -> datetime:
 def flight_known_at(row: dict[str, str]) -> datetime:
     """When a flight's outcome is known, from its raw columns: cancelled (no dep_time) at
     scheduled departure; arrived at scheduled arrival (local, next day if before departure)
-    plus arr_delay; diverted (no arr_delay) or unknown destination zone a day after departure."""
+    plus arr_delay, not before scheduled departure; diverted (no arr_delay) or unknown
+    destination zone a day after departure."""
     departure = scheduled_departure(row)
     if row["dep_time"] == "NA":
         return departure
@@ -59,7 +60,7 @@ def flight_known_at(row: dict[str, str]) -> datetime:
     arrival_day = day_of(row) + timedelta(days=int(row["sched_arr_time"]) < int(
         row["sched_dep_time"]))
     arrival = local_instant(arrival_day, int(row["sched_arr_time"]), ZONES[row["dest"]])
-    return arrival + timedelta(minutes=int(row["arr_delay"]))
+    return max(arrival + timedelta(minutes=int(row["arr_delay"])), departure)
 
 
 def weather_known_at(row: dict[str, str]) -> datetime:
