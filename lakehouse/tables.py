@@ -91,11 +91,25 @@ def last_operation_metrics(spark: SparkSession, config: Config, name: str) -> di
     return last_commit(spark, config, name)[1]
 
 
-def _save(writer, location: str) -> None:  # type: ignore[no-untyped-def]
+def _save(writer, location: str, tag: str | None = None,  # type: ignore[no-untyped-def]
+          spark: SparkSession | None = None) -> None:
+    """Write to a path or a catalog table. A catalog table's commit also takes tag from the
+    session conf MERGE reads: saveAsTable to Unity Catalog was reported to drop the writer's
+    userMetadata option (delta-io/delta#2037, open), which would leave gold's build state
+    unrecorded and make every gold run a full build there. Not reproducible with a local
+    session catalog, where the option alone works."""
     if _is_path(location):
         writer.save(location)
-    else:
+        return
+    if tag is None or spark is None:
         writer.saveAsTable(location)
+        return
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, tag)
+    try:
+        writer.saveAsTable(location)
+    finally:
+        spark.conf.unset(key)
 
 
 def _properties(config: Config, name: str) -> dict[str, str]:
@@ -119,7 +133,7 @@ def append(df: DataFrame, config: Config, name: str, txn: tuple[str, int] | None
         writer = writer.option("userMetadata", tag)
     for key, value in {**_properties(config, name), **(properties or {})}.items():
         writer = writer.option(key, value)
-    _save(writer, config.table(name))
+    _save(writer, config.table(name), tag, df.sparkSession)
 
 
 def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) -> None:
@@ -130,7 +144,7 @@ def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) 
         writer = writer.option("userMetadata", tag)
     for key, value in _properties(config, name).items():
         writer = writer.option(key, value)
-    _save(writer, config.table(name))
+    _save(writer, config.table(name), tag, df.sparkSession)
 
 
 def insert_into_empty(df: DataFrame, config: Config, name: str, predicate: str,
@@ -142,7 +156,7 @@ def insert_into_empty(df: DataFrame, config: Config, name: str, predicate: str,
     writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", predicate))
     if tag is not None:
         writer = writer.option("userMetadata", tag)
-    _save(writer, config.table(name))
+    _save(writer, config.table(name), tag, df.sparkSession)
 
 
 def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: Iterable[str],
