@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from lakehouse.config import number, whole_number
 from lakehouse.drift import FeatureReference, bin_counts, drift, mean_shift
 from lakehouse.evaluation import Histogram, histogram_counts, histograms_from
 from lakehouse.features import LABEL, TAIL_RECORDED
@@ -37,11 +38,22 @@ class MonitorSettings:
     min_labeled: int
     home_timezone: str
     min_scored: int = 0
+    webhook_retries: int = 3
+    webhook_timeout_seconds: float = 5.0
+    retrain_min_days_between: int = 14
 
     @classmethod
     def from_conf(cls, section: dict[str, Any], home_timezone: str) -> MonitorSettings:
-        return cls(int(section.get("trailing_days", 7)), int(section.get("min_labeled", 200)),
-                   home_timezone, int(section.get("min_scored", 100)))
+        """Checked when the monitor starts, before it writes: a value that is not a number
+        (a quoted one, a list) fails naming its key, as a data error (not retried); a null
+        takes the default."""
+        where = "monitor"
+        return cls(whole_number(section, where, "trailing_days", 7),
+                   whole_number(section, where, "min_labeled", 200, minimum=0),
+                   home_timezone, whole_number(section, where, "min_scored", 100, minimum=0),
+                   whole_number(section, where, "webhook_retries", 3, minimum=0),
+                   number(section, where, "webhook_timeout_seconds", 5),
+                   whole_number(section, where, "retrain_min_days_between", 14, minimum=0))
 
 
 def end_of_day(day: date, timezone: str) -> datetime:

@@ -26,10 +26,10 @@ from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
 from lakehouse.bronze import BronzeAccountingError
-from lakehouse.config import Config
+from lakehouse.config import Config, whole_number
 from lakehouse.contracts import ContractViolation
 from lakehouse.dag import Task, TaskResult, failed, run_dag, summary
-from lakehouse.monitoring import end_of_day
+from lakehouse.monitoring import MonitorSettings, end_of_day
 from lakehouse.stages import bronze, gold, monitor, score, silver, train
 from lakehouse.tables import ConcurrentRunError
 from lakehouse.training import TrainingDataError, Windows, between
@@ -292,9 +292,11 @@ def retrain_windows(config: Config, latest_labeled: date) -> Windows:
     """Windows ending at the latest labeled day: its last retrain_holdout_days days are the
     holdout (and the gate's window), validation before them, the fit window before that."""
     conf = config.section("monitor")
-    holdout_from = latest_labeled - timedelta(days=int(conf["retrain_holdout_days"]) - 1)
-    validation_from = holdout_from - timedelta(days=int(conf["retrain_validation_days"]))
-    train_from = holdout_from - timedelta(days=int(conf["retrain_train_days"]))
+    days = {key: whole_number(conf, "monitor", key) for key in (
+        "retrain_holdout_days", "retrain_validation_days", "retrain_train_days")}
+    holdout_from = latest_labeled - timedelta(days=days["retrain_holdout_days"] - 1)
+    validation_from = holdout_from - timedelta(days=days["retrain_validation_days"])
+    train_from = holdout_from - timedelta(days=days["retrain_train_days"])
     return Windows(train_from.isoformat(), (holdout_from - timedelta(days=1)).isoformat(),
                    validation_from.isoformat(), holdout_from.isoformat(),
                    latest_labeled.isoformat())
@@ -320,7 +322,8 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
     def last_day() -> date:
         return date.fromisoformat(dates()[1])
 
-    min_days = int(config.section("monitor").get("retrain_min_days_between", 14))
+    min_days = MonitorSettings.from_conf(config.section("monitor"),
+                                         "UTC").retrain_min_days_between
     due: list[monitor.RetrainingDue] = []
 
     def train_when(done: dict[str, TaskResult]) -> str | None:

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import tables, workflow
 from lakehouse.alert_rules import AlertRuleError, raised_on, rules_from_conf
+from lakehouse.config import ConfigError
 from lakehouse.monitoring import end_of_day
 from lakehouse.replay import bootstrap, replay_day
 from lakehouse.seed import daily_path, seed
@@ -372,6 +373,14 @@ def test_monitor_before_anything_was_scored_succeeds_and_says_so(spark: SparkSes
     typo = make_config(tmp_path, monitor={"alerts": {"calibration": {"abvoe": 0.1}}})
     with pytest.raises(AlertRuleError, match=r"calibration: unknown keys \['abvoe'\]"):
         monitor.run(spark, typo, "typo", "2013-12-02")
+    # so does a setting that is not a number (a TypeError later would have been retried as
+    # transient every day); a null takes the default
+    quoted = make_config(tmp_path, monitor={"webhook_retries": "3"})
+    with pytest.raises(ConfigError, match=r"monitor.webhook_retries: expected a whole number"):
+        monitor.run(spark, quoted, "quoted", "2013-12-02")
+    assert workflow.is_permanent(ConfigError("x"))
+    unset = make_config(tmp_path, monitor={"webhook_retries": None, "min_scored": None})
+    assert monitor.run(spark, unset, "unset", "2013-12-02")["models"] == []
 
 
 def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(

@@ -197,7 +197,8 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
         known = {r[0] for r in tables.read(spark, config, "alerts")
                  .filter(F.col("alert_id").isin(ids)).select("alert_id").collect()}
     url = settings.get("webhook_url")
-    retries = int(settings.get("webhook_retries", 3))
+    checked = MonitorSettings.from_conf(settings, "UTC")  # the time zone is not read here
+    retries = checked.webhook_retries
     # after a delivery that failed as a webhook that is down fails, the day's next alerts are
     # tried once each (a delivery that succeeds restores the retries): it costs one retried
     # delivery per monitored day, not one per alert (~27 s each with the defaults)
@@ -219,7 +220,7 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
             sent = deliver(url, slack_payload({**alert, "monitored_date": str(c.day),
                                                "raised_at": str(alert["raised_at"])}),
                            retries=0 if failed else retries,
-                           timeout_s=float(settings.get("webhook_timeout_seconds", 5)))
+                           timeout_s=checked.webhook_timeout_seconds)
             failed = unreachable(sent)
             alert.update(webhook_delivered=sent.delivered, webhook_attempts=sent.attempts,
                          webhook_error=sent.error)
@@ -331,7 +332,7 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
                          changed_columns=("value", "rows", "role"), metrics=False,
                          target_filter=f"t.monitored_date BETWEEN DATE'{dates[0]}' AND "
                                        f"DATE'{dates[-1]}'")
-        due = retraining_due(spark, config, when, int(conf.get("retrain_min_days_between", 14)),
+        due = retraining_due(spark, config, when, settings.retrain_min_days_between,
                              current_champion(config))
         audit.update(rows_out=len(rows), message="; ".join(
             [f"{day}: {len(models)} model(s), {len(rows)} values, {len(new)} alert(s) raised, "
