@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from lakehouse.alerts import raised_days
+from lakehouse.alerts import held_since
 from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from lakehouse.monitoring import DAY, PREDICTION, TRAILING
 
@@ -140,6 +140,7 @@ class Crossing:
     value: float
     rows: int
     threshold: str
+    since: date | None = None  # the first day of the run of crossed days ending at day
 
     @property
     def alert_id(self) -> str:
@@ -156,8 +157,9 @@ class Crossing:
 def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
               training_auc: float | None, min_labeled: int,
               min_scored: int = 0) -> list[Crossing]:
-    """The alerts raised on day: once per episode, when a rule's condition has held for its
-    persist_days consecutive days (history: monitoring rows of one model version)."""
+    """The rules whose condition has held on day for at least their persist_days consecutive
+    days (history: monitoring rows of one model version), each with the run's first day:
+    `raise_alerts` raises those whose run no recorded alert covers, once per episode."""
     series: dict[tuple[str, str, str], dict[date, dict[str, Any]]] = defaultdict(dict)
     for row in history:
         series[(row["window"], row["metric"], row["subject"])][row["monitored_date"]] = row
@@ -169,8 +171,9 @@ def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
             flags = [(d, rule.crossed(r["value"], r["rows"], training_auc, min_labeled,
                                       min_scored))
                      for d, r in sorted(by_day.items()) if d <= day]
-            if day in raised_days(flags, rule.persist_days) and day in by_day:
+            since = held_since(flags, day, rule.persist_days)
+            if since is not None:
                 row = by_day[day]
                 out.append(Crossing(rule, subject, day, row["value"], row["rows"],
-                                    rule.threshold_text(training_auc)))
+                                    rule.threshold_text(training_auc), since))
     return out

@@ -1,7 +1,8 @@
 """Alert episodes from a daily condition, and webhook delivery that retries what is transient.
 
 An alert is raised once per episode: when its condition has held for `persist_days` days in a
-row, not again while it keeps holding, and again only after it has cleared. Delivery POSTs JSON
+row, not again while it keeps holding (the alerts recorded say), and again only after it has
+cleared. Delivery POSTs JSON
 with the standard library; it never raises, because a webhook must not fail the workflow: the
 caller records in the alert row whether the message arrived.
 """
@@ -19,43 +20,43 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-__all__ = ["Delivery", "deliver", "raised_days", "slack_payload"]
+__all__ = ["Delivery", "deliver", "held_since", "slack_payload"]
 
 log = logging.getLogger("lakehouse.alerts")
 # Statuses worth another try: the receiver is overloaded or asks us to slow down.
 RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
 
-def raised_days(flags: Sequence[tuple[date, bool]], persist_days: int = 1) -> list[date]:
-    """The days an alert is raised, once per episode of a condition held persist_days in a row.
+def held_since(flags: Sequence[tuple[date, bool]], day: date,
+               persist_days: int = 1) -> date | None:
+    """The first day of the run of consecutive crossed days ending at day, when day is crossed
+    and the run is at least persist_days long; else None.
+
+    Whether that run (an episode) was alerted already is not decided here: the alerts
+    recorded say (a day whose version was not champion, or a rule whose persist_days changed
+    mid-run, raised none, and replaying the history could not tell).
 
     Args:
         flags: (day, condition crossed) sorted by day, one per day at most; a day missing from
             the list counts as not crossed (it ends an episode and breaks a run).
+        day: the day asked about.
         persist_days: how many consecutive crossed days raise the alert (1: the first one).
-
-    Returns:
-        The days on which an alert is raised, in order.
     """
     if persist_days < 1:
         raise ValueError(f"persist_days must be at least 1, got {persist_days}")
-    raised: list[date] = []
-    run, alerted, previous = 0, False, None
-    for day, crossed in flags:
-        if previous is not None and day <= previous:
-            raise ValueError(f"flags must be sorted by day with one flag per day: {day} comes "
+    previous = None
+    for d, _ in flags:
+        if previous is not None and d <= previous:
+            raise ValueError(f"flags must be sorted by day with one flag per day: {d} comes "
                              f"after {previous}")
-        if previous is not None and day != previous + timedelta(days=1):
-            run, alerted = 0, False  # a missing day is a day the condition did not hold
-        if crossed:
-            run += 1
-            if run >= persist_days and not alerted:
-                raised.append(day)
-                alerted = True
-        else:
-            run, alerted = 0, False
-        previous = day
-    return raised
+        previous = d
+    crossed = {d for d, c in flags if c}
+    if day not in crossed:
+        return None
+    first = day
+    while first - timedelta(days=1) in crossed:
+        first -= timedelta(days=1)
+    return first if (day - first).days + 1 >= persist_days else None
 
 
 @dataclass(frozen=True)

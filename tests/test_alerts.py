@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lakehouse.alerts import Delivery, deliver, raised_days, slack_payload
+from lakehouse.alerts import Delivery, deliver, held_since, slack_payload
 
 
 class Hook:
@@ -177,24 +177,29 @@ def days(*offsets: int) -> list[date]:
     return [date(2013, 11, 1) + timedelta(days=i) for i in offsets]
 
 
-def test_raised_days_once_per_episode_with_gaps() -> None:
+def test_held_since_is_the_first_day_of_a_run_long_enough() -> None:
     crossed = {0, 1, 2, 3, 5, 6, 8, 10, 11, 12}
-    # Day 4 clears; days 5-6 are a new episode; 8 stands alone; day 9 is missing (not crossed)
+    # Day 4 clears; days 5-6 are a new run; 8 stands alone; day 9 is missing (not crossed)
     # and days 10-12 cross again after it.
     flags = [(day, i in crossed) for i, day in zip(range(13), days(*range(13)), strict=True)
              if i != 9]
-    assert raised_days(flags, persist_days=2) == days(1, 6, 11)
-    assert raised_days(flags, persist_days=1) == days(0, 5, 8, 10)
-    assert raised_days(flags, persist_days=4) == days(3)
-    assert raised_days(flags, persist_days=5) == []
+    (d,) = days(0)
+
+    def since(i: int, persist: int) -> int | None:
+        found = held_since(flags, days(i)[0], persist)
+        return None if found is None else (found - d).days
+
+    assert [since(i, 2) for i in range(13)] == [None, 0, 0, 0, None, None, 5, None, None,
+                                                None, None, 10, 10]
+    assert [since(i, 1) for i in (0, 4, 8, 9, 12)] == [0, None, 8, None, 10]
+    assert (since(3, 4), since(3, 5), since(12, 4)) == (0, None, None)
     # A gap inside a run of crossed days breaks it: 0, 1 then 3, 4 (2 missing).
-    assert raised_days([(d, True) for d in days(0, 1, 3, 4)], persist_days=2) == days(1, 4)
-    assert raised_days([(d, True) for d in days(0, 2, 4)], persist_days=2) == []
-    assert raised_days([], persist_days=2) == []
+    assert held_since([(x, True) for x in days(0, 1, 3, 4)], days(4)[0], 2) == days(3)[0]
+    assert held_since([], d, 1) is None
 
 
-def test_raised_days_rejects_bad_input() -> None:
+def test_held_since_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="persist_days must be at least 1, got 0"):
-        raised_days([], persist_days=0)
+        held_since([], days(0)[0], persist_days=0)
     with pytest.raises(ValueError, match="2013-11-01 comes after 2013-11-02"):
-        raised_days([(days(1)[0], True), (days(0)[0], True)])
+        held_since([(days(1)[0], True), (days(0)[0], True)], days(1)[0])

@@ -42,7 +42,9 @@ def test_an_alert_is_raised_once_per_episode_after_persisting() -> None:
     history = [row(d, "mean_shift", v, "temp") for d, v in
                [(1, 0.5), (2, -2.5), (3, -2.6), (4, -3.0), (5, 0.1), (6, 2.2), (7, 2.4)]]
     raised = {d: raised_on(date(2013, 12, d), history, rules, 0.75, 200) for d in range(1, 8)}
-    assert [d for d, c in raised.items() if c] == [3, 7]  # 2 days running, then a new episode
+    # 2 days running, then a new run: each day's crossing names its run's first day
+    # (raise_alerts records one alert per run: test_an_episode_is_alerted_once...)
+    assert {d: c[0].since.day for d, c in raised.items() if c} == {3: 2, 4: 2, 7: 6}
     (alert,) = raised[3]
     assert alert.alert_id == "feature_drift|temp|2013-12-03"
     assert "mean_shift of temp = -2.6000" in alert.message("m v1")
@@ -78,6 +80,32 @@ def test_only_the_champions_open_alerts_make_retraining_due(
     assert due.due and sorted(due.alert_ids) == sorted([first["alert_id"], second["alert_id"]])
     monitor.mark_handled(spark, config, due.alert_ids, "run-3", day)
     assert not monitor.retraining_due(spark, config, day, 14, ("m", "2")).due
+
+
+def test_an_episode_is_alerted_once_whatever_the_history_says(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """Whether an episode was alerted is read from the alerts recorded, not replayed from the
+    version's history: a version that crossed while it was challenger (no alert raised then)
+    raises the alert on its first crossed day as champion, once per episode."""
+    config = make_config(tmp_path)
+    rules = rules_from_conf(RULES)
+    model = {"model_name": "m", "model_version": "3"}
+    history = [row(d, "mean_shift", 2.5, "temp") for d in (4, 5, 6)]  # 4-5 as challenger
+
+    def crossing(day: int) -> Any:
+        (found,) = raised_on(date(2013, 12, day), history, rules, 0.75, 200)
+        return found
+
+    assert crossing(6).since == date(2013, 12, 4)
+    (alert,) = monitor.raise_alerts(spark, config, [crossing(6)], model, {})
+    assert alert["alert_id"] == "feature_drift|temp|2013-12-06"
+    history.append(row(7, "mean_shift", 2.6, "temp"))  # the episode goes on: not again
+    assert monitor.raise_alerts(spark, config, [crossing(7)], model, {}) == []
+    assert monitor.raise_alerts(spark, config, [crossing(6)], model, {}) == []  # a rerun
+    history += [row(8, "mean_shift", 0.1, "temp"), *(row(d, "mean_shift", 2.5, "temp")
+                                                     for d in (9, 10))]
+    assert [a["alert_id"] for a in monitor.raise_alerts(spark, config, [crossing(10)], model,
+                                                        {})] == ["feature_drift|temp|2013-12-10"]
 
 
 def test_quality_rules_need_enough_labeled_flights() -> None:

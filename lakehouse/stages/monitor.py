@@ -186,16 +186,28 @@ def champion_history(spark: SparkSession, config: Config, champion: Any, day: da
 
 def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing], model: Any,
                  settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """Record alerts not raised before (by id), log each at ERROR and POST it to the webhook."""
-    # One alert per rule, subject and day, whichever version crossed it: a champion promoted
-    # that day (and monitored on it when the day is run again) crossing the rule the replaced
-    # one crossed is the same episode of the data, not news.
+    """Record the alerts of crossings whose episode has none yet, log each at ERROR and POST
+    it to the webhook."""
+    # One alert per rule and subject per episode (the run of crossed days up to the crossing),
+    # whichever version crossed it: a champion promoted that day, or during the run, crossing
+    # the rule the replaced one crossed is the same episode of the data, not news. The alerts
+    # recorded decide, not a replay of the history (a version that was challenger for part of
+    # the run, or persist_days changed meanwhile, raised nothing then).
     ident = [c.alert_id for c in crossings]
-    known: set[str] = set()
+    alerted: set[tuple[str, str, date]] = set()
     if ident and tables.exists(spark, config, "alerts"):
-        ids = ident
-        known = {r[0] for r in tables.read(spark, config, "alerts")
-                 .filter(F.col("alert_id").isin(ids)).select("alert_id").collect()}
+        first = min(c.since or c.day for c in crossings)
+        alerted = {(r[0], r[1], r[2]) for r in tables.read(spark, config, "alerts")
+                   .filter(F.col("rule").isin(sorted({c.rule.name for c in crossings}))
+                           & F.col("monitored_date").between(
+                               F.lit(first), F.lit(max(c.day for c in crossings))))
+                   .select("rule", "subject", "monitored_date").collect()}
+
+    def episode_alerted(c: Crossing) -> bool:
+        return any(rule == c.rule.name and subject == c.subject
+                   and (c.since or c.day) <= day <= c.day for rule, subject, day in alerted)
+
+    known = {c.alert_id for c in crossings if episode_alerted(c)}
     url = settings.get("webhook_url")
     checked = MonitorSettings.from_conf(settings, "UTC")  # the time zone is not read here
     retries = checked.webhook_retries
