@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from lakehouse.alerts import held_since
+from lakehouse.alerts import held_since, held_until
 from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from lakehouse.monitoring import DAY, PREDICTION, TRAILING
 
@@ -140,7 +140,8 @@ class Crossing:
     value: float
     rows: int
     threshold: str
-    since: date | None = None  # the first day of the run of crossed days ending at day
+    since: date | None = None  # the first day of the run of crossed days holding day
+    until: date | None = None  # its last day known (later than day when day is run again)
 
     @property
     def alert_id(self) -> str:
@@ -158,8 +159,9 @@ def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
               training_auc: float | None, min_labeled: int,
               min_scored: int = 0) -> list[Crossing]:
     """The rules whose condition has held on day for at least their persist_days consecutive
-    days (history: monitoring rows of one model version), each with the run's first day:
-    `raise_alerts` raises those whose run no recorded alert covers, once per episode."""
+    days (history: monitoring rows of one model version, days after day included when day is
+    run again), each with the run's first and last days: `raise_alerts` raises those whose
+    run no recorded alert falls in, once per episode."""
     series: dict[tuple[str, str, str], dict[date, dict[str, Any]]] = defaultdict(dict)
     for row in history:
         series[(row["window"], row["metric"], row["subject"])][row["monitored_date"]] = row
@@ -170,10 +172,11 @@ def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
             by_day = series.get((rule.window, rule.metric, subject), {})
             flags = [(d, rule.crossed(r["value"], r["rows"], training_auc, min_labeled,
                                       min_scored))
-                     for d, r in sorted(by_day.items()) if d <= day]
+                     for d, r in sorted(by_day.items())]
             since = held_since(flags, day, rule.persist_days)
             if since is not None:
                 row = by_day[day]
                 out.append(Crossing(rule, subject, day, row["value"], row["rows"],
-                                    rule.threshold_text(training_auc), since))
+                                    rule.threshold_text(training_auc), since,
+                                    held_until(flags, day)))
     return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-__all__ = ["Delivery", "deliver", "held_since", "slack_payload"]
+__all__ = ["Delivery", "deliver", "held_since", "held_until", "slack_payload"]
 
 log = logging.getLogger("lakehouse.alerts")
 # Statuses worth another try: the receiver is overloaded or asks us to slow down.
@@ -57,6 +57,17 @@ def held_since(flags: Sequence[tuple[date, bool]], day: date,
     while first - timedelta(days=1) in crossed:
         first -= timedelta(days=1)
     return first if (day - first).days + 1 >= persist_days else None
+
+
+def held_until(flags: Sequence[tuple[date, bool]], day: date) -> date:
+    """The last day of the run of consecutive crossed days holding day (day itself when the
+    next day is not crossed): a day run again after later days were monitored belongs to the
+    episode those days may have alerted already."""
+    crossed = {d for d, c in flags if c}
+    last = day
+    while last + timedelta(days=1) in crossed:
+        last += timedelta(days=1)
+    return last
 
 
 @dataclass(frozen=True)
@@ -103,9 +114,9 @@ def _outcome(error: Exception) -> tuple[int | None, str, bool]:
     """The status, description and whether to retry, for a failed POST."""
     if isinstance(error, urllib.error.HTTPError):
         error.close()
-        moved = (f" to {error.headers.get('Location')} (not followed: set the webhook URL "
-                 "that answers the POST itself)"
-                 if 300 <= error.code < 400 and error.headers is not None else "")
+        target = error.headers.get("Location") if error.headers is not None else None
+        moved = ((f" to {target}" if target else "") + " (not followed: set the webhook URL "
+                 "that answers the POST itself)" if 300 <= error.code < 400 else "")
         return (error.code, f"HTTP {error.code} {error.reason}{moved}",
                 error.code in RETRY_STATUSES)
     reason = error.reason if isinstance(error, urllib.error.URLError) else error

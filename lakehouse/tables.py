@@ -104,12 +104,29 @@ def _save(writer, location: str, tag: str | None = None,  # type: ignore[no-unty
     if tag is None or spark is None:
         writer.saveAsTable(location)
         return
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    spark.conf.set(key, tag)
-    try:
+    with commit_metadata(spark, tag):
         writer.saveAsTable(location)
+
+
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+@contextmanager
+def commit_metadata(spark: SparkSession, tag: str | None) -> Iterator[None]:
+    """The session's commit userMetadata set to tag for the commits made inside, then put back
+    as it was (a value the user or the cluster set tags their own commits)."""
+    if tag is None:
+        yield
+        return
+    before = spark.conf.get(USER_METADATA, None)
+    spark.conf.set(USER_METADATA, tag)
+    try:
+        yield
     finally:
-        spark.conf.unset(key)
+        if before is None:
+            spark.conf.unset(USER_METADATA)
+        else:
+            spark.conf.set(USER_METADATA, before)
 
 
 def _properties(config: Config, name: str) -> dict[str, str]:
@@ -237,14 +254,8 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     else:
         builder = (builder.whenMatchedUpdateAll(condition=differs or None)
                    .whenNotMatchedInsertAll())
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    if tag is not None:  # a MERGE takes its commit's userMetadata from the session only
-        spark.conf.set(key, tag)
-    try:
+    with commit_metadata(spark, tag):  # a MERGE takes its commit's userMetadata from the session
         builder.execute()
-    finally:
-        if tag is not None:
-            spark.conf.unset(key)
     return last_operation_metrics(spark, config, name) if metrics else {}
 
 

@@ -298,3 +298,24 @@ def test_new_flights_of_a_held_day_are_merged_into_that_day_only(spark: SparkSes
     assert "flight_date" in predicate and "2013-02-02" in predicate, predicate
     # the same run again: nothing to write
     assert gold.write(spark, config, "flight_features", recomputed, plan, "t") == {}
+
+
+def test_a_tagged_write_puts_back_the_sessions_own_commit_metadata(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """Gold's state goes into its commit's userMetadata through the session conf (MERGE reads
+    it there): a value the user set in the session for their own commits is put back after."""
+    config = make_config(tmp_path)
+    rows = spark.createDataFrame([("a", 1)], "flight_id string, v int")
+    tables.overwrite(rows, config, "flight_features")
+    spark.conf.set(tables.USER_METADATA, "the user's")
+    try:
+        tables.merge(spark, rows.withColumn("v", F.lit(2)), config, "flight_features",
+                     ["flight_id"], tag="gold-state {}")
+        assert spark.conf.get(tables.USER_METADATA) == "the user's"
+        tagged = tables.delta_table(spark, config, "flight_features").history(1).first()
+        assert tagged is not None and tagged["userMetadata"] == "gold-state {}"
+    finally:
+        spark.conf.unset(tables.USER_METADATA)
+    with tables.commit_metadata(spark, "x"):
+        assert spark.conf.get(tables.USER_METADATA) == "x"
+    assert spark.conf.get(tables.USER_METADATA, None) is None  # unset again when it was unset

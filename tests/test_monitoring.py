@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -102,6 +102,9 @@ def test_an_episode_is_alerted_once_whatever_the_history_says(
     history.append(row(7, "mean_shift", 2.6, "temp"))  # the episode goes on: not again
     assert monitor.raise_alerts(spark, config, [crossing(7)], model, {}) == []
     assert monitor.raise_alerts(spark, config, [crossing(6)], model, {}) == []  # a rerun
+    # a rerun of a day before the alert's, in the same run of crossed days
+    assert crossing(5).until == date(2013, 12, 7)
+    assert monitor.raise_alerts(spark, config, [crossing(5)], model, {}) == []
     history += [row(8, "mean_shift", 0.1, "temp"), *(row(d, "mean_shift", 2.5, "temp")
                                                      for d in (9, 10))]
     assert [a["alert_id"] for a in monitor.raise_alerts(spark, config, [crossing(10)], model,
@@ -479,6 +482,14 @@ def test_the_monitor_waits_for_a_day_to_end(spark: SparkSession, tmp_path: Path)
     # as of a given instant (a replay's), the days ended by then
     assert workflow.monitor_range(spark, config, "r", latest, end_of_day(days[3], timezone))[
         "days"] == [str(d) for d in days[1:]]
+    # a stream replaying 2013 (the producer's demo): its clock is the latest event time, here
+    # the afternoon of Jan 5, when Jan 6's schedule events have arrived
+    stream = make_config(tmp_path / "stream", score={"from": "latest", "to": "latest"})
+    events = [(date(2013, 1, d), datetime(2013, 1, 5, h, tzinfo=UTC)) for d, h in
+              ((4, 9), (5, 15), (6, 14))]
+    tables.overwrite(spark.createDataFrame(events, "flight_date date, _event_time timestamp"),
+                     stream, "silver_flights")
+    assert workflow.monitor_range(spark, stream, "r", latest)["days"] == ["2013-01-04"]
 
 
 def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(

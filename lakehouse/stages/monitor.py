@@ -168,17 +168,18 @@ def training_auc(run_id: str) -> float | None:
         "its training AUC-ROC is unknown, so the quality_drop rule is not checked")
 
 
-def champion_history(spark: SparkSession, config: Config, champion: Any, day: date,
+def champion_history(spark: SparkSession, config: Config, champion: Any,
                      rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The champion's monitoring values up to day as the table will hold them once this run's
-    rows are merged: the rows held, with this run's rows in place of those of the same key."""
+    """The champion's monitoring values as the table will hold them once this run's rows are
+    merged: the rows held (days after day too, when day is run again: they tell whether its
+    episode went on), with this run's rows in place of those of the same key."""
     held = []
     if tables.exists(spark, config, "model_monitoring"):
         held = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
-            of_model(champion) & (F.col("monitored_date") <= F.lit(day))).collect()]
-    mine = [r for r in rows if r["monitored_date"] <= day
-            and (r["model_name"], r["model_version"]) == (champion["model_name"],
-                                                           champion["model_version"])]
+            of_model(champion)).collect()]
+    mine = [r for r in rows
+            if (r["model_name"], r["model_version"]) == (champion["model_name"],
+                                                          champion["model_version"])]
     merged = {tuple(r[k] for k in MONITOR_KEYS): r for r in held}
     merged.update({tuple(r[k] for k in MONITOR_KEYS): r for r in mine})
     return list(merged.values())
@@ -197,15 +198,16 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
     alerted: set[tuple[str, str, date]] = set()
     if ident and tables.exists(spark, config, "alerts"):
         first = min(c.since or c.day for c in crossings)
+        last = max(c.until or c.day for c in crossings)
         alerted = {(r[0], r[1], r[2]) for r in tables.read(spark, config, "alerts")
                    .filter(F.col("rule").isin(sorted({c.rule.name for c in crossings}))
-                           & F.col("monitored_date").between(
-                               F.lit(first), F.lit(max(c.day for c in crossings))))
+                           & F.col("monitored_date").between(F.lit(first), F.lit(last)))
                    .select("rule", "subject", "monitored_date").collect()}
 
     def episode_alerted(c: Crossing) -> bool:
         return any(rule == c.rule.name and subject == c.subject
-                   and (c.since or c.day) <= day <= c.day for rule, subject, day in alerted)
+                   and (c.since or c.day) <= day <= (c.until or c.day)
+                   for rule, subject, day in alerted)
 
     known = {c.alert_id for c in crossings if episode_alerted(c)}
     url = settings.get("webhook_url")
@@ -326,12 +328,12 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
                 notes.append(f"v{model['model_version']} has no drift reference")
         # The alerts are raised before the day's rows are written: a day counts as monitored
         # (from: latest starts after it) once its rows are in model_monitoring, and an episode
-        # raises its alert on one day only, so a failure between the two must leave the day
-        # unmonitored, to be run again (raise_alerts skips an alert already recorded).
+        # is alerted once, so a failure between the two must leave the day unmonitored, to be
+        # run again (raise_alerts skips an episode the alerts recorded already hold).
         champion = next((m for m in models if m["role"] == registry.CHAMPION), None)
         new: list[dict[str, Any]] = []
         if champion is not None:
-            crossings = raised_on(when, champion_history(spark, config, champion, when, rows),
+            crossings = raised_on(when, champion_history(spark, config, champion, rows),
                                   rules, training_auc(champion["model_run_id"]),
                                   settings.min_labeled, settings.min_scored)
             new = raise_alerts(spark, config, crossings, champion, conf)
