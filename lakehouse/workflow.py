@@ -183,6 +183,15 @@ def monitor_range(spark: SparkSession, config: Config, run_id: str,
     their schedule events arrived (the Kafka producer sends them a day ahead), and a day
     monitored before its end would count as done, never to be monitored again with its
     outcomes."""
+    days = monitor_days(spark, config, score_range, as_of)
+    results = [monitor.run(spark, config, run_id, day, as_of) for day in days]
+    return {**results[-1], "days": days,
+            "alerts": [alert for result in results for alert in result["alerts"]]}
+
+
+def monitor_days(spark: SparkSession, config: Config, score_range: tuple[str, str],
+                 as_of: datetime | None = None) -> list[str]:
+    """The days `monitor_range` monitors (see there)."""
     timezone = config.section("gold")["home_timezone"]
     clock = as_of or min(filter(None, (datetime.now(UTC), data_clock(spark, config))))
     cap = last_ended_day(clock, timezone).isoformat()
@@ -194,11 +203,8 @@ def monitor_range(spark: SparkSession, config: Config, run_id: str,
         if cap < last:
             log.info("monitor: %s has not ended yet (at %s): monitoring %s", last, clock, cap)
     first = date.fromisoformat(start)
-    days = [(first + timedelta(days=n)).isoformat()
+    return [(first + timedelta(days=n)).isoformat()
             for n in range((date.fromisoformat(end) - first).days + 1)]
-    results = [monitor.run(spark, config, run_id, day, as_of) for day in days]
-    return {**results[-1], "days": days,
-            "alerts": [alert for result in results for alert in result["alerts"]]}
 
 
 def data_clock(spark: SparkSession, config: Config) -> datetime | None:

@@ -475,13 +475,12 @@ def test_the_monitor_waits_for_a_day_to_end(spark: SparkSession, tmp_path: Path)
     assert workflow.monitor_range(spark, config, "r", latest)["days"] == [str(days[1])]
     tables.overwrite(spark.createDataFrame([(days[0],)], "monitored_date date"), config,
                      "model_monitoring")
-    assert workflow.monitor_range(spark, config, "r", latest)["days"] == [str(days[1])]
+    assert workflow.monitor_days(spark, config, latest) == [str(days[1])]
     # a fixed `to` that has not ended yet: the last day that has
-    assert workflow.monitor_range(spark, config, "r", (str(days[0]), str(days[3])))["days"] == [
-        str(days[1])]
+    assert workflow.monitor_days(spark, config, (str(days[0]), str(days[3]))) == [str(days[1])]
     # as of a given instant (a replay's), the days ended by then
-    assert workflow.monitor_range(spark, config, "r", latest, end_of_day(days[3], timezone))[
-        "days"] == [str(d) for d in days[1:]]
+    assert workflow.monitor_days(spark, config, latest, end_of_day(days[3], timezone)) == [
+        str(d) for d in days[1:]]
     # a stream replaying 2013 (the producer's demo): its clock is the latest event time, here
     # the afternoon of Jan 5, when Jan 6's schedule events have arrived
     stream = make_config(tmp_path / "stream", score={"from": "latest", "to": "latest"})
@@ -489,7 +488,7 @@ def test_the_monitor_waits_for_a_day_to_end(spark: SparkSession, tmp_path: Path)
               ((4, 9), (5, 15), (6, 14))]
     tables.overwrite(spark.createDataFrame(events, "flight_date date, _event_time timestamp"),
                      stream, "silver_flights")
-    assert workflow.monitor_range(spark, stream, "r", latest)["days"] == ["2013-01-04"]
+    assert workflow.monitor_days(spark, stream, latest) == ["2013-01-04"]
 
 
 def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
