@@ -30,7 +30,6 @@ from lakehouse.config import Config, whole_number
 from lakehouse.contracts import ContractViolation
 from lakehouse.dag import Task, TaskResult, failed, run_dag, summary
 from lakehouse.monitoring import MonitorSettings, end_of_day
-from lakehouse.silver import EVENT_TIME
 from lakehouse.stages import bronze, gold, monitor, score, silver, train
 from lakehouse.tables import ConcurrentRunError
 from lakehouse.training import TrainingDataError, Windows, between
@@ -179,7 +178,7 @@ def monitor_range(spark: SparkSession, config: Config, run_id: str,
     """Monitor the last day of the range; with `from: latest`, every day not monitored yet up to
     it (each as of its own end, unless as_of is given). Returns the last day's result, with the
     alerts of all and the days monitored. A day is monitored only once it has ended (at
-    as_of, else now and the latest event silver holds): silver holds tomorrow's flights once
+    as_of, else now): silver holds tomorrow's flights once
     their schedule events arrived (the Kafka producer sends them a day ahead), and a day
     monitored before its end would count as done, never to be monitored again with its
     outcomes."""
@@ -193,7 +192,7 @@ def monitor_days(spark: SparkSession, config: Config, score_range: tuple[str, st
                  as_of: datetime | None = None) -> list[str]:
     """The days `monitor_range` monitors (see there)."""
     timezone = config.section("gold")["home_timezone"]
-    clock = as_of or min(filter(None, (datetime.now(UTC), data_clock(spark, config))))
+    clock = as_of or datetime.now(UTC)
     cap = last_ended_day(clock, timezone).isoformat()
     if score_range[0] == LATEST:
         start, end = resolved(spark, config, score_range, "monitor", cap)
@@ -201,23 +200,11 @@ def monitor_days(spark: SparkSession, config: Config, score_range: tuple[str, st
         last = resolved(spark, config, (score_range[1], score_range[1]), "monitor")[1]
         start = end = min(last, cap)
         if cap < last:
-            log.info("monitor: %s has not ended yet (at %s): monitoring %s", last, clock, cap)
+            log.warning("monitor: %s has not ended yet (at %s): monitoring %s", last, clock,
+                        cap)
     first = date.fromisoformat(start)
     return [(first + timedelta(days=n)).isoformat()
             for n in range((date.fromisoformat(end) - first).days + 1)]
-
-
-def data_clock(spark: SparkSession, config: Config) -> datetime | None:
-    """The time of the latest event silver's flights hold (None without events): the clock
-    of a stream replaying another time, as the producer's demo replays 2013."""
-    if not tables.exists(spark, config, "silver_flights"):
-        return None
-    flights = tables.read(spark, config, "silver_flights")
-    if EVENT_TIME not in flights.columns:
-        return None
-    # as epoch seconds: PySpark turns a timestamp into a datetime in the driver's OS time zone
-    latest = tables.scalar(flights.agg(F.unix_seconds(F.max(EVENT_TIME))))
-    return None if latest is None else datetime.fromtimestamp(latest, UTC)
 
 
 def last_ended_day(at: datetime, timezone: str) -> date:

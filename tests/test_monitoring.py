@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -481,14 +481,6 @@ def test_the_monitor_waits_for_a_day_to_end(spark: SparkSession, tmp_path: Path)
     # as of a given instant (a replay's), the days ended by then
     assert workflow.monitor_days(spark, config, latest, end_of_day(days[3], timezone)) == [
         str(d) for d in days[1:]]
-    # a stream replaying 2013 (the producer's demo): its clock is the latest event time, here
-    # the afternoon of Jan 5, when Jan 6's schedule events have arrived
-    stream = make_config(tmp_path / "stream", score={"from": "latest", "to": "latest"})
-    events = [(date(2013, 1, d), datetime(2013, 1, 5, h, tzinfo=UTC)) for d, h in
-              ((4, 9), (5, 15), (6, 14))]
-    tables.overwrite(spark.createDataFrame(events, "flight_date date, _event_time timestamp"),
-                     stream, "silver_flights")
-    assert workflow.monitor_days(spark, stream, latest) == ["2013-01-04"]
 
 
 def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
