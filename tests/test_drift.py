@@ -185,8 +185,9 @@ def test_bin_counts_is_one_spark_pass_for_all_features(
 
     one, all_13 = jobs_for({"f0": refs["f0"]}), jobs_for(refs)
     with_sums = jobs_for(refs, sums=True)
-    # The count of jobs does not grow with the features (adaptive execution runs the map side
-    # of the one aggregation as its own job, hence at most 2), and the files are scanned once.
+    # The count of jobs does not grow with the features (adaptive execution, on in the jobs and
+    # off in the test session, runs the map side of the one aggregation as its own job, hence
+    # at most 2), and the files are scanned once.
     assert len(all_13) == len(with_sums) == len(one) <= 2
     bin_counts(df, refs, ["day"], sums=True).explain(mode="formatted")
     nodes = re.findall(r"^\(\d+\) (\w+(?: parquet)?)", capsys.readouterr().out, re.MULTILINE)

@@ -322,6 +322,7 @@ def test_a_schedule_event_never_erases_a_known_outcome(
     assert late is not None and (late["cancelled"], late["arr_delay"]) == (False, 11)
 
 
+@pytest.mark.slow
 def test_a_reference_is_rebuilt_only_when_its_bronze_rows_change_and_quarantines_once(
         spark: SparkSession, config: Config) -> None:
     """A commit that keeps bronze's rows (properties here; OPTIMIZE and VACUUM likewise, which
@@ -389,6 +390,7 @@ def test_missing_columns_and_undecodable_bytes_are_quarantined_from_landed_files
     assert rules == ["columns_present", "columns_present", "text_decodable"]
 
 
+@pytest.mark.slow
 def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
         spark: SparkSession, config: Config) -> None:
     """The quarantine append is idempotent per streaming query and batch: a stream restarted
