@@ -212,6 +212,13 @@ def last_ended_day(at: datetime, timezone: str) -> date:
     return at.astimezone(ZoneInfo(timezone)).date() - timedelta(days=1)
 
 
+def retrain_day(last: date, as_of: datetime | None, timezone: str) -> date:
+    """The day a retraining's windows end the day before (and its rate limit counts from): the
+    scored range's last day, capped, like the monitor's days, at the last day ended by as_of
+    (else now)."""
+    return min(last, last_ended_day(as_of or datetime.now(UTC), timezone))
+
+
 def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
               score_range: tuple[str, str], full_gold: bool = False) -> Any:
     """Run one stage by name (full_gold: rebuild gold in full instead of incrementally)."""
@@ -330,8 +337,18 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
             known.append(resolved(spark, config, score_range))
         return known[0]
 
+    anchor: list[date] = []
+
     def last_day() -> date:
-        return date.fromisoformat(dates()[1])
+        """The day retraining is anchored on, found once (the check whether it is due and the
+        training decide on the same day, even across midnight): the range's last day, but not
+        one that has not ended yet (silver holds tomorrow's flights once their schedule events
+        arrived): its outcomes are still to come, so a window ending there would be part
+        unlabeled."""
+        if not anchor:
+            anchor.append(retrain_day(date.fromisoformat(dates()[1]), as_of,
+                                      config.section("gold")["home_timezone"]))
+        return anchor[0]
 
     due: list[monitor.RetrainingDue] = []
 

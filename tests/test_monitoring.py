@@ -51,6 +51,7 @@ def test_an_alert_is_raised_once_per_episode_after_persisting() -> None:
     assert "retraining is due" in alert.message("m v1")
 
 
+@pytest.mark.slow
 def test_only_the_champions_open_alerts_make_retraining_due(
         spark: SparkSession, tmp_path: Path) -> None:
     """An open alert of a model no longer champion does not make retraining due; the next
@@ -82,6 +83,7 @@ def test_only_the_champions_open_alerts_make_retraining_due(
     assert not monitor.retraining_due(spark, config, day, 14, ("m", "2")).due
 
 
+@pytest.mark.slow
 def test_an_episode_is_alerted_once_whatever_the_history_says(
         spark: SparkSession, tmp_path: Path) -> None:
     """Whether an episode was alerted is read from the alerts recorded, not replayed from the
@@ -414,6 +416,7 @@ def test_monitor_before_anything_was_scored_succeeds_and_says_so(spark: SparkSes
     assert monitor.run(spark, unset, "unset", "2013-12-02")["models"] == []
 
 
+@pytest.mark.slow
 def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
         spark: SparkSession, tmp_path: Path) -> None:
     """The cluster and Databricks confs score `latest`: a scheduled run passing no dates scores
@@ -481,6 +484,13 @@ def test_the_monitor_waits_for_a_day_to_end(spark: SparkSession, tmp_path: Path)
     # as of a given instant (a replay's), the days ended by then
     assert workflow.monitor_days(spark, config, latest, end_of_day(days[3], timezone)) == [
         str(d) for d in days[1:]]
+    # retraining likewise: its windows end the day before the last ended day, not tomorrow's
+    anchor = workflow.retrain_day(days[3], None, timezone)
+    assert anchor == days[1]
+    windows = workflow.retrain_windows(make_config(tmp_path, monitor=LOOP_MONITOR),
+                                       anchor - timedelta(days=1))
+    assert windows.holdout_to == str(days[0])
+    assert workflow.retrain_day(days[3], end_of_day(days[3], timezone), timezone) == days[3]
 
 
 def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
@@ -551,6 +561,7 @@ def monitored_day(spark: SparkSession, tmp_path: Path, days: tuple[int, ...] = (
     return config
 
 
+@pytest.mark.slow
 def test_an_episode_raises_once_its_condition_held_on_the_days_already_monitored(
         spark: SparkSession, tmp_path: Path) -> None:
     """persist_days 2: the first day raises nothing; the second raises, from the first day's
@@ -564,6 +575,7 @@ def test_an_episode_raises_once_its_condition_held_on_the_days_already_monitored
     assert tables.read(spark, config, "alerts").count() == 1
 
 
+@pytest.mark.slow
 def test_a_day_whose_alert_was_not_recorded_is_not_counted_as_monitored(
         spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An episode raises its alert on one day only, and `from: latest` starts after the last
