@@ -92,7 +92,8 @@ class NewtonBoostedTrees(Estimator[PipelineModel], HasFeaturesCol, HasLabelCol, 
         # JVM's garbage collection; the frame Python drops is released at once): measured, 150
         # rounds with two such checkpoints each on the full year in a 6 GB local driver. A
         # checkpoint is not recomputed: an executor lost mid-fit fails the fit (a failed trial,
-        # the search goes on; or the refit: the train task's retry).
+        # the search goes on; or the refit, and with it the train job, which is not retried:
+        # a retry would register a second version; the next run trains again).
         margin = rows.withColumn("_m", F.lit(start)).localCheckpoint(eager=True)
         trees = []
         for number in range(rounds):

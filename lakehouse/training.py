@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import is_remote
 
-from lakehouse.config import names, number, whole_number
+from lakehouse.config import ConfigError, names, number, whole_number
 from lakehouse.evaluation import Histogram, histogram, positive_probability
 from lakehouse.features import LABEL, TAIL_RECORDED
 from lakehouse.models import (
@@ -35,7 +35,15 @@ from lakehouse.models import (
     with_weight,
 )
 from lakehouse.session import inherit, pinned_threads
-from lakehouse.tuning import Budget, Trial, best_trial, search, search_space
+from lakehouse.tuning import (
+    Budget,
+    SearchSpaceError,
+    Trial,
+    best_trial,
+    search,
+    search_space,
+    space_points,
+)
 
 log = logging.getLogger("lakehouse")
 
@@ -94,10 +102,22 @@ class TrainSettings:
     seed: int
     baseline_days: int
     threshold_rule: str = "max_f1"
+    promotion_margin: float = 0.0
 
     @classmethod
     def from_conf(cls, section: dict[str, Any]) -> TrainSettings:
+        """The settings, checked: an unknown key (a misspelt promotion_margin would otherwise
+        be a margin of 0, a misspelt early_stop_trials no early stop) fails here."""
         where = "train"
+        unknown = sorted(set(section) - TRAIN_KEYS)
+        if unknown:
+            raise ConfigError(f"train: unknown settings {unknown}; known are {sorted(TRAIN_KEYS)}")
+        margin = section.get("promotion_margin")
+        margin = 0.0 if margin is None else margin  # null: the default, as for the others
+        if isinstance(margin, bool) or not isinstance(margin, int | float) \
+                or not 0 <= margin < 1:
+            raise ConfigError(f"train.promotion_margin: expected an AUC-ROC gain in [0, 1), "
+                              f"got {margin!r}")
         budget = Budget(max_evals=whole_number(section, where, "max_evals"),
                         timeout_s=number(section, where, "timeout_seconds"),
                         early_stop_trials=whole_number(section, where, "early_stop_trials",
@@ -111,7 +131,15 @@ class TrainSettings:
                    dict(section.get("search_space") or {}), budget,
                    whole_number(section, where, "seed", minimum=0),
                    whole_number(section, where, "baseline_days", 28),
-                   rule)
+                   rule, float(margin))
+
+
+# Every key of the train section (the windows, the search, the gate): anything else is a typo.
+TRAIN_KEYS = frozenset({
+    "train_from", "train_to", "validation_from", "holdout_from", "holdout_to", "families",
+    "class_weighting", "search_space", "max_evals", "timeout_seconds", "early_stop_trials",
+    "startup_trials", "parallelism", "seed", "threshold_rule", "baseline_days",
+    "promotion_margin", "gate_window", "gate_recent_days"})
 
 
 def between(start: str, end: str) -> Callable[[DataFrame], DataFrame]:
@@ -249,15 +277,16 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
         every_flight.unpersist()
 
 
-def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows,
-                  settings: TrainSettings,
-                  on_trial: Callable[[Trial], None] | None) -> TuningResult:
-    rows = every_flight.filter(F.col(TAIL_RECORDED))
-    slices = windows.slices()
-    parts = {name: rows.transform(between(*span)) for name, span in slices.items()}
-    for name in ("fit", "validation", "holdout"):
-        check_window(parts[name], name)
-    vectors = Vectors(parts["fit"].persist(), parts["validation"].persist())
+@dataclass
+class SearchResult:
+    trials: list[Trial]
+    histograms: dict[int, Histogram]  # each successful trial's validation scores, by number
+
+
+def _search(spark: SparkSession, vectors: Vectors, space: dict[str, Any],
+            settings: TrainSettings,
+            on_trial: Callable[[Trial], None] | None) -> SearchResult:
+    """Run the trials on the cached fit and validation vectors; release those on the way out."""
     histograms: dict[int, Histogram] = {}
 
     def objective(number: int, family: str, params: dict[str, Any],
@@ -270,7 +299,6 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
         return scored.auc_roc(), {}
 
     control = TrialControl(spark)
-    space = search_space(settings.families, settings.search_space, settings.class_weighting)
     try:
         trials = search(objective, space, settings.budget, settings.seed,
                         set_pool=control.set_pool if control.classic else None,
@@ -278,13 +306,44 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
                         wrap=control.inherit)
     finally:
         vectors.release()
-        for part in (vectors.fit_rows, vectors.val_rows):
-            part.unpersist()
-    best = best_trial(trials)
+    return SearchResult(trials, histograms)
+
+
+def check_space(settings: TrainSettings) -> None:
+    """Build each family's estimator at a point of its space (no data, no fit): a parameter it
+    does not take, takes from this job already (labelCol, seed, maxBins...) or of the wrong
+    type raises here, naming the family."""
+    for family, params in space_points(settings.families, settings.search_space, settings.seed):
+        try:
+            classifier(family, params, settings.seed, weighted=True)
+        except (TypeError, ValueError) as error:
+            raise SearchSpaceError(f"train.search_space.{family} {sorted(params)}: not "
+                                   f"parameters this job can give {family}: {error}") from None
+
+
+def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows,
+                  settings: TrainSettings,
+                  on_trial: Callable[[Trial], None] | None) -> TuningResult:
+    # The space is checked before anything is cached or fitted: a parameter a family does not
+    # take (or one this job sets itself) fails the job here, not every trial of that family.
+    space = search_space(settings.families, settings.search_space, settings.class_weighting)
+    check_space(settings)
+    rows = every_flight.filter(F.col(TAIL_RECORDED))
+    slices = windows.slices()
+    parts = {name: rows.transform(between(*span)) for name, span in slices.items()}
+    for name in ("fit", "validation", "holdout"):
+        check_window(parts[name], name)
+    fit_rows, val_rows = parts["fit"].persist(), parts["validation"].persist()
+    try:
+        trials = _search(spark, Vectors(fit_rows, val_rows), space, settings, on_trial)
+    finally:
+        fit_rows.unpersist()
+        val_rows.unpersist()
+    best = best_trial(trials.trials)
     if best is None:
-        errors = sorted({t.error or "no AUC" for t in trials})
-        raise TrainingDataError(f"all {len(trials)} trials failed: {errors[:3]}")
-    validation = histograms[best.number]
+        errors = sorted({t.error or "no AUC" for t in trials.trials})
+        raise TrainingDataError(f"all {len(trials.trials)} trials failed: {errors[:3]}")
+    validation = trials.histograms[best.number]
     threshold = validation.threshold_by(settings.threshold_rule)
     weighted = best.weighting == "balanced"
     train = parts["train"]
@@ -294,5 +353,5 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
     holdout_all = every_flight.transform(between(*slices["holdout"]))
     untailed = holdout_all.filter(~F.col(TAIL_RECORDED)).count()
     return TuningResult(model, best.family, best.params, best.weighting, threshold, validation,
-                        scored_histogram(model, parts["holdout"]), trials,
+                        scored_histogram(model, parts["holdout"]), trials.trials,
                         scored_histogram(model, holdout_all), untailed)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from hyperopt import STATUS_FAIL, STATUS_OK, Trials, hp, space_eval, tpe
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Domain
+from hyperopt.pyll import stochastic
 
 from lakehouse.models import FAMILIES, INTEGER_PARAMS, check_family
 
@@ -81,6 +82,16 @@ def search_space(families: list[str], bounds: dict[str, dict[str, Any]],
         for f in families]
     return {"model": hp.choice("model", choices),
             "class_weighting": hp.choice("class_weighting", list(weightings))}
+
+
+def space_points(families: list[str], bounds: dict[str, dict[str, Any]],
+                 seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """One point of each family's parameter space, drawn as the search would draw it."""
+    rng = np.random.default_rng(seed)
+    return [(family, stochastic.sample({name: dimension(f"{family}.{name}", name, spec)
+                                        for name, spec in (bounds.get(family) or {}).items()},
+                                       rng=rng))
+            for family in families]
 
 
 @dataclass

@@ -93,6 +93,13 @@ def test_bad_train_silver_and_bronze_values_are_named() -> None:
             TrainSettings.from_conf({**train, key: bad})
     with pytest.raises(ConfigError, match=r"train\.max_evals: missing"):
         TrainSettings.from_conf({k: v for k, v in train.items() if k != "max_evals"})
+    # a misspelt key would silently be its default (a margin of 0, no early stop)
+    with pytest.raises(ConfigError, match=r"train: unknown settings \['promotion_margn'\]"):
+        TrainSettings.from_conf({**train, "promotion_margn": 0.01})
+    for bad in (-0.01, "0.01", True, 1.5):
+        with pytest.raises(ConfigError, match=r"train\.promotion_margin: expected"):
+            TrainSettings.from_conf({**train, "promotion_margin": bad})
+    assert TrainSettings.from_conf({**train, "promotion_margin": 0.01}).promotion_margin == 0.01
     for spec in (True, [True, False]):
         with pytest.raises(SearchSpaceError, match=r"gbt\.maxDepth"):
             search_space(["gbt"], {"gbt": {"maxDepth": spec}}, ["none"])

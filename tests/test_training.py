@@ -735,8 +735,15 @@ def test_a_search_whose_every_trial_fails_releases_what_it_cached(
     features = tables.read(spark, config, "flight_features")
     windows = Windows.from_conf(config.section("train"))
 
+    built = training.classifier
+
     def refused(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("this trial's fit was refused")
+        def fit(*_: Any) -> Any:
+            raise RuntimeError("this trial's fit was refused")
+
+        estimator = built(*args, **kwargs)  # the job checks the space by building these
+        estimator.fit = fit
+        return estimator
 
     monkeypatch.setattr(training, "classifier", refused)
     with pytest.raises(training.TrainingDataError, match=r"all 1 trials failed.*refused"):
@@ -749,6 +756,42 @@ def test_a_search_whose_every_trial_fails_releases_what_it_cached(
     for name in ("fit", "validation"):
         cached[name] = rows.transform(training.between(*windows.slices()[name])).storageLevel
     assert cached == {name: StorageLevel.NONE for name in cached}
+
+
+def test_a_search_space_the_estimators_refuse_fails_before_anything_is_cached(
+        spark: SparkSession, features_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parameter a family does not take, one the job sets itself, or one of the wrong type
+    fails the job at once, naming the family (not every trial of it, one warning each), before
+    any query on the rows or anything cached; so does an unknown family."""
+    from lakehouse.models import UnknownFamilyError
+    from lakehouse.tuning import SearchSpaceError
+
+    def reached(*args: Any) -> None:
+        raise AssertionError("the windows were queried before the space was checked")
+
+    monkeypatch.setattr(training, "check_window", reached)  # the first query on the rows
+    features = tables.read(spark, make_config(features_root), "flight_features")
+    windows = Windows.from_conf(WINDOWS)
+    for space, error, match in (
+            ({"logistic_regression": {"maxIter": [50, 200]}}, SearchSpaceError,
+             r"search_space\.logistic_regression \['maxIter'\].*maxIter"),
+            ({"logistic_regression": {"regParm": [0.01, 0.1]}}, SearchSpaceError,
+             r"logistic_regression \['regParm'\]"),
+            ({"gbt": {"maxBins": [32, 64]}}, SearchSpaceError, r"search_space\.gbt"),
+            ({"logistic_regression": {"aggregationDepth": [2, 4]}}, SearchSpaceError,
+             r"aggregationDepth")):
+        family = next(iter(space))
+        settings = training.TrainSettings.from_conf(
+            {**LR_ONLY, "seed": 42, "families": [family], "search_space": space})
+        with pytest.raises(error, match=match):
+            training.tune_and_fit(spark, features, windows, settings)
+    with pytest.raises(UnknownFamilyError, match="random_forrest"):
+        training.tune_and_fit(spark, features, windows, training.TrainSettings.from_conf(
+            {**LR_ONLY, "seed": 42, "families": ["logistic_regression", "random_forrest"]}))
+    # a space the estimators take goes on to the windows
+    with pytest.raises(AssertionError, match="queried before"):
+        training.tune_and_fit(spark, features, windows,
+                              training.TrainSettings.from_conf({**LR_ONLY, "seed": 42}))
 
 
 @pytest.mark.slow

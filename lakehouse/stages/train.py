@@ -34,6 +34,7 @@ from lakehouse.training import (
     TuningResult,
     Windows,
     between,
+    check_space,
     scored_histogram,
     tune_and_fit,
 )
@@ -161,7 +162,13 @@ def trained_to(version: Any) -> str | None:
                     "unknown; the gate scores both models on the whole gate window",
                     getattr(version, "version", "?"), version.run_id)
         return None
-    return run.data.params.get("window_train_to")
+    last: str | None = run.data.params.get("window_train_to")
+    if last is None:  # registered by hand, or by a run that logged no windows
+        log.warning("champion version %s: its run %s logged no window_train_to, so its "
+                    "training window is unknown; the gate scores both models on the whole "
+                    "gate window, which may hold days the champion was fitted on",
+                    getattr(version, "version", "?"), version.run_id)
+    return last
 
 
 def champion_auc(name: str, version: str, rows: DataFrame) -> float:
@@ -242,7 +249,8 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
     name = mlflow_conf["model_name"]
     windows = windows or Windows.from_conf(settings)
     train_settings = TrainSettings.from_conf(settings)
-    margin = float(settings.get("promotion_margin", 0.0))
+    check_space(train_settings)  # a space the estimators refuse fails before any run or query
+    margin = train_settings.promotion_margin
     with audited(spark, config, run_id, "train", name) as audit:
         current = registry.resolve(name, registry.CHAMPION)  # a registry error fails here
         features_version = tables.version(spark, config, "flight_features")
