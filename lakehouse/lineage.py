@@ -18,10 +18,12 @@ GOLD_TAG = "lakehouse-gold"
 
 def table_versions(spark: SparkSession, config: Config, features_version: int) -> dict[str, Any]:
     """flight_features' location and the Delta version read, and the silver versions that
-    version was built from (recorded by the gold job in its commit)."""
+    version was built from (recorded by the gold job in its commit: of that version, not of a
+    gold run that committed since it was read)."""
     params: dict[str, Any] = {"features_table": config.table("flight_features"),
                               "features_delta_version": features_version}
-    state = tables.tagged_state(spark, config, "flight_features", GOLD_TAG) or {}
+    state = tables.tagged_state(spark, config, "flight_features", GOLD_TAG,
+                                at_version=features_version) or {}
     for name, version in (state.get("versions") or {}).items():
         params[f"{name}_delta_version"] = version
     return params

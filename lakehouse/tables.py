@@ -330,15 +330,18 @@ CONTENT_PRESERVING = ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTI
 
 
 def tagged_state(spark: SparkSession, config: Config, name: str, prefix: str,
-                 look_back: int = 50) -> dict[str, Any] | None:
-    """The JSON state a job stored as userMetadata "<prefix> {...}" in its newest commit, or
-    None: no such commit among the last look_back, or another write (a RESTORE, a DELETE, a
-    job without the tag) came after it, so the state may no longer describe the rows."""
+                 look_back: int = 50, at_version: int | None = None) -> dict[str, Any] | None:
+    """The JSON state a job stored as userMetadata "<prefix> {...}" in its newest commit (at or
+    before at_version, when given: the state of the version a reader pinned), or None: no such
+    commit among the last look_back, or another write (a RESTORE, a DELETE, a job without the
+    tag) came after it, so the state may no longer describe the rows."""
     if not exists(spark, config, name):
         return None
-    for row in (delta_table(spark, config, name).history(look_back)
-                .select("version", "operation", "userMetadata").orderBy(F.col("version").desc())
-                .collect()):
+    history = delta_table(spark, config, name).history(look_back)
+    if at_version is not None:
+        history = history.filter(F.col("version") <= at_version)
+    for row in (history.select("version", "operation", "userMetadata")
+                .orderBy(F.col("version").desc()).collect()):
         tag = row["userMetadata"] or ""
         if tag.startswith(f"{prefix} "):
             try:

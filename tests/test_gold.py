@@ -3,6 +3,7 @@ snapshot give tables identical to a full build; unchanged rows are not rewritten
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,18 @@ def test_a_tagged_write_puts_back_the_sessions_own_commit_metadata(
     with tables.commit_metadata(spark, "x"):
         assert spark.conf.get(tables.USER_METADATA) == "x"
     assert spark.conf.get(tables.USER_METADATA, None) is None  # unset again when it was unset
+
+
+def test_lineage_names_the_silver_versions_of_the_features_version_read(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """A gold run committing while training reads flight_features: the run's lineage is that
+    of the version it read, not of the newer one."""
+    from lakehouse.lineage import GOLD_TAG, table_versions
+
+    config = make_config(tmp_path)
+    rows = spark.createDataFrame([("a", 1)], "flight_id string, v int")
+    for silver in (3, 4):
+        state = json.dumps({"versions": {"silver_flights": silver}})
+        tables.overwrite(rows, config, "flight_features", tag=f"{GOLD_TAG} {state}")
+    assert table_versions(spark, config, 0)["silver_flights_delta_version"] == 3
+    assert table_versions(spark, config, 1)["silver_flights_delta_version"] == 4
