@@ -38,13 +38,16 @@ def score(model: PipelineModel, features: DataFrame, model_name: str, version: s
     # The probability is taken from the model's output once, in its own projection: every
     # column below reads it, and inlined into each of them the model's prediction would be
     # computed once per reference (bench/scoring.py: twice the plain transform's time).
+    # The class is taken from the unrounded probability, as the model's own `prediction`
+    # (its threshold set by the train job: models.with_threshold); the stored probability is
+    # rounded to 6 decimals.
     probabilities = model.transform(features).select(
-        *FLIGHT_COLUMNS, F.round(positive_probability(), 6).alias("_p"))
+        *FLIGHT_COLUMNS, positive_probability().alias("_p"))
     p = F.col("_p")
     ok = p.isNotNull() & ~F.isnan(p)
     return probabilities.select(
         *FLIGHT_COLUMNS,
-        F.when(ok, p).alias("probability"),
+        F.when(ok, F.round(p, 6)).alias("probability"),
         F.when(ok, (p >= threshold).cast("int")).alias("predicted_disrupted"),
         F.when(ok, F.lit("scored")).otherwise(F.lit("unscorable")).alias("status"),
         F.when(ok, F.lit(None).cast("string"))

@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES
-from lakehouse.newton import NewtonBoostedTrees, tree_stages
+from lakehouse.newton import NewtonBoostedTrees, set_threshold, tree_stages
 
 FAMILIES = ("logistic_regression", "random_forest", "gbt", "newton_gbt")
 TREE_FAMILIES = ("random_forest", "gbt", "newton_gbt")
@@ -132,6 +132,24 @@ def flattened(model: PipelineModel) -> PipelineModel:
     for stage in model.stages:
         stages.extend(stage.stages if isinstance(stage, PipelineModel) else [stage])
     return PipelineModel(stages=stages)
+
+
+def with_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
+    """The fitted pipeline with its `prediction` column the class at the decision threshold
+    (not MLlib's 0.5), so that whoever loads the logged model (`mlflow.pyfunc`, `spark_udf`, a
+    serving endpoint) gets the class the score job writes. MLlib's classifiers take it as
+    `thresholds` [1 - t, t] (class 1 when p > t); a Newton model's probability stage as
+    p >= t, as the score job; the two differ only for a probability exactly at t. Changes
+    the model in place and returns it."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"decision threshold {threshold!r} is not a probability in [0, 1]")
+    if set_threshold(model, threshold):
+        return model
+    last: Any = model.stages[-1]
+    if not hasattr(last, "setThresholds"):
+        raise TypeError(f"{type(last).__name__}: not a classifier whose threshold can be set")
+    last.setThresholds([1.0 - threshold, threshold])
+    return model
 
 
 def feature_names(model: PipelineModel, sample: DataFrame) -> list[str]:

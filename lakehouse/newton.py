@@ -20,6 +20,7 @@ for a tree of MLlib's GBT.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from pyspark import keyword_only
@@ -41,6 +42,8 @@ from pyspark.sql import functions as F
 # Floor of a row's hessian p(1-p): a row the model is already sure of still weighs a little.
 MIN_HESSIAN = 1e-6
 TREE_PREFIX = "_newton_tree_"
+# The class in the probability stage's statement: 1 when the probability reaches the threshold.
+_CLASS = re.compile(r"CAST\(_newton_p >= [0-9.eE+-]+ AS DOUBLE\) AS prediction")
 
 
 class NewtonBoostedTrees(Estimator[PipelineModel], HasFeaturesCol, HasLabelCol, HasWeightCol,
@@ -118,19 +121,34 @@ class NewtonBoostedTrees(Estimator[PipelineModel], HasFeaturesCol, HasLabelCol, 
                                      *output_stages(start, step, len(trees))])
 
 
-def output_stages(start: float, step: float, rounds: int) -> list[Any]:
+def class_at(threshold: float) -> str:
+    return f"CAST(_newton_p >= {float(threshold)!r} AS DOUBLE) AS prediction"
+
+
+def output_stages(start: float, step: float, rounds: int, threshold: float = 0.5) -> list[Any]:
     """The stages after the trees: the margin (start + step x the trees' sum), the probability
-    vector [1 - p, p] and the class at 0.5, as MLlib's classifiers name them."""
+    vector [1 - p, p] and the class at the threshold, as MLlib's classifiers name them."""
     total = " + ".join(f"`{TREE_PREFIX}{i}`" for i in range(rounds))
     margin = f"{start!r} + {step!r} * ({total})"
     probability = SQLTransformer(statement=(
-        "SELECT *, 1.0 - _newton_p AS _newton_q, CAST(_newton_p >= 0.5 AS DOUBLE) AS prediction "
+        f"SELECT *, 1.0 - _newton_p AS _newton_q, {class_at(threshold)} "
         f"FROM (SELECT *, 1.0 / (1.0 + EXP(-({margin}))) AS _newton_p FROM __THIS__)"))
     # keep: a NaN margin gives a NaN probability, which the score job records as unscorable
     # with the reason (the default would fail the whole job on one row)
     vector = VectorAssembler(inputCols=["_newton_q", "_newton_p"], outputCol="probability",
                              handleInvalid="keep")
     return [probability, vector]
+
+
+def set_threshold(model: PipelineModel, threshold: float) -> int:
+    """Make a fitted Newton model's `prediction` the class at threshold (p >= threshold) in
+    place; returns how many probability stages it changed (0: not a Newton model)."""
+    changed = 0
+    for stage in model.stages:
+        if isinstance(stage, SQLTransformer) and _CLASS.search(stage.getStatement()):
+            stage.setStatement(_CLASS.sub(lambda _: class_at(threshold), stage.getStatement()))
+            changed += 1
+    return changed
 
 
 def tree_stages(model: PipelineModel) -> list[DecisionTreeRegressionModel]:

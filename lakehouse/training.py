@@ -32,6 +32,7 @@ from lakehouse.models import (
     flattened,
     full_pipeline,
     prep_for,
+    with_threshold,
     with_weight,
 )
 from lakehouse.session import inherit, pinned_threads
@@ -349,7 +350,8 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
     train = parts["train"]
     if weighted:
         train = train.transform(with_weight(class_weights(train)))
-    model = flattened(full_pipeline(best.family, best.params, settings.seed, weighted).fit(train))
+    model = with_threshold(flattened(full_pipeline(best.family, best.params, settings.seed,
+                                                   weighted).fit(train)), threshold)
     holdout_all = every_flight.transform(between(*slices["holdout"]))
     untailed = holdout_all.filter(~F.col(TAIL_RECORDED)).count()
     return TuningResult(model, best.family, best.params, best.weighting, threshold, validation,

@@ -117,6 +117,45 @@ def test_models_fit_and_score_in_a_session_that_ran_bronze(spark: SparkSession,
         assert histogram(scored, "disrupted", positive_probability()).rows == 60
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.0, 1.0])
+def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession, tmp_path: Path,
+                                                           threshold: float) -> None:
+    """with_threshold sets each MLlib family's class at the threshold, and it is saved with the
+    model (the logged model predicts what the score job writes)."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.classification import (
+        GBTClassifier,
+        LogisticRegression,
+        RandomForestClassifier,
+    )
+    from pyspark.ml.linalg import Vectors
+
+    from lakehouse.evaluation import positive_probability
+    from lakehouse.models import with_threshold
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, 300)
+    rows = spark.createDataFrame([(Vectors.dense([float(v)]), int(rng.uniform() < v))
+                                  for v in x], ["features", "disrupted"])
+    for number, estimator in enumerate((
+            LogisticRegression(labelCol="disrupted"),
+            RandomForestClassifier(labelCol="disrupted", numTrees=3, maxDepth=3, seed=1),
+            GBTClassifier(labelCol="disrupted", maxIter=3, maxDepth=2, seed=1))):
+        model = with_threshold(PipelineModel(stages=[estimator.fit(rows)]), threshold)
+        model.write().save(str(tmp_path / str(number)))
+        loaded = PipelineModel.load(str(tmp_path / str(number)))
+        got = loaded.transform(rows).select(positive_probability().alias("p"),
+                                            "prediction").collect()
+        # MLlib: class 1 when p > t; at t = 0 always (the score job: p >= 0), at t = 1 never
+        expected = [1.0 if threshold == 0 else 0.0 if threshold == 1 else float(r["p"] > threshold)
+                    for r in got]
+        assert [r["prediction"] for r in got] == expected, type(estimator).__name__
+        if 0 < threshold < 1:
+            assert 0 < sum(expected) < len(expected)
+    with pytest.raises(ValueError, match="not a probability"):
+        with_threshold(model, 1.5)
+
+
 def test_no_date_falls_in_two_of_fit_validation_and_holdout() -> None:
     slices = Windows.from_conf(WINDOWS).slices()
     days = {name: {date.fromisoformat(a) + timedelta(days=i) for i in range(
@@ -607,6 +646,16 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
 
     first = score.run(spark, config, "first", "2013-01-11", "2013-01-12")
     assert (first["rows"], first["unscorable"]) == (featured, 1)
+    # whoever loads the registered model gets the class the job wrote (its threshold, not 0.5)
+    registered = mlflow.spark.load_model(f"models:/flight_disruption/{champion['version']}")
+    own_class = registered.transform(features).select("flight_id", "prediction")
+    written = tables.read(spark, config, "delay_predictions").filter(F.col("status") == "scored")
+    pairs = written.join(own_class, "flight_id").select("predicted_disrupted", "prediction",
+                                                         "threshold", "probability").collect()
+    assert len(pairs) == featured and {r["threshold"] for r in pairs} == {champion["threshold"]}
+    assert all(r["predicted_disrupted"] == r["prediction"] for r in pairs)
+    # and not the class at MLlib's default of 0.5, which here differs
+    assert any(r["prediction"] != (r["probability"] >= 0.5) for r in pairs)
     predictions = tables.read(spark, config, "delay_predictions")
     (reason,) = predictions.filter(F.col("status") == "unscorable").collect()
     assert reason["flight_id"] == "no-features-row" and reason["probability"] is None
@@ -807,6 +856,7 @@ def test_a_newton_model_is_trained_logged_and_scores_as_registered(
     from lakehouse.newton import tree_stages
 
     conf = {**LR_ONLY, "families": ["newton_gbt"], "max_evals": 1,
+            "threshold_rule": "fixed:0.2",  # within this small model's probabilities
             "search_space": {"newton_gbt": {"maxDepth": [2, 2], "maxIter": [3, 3],
                                             "stepSize": [0.1, 0.1],
                                             "minInstancesPerNode": [20, 20]}}}
@@ -825,7 +875,13 @@ def test_a_newton_model_is_trained_logged_and_scores_as_registered(
     holdout = (tables.read(spark, config, "flight_features")
                .filter(F.col(TAIL_RECORDED) & F.col("disrupted").isNotNull())
                .filter(F.col("flight_date").between("2013-01-11", "2013-01-14")))
-    scored = model.transform(holdout).select("disrupted", positive_probability().alias("p"))
+    scored = model.transform(holdout).select("disrupted", positive_probability().alias("p"),
+                                             "prediction")
     rows = scored.collect()
     auc = roc_auc_score([r[0] for r in rows], [r[1] for r in rows])
     assert auc == pytest.approx(result["holdout"]["auc_roc"], abs=2e-3)
+    # its class is the one at the logged decision threshold
+    assert result["threshold"] == 0.2
+    assert all(r["prediction"] == float(r["p"] >= result["threshold"]) for r in rows)
+    assert 0 < sum(r["prediction"] for r in rows) < len(rows)
+    assert any(r["prediction"] != float(r["p"] >= 0.5) for r in rows)
