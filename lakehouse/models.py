@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 from pyspark.ml import Estimator, Pipeline, PipelineModel
-from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
+from pyspark.ml.classification import (
+    GBTClassifier,
+    LogisticRegression,
+    LogisticRegressionModel,
+    ProbabilisticClassificationModel,
+    RandomForestClassifier,
+)
 from pyspark.ml.feature import (
     Imputer,
     OneHotEncoder,
@@ -33,6 +39,8 @@ TREE_FAMILIES = ("random_forest", "gbt", "newton_gbt")
 MISSING = -999.0  # trees split missing values off from every real value
 WEIGHT = "_weight"
 INTEGER_PARAMS = ("maxDepth", "maxIter", "minInstancesPerNode", "numTrees")
+# Set by the train job itself (with_threshold), never by the search space.
+JOB_PARAMS = ("threshold", "thresholds")
 MAX_BINS = 128  # above the number of destinations (105 in 2013), so each is its own category
 
 
@@ -95,6 +103,9 @@ def classifier(family: str, params: dict[str, Any], seed: int,
     if weighted:
         common["weightCol"] = WEIGHT
     values = typed(params)
+    if taken := sorted(set(values) & set(JOB_PARAMS)):
+        raise ValueError(f"{taken}: set by the train job (the decision threshold, chosen on "
+                         f"validation by train.threshold_rule), not a search parameter")
     if check_family(family) == "logistic_regression":
         return LogisticRegression(maxIter=100, standardization=False, **common, **values)
     if family == "random_forest":
@@ -146,9 +157,14 @@ def with_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
     if set_threshold(model, threshold):
         return model
     last: Any = model.stages[-1]
-    if not hasattr(last, "setThresholds"):
+    if isinstance(last, LogisticRegressionModel):
+        # its own setter clears `thresholds` (the generic one leaves `threshold` set, and Spark
+        # refuses the two together) and keeps t exact (from [1 - t, t] it derives t again)
+        last.setThreshold(threshold)
+    elif isinstance(last, ProbabilisticClassificationModel):
+        last.setThresholds([1.0 - threshold, threshold])
+    else:
         raise TypeError(f"{type(last).__name__}: not a classifier whose threshold can be set")
-    last.setThresholds([1.0 - threshold, threshold])
     return model
 
 

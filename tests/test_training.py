@@ -117,9 +117,8 @@ def test_models_fit_and_score_in_a_session_that_ran_bronze(spark: SparkSession,
         assert histogram(scored, "disrupted", positive_probability()).rows == 60
 
 
-@pytest.mark.parametrize("threshold", [0.3, 0.0, 1.0])
-def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession, tmp_path: Path,
-                                                           threshold: float) -> None:
+def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
+                                                           tmp_path: Path) -> None:
     """with_threshold sets each MLlib family's class at the threshold, and it is saved with the
     model (the logged model predicts what the score job writes)."""
     from pyspark.ml import PipelineModel
@@ -141,17 +140,20 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession, 
             LogisticRegression(labelCol="disrupted"),
             RandomForestClassifier(labelCol="disrupted", numTrees=3, maxDepth=3, seed=1),
             GBTClassifier(labelCol="disrupted", maxIter=3, maxDepth=2, seed=1))):
-        model = with_threshold(PipelineModel(stages=[estimator.fit(rows)]), threshold)
-        model.write().save(str(tmp_path / str(number)))
-        loaded = PipelineModel.load(str(tmp_path / str(number)))
-        got = loaded.transform(rows).select(positive_probability().alias("p"),
-                                            "prediction").collect()
-        # MLlib: class 1 when p > t; at t = 0 always (the score job: p >= 0), at t = 1 never
-        expected = [1.0 if threshold == 0 else 0.0 if threshold == 1 else float(r["p"] > threshold)
-                    for r in got]
-        assert [r["prediction"] for r in got] == expected, type(estimator).__name__
-        if 0 < threshold < 1:
-            assert 0 < sum(expected) < len(expected)
+        fitted = estimator.fit(rows)
+        for threshold in (0.3, 0.0, 1.0):
+            model = with_threshold(PipelineModel(stages=[fitted]), threshold)
+            if threshold == 0.3:  # saved with the model
+                model.write().overwrite().save(str(tmp_path / str(number)))
+                model = PipelineModel.load(str(tmp_path / str(number)))
+            got = model.transform(rows).select(positive_probability().alias("p"),
+                                               "prediction").collect()
+            # MLlib: class 1 when p > t; at t = 0 always (the score job: p >= 0), at 1 never
+            expected = [1.0 if threshold == 0 else 0.0 if threshold == 1
+                        else float(r["p"] > threshold) for r in got]
+            assert [r["prediction"] for r in got] == expected, (estimator, threshold)
+            if threshold == 0.3:
+                assert 0 < sum(expected) < len(expected)
     with pytest.raises(ValueError, match="not a probability"):
         with_threshold(model, 1.5)
 
@@ -656,6 +658,14 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     assert all(r["predicted_disrupted"] == r["prediction"] for r in pairs)
     # and not the class at MLlib's default of 0.5, which here differs
     assert any(r["prediction"] != (r["probability"] >= 0.5) for r in pairs)
+    # through pyfunc too (what spark_udf and a serving endpoint call), on its input columns
+    sample = features.filter(F.col("flight_date") == "2013-01-11").orderBy("flight_id").limit(20)
+    served = mlflow.pyfunc.load_model(f"models:/flight_disruption/{champion['version']}").predict(
+        sample.select(*train.MODEL_INPUTS).toPandas())
+    expected = [r["predicted_disrupted"] for r in written.join(sample.select("flight_id"),
+                                                                 "flight_id")
+                .orderBy("flight_id").collect()]
+    assert list(pandas.DataFrame(served).iloc[:, 0]) == expected and len(expected) == 20
     predictions = tables.read(spark, config, "delay_predictions")
     (reason,) = predictions.filter(F.col("status") == "unscorable").collect()
     assert reason["flight_id"] == "no-features-row" and reason["probability"] is None
@@ -828,7 +838,9 @@ def test_a_search_space_the_estimators_refuse_fails_before_anything_is_cached(
              r"logistic_regression \['regParm'\]"),
             ({"gbt": {"maxBins": [32, 64]}}, SearchSpaceError, r"search_space\.gbt"),
             ({"logistic_regression": {"aggregationDepth": [2, 4]}}, SearchSpaceError,
-             r"aggregationDepth")):
+             r"aggregationDepth"),
+            ({"logistic_regression": {"threshold": [0.3, 0.6]}}, SearchSpaceError,
+             r"\['threshold'\]: set by the train job")):
         family = next(iter(space))
         settings = training.TrainSettings.from_conf(
             {**LR_ONLY, "seed": 42, "families": [family], "search_space": space})
