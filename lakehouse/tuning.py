@@ -174,7 +174,10 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             trial.error = f"{type(error).__name__}: {error}"[:1000]
             if number in stopped:  # by the time box, or as the search was interrupted
                 log.info("trial %d stopped: %s", number, trial.error.splitlines()[0])
-                trial.error = f"stopped at the time box ({budget.timeout_s:.0f} s)"
+                # what it ended with is kept: a real error raised as it was stopped would
+                # otherwise read as the cancellation
+                trial.error = (f"stopped at the time box ({budget.timeout_s:.0f} s); it ended "
+                               f"with {trial.error.splitlines()[0]}")[:1000]
             else:
                 log.warning("trial %d (%s) failed: %s", number, family, trial.error)
         finally:

@@ -309,7 +309,8 @@ def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
     assert stops[:2] == [2, 2] and set(stops) == {2}
     assert [(t.number, t.ok) for t in sorted(trials, key=lambda t: t.number)] == [(1, True),
                                                                                 (2, False)]
-    assert next(t for t in trials if t.number == 2).error == "stopped at the time box (1 s)"
+    assert next(t for t in trials if t.number == 2).error == (
+        "stopped at the time box (1 s); it ended with RuntimeError: job cancelled")
 
 
 def test_a_failing_search_stops_its_running_trials_before_the_error_propagates() -> None:
