@@ -148,8 +148,9 @@ def flattened(model: PipelineModel) -> PipelineModel:
 def with_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
     """The fitted pipeline with its `prediction` column the class at the decision threshold
     (not MLlib's 0.5), so that whoever loads the logged model (`mlflow.pyfunc`, `spark_udf`, a
-    serving endpoint) gets the class the score job writes. MLlib's classifiers take it as
-    `thresholds` [1 - t, t] (class 1 when p > t); a Newton model's probability stage as
+    serving endpoint) gets the class the score job writes. A logistic regression takes it as
+    `threshold` t, the tree ensembles as `thresholds` [1 - t, t] (class 1 when p > t, both);
+    a Newton model's probability stage as
     p >= t, as the score job; the two differ only for a probability exactly at t. Changes
     the model in place and returns it."""
     if not 0.0 <= threshold <= 1.0:

@@ -27,6 +27,20 @@ from hyperopt.pyll import stochastic
 from lakehouse.models import FAMILIES, INTEGER_PARAMS, check_family
 
 log = logging.getLogger("lakehouse")
+
+
+def described(error: BaseException) -> str:
+    """An error as a trial's record shows it. A JVM error raised through py4j (a failed or
+    cancelled MLlib fit: PySpark does not convert SparkException) reads "An error occurred
+    while calling o123.fit." on its first line; the Java exception's own message says what
+    happened, so that is taken."""
+    java = getattr(error, "java_exception", None)
+    if java is not None:
+        try:
+            return f"{type(error).__name__}: {java.toString()}"
+        except Exception:  # the JVM gone: py4j's text is what is left
+            pass
+    return f"{type(error).__name__}: {error}"
 STOP_REPEAT_S = 1.0  # a stopped trial still running is stopped again this often
 WEIGHTINGS = ("none", "balanced")
 
@@ -171,7 +185,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         try:
             trial.auc, trial.extra = objective(number, family, params, trial.weighting)
         except Exception as error:  # recorded and reported; the search goes on
-            trial.error = f"{type(error).__name__}: {error}"[:1000]
+            trial.error = described(error)[:1000]
             if number in stopped:  # by the time box, or as the search was interrupted
                 log.info("trial %d stopped: %s", number, trial.error.splitlines()[0])
                 # what it ended with is kept: a real error raised as it was stopped would

@@ -278,6 +278,17 @@ def test_search_stops_early_when_the_best_does_not_improve() -> None:
     assert len(trials) == 4  # the first sets the best, three more do not improve it
 
 
+class JavaError(Exception):
+    """An error of the shape py4j raises for a failed JVM call (Py4JJavaError needs a live
+    JavaObject): py4j's line naming the call first, the Java exception apart."""
+
+    java_exception = SimpleNamespace(toString=lambda: (
+        "org.apache.spark.SparkException: Job 7 cancelled part of cancelled job tag trial-2"))
+
+    def __str__(self) -> str:
+        return f"An error occurred while calling o123.fit.\n: {self.java_exception.toString()}"
+
+
 def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
     """A trial still running when the time box ends is stopped, again until it ends (a stop
     may land before its Spark job starts), and recorded as stopped; the first trial, without
@@ -295,7 +306,7 @@ def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
         second_started.set()
         if not stopped_twice.wait(60):  # the first stop "missed" (no job running yet)
             return 0.7, {}
-        raise RuntimeError("job cancelled")
+        raise JavaError()
 
     def stop(number: int) -> None:
         stops.append(number)
@@ -309,8 +320,10 @@ def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
     assert stops[:2] == [2, 2] and set(stops) == {2}
     assert [(t.number, t.ok) for t in sorted(trials, key=lambda t: t.number)] == [(1, True),
                                                                                 (2, False)]
+    # what it ended with, as the JVM said it (not py4j's line naming the call)
     assert next(t for t in trials if t.number == 2).error == (
-        "stopped at the time box (1 s); it ended with RuntimeError: job cancelled")
+        "stopped at the time box (1 s); it ended with JavaError: "
+        "org.apache.spark.SparkException: Job 7 cancelled part of cancelled job tag trial-2")
 
 
 def test_a_failing_search_stops_its_running_trials_before_the_error_propagates() -> None:
