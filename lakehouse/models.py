@@ -150,9 +150,8 @@ def with_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
     (not MLlib's 0.5), so that whoever loads the logged model (`mlflow.pyfunc`, `spark_udf`, a
     serving endpoint) gets the class the score job writes. A logistic regression takes it as
     `threshold` t, the tree ensembles as `thresholds` [1 - t, t] (class 1 when p > t, both);
-    a Newton model's probability stage as
-    p >= t, as the score job; the two differ only for a probability exactly at t. Changes
-    the model in place and returns it."""
+    a Newton model's probability stage as p >= t, as the score job; the two differ only for a
+    probability exactly at t. Changes the model in place and returns it."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"decision threshold {threshold!r} is not a probability in [0, 1]")
     if set_threshold(model, threshold):

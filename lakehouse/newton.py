@@ -125,13 +125,14 @@ def class_at(threshold: float) -> str:
     return f"CAST(_newton_p >= {float(threshold)!r} AS DOUBLE) AS prediction"
 
 
-def output_stages(start: float, step: float, rounds: int, threshold: float = 0.5) -> list[Any]:
+def output_stages(start: float, step: float, rounds: int) -> list[Any]:
     """The stages after the trees: the margin (start + step x the trees' sum), the probability
-    vector [1 - p, p] and the class at the threshold, as MLlib's classifiers name them."""
+    vector [1 - p, p] and the class at 0.5, as MLlib's classifiers name them (the train job
+    moves the class to the decision threshold with `set_threshold`)."""
     total = " + ".join(f"`{TREE_PREFIX}{i}`" for i in range(rounds))
     margin = f"{start!r} + {step!r} * ({total})"
     probability = SQLTransformer(statement=(
-        f"SELECT *, 1.0 - _newton_p AS _newton_q, {class_at(threshold)} "
+        f"SELECT *, 1.0 - _newton_p AS _newton_q, {class_at(0.5)} "
         f"FROM (SELECT *, 1.0 / (1.0 + EXP(-({margin}))) AS _newton_p FROM __THIS__)"))
     # keep: a NaN margin gives a NaN probability, which the score job records as unscorable
     # with the reason (the default would fail the whole job on one row)

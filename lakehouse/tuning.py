@@ -43,6 +43,24 @@ def described(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 STOP_REPEAT_S = 1.0  # a stopped trial still running is stopped again this often
 WEIGHTINGS = ("none", "balanced")
+# The parameter a family's fit time grows with in proportion: the boosting rounds.
+ROUNDS = {"gbt": "maxIter", "newton_gbt": "maxIter"}
+
+
+def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial]) -> float | None:
+    """The least time a trial of family at params can be expected to take, from the same
+    family's successful trials: the fastest of them, per boosting round for the boosting
+    families (depth, class weighting and the rest are not counted: the estimate errs toward
+    starting a trial). None before the family has a successful trial."""
+    key = ROUNDS.get(family)
+
+    def scaled(trial: Trial) -> float:
+        if key and trial.params.get(key) and params.get(key):  # both given by the search space
+            return trial.seconds * float(params[key]) / float(trial.params[key])
+        return trial.seconds
+
+    times = [scaled(t) for t in finished if t.ok and t.family == family]
+    return min(times) if times else None
 
 
 class SearchSpaceError(ValueError):
@@ -159,7 +177,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     stop(number) is called for each running trial, again every STOP_REPEAT_S until it ends (a
     cancellation reaches only the jobs running at that moment): it should make that trial's
     objective raise (the trial is recorded as stopped at the time box). Without stop, or before
-    any trial succeeded, running trials finish. When the search itself fails or is interrupted
+    any trial succeeded, running trials finish. With stop, once a trial succeeded, a suggested
+    trial its family's finished trials say would still run at the end of the box
+    (`expected_seconds`) is not started, and no trial after it. When the search itself fails or is interrupted
     (an error from on_done, KeyboardInterrupt), running trials are stopped the same way before
     the error propagates (without stop, they are waited for).
     """
@@ -175,6 +195,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     stopped: set[int] = set()
     unstoppable: set[int] = set()
     submitted = 0
+    closed = False  # a suggested trial would not finish in the time box: none starts after it
 
     def run(number: int, point: dict[str, Any], slot: int) -> Trial:
         family, params = point["model"]["family"], dict(point["model"]["params"])
@@ -205,8 +226,27 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         best_at = min((i for i, t in enumerate(finished) if t.ok and t.auc == best_auc(finished)),
                       default=-1)
         stalled = len(finished) - 1 - best_at >= budget.early_stop_trials and best_at >= 0
-        return (submitted < budget.max_evals and not stalled
+        return (submitted < budget.max_evals and not stalled and not closed
                 and time.monotonic() - started < budget.timeout_s)
+
+    def ends_in_box(point: dict[str, Any]) -> bool:
+        """Whether the suggested trial would be stopped at the time box, as far as its family's
+        finished trials tell (only once a trial succeeded: before, running trials are let
+        finish): then it is not started, and no trial starts after it (the search's time
+        would go to a fit that is thrown away)."""
+        nonlocal closed
+        if stop is None or best_auc(finished) is None:
+            return False
+        family = point["model"]["family"]
+        need = expected_seconds(family, point["model"]["params"], finished)
+        left = budget.timeout_s - (time.monotonic() - started)
+        if need is None or need <= left:
+            return False
+        closed = True
+        log.info("the search starts no more trials: the next (%s) would take ~%.0f s by its "
+                 "family's trials, %.0f s are left of the time box (%.0f s)", family, need,
+                 max(left, 0.0), budget.timeout_s)
+        return True
 
     def stop_all() -> None:
         """Stop every running trial, again every STOP_REPEAT_S, until each has ended."""
@@ -244,10 +284,15 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 # importable (SONify), and a result set on ours would never reach TPE
                 doc = next(t for t in trials.trials if t["tid"] == doc["tid"])
                 values = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
+                point = space_eval(space, values)
+                if ends_in_box(point):
+                    doc["state"], doc["result"] = JOB_STATE_DONE, {"status": STATUS_FAIL}
+                    trials.refresh()
+                    break
                 submitted += 1
                 slot = min(set(range(budget.parallelism)) - set(slots.values()))
                 target = wrap(run) if wrap is not None else run
-                future = pool.submit(target, submitted, space_eval(space, values), slot)
+                future = pool.submit(target, submitted, point, slot)
                 running[future], numbers[future], slots[future] = doc, submitted, slot
             if not running:
                 break

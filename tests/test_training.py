@@ -30,7 +30,14 @@ from lakehouse.evaluation import histogram
 from lakehouse.features import FeatureSettings, flight_features
 from lakehouse.stages import train
 from lakehouse.training import TrialControl, Windows, WindowsError
-from lakehouse.tuning import Budget, SearchSpaceError, search, search_space
+from lakehouse.tuning import (
+    Budget,
+    SearchSpaceError,
+    Trial,
+    expected_seconds,
+    search,
+    search_space,
+)
 from tests.conftest import make_config
 from tests.rows import silver_frames, source_rows
 
@@ -324,6 +331,41 @@ def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
     assert next(t for t in trials if t.number == 2).error == (
         "stopped at the time box (1 s); it ended with JavaError: "
         "org.apache.spark.SparkException: Job 7 cancelled part of cancelled job tag trial-2")
+
+
+def test_a_trial_that_would_run_past_the_time_box_is_not_started() -> None:
+    """Trial 1 takes 0.6 s of a 1 s box: a second trial of its family would be stopped at
+    the box, so none starts and the search ends before the box (nothing to stop)."""
+    space = search_space(["logistic_regression"], {}, ["none"])
+    stops: list[int] = []
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        time.sleep(0.6)
+        return 0.6, {}
+
+    started = time.monotonic()
+    trials = search(objective, space, Budget(max_evals=5, timeout_s=1.0, early_stop_trials=100),
+                    seed=1, stop=stops.append)
+    assert [t.number for t in trials] == [1] and not stops
+    assert time.monotonic() - started < 1.0
+    # without a way to stop trials, one started before the box runs to its end: it starts
+    assert len(search(objective, space, Budget(max_evals=2, timeout_s=1.0,
+                                               early_stop_trials=100), seed=1)) == 2
+
+
+def test_a_trials_expected_time_comes_from_its_familys_fastest_per_round() -> None:
+    def done(family: str, seconds: float, ok: bool = True, **params: Any) -> Trial:
+        return Trial(0, family, params, "none", seconds, auc=0.7 if ok else None,
+                     error=None if ok else "failed")
+
+    finished = [done("gbt", 40.0, maxIter=20), done("gbt", 90.0, maxIter=30),
+                done("gbt", 5.0, ok=False, maxIter=60), done("random_forest", 30.0, numTrees=20),
+                done("newton_gbt", 100.0)]
+    assert expected_seconds("gbt", {"maxIter": 60}, finished) == 120.0  # 2 s a round at best
+    assert expected_seconds("random_forest", {"numTrees": 80}, finished) == 30.0  # not scaled
+    assert expected_seconds("newton_gbt", {"maxIter": 40}, finished) == 100.0  # rounds unknown
+    assert expected_seconds("logistic_regression", {}, finished) is None  # not tried yet
 
 
 def test_a_failing_search_stops_its_running_trials_before_the_error_propagates() -> None:
