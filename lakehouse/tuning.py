@@ -179,9 +179,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     objective raise (the trial is recorded as stopped at the time box). Without stop, or before
     any trial succeeded, running trials finish. With stop, once a trial succeeded, a suggested
     trial its family's finished trials say would still run at the end of the box
-    (`expected_seconds`) is not started, and no trial after it. When the search itself fails or is interrupted
-    (an error from on_done, KeyboardInterrupt), running trials are stopped the same way before
-    the error propagates (without stop, they are waited for).
+    (`expected_seconds`) is not started, and no trial after it. When the search itself fails
+    or is interrupted (an error from on_done, KeyboardInterrupt), running trials are stopped
+    the same way before the error propagates (without stop, they are waited for).
     """
     domain = Domain(lambda _: 0.0, space)
     trials = Trials()
