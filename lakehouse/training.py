@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from lakehouse.session import inherit, pinned_threads
 from lakehouse.tuning import (
     Budget,
     SearchSpaceError,
+    SearchTrials,
     Trial,
     best_trial,
     search,
@@ -170,7 +172,7 @@ class TuningResult:
     threshold: float
     validation: Histogram
     holdout: Histogram
-    trials: list[Trial]
+    trials: SearchTrials  # with why the search ended
     # Holdout including the flights without a recorded tail (left out of training and of the
     # holdout metrics: they are all cancelled, so their missing plane features give the label
     # away), and how many there were.
@@ -280,7 +282,7 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
 
 @dataclass
 class SearchResult:
-    trials: list[Trial]
+    trials: SearchTrials
     histograms: dict[int, Histogram]  # each successful trial's validation scores, by number
 
 
@@ -294,10 +296,12 @@ def _search(spark: SparkSession, vectors: Vectors, space: dict[str, Any],
                   weighting: str) -> tuple[float, dict[str, Any]]:
         with control.trial(number, family):
             _, fit, val = vectors.get(family)  # the first trial of a kind prepares it
+            began = time.monotonic()
             model = classifier(family, params, settings.seed, weighting == "balanced").fit(fit)
+            fit_seconds = time.monotonic() - began  # what the search's time estimates rest on
             scored = histogram(model.transform(val), LABEL, positive_probability())
         histograms[number] = scored
-        return scored.auc_roc(), {}
+        return scored.auc_roc(), {"fit_seconds": fit_seconds}
 
     control = TrialControl(spark)
     try:

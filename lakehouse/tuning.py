@@ -41,26 +41,10 @@ def described(error: BaseException) -> str:
         except Exception:  # the JVM gone: py4j's text is what is left
             pass
     return f"{type(error).__name__}: {error}"
+
+
 STOP_REPEAT_S = 1.0  # a stopped trial still running is stopped again this often
 WEIGHTINGS = ("none", "balanced")
-# The parameter a family's fit time grows with in proportion: the boosting rounds.
-ROUNDS = {"gbt": "maxIter", "newton_gbt": "maxIter"}
-
-
-def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial]) -> float | None:
-    """The least time a trial of family at params can be expected to take, from the same
-    family's successful trials: the fastest of them, per boosting round for the boosting
-    families (depth, class weighting and the rest are not counted: the estimate errs toward
-    starting a trial). None before the family has a successful trial."""
-    key = ROUNDS.get(family)
-
-    def scaled(trial: Trial) -> float:
-        if key and trial.params.get(key) and params.get(key):  # both given by the search space
-            return trial.seconds * float(params[key]) / float(trial.params[key])
-        return trial.seconds
-
-    times = [scaled(t) for t in finished if t.ok and t.family == family]
-    return min(times) if times else None
 
 
 class SearchSpaceError(ValueError):
@@ -156,6 +140,42 @@ class Budget:
     startup_trials: int = 5
 
 
+# What a fit's time grows with: the boosting rounds, in proportion; the trees' depth and a
+# forest's size (a trial with more of them says nothing of a smaller one's time).
+ROUNDS = {"gbt": "maxIter", "newton_gbt": "maxIter"}
+SIZES = ("maxDepth", "numTrees")
+REFUSALS = 3  # suggested trials in a row that would run past the time box end the search
+
+
+def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial]) -> float | None:
+    """The least time the fit of a trial of family at params can be expected to take, from
+    the same family's successful trials no larger than it (maxDepth, numTrees): the fastest of
+    their fits, per boosting round for the boosting families. Only the fit counts (its
+    `fit_seconds`, when the objective gave it; not the preparation a first trial does, nor
+    the scoring), so the estimate errs toward starting a trial. None without such a trial."""
+    key = ROUNDS.get(family)
+
+    def no_larger(trial: Trial) -> bool:
+        return all(trial.params.get(p) is None or params.get(p) is None
+                   or float(trial.params[p]) <= float(params[p]) for p in SIZES)
+
+    def scaled(trial: Trial) -> float:
+        fit = float(trial.extra.get("fit_seconds", trial.seconds))
+        if key and trial.params.get(key) and params.get(key):  # both given by the search space
+            return fit * float(params[key]) / float(trial.params[key])
+        return fit
+
+    times = [scaled(t) for t in finished if t.ok and t.family == family and no_larger(t)]
+    return min(times) if times else None
+
+
+class SearchTrials(list[Trial]):
+    """A search's trials in the order they finished, and why it ended (`ended`)."""
+
+    ended: str = ""
+
+
+
 Objective = Callable[[int, str, dict[str, Any], str], tuple[float, dict[str, Any]]]
 
 
@@ -164,8 +184,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
            on_done: Callable[[Trial], None] | None = None,
            stop: Callable[[int], None] | None = None,
            wrap: Callable[[Callable[..., Trial]], Callable[..., Trial]] | None = None,
-           ) -> list[Trial]:
-    """Run the search; returns every trial in the order they finished.
+           ) -> SearchTrials:
+    """Run the search; returns every trial in the order they finished, and why it ended.
 
     objective(number, family, params, weighting) returns (validation AUC, extra); an exception
     makes the trial fail (recorded with its error) and the search goes on. set_pool(name) is
@@ -195,7 +215,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     stopped: set[int] = set()
     unstoppable: set[int] = set()
     submitted = 0
-    closed = False  # a suggested trial would not finish in the time box: none starts after it
+    closed = ""  # why no trial starts any more, when trials would run past the time box
+    refusals = 0  # suggested trials in a row not started (they would run past the time box)
 
     def run(number: int, point: dict[str, Any], slot: int) -> Trial:
         family, params = point["model"]["family"], dict(point["model"]["params"])
@@ -221,20 +242,31 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         trial.seconds = time.monotonic() - began
         return trial
 
-    def may_start() -> bool:
+    def end_reason() -> str:
+        """Why no trial may start now ("" when one may)."""
         # the first trial that reached the best: a later equal score is no improvement
         best_at = min((i for i, t in enumerate(finished) if t.ok and t.auc == best_auc(finished)),
                       default=-1)
-        stalled = len(finished) - 1 - best_at >= budget.early_stop_trials and best_at >= 0
-        return (submitted < budget.max_evals and not stalled and not closed
-                and time.monotonic() - started < budget.timeout_s)
+        if submitted >= budget.max_evals:
+            return f"max_evals: {budget.max_evals} trials"
+        if len(finished) - 1 - best_at >= budget.early_stop_trials and best_at >= 0:
+            return (f"early stop: the best validation AUC-ROC did not improve in "
+                    f"{budget.early_stop_trials} trials")
+        if closed:
+            return closed
+        if time.monotonic() - started >= budget.timeout_s:
+            return f"the time box ({budget.timeout_s:.0f} s)"
+        return ""
 
-    def ends_in_box(point: dict[str, Any]) -> bool:
-        """Whether the suggested trial would be stopped at the time box, as far as its family's
-        finished trials tell (only once a trial succeeded: before, running trials are let
-        finish): then it is not started, and no trial starts after it (the search's time
-        would go to a fit that is thrown away)."""
-        nonlocal closed
+    def may_start() -> bool:
+        return not end_reason()
+
+    def runs_past_box(point: dict[str, Any]) -> bool:
+        """Whether the suggested trial would still be running at the end of the time box, as
+        far as its family's finished trials tell; asked only once a trial succeeded and with
+        stop (otherwise running trials are let finish, and nothing is thrown away). Such a
+        trial is not started; after REFUSALS in a row, no trial is."""
+        nonlocal closed, refusals
         if stop is None or best_auc(finished) is None:
             return False
         family = point["model"]["family"]
@@ -242,10 +274,14 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         left = budget.timeout_s - (time.monotonic() - started)
         if need is None or need <= left:
             return False
-        closed = True
-        log.info("the search starts no more trials: the next (%s) would take ~%.0f s by its "
-                 "family's trials, %.0f s are left of the time box (%.0f s)", family, need,
-                 max(left, 0.0), budget.timeout_s)
+        refusals += 1
+        log.info("a %s trial not started: its fit would take ~%.0f s by the family's trials, "
+                 "%.0f s are left of the time box (%.0f s)", family, need, max(left, 0.0),
+                 budget.timeout_s)
+        if refusals >= REFUSALS:
+            closed = (f"{refusals} suggested trials in a row would have run past the time box "
+                      f"({budget.timeout_s:.0f} s) at {budget.timeout_s - left:.0f} s")
+            log.info("the search starts no more trials: %s", closed)
         return True
 
     def stop_all() -> None:
@@ -285,10 +321,11 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 doc = next(t for t in trials.trials if t["tid"] == doc["tid"])
                 values = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
                 point = space_eval(space, values)
-                if ends_in_box(point):
+                if runs_past_box(point):  # TPE counts it as a failed point and suggests again
                     doc["state"], doc["result"] = JOB_STATE_DONE, {"status": STATUS_FAIL}
                     trials.refresh()
-                    break
+                    continue
+                refusals = 0
                 submitted += 1
                 slot = min(set(range(budget.parallelism)) - set(slots.values()))
                 target = wrap(run) if wrap is not None else run
@@ -338,7 +375,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return finished
+    result = SearchTrials(finished)
+    result.ended = end_reason() or "no trial left to run"
+    return result
 
 
 def best_auc(trials: list[Trial]) -> float | None:

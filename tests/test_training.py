@@ -283,6 +283,7 @@ def test_search_stops_early_when_the_best_does_not_improve() -> None:
     trials = search(lambda *_: (0.7, {}), space, Budget(max_evals=30, timeout_s=60,
                                                          early_stop_trials=3), seed=1)
     assert len(trials) == 4  # the first sets the best, three more do not improve it
+    assert trials.ended.startswith("early stop"), trials.ended
 
 
 class JavaError(Exception):
@@ -349,21 +350,34 @@ def test_a_trial_that_would_run_past_the_time_box_is_not_started() -> None:
                     seed=1, stop=stops.append)
     assert [t.number for t in trials] == [1] and not stops
     assert time.monotonic() - started < 1.0
+    assert trials.ended.startswith("3 suggested trials in a row would have run past the time "
+                                   "box (1 s)"), trials.ended
     # without a way to stop trials, one started before the box runs to its end: it starts
     assert len(search(objective, space, Budget(max_evals=2, timeout_s=1.0,
                                                early_stop_trials=100), seed=1)) == 2
 
 
-def test_a_trials_expected_time_comes_from_its_familys_fastest_per_round() -> None:
-    def done(family: str, seconds: float, ok: bool = True, **params: Any) -> Trial:
+def test_a_trials_expected_time_comes_from_its_familys_fastest_fit_no_larger() -> None:
+    def done(family: str, seconds: float, ok: bool = True, fit: float | None = None,
+             **params: Any) -> Trial:
         return Trial(0, family, params, "none", seconds, auc=0.7 if ok else None,
-                     error=None if ok else "failed")
+                     error=None if ok else "failed",
+                     extra={} if fit is None else {"fit_seconds": fit})
 
-    finished = [done("gbt", 40.0, maxIter=20), done("gbt", 90.0, maxIter=30),
-                done("gbt", 5.0, ok=False, maxIter=60), done("random_forest", 30.0, numTrees=20),
+    finished = [done("gbt", 70.0, fit=40.0, maxIter=20, maxDepth=5),  # 30 s preparing, scoring
+                done("gbt", 90.0, maxIter=30, maxDepth=5),
+                done("gbt", 5.0, ok=False, maxIter=60, maxDepth=3),
+                done("gbt", 10.0, maxIter=20, maxDepth=8),
+                done("random_forest", 30.0, numTrees=20, maxDepth=6),
+                done("random_forest", 60.0, numTrees=80, maxDepth=6),
                 done("newton_gbt", 100.0)]
-    assert expected_seconds("gbt", {"maxIter": 60}, finished) == 120.0  # 2 s a round at best
-    assert expected_seconds("random_forest", {"numTrees": 80}, finished) == 30.0  # not scaled
+    # per round, the fit alone: 40 s / 20 rounds, not 70 s; depth 8 says nothing of depth 5
+    assert expected_seconds("gbt", {"maxIter": 60, "maxDepth": 5}, finished) == 120.0
+    assert expected_seconds("gbt", {"maxIter": 20, "maxDepth": 8}, finished) == 10.0
+    assert expected_seconds("gbt", {"maxIter": 60, "maxDepth": 3}, finished) is None
+    assert expected_seconds("random_forest", {"numTrees": 80, "maxDepth": 6}, finished) == 30.0
+    assert expected_seconds("random_forest", {"numTrees": 40, "maxDepth": 6}, finished) == 30.0
+    assert expected_seconds("random_forest", {"numTrees": 10, "maxDepth": 6}, finished) is None
     assert expected_seconds("newton_gbt", {"maxIter": 40}, finished) == 100.0  # rounds unknown
     assert expected_seconds("logistic_regression", {}, finished) is None  # not tried yet
 
@@ -531,6 +545,10 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == result["trials"] == 4
     assert all(c.data.metrics.get("validation_auc_roc") for c in children)
+    # each trial's fit timed apart from its run (what the time box's estimates rest on)
+    assert all(0 < c.data.metrics["fit_seconds"] < c.data.metrics["trial_seconds"]
+               for c in children)
+    assert parent.data.tags["search_ended"] == "max_evals: 4 trials"
     # two trials ran at the same time: their spans overlap
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))

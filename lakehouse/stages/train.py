@@ -102,6 +102,8 @@ def trial_logger(parent_run_id: str, experiment_id: str):  # type: ignore[no-unt
         params = [Param(k, str(v)) for k, v in trial.params.items()]
         params += [Param("family", trial.family), Param("class_weighting", trial.weighting)]
         metrics = [Metric("trial_seconds", trial.seconds, now, 0)]
+        if "fit_seconds" in trial.extra:
+            metrics.append(Metric("fit_seconds", trial.extra["fit_seconds"], now, 0))
         if trial.ok and trial.auc is not None:
             metrics.append(Metric("validation_auc_roc", trial.auc, now, 0))
         client.log_batch(run.info.run_id, metrics=metrics, params=params)
@@ -217,6 +219,7 @@ def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, f
         "decision_threshold": result.threshold,
         "trials": len(result.trials),
         "failed_trials": sum(not t.ok for t in result.trials)})
+    mlflow.set_tag("search_ended", result.trials.ended[:5000])
     figures = {"plots/roc.png": plots.roc(result.holdout, baseline, "holdout ROC"),
                "plots/precision_recall.png": plots.precision_recall(
                    result.holdout, result.threshold, "holdout precision-recall"),
@@ -231,7 +234,9 @@ def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, f
     mlflow.log_dict({"trials": [
         {"number": t.number, "family": t.family, "class_weighting": t.weighting,
          "params": t.params, "validation_auc_roc": t.auc, "seconds": round(t.seconds, 2),
-         "error": t.error} for t in sorted(result.trials, key=lambda t: t.number)]},
+         "fit_seconds": (round(t.extra["fit_seconds"], 2) if "fit_seconds" in t.extra
+                         else None), "error": t.error}
+        for t in sorted(result.trials, key=lambda t: t.number)], "ended": result.trials.ended},
         "trials.json")
 
 
