@@ -202,6 +202,14 @@ class Vectors:
             fit = (prep.transform(self.fit_rows).select("features", LABEL)
                    .transform(with_weight(self.weights)).persist())
             val = prep.transform(self.val_rows).select("features", LABEL).persist()
+            # filled here, not in the first trial's fit: a trial's fit_seconds is its fit alone
+            try:
+                fit.count()
+                val.count()
+            except BaseException:  # e.g. the trial stopped at the time box: nothing is kept
+                fit.unpersist()
+                val.unpersist()
+                raise
             self._cache[kind] = (prep, fit, val)
         return self._cache[kind]
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -140,32 +139,42 @@ class Budget:
     startup_trials: int = 5
 
 
-# What a fit's time grows with: the boosting rounds, in proportion; the trees' depth and a
-# forest's size (a trial with more of them says nothing of a smaller one's time).
+# What a fit's time grows with: the boosting rounds (in proportion), the trees' depth (the
+# passes over the data a tree takes) and a forest's size.
 ROUNDS = {"gbt": "maxIter", "newton_gbt": "maxIter"}
-SIZES = ("maxDepth", "numTrees")
 REFUSALS = 3  # suggested trials in a row that would run past the time box end the search
 
 
 def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial]) -> float | None:
     """The least time the fit of a trial of family at params can be expected to take, from
-    the same family's successful trials no larger than it (maxDepth, numTrees): the fastest of
-    their fits, per boosting round for the boosting families. Only the fit counts (its
-    `fit_seconds`, when the objective gave it; not the preparation a first trial does, nor
-    the scoring), so the estimate errs toward starting a trial. None without such a trial."""
+    the same family's successful trials: the fastest of their fits, in proportion to the
+    boosting rounds for the boosting families, scaled down (never up) in proportion to a
+    smaller maxDepth, and only from forests of no more trees. Only the fit counts (its
+    `fit_seconds`, when the objective gave it; not the scoring), and a fit's fixed costs are
+    scaled down with it, so the estimate errs toward starting a trial. None without such a
+    trial."""
     key = ROUNDS.get(family)
 
-    def no_larger(trial: Trial) -> bool:
-        return all(trial.params.get(p) is None or params.get(p) is None
-                   or float(trial.params[p]) <= float(params[p]) for p in SIZES)
+    def given(values: dict[str, Any], name: str) -> float | None:
+        value = values.get(name)
+        return float(value) if value else None
 
-    def scaled(trial: Trial) -> float:
-        fit = float(trial.extra.get("fit_seconds", trial.seconds))
-        if key and trial.params.get(key) and params.get(key):  # both given by the search space
-            return fit * float(params[key]) / float(trial.params[key])
-        return fit
+    def scaled(trial: Trial) -> float | None:
+        trees, its_trees = given(params, "numTrees"), given(trial.params, "numTrees")
+        if trees is not None and its_trees is not None and its_trees > trees:
+            return None  # a larger forest says nothing of a smaller one's time
+        seconds = float(trial.extra.get("fit_seconds", trial.seconds))
+        if key:
+            rounds, its_rounds = given(params, key), given(trial.params, key)
+            if rounds is not None and its_rounds is not None:  # both from the search space
+                seconds *= rounds / its_rounds
+        depth, its_depth = given(params, "maxDepth"), given(trial.params, "maxDepth")
+        if depth is not None and its_depth is not None:
+            seconds *= min(1.0, depth / its_depth)
+        return seconds
 
-    times = [scaled(t) for t in finished if t.ok and t.family == family and no_larger(t)]
+    times = [seconds for seconds in (scaled(t) for t in finished if t.ok and t.family == family)
+             if seconds is not None]
     return min(times) if times else None
 
 
@@ -198,14 +207,14 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     cancellation reaches only the jobs running at that moment): it should make that trial's
     objective raise (the trial is recorded as stopped at the time box). Without stop, or before
     any trial succeeded, running trials finish. With stop, once a trial succeeded, a suggested
-    trial its family's finished trials say would still run at the end of the box
-    (`expected_seconds`) is not started, and no trial after it. When the search itself fails
+    trial whose fit its family's finished trials say would still run at the end of the box
+    (`expected_seconds`) is not started: TPE counts its point as failed and suggests again,
+    and after REFUSALS such suggestions in a row no trial starts. When the search itself fails
     or is interrupted (an error from on_done, KeyboardInterrupt), running trials are stopped
     the same way before the error propagates (without stop, they are waited for).
     """
     domain = Domain(lambda _: 0.0, space)
     trials = Trials()
-    suggest = partial(tpe.suggest, n_startup_jobs=budget.startup_trials)
     rng = np.random.default_rng(seed)
     started = time.monotonic()
     finished: list[Trial] = []
@@ -217,6 +226,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     submitted = 0
     closed = ""  # why no trial starts any more, when trials would run past the time box
     refusals = 0  # suggested trials in a row not started (they would run past the time box)
+    refused = 0  # all of them
 
     def run(number: int, point: dict[str, Any], slot: int) -> Trial:
         family, params = point["model"]["family"], dict(point["model"]["params"])
@@ -244,12 +254,14 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
 
     def end_reason() -> str:
         """Why no trial may start now ("" when one may)."""
-        # the first trial that reached the best: a later equal score is no improvement
-        best_at = min((i for i, t in enumerate(finished) if t.ok and t.auc == best_auc(finished)),
+        # the first trial that reached the best: a later equal score is no improvement; a
+        # trial stopped at the time box or by an interruption is not a trial that did not
+        counted = [t for t in finished if t.number not in stopped]
+        best_at = min((i for i, t in enumerate(counted) if t.ok and t.auc == best_auc(counted)),
                       default=-1)
         if submitted >= budget.max_evals:
             return f"max_evals: {budget.max_evals} trials"
-        if len(finished) - 1 - best_at >= budget.early_stop_trials and best_at >= 0:
+        if len(counted) - 1 - best_at >= budget.early_stop_trials and best_at >= 0:
             return (f"early stop: the best validation AUC-ROC did not improve in "
                     f"{budget.early_stop_trials} trials")
         if closed:
@@ -266,7 +278,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         far as its family's finished trials tell; asked only once a trial succeeded and with
         stop (otherwise running trials are let finish, and nothing is thrown away). Such a
         trial is not started; after REFUSALS in a row, no trial is."""
-        nonlocal closed, refusals
+        nonlocal closed, refusals, refused
         if stop is None or best_auc(finished) is None:
             return False
         family = point["model"]["family"]
@@ -275,6 +287,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         if need is None or need <= left:
             return False
         refusals += 1
+        refused += 1
         log.info("a %s trial not started: its fit would take ~%.0f s by the family's trials, "
                  "%.0f s are left of the time box (%.0f s)", family, need, max(left, 0.0),
                  budget.timeout_s)
@@ -312,7 +325,10 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             while len(running) < budget.parallelism and may_start():
                 ids = trials.new_trial_ids(1)
                 trials.refresh()
-                (doc,) = suggest(ids, domain, trials, int(rng.integers(2**31 - 1)))
+                # refused points are among the trials TPE counts: the random start is not
+                # shortened by them
+                (doc,) = tpe.suggest(ids, domain, trials, int(rng.integers(2**31 - 1)),
+                                     n_startup_jobs=budget.startup_trials + refused)
                 doc["state"] = JOB_STATE_RUNNING
                 trials.insert_trial_docs([doc])
                 trials.refresh()
@@ -376,7 +392,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     result = SearchTrials(finished)
-    result.ended = end_reason() or "no trial left to run"
+    result.ended = end_reason()
     return result
 
 

@@ -334,47 +334,79 @@ def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
         "org.apache.spark.SparkException: Job 7 cancelled part of cancelled job tag trial-2")
 
 
-def test_a_trial_that_would_run_past_the_time_box_is_not_started() -> None:
-    """Trial 1 takes 0.6 s of a 1 s box: a second trial of its family would be stopped at
-    the box, so none starts and the search ends before the box (nothing to stop)."""
+def test_a_trial_that_would_run_past_the_time_box_is_not_started(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 1's fit took 5 s and the box is 3 s: a second trial of its family would be
+    stopped at the box, so none starts (three suggestions refused) and the search ends with
+    nothing to stop. The refused points do not count toward TPE's random start."""
+    import lakehouse.tuning
+
     space = search_space(["logistic_regression"], {}, ["none"])
     stops: list[int] = []
+    startup: list[int] = []
+    suggest = lakehouse.tuning.tpe.suggest
+
+    def watched(*args: Any, n_startup_jobs: int, **kwargs: Any) -> Any:
+        startup.append(n_startup_jobs)
+        return suggest(*args, n_startup_jobs=n_startup_jobs, **kwargs)
+
+    monkeypatch.setattr(lakehouse.tuning.tpe, "suggest", watched)
 
     def objective(number: int, family: str, params: dict[str, Any],
                   weighting: str) -> tuple[float, dict[str, Any]]:
-        time.sleep(0.6)
-        return 0.6, {}
+        return 0.6, {"fit_seconds": 5.0}
 
-    started = time.monotonic()
-    trials = search(objective, space, Budget(max_evals=5, timeout_s=1.0, early_stop_trials=100),
+    trials = search(objective, space, Budget(max_evals=5, timeout_s=3.0, early_stop_trials=100),
                     seed=1, stop=stops.append)
     assert [t.number for t in trials] == [1] and not stops
-    assert time.monotonic() - started < 1.0
     assert trials.ended.startswith("3 suggested trials in a row would have run past the time "
-                                   "box (1 s)"), trials.ended
+                                   "box (3 s)"), trials.ended
+    assert startup == [5, 5, 6, 7]
     # without a way to stop trials, one started before the box runs to its end: it starts
-    assert len(search(objective, space, Budget(max_evals=2, timeout_s=1.0,
+    assert len(search(objective, space, Budget(max_evals=2, timeout_s=3.0,
                                                early_stop_trials=100), seed=1)) == 2
 
 
-def test_a_trials_expected_time_comes_from_its_familys_fastest_fit_no_larger() -> None:
+def test_a_trial_stopped_at_the_time_box_does_not_count_toward_the_early_stop() -> None:
+    space = search_space(["logistic_regression"], {}, ["none"])
+    stopped = threading.Event()
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        if number < 3:
+            return (0.7 if number == 1 else 0.6), {}
+        if not stopped.wait(30):
+            return 0.5, {}
+        raise RuntimeError("job cancelled")
+
+    trials = search(objective, space, Budget(max_evals=5, timeout_s=1.0, early_stop_trials=2),
+                    seed=1, stop=lambda _: stopped.set())
+    assert [t.ok for t in sorted(trials, key=lambda t: t.number)] == [True, True, False]
+    assert trials.ended == "the time box (1 s)"
+
+
+def test_a_trials_expected_time_comes_from_its_familys_fastest_fit() -> None:
     def done(family: str, seconds: float, ok: bool = True, fit: float | None = None,
              **params: Any) -> Trial:
         return Trial(0, family, params, "none", seconds, auc=0.7 if ok else None,
                      error=None if ok else "failed",
                      extra={} if fit is None else {"fit_seconds": fit})
 
-    finished = [done("gbt", 70.0, fit=40.0, maxIter=20, maxDepth=5),  # 30 s preparing, scoring
+    finished = [done("gbt", 70.0, fit=40.0, maxIter=20, maxDepth=5),  # 30 s scoring
                 done("gbt", 90.0, maxIter=30, maxDepth=5),
                 done("gbt", 5.0, ok=False, maxIter=60, maxDepth=3),
-                done("gbt", 10.0, maxIter=20, maxDepth=8),
+                done("gbt", 80.0, maxIter=20, maxDepth=8),
                 done("random_forest", 30.0, numTrees=20, maxDepth=6),
                 done("random_forest", 60.0, numTrees=80, maxDepth=6),
                 done("newton_gbt", 100.0)]
-    # per round, the fit alone: 40 s / 20 rounds, not 70 s; depth 8 says nothing of depth 5
+    # in proportion to the rounds, from the fit alone: 40 s / 20 rounds x 60, not 70 s / 20 x 60
+    # (the depth-8 trial scaled down to depth 5: 80 s x 3 x 5 / 8 = 150 s)
     assert expected_seconds("gbt", {"maxIter": 60, "maxDepth": 5}, finished) == 120.0
-    assert expected_seconds("gbt", {"maxIter": 20, "maxDepth": 8}, finished) == 10.0
-    assert expected_seconds("gbt", {"maxIter": 60, "maxDepth": 3}, finished) is None
+    # scaled down to a smaller depth (40 s x 3 / 5), never up to a larger one
+    assert expected_seconds("gbt", {"maxIter": 20, "maxDepth": 3}, finished) == 24.0
+    assert expected_seconds("gbt", {"maxIter": 20, "maxDepth": 8}, finished) == 40.0
+    assert expected_seconds("gbt", {"maxIter": 10, "maxDepth": 10}, finished) == 20.0
+    # a forest only from forests of no more trees, not scaled by them
     assert expected_seconds("random_forest", {"numTrees": 80, "maxDepth": 6}, finished) == 30.0
     assert expected_seconds("random_forest", {"numTrees": 40, "maxDepth": 6}, finished) == 30.0
     assert expected_seconds("random_forest", {"numTrees": 10, "maxDepth": 6}, finished) is None
