@@ -150,9 +150,12 @@ def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial])
     the same family's successful trials: the fastest of their fits, in proportion to the
     boosting rounds for the boosting families, scaled down (never up) in proportion to a
     smaller maxDepth, and only from forests of no more trees. Only the fit counts (its
-    `fit_seconds`, when the objective gave it; not the scoring), and a fit's fixed costs are
-    scaled down with it, so the estimate errs toward starting a trial. None without such a
-    trial."""
+    `fit_seconds`, when the objective gave it; not the scoring). Toward fewer rounds or a
+    smaller depth a fit's fixed costs are scaled down with it (the estimate errs toward
+    starting); toward more rounds they are scaled up with it (split finding and caching, a few
+    seconds for MLlib's GBT on the full year), so it can run that much high. A fit timed beside
+    another trial (parallelism > 1) shared the machine and reads slower than alone. None
+    without such a trial."""
     key = ROUNDS.get(family)
 
     def given(values: dict[str, Any], name: str) -> float | None:
@@ -182,7 +185,6 @@ class SearchTrials(list[Trial]):
     """A search's trials in the order they finished, and why it ended (`ended`)."""
 
     ended: str = ""
-
 
 
 Objective = Callable[[int, str, dict[str, Any], str], tuple[float, dict[str, Any]]]
@@ -255,7 +257,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     def end_reason() -> str:
         """Why no trial may start now ("" when one may)."""
         # the first trial that reached the best: a later equal score is no improvement; a
-        # trial stopped at the time box or by an interruption is not a trial that did not
+        # trial stopped at the time box or by an interruption does not count as one that
+        # failed to improve
         counted = [t for t in finished if t.number not in stopped]
         best_at = min((i for i, t in enumerate(counted) if t.ok and t.auc == best_auc(counted)),
                       default=-1)

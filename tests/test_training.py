@@ -336,7 +336,7 @@ def test_the_time_box_stops_running_trials_once_one_succeeded() -> None:
 
 def test_a_trial_that_would_run_past_the_time_box_is_not_started(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Trial 1's fit took 5 s and the box is 3 s: a second trial of its family would be
+    """Trial 1's fit took 600 s and the box is 60 s: a second trial of its family would be
     stopped at the box, so none starts (three suggestions refused) and the search ends with
     nothing to stop. The refused points do not count toward TPE's random start."""
     import lakehouse.tuning
@@ -354,16 +354,16 @@ def test_a_trial_that_would_run_past_the_time_box_is_not_started(
 
     def objective(number: int, family: str, params: dict[str, Any],
                   weighting: str) -> tuple[float, dict[str, Any]]:
-        return 0.6, {"fit_seconds": 5.0}
+        return 0.6, {"fit_seconds": 600.0}
 
-    trials = search(objective, space, Budget(max_evals=5, timeout_s=3.0, early_stop_trials=100),
+    trials = search(objective, space, Budget(max_evals=5, timeout_s=60.0, early_stop_trials=100),
                     seed=1, stop=stops.append)
     assert [t.number for t in trials] == [1] and not stops
     assert trials.ended.startswith("3 suggested trials in a row would have run past the time "
-                                   "box (3 s)"), trials.ended
+                                   "box (60 s)"), trials.ended
     assert startup == [5, 5, 6, 7]
     # without a way to stop trials, one started before the box runs to its end: it starts
-    assert len(search(objective, space, Budget(max_evals=2, timeout_s=3.0,
+    assert len(search(objective, space, Budget(max_evals=2, timeout_s=60.0,
                                                early_stop_trials=100), seed=1)) == 2
 
 
@@ -379,10 +379,10 @@ def test_a_trial_stopped_at_the_time_box_does_not_count_toward_the_early_stop() 
             return 0.5, {}
         raise RuntimeError("job cancelled")
 
-    trials = search(objective, space, Budget(max_evals=5, timeout_s=1.0, early_stop_trials=2),
+    trials = search(objective, space, Budget(max_evals=5, timeout_s=3.0, early_stop_trials=2),
                     seed=1, stop=lambda _: stopped.set())
     assert [t.ok for t in sorted(trials, key=lambda t: t.number)] == [True, True, False]
-    assert trials.ended == "the time box (1 s)"
+    assert trials.ended == "the time box (3 s)"
 
 
 def test_a_trials_expected_time_comes_from_its_familys_fastest_fit() -> None:
