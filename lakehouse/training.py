@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -348,6 +348,12 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
         check_window(parts[name], name)
     fit_rows, val_rows = parts["fit"].persist(), parts["validation"].persist()
     try:
+        # the time box holds the refit of the best model on both slices: it takes the best
+        # trial's fit time in proportion to the rows (the counts fill the cached rows, which
+        # the first trial's preparation would do otherwise)
+        fit_n, val_n = fit_rows.count(), val_rows.count()
+        settings = replace(settings, budget=replace(settings.budget,
+                                                    refit_scale=(fit_n + val_n) / fit_n))
         trials = _search(spark, Vectors(fit_rows, val_rows), space, settings, on_trial)
     finally:
         fit_rows.unpersist()

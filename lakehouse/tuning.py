@@ -130,19 +130,30 @@ class Trial:
 
 @dataclass(frozen=True)
 class Budget:
-    """When the search stops taking new trials (and, with a stop, ends running ones)."""
+    """When the search stops taking new trials (and, with a stop, ends running ones).
+
+    With refit_scale > 0 the time box holds the refit of the best model too: the search ends
+    that many times the best trial's fit before the box (the refit's rows over a trial's fit
+    rows: `tune_and_fit` refits on the fit and validation slices together)."""
 
     max_evals: int
     timeout_s: float
     early_stop_trials: int
     parallelism: int = 1
     startup_trials: int = 5
+    refit_scale: float = 0.0
 
 
 # What a fit's time grows with: the boosting rounds (in proportion), the trees' depth (the
 # passes over the data a tree takes) and a forest's size.
 ROUNDS = {"gbt": "maxIter", "newton_gbt": "maxIter"}
 REFUSALS = 3  # suggested trials in a row that would run past the time box end the search
+
+
+def fit_seconds(trial: Trial) -> float:
+    """A finished trial's fit alone (`fit_seconds`, when the objective gave it), else its
+    whole time."""
+    return float(trial.extra.get("fit_seconds", trial.seconds))
 
 
 def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial]) -> float | None:
@@ -166,7 +177,7 @@ def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial])
         trees, its_trees = given(params, "numTrees"), given(trial.params, "numTrees")
         if trees is not None and its_trees is not None and its_trees > trees:
             return None  # a larger forest says nothing of a smaller one's time
-        seconds = float(trial.extra.get("fit_seconds", trial.seconds))
+        seconds = fit_seconds(trial)
         if key:
             rounds, its_rounds = given(params, key), given(trial.params, key)
             if rounds is not None and its_rounds is not None:  # both from the search space
@@ -182,9 +193,11 @@ def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial])
 
 
 class SearchTrials(list[Trial]):
-    """A search's trials in the order they finished, and why it ended (`ended`)."""
+    """A search's trials in the order they finished, why it ended (`ended`) and the seconds
+    of the time box kept for the refit of the best model when it ended (`kept_for_refit`)."""
 
     ended: str = ""
+    kept_for_refit: float = 0.0
 
 
 Objective = Callable[[int, str, dict[str, Any], str], tuple[float, dict[str, Any]]]
@@ -211,9 +224,12 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     any trial succeeded, running trials finish. With stop, once a trial succeeded, a suggested
     trial whose fit its family's finished trials say would still run at the end of the box
     (`expected_seconds`) is not started: TPE counts its point as failed and suggests again,
-    and after REFUSALS such suggestions in a row no trial starts. When the search itself fails
-    or is interrupted (an error from on_done, KeyboardInterrupt), running trials are stopped
-    the same way before the error propagates (without stop, they are waited for).
+    and after REFUSALS such suggestions in a row no trial starts. With budget.refit_scale, the
+    end of the box is that of the search: the box less the refit of its best model (see
+    `Budget`); a suggested trial must leave room for its own refit too, should it be the
+    best. When the search itself fails or is interrupted (an error from on_done,
+    KeyboardInterrupt), running trials are stopped the same way before the error propagates
+    (without stop, they are waited for).
     """
     domain = Domain(lambda _: 0.0, space)
     trials = Trials()
@@ -223,7 +239,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     running: dict[Future[Trial], dict[str, Any]] = {}
     numbers: dict[Future[Trial], int] = {}
     slots: dict[Future[Trial], int] = {}
-    stopped: set[int] = set()
+    stopped: dict[int, str] = {}  # trial number -> why it was stopped
+    begun: dict[Future[Trial], float] = {}  # seconds from the start at which it was submitted
     unstoppable: set[int] = set()
     submitted = 0
     closed = ""  # why no trial starts any more, when trials would run past the time box
@@ -243,9 +260,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             if number in stopped:  # by the time box, or as the search was interrupted
                 log.info("trial %d stopped: %s", number, trial.error.splitlines()[0])
                 # what it ended with is kept: a real error raised as it was stopped would
-                # otherwise read as the cancellation
-                trial.error = (f"stopped at the time box ({budget.timeout_s:.0f} s); it ended "
-                               f"with {trial.error.splitlines()[0]}")[:1000]
+                # otherwise read as the cancellation (the reason is set before the stop)
+                trial.error = (f"stopped {stopped[number]}; it ended with "
+                               f"{trial.error.splitlines()[0]}")[:1000]
             else:
                 log.warning("trial %d (%s) failed: %s", number, family, trial.error)
         finally:
@@ -253,6 +270,32 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 set_pool(None)
         trial.seconds = time.monotonic() - began
         return trial
+
+    def reserve(candidate: float = 0.0) -> float:
+        """Seconds of the box kept for the refit of the best trial (or of a candidate's, if
+        larger: it may become the best)."""
+        best = best_trial(finished)
+        return budget.refit_scale * max(candidate, fit_seconds(best) if best else 0.0)
+
+    def left() -> float:
+        """Seconds left to the search: to the end of the box, less the refit's."""
+        return budget.timeout_s - reserve() - (time.monotonic() - started)
+
+    def box() -> str:
+        kept = reserve()
+        if kept >= budget.timeout_s:
+            return (f"the time box ({budget.timeout_s:.0f} s), which the best model's refit "
+                    f"(~{kept:.0f} s) fills")
+        return (f"the time box ({budget.timeout_s:.0f} s" +
+                (f", {kept:.0f} s of it kept for the refit)" if kept else ")"))
+
+    def cutoff(future: Future[Trial]) -> float:
+        """Seconds from the start at which a running trial is stopped: when the refit of the
+        best trial, or its own should it become the best (its fit at least the time it has
+        run), would no longer end within the box."""
+        scale = budget.refit_scale
+        return min(budget.timeout_s - reserve(),
+                   (budget.timeout_s + scale * begun[future]) / (1.0 + scale))
 
     def end_reason() -> str:
         """Why no trial may start now ("" when one may)."""
@@ -269,8 +312,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                     f"{budget.early_stop_trials} trials")
         if closed:
             return closed
-        if time.monotonic() - started >= budget.timeout_s:
-            return f"the time box ({budget.timeout_s:.0f} s)"
+        if left() <= 0:
+            return box()
         return ""
 
     def may_start() -> bool:
@@ -286,17 +329,20 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             return False
         family = point["model"]["family"]
         need = expected_seconds(family, point["model"]["params"], finished)
-        left = budget.timeout_s - (time.monotonic() - started)
-        if need is None or need <= left:
+        if need is None:
+            return False
+        elapsed = time.monotonic() - started
+        kept = reserve(need)
+        if need + kept <= budget.timeout_s - elapsed:
             return False
         refusals += 1
         refused += 1
-        log.info("a %s trial not started: its fit would take ~%.0f s by the family's trials, "
-                 "%.0f s are left of the time box (%.0f s)", family, need, max(left, 0.0),
-                 budget.timeout_s)
+        log.info("a %s trial not started: its fit would take ~%.0f s by the family's trials "
+                 "(and the refit ~%.0f s), %.0f s are left of the time box (%.0f s)", family,
+                 need, kept, max(budget.timeout_s - elapsed, 0.0), budget.timeout_s)
         if refusals >= REFUSALS:
-            closed = (f"{refusals} suggested trials in a row would have run past the time box "
-                      f"({budget.timeout_s:.0f} s) at {budget.timeout_s - left:.0f} s")
+            closed = (f"{refusals} suggested trials in a row would have run past "
+                      f"{box()} at {elapsed:.0f} s")
             log.info("the search starts no more trials: %s", closed)
         return True
 
@@ -310,7 +356,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         while pending:
             try:
                 for future in pending:
-                    stopped.add(numbers[future])
+                    stopped.setdefault(numbers[future], "as the search failed or was "
+                                                        "interrupted")
                     try:
                         stop(numbers[future])
                     except Exception as error:  # the trial then finishes; the error goes on
@@ -348,22 +395,35 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 submitted += 1
                 slot = min(set(range(budget.parallelism)) - set(slots.values()))
                 target = wrap(run) if wrap is not None else run
+                begun_at = time.monotonic() - started
                 future = pool.submit(target, submitted, point, slot)
                 running[future], numbers[future], slots[future] = doc, submitted, slot
+                begun[future] = begun_at
             if not running:
                 break
-            # the time box ends the running trials too, once there is a model to refit
+            # the time box ends the running trials too, once there is a model to refit: each at
+            # its cutoff (the refit is kept its part of the box); the stopped ones are stopped
+            # again every STOP_REPEAT_S until they end
             may_stop = stop is not None and best_auc(finished) is not None
-            left = budget.timeout_s - (time.monotonic() - started)
-            timeout = (None if not may_stop else STOP_REPEAT_S
-                       if stopped.issuperset(numbers.values()) else max(left, 0.0))
-            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+            now = time.monotonic() - started
+            waits = [max(cutoff(f) - now, 0.0) for f in running if numbers[f] not in stopped]
+            if len(waits) < len(running):
+                waits.append(STOP_REPEAT_S)
+            done, _ = wait(running, timeout=min(waits) if may_stop else None,
+                           return_when=FIRST_COMPLETED)
             if not done and stop is not None:
-                for number in sorted(numbers.values()):
+                now = time.monotonic() - started
+                for future, number in sorted(numbers.items(), key=lambda item: item[1]):
                     if number not in stopped:
-                        log.info("trial %d: stopping it, the search's time box (%.0f s) has "
-                                 "ended", number, budget.timeout_s)
-                        stopped.add(number)
+                        if cutoff(future) > now + 0.01:
+                            continue
+                        own = cutoff(future) < budget.timeout_s - reserve()
+                        stopped[number] = (
+                            f"at {now:.0f} s: its own refit, should it be the best (its fit at "
+                            f"least the {now - begun[future]:.0f} s it has run), would end past "
+                            f"the time box ({budget.timeout_s:.0f} s)" if own
+                            else f"at {box()}" + (f" at {now:.0f} s" if reserve() else ""))
+                        log.info("trial %d: stopping it %s", number, stopped[number])
                     try:
                         stop(number)
                     except Exception as error:  # the trial then finishes; the search goes on
@@ -375,6 +435,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 doc, trial = running.pop(future), future.result()
                 numbers.pop(future)
                 slots.pop(future)
+                begun.pop(future)
                 # A failed trial stays among the trials (as fmin keeps it): TPE counts its
                 # point as a bad one (no loss) instead of suggesting it again.
                 doc["state"] = JOB_STATE_DONE
@@ -396,6 +457,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         pool.shutdown(wait=True, cancel_futures=True)
     result = SearchTrials(finished)
     result.ended = end_reason()
+    result.kept_for_refit = reserve()
     return result
 
 

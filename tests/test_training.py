@@ -367,6 +367,105 @@ def test_a_trial_that_would_run_past_the_time_box_is_not_started(
                                                early_stop_trials=100), seed=1)) == 2
 
 
+def test_the_time_box_keeps_the_refit_of_the_best_trial() -> None:
+    """With refit_scale, the box holds the refit of the best model: once a logistic
+    regression whose fit took 40 s is the best, 1.5 x 40 = 60 s of a 75 s box are kept, so
+    neither a forest (its 20 s fit + that refit: 80 s) nor another logistic regression (40 s +
+    its own refit, 60 s) fits, and none starts; without the scale every suggestion fits the
+    box. A best fit whose refit alone fills the box ends the search after that trial, also
+    without a way to stop trials."""
+    space = search_space(["logistic_regression", "random_forest"], {}, ["none"])
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        seconds = {"logistic_regression": 40.0, "random_forest": 20.0}[family]
+        return (0.7 if family == "logistic_regression" else 0.6), {"fit_seconds": seconds}
+
+    def trials_of(scale: float, timeout: float, stop: Any = None) -> Any:
+        return search(objective, space, Budget(max_evals=8, timeout_s=timeout,
+                                               early_stop_trials=100, startup_trials=8,
+                                               refit_scale=scale), seed=3, stop=stop)
+
+    unscaled = trials_of(0.0, 75.0, stop=lambda _: None)
+    assert len(unscaled) == 8 and unscaled.ended == "max_evals: 8 trials"
+    scaled = trials_of(1.5, 75.0, stop=lambda _: None)
+    families = [t.family for t in scaled]
+    assert families[-1] == "logistic_regression" and families.count("logistic_regression") == 1
+    assert scaled.ended.startswith("3 suggested trials in a row would have run past the time "
+                                   "box (75 s, 60 s of it kept for the refit)"), scaled.ended
+    alone = trials_of(4.0, 100.0)  # 160 s of refit: the search is over at once
+    assert alone.ended == "the time box (100 s), which the best model's refit (~160 s) fills"
+    assert [t.family for t in alone][-1] == "logistic_regression"
+
+
+def test_a_suggested_trial_leaves_room_for_its_own_refit() -> None:
+    """A forest whose fit took 50 s is slower than the best model (a logistic regression,
+    40 s): a second forest would need its 50 s and, should it be the best, its own refit (1.5 x
+    50 s), 125 s of the 120 s box, and does not start; with the best's refit alone (60 s) it
+    would fit."""
+    space = search_space(["logistic_regression", "random_forest"], {}, ["none"])
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        if family == "logistic_regression":
+            return 0.7, {"fit_seconds": 40.0}
+        return 0.6, {"fit_seconds": 50.0}
+
+    trials = search(objective, space, Budget(max_evals=8, timeout_s=120.0, early_stop_trials=100,
+                                             startup_trials=8, refit_scale=1.5),
+                    seed=3, stop=lambda _: None)
+    families = [t.family for t in trials]
+    assert families.count("random_forest") == 1 and len(families) == 8, families
+
+
+def test_a_running_trial_is_stopped_when_a_refit_would_end_past_the_box() -> None:
+    """A running trial's own refit, should it be the best, takes at least as long as it has
+    run: with refit_scale 1 and a 4 s box, a trial started at 0 s is stopped at ~2 s, one
+    started at ~2 s at ~3 s (the best, a 0.1 s fit, would leave them until 3.9 s). And when the
+    best's refit is the larger (a 5 s fit in an 8 s box), a trial started beside it at 0 s is
+    stopped at 8 - 5 = 3 s, not at its own 4 s. Each stopped trial says when and why."""
+    space = search_space(["logistic_regression"], {}, ["none"])
+
+    def searched(timeout: float, best_fit: float, parallelism: int) -> tuple[Any, dict[int, float]]:
+        events: dict[int, threading.Event] = {}
+        started = time.monotonic()
+        when: dict[int, float] = {}
+
+        def objective(number: int, family: str, params: dict[str, Any],
+                      weighting: str) -> tuple[float, dict[str, Any]]:
+            if number == 1:
+                return 0.7, {"fit_seconds": best_fit}
+            if not events.setdefault(number, threading.Event()).wait(30):
+                return 0.5, {}
+            raise RuntimeError("job cancelled")
+
+        def stop(number: int) -> None:
+            when.setdefault(number, time.monotonic() - started)
+            events.setdefault(number, threading.Event()).set()
+
+        trials = search(objective, space, Budget(max_evals=3, timeout_s=timeout,
+                                                 early_stop_trials=100, parallelism=parallelism,
+                                                 refit_scale=1.0), seed=1, stop=stop)
+        return trials, when
+
+    trials, when = searched(4.0, 0.1, 1)
+    assert [t.number for t in trials if t.ok] == [1]
+    assert 1.7 < when[2] < 2.6 and 2.7 < when[3] < 3.6, when
+    errors = {t.number: t.error for t in trials if not t.ok}
+    assert errors[2].startswith("stopped at 2 s: its own refit, should it be the best (its fit "
+                                "at least the 2 s it has run), would end past the time box "
+                                "(4 s); it ended with RuntimeError: job cancelled"), errors[2]
+    assert errors[3].startswith("stopped at 3 s: its own refit"), errors[3]
+
+    trials, when = searched(8.0, 5.0, 2)
+    assert [t.number for t in trials] == [1, 2] and 2.7 < when[2] < 3.6, when
+    (error,) = [t.error for t in trials if not t.ok]
+    assert error.startswith("stopped at the time box (8 s, 5 s of it kept for the refit) at "
+                            "3 s; it ended with RuntimeError"), error
+    # the next suggestions (5 s + its 5 s refit in the 5 s left) were not started
+    assert trials.ended.startswith("3 suggested trials in a row"), trials.ended
+
+
 def test_a_trial_stopped_at_the_time_box_does_not_count_toward_the_early_stop() -> None:
     space = search_space(["logistic_regression"], {}, ["none"])
     stopped = threading.Event()
@@ -560,7 +659,7 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
     given: dict[str, Any] = {}
 
     def watched(*args: Any, **kwargs: Any) -> Any:
-        given.update(kwargs)
+        given.update(kwargs, budget=args[2])
         return search(*args, **kwargs)
 
     monkeypatch.setattr(training, "search", watched)
@@ -581,6 +680,19 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
     assert all(0 < c.data.metrics["fit_seconds"] < c.data.metrics["trial_seconds"]
                for c in children)
     assert parent.data.tags["search_ended"] == "max_evals: 4 trials"
+    # the time box kept the refit of the best trial: its fit times the refit's rows (Jan-Oct
+    # here) over a trial's fit rows (Jan-Sep), counted here from the table
+    labeled = tables.read(spark, config, "flight_features").filter(
+        F.col("tail_recorded") & F.col("disrupted").isNotNull())
+    slices = Windows.from_conf(config.section("train")).slices()
+    rows = {k: labeled.filter(F.col("flight_date").between(*slices[k])).count()
+            for k in ("fit", "train")}
+    scale = given["budget"].refit_scale
+    assert scale == pytest.approx(rows["train"] / rows["fit"]) and scale > 1
+    kept = parent.data.metrics["search_kept_for_refit_seconds"]
+    best = max(c.data.metrics["validation_auc_roc"] for c in children)
+    assert any(kept == pytest.approx(scale * c.data.metrics["fit_seconds"]) for c in children
+               if c.data.metrics["validation_auc_roc"] == best)
     # two trials ran at the same time: their spans overlap
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))

@@ -218,7 +218,8 @@ def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, f
         "baseline_holdout_auc_pr": baseline.auc_pr(),
         "decision_threshold": result.threshold,
         "trials": len(result.trials),
-        "failed_trials": sum(not t.ok for t in result.trials)})
+        "failed_trials": sum(not t.ok for t in result.trials),
+        "search_kept_for_refit_seconds": result.trials.kept_for_refit})
     mlflow.set_tag("search_ended", result.trials.ended[:5000])
     figures = {"plots/roc.png": plots.roc(result.holdout, baseline, "holdout ROC"),
                "plots/precision_recall.png": plots.precision_recall(
