@@ -281,9 +281,10 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
     Rows are ordered by flight_id first, so that the same
     table version and seed give the same model.
     """
+    began = time.monotonic()  # the time box counts from here (train.timeout_seconds)
     every_flight = features.filter(F.col(LABEL).isNotNull()).orderBy("flight_id").persist()
     try:  # a failure releases what was cached too (a notebook or replay session goes on)
-        return _tune_and_fit(spark, every_flight, windows, settings, on_trial)
+        return _tune_and_fit(spark, every_flight, windows, settings, on_trial, began)
     finally:
         every_flight.unpersist()
 
@@ -335,8 +336,8 @@ def check_space(settings: TrainSettings) -> None:
 
 
 def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows,
-                  settings: TrainSettings,
-                  on_trial: Callable[[Trial], None] | None) -> TuningResult:
+                  settings: TrainSettings, on_trial: Callable[[Trial], None] | None,
+                  began: float) -> TuningResult:
     # The space is checked before anything is cached or fitted: a parameter a family does not
     # take (or one this job sets itself) fails the job here, not every trial of that family.
     space = search_space(settings.families, settings.search_space, settings.class_weighting)
@@ -348,12 +349,13 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
         check_window(parts[name], name)
     fit_rows, val_rows = parts["fit"].persist(), parts["validation"].persist()
     try:
-        # the time box holds the refit of the best model on both slices: it takes the best
-        # trial's fit time in proportion to the rows (the counts fill the cached rows, which
-        # the first trial's preparation would do otherwise)
+        # the time box holds the preparation above and the refit of the best model on both
+        # slices: the refit takes the best trial's fit time in proportion to the rows (the
+        # counts fill the cached rows, which the first trial's preparation would do otherwise)
         fit_n, val_n = fit_rows.count(), val_rows.count()
-        settings = replace(settings, budget=replace(settings.budget,
-                                                    refit_scale=(fit_n + val_n) / fit_n))
+        settings = replace(settings, budget=replace(
+            settings.budget, refit_scale=(fit_n + val_n) / fit_n,
+            spent_s=time.monotonic() - began))
         trials = _search(spark, Vectors(fit_rows, val_rows), space, settings, on_trial)
     finally:
         fit_rows.unpersist()

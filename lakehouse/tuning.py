@@ -134,7 +134,9 @@ class Budget:
 
     With refit_scale > 0 the time box holds the refit of the best model too: the search ends
     that many times the best trial's fit before the box (the refit's rows over a trial's fit
-    rows: `tune_and_fit` refits on the fit and validation slices together)."""
+    rows: `tune_and_fit` refits on the fit and validation slices together). spent_s: seconds
+    of the box used before the search started (the tuning's preparation); the search's
+    elapsed times count from the start of the box."""
 
     max_evals: int
     timeout_s: float
@@ -142,6 +144,7 @@ class Budget:
     parallelism: int = 1
     startup_trials: int = 5
     refit_scale: float = 0.0
+    spent_s: float = 0.0
 
 
 # What a fit's time grows with: the boosting rounds (in proportion), the trees' depth (the
@@ -234,7 +237,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     domain = Domain(lambda _: 0.0, space)
     trials = Trials()
     rng = np.random.default_rng(seed)
-    started = time.monotonic()
+    started = time.monotonic() - budget.spent_s
     finished: list[Trial] = []
     running: dict[Future[Trial], dict[str, Any]] = {}
     numbers: dict[Future[Trial], int] = {}

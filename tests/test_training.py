@@ -466,6 +466,27 @@ def test_a_running_trial_is_stopped_when_a_refit_would_end_past_the_box() -> Non
     assert trials.ended.startswith("3 suggested trials in a row"), trials.ended
 
 
+def test_the_time_box_counts_what_the_tuning_spent_before_the_search() -> None:
+    """spent_s of the box went to the tuning's preparation (caching, window checks): with 2.5 s
+    of a 3 s box spent, a running trial is stopped ~0.5 s into the search, not at 3 s."""
+    space = search_space(["logistic_regression"], {}, ["none"])
+    stopped = threading.Event()
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        if number == 1:
+            return 0.7, {}
+        if not stopped.wait(30):
+            return 0.5, {}
+        raise RuntimeError("job cancelled")
+
+    began = time.monotonic()
+    trials = search(objective, space, Budget(max_evals=3, timeout_s=3.0, early_stop_trials=100,
+                                             spent_s=2.5), seed=1, stop=lambda _: stopped.set())
+    assert time.monotonic() - began < 2.0
+    assert [t.ok for t in trials] == [True, False] and trials.ended == "the time box (3 s)"
+
+
 def test_a_trial_stopped_at_the_time_box_does_not_count_toward_the_early_stop() -> None:
     space = search_space(["logistic_regression"], {}, ["none"])
     stopped = threading.Event()
