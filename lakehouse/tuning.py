@@ -244,6 +244,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     slots: dict[Future[Trial], int] = {}
     stopped: dict[int, str] = {}  # trial number -> why it was stopped
     begun: dict[Future[Trial], float] = {}  # seconds from the start at which it was submitted
+    last_stop = 0.0  # seconds from the start at which running trials were last stopped
     unstoppable: set[int] = set()
     submitted = 0
     closed = ""  # why no trial starts any more, when trials would run past the time box
@@ -294,8 +295,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
 
     def cutoff(future: Future[Trial]) -> float:
         """Seconds from the start at which a running trial is stopped: when the refit of the
-        best trial, or its own should it become the best (its fit at least the time it has
-        run), would no longer end within the box."""
+        best trial, or its own should it become the best (no shorter than the time it has run:
+        a refit prepares and fits on more rows), would no longer end within the box."""
         scale = budget.refit_scale
         return min(budget.timeout_s - reserve(),
                    (budget.timeout_s + scale * begun[future]) / (1.0 + scale))
@@ -331,21 +332,26 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
         if stop is None or best_auc(finished) is None:
             return False
         family = point["model"]["family"]
-        need = expected_seconds(family, point["model"]["params"], finished)
-        if need is None:
+        fit = expected_seconds(family, point["model"]["params"], finished)
+        if fit is None:
             return False
+        # judged by its whole time (its fit and the scoring around it), as a running trial's
+        # cutoff judges it: the least the family's trials spent outside their fit is added
+        need = fit + max(0.0, min(t.seconds - fit_seconds(t) for t in finished
+                                  if t.ok and t.family == family))
         elapsed = time.monotonic() - started
         kept = reserve(need)
         if need + kept <= budget.timeout_s - elapsed:
             return False
         refusals += 1
         refused += 1
-        log.info("a %s trial not started: its fit would take ~%.0f s by the family's trials "
-                 "(and the refit ~%.0f s), %.0f s are left of the time box (%.0f s)", family,
-                 need, kept, max(budget.timeout_s - elapsed, 0.0), budget.timeout_s)
+        log.info("a %s trial not started: it would take ~%.0f s by the family's trials (and "
+                 "the refit ~%.0f s), %.0f s are left of the time box (%.0f s)", family, need,
+                 kept, max(budget.timeout_s - elapsed, 0.0), budget.timeout_s)
         if refusals >= REFUSALS:
-            closed = (f"{refusals} suggested trials in a row would have run past "
-                      f"{box()} at {elapsed:.0f} s")
+            closed = (f"{refusals} suggested trials in a row would have run past the time box "
+                      f"({budget.timeout_s:.0f} s) at {elapsed:.0f} s (the last ~{need:.0f} s "
+                      f"and ~{kept:.0f} s for the refit)")
             log.info("the search starts no more trials: %s", closed)
         return True
 
@@ -400,8 +406,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 target = wrap(run) if wrap is not None else run
                 begun_at = time.monotonic() - started
                 future = pool.submit(target, submitted, point, slot)
-                running[future], numbers[future], slots[future] = doc, submitted, slot
-                begun[future] = begun_at
+                running[future], numbers[future], slots[future], begun[future] = (
+                    doc, submitted, slot, begun_at)
             if not running:
                 break
             # the time box ends the running trials too, once there is a model to refit: each at
@@ -411,21 +417,21 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             now = time.monotonic() - started
             waits = [max(cutoff(f) - now, 0.0) for f in running if numbers[f] not in stopped]
             if len(waits) < len(running):
-                waits.append(STOP_REPEAT_S)
+                waits.append(max(last_stop + STOP_REPEAT_S - now, 0.0))
             done, _ = wait(running, timeout=min(waits) if may_stop else None,
                            return_when=FIRST_COMPLETED)
             if not done and stop is not None:
-                now = time.monotonic() - started
+                now = last_stop = time.monotonic() - started
                 for future, number in sorted(numbers.items(), key=lambda item: item[1]):
                     if number not in stopped:
-                        if cutoff(future) > now + 0.01:
+                        if cutoff(future) > now:
                             continue
                         own = cutoff(future) < budget.timeout_s - reserve()
                         stopped[number] = (
-                            f"at {now:.0f} s: its own refit, should it be the best (its fit at "
-                            f"least the {now - begun[future]:.0f} s it has run), would end past "
+                            f"at {now:.0f} s: its own refit, should it be the best (no shorter "
+                            f"than the {now - begun[future]:.0f} s it has run), would end past "
                             f"the time box ({budget.timeout_s:.0f} s)" if own
-                            else f"at {box()}" + (f" at {now:.0f} s" if reserve() else ""))
+                            else f"at {now:.0f} s: {box()}" if reserve() else f"at {box()}")
                         log.info("trial %d: stopping it %s", number, stopped[number])
                     try:
                         stop(number)
