@@ -150,8 +150,9 @@ class Budget:
 # What a fit's time grows with: the boosting rounds (in proportion), the trees' depth (the
 # passes over the data a tree takes) and a forest's size.
 ROUNDS = {"gbt": "maxIter", "newton_gbt": "maxIter"}
-# Families whose every pass over the rows runs on the sample (`subsamplingRate`): its fit time
-# follows it (MLlib's GBT and forest sample after binning the rows: little of theirs does).
+# Families whose trees see only the sample (`subsamplingRate`) in every pass, so that most of a
+# fit's time follows it (MLlib's GBT and forest sample after binning the rows: little of theirs
+# does).
 SAMPLED = ("newton_gbt",)
 REFUSALS = 3  # suggested trials in a row that would run past the time box end the search
 
@@ -167,7 +168,7 @@ def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial])
     the same family's successful trials: the fastest of their fits, in proportion to the
     boosting rounds for the boosting families, scaled down (never up) in proportion to a
     smaller maxDepth, and only from forests of no more trees and (Newton) trials that sampled
-    no fewer rows (`subsamplingRate`). Only the fit counts (its
+    no more rows (`subsamplingRate`). Only the fit counts (its
     `fit_seconds`, when the objective gave it; not the scoring). Toward fewer rounds or a
     smaller depth a fit's fixed costs are scaled down with it (the estimate errs toward
     starting); toward more rounds they are scaled up with it (split finding and caching, a few
@@ -185,8 +186,8 @@ def expected_seconds(family: str, params: dict[str, Any], finished: list[Trial])
         if trees is not None and its_trees is not None and its_trees > trees:
             return None  # a larger forest says nothing of a smaller one's time
         rate, its_rate = given(params, "subsamplingRate"), given(trial.params, "subsamplingRate")
-        if family in SAMPLED and (rate or 1.0) > (its_rate or 1.0):
-            return None  # nor trees fitted on fewer rows of those fitted on more
+        if family in SAMPLED and (its_rate or 1.0) > (rate or 1.0):
+            return None  # nor trees fitted on more rows of those fitted on fewer
         seconds = fit_seconds(trial)
         if key:
             rounds, its_rounds = given(params, key), given(trial.params, key)

@@ -59,44 +59,51 @@ def test_leaf_values_are_newton_steps(spark: SparkSession, rounds: int, step: fl
     assert len(tree_stages(model)) == rounds
 
 
-def test_a_subsampled_round_takes_its_newton_step_on_its_sample(spark: SparkSession) -> None:
-    """subsamplingRate < 1: a round's tree is fitted on a seeded Bernoulli sample of the rows
-    (the one DataFrame.sample draws with the round's seed), its leaves the Newton steps of
-    that sample's rows, and every row's margin moves by them; the same seed gives the same
-    model, and a rate outside (0, 1] is refused."""
+def test_subsampled_rounds_take_their_newton_steps_on_their_samples(spark: SparkSession) -> None:
+    """subsamplingRate < 1: each round's tree is fitted on a seeded Bernoulli sample of the
+    rows (the one DataFrame.sample draws with the round's seed, seed + round), its leaves the
+    Newton steps of that sample's weighted rows, and every row's margin moves by them; the
+    same seed gives the same model, and a rate outside (0, 1] is refused when built."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 2, size=200).astype(float)
     y = (rng.random(200) < np.where(x == 1, 0.7, 0.3)).astype(float)
+    w = rng.uniform(0.5, 2.0, size=200)
     rows = spark.createDataFrame(
-        [(Vectors.dense([a]), float(b)) for a, b in zip(x, y, strict=True)],
-        ["features", "label"]).repartition(2).localCheckpoint()
-    seed, rate = 7, 0.5
+        [(Vectors.dense([a]), float(b), float(c)) for a, b, c in zip(x, y, w, strict=True)],
+        ["features", "label", "w"]).repartition(2).localCheckpoint()
+    seed, rate, step, rounds = 7, 0.5, 0.5, 2
 
     def fitted(**extra: float) -> np.ndarray:
-        model = NewtonBoostedTrees(labelCol="label", maxIter=1, stepSize=1.0, maxDepth=1,
-                                   minInstancesPerNode=1, maxBins=4, seed=seed,
-                                   **extra).fit(rows)
+        model = NewtonBoostedTrees(labelCol="label", weightCol="w", maxIter=rounds,
+                                   stepSize=step, maxDepth=1, minInstancesPerNode=1, maxBins=4,
+                                   seed=seed, **extra).fit(rows)
         return np.array([r[0] for r in model.transform(rows).select(positive_probability())
                          .collect()])
 
     got = fitted(subsamplingRate=rate)
-    # the rows of the first round's sample, drawn independently with the same sampler
-    sampled = rows.sample(fraction=rate, seed=seed).collect()
-    assert 0 < len(sampled) < len(x)
-    sx = np.array([r.features[0] for r in sampled])
-    sy = np.array([r.label for r in sampled])
-    prior = y.mean()
-    start = np.log(prior / (1 - prior))
-    p = sigmoid(np.full(len(sy), start))
-    leaf = {v: (sy[sx == v] - p[sx == v]).sum() / (p[sx == v] * (1 - p[sx == v])).sum()
-            for v in (0.0, 1.0)}
-    order = np.array([r.features[0] for r in rows.collect()])
-    want = sigmoid(start + np.where(order == 1.0, leaf[1.0], leaf[0.0]))
-    np.testing.assert_allclose(got, want, rtol=1e-9)
+    # by hand, each round's rows drawn independently with the same sampler and the round's
+    # seed (the sample depends on the rows' partitions and order, not on their values)
+    ordered = rows.collect()
+    rx = np.array([r.features[0] for r in ordered])
+    ry, rw = np.array([r.label for r in ordered]), np.array([r.w for r in ordered])
+    margin = np.full(len(ry), np.log((rw * ry).sum() / (rw * (1 - ry)).sum()))
+    drawn = []
+    for number in range(rounds):
+        picked = {tuple(r) for r in rows.sample(fraction=rate, seed=seed + number).collect()}
+        mask = np.array([tuple(r) in picked for r in ordered])
+        assert 0 < mask.sum() < len(ry)
+        drawn.append(mask)
+        p = sigmoid(margin)
+        for leaf in (rx == 0, rx == 1):
+            chosen = leaf & mask
+            margin[leaf] += step * (rw * (ry - p))[chosen].sum() / (
+                rw * p * (1 - p))[chosen].sum()
+    assert not (drawn[0] == drawn[1]).all()  # each round draws its own sample
+    np.testing.assert_allclose(got, sigmoid(margin), rtol=1e-9)
     assert not np.allclose(got, fitted(), rtol=1e-6)  # all rows give other leaves
     np.testing.assert_array_equal(got, fitted(subsamplingRate=rate))
     with pytest.raises(ValueError, match="subsamplingRate in"):
-        fitted(subsamplingRate=0.0)
+        NewtonBoostedTrees(subsamplingRate=0.0)
 
 
 def test_a_fitted_model_is_mllib_stages_that_save_and_load(spark: SparkSession,

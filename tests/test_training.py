@@ -538,7 +538,8 @@ def test_a_trials_expected_time_comes_from_its_familys_fastest_fit() -> None:
                 done("random_forest", 30.0, numTrees=20, maxDepth=6),
                 done("random_forest", 60.0, numTrees=80, maxDepth=6),
                 done("newton_gbt", 100.0),
-                done("newton_gbt", 30.0, subsamplingRate=0.5)]
+                done("newton_gbt", 60.0, subsamplingRate=0.5),
+                done("newton_gbt", 50.0, subsamplingRate=0.8)]
     # in proportion to the rounds, from the fit alone: 40 s / 20 rounds x 60, not 70 s / 20 x 60
     # (the depth-8 trial scaled down to depth 5: 80 s x 3 x 5 / 8 = 150 s)
     assert expected_seconds("gbt", {"maxIter": 60, "maxDepth": 5}, finished) == 120.0
@@ -550,10 +551,11 @@ def test_a_trials_expected_time_comes_from_its_familys_fastest_fit() -> None:
     assert expected_seconds("random_forest", {"numTrees": 80, "maxDepth": 6}, finished) == 30.0
     assert expected_seconds("random_forest", {"numTrees": 40, "maxDepth": 6}, finished) == 30.0
     assert expected_seconds("random_forest", {"numTrees": 10, "maxDepth": 6}, finished) is None
-    assert expected_seconds("newton_gbt", {"maxIter": 40}, finished) == 100.0  # rounds unknown
-    # trees on a sample of the rows only from trials that sampled no fewer
-    assert expected_seconds("newton_gbt", {"subsamplingRate": 0.5}, finished) == 30.0
-    assert expected_seconds("newton_gbt", {"subsamplingRate": 0.8}, finished) == 100.0
+    # trees on a sample of the rows only from trials that sampled no more (a trial on more
+    # rows, slower, would make the least time too high); rounds unknown: not scaled
+    assert expected_seconds("newton_gbt", {"subsamplingRate": 0.5}, finished) == 60.0
+    assert expected_seconds("newton_gbt", {"subsamplingRate": 0.8}, finished) == 50.0
+    assert expected_seconds("newton_gbt", {"maxIter": 40}, finished) == 50.0
     # (MLlib's GBT samples after binning the rows: its rate is not taken into account)
     assert expected_seconds("gbt", {"maxIter": 20, "maxDepth": 5, "subsamplingRate": 0.9},
                             finished) == 40.0
