@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from pathlib import Path
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
@@ -13,16 +15,28 @@ from lakehouse.config import Config
 from lakehouse.contracts import ContractViolation, contracts
 from lakehouse.silver import MissingColumnsError
 from lakehouse.stages.silver import refine_batch
+from tests.conftest import make_config
 from tests.rows import GOOD_WEATHER, bronze_rows, flight, reference_rows
 
 CONTRACTS = contracts({"max_quarantine_share": 0.05, "max_wind_speed_mph": 150,
                        "max_wind_gust_mph": 200})
 
 
-@pytest.fixture()
-def with_references(spark: SparkSession, config: Config) -> Config:
+@pytest.fixture(scope="module")
+def references_root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """silver's airports and planes refined once per module from the reference rows."""
+    root = tmp_path_factory.mktemp("references")
     for table in ("airports", "planes"):
-        refine_batch(spark, config, CONTRACTS[table], reference_rows(spark, table), 0)
+        refine_batch(spark, make_config(root), CONTRACTS[table], reference_rows(spark, table), 0)
+    return root
+
+
+@pytest.fixture()
+def with_references(references_root: Path, config: Config, tmp_path: Path) -> Config:
+    """The test's data root holding a copy of those Delta tables (their log's paths are
+    relative: a copied table is the same table at another path), as refining them in every test
+    cost ~7 s of its setup."""
+    shutil.copytree(references_root, tmp_path, dirs_exist_ok=True)
     return config
 
 
