@@ -106,11 +106,14 @@ def silver_frames(spark: SparkSession, flights: list[dict[str, Any]],
     airports = _reference(spark, "airports")
     planes = (_reference(spark, "planes") if planes_rows is None else
               bronze_rows(spark, "planes", planes_rows).transform(parse_columns("planes")))
+    # Cached, as gold reads silver from Delta: the feature build reads flights several times,
+    # and each read of an uncached frame parsed the rows from Python again.
     return {
         "flights": (bronze_rows(spark, "flights", flights).transform(parse_columns("flights"))
-                    .transform(with_flight_times(airports, planes)).select(*OUTPUT["flights"])),
+                    .transform(with_flight_times(airports, planes)).select(*OUTPUT["flights"])
+                    .cache()),
         "weather": (bronze_rows(spark, "weather", weather).transform(parse_columns("weather"))
                     .transform(with_weather_time).transform(clean_weather(150, 200))
-                    .select(*OUTPUT["weather"])),
+                    .select(*OUTPUT["weather"]).cache()),
         "planes": planes.select(*OUTPUT["planes"]),
     }
