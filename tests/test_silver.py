@@ -378,6 +378,7 @@ def test_a_reference_is_rebuilt_only_when_its_bronze_rows_change_and_quarantines
     assert len(quarantined()) == 1 and "N0BAD" in quarantined()[0]
 
 
+@pytest.mark.slow  # a bronze and a silver run of a real day (70-110 s beside the other workers)
 def test_missing_columns_and_undecodable_bytes_are_quarantined_from_landed_files(
         spark: SparkSession, config: Config) -> None:
     from datetime import date
