@@ -58,8 +58,10 @@ run: setup  ## Seed the landing zone with the full year and run the daily pipeli
 	$(LAKEHOUSE) run daily --env $(ENV)
 
 # PYTEST_ARGS adds options (-k gold); a -m there would replace the target's selection.
+# make test's JVMs run C1 alone with the serial collector (tests/conftest.py says why); the slow
+# tests keep the JVM's defaults.
 test: setup  ## Run the test suite except the slow end-to-end tests (unit, contract, job and stream tests)
-	$(PY) -m pytest $(XDIST) -m "not slow and not cluster and not install" $(PYTEST_ARGS)
+	LAKEHOUSE_TEST_JAVA_OPTIONS="-XX:TieredStopAtLevel=1 -XX:+UseSerialGC" $(PY) -m pytest $(XDIST) -m "not slow and not cluster and not install" $(PYTEST_ARGS)
 
 slow-test: setup  ## Run the slow end-to-end tests (whole jobs run many times; CI runs them after make test)
 	$(PY) -m pytest $(XDIST) -m "slow and not cluster and not install" $(PYTEST_ARGS)
