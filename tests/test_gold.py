@@ -86,6 +86,12 @@ def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
         assert all(m.startswith(expected) for m in messages(results)), messages(results)
         if i:
             assert f"({day}.." in messages(results)[0] and f"({day}..{day})" in messages(results)[1]
+        # each table's build records the last flight date silver holds (the next new day's
+        # dates after it are written without a scan of gold), here the day just landed
+        for name in gold.OUTPUTS:
+            state = tables.tagged_state(spark, config, name, gold.TAG)
+            assert gold.held_through(state) == day == tables.read(
+                spark, config, "silver_flights").agg(F.max("flight_date")).first()[0], state
     # Versions read explicitly: a cached or re-read frame of the path could show either.
     version_before = tables.version(spark, config, "flight_features")
     features_before = tables.read(spark, config, "flight_features", version=version_before)
@@ -299,6 +305,43 @@ def test_new_flights_of_a_held_day_are_merged_into_that_day_only(spark: SparkSes
     assert "flight_date" in predicate and "2013-02-02" in predicate, predicate
     # the same run again: nothing to write
     assert gold.write(spark, config, "flight_features", recomputed, plan, "t") == {}
+
+
+def test_dates_after_the_last_builds_through_are_inserted_without_a_scan(
+        spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new day's dates lie after the `through` the last build recorded: gold holds none of
+    them, so they are written by the replaceWhere insert without scanning gold's slice first;
+    without a recorded bound (a state written by an earlier version), the slice is scanned."""
+    schema = "flight_id string, flight_date date, value int"
+    tables.overwrite(spark.createDataFrame([("a", date(2013, 2, 1), 1),
+                                            ("b", date(2013, 2, 2), 2)], schema),
+                     config, "flight_features")
+    scanned: list[DataFrame] = []
+    frame_type = type(spark.range(1))
+    is_empty = frame_type.isEmpty
+
+    def counted(self: DataFrame) -> bool:
+        scanned.append(self)
+        return bool(is_empty(self))
+
+    monkeypatch.setattr(frame_type, "isEmpty", counted)
+    new_day = spark.createDataFrame([("c", date(2013, 2, 3), 3)], schema)
+    plan = gold.Plan(False, "a new day", [date(2013, 2, 3)], [date(2013, 2, 3)])
+    metrics = gold.write(spark, config, "flight_features", new_day, plan, "t", date(2013, 2, 2))
+    assert scanned == [] and metrics["numOutputRows"] == "1"
+    last = tables.delta_table(spark, config, "flight_features").history(1).first()
+    assert last["operation"] == "WRITE" and "2013-02-03" in last["operationParameters"][
+        "predicate"], last
+    later = spark.createDataFrame([("d", date(2013, 2, 4), 4)], schema)
+    plan = gold.Plan(False, "a new day", [date(2013, 2, 4)], [date(2013, 2, 4)])
+    gold.write(spark, config, "flight_features", later, plan, "t", None)
+    assert len(scanned) == 1
+    assert sorted(r[0] for r in tables.read(spark, config, "flight_features").collect()) == [
+        "a", "b", "c", "d"]
+    assert gold.held_through({"through": "2013-02-03"}) == date(2013, 2, 3)
+    assert gold.held_through({"versions": {}}) is None
+    assert gold.held_through({"through": "not a date"}) is None
+    assert gold.held_through(None) is None
 
 
 def test_a_tagged_write_puts_back_the_sessions_own_commit_metadata(
