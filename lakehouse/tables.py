@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,22 +112,29 @@ def _save(writer, location: str, tag: str | None = None,  # type: ignore[no-unty
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
+# The session's conf is shared by its threads: one tagged commit at a time in this process, or
+# a thread putting the conf back would strip (or swap) the tag of another's commit in flight.
+_COMMIT_METADATA_LOCK = threading.RLock()
+
+
 @contextmanager
 def commit_metadata(spark: SparkSession, tag: str | None) -> Iterator[None]:
     """The session's commit userMetadata set to tag for the commits made inside, then put back
-    as it was (a value the user or the cluster set tags their own commits)."""
+    as it was (a value the user or the cluster set tags their own commits). Tagged commits of
+    several threads run one after the other."""
     if tag is None:
         yield
         return
-    before = spark.conf.get(USER_METADATA, None)
-    spark.conf.set(USER_METADATA, tag)
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(USER_METADATA)
-        else:
-            spark.conf.set(USER_METADATA, before)
+    with _COMMIT_METADATA_LOCK:
+        before = spark.conf.get(USER_METADATA, None)
+        spark.conf.set(USER_METADATA, tag)
+        try:
+            yield
+        finally:
+            if before is None:
+                spark.conf.unset(USER_METADATA)
+            else:
+                spark.conf.set(USER_METADATA, before)
 
 
 def _properties(config: Config, name: str) -> dict[str, str]:

@@ -295,7 +295,7 @@ def test_new_flights_of_a_held_day_are_merged_into_that_day_only(spark: SparkSes
     recomputed = spark.createDataFrame([("b", date(2013, 2, 2), 2), ("c", date(2013, 2, 2), 3)],
                                        schema)
     plan = gold.Plan(False, "a late flight", [date(2013, 2, 2)])
-    metrics = gold.write(spark, config, "flight_features", recomputed, plan, "t")
+    _, metrics = gold.write(spark, config, "flight_features", recomputed, plan, "t")
     assert metrics["numTargetRowsInserted"] == "1" and metrics["numTargetRowsUpdated"] == "0"
     assert sorted(tuple(r) for r in tables.read(spark, config, "flight_features").collect()) == [
         ("a", date(2013, 2, 1), 1), ("b", date(2013, 2, 2), 2), ("c", date(2013, 2, 2), 3)]
@@ -304,7 +304,7 @@ def test_new_flights_of_a_held_day_are_merged_into_that_day_only(spark: SparkSes
     predicate = last["operationParameters"]["predicate"]  # as Delta planned it
     assert "flight_date" in predicate and "2013-02-02" in predicate, predicate
     # the same run again: nothing to write
-    assert gold.write(spark, config, "flight_features", recomputed, plan, "t") == {}
+    assert gold.write(spark, config, "flight_features", recomputed, plan, "t") == (None, {})
 
 
 def test_dates_after_the_last_builds_through_are_inserted_without_a_scan(
@@ -327,9 +327,11 @@ def test_dates_after_the_last_builds_through_are_inserted_without_a_scan(
     monkeypatch.setattr(frame_type, "isEmpty", counted)
     new_day = spark.createDataFrame([("c", date(2013, 2, 3), 3)], schema)
     plan = gold.Plan(False, "a new day", [date(2013, 2, 3)], [date(2013, 2, 3)])
-    metrics = gold.write(spark, config, "flight_features", new_day, plan, "t", date(2013, 2, 2))
+    version, metrics = gold.write(spark, config, "flight_features", new_day, plan, "t",
+                                  date(2013, 2, 2))
     assert scanned == [] and metrics["numOutputRows"] == "1"
     last = tables.delta_table(spark, config, "flight_features").history(1).first()
+    assert version == last["version"] == tables.version(spark, config, "flight_features")
     assert last["operation"] == "WRITE" and "2013-02-03" in last["operationParameters"][
         "predicate"], last
     later = spark.createDataFrame([("d", date(2013, 2, 4), 4)], schema)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -36,6 +38,7 @@ from lakehouse.gold_changes import (
 )
 from lakehouse.gold_docs import TABLE_COMMENTS, with_comments
 from lakehouse.lineage import GOLD_TAG
+from lakehouse.session import inherit
 from lakehouse.stages.audit import audit_batch, audited
 
 log = logging.getLogger("lakehouse")
@@ -70,23 +73,26 @@ class Silver:
     # times over (history windows, previous flight, the day's own rows) and the KPIs once more,
     # each a scan of silver's files otherwise (bench: a new day ~1 s faster of ~7).
     slices: dict[tuple[str, tuple[date, ...]], DataFrame] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # both tables' threads slice
 
     def slice(self, table: str, dates: list[date], settings: FeatureSettings) -> DataFrame:
         """The rows of silver_flights or silver_weather the features of flights on dates read
         (or a cached slice for more dates, which holds them), cached until `release`."""
-        for (cached_table, cached_dates), cached in self.slices.items():
-            if cached_table == table and set(dates) <= set(cached_dates):
-                return cached
-        key = (table, tuple(dates))
-        if key not in self.slices:
-            read = flights_read if table == "silver_flights" else weather_read
-            self.slices[key] = read(self.frames[table], dates, settings).persist()
-        return self.slices[key]
+        with self.lock:
+            for (cached_table, cached_dates), cached in self.slices.items():
+                if cached_table == table and set(dates) <= set(cached_dates):
+                    return cached
+            key = (table, tuple(dates))
+            if key not in self.slices:
+                read = flights_read if table == "silver_flights" else weather_read
+                self.slices[key] = read(self.frames[table], dates, settings).persist()
+            return self.slices[key]
 
     def release(self) -> None:
-        for cached in self.slices.values():
-            cached.unpersist()
-        self.slices.clear()
+        with self.lock:
+            for cached in self.slices.values():
+                cached.unpersist()
+            self.slices.clear()
 
     @classmethod
     def read(cls, spark: SparkSession, config: Config) -> Silver:
@@ -223,11 +229,12 @@ def build(silver: Silver, name: str, settings: FeatureSettings,
 
 
 def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_: Plan,
-          tag: str, held_through: date | None = None) -> dict[str, str]:
+          tag: str, held_through: date | None = None) -> tuple[int | None, dict[str, str]]:
     """Overwrite (full build, clustered by date so later MERGEs skip files), write dates gold
     holds no row of yet in one pass, or MERGE what changed in the recomputed dates: new and
     changed rows, and rows that are gone. held_through: a date gold holds no row after (the
-    `through` of the build the table's state is from), when known."""
+    `through` of the build the table's state is from), when known. Returns the version written
+    when known without another read (None otherwise) and the write's metrics."""
     if plan_.full:
         partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
         tables.overwrite(rows.repartitionByRange(partitions, "flight_date"), config, name, tag=tag)
@@ -235,7 +242,7 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
         metrics = tables.last_operation_metrics(spark, config, name)
         tables.ensure_properties(spark, config, name)
         tables.set_comment(spark, config, name, TABLE_COMMENTS[name])
-        return metrics
+        return None, metrics
     wanted = ", ".join(f"DATE'{d.isoformat()}'" for d in plan_.dates)
     current = tables.read(spark, config, name).filter(f"flight_date IN ({wanted})")
     # Dates gold does not hold yet (a new day): nothing to compare. Known without a scan when
@@ -243,25 +250,25 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
     # skipping, cost ~0.75 s per table on a new day: bench/gold.py).
     if (held_through is not None and plan_.dates[0] > held_through) or current.isEmpty():
         tables.insert_into_empty(rows, config, name, f"flight_date IN ({wanted})", tag=tag)
-        return tables.last_operation_metrics(spark, config, name)
+        return tables.last_commit(spark, config, name)
     keys = OUTPUTS[name]
     # Computed once: Delta's MERGE reads its source twice (to find the files it touches, then
     # to write), and most runs change nothing or only add a day.
     changes = row_changes(rows, current, keys).persist()
     try:
         if not changes.count():
-            return {}
+            return None, {}
         touched = changes.filter(F.col("_delete")).unionByName(
             changes.join(current.select(*keys), on=list(keys), how="left_semi"))
         if touched.isEmpty():  # only new keys: an insert-only MERGE, no row compared
             # (not a blind append: it would let a racing run's same rows in twice)
             # the dates' slice only: no scan of, and no conflict with, the rest of the table
-            return tables.merge(spark, changes.drop("_delete"), config, name, keys,
-                                insert_only=True, tag=tag,
-                                target_filter=f"t.flight_date IN ({wanted})")
-        return tables.merge(spark, changes, config, name, keys, changed_columns=(),
-                            target_filter=f"t.flight_date IN ({wanted})", tag=tag,
-                            delete_flag="_delete")
+            return None, tables.merge(spark, changes.drop("_delete"), config, name, keys,
+                                      insert_only=True, tag=tag,
+                                      target_filter=f"t.flight_date IN ({wanted})")
+        return None, tables.merge(spark, changes, config, name, keys, changed_columns=(),
+                                  target_filter=f"t.flight_date IN ({wanted})", tag=tag,
+                                  delete_flag="_delete")
     finally:
         changes.unpersist()
 
@@ -296,43 +303,72 @@ def rows_written(metrics: dict[str, str]) -> int:
 
 def run(spark: SparkSession, config: Config, run_id: str,
         full: bool = False) -> list[dict[str, Any]]:
-    """Bring gold.flight_features and gold.route_daily_kpis up to date with silver."""
+    """Bring gold.flight_features and gold.route_daily_kpis up to date with silver: each table
+    planned in turn (they share the change feed's reading), then both built and written at once,
+    each from a driver thread of its own (a new day's two writes overlapped: bench/gold.py)."""
     settings = FeatureSettings.from_conf(config.section("gold"))
     states = {name: tables.tagged_state(spark, config, name, TAG) for name in OUTPUTS}
     if full or None in states.values():  # a full build: silver's change feed starts here
         for name in INPUTS:
             tables.ensure_properties(spark, config, name)
     silver = Silver.read(spark, config)
-    results: list[dict[str, Any]] = []
     seen: list[Changes] = []
-    silver_last: list[date | None] = []  # silver's last flight date, when a run needs it
+    plans: dict[str, Plan | Exception] = {}
+    for name in OUTPUTS:
+        try:
+            plans[name] = plan(spark, config, name, states[name], silver, settings, full, seen)
+        except Exception as error:  # raised in the table's audited run below
+            plans[name] = error
+    last_date: list[date | None] = []  # silver's last flight date, read once when needed
+    reading = threading.Lock()
+
+    def through(name: str, plan_: Plan) -> date | None:
+        """The `through` this build records: see held_through."""
+        held = None if plan_.full else held_through(states[name])
+        if held is not None:
+            return max([held, *plan_.flight_dates])
+        with reading:
+            if not last_date:  # a full build, or a state without one: one small query
+                last_date.append(silver.frames["silver_flights"].agg(
+                    F.max("flight_date")).first()[0])  # type: ignore[index]
+        return last_date[0]
+
     with audit_batch(spark, config) as batch, closing_slices(silver):
-        for name in OUTPUTS:
+        for name, p in plans.items():  # the slice both tables read, registered once
+            if isinstance(p, Plan) and not p.full and p.dates and name == "flight_features":
+                silver.slice("silver_flights", p.dates, settings)
+
+        def one(name: str) -> dict[str, Any]:
             with audited(spark, config, run_id, "gold", name, batch) as audit:
-                plan_ = plan(spark, config, name, states[name], silver, settings, full, seen)
+                plan_ = plans[name]
+                if isinstance(plan_, Exception):
+                    raise plan_
                 audit["version_read"] = silver.versions["silver_flights"]
+                version: int | None = None
                 if plan_.full or plan_.dates:
-                    held = None if plan_.full else held_through(states[name])
-                    through = (None if plan_.full or held is None
-                               else max([held, *plan_.flight_dates]))
-                    if through is None:  # a full build, or a state without one: one query
-                        if not silver_last:
-                            silver_last.append(silver.frames["silver_flights"].agg(
-                                F.max("flight_date")).first()[0])  # type: ignore[index]
-                        through = silver_last[0]
+                    end = through(name, plan_)
                     tag = f"{TAG} " + json.dumps({
                         "settings": settings.fingerprint(), "versions": silver.versions,
-                        "run_id": run_id, "through": through and through.isoformat()})
+                        "run_id": run_id, "through": end and end.isoformat()})
                     rows = build(silver, name, settings, None if plan_.full else plan_.dates)
-                    audit["rows_out"] = rows_written(write(spark, config, name, rows, plan_,
-                                                           tag, held))
+                    version, metrics = write(spark, config, name, rows, plan_, tag,
+                                             None if plan_.full else held_through(states[name]))
+                    audit["rows_out"] = rows_written(metrics)
                 else:
                     audit["rows_out"] = 0
-                audit["version_written"] = tables.version(spark, config, name)
+                audit["version_written"] = (version if version is not None
+                                            else tables.version(spark, config, name))
                 span = f"{plan_.dates[0]}..{plan_.dates[-1]}" if plan_.dates else "none"
                 audit["message"] = (f"full build: {plan_.reason}" if plan_.full else
                                     f"incremental: {len(plan_.dates)} flight date(s) "
                                     f"recomputed ({span})")
                 log.info("gold.%s: %s", name, audit["message"])
-                results.append(dict(audit))
-    return results
+                return dict(audit)
+
+        with ThreadPoolExecutor(len(OUTPUTS), thread_name_prefix="gold") as pool:
+            runs = [pool.submit(inherit(spark, one), name) for name in OUTPUTS]
+            wait(runs)
+        failed = [r.exception() for r in runs if r.exception() is not None]
+        if failed:
+            raise failed[0]  # type: ignore[misc]
+        return [r.result() for r in runs]
