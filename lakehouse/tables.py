@@ -114,7 +114,17 @@ USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 # The session's conf is shared by its threads: one tagged commit at a time in this process, or
 # a thread putting the conf back would strip (or swap) the tag of another's commit in flight.
+# The lock is held for the whole write (its job included: the commit ends it).
 _COMMIT_METADATA_LOCK = threading.RLock()
+
+
+@contextmanager
+def untagged_commits() -> Iterator[None]:
+    """Commits made inside carry no other thread's tag: none is set in the session's conf
+    meanwhile (an ALTER of table properties or comment, taking the conf's userMetadata, would
+    otherwise take a tag a concurrent MERGE set)."""
+    with _COMMIT_METADATA_LOCK:
+        yield
 
 
 @contextmanager

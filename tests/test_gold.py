@@ -77,11 +77,27 @@ def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
         return sliced[-1]
 
     monkeypatch.setattr(gold.Silver, "slice", recorded)
+    # the scans of gold before a write: none for a new day after the last build's `through`
+    scanned: list[DataFrame] = []
+    frame_type = type(spark.range(1))
+    is_empty = frame_type.isEmpty
+
+    def counted(self: DataFrame) -> bool:
+        scanned.append(self)
+        return bool(is_empty(self))
+
     by_day = {d: [r for r in raw["flights"] if day_of(r) == d] for d in DAYS}
     weather_by_day = {d: [r for r in raw["weather"] if day_of(r) == d] for d in DAYS}
     for i, day in enumerate(DAYS):
         land(spark, config, by_day[day], weather_by_day[day], raw["planes"] if i == 0 else None)
-        results = gold.run(spark, config, f"day-{i}")
+        with monkeypatch.context() as patched:
+            patched.setattr(frame_type, "isEmpty", counted)
+            results = gold.run(spark, config, f"day-{i}")
+        assert scanned == [], (day, len(scanned))
+        for name in gold.OUTPUTS:  # each new day went in by the replaceWhere insert
+            last = tables.delta_table(spark, config, name).history(1).first()
+            assert (i == 0 or (last["operation"] == "WRITE"
+                    and str(day) in last["operationParameters"]["predicate"])), last
         expected = "full build: no earlier build" if i == 0 else "incremental: "
         assert all(m.startswith(expected) for m in messages(results)), messages(results)
         if i:
@@ -139,7 +155,8 @@ def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
 
 @pytest.mark.slow
 def test_rerun_without_changes_commits_nothing_and_full_rebuilds(
-        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
+        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     land(spark, config, [r for r in raw["flights"] if day_of(r) == DAYS[0]],
          [r for r in raw["weather"] if day_of(r) == DAYS[0]], raw["planes"])
     gold.run(spark, config, "first")
@@ -166,6 +183,26 @@ def test_rerun_without_changes_commits_nothing_and_full_rebuilds(
     assert message.startswith("full build: change data feed unreadable since") and (
         "enabled now on ['silver_flights']" in message), message
     assert "incremental" in messages(gold.run(spark, changed, "after"))[0]
+
+    # One table failing does not stop the other: both audited, the first error raised.
+    build = gold.build
+
+    def failing(silver: gold.Silver, name: str, *args: Any) -> DataFrame:
+        if name == "route_daily_kpis":
+            raise RuntimeError("the KPIs failed")
+        return build(silver, name, *args)
+
+    before = {n: tables.version(spark, changed, n) for n in gold.OUTPUTS}
+    monkeypatch.setattr(gold, "build", failing)
+    with pytest.raises(RuntimeError, match="the KPIs failed"):
+        gold.run(spark, changed, "one fails", full=True)
+    assert tables.version(spark, changed, "flight_features") > before["flight_features"]
+    assert tables.version(spark, changed, "route_daily_kpis") == before["route_daily_kpis"]
+    audit = {r["table_name"]: r for r in tables.read(spark, changed, "audit")
+             .filter(F.col("run_id") == "one fails").collect()}
+    assert audit["flight_features"]["status"] == "succeeded", audit
+    assert audit["route_daily_kpis"]["status"] == "failed" and (
+        "the KPIs failed" in audit["route_daily_kpis"]["message"]), audit
 
 
 @pytest.mark.slow

@@ -234,14 +234,15 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
     holds no row of yet in one pass, or MERGE what changed in the recomputed dates: new and
     changed rows, and rows that are gone. held_through: a date gold holds no row after (the
     `through` of the build the table's state is from), when known. Returns the version written
-    when known without another read (None otherwise) and the write's metrics."""
+    when the read of the write's metrics gives it (None otherwise) and the metrics."""
     if plan_.full:
         partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
         tables.overwrite(rows.repartitionByRange(partitions, "flight_date"), config, name, tag=tag)
         # the write's metrics, before the commits of properties and comment (of a new table)
         metrics = tables.last_operation_metrics(spark, config, name)
-        tables.ensure_properties(spark, config, name)
-        tables.set_comment(spark, config, name, TABLE_COMMENTS[name])
+        with tables.untagged_commits():  # the other gold table's thread may be tagging a commit
+            tables.ensure_properties(spark, config, name)
+            tables.set_comment(spark, config, name, TABLE_COMMENTS[name])
         return None, metrics
     wanted = ", ".join(f"DATE'{d.isoformat()}'" for d in plan_.dates)
     current = tables.read(spark, config, name).filter(f"flight_date IN ({wanted})")
@@ -283,11 +284,14 @@ def closing_slices(silver: Silver) -> Iterator[Silver]:
 
 def held_through(state: dict[str, Any] | None) -> date | None:
     """The last flight date a gold table can hold rows of, from its state: the `through` its
-    build recorded, the last flight date of silver at the versions it read (gold's rows are
-    silver's flights'), or an upper bound of it: a full build takes silver's last date, an
-    incremental one the later of the last build's and the changed flights' dates (Delta's change
-    feed holds every row inserted or updated since, with its date). None when the state has no
-    such date (a build by an earlier version of this job)."""
+    build recorded, an upper bound of the last flight date of silver at the versions it read
+    (gold's rows are silver's flights'): a full build takes silver's last date, an incremental
+    one the later of the last build's and the changed flights' dates (Delta's change feed holds
+    every row inserted, updated or deleted since, with its date; a delete can leave the bound
+    later than silver's last date, never earlier). None when the state has no such date (a
+    build by an earlier version of this job). A wrong bound would cost the change feed, not
+    the content: replaceWhere replaces the whole slice of the dates with their recomputed
+    rows."""
     value = (state or {}).get("through")
     try:
         return date.fromisoformat(value) if isinstance(value, str) else None
