@@ -60,6 +60,20 @@ def full_build(spark: SparkSession, config: Config) -> dict[str, DataFrame]:
             .transform(with_comments("route_daily_kpis"))}
 
 
+def scans_recorded(spark: SparkSession) -> tuple[list[DataFrame], type, Any]:
+    """A list of the DataFrames checked for rows (isEmpty: gold's scan of a slice before a
+    write), the DataFrame class and the recording isEmpty to patch onto it."""
+    scanned: list[DataFrame] = []
+    frame_type = type(spark.range(1))
+    is_empty = frame_type.isEmpty
+
+    def counted(self: DataFrame) -> bool:
+        scanned.append(self)
+        return bool(is_empty(self))
+
+    return scanned, frame_type, counted
+
+
 def messages(results: list[dict[str, Any]]) -> list[str]:
     return [r["message"] for r in results]
 
@@ -78,14 +92,7 @@ def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
 
     monkeypatch.setattr(gold.Silver, "slice", recorded)
     # the scans of gold before a write: none for a new day after the last build's `through`
-    scanned: list[DataFrame] = []
-    frame_type = type(spark.range(1))
-    is_empty = frame_type.isEmpty
-
-    def counted(self: DataFrame) -> bool:
-        scanned.append(self)
-        return bool(is_empty(self))
-
+    scanned, frame_type, counted = scans_recorded(spark)
     by_day = {d: [r for r in raw["flights"] if day_of(r) == d] for d in DAYS}
     weather_by_day = {d: [r for r in raw["weather"] if day_of(r) == d] for d in DAYS}
     for i, day in enumerate(DAYS):
@@ -353,14 +360,7 @@ def test_dates_after_the_last_builds_through_are_inserted_without_a_scan(
     tables.overwrite(spark.createDataFrame([("a", date(2013, 2, 1), 1),
                                             ("b", date(2013, 2, 2), 2)], schema),
                      config, "flight_features")
-    scanned: list[DataFrame] = []
-    frame_type = type(spark.range(1))
-    is_empty = frame_type.isEmpty
-
-    def counted(self: DataFrame) -> bool:
-        scanned.append(self)
-        return bool(is_empty(self))
-
+    scanned, frame_type, counted = scans_recorded(spark)
     monkeypatch.setattr(frame_type, "isEmpty", counted)
     new_day = spark.createDataFrame([("c", date(2013, 2, 3), 3)], schema)
     plan = gold.Plan(False, "a new day", [date(2013, 2, 3)], [date(2013, 2, 3)])
