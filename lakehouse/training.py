@@ -27,6 +27,7 @@ from lakehouse.config import ConfigError, names, number, whole_number
 from lakehouse.evaluation import Histogram, histogram, positive_probability
 from lakehouse.features import LABEL, TAIL_RECORDED
 from lakehouse.models import (
+    FAMILIES,
     TREE_FAMILIES,
     class_weights,
     classifier,
@@ -43,6 +44,7 @@ from lakehouse.tuning import (
     SearchTrials,
     Trial,
     best_trial,
+    first_points,
     search,
     search_space,
     space_points,
@@ -106,6 +108,7 @@ class TrainSettings:
     baseline_days: int
     threshold_rule: str = "max_f1"
     promotion_margin: float = 0.0
+    first_trials: tuple[str, ...] = ()  # families tried first, at their space's centre
 
     @classmethod
     def from_conf(cls, section: dict[str, Any]) -> TrainSettings:
@@ -127,6 +130,11 @@ class TrainSettings:
                                                        10**6),
                         parallelism=whole_number(section, where, "parallelism", 1),
                         startup_trials=whole_number(section, where, "startup_trials", 5))
+        first = names(section, where, "first_trials", [])
+        unknown = sorted(set(first) - set(FAMILIES))
+        if unknown:
+            raise ConfigError(f"train.first_trials: unknown families {unknown}; families are "
+                              f"{list(FAMILIES)}")
         rule = str(section.get("threshold_rule", "max_f1"))
         Histogram.empty().threshold_by(rule)  # a bad rule fails here, before any trial
         return cls(names(section, where, "families", ["gbt"]),
@@ -134,7 +142,7 @@ class TrainSettings:
                    dict(section.get("search_space") or {}), budget,
                    whole_number(section, where, "seed", minimum=0),
                    whole_number(section, where, "baseline_days", 28),
-                   rule, float(margin))
+                   rule, float(margin), tuple(first))
 
 
 # Every key of the train section (the windows, the search, the gate): anything else is a typo.
@@ -142,7 +150,7 @@ TRAIN_KEYS = frozenset({
     "train_from", "train_to", "validation_from", "holdout_from", "holdout_to", "families",
     "class_weighting", "search_space", "max_evals", "timeout_seconds", "early_stop_trials",
     "startup_trials", "parallelism", "seed", "threshold_rule", "baseline_days",
-    "promotion_margin", "gate_window", "gate_recent_days"})
+    "promotion_margin", "gate_window", "gate_recent_days", "first_trials"})
 
 
 def between(start: str, end: str) -> Callable[[DataFrame], DataFrame]:
@@ -317,7 +325,9 @@ def _search(spark: SparkSession, vectors: Vectors, space: dict[str, Any],
         trials = search(objective, space, settings.budget, settings.seed,
                         set_pool=control.set_pool if control.classic else None,
                         on_done=on_trial, stop=control.stop if control.classic else None,
-                        wrap=control.inherit)
+                        wrap=control.inherit,
+                        first=first_points(list(settings.first_trials), settings.families,
+                                           settings.search_space, settings.class_weighting))
     finally:
         vectors.release()
     return SearchResult(trials, histograms)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from hyperopt import STATUS_FAIL, STATUS_OK, Trials, hp, space_eval, tpe
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Domain
-from hyperopt.pyll import stochastic
+from hyperopt.pyll import Apply, stochastic
 
 from lakehouse.models import FAMILIES, INTEGER_PARAMS, check_family
 
@@ -97,6 +97,42 @@ def search_space(families: list[str], bounds: dict[str, dict[str, Any]],
         for f in families]
     return {"model": hp.choice("model", choices),
             "class_weighting": hp.choice("class_weighting", list(weightings))}
+
+
+def centre(name: str, spec: list[Any] | tuple[Any, ...]) -> float:
+    """The centre of a range of conf (see `dimension`): its midpoint, the geometric mean of a
+    log range, a quantized range's (an integer parameter's) midpoint rounded to its step,
+    kept within the range."""
+    low, high = float(spec[0]), float(spec[1])
+    if len(spec) == 3 and spec[2] == "log":
+        return float(np.sqrt(low * high))
+    middle = (low + high) / 2.0
+    step = spec[2] if len(spec) == 3 else (1 if name in INTEGER_PARAMS else None)
+    if isinstance(step, int | float) and step > 0:
+        return float(min(max(round(middle / step) * step, low), high))
+    return middle
+
+
+def first_points(first: list[str], families: list[str], bounds: dict[str, dict[str, Any]],
+                 weightings: list[str]) -> list[dict[str, Any]]:
+    """The points tried before TPE's random start (`train.first_trials`), as Hyperopt's values
+    of `search_space` (label -> value, as its `points_to_evaluate` takes them): for each named
+    family that the search takes, in order, the centre of its space (`centre`) with the first
+    class weighting. A named family the search does not take is left out (logged); one no
+    family of this job has fails."""
+    points = []
+    for family in first:
+        check_family(family)
+        if family not in families:
+            log.info("train.first_trials: %s is not among train.families %s; not tried first",
+                     family, families)
+            continue
+        values: dict[str, Any] = {"model": families.index(family), "class_weighting": 0}
+        for name, spec in (bounds.get(family) or {}).items():
+            if isinstance(dimension(f"{family}.{name}", name, spec), Apply):  # not pinned
+                values[f"{family}.{name}"] = centre(name, spec)
+        points.append(values)
+    return points
 
 
 def space_points(families: list[str], bounds: dict[str, dict[str, Any]],
@@ -219,8 +255,13 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
            on_done: Callable[[Trial], None] | None = None,
            stop: Callable[[int], None] | None = None,
            wrap: Callable[[Callable[..., Trial]], Callable[..., Trial]] | None = None,
+           first: Sequence[dict[str, Any]] = (),
            ) -> SearchTrials:
     """Run the search; returns every trial in the order they finished, and why it ended.
+
+    first: points of the space (Hyperopt's values, label -> value: `first_points`) tried
+    before any point TPE suggests, in order, as Hyperopt's `points_to_evaluate`; TPE counts
+    their results like its own, and its random start is not shortened by them.
 
     objective(number, family, params, weighting) returns (validation AUC, extra); an exception
     makes the trial fail (recorded with its error) and the search goes on. set_pool(name) is
@@ -258,6 +299,7 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     closed = ""  # why no trial starts any more, when trials would run past the time box
     refusals = 0  # suggested trials in a row not started (they would run past the time box)
     refused = 0  # all of them
+    pending = [dict(point) for point in first]  # given points not tried yet
 
     def run(number: int, point: dict[str, Any], slot: int) -> Trial:
         family, params = point["model"]["family"], dict(point["model"]["params"])
@@ -392,10 +434,19 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             while len(running) < budget.parallelism and may_start():
                 ids = trials.new_trial_ids(1)
                 trials.refresh()
-                # refused points are among the trials TPE counts: the random start is not
-                # shortened by them
-                (doc,) = tpe.suggest(ids, domain, trials, int(rng.integers(2**31 - 1)),
-                                     n_startup_jobs=budget.startup_trials + refused)
+                if pending:  # a given point: a trial doc as Hyperopt's own suggest makes one
+                    given = pending.pop(0)
+                    misc = {"tid": ids[0], "cmd": domain.cmd, "workdir": domain.workdir,
+                            "idxs": {k: ids if k in given else [] for k in domain.params},
+                            "vals": {k: [given[k]] if k in given else []
+                                     for k in domain.params}}
+                    (doc,) = trials.new_trial_docs(ids, [None], [domain.new_result()], [misc])
+                else:
+                    # refused and given points are among the trials TPE counts: the random
+                    # start is not shortened by them
+                    (doc,) = tpe.suggest(ids, domain, trials, int(rng.integers(2**31 - 1)),
+                                         n_startup_jobs=budget.startup_trials + refused
+                                         + len(first))
                 doc["state"] = JOB_STATE_RUNNING
                 trials.insert_trial_docs([doc])
                 trials.refresh()

@@ -36,6 +36,7 @@ from lakehouse.tuning import (
     SearchSpaceError,
     Trial,
     expected_seconds,
+    first_points,
     search,
     search_space,
 )
@@ -277,6 +278,62 @@ def test_tpe_learns_from_finished_trials(copying: bool, monkeypatch: pytest.Monk
                                              startup_trials=6), seed=1)
     later = [t.family for t in trials if t.number > 6]
     assert later.count("gbt") >= 0.6 * len(later), later
+
+
+def test_the_first_trials_run_first_at_the_centre_of_their_space_and_tpe_counts_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.first_trials of the shipped conf, as Hyperopt's points_to_evaluate: the Newton
+    trial comes first, at the centre of its conf'd space, with the first class weighting; TPE
+    is told its result like any other (read from the trials each suggestion is given), and
+    its random start is not shortened by it. A named family the search does not take is left
+    out."""
+    import hyperopt
+
+    from lakehouse.config import load_config
+
+    conf = load_config("local").section("train")
+    families, bounds = ["logistic_regression", "random_forest", "newton_gbt"], \
+        conf["search_space"]
+    assert conf["first_trials"] == ["newton_gbt"]
+    space = search_space(families, bounds, conf["class_weighting"])
+    first = first_points([*conf["first_trials"], "gbt"], families, bounds,
+                         conf["class_weighting"])
+    assert len(first) == 1  # gbt is not among the families searched here
+    centre = {"maxDepth": 6.0, "maxIter": 50.0, "stepSize": pytest.approx(0.10),
+              "minInstancesPerNode": 60.0, "subsamplingRate": 0.5}
+    seen: list[tuple[int, list[tuple[dict[str, Any], dict[str, Any]]]]] = []
+    suggest = hyperopt.tpe.suggest
+
+    def recording(ids: Any, domain: Any, trials: Any, seed: int, **kwargs: Any) -> Any:
+        seen.append((kwargs["n_startup_jobs"], [(dict(t["misc"]["vals"]), dict(t["result"]))
+                                                for t in trials.trials]))
+        return suggest(ids, domain, trials, seed, **kwargs)
+
+    monkeypatch.setattr(hyperopt.tpe, "suggest", recording)
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        return (0.9 if family == "newton_gbt" else 0.5), {}
+
+    trials = search(objective, space, Budget(max_evals=4, timeout_s=60, early_stop_trials=100,
+                                             startup_trials=3), seed=1, first=first)
+    assert (trials[0].number, trials[0].family, trials[0].weighting) == (1, "newton_gbt", "none")
+    assert trials[0].params == centre and len(trials) == 4
+    assert len(seen) == 3  # TPE suggested the other three
+    startup, told = seen[0]
+    assert startup == 3 + 1  # the given trial does not take a random trial's place
+    vals, result = told[0]
+    assert vals["model"] == [families.index("newton_gbt")] and vals["class_weighting"] == [0]
+    assert vals["newton_gbt.maxIter"] == [50.0] and vals["logistic_regression.regParam"] == []
+    assert result == {"status": "ok", "loss": -0.9}
+
+
+def test_first_trials_naming_an_unknown_family_fail_the_conf() -> None:
+    with pytest.raises(training.ConfigError,
+                       match=r"train.first_trials: unknown families \['xgboost'\]"):
+        training.TrainSettings.from_conf({**LR_ONLY, "seed": 42, "first_trials": ["xgboost"]})
+    assert training.TrainSettings.from_conf(
+        {**LR_ONLY, "seed": 42, "first_trials": ["gbt"]}).first_trials == ("gbt",)
 
 
 def test_search_stops_early_when_the_best_does_not_improve() -> None:
