@@ -460,7 +460,8 @@ def report(spark: SparkSession, config: Config, results: dict[str, Any]) -> str:
     if isinstance(trained, dict):
         holdout, every = trained["holdout"], trained["holdout_all_flights"]
         lines.append(f"model: {trained['model_name']} version {trained['version']} "
-                     f"({trained['family']}, {trained['trials']} Hyperopt trials) -> "
+                     f"({trained['family']}, {trained['trials']} Hyperopt "
+                     f"trial{'' if trained['trials'] == 1 else 's'}) -> "
                      f"@{trained['alias']}: {trained['decision']}")
         lines.append(f"holdout {trained['holdout_window']}: AUC-ROC {holdout['auc_roc']:.4f}, "
                      f"AUC-PR {holdout['auc_pr']:.4f}, Brier {holdout['brier']:.4f} (flights "
