@@ -135,6 +135,8 @@ class TrainSettings:
         if unknown:
             raise ConfigError(f"train.first_trials: unknown families {unknown}; families are "
                               f"{list(FAMILIES)}")
+        if len(set(first)) < len(first):  # the same point twice: a fit wasted
+            raise ConfigError(f"train.first_trials: {first} names a family twice")
         rule = str(section.get("threshold_rule", "max_f1"))
         Histogram.empty().threshold_by(rule)  # a bad rule fails here, before any trial
         return cls(names(section, where, "families", ["gbt"]),

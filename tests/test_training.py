@@ -305,7 +305,7 @@ def test_the_first_trials_run_first_at_the_centre_of_their_space_and_tpe_counts_
     suggest = hyperopt.tpe.suggest
 
     def recording(ids: Any, domain: Any, trials: Any, seed: int, **kwargs: Any) -> Any:
-        seen.append((kwargs["n_startup_jobs"], [(dict(t["misc"]["vals"]), dict(t["result"]))
+        seen.append((kwargs["n_startup_jobs"], [(t["misc"], dict(t["result"]))
                                                 for t in trials.trials]))
         return suggest(ids, domain, trials, seed, **kwargs)
 
@@ -322,16 +322,26 @@ def test_the_first_trials_run_first_at_the_centre_of_their_space_and_tpe_counts_
     assert len(seen) == 3  # TPE suggested the other three
     startup, told = seen[0]
     assert startup == 3 + 1  # the given trial does not take a random trial's place
-    vals, result = told[0]
+    misc, result = told[0]
+    vals, idxs, tid = misc["vals"], misc["idxs"], misc["tid"]
     assert vals["model"] == [families.index("newton_gbt")] and vals["class_weighting"] == [0]
     assert vals["newton_gbt.maxIter"] == [50.0] and vals["logistic_regression.regParam"] == []
+    assert idxs["model"] == idxs["newton_gbt.maxIter"] == [tid]
+    assert idxs["logistic_regression.regParam"] == []
     assert result == {"status": "ok", "loss": -0.9}
+    # shaped as the docs TPE made itself: the same labels, an index where a value is
+    made = seen[-1][1][1][0]
+    assert made["vals"].keys() == vals.keys() == idxs.keys() == made["idxs"].keys()
+    assert all(bool(idxs[k]) == bool(vals[k]) for k in vals)
 
 
-def test_first_trials_naming_an_unknown_family_fail_the_conf() -> None:
+def test_first_trials_naming_an_unknown_family_or_one_twice_fail_the_conf() -> None:
     with pytest.raises(training.ConfigError,
                        match=r"train.first_trials: unknown families \['xgboost'\]"):
         training.TrainSettings.from_conf({**LR_ONLY, "seed": 42, "first_trials": ["xgboost"]})
+    with pytest.raises(training.ConfigError, match=r"names a family twice"):
+        training.TrainSettings.from_conf({**LR_ONLY, "seed": 42,
+                                          "first_trials": ["gbt", "gbt"]})
     assert training.TrainSettings.from_conf(
         {**LR_ONLY, "seed": 42, "first_trials": ["gbt"]}).first_trials == ("gbt",)
 

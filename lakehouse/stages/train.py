@@ -275,7 +275,9 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
                 "labels_known_at": str(labels_known_at or "all"),
                 **table_versions(spark, config, features_version),
                 "families": ",".join(train_settings.families),
-                "first_trials": ",".join(train_settings.first_trials) or "none",
+                # the ones tried: a family not searched is left out (lakehouse.tuning)
+                "first_trials": ",".join(f for f in train_settings.first_trials
+                                         if f in train_settings.families) or "none",
                 "class_weighting": ",".join(train_settings.class_weighting),
                 "max_evals": train_settings.budget.max_evals,
                 "timeout_seconds": train_settings.budget.timeout_s,
