@@ -276,7 +276,8 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
     any trial succeeded, running trials finish. With stop, once a trial succeeded, a suggested
     trial whose fit its family's finished trials say would still run at the end of the box
     (`expected_seconds`) is not started: TPE counts its point as failed and suggests again,
-    and after REFUSALS such suggestions in a row no trial starts. With budget.refit_scale, the
+    and after REFUSALS such suggestions in a row no trial starts; nor does one once less time
+    is left than the shortest successful trial took. With budget.refit_scale, the
     end of the box is that of the search: the box less the refit of its best model (see
     `Budget`); a suggested trial must leave room for its own refit too, should it be the
     best. When the search itself fails or is interrupted (an error from on_done,
@@ -368,6 +369,12 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
             return closed
         if left() <= 0:
             return box()
+        # with less time left than any trial of this search took, a new trial (even of a
+        # family not timed yet) would be stopped at the box: a failed trial and seconds lost
+        shortest = min((t.seconds for t in finished if t.ok), default=None)
+        if stop is not None and shortest is not None and left() < shortest:
+            return (f"{box()}: {max(left(), 0.0):.0f} s left, less than the shortest trial "
+                    f"of this search ({shortest:.0f} s)")
         return ""
 
     def may_start() -> bool:

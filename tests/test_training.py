@@ -435,6 +435,27 @@ def test_a_trial_that_would_run_past_the_time_box_is_not_started(
                                                early_stop_trials=100), seed=1)) == 2
 
 
+def test_no_trial_starts_with_less_time_left_than_any_trial_took() -> None:
+    """Trial 1 (a GBT, given first) took 0.6 s of a 1 s box: with 0.4 s left, less than any
+    trial of the search took, the logistic regression TPE draws next (a family not timed yet,
+    which the family rule cannot refuse) is not started to be stopped at the box."""
+    families = ["gbt", "logistic_regression"]
+    space = search_space(families, {}, ["none"])
+    ran: list[str] = []
+
+    def objective(number: int, family: str, params: dict[str, Any],
+                  weighting: str) -> tuple[float, dict[str, Any]]:
+        ran.append(family)
+        time.sleep(0.6)
+        return 0.7, {}
+
+    trials = search(objective, space, Budget(max_evals=5, timeout_s=1.0, early_stop_trials=100,
+                                             startup_trials=3), seed=2, stop=lambda _: None,
+                    first=first_points(["gbt"], families, {}, ["none"]))
+    assert ran == ["gbt"], ran  # with seed 2 TPE's random start draws a logistic regression
+    assert "less than the shortest trial of this search (1 s)" in trials.ended, trials.ended
+
+
 def test_the_time_box_keeps_the_refit_of_the_best_trial() -> None:
     """With refit_scale, the box holds the refit of the best model: once a logistic
     regression whose fit took 40 s is the best, 1.5 x 40 = 60 s of a 75 s box are kept, so
