@@ -101,7 +101,7 @@ def compare_parallelism(spark, features, windows, settings, trials: int) -> None
         for parallelism in (1, 2):
             # all trials random from the same seed: both searches fit the same models
             conf = {**settings, "parallelism": parallelism, "max_evals": trials,
-                    "startup_trials": trials, "timeout_seconds": 10**6,
+                    "startup_trials": trials, "first_trials": [], "timeout_seconds": 10**6,
                     "early_stop_trials": 10**6}
             started = time.perf_counter()
             tuned = tune_and_fit(spark, features, windows, TrainSettings.from_conf(conf))
