@@ -442,6 +442,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 ids = trials.new_trial_ids(1)
                 trials.refresh()
                 if pending:  # a given point: a trial doc as Hyperopt's own suggest makes one
+                    # (not fmin's generate_trials_to_calculate: its docs hold only the given
+                    # labels, and TPE reads the labels of every trial from the first one's,
+                    # so the other families' parameters would drop out of its history)
                     given = pending.pop(0)
                     misc = {"tid": ids[0], "cmd": domain.cmd, "workdir": domain.workdir,
                             "idxs": {k: ids if k in given else [] for k in domain.params},
