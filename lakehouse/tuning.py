@@ -443,8 +443,9 @@ def search(objective: Objective, space: dict[str, Any], budget: Budget, seed: in
                 trials.refresh()
                 if pending:  # a given point: a trial doc as Hyperopt's own suggest makes one
                     # (not fmin's generate_trials_to_calculate: its docs hold only the given
-                    # labels, and TPE reads the labels of every trial from the first one's,
-                    # so the other families' parameters would drop out of its history)
+                    # labels, and TPE reads every label of the space from every trial: on this
+                    # conditional space its next suggestion failed with a KeyError for another
+                    # family's parameter, hyperopt 0.3.0)
                     given = pending.pop(0)
                     misc = {"tid": ids[0], "cmd": domain.cmd, "workdir": domain.workdir,
                             "idxs": {k: ids if k in given else [] for k in domain.params},
