@@ -671,7 +671,9 @@ def test_a_versions_threshold_is_its_tag_else_its_runs_metric_and_must_be_a_prob
     # a challenger whose threshold is bad is left out of scoring, not the champion with it
     client.set_registered_model_alias("m", "challenger", by_hand.version)
     client.set_registered_model_alias("m", "champion", no_run.version)
-    assert [s.version for s in score.scorers("m", "champion")] == [str(no_run.version)]
+    models, error = score.scorers("m", "champion")
+    assert [s.version for s in models] == [str(no_run.version)]
+    assert error is not None and "look-up failed: ValueError" in error and "high" in error
 
 
 def test_a_champion_whose_run_is_gone_is_monitored_without_drift_and_quality_drop(

@@ -1135,6 +1135,26 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     assert audit is not None and audit["status"] == "succeeded"
     assert f"v{broken.version} (challenger) not scored: " in audit["message"], audit["message"]
 
+    # the former champion takes @challenger and scores the 14th in shadow; then its look-up
+    # fails (here its decision_threshold tag is not a probability; a registry error other than
+    # "alias not found" takes the same path): the rerun scores with the champion alone and
+    # leaves the challenger's rows as they are, not retired as if no version held the alias
+    registry.set_alias(model_name, registry.CHALLENGER, champion["version"])
+    shadowed = score.run(spark, config, "shadowed", "2013-01-14", "2013-01-14")
+    assert shadowed["challenger_version"] == champion["version"]
+    both = {(challenger["version"], "champion"): fourteenth.count(),
+            (champion["version"], "challenger"): fourteenth.count()}
+    assert roles("2013-01-14") == both
+    client.set_model_version_tag(model_name, champion["version"], "decision_threshold", "high")
+    unknown = score.run(spark, config, "unknown", "2013-01-14", "2013-01-14")
+    assert unknown["challenger_version"] is None
+    assert "look-up failed: ValueError" in (unknown["challenger_error"] or ""), unknown
+    assert roles("2013-01-14") == both
+    audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "unknown").first()
+    assert audit is not None and audit["status"] == "succeeded"
+    assert "@challenger not scored: look-up failed" in audit["message"], audit["message"]
+    assert "now role 'previous'" not in audit["message"], audit["message"]
+
 
 def test_a_search_whose_every_trial_fails_releases_what_it_cached(
         spark: SparkSession, features_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

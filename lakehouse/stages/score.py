@@ -87,8 +87,9 @@ def threshold_of(name: str, found: Any) -> float:
     return value
 
 
-def scorers(name: str, champion_alias: str) -> list[Scorer]:
-    """The champion (required) and, when another version holds @challenger, that one."""
+def scorers(name: str, champion_alias: str) -> tuple[list[Scorer], str | None]:
+    """The champion (required) and, when another version holds @challenger, that one; with
+    the error that left the challenger out when its look-up failed (None otherwise)."""
     champion = Scorer.resolve(name, champion_alias)
     if champion is None:
         uri = mlflow.get_tracking_uri()
@@ -97,11 +98,16 @@ def scorers(name: str, champion_alias: str) -> list[Scorer]:
     try:  # the shadow is best effort (see run): a challenger whose threshold is bad is left out
         challenger = Scorer.resolve(name, registry.CHALLENGER)
     except (ValueError, MlflowException) as error:
+        # Which version holds @challenger is then unknown (a registry error other than "alias
+        # not found", or a version whose threshold is bad): the challenger rows held are left
+        # as they are (retiring them would end that version's monitoring on a registry
+        # hiccup), the error is logged, audited and returned.
+        reason = f"look-up failed: {type(error).__name__}: {str(error)[:400]}"
         log.error("%s @%s not scored, the champion alone is: %s", name, registry.CHALLENGER,
-                  error)
-        return [champion]
+                  reason)
+        return [champion], reason
     return [champion] + ([challenger] if challenger and challenger.version != champion.version
-                         else [])
+                         else []), None
 
 
 def load(scorer: Scorer) -> PipelineModel:
@@ -192,12 +198,13 @@ def created_counts(spark: SparkSession, config: Config, start: str, end: str,
     return counts
 
 
-def earlier_versions(start: str, end: str, models: list[Scorer]) -> Column:
-    """The rows dated start..end holding the champion or challenger role of a version other
-    than the scoring ones."""
+def earlier_versions(start: str, end: str, models: list[Scorer],
+                     roles: tuple[str, ...] = (registry.CHAMPION, registry.CHALLENGER)) -> Column:
+    """The rows dated start..end holding one of roles (the champion or challenger role) of a
+    version other than the scoring ones."""
     current = [m.key for m in models]
     return (F.col("flight_date").between(F.lit(start).cast("date"), F.lit(end).cast("date"))
-            & F.col("role").isin(registry.CHAMPION, registry.CHALLENGER)
+            & F.col("role").isin(*roles)
             & ~version_key().isin(current))
 
 
@@ -207,11 +214,12 @@ def version_key() -> Column:
 
 
 def retiring(spark: SparkSession, config: Config, start: str, end: str, models: list[Scorer],
-             like: DataFrame) -> DataFrame:
-    """The table's rows dated start..end of an earlier version still holding the champion or
-    challenger role, as rows like `like` (the score job's) with role 'previous'."""
+             like: DataFrame,
+             roles: tuple[str, ...] = (registry.CHAMPION, registry.CHALLENGER)) -> DataFrame:
+    """The table's rows dated start..end of an earlier version still holding one of roles (the
+    champion or challenger role), as rows like `like` (the score job's) with role 'previous'."""
     held = tables.read(spark, config, "delay_predictions").filter(
-        earlier_versions(start, end, models))
+        earlier_versions(start, end, models, roles))
     return held.select(*(F.lit(PREVIOUS).alias(c) if c == "role"
                          else F.col(c) if c in held.columns
                          else F.lit(None).cast(like.schema[c].dataType).alias(c)
@@ -220,21 +228,22 @@ def retiring(spark: SparkSession, config: Config, start: str, end: str, models: 
 
 def retire_others(spark: SparkSession, config: Config, start: str, end: str,
                   models: list[Scorer],
-                  held: dict[tuple[str, str, str], int] | None = None) -> list[str]:
+                  held: dict[tuple[str, str, str], int] | None = None,
+                  roles: tuple[str, ...] = (registry.CHAMPION, registry.CHALLENGER)) -> list[str]:
     """In the scored range, only the current champion's and challenger's rows keep those roles:
     an earlier version's rows (kept as history) become role 'previous', so a reader filtering
     role = 'champion' sees one prediction per flight. A score MERGE of a range holding rows
     does this in its own commit; this UPDATE is for what no such MERGE reached: rows another
     job wrote in the range meanwhile (e.g. while this run inserted a new day). held:
     `held_rows` of the range, when the caller has them. Returns the versions retired, each as
-    name/version (versions restart per model name)."""
+    name/version (versions restart per model name). roles: the roles retired (the champion's
+    alone when the run could not tell which version holds @challenger)."""
     current = [m.key for m in models]
     held = held_rows(spark, config, start, end) if held is None else held
-    versions = sorted({k for k, role, _ in held
-                       if role in (registry.CHAMPION, registry.CHALLENGER) and k not in current})
+    versions = sorted({k for k, role, _ in held if role in roles and k not in current})
     if versions:
-        tables.update(spark, config, "delay_predictions", earlier_versions(start, end, models),
-                      {"role": F.lit(PREVIOUS)})
+        tables.update(spark, config, "delay_predictions",
+                      earlier_versions(start, end, models, roles), {"role": F.lit(PREVIOUS)})
     return versions
 
 
@@ -264,7 +273,12 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
     name, alias = mlflow_conf["model_name"], registry.CHAMPION
     with audited(spark, config, run_id, "score", "delay_predictions") as audit, \
             ExitStack() as stack:
-        models = scorers(name, alias)  # resolved once: a promotion meanwhile changes nothing
+        # resolved once: a promotion meanwhile changes nothing
+        models, lookup_error = scorers(name, alias)
+        # the challenger rows of another version are retired only when the run knows which
+        # version holds @challenger
+        roles = ((registry.CHAMPION,) if lookup_error
+                 else (registry.CHAMPION, registry.CHALLENGER))
         # The models load (MLflow's download, then Spark's reading of the saved pipeline, ~1 s
         # each) while this thread looks at the range: both wait more on I/O than they compute
         # (bench/scoring.py).
@@ -298,7 +312,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                    else flights.join(features.select("flight_id"), "flight_id", "left_anti"))
         frames = [predictions_of(loading[0].result(), models[0], features, missing,
                                  version_read or 0)]
-        shadow_error: str | None = None
+        shadow_error: str | None = lookup_error
         if len(models) > 1:
             # The challenger scores in shadow, best effort: a version that cannot be loaded
             # (artifacts gone) or whose inputs gold no longer has must not stop the champion's
@@ -348,7 +362,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                     # the table for a one-day rescore, Delta 4.2: 13 of 13 monthly files.)
                     source = predictions
                     if compared:
-                        former = retiring(spark, config, first, end, models, predictions)
+                        former = retiring(spark, config, first, end, models, predictions,
+                                          roles)
                         retired = [r[0] for r in former.select(version_key()).distinct()
                                    .collect()]
                         source = predictions.unionByName(former)
@@ -366,7 +381,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             # this run's, counted apart
             held = held_rows(spark, config, first, end)
             retired = sorted({*retired, *retire_others(spark, config, first, end, models,
-                                                       held)})
+                                                       held, roles)})
             if late_ids:
                 for key, n in held_rows(spark, config, start, end, late_ids).items():
                     held[key] = held.get(key, 0) + n
@@ -379,7 +394,9 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                      message=f"{name} " + ", ".join(f"v{m.version} ({m.role})" for m in scoring)
                              + f" scored {start}..{end}"
                              + (f" (v{models[1].version} (challenger) not scored: "
-                                f"{shadow_error})" if shadow_error else "")
+                                f"{shadow_error})" if shadow_error and len(models) > 1
+                                else f" (@{registry.CHALLENGER} not scored: {shadow_error})"
+                                if shadow_error else "")
                              + (f" (before {new_from}: {len(late_ids)} late flight(s) only)"
                                 if late else "")
                              + f"; written {inserted(metrics)} new, "
