@@ -671,9 +671,60 @@ def test_a_versions_threshold_is_its_tag_else_its_runs_metric_and_must_be_a_prob
     # a challenger whose threshold is bad is left out of scoring, not the champion with it
     client.set_registered_model_alias("m", "challenger", by_hand.version)
     client.set_registered_model_alias("m", "champion", no_run.version)
-    models, error = score.scorers("m", "champion")
-    assert [s.version for s in models] == [str(no_run.version)]
-    assert error is not None and "look-up failed: ValueError" in error and "high" in error
+    # and the rows it scored keep their role: it still holds @challenger
+    versions = score.scorers("m", "champion")
+    assert [s.version for s in versions.models] == [str(no_run.version)]
+    assert versions.spared == (f"m/{by_hand.version}",) and versions.roles == score.ROLES
+    assert versions.challenger_error is not None
+    assert "ValueError" in versions.challenger_error and "'high'" in versions.challenger_error
+
+
+def test_a_registry_error_on_the_challenger_look_up_retires_no_challenger_rows(
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry error other than "alias not found" on @challenger (a 503, a timeout) leaves
+    which version holds it unknown: the champion scores alone and no row holding the
+    challenger role is retired (an earlier champion's still are)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+    from mlflow.tracking import MlflowClient
+
+    from lakehouse import registry
+
+    config = make_config(tmp_path)
+    registry.configure(config)
+    client = MlflowClient()
+    with mlflow.start_run() as run:
+        mlflow.log_metric("decision_threshold", 0.4)
+    client.create_registered_model("m")
+    for _ in range(3):
+        client.create_model_version("m", f"runs:/{run.info.run_id}/model",
+                                    run_id=run.info.run_id)
+    client.set_registered_model_alias("m", "champion", "3")
+    client.set_registered_model_alias("m", "challenger", "2")
+    real = registry.resolve
+
+    def unavailable_for_challenger(name: str, alias: str) -> Any:
+        if alias == registry.CHALLENGER:  # injected: the registry fails on this call only
+            raise MlflowException("503 Service Unavailable", error_code=TEMPORARILY_UNAVAILABLE)
+        return real(name, alias)
+
+    monkeypatch.setattr(registry, "resolve", unavailable_for_challenger)
+    versions = score.scorers("m", "champion")
+    assert [s.version for s in versions.models] == ["3"] and versions.spared == ()
+    assert versions.roles == (registry.CHAMPION,)
+    assert (versions.challenger_error or "").startswith("look-up failed: MlflowException")
+    rows = [(f"f{n}", date(2013, 12, 1), "m", version, role) for n in range(2)
+            for version, role in (("1", "champion"), ("2", "challenger"))]
+    tables.overwrite(spark.createDataFrame(rows, "flight_id string, flight_date date, "
+                                                 "model_name string, model_version string, "
+                                                 "role string")
+                     .withColumn("status", F.lit("scored")), config, "delay_predictions")
+    assert score.retire_others(spark, config, "2013-12-01", "2013-12-01", versions.models,
+                               versions=versions) == ["m/1"]
+    assert {(r["model_version"], r["role"]) for r in
+            tables.read(spark, config, "delay_predictions").collect()} == {
+        ("1", "previous"), ("2", "challenger")}
 
 
 def test_a_champion_whose_run_is_gone_is_monitored_without_drift_and_quality_drop(

@@ -1135,10 +1135,10 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     assert audit is not None and audit["status"] == "succeeded"
     assert f"v{broken.version} (challenger) not scored: " in audit["message"], audit["message"]
 
-    # the former champion takes @challenger and scores the 14th in shadow; then its look-up
-    # fails (here its decision_threshold tag is not a probability; a registry error other than
-    # "alias not found" takes the same path): the rerun scores with the champion alone and
-    # leaves the challenger's rows as they are, not retired as if no version held the alias
+    # the former champion takes @challenger and scores the 14th in shadow; then it cannot be
+    # scored (its decision_threshold tag is not a probability): the rerun scores with the
+    # champion alone and leaves its rows as they are, not retired as if no version held the
+    # alias (a registry error on the look-up: test_monitoring)
     registry.set_alias(model_name, registry.CHALLENGER, champion["version"])
     shadowed = score.run(spark, config, "shadowed", "2013-01-14", "2013-01-14")
     assert shadowed["challenger_version"] == champion["version"]
@@ -1148,11 +1148,12 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     client.set_model_version_tag(model_name, champion["version"], "decision_threshold", "high")
     unknown = score.run(spark, config, "unknown", "2013-01-14", "2013-01-14")
     assert unknown["challenger_version"] is None
-    assert "look-up failed: ValueError" in (unknown["challenger_error"] or ""), unknown
+    assert f"v{champion['version']}: ValueError" in (unknown["challenger_error"] or ""), unknown
     assert roles("2013-01-14") == both
     audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "unknown").first()
     assert audit is not None and audit["status"] == "succeeded"
-    assert "@challenger not scored: look-up failed" in audit["message"], audit["message"]
+    assert f"@challenger not scored: v{champion['version']}: ValueError" in audit["message"], \
+        audit["message"]
     assert "now role 'previous'" not in audit["message"], audit["message"]
 
 

@@ -47,8 +47,12 @@ class Scorer:
     @classmethod
     def resolve(cls, name: str, alias: str) -> Scorer | None:
         found = registry.resolve(name, alias)
-        if found is None:
-            return None
+        return None if found is None else cls.of(name, alias, found)
+
+    @classmethod
+    def of(cls, name: str, alias: str, found: Any) -> Scorer:
+        """The scorer of a registered version (its threshold read: ValueError when it is not a
+        probability)."""
         return cls(name, str(found.version), found.run_id or "", alias,
                    threshold_of(name, found))
 
@@ -87,27 +91,49 @@ def threshold_of(name: str, found: Any) -> float:
     return value
 
 
-def scorers(name: str, champion_alias: str) -> tuple[list[Scorer], str | None]:
-    """The champion (required) and, when another version holds @challenger, that one; with
-    the error that left the challenger out when its look-up failed (None otherwise)."""
+# The roles a scoring run takes over in its range: another version's rows holding them retire.
+ROLES = (registry.CHAMPION, registry.CHALLENGER)
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The versions a run scores, and what its retiring of other versions' rows (to role
+    'previous') must spare."""
+
+    models: list[Scorer]
+    challenger_error: str | None = None  # why the version holding @challenger is not scored
+    spared: tuple[str, ...] = ()  # name/version keys not scored whose rows keep their role
+    roles: tuple[str, ...] = ROLES  # the roles whose rows of other versions are retired
+
+
+def scorers(name: str, champion_alias: str) -> Versions:
+    """The champion (required) and, when another version holds @challenger, that one. The
+    shadow is best effort (see run): a challenger that cannot be scored is left out, and the
+    rows it scored before keep their role (retiring them would end its monitoring on a
+    registry hiccup)."""
     champion = Scorer.resolve(name, champion_alias)
     if champion is None:
         uri = mlflow.get_tracking_uri()
         raise NoChampionError(f"no version of model {name!r} has alias {champion_alias!r} in "
                               f"{uri}; run the train job first")
-    try:  # the shadow is best effort (see run): a challenger whose threshold is bad is left out
-        challenger = Scorer.resolve(name, registry.CHALLENGER)
-    except (ValueError, MlflowException) as error:
-        # Which version holds @challenger is then unknown (a registry error other than "alias
-        # not found", or a version whose threshold is bad): the challenger rows held are left
-        # as they are (retiring them would end that version's monitoring on a registry
-        # hiccup), the error is logged, audited and returned.
+    try:
+        found = registry.resolve(name, registry.CHALLENGER)
+    except MlflowException as error:
+        # a registry error other than "alias not found": which version holds @challenger is
+        # unknown, so no challenger row is retired
         reason = f"look-up failed: {type(error).__name__}: {str(error)[:400]}"
         log.error("%s @%s not scored, the champion alone is: %s", name, registry.CHALLENGER,
                   reason)
-        return [champion], reason
-    return [champion] + ([challenger] if challenger and challenger.version != champion.version
-                         else []), None
+        return Versions([champion], reason, roles=(registry.CHAMPION,))
+    if found is None or str(found.version) == champion.version:
+        return Versions([champion])
+    try:
+        return Versions([champion, Scorer.of(name, registry.CHALLENGER, found)])
+    except (ValueError, MlflowException) as error:  # its threshold: bad, or its run unreadable
+        reason = f"v{found.version}: {type(error).__name__}: {str(error)[:400]}"
+        log.error("%s @%s not scored, the champion alone is: %s", name, registry.CHALLENGER,
+                  reason)
+        return Versions([champion], reason, spared=(f"{name}/{found.version}",))
 
 
 def load(scorer: Scorer) -> PipelineModel:
@@ -199,10 +225,10 @@ def created_counts(spark: SparkSession, config: Config, start: str, end: str,
 
 
 def earlier_versions(start: str, end: str, models: list[Scorer],
-                     roles: tuple[str, ...] = (registry.CHAMPION, registry.CHALLENGER)) -> Column:
+                     roles: tuple[str, ...] = ROLES, spared: tuple[str, ...] = ()) -> Column:
     """The rows dated start..end holding one of roles (the champion or challenger role) of a
-    version other than the scoring ones."""
-    current = [m.key for m in models]
+    version other than the scoring ones and the spared ones (name/version keys)."""
+    current = [m.key for m in models] + list(spared)
     return (F.col("flight_date").between(F.lit(start).cast("date"), F.lit(end).cast("date"))
             & F.col("role").isin(*roles)
             & ~version_key().isin(current))
@@ -214,12 +240,13 @@ def version_key() -> Column:
 
 
 def retiring(spark: SparkSession, config: Config, start: str, end: str, models: list[Scorer],
-             like: DataFrame,
-             roles: tuple[str, ...] = (registry.CHAMPION, registry.CHALLENGER)) -> DataFrame:
+             like: DataFrame, versions: Versions | None = None) -> DataFrame:
     """The table's rows dated start..end of an earlier version still holding one of roles (the
-    champion or challenger role), as rows like `like` (the score job's) with role 'previous'."""
+    champion or challenger role), as rows like `like` (the score job's) with role 'previous'.
+    versions: the run's `scorers`, whose roles and spared versions apply."""
+    roles, spared = (versions.roles, versions.spared) if versions else (ROLES, ())
     held = tables.read(spark, config, "delay_predictions").filter(
-        earlier_versions(start, end, models, roles))
+        earlier_versions(start, end, models, roles, spared))
     return held.select(*(F.lit(PREVIOUS).alias(c) if c == "role"
                          else F.col(c) if c in held.columns
                          else F.lit(None).cast(like.schema[c].dataType).alias(c)
@@ -229,22 +256,25 @@ def retiring(spark: SparkSession, config: Config, start: str, end: str, models: 
 def retire_others(spark: SparkSession, config: Config, start: str, end: str,
                   models: list[Scorer],
                   held: dict[tuple[str, str, str], int] | None = None,
-                  roles: tuple[str, ...] = (registry.CHAMPION, registry.CHALLENGER)) -> list[str]:
+                  versions: Versions | None = None) -> list[str]:
     """In the scored range, only the current champion's and challenger's rows keep those roles:
     an earlier version's rows (kept as history) become role 'previous', so a reader filtering
     role = 'champion' sees one prediction per flight. A score MERGE of a range holding rows
     does this in its own commit; this UPDATE is for what no such MERGE reached: rows another
     job wrote in the range meanwhile (e.g. while this run inserted a new day). held:
     `held_rows` of the range, when the caller has them. Returns the versions retired, each as
-    name/version (versions restart per model name). roles: the roles retired (the champion's
-    alone when the run could not tell which version holds @challenger)."""
-    current = [m.key for m in models]
+    name/version (versions restart per model name). versions: the run's `scorers`, whose
+    roles and spared versions apply (the champion's role alone when the run could not tell
+    which version holds @challenger)."""
+    roles, spared = (versions.roles, versions.spared) if versions else (ROLES, ())
+    current = [m.key for m in models] + list(spared)
     held = held_rows(spark, config, start, end) if held is None else held
-    versions = sorted({k for k, role, _ in held if role in roles and k not in current})
-    if versions:
+    retired = sorted({k for k, role, _ in held if role in roles and k not in current})
+    if retired:
         tables.update(spark, config, "delay_predictions",
-                      earlier_versions(start, end, models, roles), {"role": F.lit(PREVIOUS)})
-    return versions
+                      earlier_versions(start, end, models, roles, spared),
+                      {"role": F.lit(PREVIOUS)})
+    return retired
 
 
 def of_current(held: dict[tuple[str, str, str], int],
@@ -274,11 +304,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
     with audited(spark, config, run_id, "score", "delay_predictions") as audit, \
             ExitStack() as stack:
         # resolved once: a promotion meanwhile changes nothing
-        models, lookup_error = scorers(name, alias)
-        # the challenger rows of another version are retired only when the run knows which
-        # version holds @challenger
-        roles = ((registry.CHAMPION,) if lookup_error
-                 else (registry.CHAMPION, registry.CHALLENGER))
+        versions = scorers(name, alias)
+        models = versions.models
         # The models load (MLflow's download, then Spark's reading of the saved pipeline, ~1 s
         # each) while this thread looks at the range: both wait more on I/O than they compute
         # (bench/scoring.py).
@@ -312,7 +339,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                    else flights.join(features.select("flight_id"), "flight_id", "left_anti"))
         frames = [predictions_of(loading[0].result(), models[0], features, missing,
                                  version_read or 0)]
-        shadow_error: str | None = lookup_error
+        shadow_error: str | None = versions.challenger_error
         if len(models) > 1:
             # The challenger scores in shadow, best effort: a version that cannot be loaded
             # (artifacts gone) or whose inputs gold no longer has must not stop the champion's
@@ -363,7 +390,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
                     source = predictions
                     if compared:
                         former = retiring(spark, config, first, end, models, predictions,
-                                          roles)
+                                          versions)
                         retired = [r[0] for r in former.select(version_key()).distinct()
                                    .collect()]
                         source = predictions.unionByName(former)
@@ -381,7 +408,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             # this run's, counted apart
             held = held_rows(spark, config, first, end)
             retired = sorted({*retired, *retire_others(spark, config, first, end, models,
-                                                       held, roles)})
+                                                       held, versions)})
             if late_ids:
                 for key, n in held_rows(spark, config, start, end, late_ids).items():
                     held[key] = held.get(key, 0) + n
