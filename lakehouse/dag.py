@@ -208,7 +208,8 @@ def summary(results: Mapping[str, TaskResult] | Iterable[TaskResult]) -> str:
     width = max([len("task"), *(len(r.name) for r in rows)])
     lines = [f"{'task':<{width}}  {'status':<15} {'attempts':>8} {'seconds':>8}  detail"]
     for r in rows:
-        detail = r.reason or (f"{type(r.error).__name__}: {r.error}" if r.error else "")
+        error = f"{type(r.error).__name__}: {r.error}" if r.error else ""
+        detail = ": ".join(part for part in (r.reason, error) if part)
         lines.append(f"{r.name:<{width}}  {r.status:<15} {r.attempts:>8} {r.seconds:>8.1f}  "
                      f"{detail}".rstrip())
     return "\n".join(lines)

@@ -374,7 +374,11 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
                             windows=retrain_windows(config, day - timedelta(days=1)),
                             labels_known_at=as_of or end_of_day(
                                 day, config.section("gold")["home_timezone"]))
-        monitor.mark_handled(spark, config, due[0].alert_ids, trained["run_id"], day)
+        # the model is registered: closing the alerts it answers is retried on its own (the
+        # task is not), else a rerun would find retraining due and register a second version
+        with_retries(partial(monitor.mark_handled, spark, config, due[0].alert_ids,
+                             trained["run_id"], day), "train (closing the alerts answered)",
+                     retries)
         return {**trained, "trigger": due[0].reason}
 
     def rescore_when(done: dict[str, TaskResult]) -> str | None:

@@ -3,11 +3,12 @@
 # MAGIC # Daily workflow
 # MAGIC
 # MAGIC The daily workflow in one notebook: the same call as `./spark-submit.sh daily` and
-# MAGIC `lakehouse run daily`. Bronze, silver, gold, train (only when no `@champion` exists, unless
-# MAGIC `train` says otherwise) and score run in order in this session; a stage that fails on
-# MAGIC something transient is retried, a data error (a contract halt, an empty training window)
-# MAGIC fails at once. On a schedule, the bundle's `lakehouse_daily` job runs the same stages as
-# MAGIC separate tasks.
+# MAGIC `lakehouse run daily`. Bronze, silver, gold, score, monitor, train (only when no
+# MAGIC `@champion` exists or the monitor made retraining due, unless `train` says otherwise) and,
+# MAGIC when the new model was promoted, score again run in this session as a DAG; a stage that
+# MAGIC fails on something transient is retried, a data error (a contract halt, an empty training
+# MAGIC window) fails at once and stops only the stages that depend on it. On a schedule, the
+# MAGIC bundle's `lakehouse_daily` job runs the same stages as separate tasks.
 # MAGIC
 # MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
 # MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
@@ -16,7 +17,7 @@
 # MAGIC
 # MAGIC `from`/`to` are the flight dates to score (empty: `score.from`/`score.to`); `train` is
 # MAGIC `auto`, `always` or `never`; `stages` a comma-separated subset of
-# MAGIC `bronze,silver,gold,train,score`.
+# MAGIC `bronze,silver,gold,score,monitor,train`.
 
 # COMMAND ----------
 

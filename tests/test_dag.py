@@ -135,6 +135,9 @@ def test_a_broken_condition_fails_its_task() -> None:
     results = rec.run([rec.task("a", when=lambda r: r["missing"].reason), rec.task("b", "a")])
     assert statuses(results) == {"a": "failed", "b": "upstream_failed"}
     assert isinstance(results["a"].error, KeyError) and rec.calls == []
+    # the status table names the condition's error, not only that it failed
+    assert summary(results).splitlines()[1].endswith(
+        "condition failed after 1 attempt(s): KeyError: 'missing'")
 
 
 def test_a_condition_failing_transiently_is_retried_a_data_error_in_it_is_not() -> None:
@@ -265,3 +268,42 @@ def test_an_audit_write_that_fails_does_not_hide_the_jobs_own_error(
     with pytest.raises(OSError, match="audit table unreachable"):
         with audit.audited(None, None, "r2", "silver", "silver_flights"):  # type: ignore[arg-type]
             pass
+
+
+def test_the_alerts_a_retraining_answered_are_closed_despite_a_transient_failure(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """The train task is not retried (a retry would register a second version), so closing
+    the alerts its model answered is retried on its own: left open, the next run would find
+    retraining due again and train and register another version."""
+    from lakehouse import workflow
+    from lakehouse.config import load_config
+    from lakehouse.stages import monitor, train
+
+    config = load_config("local", overrides={"data_root": str(tmp_path)})
+    monkeypatch.setattr(workflow, "champion_exists", lambda config: True)
+    monkeypatch.setattr(workflow, "resolved", lambda spark, config, dates: dates)
+    monkeypatch.setattr(monitor, "current_champion", lambda config: ("m", "1"))
+    monkeypatch.setattr(monitor, "retraining_due", lambda *args: monitor.RetrainingDue(
+        True, "1 open alert(s): a1", ("a1", "a0")))
+    trained: list[dict[str, Any]] = []
+
+    def fit(spark: Any, config: Any, run_id: str, **kwargs: Any) -> dict[str, Any]:
+        trained.append(kwargs)
+        return {"run_id": "mlflow-run-1", "promoted": False}
+
+    closed: list[tuple[Any, ...]] = []
+
+    def mark_handled(spark: Any, config: Any, ids: tuple[str, ...], run_id: str,
+                     day: Any) -> None:
+        closed.append((ids, run_id, day.isoformat()))
+        if len(closed) == 1:
+            raise OSError("storage throttled")
+
+    monkeypatch.setattr(train, "run", fit)
+    monkeypatch.setattr(monitor, "mark_handled", mark_handled)
+    tasks = workflow.daily_tasks(None, config, "r1",  # type: ignore[arg-type]
+                                 ("2013-11-01", "2013-11-30"), ("train",), "auto", False)
+    results = run_dag(tasks, workflow.is_permanent, sleep=lambda s: None)
+    assert statuses(results) == {"train": "succeeded", "rescore": "skipped"}
+    assert len(trained) == 1 and trained[0]["windows"].holdout_to == "2013-11-29"
+    assert closed == [(("a1", "a0"), "mlflow-run-1", "2013-11-30")] * 2
