@@ -67,7 +67,7 @@ def drift_rules(config: Config) -> tuple[DriftRule, DriftRule]:
     for name, default in (("feature_drift", DriftRule("mean_shift", 2.0)),
                           ("prediction_drift", DriftRule("psi", 0.2))):
         rule = rules.get(name)
-        plotted.append(DriftRule(rule.metric, rule.above) if rule is not None
+        plotted.append(DriftRule(rule.metric, rule.above, rule.features) if rule is not None
                        and rule.above is not None else default)
     return plotted[0], plotted[1]
 
@@ -94,6 +94,21 @@ def replay_day(spark: SparkSession, config: Config, day: date) -> DayOutcome:
                       time.monotonic() - started)
 
 
+def recorded_alerts(spark: SparkSession, config: Config, start: date,
+                    end: date) -> dict[date, list[dict[str, Any]]]:
+    """The alerts recorded for the days start..end, by monitored day, in the order raised. A
+    monitor run retried after its alerts were recorded returns none (they are raised once per
+    episode), so the report and the picture read them from the alerts table."""
+    if not tables.exists(spark, config, "alerts"):
+        return {}
+    by_day: dict[date, list[dict[str, Any]]] = {}
+    for row in (tables.read(spark, config, "alerts")
+                .filter(F.col("monitored_date").between(F.lit(start), F.lit(end)))
+                .orderBy("raised_at", "alert_id").collect()):
+        by_day.setdefault(row["monitored_date"], []).append(row.asDict())
+    return by_day
+
+
 def replay(spark: SparkSession, config: Config, start: date, end: date,
            on_day: Callable[[DayOutcome], None] | None = None) -> tuple[str, Path, int]:
     """Replay start..end; returns the text report, the picture's path and the number of
@@ -114,6 +129,9 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
                  outcome.seconds)
         if on_day is not None:
             on_day(outcome)
+    recorded = recorded_alerts(spark, config, start, end)
+    for outcome in outcomes:  # the record, not what each monitor run returned (see there)
+        outcome.alerts = recorded.get(outcome.day, [])
     monitoring = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
         F.col("monitored_date").between(F.lit(start), F.lit(end))).collect()] if tables.exists(
         spark, config, "model_monitoring") else []

@@ -41,21 +41,39 @@ def series(rows: list[dict[str, Any]], window: str, metric: str,
                   and r["subject"] == subject and r["value"] is not None)
 
 
-def top_drifting(rows: list[dict[str, Any]], metric: str, n: int = TOP_FEATURES) -> list[str]:
-    """The n features whose daily value of metric peaked highest."""
+def top_drifting(rows: list[dict[str, Any]], metric: str, n: int = TOP_FEATURES,
+                 features: tuple[str, ...] = ()) -> list[str]:
+    """The n features (of features, when given) whose daily value of metric peaked highest
+    in size (a mean shift alerts either way)."""
     peak: dict[str, float] = defaultdict(float)
     for r in rows:
-        if r["window"] == "day" and r["metric"] == metric and r["subject"] != "prediction":
+        if (r["window"] == "day" and r["metric"] == metric and r["subject"] != "prediction"
+                and (not features or r["subject"] in features)):
             peak[r["subject"]] = max(peak[r["subject"]], abs(r["value"] or 0.0))
     return [k for k, _ in sorted(peak.items(), key=lambda kv: -kv[1])[:n]]
 
 
 @dataclass(frozen=True)
 class DriftRule:
-    """The metric an alert rule watches and its threshold (what the drift panels plot)."""
+    """The metric an alert rule watches, its threshold and the features it watches (none
+    named: all), as the drift panels plot them."""
 
     metric: str
     above: float
+    features: tuple[str, ...] = ()
+
+    def thresholds(self) -> tuple[list[float], str]:
+        """The lines to draw and their label: a mean shift alerts at |x| >= above, either
+        way (`AlertRule.crossed`); the other metrics at x >= above."""
+        if self.metric == "mean_shift":
+            return [self.above, -self.above], f"alert at |x| >= {self.above}"
+        return [self.above], f"alert at >= {self.above}"
+
+
+def threshold_lines(ax: Any, rule: DriftRule) -> None:
+    values, label = rule.thresholds()
+    for i, value in enumerate(values):
+        ax.axhline(value, color="grey", linestyle=":", label=label if i == 0 else None)
 
 
 def picture(monitoring: list[dict[str, Any]], days: list[DayOutcome], path: Path,
@@ -76,17 +94,15 @@ def picture(monitoring: list[dict[str, Any]], days: list[DayOutcome], path: Path
         points = series(rows, "trailing", metric)
         cal.plot([d for d, _ in points], [v for _, v in points], marker=".", label=label)
     cal.set(ylabel="disruption rate (trailing)")
-    for feature in top_drifting(rows, feature_rule.metric):
+    for feature in top_drifting(rows, feature_rule.metric, features=feature_rule.features):
         points = series(rows, "day", feature_rule.metric, feature)
         drift.plot([d for d, _ in points], [v for _, v in points], marker=".", label=feature)
-    drift.axhline(feature_rule.above, color="grey", linestyle=":",
-                  label=f"alert above {feature_rule.above}")
+    threshold_lines(drift, feature_rule)
     drift.set(ylabel=f"feature {feature_rule.metric}")
     points = series(rows, "day", prediction_rule.metric, "prediction")
     pred.plot([d for d, _ in points], [v for _, v in points], "--", marker=".",
               label="prediction")
-    pred.axhline(prediction_rule.above, color="grey", linestyle=":",
-                 label=f"alert above {prediction_rule.above}")
+    threshold_lines(pred, prediction_rule)
     pred.set(ylabel=f"prediction {prediction_rule.metric}", xlabel="flight date")
     panels = (auc, cal, drift, pred)
     for outcome in days:

@@ -20,7 +20,7 @@ from lakehouse import tables, workflow
 from lakehouse.alert_rules import AlertRuleError, raised_on, rules_from_conf
 from lakehouse.config import ConfigError
 from lakehouse.monitoring import end_of_day
-from lakehouse.replay import bootstrap, replay_day
+from lakehouse.replay import bootstrap, recorded_alerts, replay_day
 from lakehouse.seed import daily_path, seed
 from lakehouse.stages import monitor, score
 from tests import snapshot
@@ -260,6 +260,10 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
     (alert,) = days[2].alerts
     assert alert["alert_id"] == "feature_drift|temp|2013-01-17" and alert["webhook_delivered"]
     assert [p["alert"]["alert_id"] for p in Webhook.received] == [alert["alert_id"]]
+    # the replay's report and picture take the alerts from their table, by monitored day
+    assert {d: [a["alert_id"] for a in alerts] for d, alerts in recorded_alerts(
+        spark, config, date(2013, 1, 15), date(2013, 1, 17)).items()} == {
+        date(2013, 1, 17): [alert["alert_id"]]}
     assert "temp" in Webhook.received[0]["text"]
     # retraining was due on the 17th only; the gate decided between the two models on the
     # latest labeled days

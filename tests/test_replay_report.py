@@ -1,0 +1,84 @@
+"""The replay's text report, its picture's thresholds and the command's exit code (no Spark:
+the report and the picture are built from rows)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from matplotlib.axes import Axes
+
+from lakehouse import cli
+from lakehouse.replay_report import DayOutcome, DriftRule, picture, report, top_drifting
+
+DAYS = [date(2013, 11, 1), date(2013, 11, 2), date(2013, 11, 3)]
+
+
+def row(day: date, metric: str, subject: str, value: float, window: str = "day") -> dict[str, Any]:
+    return {"monitored_date": day, "role": "champion", "window": window, "metric": metric,
+            "subject": subject, "value": value}
+
+
+def outcomes() -> list[DayOutcome]:
+    alert = {"rule": "feature_drift", "message": "mean_shift of pressure = -2.51"}
+    retrained = {"version": "3", "family": "newton_gbt", "alias": "champion", "promoted": True,
+                 "decision": "AUC-ROC 0.7600 >= 0.7500 + 0.002"}
+    return [DayOutcome(DAYS[0], "2", {"score": "succeeded", "monitor": "succeeded"}),
+            DayOutcome(DAYS[1], "2", {"score": "succeeded", "monitor": "failed"}, [alert]),
+            DayOutcome(DAYS[2], "3", {"score": "succeeded", "train": "succeeded"}, [],
+                       retrained)]
+
+
+def test_the_report_counts_failures_alerts_retrainings_and_champions() -> None:
+    text = report(outcomes(), Path("replay.png"), 125.0).splitlines()
+    assert text == [
+        "replayed 3 day(s) 2013-11-01..2013-11-03 in 2.1 min",
+        "tasks failed: 1 [(datetime.date(2013, 11, 2), 'monitor')]",
+        "alerts raised: 1",
+        "  2013-11-02 feature_drift: mean_shift of pressure = -2.51",
+        "retrainings: 1",
+        "  2013-11-03 v3 (newton_gbt) -> @champion: AUC-ROC 0.7600 >= 0.7500 + 0.002",
+        "champion over time:",
+        "  v2 2013-11-01..2013-11-03",
+        "  v3 2013-11-03..2013-11-03",
+        "picture: replay.png"]
+
+
+def test_the_picture_draws_a_mean_shift_threshold_on_both_sides_and_the_rules_features(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mean shift alerts at |x| >= 2 (colder or warmer): a feature at -2.5 must not look
+    below the line; a rule watching named features plots those."""
+    lines: list[tuple[float, Any]] = []
+    real = Axes.axhline
+
+    def recorded(ax: Axes, y: float = 0, *args: Any, **kwargs: Any) -> Any:
+        lines.append((y, kwargs.get("label")))
+        return real(ax, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "axhline", recorded)
+    rows = [row(d, "mean_shift", "origin_day_departures", -2.5 + i) for i, d in enumerate(DAYS)]
+    rows += [row(d, "mean_shift", "pressure", 0.5) for d in DAYS]
+    rows += [row(d, "psi", "prediction", 0.05) for d in DAYS]
+    rows += [row(d, "auc_roc", "", 0.74, w) for d in DAYS for w in ("day", "trailing")]
+    path = picture(rows, outcomes(), tmp_path / "replay.png",
+                   DriftRule("mean_shift", 2.0), DriftRule("psi", 0.2))
+    assert path.stat().st_size > 10_000
+    assert [y for y, _ in lines] == [2.0, -2.0, 0.2]
+    assert [label for _, label in lines] == ["alert at |x| >= 2.0", None, "alert at >= 0.2"]
+    assert top_drifting(rows, "mean_shift") == ["origin_day_departures", "pressure"]
+    assert top_drifting(rows, "mean_shift", features=("pressure",)) == ["pressure"]
+
+
+def test_replay_exits_non_zero_when_a_task_failed(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import lakehouse.replay
+    import lakehouse.session
+
+    monkeypatch.setattr(lakehouse.session, "build_session", lambda config: None)
+    for failures, code in ((1, 1), (0, 0)):
+        monkeypatch.setattr(lakehouse.replay, "replay",
+                            lambda *args, n=failures: ("the report", Path("p.png"), n))
+        assert cli.main(["replay", "--from", "2013-11-01", "--to", "2013-11-02"]) == code
+        assert "the report" in capsys.readouterr().out
