@@ -212,8 +212,9 @@ def without_eof_mark(df: DataFrame, read: Sequence[str]) -> DataFrame:
 def from_json_lines(source: str, eof_mark: bool) -> Callable[[DataFrame], DataFrame]:
     """Lines of a JSON-lines file (read as text, bytes as landed) as the source's columns.
 
-    A line that is not one JSON object (an array, a number, a cut-off object) is kept whole
-    in _corrupt_record (Spark's JSON reader would split an array into records or drop it);
+    A line that is not one JSON object (an array, a number, a cut-off object, two objects, an
+    object and more text, a key given twice) is kept whole in _corrupt_record (Spark's JSON
+    reader would split an array into records or drop it, and keep the first of two objects);
     keys the source does not know are kept in _rescued_data, absent ones listed in
     _missing_columns; bytes that are not UTF-8 are kept in _invalid_bytes.
     """
@@ -237,10 +238,12 @@ def from_json_lines(source: str, eof_mark: bool) -> Callable[[DataFrame], DataFr
         extra = F.array_except("_keys", known)
         missing = F.array_except(known, "_keys")
         fields = F.from_json("_text", "map<string,string>")
-        well_formed = F.col(f"_parsed.{CORRUPT_COLUMN}").isNull()
+        well_formed = (F.col(f"_parsed.{CORRUPT_COLUMN}").isNull()
+                       & one_object(F.col("_text"), F.col("_keys")))
         return parsed.select(
-            *[F.col(f"_parsed.{c}").alias(c) for c in expected],
-            F.col(f"_parsed.{CORRUPT_COLUMN}").alias(CORRUPT_COLUMN),
+            *[F.when(well_formed, F.col(f"_parsed.{c}")).alias(c) for c in expected],
+            F.when(well_formed, F.lit(None).cast("string")).otherwise(F.col("_text"))
+            .alias(CORRUPT_COLUMN),
             F.when(well_formed & (F.size(extra) > 0), F.to_json(F.map_filter(
                 fields, lambda k, _: ~F.array_contains(known, k)))).alias(RESCUED_COLUMN),
             F.when(well_formed & (F.size(missing) > 0), missing).alias(MISSING_COLUMN),
@@ -248,6 +251,24 @@ def from_json_lines(source: str, eof_mark: bool) -> Callable[[DataFrame], DataFr
         )
 
     return transform
+
+
+# A JSON string that ends the array one_object wraps a line in: the escaped U+0001, which no
+# landed line holds in that place.
+_END = '"\\u0001"'
+
+
+def one_object(text: Column, keys: Column) -> Column:
+    """Whether a line Spark parsed as an object is that object alone, its keys unique. Spark's
+    JSON parser reads the first value of a line and ignores what follows it: two objects
+    written on one line (a missing newline), or an object and trailing text, would keep the
+    first object and lose the rest without a trace; of a key given twice the last value wins.
+    So the line is parsed again as the first element of an array ending with a known string:
+    anything after the object makes that array malformed or longer."""
+    wrapped = F.concat(F.lit("["), text, F.lit(f",{_END}]"))
+    return F.coalesce((F.json_array_length(wrapped) == 2)
+                      & (F.get_json_object(wrapped, "$[1]") == F.lit("\u0001"))
+                      & (F.size(keys) == F.size(F.array_distinct(keys))), F.lit(False))
 
 
 def json_keys(text: Column) -> Column:

@@ -148,8 +148,12 @@ def kafka_settings(config: Config) -> dict[str, Any]:
 
 def ensure_topic(servers: str, topic: str, partitions: int, timeout: float,
                  options: dict[str, str] | None = None) -> None:
-    """Create the topic unless it exists; ProduceError naming the servers when unreachable.
-    options: more librdkafka settings (security)."""
+    """Create the topic unless it exists (one created meanwhile by another producer is fine),
+    with the cluster's default replication factor; ProduceError naming the servers when
+    unreachable or when the cluster refuses the topic. options: more librdkafka settings
+    (security)."""
+    from confluent_kafka import KafkaError, KafkaException
+
     # confluent_kafka.admin defines NewTopic without listing it in __all__
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
@@ -160,9 +164,16 @@ def ensure_topic(servers: str, topic: str, partitions: int, timeout: float,
         raise ProduceError(f"Kafka at {servers} did not answer within {timeout:.0f} s "
                            f"({error}); is the broker running (`make kafka`)?") from None
     if topic not in known:
-        futures = admin.create_topics([NewTopic(topic, num_partitions=partitions,
-                                                replication_factor=1)])
-        futures[topic].result(timeout=timeout)
+        # the cluster's default replication factor (Kafka >= 2.4): a managed cluster (Confluent
+        # Cloud, MSK with min.insync.replicas=2) refuses or cannot write a topic of one replica
+        futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)])
+        try:
+            futures[topic].result(timeout=timeout)
+        except KafkaException as error:
+            if error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:  # created meanwhile
+                return
+            raise ProduceError(f"cannot create Kafka topic {topic!r} on {servers}: "
+                               f"{error.args[0].str()}") from None
 
 
 def produce(config: Config, start: date, end: date, pace: Pace, duplicates: float = 0.0,

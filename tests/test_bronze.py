@@ -268,19 +268,28 @@ def test_a_batch_whose_records_do_not_add_up_is_not_committed(
 
 def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
                                                            config: Config) -> None:
-    """The JSON reader would drop an empty array line and split an array of two objects."""
+    """The JSON reader would drop an empty array line and split an array of two objects; its
+    parser reads a line's first value and ignores the rest (two objects on one line, trailing
+    text), and of a key given twice keeps the last."""
     weather = Path(config.landing) / "weather"
     weather.mkdir(parents=True)
-    lines = ['{"origin": "EWR", "year": "2013", "hour": "1"}', "[]",
-             '[{"origin": "JFK"}, {"origin": "LGA"}]', "42", "   ", '{"origin": "LGA", "te']
+    lines = ['{"origin": "EWR", "year": "2013", "hour": "1", "time_hour": "}{ ,{"}', "[]",
+             '[{"origin": "JFK"}, {"origin": "LGA"}]', "42", "   ", '{"origin": "LGA", "te',
+             '{"origin": "JFK", "hour": "2"}{"origin": "LGA", "hour": "3"}',
+             '{"origin": "JFK", "hour": "4"} {"origin": "LGA", "hour": "5"}',
+             '{"origin": "JFK", "hour": "6"},{"origin": "LGA", "hour": "7"}',
+             '{"origin": "JFK", "hour": "8"} trailing', '{"origin": "JFK", "hour": "9"}]',
+             '{"origin": "JFK", "hour": "10", "hour": "11"}']
     (weather / "weather_2013-01-01.jsonl").write_text("\n".join(lines) + "\n")
     result = ingest(spark, config, "weather")
-    assert result["rows_landed"] == result["rows_in"] == 5
+    assert result["rows_landed"] == result["rows_in"] == 11
     read = tables.read(spark, config, "bronze_weather")
-    corrupt = read.filter(F.col("_corrupt_record").isNotNull()).select("_corrupt_record").collect()
-    assert sorted(r[0] for r in corrupt) == sorted(lines[1:4] + lines[5:])
-    whole = read.filter(F.col("_corrupt_record").isNull()).first()
-    assert whole["hour"] == "1" and "temp" in whole["_missing_columns"]
+    corrupt = read.filter(F.col("_corrupt_record").isNotNull()).collect()
+    assert sorted(r["_corrupt_record"] for r in corrupt) == sorted(lines[1:4] + lines[5:])
+    assert {(r["origin"], r["hour"]) for r in corrupt} == {(None, None)}
+    (whole,) = read.filter(F.col("_corrupt_record").isNull()).collect()
+    assert whole["hour"] == "1" and whole["time_hour"] == "}{ ,{"
+    assert "temp" in whole["_missing_columns"]
 
 
 def test_new_snapshot_replaces_reference_and_history_keeps_the_old(

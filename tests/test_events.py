@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,6 +27,7 @@ from lakehouse.broker import Broker, free_port, start
 from lakehouse.config import Config, ConfigError
 from lakehouse.produce import (
     Pace,
+    ProduceError,
     ensure_topic,
     flight_events,
     produce,
@@ -132,6 +134,44 @@ def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
     unlisted = bronze.Source(source.name, source.kind, {
         **source.settings, "client_options": {"security.protocol": "SSL"}})
     assert bronze.ingest(spark, config, unlisted, "run-4", adopt=True).rows == 0
+
+
+def test_a_topic_created_meanwhile_is_no_error_and_a_refused_one_is_named(
+        broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    from confluent_kafka import admin
+
+    ensure_topic(broker.bootstrap_servers, "made_here", partitions=2, timeout=30)
+    topics = admin.AdminClient({"bootstrap.servers": broker.bootstrap_servers}).list_topics(
+        timeout=30).topics
+    assert len(topics["made_here"].partitions) == 2
+    with pytest.raises(ProduceError, match=rf"cannot create Kafka topic 'bad topic!' on "
+                                           rf"{broker.bootstrap_servers}: "):
+        ensure_topic(broker.bootstrap_servers, "bad topic!", partitions=2, timeout=30)
+
+    listed = admin.AdminClient.list_topics
+
+    def raced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        """Another producer creates the topic after this one's listing."""
+        found = listed(self, *args, **kwargs)
+        found.topics = {}
+        return found
+
+    monkeypatch.setattr(admin.AdminClient, "list_topics", raced)
+    ensure_topic(broker.bootstrap_servers, "made_here", partitions=2, timeout=30)
+
+
+def test_a_kafka_failure_says_what_the_run_committed_before_it() -> None:
+    """A broker lost after some micro-batches: those stay in bronze, and the error says so
+    (an operator told "nothing was committed" might delete the checkpoint)."""
+    source = bronze.Source("flight_events", "events", {"topic": "flights",
+                                                       "bootstrap_servers": "127.0.0.1:1"})
+    lost = RuntimeError("org.apache.kafka.common.errors.TimeoutException: timed out\n...")
+    assert str(bronze.kafka_error(source, lost, 0)).endswith("; nothing was committed")
+    after_two = str(bronze.kafka_error(source, lost, 2))
+    assert "nothing was committed" not in after_two
+    assert after_two.endswith("(org.apache.kafka.common.errors.TimeoutException: timed out); "
+                              "the 2 micro-batch(es) committed before it stay in bronze and a "
+                              "rerun goes on after them")
 
 
 def test_a_missing_topic_or_an_unreachable_broker_fails_clearly_and_quickly(

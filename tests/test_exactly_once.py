@@ -183,7 +183,8 @@ def test_continuous_run_ingests_files_as_they_land(spark: SparkSession, tmp_path
 
     def run() -> None:
         try:
-            bronze.run_continuous(spark, config, "continuous", until=stop.is_set)
+            bronze.run_continuous(spark, config, "continuous", until=stop.is_set,
+                                  layout_check_s=1)
         except BaseException as error:
             failure.append(error)
 
@@ -202,10 +203,20 @@ def test_continuous_run_ingests_files_as_they_land(spark: SparkSession, tmp_path
         rows_become(842)
         seed(landing, date(2013, 1, 2), date(2013, 1, 2))
         rows_become(842 + 943)
+        # a second file of a name already read would never be read: the run fails, naming both
+        again = landing / "flights" / "again"
+        again.mkdir()
+        shutil.copy(landing / "flights" / "flights_2013-01-02.csv", again)
+        thread.join(120)
     finally:
         stop.set()
         thread.join(120)
-    assert not failure and not thread.is_alive()
+    assert not thread.is_alive()
+    assert [type(e) for e in failure] == [bronze.LandingLayoutError]
+    named = str(failure[0]).split("Rename or remove one of each: ")[1]
+    assert named.startswith("flights_2013-01-02.csv: ")
+    assert sorted(p.rsplit("/", 2)[1] for p in named.split(": ", 1)[1].split(", ")) == [
+        "again", "flights"]
     audit = tables.read(spark, config, "audit").filter(
         (F.col("table_name") == "bronze_flights") & (F.col("rows_in") > 0))
     assert sorted(r["rows_in"] for r in audit.collect()) == [842, 943]  # a row per micro-batch

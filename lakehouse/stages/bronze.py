@@ -72,7 +72,8 @@ class MissingHeaderError(ValueError):
 
 
 class EventSourceError(RuntimeError):
-    """Kafka could not be read (broker down, topic missing); nothing was committed."""
+    """Kafka could not be read (broker down, topic missing); the micro-batches committed
+    before the failure stay in bronze, the rest is read by the next run."""
 
 
 @dataclass(frozen=True)
@@ -420,7 +421,7 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
             if batches.failure:
                 raise batches.failure[0] from None
             if source.kind == "events":
-                raise kafka_error(source, error) from None
+                raise kafka_error(source, error, batches.totals.batches) from None
             raise
         finally:
             if query.isActive:
@@ -446,14 +447,23 @@ def between_batches(query: StreamingQuery, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def kafka_error(source: Source, error: Exception) -> Exception:
+def kafka_error(source: Source, error: Exception, committed: int) -> Exception:
+    """The error a Kafka source's query failed with, saying what this run committed before it
+    (committed micro-batches stay in bronze; a rerun goes on after them)."""
     settings = source.settings
     cause = str(error).split("\n", 1)[0]
+    kept = ("nothing was committed" if not committed else
+            f"the {committed} micro-batch(es) committed before it stay in bronze and a rerun "
+            "goes on after them")
     if "UnknownTopicOrPartition" in cause:
         return ValueError(f"{source.table}: Kafka topic {settings['topic']!r} does not exist on "
-                          f"{settings['bootstrap_servers']}; nothing was committed ({cause})")
+                          f"{settings['bootstrap_servers']}; {kept} ({cause})")
     return EventSourceError(f"{source.table}: cannot read Kafka topic {settings['topic']!r} from "
-                            f"{settings['bootstrap_servers']} ({cause}); nothing was committed")
+                            f"{settings['bootstrap_servers']} ({cause}); {kept}")
+
+
+# How often a continuous run lists its landing folders for two files of one name.
+LAYOUT_CHECK_S = 60.0
 
 
 class LandingLayoutError(ValueError):
@@ -610,15 +620,22 @@ def run(spark: SparkSession, config: Config, run_id: str,
 
 
 def run_continuous(spark: SparkSession, config: Config, run_id: str,
-                   until: Callable[[], bool] | None = None) -> None:
+                   until: Callable[[], bool] | None = None,
+                   layout_check_s: float = LAYOUT_CHECK_S) -> None:
     """Run every streamed source as a micro-batch every bronze.continuous_interval until
-    stopped (Ctrl-C, SIGTERM) or until() is true; one audit row per micro-batch."""
+    stopped (Ctrl-C, SIGTERM) or until() is true; one audit row per micro-batch. Every
+    layout_check_s seconds (and at the start) the landing folders are listed for two files of
+    one name: the second would never be read (files are known by name), so the run fails,
+    naming both, as a scheduled run does."""
     interval = str(config.section("bronze").get("continuous_interval", "10 seconds"))
     tables.create_audit(spark, config)
+    file_sources = [s for s in sources(config) if s.kind == "files"]
+    for source in file_sources:  # a folder to watch, even before anything has landed
+        tables.ensure_folder(os.path.join(config.landing, source.name))
+        landed_uniquely(spark, config, source)
+    checked = time.monotonic()
     with ExitStack() as stack:
         for source in sources(config):
-            if source.kind == "files":  # a folder to watch, even before anything has landed
-                tables.ensure_folder(os.path.join(config.landing, source.name))
 
             def audit_micro_batch(counts: Counts, table: str = source.table) -> None:
                 with audited(spark, config, run_id, "bronze", table) as audit:
@@ -630,3 +647,7 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
         while not (until and until()):
             if spark.streams.awaitAnyTermination(1):  # raises a failed query's error
                 break
+            if time.monotonic() - checked >= layout_check_s:
+                for source in file_sources:
+                    landed_uniquely(spark, config, source)
+                checked = time.monotonic()
