@@ -418,15 +418,19 @@ EVENT_COLUMNS = ("key", "value", "topic", "partition", "offset", "timestamp")
 
 
 def from_kafka(df: DataFrame) -> DataFrame:
-    """Kafka records as bronze keeps them: key and value as text (a value that is not UTF-8
-    shows U+FFFD and keeps its bytes in _invalid_bytes), topic, partition, offset, timestamp."""
-    value = F.col("value").cast("string")
+    """Kafka records as bronze keeps them: key and value as text (a key or value that is not
+    UTF-8 shows U+FFFD and keeps its bytes in _invalid_bytes under "key" or "value"), topic,
+    partition, offset, timestamp."""
+    key, value = F.col("key").cast("string"), F.col("value").cast("string")
+    invalid = F.map_filter(F.create_map(
+        F.lit("key"), F.when(~F.is_valid_utf8(key), F.col("key")),
+        F.lit("value"), F.when(~F.is_valid_utf8(value), F.col("value"))),
+        lambda _, raw: raw.isNotNull())
     return df.select(
-        F.make_valid_utf8(F.col("key").cast("string")).alias("key"),
+        F.make_valid_utf8(key).alias("key"),
         F.make_valid_utf8(value).alias("value"),
         "topic", "partition", "offset", "timestamp",
-        F.when(~F.is_valid_utf8(value), F.create_map(F.lit("value"), F.col("value")))
-        .alias(INVALID_BYTES_COLUMN),
+        F.when(F.size(invalid) > 0, invalid).alias(INVALID_BYTES_COLUMN),
     )
 
 
