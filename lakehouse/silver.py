@@ -13,6 +13,7 @@ from lakehouse.bronze import (
     INVALID_BYTES_COLUMN,
     MISSING_COLUMN,
     SOURCE_COLUMNS,
+    one_object,
     raw_schema,
 )
 from lakehouse.functions import (
@@ -222,17 +223,20 @@ def from_flight_events(df: DataFrame) -> DataFrame:
                                             "event_time")])
     parsed = df.select(F.from_json("value", schema, options).alias("e"),
                        F.json_object_keys("value").alias("_keys"), "*")
-    well_formed = F.col(f"e.{CORRUPT_COLUMN}").isNull()
+    # two objects in one value, trailing text or a key given twice: corrupt (`one_object`)
+    one = one_object(F.col("value"), F.col("_keys"))
+    well_formed = F.col(f"e.{CORRUPT_COLUMN}").isNull() & one
     missing = F.array_except(expected, "_keys")
     return parsed.select(
-        *[F.col(f"e.{c}").alias(c) for c in SOURCE_COLUMNS["flights"]],
-        F.col(f"e.{CORRUPT_COLUMN}").alias(CORRUPT_COLUMN),
+        *[F.when(well_formed, F.col(f"e.{c}")).alias(c) for c in SOURCE_COLUMNS["flights"]],
+        F.when(F.col("value").isNotNull() & ~one, F.col("value"))
+        .otherwise(F.col(f"e.{CORRUPT_COLUMN}")).alias(CORRUPT_COLUMN),
         F.when(well_formed & (F.size(missing) > 0), missing).alias(MISSING_COLUMN),
         F.col(INVALID_BYTES_COLUMN),
         F.format_string("kafka:%s/%d@%d", "topic", "partition", "offset").alias("_source_file"),
         "_ingested_at", "_run_id",
-        parse_utc(F.col("e.event_time")).alias(EVENT_TIME),
-        F.col("e.event_type").alias(EVENT_TYPE),
+        parse_utc(F.when(well_formed, F.col("e.event_time"))).alias(EVENT_TIME),
+        F.when(well_formed, F.col("e.event_type")).alias(EVENT_TYPE),
     )
 
 

@@ -204,7 +204,8 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     Matched rows are updated only where one of changed_columns differs, so re-running the same
     batch leaves every row as it was; with `newer` (a timestamp column), only by a row at
     least as new as the table's (a late, older event does not undo a newer one; a null on
-    either side does not hold the update back); with `known` (a column null while the record is
+    either side does not hold the update back; a newer row equal to the table's moves its
+    `newer` on); with `known` (a column null while the record is
     incomplete, e.g. a flight's outcome before it is reported), a row where it is null never
     replaces one where it is set. Columns the table lacks are added (Delta's
     schema evolution), so a table written by an earlier version takes new lineage columns.
@@ -253,6 +254,10 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     target = delta_table(spark, config, name)
     target_columns = target.toDF().columns if (newer or known) and differs else []
     has_known = known is not None and known in target_columns
+    # a newer row equal to the table's (a repeated event) moves only the table's `newer` on:
+    # left at the older time, a late event between the two would pass the guard below
+    refresh = (f"coalesce(s.`{newer}` > t.`{newer}`, false) AND NOT ({differs})"
+               if newer is not None and newer in target_columns else None)
     if newer is not None and newer in target_columns:
         not_older = f"NOT coalesce(s.`{newer}` < t.`{newer}`, false)"
         if has_known:  # an outcome arriving after a later-stamped schedule still fills it in
@@ -270,8 +275,11 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
                    .whenMatchedUpdate(condition=differs or None, set=columns)
                    .whenNotMatchedInsert(condition=f"NOT s.`{delete_flag}`", values=columns))
     else:
-        builder = (builder.whenMatchedUpdateAll(condition=differs or None)
-                   .whenNotMatchedInsertAll())
+        builder = builder.whenMatchedUpdateAll(condition=differs or None)
+        if refresh is not None:
+            builder = builder.whenMatchedUpdate(condition=refresh,
+                                                set={f"`{newer}`": f"s.`{newer}`"})
+        builder = builder.whenNotMatchedInsertAll()
     with commit_metadata(spark, tag):  # a MERGE takes its commit's userMetadata from the session
         builder.execute()
     return last_operation_metrics(spark, config, name) if metrics else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -283,17 +284,26 @@ def test_an_event_without_type_or_readable_time_is_quarantined(
         **with_references.section("silver"), "max_quarantine_share": 0.9}})
     schedule = {**flight(), **{c: None for c in ("dep_time", "dep_delay", "arr_time", "arr_delay",
                                                  "air_time")}}
+    outcome = {**flight(), "flight": "79", "event_type": "outcome",
+               "event_time": "2013-01-01T13:49:00Z"}
+    two = json.dumps(outcome) + json.dumps({**outcome, "flight": "80"})  # a newline missed
+    twice = json.dumps(outcome)[:-1] + ', "arr_delay": "-5"}'  # a key given twice
     events = [(None, "2013-01-01T05:00:00Z", schedule),  # type null
               ("outcome", "2013-01-01 13:49", {**flight(), "flight": "77"}),  # no offset
-              ("outcome", "2013-01-01T13:49:00Z", {**flight(), "flight": "78"})]
+              ("outcome", "2013-01-01T13:49:00Z", {**flight(), "flight": "78"}),
+              ("outcome", "", two), ("outcome", "", twice)]
     counts = refine_batch(spark, config, CONTRACTS["flights"],
                           from_flight_events(flight_events(spark, events)), 0, "events")
-    assert (counts["rows_out"], counts["rows_quarantined"]) == (1, 2)
+    assert (counts["rows_out"], counts["rows_quarantined"]) == (1, 4)
     assert [r["flight"] for r in tables.read(spark, config, "silver_flights").collect()] == [78]
-    rules = {r["source_file"]: r["rules"] for r in tables.read(spark, config, "quarantine")
-             .collect()}
-    assert rules == {"kafka:flights/0@0": ["event_type_known"],
-                     "kafka:flights/0@1": ["event_time_valid"]}
+    quarantined = {r["source_file"]: r for r in tables.read(spark, config, "quarantine")
+                   .collect()}
+    assert {k: r["rules"][0] for k, r in quarantined.items()} == {
+        "kafka:flights/0@0": "event_type_known", "kafka:flights/0@1": "event_time_valid",
+        "kafka:flights/0@3": "well_formed", "kafka:flights/0@4": "well_formed"}
+    assert [len(quarantined[f"kafka:flights/0@{i}"]["rules"]) for i in (0, 1)] == [1, 1]
+    # kept whole: both objects, and both values of the key
+    assert [quarantined[f"kafka:flights/0@{i}"]["corrupt_record"] for i in (3, 4)] == [two, twice]
 
 
 def test_a_schedule_event_never_erases_a_known_outcome(
@@ -309,7 +319,8 @@ def test_a_schedule_event_never_erases_a_known_outcome(
     events = [("scheduled", "2013-01-01T15:00:00Z", schedule),  # after the file's outcome
               ("outcome", "2013-01-01T13:49:00Z", {**flight(), "flight": "77"}),
               ("scheduled", "2013-01-01T15:00:00Z", {**schedule, "flight": "77"}),  # same batch
-              ("scheduled", "2013-01-01T15:00:00Z", {**schedule, "flight": "79"})]
+              ("scheduled", "2013-01-01T15:00:00Z", {**schedule, "flight": "79"}),
+              ("outcome", "2013-01-01T10:00:00Z", flight(flight="81", arr_delay="30"))]
     refine_batch(spark, with_references, CONTRACTS["flights"],
                  from_flight_events(flight_events(spark, events)), 0, "events")
     silver = {r["flight"]: r for r in tables.read(spark, with_references, "silver_flights")
@@ -321,19 +332,27 @@ def test_a_schedule_event_never_erases_a_known_outcome(
     assert silver[79]["cancelled"] is None  # a schedule alone: not known yet
     # an outcome event after the schedule still fills it in
     refine_batch(spark, with_references, CONTRACTS["flights"], from_flight_events(flight_events(
-        spark, [("outcome", "2013-01-01T16:00:00Z", {**flight(), "flight": "79"})],
-        first_offset=4)), 1, "events")
+        spark, [("outcome", "2013-01-01T16:00:00Z", {**flight(), "flight": "79"}),
+                # the 10:00 outcome sent again at 11:00, unchanged
+                ("outcome", "2013-01-01T11:00:00Z", flight(flight="81", arr_delay="30"))],
+        first_offset=5)), 1, "events")
     after = tables.read(spark, with_references, "silver_flights").filter("flight = 79").first()
     assert after is not None and after["cancelled"] is False
     # an outcome that arrives after a later-stamped schedule event (partition lag) fills it in
     refine_batch(spark, with_references, CONTRACTS["flights"], from_flight_events(flight_events(
-        spark, [("scheduled", "2013-01-01T15:00:00Z", {**schedule, "flight": "80"})],
-        first_offset=5)), 2, "events")
+        spark, [("scheduled", "2013-01-01T15:00:00Z", {**schedule, "flight": "80"}),
+                # a late 10:30 outcome: older than the 11:00 one the table holds
+                ("outcome", "2013-01-01T10:30:00Z", flight(flight="81", arr_delay="45"))],
+        first_offset=7)), 2, "events")
     refine_batch(spark, with_references, CONTRACTS["flights"], from_flight_events(flight_events(
         spark, [("outcome", "2013-01-01T14:00:00Z", {**flight(), "flight": "80"})],
-        first_offset=6)), 3, "events")
+        first_offset=9)), 3, "events")
     late = tables.read(spark, with_references, "silver_flights").filter("flight = 80").first()
     assert late is not None and (late["cancelled"], late["arr_delay"]) == (False, 11)
+    # the repeated 11:00 event, equal to the row, moved its time on: the 10:30 one is older
+    repeated = tables.read(spark, with_references, "silver_flights").filter("flight = 81").first()
+    assert repeated is not None and repeated["arr_delay"] == 30
+    assert repeated["_event_time"] == dt.datetime(2013, 1, 1, 11, 0)
 
 
 @pytest.mark.slow
