@@ -112,6 +112,15 @@ def test_two_files_of_one_name_in_subfolders_are_refused(spark: SparkSession,
     with pytest.raises(bronze.LandingLayoutError, match=r"flights_2013-01-01.csv: .*again/"):
         bronze.ingest(spark, config, bronze.sources(config)[0], "run-1")
     assert not tables.exists(spark, config, "bronze_flights")
+    # a continuous run's look refuses a clash the look before saw too (an object store's move
+    # is a copy, then a delete)
+    seen: dict[str, list[str]] = {}
+    flights = bronze.sources(config)[0]
+    assert bronze.landed_uniquely(spark, config, flights, seen) and list(seen) == [day.name]
+    with pytest.raises(bronze.LandingLayoutError, match=r"flights_2013-01-01.csv: .*again/"):
+        bronze.landed_uniquely(spark, config, flights, seen)
+    (again := landing / "flights" / "again" / day.name).rename(again.with_name("moved.csv"))
+    assert bronze.landed_uniquely(spark, config, flights, seen) and seen == {}
 
 
 def test_columns_are_matched_by_header_name(spark: SparkSession, config: Config) -> None:
@@ -270,7 +279,7 @@ def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
                                                            config: Config) -> None:
     """The JSON reader would drop an empty array line and split an array of two objects; its
     parser reads a line's first value and ignores the rest (two objects on one line, trailing
-    text), and of a key given twice keeps the last."""
+    text), and of a key given twice keeps the last. NaN is not JSON (RFC 8259)."""
     weather = Path(config.landing) / "weather"
     weather.mkdir(parents=True)
     lines = ['{"origin": "EWR", "year": "2013", "hour": "1", "time_hour": "}{ ,{"}', "[]",
@@ -279,10 +288,10 @@ def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
              '{"origin": "JFK", "hour": "4"} {"origin": "LGA", "hour": "5"}',
              '{"origin": "JFK", "hour": "6"},{"origin": "LGA", "hour": "7"}',
              '{"origin": "JFK", "hour": "8"} trailing', '{"origin": "JFK", "hour": "9"}]',
-             '{"origin": "JFK", "hour": "10", "hour": "11"}']
+             '{"origin": "JFK", "hour": "10", "hour": "11"}', '{"origin": "JFK", "temp": NaN}']
     (weather / "weather_2013-01-01.jsonl").write_text("\n".join(lines) + "\n")
     result = ingest(spark, config, "weather")
-    assert result["rows_landed"] == result["rows_in"] == 11
+    assert result["rows_landed"] == result["rows_in"] == 12
     read = tables.read(spark, config, "bronze_weather")
     corrupt = read.filter(F.col("_corrupt_record").isNotNull()).collect()
     assert sorted(r["_corrupt_record"] for r in corrupt) == sorted(lines[1:4] + lines[5:])

@@ -257,6 +257,7 @@ class Batches:
         self.spark, self.config, self.source, self.run_id = spark, config, source, run_id
         self.on_batch, self.adopt = on_batch, adopt
         self.totals = Counts()
+        self.committed_before = 0  # micro-batches an earlier attempt of this run committed
         self.failure: list[BaseException] = []
         self.stream_id: str | None = None
         self._started = threading.Event()
@@ -421,7 +422,8 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
             if batches.failure:
                 raise batches.failure[0] from None
             if source.kind == "events":
-                raise kafka_error(source, error, batches.totals.batches) from None
+                raise kafka_error(source, error,
+                                  batches.committed_before + batches.totals.batches) from None
             raise
         finally:
             if query.isActive:
@@ -470,11 +472,15 @@ class LandingLayoutError(ValueError):
     """Two landed files of one source share a name (in different subfolders)."""
 
 
-def landed_uniquely(spark: SparkSession, config: Config, source: Source) -> bool:
+def landed_uniquely(spark: SparkSession, config: Config, source: Source,
+                    seen_before: dict[str, list[str]] | None = None) -> bool:
     """Whether anything has landed for a file source; fails when two files share a name.
 
     Subfolders are read, and files are known by name (so that a moved data root is not read
     again): a second file of the same name would never be read, so it is refused, loudly.
+    seen_before: the clashes of the previous look (a continuous run's), updated in place; a
+    clash is refused only when the previous look saw it too (an object store moves a file as
+    a copy, then a delete: for a moment both are there).
     """
     folder = os.path.join(config.landing, source.name)
     files = tables.landed_files(spark, folder)
@@ -482,6 +488,10 @@ def landed_uniquely(spark: SparkSession, config: Config, source: Source) -> bool
     for uri in files:
         by_name.setdefault(base_name(uri), []).append(uri)
     twice = {name: uris for name, uris in by_name.items() if len(uris) > 1}
+    if seen_before is not None:
+        twice, previous = {n: u for n, u in twice.items() if seen_before.get(n) == u}, twice
+        seen_before.clear()
+        seen_before.update(previous)
     if twice:
         detail = "; ".join(f"{name}: {', '.join(uris)}" for name, uris in sorted(twice.items()))
         raise LandingLayoutError(
@@ -501,6 +511,7 @@ def ingest(spark: SparkSession, config: Config, source: Source, run_id: str,
     totals = Counts()
     for attempt in range(2):
         batches = Batches(spark, config, source, run_id, on_batch=on_batch, adopt=adopt)
+        batches.committed_before = totals.batches
         try:
             with running(spark, config, source, batches, None) as query:
                 query.awaitTermination()
@@ -626,7 +637,7 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
     stopped (Ctrl-C, SIGTERM) or until() is true; one audit row per micro-batch. Every
     layout_check_s seconds (and at the start) the landing folders are listed for two files of
     one name: the second would never be read (files are known by name), so the run fails,
-    naming both, as a scheduled run does."""
+    naming both, as a scheduled run does (while running, once two looks in a row saw them)."""
     interval = str(config.section("bronze").get("continuous_interval", "10 seconds"))
     tables.create_audit(spark, config)
     file_sources = [s for s in sources(config) if s.kind == "files"]
@@ -634,6 +645,7 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
         tables.ensure_folder(os.path.join(config.landing, source.name))
         landed_uniquely(spark, config, source)
     checked = time.monotonic()
+    clashes: dict[str, dict[str, list[str]]] = {s.name: {} for s in file_sources}
     with ExitStack() as stack:
         for source in sources(config):
 
@@ -649,5 +661,5 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
                 break
             if time.monotonic() - checked >= layout_check_s:
                 for source in file_sources:
-                    landed_uniquely(spark, config, source)
+                    landed_uniquely(spark, config, source, clashes[source.name])
                 checked = time.monotonic()
