@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +94,20 @@ def replay_day(spark: SparkSession, config: Config, day: date) -> DayOutcome:
                       time.monotonic() - started)
 
 
-def recorded_alerts(spark: SparkSession, config: Config, start: date,
-                    end: date) -> dict[date, list[dict[str, Any]]]:
-    """The alerts recorded for the days start..end, by monitored day, in the order raised. A
-    monitor run retried after its alerts were recorded returns none (they are raised once per
-    episode), so the report and the picture read them from the alerts table."""
+def recorded_alerts(spark: SparkSession, config: Config, start: date, end: date,
+                    since: datetime) -> dict[date, list[dict[str, Any]]]:
+    """The alerts of the conf's model recorded since (the replay's start) for the days
+    start..end, by monitored day, in the order raised. A monitor run retried after its alerts
+    were recorded returns none (they are raised once per episode), so the report and the
+    picture read them from the alerts table; an earlier replay's alerts on the same data root
+    are not this one's."""
     if not tables.exists(spark, config, "alerts"):
         return {}
+    name = registry.configure(config)["model_name"]
     by_day: dict[date, list[dict[str, Any]]] = {}
     for row in (tables.read(spark, config, "alerts")
-                .filter(F.col("monitored_date").between(F.lit(start), F.lit(end)))
+                .filter(F.col("monitored_date").between(F.lit(start), F.lit(end))
+                        & (F.col("model_name") == name) & (F.col("raised_at") >= F.lit(since)))
                 .orderBy("raised_at", "alert_id").collect()):
         by_day.setdefault(row["monitored_date"], []).append(row.asDict())
     return by_day
@@ -113,7 +117,7 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
            on_day: Callable[[DayOutcome], None] | None = None) -> tuple[str, Path, int]:
     """Replay start..end; returns the text report, the picture's path and the number of
     tasks that failed over the replayed days (the report names them)."""
-    began = time.monotonic()
+    began, since = time.monotonic(), datetime.now(UTC)
     wanted = days(start, end)
     first = bootstrap(spark, config, start)
     if first is not None:
@@ -129,7 +133,7 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
                  outcome.seconds)
         if on_day is not None:
             on_day(outcome)
-    recorded = recorded_alerts(spark, config, start, end)
+    recorded = recorded_alerts(spark, config, start, end, since)
     for outcome in outcomes:  # the record, not what each monitor run returned (see there)
         outcome.alerts = recorded.get(outcome.day, [])
     monitoring = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -235,6 +235,7 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         path.write_text("".join(json.dumps({**r, "temp": r["temp"] + 15 if r["temp"] is not None
                                             else None}) + "\n" for r in lines))
+        replayed_from = datetime.now(UTC)
         days = [replay_day(spark, config, date(2013, 1, 15) + timedelta(days=i))
                 for i in range(3)]
         # the daily workflow run again on the last day sends nothing and changes nothing ...
@@ -262,8 +263,10 @@ def test_injected_weather_drift_raises_one_alert_and_a_retraining_the_gate_decid
     assert [p["alert"]["alert_id"] for p in Webhook.received] == [alert["alert_id"]]
     # the replay's report and picture take the alerts from their table, by monitored day
     assert {d: [a["alert_id"] for a in alerts] for d, alerts in recorded_alerts(
-        spark, config, date(2013, 1, 15), date(2013, 1, 17)).items()} == {
+        spark, config, date(2013, 1, 15), date(2013, 1, 17), replayed_from).items()} == {
         date(2013, 1, 17): [alert["alert_id"]]}
+    assert recorded_alerts(spark, config, date(2013, 1, 15), date(2013, 1, 17),
+                           datetime.now(UTC)) == {}  # a later replay's are its own
     assert "temp" in Webhook.received[0]["text"]
     # retraining was due on the 17th only; the gate decided between the two models on the
     # latest labeled days
