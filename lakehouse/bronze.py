@@ -214,10 +214,10 @@ def from_json_lines(source: str, eof_mark: bool) -> Callable[[DataFrame], DataFr
 
     A line that is not one JSON object (an array, a number, a cut-off object, two objects, an
     object and more text, a key given twice, NaN or Infinity, which RFC 8259 does not allow)
-    is kept whole in _corrupt_record (Spark's JSON
-    reader would split an array into records or drop it, and keep the first of two objects);
-    keys the source does not know are kept in _rescued_data, absent ones listed in
-    _missing_columns; bytes that are not UTF-8 are kept in _invalid_bytes.
+    is kept whole in _corrupt_record (Spark's JSON reader would split an array into records
+    or drop it, and keep the first of two objects); keys the source does not know are kept in
+    _rescued_data, absent ones listed in _missing_columns; bytes that are not UTF-8 are kept in
+    _invalid_bytes.
     """
     expected = SOURCE_COLUMNS[source]
     schema = T.StructType([*raw_schema(source).fields,
