@@ -27,6 +27,9 @@ from lakehouse.functions import (
 RAW = "_raw"
 EVENT_TIME = "_event_time"
 EVENT_TYPE = "_event_type"
+EVENT_TYPES = ("scheduled", "outcome")
+# An event's own keys, beside the flight's columns; kept as text in the raw record.
+EVENT_TEXT = ("event_type", "event_time")
 # Kept on every silver row: where the record came from, when it was ingested, by which run,
 # and, for an event, when it became known (null for landed files).
 LINEAGE = ("_source_file", "_ingested_at", "_run_id", EVENT_TIME)
@@ -81,7 +84,9 @@ def parse_columns(table: str) -> Callable[[DataFrame], DataFrame]:
             (clean_text(F.col(c)) if t == "string" else parse_number(F.col(c), t)).alias(c)
             for c, t in TYPES[table].items()
         ]
-        raw = F.struct(*[F.col(c) for c in SOURCE_COLUMNS[table] if c in df.columns])
+        # an event's type and time text too, so its quarantined record says what it was
+        raw = F.struct(*[F.col(c) for c in (*SOURCE_COLUMNS[table], *EVENT_TEXT)
+                         if c in df.columns])
         noted = [(F.col(c) if c in df.columns else F.lit(None).cast(t)).alias(c)
                  for c, t in NOTED.items()]
         return df.select(*parsed, raw.alias(RAW), F.col(CORRUPT_COLUMN),
@@ -206,9 +211,6 @@ def to_silver(table: str) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-EVENT_TYPES = ("scheduled", "outcome")
-
-
 def from_flight_events(df: DataFrame) -> DataFrame:
     """Bronze flight events (Kafka records) as bronze flights rows: the JSON value's flight
     columns as text, the event's type and time, the record's topic/partition@offset as its
@@ -219,8 +221,7 @@ def from_flight_events(df: DataFrame) -> DataFrame:
                            T.StructField("event_time", T.StringType()),
                            T.StructField(CORRUPT_COLUMN, T.StringType())])
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN}
-    expected = F.array(*[F.lit(c) for c in (*SOURCE_COLUMNS["flights"], "event_type",
-                                            "event_time")])
+    expected = F.array(*[F.lit(c) for c in (*SOURCE_COLUMNS["flights"], *EVENT_TEXT)])
     parsed = df.select(F.from_json("value", schema, options).alias("e"),
                        F.json_object_keys("value").alias("_keys"), "*")
     # two objects in one value, trailing text or a key given twice: corrupt (`one_object`)
@@ -228,7 +229,8 @@ def from_flight_events(df: DataFrame) -> DataFrame:
     well_formed = F.col(f"e.{CORRUPT_COLUMN}").isNull() & one
     missing = F.array_except(expected, "_keys")
     return parsed.select(
-        *[F.when(well_formed, F.col(f"e.{c}")).alias(c) for c in SOURCE_COLUMNS["flights"]],
+        *[F.when(well_formed, F.col(f"e.{c}")).alias(c)
+          for c in (*SOURCE_COLUMNS["flights"], *EVENT_TEXT)],
         F.when(F.col("value").isNotNull() & ~one, F.col("value"))
         .otherwise(F.col(f"e.{CORRUPT_COLUMN}")).alias(CORRUPT_COLUMN),
         F.when(well_formed & (F.size(missing) > 0), missing).alias(MISSING_COLUMN),

@@ -60,6 +60,7 @@ WARNING = [
     ("dest_in_airports", {"dest": "BQN"}),
     ("tailnum_in_planes", {"tailnum": "N99999"}),
     ("tailnum_present", {"tailnum": "NA"}),
+    ("time_hour_parsable", {"time_hour": "2013-01-01 10:00"}),  # no offset
 ]
 
 

@@ -32,7 +32,8 @@ BREAKING: dict[str, dict[str, dict[str, Any]]] = {
                "year_range": {"year": "1850"}, "engines_range": {"engines": "0"},
                "seats_range": {"seats": "5000"}},
     "airports": {"faa_not_null": {"faa": "NA"}, "faa_format": {"faa": "ab"},
-                 "lat_range": {"lat": "91"}, "lon_range": {"lon": "-181"}},
+                 "lat_range": {"lat": "91"}, "lon_range": {"lon": "-181"},
+                 "tzone_valid": {"tzone": "America/Newyork"}},
     "airlines": {"carrier_not_null": {"carrier": "NA"}, "carrier_format": {"carrier": "UAL"},
                  "name_not_null": {"name": ""}},
 }
@@ -74,3 +75,47 @@ def test_each_rule_has_a_passing_and_a_failing_row(spark: SparkSession, table: s
             assert row[FAILED_RULES] == [] and rule in row[WARNED_RULES], (table, rule, row)
         else:
             assert rule in row[FAILED_RULES], (table, rule, row)
+
+
+def test_a_plane_built_after_2014_is_kept_and_one_built_in_the_future_is_not(
+        spark: SparkSession) -> None:
+    """The build year's bound moves with the calendar (it was 2014, the data's last year)."""
+    import datetime as dt
+
+    later = dt.date.today().year + 1
+    rows = [{**GOOD["planes"], "tailnum": f"N{i}", "year": str(year)}
+            for i, year in enumerate((2020, later, later + 1))]
+    typed = bronze_rows(spark, "planes", rows).transform(parse_columns("planes"))
+    failed = {r["tailnum"]: r[FAILED_RULES] for r in typed.transform(
+        with_rule_results(CONTRACTS["planes"])).select("tailnum", FAILED_RULES).collect()}
+    assert failed == {"N0": [], "N1": [], "N2": ["year_range"]}
+
+
+def test_an_airport_whose_zone_spark_cannot_resolve_is_quarantined_not_fatal_to_flights(
+        spark: SparkSession) -> None:
+    """Joined as it landed, the airport's zone fails the flights batch with Spark's error;
+    quarantined by its contract, the flights to it are kept and flagged like flights to any
+    airport silver does not know."""
+    from pyspark.sql import functions as F
+
+    from tests.rows import flight, reference_rows
+
+    rows = [dict(zip(SOURCE_COLUMNS["airports"], a, strict=True)) for a in AIRPORTS]
+    rows = [{**r, "tzone": "America/Houston"} if r["faa"] == "IAH" else r for r in rows]
+    airports = bronze_rows(spark, "airports", rows).transform(parse_columns("airports")).transform(
+        with_rule_results(CONTRACTS["airports"]))
+    failed = {r["faa"]: r[FAILED_RULES] for r in airports.select("faa", FAILED_RULES).collect()}
+    assert failed == {"EWR": [], "JFK": [], "IAH": ["tzone_valid"], "LAX": []}
+    planes = reference_rows(spark, "planes").transform(parse_columns("planes"))
+    from lakehouse.silver import with_flight_times
+
+    def flights(with_airports):  # a flight EWR -> IAH, checked by the flights contract
+        return bronze_rows(spark, "flights", [flight()]).transform(parse_columns("flights")) \
+            .transform(with_flight_times(with_airports, planes)) \
+            .transform(with_rule_results(CONTRACTS["flights"])) \
+            .select(FAILED_RULES, WARNED_RULES).collect()
+
+    with pytest.raises(Exception, match="America/Houston"):
+        flights(airports)  # every airport, the bad zone too
+    (checked,) = flights(airports.filter(F.size(FAILED_RULES) == 0))
+    assert checked[FAILED_RULES] == [] and checked[WARNED_RULES] == ["dest_in_airports"]

@@ -310,6 +310,11 @@ def test_an_event_without_type_or_readable_time_is_quarantined(
         "kafka:flights/0@0": "event_type_known", "kafka:flights/0@1": "event_time_valid",
         "kafka:flights/0@3": "well_formed", "kafka:flights/0@4": "well_formed"}
     assert [len(quarantined[f"kafka:flights/0@{i}"]["rules"]) for i in (0, 1)] == [1, 1]
+    # the event's own type and time text kept in the raw record, beside the flight's columns
+    raw = {i: json.loads(quarantined[f"kafka:flights/0@{i}"]["raw_record"]) for i in (0, 1)}
+    assert raw[0]["event_time"] == "2013-01-01T05:00:00Z" and "event_type" not in raw[0]
+    assert (raw[1]["event_type"], raw[1]["event_time"], raw[1]["flight"]) == (
+        "outcome", "2013-01-01 13:49", "77")
     # kept whole: both objects, and both values of the key
     assert [quarantined[f"kafka:flights/0@{i}"]["corrupt_record"] for i in (3, 4)] == [two, twice]
 

@@ -29,6 +29,19 @@ CARRIER = r"^[A-Z0-9]{2}$"
 TAILNUM = r"^N[A-Z0-9]{1,5}$"
 
 
+def time_zones() -> list[str]:
+    """The IANA time-zone ids (Python's tz database: the system's, else the tzdata package
+    pandas installs), sorted. Spark's to_utc_timestamp raises on an id it does not know, which
+    would fail every flights batch that joins the airport, naming no rule."""
+    import zoneinfo
+
+    zones = sorted(zoneinfo.available_timezones())
+    if not zones:
+        raise RuntimeError("no time-zone database found (neither /usr/share/zoneinfo nor the "
+                           "tzdata package): the airports contract cannot check tzone")
+    return zones
+
+
 def well_formed() -> Rule:
     return Rule("well_formed", "the landed line parsed into the source's columns",
                 f"{CORRUPT_COLUMN} IS NULL")
@@ -120,6 +133,10 @@ def flights_contract(settings: dict[str, Any]) -> Contract:
                                 "sched_arr_time")),
         Rule("flight_date_valid", "year/month/day are present and form a real date",
              "flight_date IS NOT NULL"),
+        # time_hour is the source's stamp of the scheduled hour; nothing downstream reads it
+        # (the UTC schedule comes from the local times and the airport's zone)
+        Rule("time_hour_parsable", "time_hour text is ISO 8601 with an offset, else null "
+             "(kept, flagged)", is_parsable(f"`{RAW}`.`time_hour`", "`time_hour`"), "warn"),
         matches("carrier", CARRIER), matches("origin", IATA), matches("dest", IATA),
         matches("tailnum", TAILNUM, action="warn"),
         Rule("sched_dep_time_valid", "scheduled departure is a valid hhmm",
@@ -177,7 +194,10 @@ def weather_contract(settings: dict[str, Any]) -> Contract:
 def planes_contract(settings: dict[str, Any]) -> Contract:
     rules = [well_formed(), *landed_whole(), *parsable("planes"), not_null("tailnum"),
              matches("tailnum", TAILNUM),
-             in_range("year", 1900, 2014), in_range("engines", 1, 8), in_range("seats", 1, 1000),
+             # a build year up to next year's (an aircraft delivered early in its model year)
+             Rule("year_range", "build year between 1900 and next year",
+                  "`year` BETWEEN 1900 AND year(current_date()) + 1"),
+             in_range("engines", 1, 8), in_range("seats", 1, 1000),
              Rule("year_present", "build year is known (kept, flagged)",
                   "year IS NOT NULL", "warn")]
     return Contract("planes", PlanesModel, KEYS["planes"], tuple(rules),
@@ -188,6 +208,10 @@ def airports_contract(settings: dict[str, Any]) -> Contract:
     rules = [well_formed(), *landed_whole(), *parsable("airports"), not_null("faa"),
              matches("faa", FAA),
              in_range("lat", -90, 90), in_range("lon", -180, 180),
+             # an airport with a zone Spark cannot resolve is quarantined here, and its flights
+             # then meet the flights rules for an unknown airport
+             Rule("tzone_valid", "time zone is an IANA time-zone id",
+                  "tzone IN ({})".format(", ".join(f"'{z}'" for z in time_zones()))),
              Rule("tzone_present", "time zone is known (kept, flagged)",
                   "tzone IS NOT NULL", "warn")]
     return Contract("airports", AirportsModel, KEYS["airports"], tuple(rules),
