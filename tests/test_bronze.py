@@ -165,9 +165,20 @@ def test_a_csv_without_a_header_fails_the_batch_and_writes_nothing(
         ingest(spark, config, "flights")
     assert not tables.exists(spark, config, "bronze_flights")
     # a file of one record and no header (counted as a header alone) fails the same way
-    day.write_text(day.read_text().splitlines()[0] + "\n")
+    lines = day.read_text().splitlines()
+    day.write_text(lines[0] + "\n")
     with pytest.raises(bronze.MissingHeaderError, match=r"flights_2013-01-01.csv"):
         ingest(spark, config, "flights")
+    # removed, and landed again under a new name with its header: the failed micro-batch,
+    # replayed, skips the file that is gone; the corrected one is read once
+    fixed = day.with_name("flights_2013-01-01_fixed.csv")
+    elsewhere = Path(config.landing).parent / "elsewhere"
+    seed(elsewhere, date(2013, 1, 1), date(2013, 1, 1))
+    fixed.write_bytes((elsewhere / "flights" / day.name).read_bytes())
+    day.unlink()
+    ingest(spark, config, "flights")
+    landed = tables.read(spark, config, "bronze_flights").groupBy("_source_file").count()
+    assert [(Path(r[0]).name, r[1]) for r in landed.collect()] == [(fixed.name, 842)]
 
 
 def test_invalid_utf8_bytes_are_kept_exactly(spark: SparkSession, config: Config) -> None:
