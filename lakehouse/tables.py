@@ -502,23 +502,26 @@ def _reader_paths(uris: list[str]) -> list[str]:
 
 # --- events ---------------------------------------------------------------------------------
 
-def kafka_stream(spark: SparkSession, settings: dict[str, Any]) -> DataFrame:
-    """A Kafka topic as a stream (Spark's Kafka source): each micro-batch at most
-    max_offsets_per_trigger records; a broker that does not answer fails the query within
-    about timeout_seconds, a missing topic within a few seconds. settings' `options` go to
-    Spark's Kafka source as they are (kafka.security.protocol, kafka.sasl.*, ...)."""
+def kafka_options(settings: dict[str, Any]) -> dict[str, str]:
+    """The Kafka source's options: settings' `options` as they are (kafka.security.protocol,
+    kafka.sasl.*, ...), the servers, topic, offsets and data-loss check from the settings
+    (they win), and timeouts of about timeout_seconds unless `options` sets them itself."""
     timeout_ms = str(int(float(settings.get("timeout_seconds", 10)) * 1000))
-    return (spark.readStream.format("kafka")
-            .options(**client_options(settings, "options"))  # the settings below win
-            .option("kafka.bootstrap.servers", str(settings["bootstrap_servers"]))
-            .option("subscribe", str(settings["topic"]))
-            .option("startingOffsets", str(settings.get("starting_offsets", "earliest")))
-            .option("maxOffsetsPerTrigger", int(settings.get("max_offsets_per_trigger", 20000)))
-            .option("failOnDataLoss", "true")
-            .option("kafka.default.api.timeout.ms", timeout_ms)
-            .option("kafka.request.timeout.ms", timeout_ms)
-            .option("fetchOffset.numRetries", "1")
-            .load())
+    defaults = {"kafka.default.api.timeout.ms": timeout_ms, "kafka.request.timeout.ms": timeout_ms,
+                "fetchOffset.numRetries": "1"}
+    return {**defaults, **client_options(settings, "options"),
+            "kafka.bootstrap.servers": str(settings["bootstrap_servers"]),
+            "subscribe": str(settings["topic"]),
+            "startingOffsets": str(settings.get("starting_offsets", "earliest")),
+            "maxOffsetsPerTrigger": str(int(settings.get("max_offsets_per_trigger", 20000))),
+            "failOnDataLoss": "true"}
+
+
+def kafka_stream(spark: SparkSession, settings: dict[str, Any]) -> DataFrame:
+    """A Kafka topic as a stream (Spark's Kafka source, `kafka_options`): each micro-batch at
+    most max_offsets_per_trigger records; a broker that does not answer fails the query within
+    about timeout_seconds, a missing topic within a few seconds."""
+    return spark.readStream.format("kafka").options(**kafka_options(settings)).load()
 
 
 # --- streaming queries ----------------------------------------------------------------------

@@ -292,3 +292,22 @@ def test_a_cluster_id_starting_with_a_dash_formats_the_brokers_storage(tmp_path:
     with pytest.raises(RuntimeError, match=r"(?s)storage .*server\.properties.* failed with "
                                            r"exit code 1: .*already formatted"):
         format_storage(java, config, "-K7D7OjzRLWUKl0moOlDWA", 60)
+
+
+def test_the_kafka_sources_timeouts_yield_to_the_users_options() -> None:
+    """timeout_seconds sets the Kafka client's timeouts unless `options` sets them (a cloud
+    cluster may need longer); the servers, topic and data-loss check always come from the
+    source's own settings."""
+    from lakehouse.tables import kafka_options
+
+    settings = {"bootstrap_servers": "b:9092", "topic": "flights", "timeout_seconds": 5}
+    defaults = kafka_options(settings)
+    assert defaults["kafka.request.timeout.ms"] == defaults["kafka.default.api.timeout.ms"] \
+        == "5000"
+    mine = kafka_options({**settings, "options": {
+        "kafka.request.timeout.ms": "60000", "kafka.security.protocol": "SASL_SSL",
+        "kafka.bootstrap.servers": "elsewhere:9092", "failOnDataLoss": "false"}})
+    assert (mine["kafka.request.timeout.ms"], mine["kafka.default.api.timeout.ms"]) == (
+        "60000", "5000")
+    assert mine["kafka.security.protocol"] == "SASL_SSL"
+    assert (mine["kafka.bootstrap.servers"], mine["failOnDataLoss"]) == ("b:9092", "true")
