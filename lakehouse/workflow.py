@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
 from lakehouse.bronze import BronzeAccountingError
-from lakehouse.config import Config, whole_number
+from lakehouse.config import Config, number, whole_number
 from lakehouse.contracts import ContractViolation
 from lakehouse.dag import Task, TaskResult, failed, run_dag, summary
 from lakehouse.monitoring import MonitorSettings, end_of_day
@@ -68,9 +68,24 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def with_retries(step: Callable[[], Any], name: str, retries: int) -> Any:
+class RetryPolicy:
+    """The conf's `workflow.retries` (how often a transient failure is retried) and
+    `workflow.backoff_seconds` (the wait before the first retry, doubled for each next one)."""
+
+    def __init__(self, config: Config) -> None:
+        section = config.values.get("workflow") or {}
+        self.retries = whole_number(section, "workflow", "retries", 1, minimum=0)
+        self.first_wait = number(section, "workflow", "backoff_seconds", 1.0)
+
+    def backoff_s(self, attempt: int) -> float:
+        return self.first_wait * 2 ** attempt
+
+
+def with_retries(step: Callable[[], Any], name: str, retries: int,
+                 backoff_s: Callable[[int], float] = lambda attempt: 2.0 ** attempt) -> Any:
     """Run a step alone, retrying transient failures; data errors fail at once."""
-    outcome = run_dag([Task(name, step, retries=retries)], is_permanent)[name]
+    outcome = run_dag([Task(name, step, retries=retries)], is_permanent,
+                      backoff_s=backoff_s)[name]
     if outcome.error is not None:
         raise outcome.error
     return outcome.result
@@ -329,7 +344,8 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
     and so are their dependencies."""
     if train_mode not in TRAIN_MODES:
         raise ValueError(f"--train must be one of {list(TRAIN_MODES)}, got {train_mode!r}")
-    retries = int((config.values.get("workflow") or {}).get("retries", 1))
+    policy = RetryPolicy(config)
+    retries = policy.retries
     known: list[tuple[str, str]] = []
 
     def dates() -> tuple[str, str]:  # resolved once, when the first step after gold needs it
@@ -378,7 +394,7 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
         # task is not), else a rerun would find retraining due and register a second version
         with_retries(partial(monitor.mark_handled, spark, config, due[0].alert_ids,
                              trained["run_id"], day), "train (closing the alerts answered)",
-                     retries)
+                     policy.retries, policy.backoff_s)
         return {**trained, "trigger": due[0].reason}
 
     def rescore_when(done: dict[str, TaskResult]) -> str | None:
@@ -423,7 +439,7 @@ def run_daily(spark: SparkSession, config: Config, score_range: tuple[str, str],
     run_id = run_id or new_run_id()
     tasks = daily_tasks(spark, config, run_id, score_range, stages, train_mode, full_gold,
                         as_of)
-    outcome = run_dag(tasks, is_permanent)
+    outcome = run_dag(tasks, is_permanent, backoff_s=RetryPolicy(config).backoff_s)
     log.info("daily workflow %s:\n%s", run_id, summary(outcome))
     results: dict[str, Any] = {"run_id": run_id, "tasks": outcome}
     for name, result in outcome.items():

@@ -279,8 +279,12 @@ def test_the_alerts_a_retraining_answered_are_closed_despite_a_transient_failure
     from lakehouse.config import load_config
     from lakehouse.stages import monitor, train
 
-    config = load_config("local", overrides={"data_root": str(tmp_path)})
+    config = load_config("local", overrides={"data_root": str(tmp_path),
+                                             "workflow": {"backoff_seconds": 7}})
     monkeypatch.setattr(workflow, "champion_exists", lambda config: True)
+    waits: list[float] = []  # what the retry of closing the alerts waited (the conf's backoff)
+    monkeypatch.setattr(workflow, "run_dag", lambda *args, **kwargs: run_dag(
+        *args, **kwargs, sleep=waits.append))
     monkeypatch.setattr(workflow, "resolved", lambda spark, config, dates: dates)
     monkeypatch.setattr(monitor, "current_champion", lambda config: ("m", "1"))
     monkeypatch.setattr(monitor, "retraining_due", lambda *args: monitor.RetrainingDue(
@@ -307,3 +311,22 @@ def test_the_alerts_a_retraining_answered_are_closed_despite_a_transient_failure
     assert statuses(results) == {"train": "succeeded", "rescore": "skipped"}
     assert len(trained) == 1 and trained[0]["windows"].holdout_to == "2013-11-29"
     assert closed == [(("a1", "a0"), "mlflow-run-1", "2013-11-30")] * 2
+    assert waits == [7.0]
+
+
+def test_the_retry_policy_comes_from_conf_and_a_bad_value_is_named(tmp_path: Any) -> None:
+    from lakehouse.config import ConfigError, load_config
+    from lakehouse.workflow import RetryPolicy
+
+    def policy(**workflow: Any) -> RetryPolicy:
+        return RetryPolicy(load_config("local", overrides={"data_root": str(tmp_path),
+                                                           "workflow": workflow}))
+
+    default = policy()
+    assert (default.retries, [default.backoff_s(n) for n in range(3)]) == (1, [1.0, 2.0, 4.0])
+    mine = policy(retries=0, backoff_seconds=30)
+    assert (mine.retries, mine.backoff_s(1)) == (0, 60.0)
+    for key, bad in (("retries", -1), ("retries", "2"), ("backoff_seconds", 0),
+                     ("backoff_seconds", "5s")):
+        with pytest.raises(ConfigError, match=f"workflow.{key}"):
+            policy(**{key: bad})
