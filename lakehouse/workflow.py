@@ -78,7 +78,7 @@ class RetryPolicy:
         self.first_wait = number(section, "workflow", "backoff_seconds", 1.0)
 
     def backoff_s(self, attempt: int) -> float:
-        return self.first_wait * 2 ** attempt
+        return float(self.first_wait * 2 ** attempt)
 
 
 def with_retries(step: Callable[[], Any], name: str, retries: int,
