@@ -104,7 +104,8 @@ def test_bad_train_silver_and_bronze_values_are_named() -> None:
         with pytest.raises(SearchSpaceError, match=r"gbt\.maxDepth"):
             search_space(["gbt"], {"gbt": {"maxDepth": spec}}, ["none"])
     for key, bad in (("max_quarantine_share", 5), ("max_tailnum_null_share", "5%"),
-                     ("min_rows_share_of_recent", -0.1), ("max_quarantine_share", None)):
+                     ("min_rows_share_of_recent", -0.1), ("max_quarantine_share", None),
+                     ("min_quarantined_to_halt", 0), ("min_quarantined_to_halt", "10")):
         with pytest.raises(ConfigError, match=rf"silver\.{key}: "):
             contracts({**silver, key: bad})
     contracts({**silver, "max_quarantine_share": 0})  # 0: halt on any quarantined row

@@ -126,6 +126,21 @@ def test_batch_over_quarantine_share_halts_naming_table_rule_count_and_keys(
         assert part in message
 
 
+def test_a_few_quarantined_rows_below_the_minimum_do_not_halt(spark: SparkSession) -> None:
+    """A micro-batch of a quiet events stream: 1 bad row of 3 is 33%, yet one bad event; with
+    silver.min_quarantined_to_halt 2 it is quarantined and the batch goes on; two halt it."""
+    rows = [flight(), flight(flight="2"), flight(flight="77", distance="0")]
+    checked = checked_flights(spark, rows).persist()
+    counts = rule_counts(FLIGHTS, checked)
+    enforce_thresholds(FLIGHTS, checked, counts, max_share=0.05, min_count=2)
+    with pytest.raises(ContractViolation, match="distance_range"):
+        enforce_thresholds(FLIGHTS, checked, counts, max_share=0.05)  # the default, 1
+    two_bad = checked_flights(spark, [*rows, flight(flight="78", distance="0")]).persist()
+    with pytest.raises(ContractViolation, match="distance_range.*halting from 2 rows"):
+        enforce_thresholds(FLIGHTS, two_bad, rule_counts(FLIGHTS, two_bad), max_share=0.05,
+                           min_count=2)
+
+
 def test_batch_under_quarantine_share_passes(spark: SparkSession) -> None:
     rows = [flight(flight=str(n)) for n in range(30)] + [flight(flight="99", distance="0")]
     checked = checked_flights(spark, rows).persist()

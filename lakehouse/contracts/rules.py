@@ -8,7 +8,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import CORRUPT_COLUMN, INVALID_BYTES_COLUMN, MISSING_COLUMN
-from lakehouse.config import number, share
+from lakehouse.config import number, share, whole_number
 from lakehouse.contracts.core import Action, BatchRule, Contract, Rule, duplicate, kept
 from lakehouse.contracts.models import (
     AirlinesModel,
@@ -229,6 +229,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     """The silver section's limits, each named when wrong: a share is in [0, 1] (5 meant as
     5% would switch its halt off), a physical limit is a positive number."""
     share(settings, "silver", "max_quarantine_share")
+    whole_number(settings, "silver", "min_quarantined_to_halt", 1)
     share(settings, "silver", "max_tailnum_null_share", 0.05)
     share(settings, "silver", "min_rows_share_of_recent", 0.1)
     for key in ("max_wind_speed_mph", "max_wind_gust_mph"):

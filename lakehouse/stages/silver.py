@@ -53,18 +53,23 @@ from lakehouse.stages.audit import audit_batch, audited
 
 
 def enforce_thresholds(contract: Contract, checked: DataFrame, counts: dict[str, int],
-                       max_share: float) -> None:
-    """Halt the batch when a fail rule is broken or a rule quarantines too large a share."""
+                       max_share: float, min_count: int = 1) -> None:
+    """Halt the batch when a fail rule is broken or a rule quarantines too large a share of
+    its rows, and at least min_count of them (a quiet events stream's micro-batch of a few
+    events would otherwise halt on one bad event)."""
     total = max(counts["_rows"], 1)
     for rule in contract.rules:
         broken = counts[rule.name]
-        too_many = rule.action == "quarantine" and broken / total > max_share
+        too_many = (rule.action == "quarantine" and broken / total > max_share
+                    and broken >= min_count)
         if broken and (rule.action == "fail" or too_many):
             keys = sample_keys(contract, checked, rule.name)
             raise ContractViolation(
                 f"silver.{contract.table}: rule {rule.name!r} ({rule.description}) broken by "
                 f"{broken} of {counts['_rows']} rows ({broken / total:.1%}, action {rule.action}, "
-                f"max quarantine share {max_share:.1%}); sample keys: {keys}")
+                f"max quarantine share {max_share:.1%}"
+                f"{f', halting from {min_count} rows' if min_count > 1 else ''}); "
+                f"sample keys: {keys}")
 
 
 def enforce_batch_rules(contract: Contract, report: ValidationReport) -> list[str]:
@@ -157,7 +162,8 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
         profile = answers.profile(checked)
         assert profile is not None  # a missing column is a schema error, raised above
         counts = counts_of(profile)
-        enforce_thresholds(contract, checked, counts, float(settings["max_quarantine_share"]))
+        enforce_thresholds(contract, checked, counts, float(settings["max_quarantine_share"]),
+                           int(settings.get("min_quarantined_to_halt", 1)))
         if counts["_quarantined"]:
             quarantined = checked.filter(~valid()).transform(to_quarantine(table, FAILED_RULES))
             quarantined = not_yet_quarantined(spark, config, table, quarantined)
