@@ -136,7 +136,7 @@ def test_a_few_quarantined_rows_below_the_minimum_do_not_halt(spark: SparkSessio
     with pytest.raises(ContractViolation, match="distance_range"):
         enforce_thresholds(FLIGHTS, checked, counts, max_share=0.05)  # the default, 1
     two_bad = checked_flights(spark, [*rows, flight(flight="78", distance="0")]).persist()
-    with pytest.raises(ContractViolation, match="distance_range.*halting from 2 rows"):
+    with pytest.raises(ContractViolation, match=r"distance_range.*halting from 2 rows"):
         enforce_thresholds(FLIGHTS, two_bad, rule_counts(FLIGHTS, two_bad), max_share=0.05,
                            min_count=2)
 
