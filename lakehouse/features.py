@@ -72,6 +72,12 @@ class FeatureSettings:
                        "count)" if name == "as_of_offset_minutes" else "")
                 raise FeatureSettingsError(f"gold.{name} must be a whole number > 0, got "
                                            f"{value!r}{why}")
+        import zoneinfo
+
+        if self.home_timezone not in zoneinfo.available_timezones():
+            raise FeatureSettingsError(
+                f"gold.home_timezone must be an IANA time-zone id such as America/New_York, "
+                f"got {self.home_timezone!r} (local dates and midnights are taken in it)")
 
     @classmethod
     def from_conf(cls, section: dict[str, Any]) -> FeatureSettings:
@@ -79,6 +85,10 @@ class FeatureSettings:
         if missing:
             raise FeatureSettingsError(f"gold section of conf lacks {missing}; it has "
                                        f"{sorted(section)}")
+        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
+        if unknown:  # a misspelt key would silently be ignored
+            raise FeatureSettingsError(f"gold: unknown settings {unknown}; known are "
+                                       f"{sorted(cls.__dataclass_fields__)}")
         return cls(**{k: section[k] for k in cls.__dataclass_fields__})
 
     def fingerprint(self) -> str:

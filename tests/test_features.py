@@ -103,6 +103,14 @@ def test_missing_gold_setting_is_named() -> None:
         FeatureSettings.from_conf(section)
 
 
+def test_a_misspelt_gold_setting_and_an_unknown_home_zone_are_named() -> None:
+    with pytest.raises(FeatureSettingsError, match=r"unknown settings \['origin_day_hour'\]"):
+        FeatureSettings.from_conf({**SETTINGS.__dict__, "origin_day_hour": 6})
+    for zone in ("America/NewYork", "-05:00"):
+        with pytest.raises(FeatureSettingsError, match=rf"gold.home_timezone .*got '{zone}'"):
+            FeatureSettings.from_conf({**SETTINGS.__dict__, "home_timezone": zone})
+
+
 def test_history_cutoff_is_as_of_for_a_departure_just_after_midnight(
         spark: SparkSession) -> None:
     """A flight at 00:20 local takes its daily history at as-of (23:20 the day before), so a

@@ -236,8 +236,9 @@ def write(spark: SparkSession, config: Config, name: str, rows: DataFrame, plan_
     `through` of the build the table's state is from), when known. Returns the version written
     when the read of the write's metrics gives it (None otherwise) and the metrics."""
     if plan_.full:
-        partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
-        tables.overwrite(rows.repartitionByRange(partitions, "flight_date"), config, name, tag=tag)
+        # as many ranges as the session's shuffle partitions (no number given: Databricks'
+        # `spark.sql.shuffle.partitions=auto` is no integer, and int() of it failed the build)
+        tables.overwrite(rows.repartitionByRange("flight_date"), config, name, tag=tag)
         # the write's metrics, before the commits of properties and comment (of a new table)
         metrics = tables.last_operation_metrics(spark, config, name)
         with tables.untagged_commits():  # the other gold table's thread may be tagging a commit
