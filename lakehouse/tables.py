@@ -78,6 +78,14 @@ def version(spark: SparkSession, config: Config, name: str) -> int | None:
     return int(delta_table(spark, config, name).history(1).select("version").first()[0])  # type: ignore[index]
 
 
+def table_id(spark: SparkSession, config: Config, name: str) -> str | None:
+    """Delta's id of the table (DESCRIBE DETAIL), or None when it does not exist: a table
+    dropped and made anew under the same name or path has another."""
+    if not exists(spark, config, name):
+        return None
+    return str(scalar(delta_table(spark, config, name).detail().select("id")))
+
+
 def last_commit(spark: SparkSession, config: Config, name: str) -> tuple[int, dict[str, str]]:
     """The version and Delta's operation metrics (e.g. numOutputRows) of the table's latest
     commit, from one read of its history."""

@@ -260,6 +260,17 @@ def test_a_recreated_silver_table_rebuilds_in_full_and_a_first_build_counts_its_
     message = messages(gold.run(spark, config, "recreated"))[0]
     assert message.startswith("full build: ['silver_flights'] at an earlier version"), message
     assert tables.read(spark, config, "flight_features").count() == 50
+    # made anew again, now past the version the last build read (0): the versions alone would
+    # read its change feed from version 1 and miss what version 0 wrote
+    shutil.rmtree(config.table("silver_flights"))
+    land(spark, config, first[50:60], [])
+    land(spark, config, [{**first[50], "arr_delay": "302"}], [])
+    message = messages(gold.run(spark, config, "made anew"))[0]
+    assert message.startswith("full build: ['silver_flights'] made anew"), message
+    def ids(name: str) -> list[str]:
+        return sorted(r[0] for r in tables.read(spark, config, name).select("flight_id").collect())
+
+    assert ids("flight_features") == ids("silver_flights") and len(ids("flight_features")) == 10
 
 
 def test_a_vacuumed_feed_is_told_by_its_error_condition_only() -> None:

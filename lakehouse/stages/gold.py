@@ -69,6 +69,9 @@ class Silver:
 
     versions: dict[str, int | None]
     frames: dict[str, DataFrame]
+    # Delta's table id of each: a table dropped and made anew has another (its versions start
+    # again from 0 and may pass the ones a build read: the versions alone cannot tell)
+    ids: dict[str, str | None] = field(default_factory=dict)
     # The slices an incremental build reads, cached: the features read their flights five
     # times over (history windows, previous flight, the day's own rows) and the KPIs once more,
     # each a scan of silver's files otherwise (bench: a new day ~1 s faster of ~7).
@@ -105,7 +108,8 @@ class Silver:
             raise GoldInputError(f"gold needs {missing}, which do not exist yet: land their "
                                  "files and run bronze and silver")
         return cls(versions, {n: tables.read(spark, config, n, version=v)
-                              for n, v in versions.items()})
+                              for n, v in versions.items()},
+                   {n: tables.table_id(spark, config, n) for n in versions})
 
 
 @dataclass
@@ -198,6 +202,11 @@ def plan(spark: SparkSession, config: Config, name: str, state: dict[str, Any] |
     if behind:  # the change feed since then would read nothing: the table was made anew
         return Plan(True, f"{behind} at an earlier version than the last build read ({since}): "
                           "recreated since")
+    ids = state.get("table_ids")
+    remade = sorted(n for n in INPUTS if isinstance(ids, dict) and ids.get(n) is not None
+                    and ids[n] != silver.ids.get(n))  # a state of an earlier version has none
+    if remade:
+        return Plan(True, f"{remade} made anew since the last build (another Delta table id)")
     known = next((c for c in seen if c.since == since), None)
     if known is None:
         try:
@@ -354,7 +363,8 @@ def run(spark: SparkSession, config: Config, run_id: str,
                     end = through(name, plan_)
                     tag = f"{TAG} " + json.dumps({
                         "settings": settings.fingerprint(), "versions": silver.versions,
-                        "run_id": run_id, "through": end and end.isoformat()})
+                        "table_ids": silver.ids, "run_id": run_id,
+                        "through": end and end.isoformat()})
                     rows = build(silver, name, settings, None if plan_.full else plan_.dates)
                     version, metrics = write(spark, config, name, rows, plan_, tag,
                                              None if plan_.full else held_through(states[name]))
