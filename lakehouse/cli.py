@@ -247,7 +247,8 @@ def cmd_contracts(config: Config, args: argparse.Namespace) -> int:
     for table, contract in contracts(listed).items():
         for rule in contract.rules:
             print(f"{table:<9} {rule.name:<26} {'row':<6} {rule.action:<10} {rule.description}")
-            print(f"{'':<9} {'':<26} {'':<6} {'':<10} passes when true or null: {rule.condition}")
+            print(f"{'':<9} {'':<26} {'':<6} {'':<10} passes when true or null: "
+                  f"{rule.shown or rule.condition}")
         for batch_rule in contract.batch_rules:
             print(f"{table:<9} {batch_rule.name:<26} {'batch':<6} {batch_rule.action:<10} "
                   f"{batch_rule.description}")

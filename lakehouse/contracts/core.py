@@ -41,6 +41,7 @@ class Rule:
     description: str
     condition: str
     action: Action = "quarantine"
+    shown: str | None = None  # the condition as `lakehouse contracts` prints it, when shorter
 
     def passed(self) -> str:
         return f"coalesce(({self.condition}), true)"

@@ -211,7 +211,8 @@ def airports_contract(settings: dict[str, Any]) -> Contract:
              # an airport with a zone Spark cannot resolve is quarantined here, and its flights
              # then meet the flights rules for an unknown airport
              Rule("tzone_valid", "time zone is an IANA time-zone id",
-                  "tzone IN ({})".format(", ".join(f"'{z}'" for z in time_zones()))),
+                  "tzone IN ({})".format(", ".join(f"'{z}'" for z in time_zones())),
+                  shown=f"tzone IN (the {len(time_zones())} zones of Python's tz database)"),
              Rule("tzone_present", "time zone is known (kept, flagged)",
                   "tzone IS NOT NULL", "warn")]
     return Contract("airports", AirportsModel, KEYS["airports"], tuple(rules),
