@@ -55,18 +55,6 @@ def score(model: PipelineModel, features: DataFrame, model_name: str, version: s
         *model_columns(model_name, version, run_id, role, threshold, features_version))
 
 
-# The reason of a flight scored before gold held its row: scored again once it does
-# (`standing`).
-NO_FEATURE_ROW = "no row in gold.flight_features"
-
-
-def standing(predictions: DataFrame) -> DataFrame:
-    """The rows that stand as a flight's prediction for the late-flight pass: all but those
-    recorded because gold had no feature row yet (gold ran behind silver)."""
-    return predictions.filter(~((F.col("status") == "unscorable")
-                                & (F.col("reason") == NO_FEATURE_ROW)))
-
-
 def unscorable(flights: DataFrame, reason: str, model_name: str, version: str, run_id: str,
                role: str, threshold: float, features_version: int) -> DataFrame:
     """Rows for flights that reached silver but have no feature row to score, with the reason."""

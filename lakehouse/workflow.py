@@ -24,7 +24,7 @@ from pyspark.errors import (
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import inference, registry, tables
+from lakehouse import registry, tables
 from lakehouse.bronze import BronzeAccountingError
 from lakehouse.config import Config, number, whole_number
 from lakehouse.contracts import ContractViolation
@@ -158,8 +158,7 @@ def late_from(spark: SparkSession, config: Config, score_range: tuple[str, str],
               end: str) -> str | None:
     """With `from: latest`, the earliest day before start, within `score.catch_up_days` of end,
     holding a silver flight without any row in delay_predictions (a flight landed after its
-    day was scored) or with only a row recorded while gold had no feature row for it (gold ran
-    behind silver); None when there is none (one small anti-join)."""
+    day was scored); None when there is none (one small anti-join)."""
     if score_range[0] != LATEST or not tables.exists(spark, config, "delay_predictions"):
         return None
     days = int(config.section("score").get("catch_up_days", 7))
@@ -168,8 +167,7 @@ def late_from(spark: SparkSession, config: Config, score_range: tuple[str, str],
     if first > last:
         return None
     window = between(first.isoformat(), last.isoformat())
-    held = (tables.read(spark, config, "delay_predictions").transform(window)
-            .transform(inference.standing).select("flight_id"))
+    held = tables.read(spark, config, "delay_predictions").transform(window).select("flight_id")
     found: date | None = tables.scalar(
         tables.read(spark, config, "silver_flights").transform(window)
         .join(held, "flight_id", "left_anti").agg(F.min("flight_date")))

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from mlflow.tracking import MlflowClient
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import tables, workflow
@@ -510,11 +510,7 @@ def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
     flights = spark.createDataFrame([(f"f{d.day}", d) for d in dates],
                                     "flight_id string, flight_date date")
     tables.overwrite(flights, config, "silver_flights")
-
-    def recorded(rows: DataFrame, status: str = "scored", reason: str | None = None) -> DataFrame:
-        return rows.withColumns({"status": F.lit(status), "reason": F.lit(reason).cast("string")})
-
-    tables.overwrite(recorded(flights), config, "delay_predictions")
+    tables.overwrite(flights, config, "delay_predictions")
     assert workflow.resolved(spark, config, latest) == ("2013-12-04", "2013-12-04")
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
     late = spark.createDataFrame([("f2b", date(2013, 12, 2))], "flight_id string, flight_date date")
@@ -526,14 +522,8 @@ def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
                               "2013-12-04") is None
     capped = make_config(tmp_path, score={"from": "latest", "to": "latest", "catch_up_days": 2})
     assert workflow.late_from(spark, capped, latest, "2013-12-04", "2013-12-04") is None
-    # a row recorded while gold had no feature row for the flight (gold ran behind silver)
-    # stands for nothing: the flight is late until it is scored
-    tables.append(recorded(late, "unscorable", "no row in gold.flight_features"), config,
-                  "delay_predictions")
-    assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") == "2013-12-02"
-    # an unscorable row for another reason (a flight recorded with it) is a row: nothing is late
-    tables.append(recorded(late, "unscorable", "the model returned no probability"), config,
-                  "delay_predictions")
+    # an unscorable row (a flight recorded with the reason) is a row: nothing is late
+    tables.append(late, config, "delay_predictions")
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
 
 

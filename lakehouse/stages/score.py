@@ -20,14 +20,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
 from lakehouse.config import Config
-from lakehouse.inference import (
-    NO_FEATURE_ROW,
-    PREDICTION_KEYS,
-    PREDICTION_VALUES,
-    score,
-    standing,
-    unscorable,
-)
+from lakehouse.inference import PREDICTION_KEYS, PREDICTION_VALUES, score, unscorable
 from lakehouse.session import inherit
 from lakehouse.stages.audit import audited
 from lakehouse.training import between
@@ -157,7 +150,7 @@ def predictions_of(model: PipelineModel, scorer: Scorer, features: DataFrame,
     scored = score(model, features, *args)
     if missing is None:
         return scored
-    return scored.unionByName(unscorable(missing, NO_FEATURE_ROW, *args))
+    return scored.unionByName(unscorable(missing, "no row in gold.flight_features", *args))
 
 
 @dataclass(frozen=True)
@@ -329,12 +322,11 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
         first = new_from if late and new_from else start
         late_ids: list[str] = []
         if late:
-            # the silver flights of the days before new_from that hold no row yet, or only one
-            # recorded while gold had no feature row for them (`standing`; a handful:
+            # the silver flights of the days before new_from that hold no row yet (a handful:
             # flights landed after their day was scored), listed before the write adds theirs
             earlier = F.col("flight_date") < F.lit(new_from).cast("date")
             held_ids = (tables.read(spark, config, "delay_predictions").filter(window)
-                        .filter(earlier).transform(standing).select("flight_id"))
+                        .filter(earlier).select("flight_id"))
             late_ids = [r[0] for r in flights.filter(earlier)
                         .join(held_ids, "flight_id", "left_anti").select("flight_id").collect()]
             features, flights = (df.filter(~earlier | F.col("flight_id").isin(late_ids))
