@@ -514,10 +514,14 @@ def kafka_options(settings: dict[str, Any]) -> dict[str, str]:
     """The Kafka source's options: settings' `options` as they are (kafka.security.protocol,
     kafka.sasl.*, ...), the servers, topic, offsets and data-loss check from the settings
     (they win), and timeouts of about timeout_seconds unless `options` sets them itself."""
-    timeout_ms = str(int(float(settings.get("timeout_seconds", 10)) * 1000))
-    defaults = {"kafka.default.api.timeout.ms": timeout_ms, "kafka.request.timeout.ms": timeout_ms,
+    timeout_ms = int(float(settings.get("timeout_seconds", 10)) * 1000)
+    options = client_options(settings, "options")
+    request_ms = options.get("kafka.request.timeout.ms", str(timeout_ms))
+    # Kafka's AdminClient refuses a default.api.timeout.ms below request.timeout.ms
+    api_ms = str(max(timeout_ms, int(request_ms)))
+    defaults = {"kafka.default.api.timeout.ms": api_ms, "kafka.request.timeout.ms": request_ms,
                 "fetchOffset.numRetries": "1"}
-    return {**defaults, **client_options(settings, "options"),
+    return {**defaults, **options,
             "kafka.bootstrap.servers": str(settings["bootstrap_servers"]),
             "subscribe": str(settings["topic"]),
             "startingOffsets": str(settings.get("starting_offsets", "earliest")),

@@ -100,8 +100,11 @@ def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
         spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
     from confluent_kafka import Producer
 
-    config = make_config(tmp_path, bronze=events_settings(broker.bootstrap_servers, "keep",
-                                                          max_offsets_per_trigger=150))
+    # a user's request timeout above timeout_seconds (the default API timeout must follow it:
+    # Kafka's AdminClient refuses one below it)
+    config = make_config(tmp_path, bronze=events_settings(
+        broker.bootstrap_servers, "keep", max_offsets_per_trigger=150,
+        options={"kafka.request.timeout.ms": "45000"}))
     sent = produce(config, date(2013, 1, 1), date(2013, 1, 1), Pace(), duplicates=0.05,
                    limit=100)
     raw = Producer({"bootstrap.servers": broker.bootstrap_servers})
@@ -307,7 +310,8 @@ def test_the_kafka_sources_timeouts_yield_to_the_users_options() -> None:
     mine = kafka_options({**settings, "options": {
         "kafka.request.timeout.ms": "60000", "kafka.security.protocol": "SASL_SSL",
         "kafka.bootstrap.servers": "elsewhere:9092", "failOnDataLoss": "false"}})
+    # the default API timeout follows it up: Kafka's AdminClient refuses one below it
     assert (mine["kafka.request.timeout.ms"], mine["kafka.default.api.timeout.ms"]) == (
-        "60000", "5000")
+        "60000", "60000")
     assert mine["kafka.security.protocol"] == "SASL_SSL"
     assert (mine["kafka.bootstrap.servers"], mine["failOnDataLoss"]) == ("b:9092", "true")
