@@ -29,6 +29,22 @@ def table_versions(spark: SparkSession, config: Config, features_version: int) -
     return params
 
 
+def silver_flights_built_from(spark: SparkSession, config: Config,
+                              features_version: int | None) -> int | None:
+    """The silver_flights version flight_features at features_version was built from, when the
+    gold job recorded it and silver_flights is still the table it read (the same Delta table
+    id); None otherwise (a build by an earlier version of this code, a table made anew)."""
+    if features_version is None:
+        return None
+    state = tables.tagged_state(spark, config, "flight_features", GOLD_TAG,
+                                at_version=features_version) or {}
+    version = (state.get("versions") or {}).get("silver_flights")
+    read_id = (state.get("table_ids") or {}).get("silver_flights")
+    if not isinstance(version, int) or read_id is None:
+        return None
+    return version if read_id == tables.table_id(spark, config, "silver_flights") else None
+
+
 def code_version() -> str:
     """The package version, and the git commit when the package runs from a checkout."""
     root = Path(lakehouse.__file__).resolve().parent.parent

@@ -428,3 +428,38 @@ def test_lineage_names_the_silver_versions_of_the_features_version_read(
         tables.overwrite(rows, config, "flight_features", tag=f"{GOLD_TAG} {state}")
     assert table_versions(spark, config, 0)["silver_flights_delta_version"] == 3
     assert table_versions(spark, config, 1)["silver_flights_delta_version"] == 4
+
+
+def test_scoring_reads_silver_at_the_version_gold_built_the_features_from(
+        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
+    """A flight that reaches silver after gold ran has no feature row yet: read at the latest
+    version, scoring recorded it unscorable, a row the late-flight pass then took as its
+    prediction for good. Read as gold built the features, it is not seen until gold has it."""
+    import shutil
+
+    from lakehouse.lineage import silver_flights_built_from
+
+    first = [r for r in raw["flights"] if day_of(r) == DAYS[0]]
+    land(spark, config, first[:20], [r for r in raw["weather"] if day_of(r) == DAYS[0]],
+         raw["planes"])
+    gold.run(spark, config, "g1")
+    features_version = tables.version(spark, config, "flight_features")
+    built = silver_flights_built_from(spark, config, features_version)
+    assert built == tables.version(spark, config, "silver_flights")
+    land(spark, config, first[20:21], [])  # silver moves on, gold not yet
+    assert silver_flights_built_from(spark, config, features_version) == built
+    seen = tables.read(spark, config, "silver_flights", version=built)
+    assert seen.count() == 20 and tables.read(spark, config, "silver_flights").count() == 21
+    gold.run(spark, config, "g2")
+    assert silver_flights_built_from(spark, config, tables.version(
+        spark, config, "flight_features")) == tables.version(spark, config, "silver_flights")
+    # silver made anew: its versions are another table's, the latest is read
+    shutil.rmtree(config.table("silver_flights"))
+    land(spark, config, first[:5], [])
+    assert silver_flights_built_from(spark, config, tables.version(
+        spark, config, "flight_features")) is None
+    # a features table gold did not write (no state): the latest
+    tables.overwrite(spark.createDataFrame([("a",)], "flight_id string"), config,
+                     "flight_features")
+    assert silver_flights_built_from(spark, config, tables.version(
+        spark, config, "flight_features")) is None

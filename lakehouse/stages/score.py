@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from lakehouse import registry, tables
 from lakehouse.config import Config
 from lakehouse.inference import PREDICTION_KEYS, PREDICTION_VALUES, score, unscorable
+from lakehouse.lineage import silver_flights_built_from
 from lakehouse.session import inherit
 from lakehouse.stages.audit import audited
 from lakehouse.training import between
@@ -309,12 +310,19 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
         # The models load (MLflow's download, then Spark's reading of the saved pipeline, ~1 s
         # each) while this thread looks at the range: both wait more on I/O than they compute
         # (bench/scoring.py).
-        pool = stack.enter_context(ThreadPoolExecutor(len(models), thread_name_prefix="score"))
+        pool = stack.enter_context(ThreadPoolExecutor(len(models) + 1,
+                                                      thread_name_prefix="score"))
         loading = [pool.submit(inherit(spark, load), m) for m in models]
         version_read = tables.version(spark, config, "flight_features")
+        # Silver as gold built the features read (silver may have moved on since: a flight
+        # that reached it after gold ran is scored once gold has its row, by the late-flight
+        # pass, instead of being recorded unscorable for good); latest when gold did not say.
+        silver_read = pool.submit(inherit(spark, silver_flights_built_from), spark, config,
+                                  version_read)
         features = tables.read(spark, config, "flight_features", version=version_read).transform(
             between(start, end))
-        flights = tables.read(spark, config, "silver_flights").transform(between(start, end))
+        flights = tables.read(spark, config, "silver_flights",
+                              version=silver_read.result()).transform(between(start, end))
         window = f"flight_date BETWEEN DATE'{start}' AND DATE'{end}'"
         existed = tables.exists(spark, config, "delay_predictions")
         late = existed and new_from is not None and new_from > start
