@@ -3,7 +3,9 @@ the resolved configuration and the code version."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from lakehouse import tables
 from lakehouse.config import Config
 
 GOLD_TAG = "lakehouse-gold"
+log = logging.getLogger("lakehouse")
 
 
 def table_versions(spark: SparkSession, config: Config, features_version: int) -> dict[str, Any]:
@@ -29,20 +32,43 @@ def table_versions(spark: SparkSession, config: Config, features_version: int) -
     return params
 
 
+# A pin older than this is not read: VACUUM keeps the files a later commit replaced for 7 days
+# by default (less when a table sets it), and a pinned version whose files are gone fails.
+PIN_MAX_AGE = timedelta(days=1)
+
+
 def silver_flights_built_from(spark: SparkSession, config: Config,
                               features_version: int | None) -> int | None:
-    """The silver_flights version flight_features at features_version was built from, when the
-    gold job recorded it and silver_flights is still the table it read (the same Delta table
-    id); None otherwise (a build by an earlier version of this code, a table made anew)."""
+    """The silver_flights version flight_features at features_version was built from, when
+    reading it differs from reading the latest: the gold job recorded it, silver_flights is
+    still the table it read (the same Delta table id), a commit after it changed rows (not only
+    OPTIMIZE, VACUUM or properties), and its commit is younger than PIN_MAX_AGE. None otherwise:
+    read the latest."""
     if features_version is None:
         return None
     state = tables.tagged_state(spark, config, "flight_features", GOLD_TAG,
                                 at_version=features_version) or {}
     version = (state.get("versions") or {}).get("silver_flights")
     read_id = (state.get("table_ids") or {}).get("silver_flights")
-    if not isinstance(version, int) or read_id is None:
+    if not isinstance(version, int) or read_id is None \
+            or read_id != tables.table_id(spark, config, "silver_flights"):
         return None
-    return version if read_id == tables.table_id(spark, config, "silver_flights") else None
+    latest = tables.version(spark, config, "silver_flights")
+    if latest is None or latest <= version:
+        return None
+    commits = {r["version"]: r for r in tables.delta_table(spark, config, "silver_flights")
+               .history(latest - version + 1).select("version", "timestamp", "operation")
+               .collect()}
+    pinned = commits.get(version)
+    after = [commits[v]["operation"] for v in range(version + 1, latest + 1) if v in commits]
+    if pinned is None or datetime.now() - pinned["timestamp"] > PIN_MAX_AGE:
+        log.warning("score: silver_flights v%d, which gold's features v%d were built from, is "
+                    "older than %s or gone from the log: reading the latest (v%d)", version,
+                    features_version, PIN_MAX_AGE, latest)
+        return None
+    if len(after) == latest - version and all(op in tables.CONTENT_PRESERVING for op in after):
+        return None  # the latest holds the same rows
+    return version
 
 
 def code_version() -> str:

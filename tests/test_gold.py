@@ -4,7 +4,7 @@ snapshot give tables identical to a full build; unchanged rows are not rewritten
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -431,32 +431,43 @@ def test_lineage_names_the_silver_versions_of_the_features_version_read(
 
 
 def test_scoring_reads_silver_at_the_version_gold_built_the_features_from(
-        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
+        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A flight that reaches silver after gold ran has no feature row yet: read at the latest
     version, scoring recorded it unscorable, a row the late-flight pass then took as its
-    prediction for good. Read as gold built the features, it is not seen until gold has it."""
+    prediction for good. Read as gold built the features, it is not seen until gold has it;
+    the latest is read whenever it holds the same rows, or the pin could be unreadable."""
     import shutil
 
-    from lakehouse.lineage import silver_flights_built_from
+    from lakehouse import lineage
+
+    def built_from() -> int | None:
+        return lineage.silver_flights_built_from(spark, config, tables.version(
+            spark, config, "flight_features"))
 
     first = [r for r in raw["flights"] if day_of(r) == DAYS[0]]
     land(spark, config, first[:20], [r for r in raw["weather"] if day_of(r) == DAYS[0]],
          raw["planes"])
     gold.run(spark, config, "g1")
-    features_version = tables.version(spark, config, "flight_features")
-    built = silver_flights_built_from(spark, config, features_version)
-    assert built == tables.version(spark, config, "silver_flights")
+    built = tables.version(spark, config, "silver_flights")
+    assert built_from() is None  # silver as gold read it: the latest
+    location = config.table("silver_flights")
+    spark.sql(f"OPTIMIZE delta.`{location}`")
+    assert tables.version(spark, config, "silver_flights") > built
+    assert built_from() is None  # the same rows
     land(spark, config, first[20:21], [])  # silver moves on, gold not yet
-    assert silver_flights_built_from(spark, config, features_version) == built
-    seen = tables.read(spark, config, "silver_flights", version=built)
-    assert seen.count() == 20 and tables.read(spark, config, "silver_flights").count() == 21
+    assert built_from() == built
+    assert tables.read(spark, config, "silver_flights", version=built).count() == 20
+    assert tables.read(spark, config, "silver_flights").count() == 21
+    monkeypatch.setattr(lineage, "PIN_MAX_AGE", timedelta(0))
+    assert built_from() is None  # too old a pin: VACUUM may have removed its files
+    monkeypatch.undo()
     # silver made anew: its versions are another table's, the latest is read
-    shutil.rmtree(config.table("silver_flights"))
+    shutil.rmtree(location)
     land(spark, config, first[:5], [])
-    assert silver_flights_built_from(spark, config, tables.version(
-        spark, config, "flight_features")) is None
+    land(spark, config, first[5:6], [])
+    assert built_from() is None
     # a features table gold did not write (no state): the latest
     tables.overwrite(spark.createDataFrame([("a",)], "flight_id string"), config,
                      "flight_features")
-    assert silver_flights_built_from(spark, config, tables.version(
-        spark, config, "flight_features")) is None
+    assert built_from() is None

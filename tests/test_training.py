@@ -1273,3 +1273,55 @@ def test_a_newton_model_is_trained_logged_and_scores_as_registered(
     assert all(r["prediction"] == float(r["p"] >= result["threshold"]) for r in rows)
     assert 0 < sum(r["prediction"] for r in rows) < len(rows)
     assert any(r["prediction"] != float(r["p"] >= 0.5) for r in rows)
+
+
+@pytest.mark.slow  # a champion trained, then two score runs
+def test_a_flight_silver_holds_before_gold_does_is_scored_once_gold_has_it(
+        spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
+    """Silver moved on after gold's build (a stream running on): the flight it added has no
+    feature row yet. Scoring reads silver as gold built the features, so it records no row for
+    it (read at the latest, it recorded one 'unscorable', which the late-flight pass then took
+    as its prediction for good); once gold has the row, `from: latest` scores it."""
+    import json
+
+    from lakehouse.lineage import GOLD_TAG
+    from lakehouse.stages import score
+
+    own = {"train": STUMP, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                      "artifact_location": str(tmp_path / "mlruns")},
+           "tables": {name: str(tmp_path / name) for name in (
+               "silver_flights", "flight_features", "delay_predictions", "audit")}}
+    config = make_config(features_root, **own)
+    every = tables.read(spark, make_config(features_root), "flight_features")
+    late_id = every.filter(F.col("flight_date") == "2013-01-12").orderBy("flight_id").first()[
+        "flight_id"]  # type: ignore[index]
+    features = every.filter(F.col("flight_id") != late_id)
+    tables.overwrite(features, config, "flight_features")
+    train.run(spark, config, "champion")
+
+    def as_silver(df: Any) -> Any:
+        return df.filter(F.col("flight_date").between("2013-01-12", "2013-01-13")).select(
+            "flight_id", "flight_date", "sched_dep_utc", "carrier", "origin", "dest",
+            F.when(F.col("tail_recorded"), F.lit("N12345")).alias("tailnum"))
+
+    def built_by_gold(rows: Any) -> None:  # flight_features as gold writes it: its state
+        state = {"versions": {"silver_flights": tables.version(spark, config, "silver_flights")},
+                 "table_ids": {"silver_flights": tables.table_id(spark, config,
+                                                                 "silver_flights")}}
+        tables.overwrite(rows, config, "flight_features", tag=f"{GOLD_TAG} {json.dumps(state)}")
+
+    tables.overwrite(as_silver(features), config, "silver_flights")
+    built_by_gold(features)
+    tables.append(as_silver(every.filter(F.col("flight_id") == late_id)), config,
+                  "silver_flights")  # silver moves on
+    first = score.run(spark, config, "first", "2013-01-12", "2013-01-13")
+    featured = as_silver(features).count()
+    assert (first["rows"], first["unscorable"]) == (featured, 0)
+    assert tables.read(spark, config, "delay_predictions").filter(
+        F.col("flight_id") == late_id).count() == 0
+    built_by_gold(every)  # gold caught up
+    workflow.run_stage(spark, make_config(features_root, score={"from": "latest", "to": "latest"},
+                                          **own), "score", "late", ("latest", "latest"))
+    (late,) = tables.read(spark, config, "delay_predictions").filter(
+        F.col("flight_id") == late_id).collect()
+    assert (late["status"], late["role"]) == ("scored", "champion")
