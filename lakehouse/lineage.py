@@ -46,27 +46,24 @@ def silver_flights_built_from(spark: SparkSession, config: Config,
     read the latest."""
     if features_version is None:
         return None
+    # the cheapest answers first: in the daily DAG gold has just run and silver's latest
+    # version is the one it recorded (two history reads, no DESCRIBE DETAIL)
+    latest = tables.version(spark, config, "silver_flights")
     state = tables.tagged_state(spark, config, "flight_features", GOLD_TAG,
                                 at_version=features_version) or {}
     version = (state.get("versions") or {}).get("silver_flights")
     read_id = (state.get("table_ids") or {}).get("silver_flights")
-    if not isinstance(version, int) or read_id is None \
+    if latest is None or not isinstance(version, int) or latest <= version or read_id is None \
             or read_id != tables.table_id(spark, config, "silver_flights"):
         return None
-    latest = tables.version(spark, config, "silver_flights")
-    if latest is None or latest <= version:
-        return None
-    commits = {r["version"]: r for r in tables.delta_table(spark, config, "silver_flights")
-               .history(latest - version + 1).select("version", "timestamp", "operation")
-               .collect()}
-    pinned = commits.get(version)
-    after = [commits[v]["operation"] for v in range(version + 1, latest + 1) if v in commits]
+    history = tables.commits(spark, config, "silver_flights", version, latest)
+    pinned = history.get(version)
     if pinned is None or datetime.now() - pinned["timestamp"] > PIN_MAX_AGE:
         log.warning("score: silver_flights v%d, which gold's features v%d were built from, is "
                     "older than %s or gone from the log: reading the latest (v%d)", version,
                     features_version, PIN_MAX_AGE, latest)
         return None
-    if len(after) == latest - version and all(op in tables.CONTENT_PRESERVING for op in after):
+    if tables.keeps_rows(history, version, latest):
         return None  # the latest holds the same rows
     return version
 

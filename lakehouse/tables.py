@@ -23,7 +23,7 @@ from urllib.request import url2pathname
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming.query import StreamingQuery
@@ -361,6 +361,31 @@ def read_changes(spark: SparkSession, config: Config, name: str, start: int,
 # still describes the table after them.
 CONTENT_PRESERVING = ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES",
                       "UNSET TBLPROPERTIES", "CHANGE COLUMN", "REORG")
+
+
+def commits(spark: SparkSession, config: Config, name: str, first: int,
+            last: int) -> dict[int, Row]:
+    """The table's history rows (version, timestamp, operation) of versions first..last, by
+    version (one read of Delta's history; versions whose commits are gone are absent)."""
+    return {r["version"]: r for r in delta_table(spark, config, name).history(last - first + 1)
+            .select("version", "timestamp", "operation").collect()
+            if first <= r["version"] <= last}
+
+
+def keeps_rows(history: dict[int, Row], since: int, version: int) -> bool:
+    """Whether every commit after version `since` up to `version` is in `history` and kept the
+    table's rows (False when `since` is not before `version`)."""
+    operations = [history[v]["operation"] for v in range(since + 1, version + 1) if v in history]
+    return since < version and len(operations) == version - since and all(
+        op in CONTENT_PRESERVING for op in operations)
+
+
+def rows_unchanged(spark: SparkSession, config: Config, name: str, since: int,
+                   version: int) -> bool:
+    """Whether every commit of a table after version `since` up to `version` kept its rows
+    (Delta's history; False when `since` is not before `version` or its commits are gone)."""
+    return since < version and keeps_rows(commits(spark, config, name, since + 1, version),
+                                          since, version)
 
 
 def tagged_state(spark: SparkSession, config: Config, name: str, prefix: str,

@@ -222,7 +222,7 @@ def refine_snapshot(spark: SparkSession, config: Config, contract: Contract,
     bronze_version = tables.version(spark, config, name)
     done = last_version_read(spark, config, f"silver_{contract.table}")
     if bronze_version is None or bronze_version == done or (
-            done is not None and rows_unchanged(spark, config, name, done, bronze_version)):
+            done is not None and tables.rows_unchanged(spark, config, name, done, bronze_version)):
         return {"rows_in": 0, "rows_out": 0, "version_read": done}
     bronze_rows = tables.read(spark, config, name, version=bronze_version)
     modified = (F.col(SOURCE_MODIFIED) if SOURCE_MODIFIED in bronze_rows.columns
@@ -233,19 +233,6 @@ def refine_snapshot(spark: SparkSession, config: Config, contract: Contract,
     counts = refine_batch(spark, config, contract, bronze_rows, 0,
                           stream=f"{contract.table}-snapshot-{snapshot}")
     return {**counts, "version_read": bronze_version}
-
-
-def rows_unchanged(spark: SparkSession, config: Config, name: str, since: int,
-                   version: int) -> bool:
-    """Whether every commit of a table after version `since` up to `version` kept its rows
-    (Delta's history; False when `since` is not before `version` or its commits are gone)."""
-    if since >= version:
-        return False
-    operations = [r["operation"] for r in tables.delta_table(spark, config, name)
-                  .history(version - since).select("version", "operation").collect()
-                  if since < r["version"] <= version]
-    return len(operations) == version - since and all(
-        op in tables.CONTENT_PRESERVING for op in operations)
 
 
 def recent_rows_per_file(spark: SparkSession, config: Config, exclude_run: str,
