@@ -2,7 +2,8 @@
 scoring, monitoring, alerts and retraining play out over weeks of real data, then report it.
 
 Before the first replayed day, everything earlier is landed and built, and a champion is trained
-on windows that end the day before (so the replayed days are new to it).
+on windows that end the day before (so the replayed days are new to it); a champion the
+registry holds already is kept, unless it was trained on a replayed day (refused).
 """
 
 from __future__ import annotations
@@ -41,6 +42,21 @@ def days(start: date, end: date) -> list[date]:
         raise ReplayError(f"--from must be after {FIRST_DAY}: the days before it are the "
                           "history the first model is trained on")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def check_champion(config: Config, start: date) -> None:
+    """A champion the registry holds already is replayed as it is, unless it was trained on
+    days the replay monitors: they would not be new to it (its quality inflated, its drift
+    near nil) and every retraining's gate window would fall inside its training window."""
+    name = registry.configure(config)["model_name"]
+    found = registry.resolve(name, registry.CHAMPION)
+    last = train.trained_to(found)
+    if found is not None and last is not None and date.fromisoformat(last[:10]) >= start:
+        raise ReplayError(
+            f"{name}@{registry.CHAMPION} is version {found.version}, trained on days up to "
+            f"{last}, not before --from {start}: the replayed days would not be new to it. "
+            f"Replay from a day after {last}, or with another data root or mlflow.model_name "
+            f"(a new registry or model gets a champion trained on the days before --from)")
 
 
 def bootstrap(spark: SparkSession, config: Config, start: date) -> dict[str, Any] | None:
@@ -119,6 +135,7 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
     tasks that failed over the replayed days (the report names them)."""
     began, since = time.monotonic(), datetime.now(UTC)
     wanted = days(start, end)
+    check_champion(config, start)  # before anything is landed
     first = bootstrap(spark, config, start)
     if first is not None:
         log.info("replay: first champion v%s (%s), holdout AUC-ROC %.4f", first["version"],

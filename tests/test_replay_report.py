@@ -82,3 +82,31 @@ def test_replay_exits_non_zero_when_a_task_failed(monkeypatch: pytest.MonkeyPatc
                             lambda *args, n=failures: ("the report", Path("p.png"), n))
         assert cli.main(["replay", "--from", "2013-11-01", "--to", "2013-11-02"]) == code
         assert "the report" in capsys.readouterr().out
+
+
+def test_replay_refuses_a_champion_trained_on_the_days_it_would_replay(tmp_path: Path) -> None:
+    """A data root whose registry holds a champion (a `make run`'s, an earlier replay's) is
+    replayed with it, unless that model was fitted on the replayed days: refused before
+    anything is landed."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from lakehouse import registry
+    from lakehouse.replay import ReplayError, check_champion, replay
+    from tests.conftest import make_config
+
+    config = make_config(tmp_path)
+    name = registry.configure(config)["model_name"]
+    check_champion(config, DAYS[0])  # no champion: one is trained
+    client = MlflowClient()
+    with mlflow.start_run() as run:
+        mlflow.log_param("window_train_to", "2013-11-01")
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
+                                          run_id=run.info.run_id)
+    client.set_registered_model_alias(name, registry.CHAMPION, version.version)
+    with pytest.raises(ReplayError, match=rf"{name}@champion is version 1, trained on days up "
+                                          r"to 2013-11-01, not before --from 2013-11-01"):
+        replay(None, config, DAYS[0], DAYS[-1])  # type: ignore[arg-type]
+    assert not any((tmp_path / "landing").rglob("*.csv"))  # nothing landed
+    check_champion(config, DAYS[1])  # trained on the days before: replayed with it
