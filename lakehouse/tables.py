@@ -48,8 +48,10 @@ def exists(spark: SparkSession, config: Config, name: str) -> bool:
         return bool(spark.catalog.tableExists(location))
     # Not DeltaTable.isDeltaTable: it answers from the session's cached log of the path, so a
     # table another process created after the first look stays "missing" for the session.
+    # Delta's Spark Connect client builds forPath's plan without a look at the path: the
+    # schema's analysis (on the server there) is what raises for a missing table
     try:
-        DeltaTable.forPath(spark, location)
+        DeltaTable.forPath(spark, location).toDF().schema  # noqa: B018
     except AnalysisException:
         return False
     return True

@@ -48,9 +48,14 @@ PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError,
                     DateTimeException, NumberFormatException, IllegalArgumentException,
                     UnsupportedOperationException)
 # How Spark's checkpoint and Delta's transaction check report a second writer of one stream
-# (where no lock was taken, e.g. a checkpoint on S3): the same overlap, found later.
+# (where no lock was taken, e.g. a checkpoint on S3): the same overlap, found later. And
+# Delta's optimistic-concurrency conflicts (a concurrent append, delete, metadata or protocol
+# change won the commit: DELTA_CONCURRENT_APPEND, _DELETE_READ, _DELETE_DELETE, _WRITE; their
+# classes extend java.util.ConcurrentModificationException, whose name their text lacks):
+# another run of the job is writing the same table, which a retry would race again.
 CONCURRENT_WRITERS = ("ConcurrentModificationException", "ConcurrentTransactionException",
-                      "CONCURRENT_STREAM_LOG_UPDATE", "DELTA_CONCURRENT_TRANSACTION",
+                      "CONCURRENT_STREAM_LOG_UPDATE", "DELTA_CONCURRENT_",
+                      "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
                       "Multiple streaming queries are concurrently using")
 
 

@@ -229,7 +229,15 @@ def test_the_workflow_retries_only_what_is_transient() -> None:
     permanent = [AnalysisException(message="[TABLE_OR_VIEW_NOT_FOUND] silver.flights"),
                  NumberFormatException(message="[CAST_INVALID_INPUT] 'x' cannot be cast"),
                  TrainingDataError("the holdout window has no labeled flight"),
-                 RuntimeError("io.delta.exceptions.ConcurrentTransactionException: ...")]
+                 RuntimeError("io.delta.exceptions.ConcurrentTransactionException: ..."),
+                 # Delta's conflict as PySpark shows it: the class, then its error class
+                 RuntimeError("io.delta.exceptions.ConcurrentAppendException: "
+                              "[DELTA_CONCURRENT_APPEND.WITHOUT_HINT] ConcurrentAppendException: "
+                              "Files were added to the root of the table by a concurrent "
+                              "update. Please try the operation again."),
+                 RuntimeError("io.delta.exceptions.MetadataChangedException: "
+                              "[DELTA_METADATA_CHANGED] MetadataChangedException: The metadata "
+                              "of the Delta table has been changed by a concurrent update.")]
     transient = [OSError("Connection reset by peer"),
                  RuntimeError("Job aborted due to stage failure: ExecutorLostFailure")]
     assert [workflow.is_permanent(e) for e in permanent] == [True] * len(permanent)
