@@ -132,6 +132,11 @@ def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
     for n in range(3):
         raw.produce("keep", key=b"z", value=f'{{"late": {n}}}'.encode())
     assert raw.flush(30) == 0
+    # as a user finds it: the scheduled run on the new checkpoint stops, naming the migration
+    # (its first batch's offsets, from the earliest, are logged by then, and are replayed)
+    with pytest.raises(bronze.MigrationRequiredError, match="Run `lakehouse migrate"):
+        bronze.ingest(spark, config, events_source(config), "run-3a")
+    assert tables.read(spark, config, "bronze_flight_events").count() == total
     assert bronze.ingest(spark, config, events_source(config), "run-3", adopt=True).rows == 3
     events = tables.read(spark, config, "bronze_flight_events")
     assert events.count() == events.select("partition", "offset").distinct().count() == total + 3

@@ -283,7 +283,10 @@ class Batches:
         if batch_id == 0 and not self.adopt:
             self.check_new_table(tag)
         if self.source.kind == "events":
-            rows = batch.transform(from_kafka).transform(with_event_lineage(self.run_id, batch_id))
+            rows = batch.transform(from_kafka)
+            if self.adopt:
+                rows = rows.transform(not_held(self.spark, self.config, table))
+            rows = rows.transform(with_event_lineage(self.run_id, batch_id))
             return self.append(rows, batch_id, tag) or Counts(replayed=[0])
         files = tables.batch_files(batch)
         counts = Counts(files=len(files))
@@ -357,6 +360,19 @@ def already_ingested(spark: SparkSession, config: Config, table: str) -> set[str
         return set()
     names = tables.read(spark, config, table).select(file_name(F.col("_source_file"))).distinct()
     return {base_name(r[0]) for r in names.collect()}
+
+
+def not_held(spark: SparkSession, config: Config, table: str) -> Callable[[DataFrame],
+                                                                         DataFrame]:
+    """The events of a batch whose Kafka coordinates (topic, partition, offset) the table does
+    not hold yet. A migrating run's stream may replay offsets bronze holds whatever its starting
+    offsets: a run on the new checkpoint before `lakehouse migrate` logged its first batch's
+    offsets (from the earliest) before it stopped on MigrationRequiredError, and Spark replays
+    a logged batch as it was planned."""
+    if not tables.exists(spark, config, table):
+        return lambda rows: rows
+    held = tables.read(spark, config, table).select("topic", "partition", "offset")
+    return lambda rows: rows.join(held, ["topic", "partition", "offset"], "left_anti")
 
 
 def after_ingested_offsets(spark: SparkSession, config: Config, source: Source) -> Source:
