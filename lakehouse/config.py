@@ -96,13 +96,15 @@ class Config:
 
 
 def load_config(env: str = "local", conf_dir: Path | str | None = None,
-                overrides: dict[str, Any] | None = None) -> Config:
+                overrides: dict[str, Any] | None = None, catalog: str | None = None) -> Config:
     """Load conf/base.yml overlaid by conf/<env>.yml and optional overrides.
 
     Args:
         env: environment name; conf/<env>.yml must exist.
         conf_dir: folder holding the YAML files (default, or empty: default_conf_dir()).
         overrides: values merged last, e.g. {"data_root": "/tmp/x"} in tests.
+        catalog: the Unity Catalog catalog ${catalog} names, over $LAKEHOUSE_CATALOG and the
+            conf's key (a notebook's widget; empty: not given).
 
     Returns:
         The resolved Config.
@@ -117,6 +119,8 @@ def load_config(env: str = "local", conf_dir: Path | str | None = None,
         values["data_root"] = os.environ[DATA_ROOT_ENV]
     if os.environ.get(CATALOG_ENV):
         values["catalog"] = os.environ[CATALOG_ENV]
+    if catalog:
+        values["catalog"] = catalog
     values = deep_merge(values, overrides or {})
     variables = {"catalog": str(values["catalog"])} if values.get("catalog") else {}
     root = _resolve(str(values.get("data_root", "data")), variables)

@@ -9,12 +9,14 @@
 # MAGIC Run it after the daily workflow has trained and scored.
 # MAGIC
 # MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`); `conf_dir` a folder with
-# MAGIC your own `base.yml` and `<env>.yml` (empty: the `conf/` inside the installed wheel).
+# MAGIC your own `base.yml` and `<env>.yml` (empty: the `conf/` inside the installed wheel);
+# MAGIC `catalog` the Unity Catalog catalog (empty: `$LAKEHOUSE_CATALOG`; no default catalog).
 
 # COMMAND ----------
 
 dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
 dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
+dbutils.widgets.text("catalog", "", "Unity Catalog catalog (empty: $LAKEHOUSE_CATALOG)")
 
 # COMMAND ----------
 
@@ -31,7 +33,8 @@ from lakehouse.inference import score
 from lakehouse.session import build_session
 from lakehouse.training import between
 
-config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"))
+config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"),
+                     catalog=dbutils.widgets.get("catalog"))
 spark = build_session(config)
 features = tables.read(spark, config, "flight_features").cache()
 

@@ -12,8 +12,10 @@
 # MAGIC
 # MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
 # MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
-# MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel). The notebook ends with the run
-# MAGIC id as its exit value.
+# MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel); `catalog` names the Unity
+# MAGIC Catalog catalog (empty: `$LAKEHOUSE_CATALOG`, which the bundle sets on its job cluster;
+# MAGIC neither set fails, naming it: no default catalog). The notebook ends with the run id as its
+# MAGIC exit value.
 # MAGIC
 # MAGIC `to` is the flight date to monitor (YYYY-MM-DD; empty: the conf's `score.to`).
 
@@ -21,6 +23,7 @@
 
 dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
 dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
+dbutils.widgets.text("catalog", "", "Unity Catalog catalog (empty: $LAKEHOUSE_CATALOG)")
 dbutils.widgets.text("to", "", "Flight date to monitor (empty: conf score.to)")
 
 # COMMAND ----------
@@ -29,7 +32,8 @@ from lakehouse import tables, workflow
 from lakehouse.config import load_config
 from lakehouse.session import build_session
 
-config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"))
+config = load_config(dbutils.widgets.get("env"), dbutils.widgets.get("conf_dir"),
+                     catalog=dbutils.widgets.get("catalog"))
 spark = build_session(config)
 
 # COMMAND ----------

@@ -120,8 +120,13 @@ def test_every_task_names_an_entry_point_or_notebook_that_exists() -> None:
             pytest.fail(f"task {task['task_key']} is neither a wheel nor a notebook task")
 
 
-def test_task_parameters_parse_with_the_jobs_own_argument_parser() -> None:
+def test_task_parameters_parse_with_the_jobs_own_argument_parser(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     job, _ = jobs("dev")["lakehouse_daily"]
+    # as the job cluster sets it (the Databricks conf has no default catalog)
+    assert job["job_clusters"][0]["new_cluster"]["spark_env_vars"]["LAKEHOUSE_CATALOG"] \
+        == "${var.catalog}"
+    monkeypatch.setenv("LAKEHOUSE_CATALOG", BUNDLE["targets"]["dev"]["variables"]["catalog"])
     parser = build_parser()
     for task in job["tasks"]:
         args = parser.parse_args(task["python_wheel_task"]["parameters"])

@@ -38,12 +38,20 @@ def test_deep_merge_keeps_untouched_nested_keys() -> None:
 def test_catalog_placeholder_names_unity_catalog_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LAKEHOUSE_DATA_ROOT", raising=False)
     monkeypatch.delenv("LAKEHOUSE_CATALOG", raising=False)
-    assert load_config("databricks").table("audit") == "lakehouse.ops.audit"
+    # no default catalog: a notebook on an interactive cluster (where the bundle's job-cluster
+    # variable is not set) must not write to the prod target's catalog by default
+    with pytest.raises(ConfigError, match=r"uses \$\{catalog\}, which is not set.*"
+                                          r"\$LAKEHOUSE_CATALOG"):
+        load_config("databricks")
+    assert load_config("databricks", catalog="lakehouse").table("audit") == "lakehouse.ops.audit"
     monkeypatch.setenv("LAKEHOUSE_CATALOG", "dev_jane")
     config = load_config("databricks")
     assert config.table("silver_flights") == "dev_jane.silver.flights"
     assert config.landing == "/Volumes/dev_jane/ops/files/landing"
     assert config.section("mlflow")["model_name"] == "dev_jane.ml.flight_disruption"
+    # a notebook's catalog widget wins over the variable; empty, it does not
+    assert load_config("databricks", catalog="dev_joe").table("audit") == "dev_joe.ops.audit"
+    assert load_config("databricks", catalog="").table("audit") == "dev_jane.ops.audit"
 
 
 def test_a_placeholder_nothing_sets_is_named(tmp_path: Path) -> None:
