@@ -63,6 +63,8 @@ class BatchRule:
     measure: Callable[[], tuple[Column, ...]] | None = None
     passes: Callable[..., bool] | None = None
     holds: Callable[[DataFrame], bool] | None = None
+    # what the measured totals say, for the message of a batch that breaks the rule
+    shown: Callable[..., str] | None = None
 
 
 @dataclass(frozen=True)

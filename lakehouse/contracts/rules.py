@@ -97,7 +97,9 @@ def max_null_share(column: str, share: float, among: str | None = None,
         f"{column}_null_share", f"at most {share:.0%} of {rows_named} have {column} null",
         measure=lambda: (F.sum((counted() & F.col(column).isNull()).cast("long")),
                          F.sum(counted().cast("long"))),
-        passes=lambda nulls, rows: not rows or nulls / rows <= share)
+        passes=lambda nulls, rows: not rows or nulls / rows <= share,
+        shown=lambda nulls, rows: f"{nulls} of {rows} {rows_named} have {column} null "
+                                  f"({nulls / max(rows, 1):.1%})")
 
 
 def rows_per_file_vs_recent(table: str, settings: dict[str, Any]) -> list[BatchRule]:

@@ -72,17 +72,26 @@ def enforce_thresholds(contract: Contract, checked: DataFrame, counts: dict[str,
                 f"sample keys: {keys}")
 
 
-def enforce_batch_rules(contract: Contract, report: ValidationReport) -> list[str]:
-    """Raise on schema errors and broken fail-level batch rules (as pandera reported them).
+def enforce_batch_rules(contract: Contract, report: ValidationReport,
+                        profile: dict[str, Any] | None = None) -> list[str]:
+    """Raise on schema errors and broken fail-level batch rules (as pandera reported them),
+    naming each rule with what was measured (profile: the batch's, when it has one).
 
     Returns the warn-level batch rules that failed (row rules are judged by their counts).
     """
-    batch_actions = {r.name: r.action for r in contract.batch_rules}
-    broken = [n for n in report.failed_checks if batch_actions.get(n, "warn") != "warn"]
+    rules = {r.name: r for r in contract.batch_rules}
+    broken = [n for n in report.failed_checks if n in rules and rules[n].action != "warn"]
     if report.schema_errors or broken:
-        raise ContractViolation(f"silver.{contract.table}: contract broken: "
-                                f"{'; '.join(report.schema_errors)} failed batch rules {broken}")
-    return [n for n in report.failed_checks if n in batch_actions]
+        def named(name: str) -> str:
+            rule = rules[name]
+            measured = (profile or {}).get(f"_measure_{name}")
+            found = (f": {rule.shown(*measured)}" if rule.shown is not None
+                     and measured is not None else "")
+            return f"rule {name!r} ({rule.description}) broken{found}"
+
+        raise ContractViolation(f"silver.{contract.table}: contract broken: " + "; ".join(
+            [*report.schema_errors, *(named(n) for n in broken)]) + "; nothing was written")
+    return [n for n in report.failed_checks if n in rules]
 
 
 def enrich(spark: SparkSession, config: Config, table: str) -> Callable[[DataFrame], DataFrame]:
@@ -158,7 +167,8 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
     try:
         answers = ContractAnswers(contract)
         report = validate(contract, checked, answers)
-        batch_warnings = enforce_batch_rules(contract, report)
+        # the profile pandera's checks computed (None when the batch lacks a column)
+        batch_warnings = enforce_batch_rules(contract, report, answers.profile(checked))
         profile = answers.profile(checked)
         assert profile is not None  # a missing column is a schema error, raised above
         counts = counts_of(profile)
