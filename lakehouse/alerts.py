@@ -14,6 +14,7 @@ import logging
 import math
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,19 @@ def _outcome(error: Exception) -> tuple[int | None, str, bool]:
     return None, f"{type(reason).__name__}: {reason}", transient
 
 
+def shown_url(url: str) -> str:
+    """The webhook as logs and the alerts table show it: scheme, host and port only (a Slack or
+    Teams incoming webhook's path is its token)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is no number
+        port = ":?"
+    if not parts.scheme:
+        return "(no scheme)…"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}/…"
+
+
 def deliver(url: str, payload: dict[str, Any], retries: int = 3, timeout_s: float = 5.0,
             backoff_s: float = 1.0) -> Delivery:
     """POST payload as JSON to a webhook, retrying refusals, timeouts, 5xx and 429; never raises.
@@ -142,7 +156,7 @@ def deliver(url: str, payload: dict[str, Any], retries: int = 3, timeout_s: floa
         The Delivery: delivered on a 2xx, the attempts made, the last status and error.
     """
     if not url.lower().startswith(("http://", "https://")):
-        return Delivery(False, 0, None, f"not an http(s) webhook URL: {url!r}")
+        return Delivery(False, 0, None, f"not an http(s) webhook URL: {shown_url(url)}")
     try:
         body = json.dumps(_json_safe(payload), default=str).encode("utf-8")
     except Exception as error:  # e.g. a circular structure: still never raise
@@ -156,11 +170,12 @@ def deliver(url: str, payload: dict[str, Any], retries: int = 3, timeout_s: floa
         except Exception as error:  # never raise: the workflow must not fail on a webhook
             status, message, transient = _outcome(error)
         if not transient or attempt > retries:
-            log.warning("webhook %s: attempt %d failed (%s); giving up", url, attempt, message)
+            log.warning("webhook %s: attempt %d failed (%s); giving up", shown_url(url),
+                        attempt, message)
             return Delivery(False, attempt, status, message)
         wait = backoff_s * 2 ** (attempt - 1)
-        log.warning("webhook %s: attempt %d failed (%s); retrying in %.1f s", url, attempt,
-                    message, wait)
+        log.warning("webhook %s: attempt %d failed (%s); retrying in %.1f s", shown_url(url),
+                    attempt, message, wait)
         time.sleep(wait)
     return Delivery(False, retries + 1, status, message)  # not reached: the loop returns
 

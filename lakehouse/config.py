@@ -213,17 +213,19 @@ def client_options(settings: dict[str, Any], key: str) -> dict[str, str]:
     if not isinstance(options, dict):
         raise ConfigError(f"{key}: expected a mapping of option names to values, got "
                           f"{options!r}")
-    resolved = {}
-    for name, value in options.items():
-        text = str(value)
-        if text.startswith("env:"):
-            variable = text.removeprefix("env:")
-            if variable not in os.environ:
-                raise ConfigError(f"{key}.{name} reads the environment variable {variable}, "
-                                  "which is not set")
-            text = os.environ[variable]
-        resolved[str(name)] = text
-    return resolved
+    return {str(name): secret(str(value), f"{key}.{name}") for name, value in options.items()}
+
+
+def secret(text: str, key: str) -> str:
+    """A conf value, or, written `env:NAME`, the environment variable NAME's (read when used:
+    secrets stay out of conf files; on Databricks a cluster environment variable set from a
+    secret, `{{secrets/<scope>/<key>}}`). key names the value in the error of an unset one."""
+    if not text.startswith("env:"):
+        return text
+    variable = text.removeprefix("env:")
+    if variable not in os.environ:
+        raise ConfigError(f"{key} reads the environment variable {variable}, which is not set")
+    return os.environ[variable]
 
 
 def is_url(location: str) -> bool:

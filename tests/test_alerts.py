@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lakehouse.alerts import Delivery, deliver, held_since, slack_payload
+from lakehouse.alerts import Delivery, deliver, held_since, shown_url, slack_payload
 
 
 class Hook:
@@ -159,7 +159,7 @@ def test_a_redirect_is_not_delivered() -> None:
 
 def test_bad_url_or_payload_is_reported_not_raised() -> None:
     assert deliver("file:///etc/hosts", {"text": "x"}) == Delivery(
-        False, 0, None, "not an http(s) webhook URL: 'file:///etc/hosts'")
+        False, 0, None, "not an http(s) webhook URL: file:///…")
     circular: dict[str, Any] = {}
     circular["self"] = circular
     result = deliver("http://127.0.0.1:9/hook", circular)
@@ -203,3 +203,13 @@ def test_held_since_rejects_bad_input() -> None:
         held_since([], days(0)[0], persist_days=0)
     with pytest.raises(ValueError, match="2013-11-01 comes after 2013-11-02"):
         held_since([(days(1)[0], True), (days(0)[0], True)], days(1)[0])
+
+
+def test_a_webhook_url_is_shown_without_its_path() -> None:
+    """An incoming webhook's path is its token: logs and the alerts table show the host."""
+    hook = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+    assert shown_url(hook) == "https://hooks.slack.com/…"
+    assert shown_url("http://127.0.0.1:8080/hook?key=1") == "http://127.0.0.1:8080/…"
+    refused = deliver("ftp://files.example.com/XXXXSECRET", {"text": "x"})
+    assert refused.attempts == 0 and refused.error is not None
+    assert "ftp://files.example.com/…" in refused.error and "XXXXSECRET" not in refused.error

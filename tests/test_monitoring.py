@@ -746,14 +746,17 @@ def test_a_champion_whose_run_is_gone_is_monitored_without_drift_and_quality_dro
 
 
 def test_after_a_failed_delivery_the_runs_next_alerts_are_posted_once_each(
-        spark: SparkSession, tmp_path: Path) -> None:
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A webhook that is down (503 on every POST, a real server on loopback) costs one retried
     delivery per run: the run's next alerts are tried once each, and every row says it was not
-    delivered."""
+    delivered. Its URL (its path is an incoming webhook's token) comes from the environment
+    and is not logged whole."""
     from tests.test_alerts import Hook
 
     server = Hook([503])
     server.thread.start()
+    monkeypatch.setenv("LAKEHOUSE_TEST_HOOK", server.url + "/T0K3N")
     try:
         rules = rules_from_conf(RULES)
         history = [row(d, "mean_shift", 2.5, feature) for d in (1, 2)
@@ -762,10 +765,13 @@ def test_after_a_failed_delivery_the_runs_next_alerts_are_posted_once_each(
         assert len(crossings) == 3
         raised = monitor.raise_alerts(
             spark, make_config(tmp_path), crossings, {"model_name": "m", "model_version": "1"},
-            {"webhook_url": server.url, "webhook_retries": 2, "webhook_timeout_seconds": 2})
+            {"webhook_url": "env:LAKEHOUSE_TEST_HOOK", "webhook_retries": 2,
+             "webhook_timeout_seconds": 2})
     finally:
         server.server.shutdown()
         server.server.server_close()
+    assert "webhook http://127.0.0.1:" in caplog.text and "T0K3N" not in caplog.text
+    assert not any("T0K3N" in str(a["webhook_error"]) for a in raised)
     assert [a["webhook_attempts"] for a in raised] == [3, 1, 1]
     assert [a["webhook_delivered"] for a in raised] == [False, False, False]
     assert len(server.received) == 5

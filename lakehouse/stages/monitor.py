@@ -21,7 +21,7 @@ from pyspark.sql import types as T
 from lakehouse import registry, tables
 from lakehouse.alert_rules import Crossing, raised_on, rules_from_conf
 from lakehouse.alerts import deliver, slack_payload, unreachable
-from lakehouse.config import Config
+from lakehouse.config import Config, secret
 from lakehouse.drift import FeatureReference, references_from_json
 from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TAIL_RECORDED
 from lakehouse.monitoring import (
@@ -210,7 +210,9 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
                    for rule, subject, day in alerted)
 
     known = {c.alert_id for c in crossings if episode_alerted(c)}
-    url = settings.get("webhook_url")
+    # `env:NAME` reads it from the environment: an incoming webhook's URL holds its token
+    url = secret(str(settings["webhook_url"]), "monitor.webhook_url") \
+        if settings.get("webhook_url") else None
     checked = MonitorSettings.from_conf(settings, "UTC")  # the time zone is not read here
     retries = checked.webhook_retries
     # after a delivery that failed as a webhook that is down fails, the day's next alerts are
