@@ -376,7 +376,7 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
     def train_when(done: dict[str, TaskResult]) -> str | None:
         if train_mode == "never":
             return "--train never"
-        if train_mode == "always" or not champion_exists(config):
+        if not champion_exists(config):
             return None
         # Read from the alerts table, so a train task run apart from monitor decides the same.
         # (The settings are checked here, not when the DAG is built: a bad monitor setting
@@ -385,10 +385,16 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
                                              "UTC").retrain_min_days_between
         due[:] = [monitor.retraining_due(spark, config, last_day(), min_days,
                                          monitor.current_champion(config))]
+        if train_mode == "always":
+            return None  # forced: a retraining all the same when alerts ask for one
         return None if due[0].due else f"a champion exists; retraining not due ({due[0].reason})"
 
     def run_train() -> Any:
-        if not due or not due[0].due:
+        # A retraining (the recent labeled window; the alerts it answers closed) when one is
+        # due, or when forced (--train always) while alerts of the retraining kind are open,
+        # rate-limited ones included: left open, the next run would find retraining due and
+        # train another version.
+        if not due or not (due[0].due or (train_mode == "always" and due[0].alert_ids)):
             return train.run(spark, config, run_id)
         day = last_day()
         trained = train.run(spark, config, run_id,

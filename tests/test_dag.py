@@ -338,3 +338,38 @@ def test_the_retry_policy_comes_from_conf_and_a_bad_value_is_named(tmp_path: Any
                      ("backoff_seconds", "5s")):
         with pytest.raises(ConfigError, match=f"workflow.{key}"):
             policy(**{key: bad})
+
+
+def test_a_forced_training_answers_the_open_alerts_as_a_retraining_would(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--train always` with a champion: while alerts of the retraining kind are open (here
+    rate-limited) it trains on the recent labeled window and closes them, else the next
+    `auto` run would find retraining due and register another version; with none open it
+    trains on conf's windows and closes nothing."""
+    from lakehouse import workflow
+    from lakehouse.config import load_config
+    from lakehouse.stages import monitor, train
+
+    config = load_config("local", overrides={"data_root": str(tmp_path)})
+    monkeypatch.setattr(workflow, "champion_exists", lambda config: True)
+    monkeypatch.setattr(workflow, "resolved", lambda spark, config, dates: dates)
+    monkeypatch.setattr(monitor, "current_champion", lambda config: ("m", "1"))
+    trained: list[dict[str, Any]] = []
+    closed: list[tuple[str, ...]] = []
+    monkeypatch.setattr(train, "run", lambda spark, config, run_id, **kwargs: (
+        trained.append(kwargs) or {"run_id": "mlflow-run-1", "promoted": False}))
+    monkeypatch.setattr(monitor, "mark_handled",
+                        lambda spark, config, ids, run_id, day: closed.append(ids))
+    for due, windows, answered in (
+            (monitor.RetrainingDue(False, "rate-limited: last retraining on 2013-11-20",
+                                   ("a1",)), True, [("a1",)]),
+            (monitor.RetrainingDue(False, "no open alert of the retraining kind"), False, [])):
+        trained.clear()
+        closed.clear()
+        monkeypatch.setattr(monitor, "retraining_due", lambda *args, due=due: due)
+        tasks = workflow.daily_tasks(None, config, "r1",  # type: ignore[arg-type]
+                                     ("2013-11-01", "2013-11-30"), ("train",), "always", False)
+        results = run_dag(tasks, workflow.is_permanent, sleep=lambda s: None)
+        assert statuses(results) == {"train": "succeeded", "rescore": "skipped"}
+        assert len(trained) == 1 and ("windows" in trained[0]) == windows
+        assert closed == answered
