@@ -116,8 +116,10 @@ def _outcome(error: Exception) -> tuple[int | None, str, bool]:
     if isinstance(error, urllib.error.HTTPError):
         error.close()
         target = error.headers.get("Location") if error.headers is not None else None
-        moved = ((f" to {target}" if target else "") + " (not followed: set the webhook URL "
-                 "that answers the POST itself)" if 300 <= error.code < 400 else "")
+        # the target shown as the hook is (an http hook redirected to https: the same token)
+        moved = ((f" to {shown_url(target)}" if target else "")
+                 + " (not followed: set the webhook URL that answers the POST itself)"
+                 if 300 <= error.code < 400 else "")
         return (error.code, f"HTTP {error.code} {error.reason}{moved}",
                 error.code in RETRY_STATUSES)
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
@@ -133,8 +135,8 @@ def shown_url(url: str) -> str:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:  # a port that is no number
         port = ":?"
-    if not parts.scheme:
-        return "(no scheme)…"
+    if not parts.scheme:  # a relative redirect's path
+        return "/…"
     return f"{parts.scheme}://{parts.hostname or ''}{port}/…"
 
 

@@ -368,10 +368,17 @@ CONTENT_PRESERVING = ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTI
 def commits(spark: SparkSession, config: Config, name: str, first: int,
             last: int) -> dict[int, Row]:
     """The table's history rows (version, timestamp, operation) of versions first..last, by
-    version (one read of Delta's history; versions whose commits are gone are absent)."""
-    return {r["version"]: r for r in delta_table(spark, config, name).history(last - first + 1)
-            .select("version", "timestamp", "operation").collect()
-            if first <= r["version"] <= last}
+    version (versions whose commits are gone are absent). Delta's history is read from the
+    newest commit back: when commits were made after `last`, the read reaches back further."""
+    limit = last - first + 1
+    for _ in range(5):
+        rows = (delta_table(spark, config, name).history(limit)
+                .select("version", "timestamp", "operation").collect())
+        versions = [r["version"] for r in rows]
+        if not rows or len(rows) < limit or min(versions) <= first:
+            break  # reached first, or the log holds nothing older
+        limit += max(versions) - last  # the commits made since `last`
+    return {r["version"]: r for r in rows if first <= r["version"] <= last}
 
 
 def keeps_rows(history: dict[int, Row], since: int, version: int) -> bool:

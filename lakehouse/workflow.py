@@ -406,7 +406,9 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
         with_retries(partial(monitor.mark_handled, spark, config, due[0].alert_ids,
                              trained["run_id"], day), "train (closing the alerts answered)",
                      policy.retries, policy.backoff_s)
-        return {**trained, "trigger": due[0].reason}
+        return {**trained, "trigger": due[0].reason if due[0].due else
+                f"forced (--train always), answering {len(due[0].alert_ids)} open alert(s) "
+                f"({due[0].reason})"}
 
     def rescore_when(done: dict[str, TaskResult]) -> str | None:
         trained = done.get("train")

@@ -373,3 +373,6 @@ def test_a_forced_training_answers_the_open_alerts_as_a_retraining_would(
         assert statuses(results) == {"train": "succeeded", "rescore": "skipped"}
         assert len(trained) == 1 and ("windows" in trained[0]) == windows
         assert closed == answered
+        if answered:  # the record says it was forced, not that it was not due
+            assert results["train"].result["trigger"].startswith(
+                "forced (--train always), answering 1 open alert(s) (rate-limited")

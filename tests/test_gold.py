@@ -457,6 +457,10 @@ def test_scoring_reads_silver_at_the_version_gold_built_the_features_from(
     assert built_from() is None  # the same rows
     land(spark, config, first[20:21], [])  # silver moves on, gold not yet
     assert built_from() == built
+    # versions below the head are read as asked (history is read from the newest back)
+    assert tables.version(spark, config, "silver_flights") > built + 1
+    assert set(tables.commits(spark, config, "silver_flights", built, built + 1)) == {
+        built, built + 1}
     assert tables.read(spark, config, "silver_flights", version=built).count() == 20
     assert tables.read(spark, config, "silver_flights").count() == 21
     monkeypatch.setattr(lineage, "PIN_MAX_AGE", timedelta(0))

@@ -775,3 +775,15 @@ def test_after_a_failed_delivery_the_runs_next_alerts_are_posted_once_each(
     assert [a["webhook_attempts"] for a in raised] == [3, 1, 1]
     assert [a["webhook_delivered"] for a in raised] == [False, False, False]
     assert len(server.received) == 5
+
+
+def test_a_webhook_read_from_an_unset_variable_fails_the_monitor_before_it_measures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lakehouse.config import ConfigError
+
+    monkeypatch.delenv("LAKEHOUSE_UNSET_HOOK", raising=False)
+    config = make_config(tmp_path, monitor={"webhook_url": "env:LAKEHOUSE_UNSET_HOOK"})
+    with pytest.raises(ConfigError, match=r"monitor\.webhook_url reads the environment variable "
+                                          r"LAKEHOUSE_UNSET_HOOK, which is not set"):
+        monitor.run(None, config, "r1", "2013-11-01")  # type: ignore[arg-type]
+    assert not (tmp_path / "delta").exists()  # nothing read or written

@@ -185,6 +185,13 @@ def champion_history(spark: SparkSession, config: Config, champion: Any,
     return list(merged.values())
 
 
+def webhook_url(settings: dict[str, Any]) -> str | None:
+    """monitor.webhook_url; written `env:NAME`, the environment variable NAME's (an incoming
+    webhook's URL holds its token), which must be set."""
+    value = settings.get("webhook_url")
+    return secret(str(value), "monitor.webhook_url") if value else None
+
+
 def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing], model: Any,
                  settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Record the alerts of crossings whose episode has none yet, log each at ERROR and POST
@@ -210,9 +217,7 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
                    for rule, subject, day in alerted)
 
     known = {c.alert_id for c in crossings if episode_alerted(c)}
-    # `env:NAME` reads it from the environment: an incoming webhook's URL holds its token
-    url = secret(str(settings["webhook_url"]), "monitor.webhook_url") \
-        if settings.get("webhook_url") else None
+    url = webhook_url(settings)
     checked = MonitorSettings.from_conf(settings, "UTC")  # the time zone is not read here
     retries = checked.webhook_retries
     # after a delivery that failed as a webhook that is down fails, the day's next alerts are
@@ -306,6 +311,7 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
     conf = config.section("monitor")
     settings = MonitorSettings.from_conf(conf, gold["home_timezone"])
     rules = rules_from_conf(conf.get("alerts") or {})  # a bad rule fails before any write
+    webhook_url(conf)  # and an env:NAME webhook whose variable is not set
     when = date.fromisoformat(day)
     as_of = as_of or end_of_day(when, settings.home_timezone)
     registry.configure(config)
