@@ -397,15 +397,21 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
         if not due or not (due[0].due or (train_mode == "always" and due[0].alert_ids)):
             return train.run(spark, config, run_id)
         day = last_day()
+
+        def close_answered(mlflow_run_id: str) -> None:
+            # the gate has decided on the registered model: closing the alerts it answers is
+            # retried on its own (the task is not), and comes before the rest of the task
+            # (its audit row), else a failure there would leave them open and the next run
+            # would find retraining due and register a second version
+            with_retries(partial(monitor.mark_handled, spark, config, due[0].alert_ids,
+                                 mlflow_run_id, day), "train (closing the alerts answered)",
+                         policy.retries, policy.backoff_s)
+
         trained = train.run(spark, config, run_id,
                             windows=retrain_windows(config, day - timedelta(days=1)),
                             labels_known_at=as_of or end_of_day(
-                                day, config.section("gold")["home_timezone"]))
-        # the model is registered: closing the alerts it answers is retried on its own (the
-        # task is not), else a rerun would find retraining due and register a second version
-        with_retries(partial(monitor.mark_handled, spark, config, due[0].alert_ids,
-                             trained["run_id"], day), "train (closing the alerts answered)",
-                     policy.retries, policy.backoff_s)
+                                day, config.section("gold")["home_timezone"]),
+                            on_decided=close_answered)
         return {**trained, "trigger": due[0].reason if due[0].due else
                 f"forced (--train always), answering {len(due[0].alert_ids)} open alert(s) "
                 f"({due[0].reason})"}

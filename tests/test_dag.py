@@ -301,6 +301,9 @@ def test_the_alerts_a_retraining_answered_are_closed_despite_a_transient_failure
 
     def fit(spark: Any, config: Any, run_id: str, **kwargs: Any) -> dict[str, Any]:
         trained.append(kwargs)
+        kwargs["on_decided"]("mlflow-run-1")  # the gate set the alias
+        if len(trained) == 2:
+            raise OSError("the audit append failed")  # after the decision: not retried
         return {"run_id": "mlflow-run-1", "promoted": False}
 
     closed: list[tuple[Any, ...]] = []
@@ -320,6 +323,15 @@ def test_the_alerts_a_retraining_answered_are_closed_despite_a_transient_failure
     assert len(trained) == 1 and trained[0]["windows"].holdout_to == "2013-11-29"
     assert closed == [(("a1", "a0"), "mlflow-run-1", "2013-11-30")] * 2
     assert waits == [7.0]
+    # a failure after the gate decided (the audit append) fails the task, but the alerts its
+    # registered model answered are closed: the next run does not train another version
+    closed.clear()
+    closed.append(("an earlier call",))  # no transient failure this time
+    results = run_dag(workflow.daily_tasks(None, config, "r2",  # type: ignore[arg-type]
+                                           ("2013-11-01", "2013-11-30"), ("train",), "auto",
+                                           False), workflow.is_permanent, sleep=lambda s: None)
+    assert statuses(results) == {"train": "failed", "rescore": "upstream_failed"}
+    assert len(trained) == 2 and closed[1:] == [(("a1", "a0"), "mlflow-run-1", "2013-11-30")]
 
 
 def test_the_retry_policy_comes_from_conf_and_a_bad_value_is_named(tmp_path: Any) -> None:
@@ -357,7 +369,8 @@ def test_a_forced_training_answers_the_open_alerts_as_a_retraining_would(
     trained: list[dict[str, Any]] = []
     closed: list[tuple[str, ...]] = []
     monkeypatch.setattr(train, "run", lambda spark, config, run_id, **kwargs: (
-        trained.append(kwargs) or {"run_id": "mlflow-run-1", "promoted": False}))
+        trained.append(kwargs) or ("on_decided" in kwargs and kwargs["on_decided"]("run-1"))
+        or {"run_id": "mlflow-run-1", "promoted": False}))
     monkeypatch.setattr(monitor, "mark_handled",
                         lambda spark, config, ids, run_id, day: closed.append(ids))
     for due, windows, answered in (

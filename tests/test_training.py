@@ -868,8 +868,13 @@ def test_gate_promotes_better_refuses_worse_and_ties(
     better = train.run(spark, config_for(features_root, tmp_path, LR_ONLY), "better")
     assert better["promoted"], better["decision"]
     # the same data, conf and seed give the same model: a tie, refused within the margin
+    decided: list[tuple[str, str]] = []  # the run id, and the alias as it stood then
     tie = train.run(spark, config_for(features_root, tmp_path,
-                                      {**LR_ONLY, "promotion_margin": 0.001}), "tie")
+                                      {**LR_ONLY, "promotion_margin": 0.001}), "tie",
+                    on_decided=lambda run_id: decided.append((run_id, str(
+                        MlflowClient().get_model_version_by_alias(
+                            "flight_disruption", "challenger").version))))
+    assert decided == [(tie["run_id"], tie["version"])]
     # (sums of floats across partitions may differ in the last bit)
     assert tie["holdout"] == pytest.approx(better["holdout"], rel=1e-12)
     assert not tie["promoted"] and "gain +0.0000" in tie["decision"]
@@ -958,7 +963,8 @@ def test_a_champion_moved_during_training_fails_the_gate_and_registers_nothing(
     with pytest.raises(train.ChampionChangedError,
                        match=r"moved from none to 3 .*: version 2 stays registered without an "
                              r"alias"):
-        train.run(spark, config, "raced-late")
+        train.run(spark, config, "raced-late",
+                  on_decided=lambda run_id: pytest.fail("no alias was set: nothing decided"))
     assert str(client.get_model_version_by_alias(name, registry.CHAMPION).version) == "3"
     assert client.get_model_version(name, "2").aliases == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -242,7 +243,8 @@ def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, f
 
 
 def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | None = None,
-        labels_known_at: datetime | None = None) -> dict[str, Any]:
+        labels_known_at: datetime | None = None,
+        on_decided: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Tune, fit, evaluate and register a model; the gate sets @champion or @challenger.
 
     Args:
@@ -331,6 +333,8 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
         registry.set_alias(name, decision.alias, version)
         if decision.promoted:
             registry.delete_alias(name, registry.CHALLENGER)
+        if on_decided is not None:
+            on_decided(parent.info.run_id)
         log.info("model %s version %s: %s", name, version, decision.reason)
         if baseline.auc_roc() >= result.holdout.auc_roc():
             log.warning("the model (holdout AUC-ROC %.4f) does not beat the historical-rate "
