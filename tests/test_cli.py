@@ -49,6 +49,17 @@ def test_the_console_entry_point_exits_with_the_failure_code(
     assert entry() is None
 
 
+def test_the_catalog_flag_names_the_unity_catalog_catalog(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """On an interactive cluster nothing sets $LAKEHOUSE_CATALOG: --catalog gives it (the
+    Databricks conf has no default catalog, so a command naming none fails, naming it)."""
+    monkeypatch.delenv("LAKEHOUSE_CATALOG", raising=False)
+    assert main(["contracts", "--env", "databricks"]) == 2
+    assert "${catalog}, which is not set" in capsys.readouterr().err
+    assert main(["contracts", "--env", "databricks", "--catalog", "lakehouse_dev"]) == 0
+    assert "before a batch halts" in capsys.readouterr().out
+
+
 def test_bad_date_is_rejected_naming_the_value(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["seed", "--from", "2013-02-30", "--to", "2013-03-01"])

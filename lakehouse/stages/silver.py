@@ -168,8 +168,8 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
         answers = ContractAnswers(contract)
         report = validate(contract, checked, answers)
         # the profile pandera's checks computed (None when the batch lacks a column)
-        batch_warnings = enforce_batch_rules(contract, report, answers.profile(checked))
         profile = answers.profile(checked)
+        batch_warnings = enforce_batch_rules(contract, report, profile)
         assert profile is not None  # a missing column is a schema error, raised above
         counts = counts_of(profile)
         enforce_thresholds(contract, checked, counts, float(settings["max_quarantine_share"]),
