@@ -97,7 +97,8 @@ def test_a_burst_sends_ten_times_faster_for_its_length() -> None:
 
 
 def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
-        spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
+        spark: SparkSession, tmp_path: Path, broker: Broker,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from confluent_kafka import Producer
 
     # a user's request timeout above timeout_seconds (the default API timeout must follow it:
@@ -132,14 +133,31 @@ def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
     for n in range(3):
         raw.produce("keep", key=b"z", value=f'{{"late": {n}}}'.encode())
     assert raw.flush(30) == 0
-    # as a user finds it: the scheduled run on the new checkpoint stops, naming the migration
-    # (its first batch's offsets, from the earliest, are logged by then, and are replayed)
+    # as a user finds it: the scheduled run on the new checkpoint stops, naming the migration,
+    # before its query logs a first batch (which Spark would replay from the earliest offsets
+    # whatever the migration asks)
     with pytest.raises(bronze.MigrationRequiredError, match="Run `lakehouse migrate"):
         bronze.ingest(spark, config, events_source(config), "run-3a")
     assert tables.read(spark, config, "bronze_flight_events").count() == total
+    assert not bronze.logged_batches(spark, config, "bronze_flight_events")
     assert bronze.ingest(spark, config, events_source(config), "run-3", adopt=True).rows == 3
     events = tables.read(spark, config, "bronze_flight_events")
     assert events.count() == events.select("partition", "offset").distinct().count() == total + 3
+    # a checkpoint lost again, and a run of an earlier version of this job on the new one that
+    # logged its first batch (from the earliest offsets) before refusing it in that batch: the
+    # migration replays that batch as logged and lands only the events bronze does not hold
+    shutil.rmtree(bronze.checkpoint(config, "bronze_flight_events"))
+    for n in range(2):
+        raw.produce("keep", key=b"w", value=f'{{"later": {n}}}'.encode())
+    assert raw.flush(30) == 0
+    with monkeypatch.context() as earlier:
+        earlier.setattr(bronze, "refuse_new_checkpoint", lambda *args: None)
+        with pytest.raises(bronze.MigrationRequiredError, match="Run `lakehouse migrate"):
+            bronze.ingest(spark, config, events_source(config), "run-5a")
+    assert bronze.logged_batches(spark, config, "bronze_flight_events")
+    assert bronze.ingest(spark, config, events_source(config), "run-5", adopt=True).rows == 2
+    events = tables.read(spark, config, "bronze_flight_events")
+    assert events.count() == events.select("partition", "offset").distinct().count() == total + 5
     # migrate again: the checkpoint goes on from its own offsets, no partition listing needed
     # (clients that could not list them here: a TLS handshake against this plaintext broker)
     source = events_source(config)

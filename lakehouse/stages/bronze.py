@@ -261,6 +261,10 @@ class Batches:
         self.failure: list[BaseException] = []
         self.stream_id: str | None = None
         self._started = threading.Event()
+        # a migration over a checkpoint that logged batches before it may replay events the
+        # table holds (see not_held); looked at before the query starts and logs its own
+        self.replays_held = (adopt and source.kind == "events"
+                             and logged_batches(spark, config, source.table))
 
     def started(self, query: StreamingQuery) -> None:
         self.stream_id = str(query.id)
@@ -284,7 +288,7 @@ class Batches:
             self.check_new_table(tag)
         if self.source.kind == "events":
             rows = batch.transform(from_kafka)
-            if self.adopt:
+            if self.replays_held:
                 rows = rows.transform(not_held(self.spark, self.config, table))
             rows = rows.transform(with_event_lineage(self.run_id, batch_id))
             return self.append(rows, batch_id, tag) or Counts(replayed=[0])
@@ -338,20 +342,40 @@ class Batches:
         return counts()
 
     def check_new_table(self, tag: str) -> None:
-        """Refuse to start a new stream over a table that already holds records (written by
-        the ledger version, or its checkpoint deleted): every record would land again."""
+        """Refuse a stream's first batch over a table that already holds records: a checkpoint
+        whose first batch was logged before `refuse_new_checkpoint` ran at the start (by an
+        earlier version of this job) replays it as logged."""
         table = self.source.table
         if not tables.exists(self.spark, self.config, table):
             return
         if tables.new_commit_tagged(self.spark, self.config, table, tag, None):
             return  # this stream's first batch, committed before a crash
-        raise MigrationRequiredError(
-            f"{table} already holds records but its stream checkpoint "
-            f"{checkpoint(self.config, table)} is new (the table was written by the file-ledger "
-            "version, or the checkpoint was deleted): reading the source from the start would "
-            f"append every record again. Run `lakehouse migrate --env {self.config.env}` once: "
-            f"it records the files {table} already holds in the new checkpoint without "
-            "appending them, and ingests the others. Nothing was written.")
+        raise migration_required(self.config, table)
+
+
+def migration_required(config: Config, table: str) -> MigrationRequiredError:
+    return MigrationRequiredError(
+        f"{table} already holds records but its stream checkpoint "
+        f"{checkpoint(config, table)} is new (the table was written by the file-ledger "
+        "version, or the checkpoint was deleted): reading the source from the start would "
+        f"append every record again. Run `lakehouse migrate --env {config.env}` once: "
+        f"it records what {table} already holds in the new checkpoint without "
+        "appending it, and ingests the rest. Nothing was written.")
+
+
+def logged_batches(spark: SparkSession, config: Config, table: str) -> bool:
+    """Whether the table's stream checkpoint has logged a micro-batch (its offsets)."""
+    return bool(tables.landed_files(spark, os.path.join(checkpoint(config, table), "offsets")))
+
+
+def refuse_new_checkpoint(spark: SparkSession, config: Config, table: str) -> None:
+    """Before the query starts: a new checkpoint over a table that holds records is refused
+    before Spark logs its first micro-batch. Once logged, a batch is replayed as it was
+    planned (from the earliest Kafka offsets, or every landed file) whatever the migration
+    then asks, and the migration would have to filter every replayed record against the
+    table."""
+    if tables.exists(spark, config, table) and not logged_batches(spark, config, table):
+        raise migration_required(config, table)
 
 
 def already_ingested(spark: SparkSession, config: Config, table: str) -> set[str]:
@@ -366,9 +390,10 @@ def not_held(spark: SparkSession, config: Config, table: str) -> Callable[[DataF
                                                                          DataFrame]:
     """The events of a batch whose Kafka coordinates (topic, partition, offset) the table does
     not hold yet. A migrating run's stream may replay offsets bronze holds whatever its starting
-    offsets: a run on the new checkpoint before `lakehouse migrate` logged its first batch's
-    offsets (from the earliest) before it stopped on MigrationRequiredError, and Spark replays
-    a logged batch as it was planned."""
+    offsets: a run of an earlier version of this job on the new checkpoint logged its first
+    batch's offsets (from the earliest) before it stopped on MigrationRequiredError, and Spark
+    replays a logged batch as it was planned. (Only then: this version refuses a new checkpoint
+    before its first batch is logged, and the migration starts after the offsets held.)"""
     if not tables.exists(spark, config, table):
         return lambda rows: rows
     held = tables.read(spark, config, table).select("topic", "partition", "offset")
@@ -380,8 +405,8 @@ def after_ingested_offsets(spark: SparkSession, config: Config, source: Source) 
     offsets its bronze table holds, per partition of the topic (a partition it holds nothing
     of from the earliest): reading from the conf's starting_offsets again would append every
     retained event a second time. (Spark's startingOffsets applies to a new checkpoint only.)"""
-    if not tables.exists(spark, config, source.table) or tables.landed_files(
-            spark, os.path.join(checkpoint(config, source.table), "offsets")):
+    if not tables.exists(spark, config, source.table) or logged_batches(spark, config,
+                                                                          source.table):
         return source  # nothing to adopt, or a checkpoint that goes on from its own offsets
     topic = str(source.settings["topic"])
     held = {int(r[0]): int(r[1]) for r in tables.read(spark, config, source.table)
@@ -426,6 +451,8 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
     table = source.table
     lock = os.path.join(config.checkpoints, table, "run.lock")
     with tables.exclusive_run(lock, f"the ingestion of {table}"):
+        if not batches.adopt:
+            refuse_new_checkpoint(spark, config, table)
         query = tables.start_stream(stream_of(spark, config, source), batches,
                                     checkpoint(config, table), f"{table}-{uuid.uuid4().hex[:8]}",
                                     interval)
