@@ -4,6 +4,7 @@ per day, with alerts and model changes marked (matplotlib PNG, plain text)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -29,9 +30,26 @@ class DayOutcome:
     seconds: float = 0.0
 
 
-def champion_rows(monitoring: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The monitoring values of whichever model was champion on each day."""
-    return [r for r in monitoring if r.get("role") == "champion"]
+def champion_rows(monitoring: list[dict[str, Any]],
+                  days: Sequence[DayOutcome] = ()) -> list[dict[str, Any]]:
+    """The monitoring values of whichever model was champion on each day: one version a day.
+    Around a promotion two versions hold champion rows for a day (the one replaced, monitored
+    that day; the new one, scoring it after the promotion); the day's champion as the replay
+    recorded it after the day's workflow is kept, else the newest version."""
+    kept = [r for r in monitoring if r.get("role") == "champion"]
+    versions: dict[date, set[str]] = defaultdict(set)
+    for r in kept:
+        versions[r["monitored_date"]].add(str(r.get("model_version")))
+    recorded = {o.day: o.champion for o in days}
+
+    def chosen(day: date) -> str:
+        held = versions[day]
+        if recorded.get(day) in held:
+            return str(recorded[day])
+        return max(held, key=lambda v: (len(v), v))  # numerically: "10" after "9"
+
+    return [r for r in kept if len(versions[r["monitored_date"]]) == 1
+            or str(r.get("model_version")) == chosen(r["monitored_date"])]
 
 
 def series(rows: list[dict[str, Any]], window: str, metric: str,
@@ -83,7 +101,7 @@ def picture(monitoring: list[dict[str, Any]], days: list[DayOutcome], path: Path
     (mean predicted vs observed rate, trailing), the feature-drift rule's metric for the top
     drifting features and the prediction-drift rule's metric, each with its alert threshold;
     alerts as red bands, promotions as green dashed lines."""
-    rows = champion_rows(monitoring)
+    rows = champion_rows(monitoring, days)
     fig, (auc, cal, drift, pred) = plt.subplots(4, 1, figsize=(12, 12), sharex=True)
     for window, style in (("day", ":"), ("trailing", "-")):
         points = series(rows, window, "auc_roc")

@@ -11,7 +11,15 @@ import pytest
 from matplotlib.axes import Axes
 
 from lakehouse import cli
-from lakehouse.replay_report import DayOutcome, DriftRule, picture, report, top_drifting
+from lakehouse.replay_report import (
+    DayOutcome,
+    DriftRule,
+    champion_rows,
+    picture,
+    report,
+    series,
+    top_drifting,
+)
 
 DAYS = [date(2013, 11, 1), date(2013, 11, 2), date(2013, 11, 3)]
 
@@ -69,6 +77,20 @@ def test_the_picture_draws_a_mean_shift_threshold_on_both_sides_and_the_rules_fe
     assert [label for _, label in lines] == ["alert at |x| >= 2.0", None, "alert at >= 0.2"]
     assert top_drifting(rows, "mean_shift") == ["origin_day_departures", "pressure"]
     assert top_drifting(rows, "mean_shift", features=("pressure",)) == ["pressure"]
+
+
+def test_the_picture_plots_one_champion_a_day_around_a_promotion() -> None:
+    """On the promotion day both the replaced champion (monitored that day) and the new one
+    hold champion rows: the day's champion as the replay recorded it is plotted, one value a
+    day; a day the replay did not record keeps the newest version (10 after 9)."""
+    def of(day: date, version: str, value: float) -> dict[str, Any]:
+        return {**row(day, "auc_roc", "", value), "model_version": version}
+
+    later = date(2013, 11, 4)
+    rows = [of(DAYS[0], "2", 0.70), of(DAYS[1], "2", 0.71), of(DAYS[2], "2", 0.72),
+            of(DAYS[2], "3", 0.75), of(later, "9", 0.60), of(later, "10", 0.77)]
+    assert series(champion_rows(rows, outcomes()), "day", "auc_roc") == [
+        (DAYS[0], 0.70), (DAYS[1], 0.71), (DAYS[2], 0.75), (later, 0.77)]
 
 
 def test_replay_exits_non_zero_when_a_task_failed(monkeypatch: pytest.MonkeyPatch,
