@@ -143,7 +143,8 @@ def _check_resolved(values: Any, where: str, key: str = "") -> None:
     elif isinstance(values, str) and (match := _PLACEHOLDER.search(values)):
         raise ConfigError(f"{where}: {key} = {values!r} uses {match.group(0)}, which is not "
                           f"set; placeholders are ${{data_root}} and ${{catalog}} (set by the "
-                          f"top-level key or ${DATA_ROOT_ENV} / ${CATALOG_ENV})")
+                          f"top-level key or ${DATA_ROOT_ENV} / ${CATALOG_ENV}; the catalog "
+                          f"also by the CLI's --catalog or a notebook's catalog widget)")
 
 
 _REQUIRED: Any = object()

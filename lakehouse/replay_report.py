@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +34,22 @@ class DayOutcome:
 def champion_rows(monitoring: list[dict[str, Any]],
                   days: Sequence[DayOutcome] = ()) -> list[dict[str, Any]]:
     """The monitoring values of whichever model was champion on each day: one version a day.
-    Around a promotion two versions hold champion rows for a day (the one replaced, monitored
-    that day; the new one, scoring it after the promotion); the day's champion as the replay
-    recorded it after the day's workflow is kept, else the newest version."""
+    Around a promotion two versions hold champion rows for a day: the one in place when the
+    day was scored and monitored (whose values raised that day's alerts), and the one promoted
+    that day, which scored it again. The first is kept: the champion the replay recorded at the
+    end of the day before, else the oldest version."""
     kept = [r for r in monitoring if r.get("role") == "champion"]
     versions: dict[date, set[str]] = defaultdict(set)
     for r in kept:
         versions[r["monitored_date"]].add(str(r.get("model_version")))
-    recorded = {o.day: o.champion for o in days}
+    ordered = sorted(days, key=lambda o: o.day)
+    before = {o.day: p.champion for p, o in pairwise(ordered)}
 
     def chosen(day: date) -> str:
         held = versions[day]
-        if recorded.get(day) in held:
-            return str(recorded[day])
-        return max(held, key=lambda v: (len(v), v))  # numerically: "10" after "9"
+        if before.get(day) in held:
+            return str(before[day])
+        return min(held, key=lambda v: (len(v), v))  # numerically: "9" before "10"
 
     return [r for r in kept if len(versions[r["monitored_date"]]) == 1
             or str(r.get("model_version")) == chosen(r["monitored_date"])]

@@ -539,7 +539,12 @@ def landed_bytes(spark: SparkSession, files: list[str]) -> Iterator[tuple[str, B
 def _reader_paths(uris: list[str]) -> list[str]:
     """Percent-encoded URIs as paths a DataFrameReader takes literally: decoded, with the
     characters it would take for a glob pattern escaped."""
-    return [re.sub(r"([{}\[\]*?\\])", r"\\\1", unquote(uri)) for uri in uris]
+    return [literal_path(unquote(uri)) for uri in uris]
+
+
+def literal_path(path: str) -> str:
+    """A path a DataFrameReader takes literally: the characters of a glob pattern escaped."""
+    return re.sub(r"([{}\[\]*?\\])", r"\\\1", path)
 
 
 # --- events ---------------------------------------------------------------------------------

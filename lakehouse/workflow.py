@@ -398,14 +398,23 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
             return train.run(spark, config, run_id)
         day = last_day()
 
+        answered = due[0].alert_ids
+
         def close_answered(mlflow_run_id: str) -> None:
-            # the gate has decided on the registered model: closing the alerts it answers is
-            # retried on its own (the task is not), and comes before the rest of the task
-            # (its audit row), else a failure there would leave them open and the next run
-            # would find retraining due and register a second version
-            with_retries(partial(monitor.mark_handled, spark, config, due[0].alert_ids,
-                                 mlflow_run_id, day), "train (closing the alerts answered)",
-                         policy.retries, policy.backoff_s)
+            # the gate has decided on the registered model (its alias is set): closing the
+            # alerts it answers is retried on its own (the task is not), and comes before the
+            # task's audit append, else a failure there would leave them open and the next run
+            # would find retraining due and register a second version. Failing still, the
+            # error names the alerts left open (and train.run the version).
+            try:
+                with_retries(partial(monitor.mark_handled, spark, config, answered,
+                                     mlflow_run_id, day), "train (closing the alerts answered)",
+                             policy.retries, policy.backoff_s)
+            except Exception as error:
+                raise RuntimeError(
+                    f"closing the alerts {', '.join(answered)} in "
+                    f"{config.table('alerts')} failed ({error}); set their handled_by_run to "
+                    f"{mlflow_run_id!r} and handled_on to {day.isoformat()}") from error
 
         trained = train.run(spark, config, run_id,
                             windows=retrain_windows(config, day - timedelta(days=1)),

@@ -441,3 +441,20 @@ def test_a_failed_run_audits_the_micro_batches_it_committed(
     assert row is not None and row["status"] == "failed"
     assert (row["files"], row["rows_in"], row["rows_landed"]) == (2, held, held)
     assert 0 < held < 3 * 842
+
+
+def test_a_checkpoint_has_logged_a_batch_once_its_offsets_log_names_one(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """What `refuse_new_checkpoint` looks at: a batch file (named by its id) in the offsets
+    log, read literally under a data root whose name holds a glob's characters."""
+    from tests.conftest import make_config
+
+    config = make_config(tmp_path / "root [1]{a,b}*")
+    offsets = Path(bronze.checkpoint(config, "bronze_flights")) / "offsets"
+    assert not bronze.logged_batches(spark, config, "bronze_flights")  # no checkpoint yet
+    offsets.mkdir(parents=True)
+    (offsets / ".0.6f1c.tmp").write_text("v1")  # Spark's write in progress
+    (offsets / "notes").write_text("x")
+    assert not bronze.logged_batches(spark, config, "bronze_flights")
+    (offsets / "0").write_text("v1")
+    assert bronze.logged_batches(spark, config, "bronze_flights")

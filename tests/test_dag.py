@@ -332,6 +332,17 @@ def test_the_alerts_a_retraining_answered_are_closed_despite_a_transient_failure
                                            False), workflow.is_permanent, sleep=lambda s: None)
     assert statuses(results) == {"train": "failed", "rescore": "upstream_failed"}
     assert len(trained) == 2 and closed[1:] == [(("a1", "a0"), "mlflow-run-1", "2013-11-30")]
+    # closing them failing on every retry: the error says which alerts are left open, and how
+    # to close them by hand (train.run adds the version it registered: test_training)
+    monkeypatch.setattr(monitor, "mark_handled", lambda *args: (_ for _ in ()).throw(
+        OSError("storage down")))
+    results = run_dag(workflow.daily_tasks(None, config, "r3",  # type: ignore[arg-type]
+                                           ("2013-11-01", "2013-11-30"), ("train",), "auto",
+                                           False), workflow.is_permanent, sleep=lambda s: None)
+    assert statuses(results)["train"] == "failed"
+    assert str(results["train"].error).startswith(
+        "closing the alerts a1, a0 in ") and "failed (storage down); set their handled_by_run " \
+        "to 'mlflow-run-1' and handled_on to 2013-11-30" in str(results["train"].error)
 
 
 def test_the_retry_policy_comes_from_conf_and_a_bad_value_is_named(tmp_path: Any) -> None:

@@ -80,17 +80,21 @@ def test_the_picture_draws_a_mean_shift_threshold_on_both_sides_and_the_rules_fe
 
 
 def test_the_picture_plots_one_champion_a_day_around_a_promotion() -> None:
-    """On the promotion day both the replaced champion (monitored that day) and the new one
-    hold champion rows: the day's champion as the replay recorded it is plotted, one value a
-    day; a day the replay did not record keeps the newest version (10 after 9)."""
+    """On the promotion day both the replaced champion (monitored that day: its values raised
+    the day's alerts) and the new one (scoring it again) hold champion rows: the one in place
+    when the day began is plotted, one value a day; a day the replay did not record keeps the
+    oldest version (9 before 10)."""
     def of(day: date, version: str, value: float) -> dict[str, Any]:
         return {**row(day, "auc_roc", "", value), "model_version": version}
 
     later = date(2013, 11, 4)
     rows = [of(DAYS[0], "2", 0.70), of(DAYS[1], "2", 0.71), of(DAYS[2], "2", 0.72),
-            of(DAYS[2], "3", 0.75), of(later, "9", 0.60), of(later, "10", 0.77)]
+            of(DAYS[2], "3", 0.75), of(later, "10", 0.77), of(later, "9", 0.60)]
     assert series(champion_rows(rows, outcomes()), "day", "auc_roc") == [
-        (DAYS[0], 0.70), (DAYS[1], 0.71), (DAYS[2], 0.75), (later, 0.77)]
+        (DAYS[0], 0.70), (DAYS[1], 0.71), (DAYS[2], 0.72), (later, 0.60)]
+    # a day recorded after the promotion: the new champion's
+    assert series(champion_rows([of(later, "2", 0.7), of(later, "3", 0.8)], [
+        *outcomes(), DayOutcome(later, "3", {})]), "day", "auc_roc") == [(later, 0.8)]
 
 
 def test_replay_exits_non_zero_when_a_task_failed(monkeypatch: pytest.MonkeyPatch,

@@ -887,6 +887,22 @@ def test_gate_promotes_better_refuses_worse_and_ties(
     assert run.data.params["gate_decision"] == "challenger"
     assert run.data.metrics["gate_champion_auc_roc"] == pytest.approx(
         better["holdout"]["auc_roc"])
+    # the caller's step after the decision fails: the error and the audit row name the
+    # version registered and its alias, so nobody trains another one for it
+    config = config_for(features_root, tmp_path, {**LR_ONLY, "promotion_margin": 0.001})
+
+    def unreachable(run_id: str) -> None:
+        raise OSError("alerts table unreachable")
+
+    with pytest.raises(train.AfterDecisionError,
+                       match=r"flight_disruption version 4 is registered and holds @challenger "
+                             r".*failed: alerts table unreachable\. Do not run the train job"):
+        train.run(spark, config, "after-decision", on_decided=unreachable)
+    assert str(client.get_model_version_by_alias("flight_disruption", "challenger").version) \
+        == "4"
+    audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "after-decision")
+    (row,) = audit.collect()
+    assert row["status"] == "failed" and "version 4 is registered" in row["message"]
 
 
 class _Failing(BaseHTTPRequestHandler):

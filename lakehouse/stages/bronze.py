@@ -364,8 +364,11 @@ def migration_required(config: Config, table: str) -> MigrationRequiredError:
 
 
 def logged_batches(spark: SparkSession, config: Config, table: str) -> bool:
-    """Whether the table's stream checkpoint has logged a micro-batch (its offsets)."""
-    return bool(tables.landed_files(spark, os.path.join(checkpoint(config, table), "offsets")))
+    """Whether the table's stream checkpoint has logged a micro-batch: a file of the offsets
+    log named by its batch id (Spark's in-progress temp files start with "." and are not
+    listed)."""
+    folder = tables.literal_path(os.path.join(checkpoint(config, table), "offsets"))
+    return any(os.path.basename(uri).isdigit() for uri in tables.landed_files(spark, folder))
 
 
 def refuse_new_checkpoint(spark: SparkSession, config: Config, table: str) -> None:

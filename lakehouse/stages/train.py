@@ -46,6 +46,11 @@ MODEL_INPUTS = (*CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
 REFERENCE_ARTIFACT = "monitoring/reference.json"
 
 
+class AfterDecisionError(RuntimeError):
+    """The model is registered and its alias set, but a step the caller asked for after the
+    decision (`on_decided`) failed: named with the version, so nobody trains another."""
+
+
 class GateError(RuntimeError):
     """The champion could not be scored on the gate window, so the gate cannot decide."""
 
@@ -333,17 +338,23 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
         registry.set_alias(name, decision.alias, version)
         if decision.promoted:
             registry.delete_alias(name, registry.CHALLENGER)
-        if on_decided is not None:
-            on_decided(parent.info.run_id)
         log.info("model %s version %s: %s", name, version, decision.reason)
         if baseline.auc_roc() >= result.holdout.auc_roc():
             log.warning("the model (holdout AUC-ROC %.4f) does not beat the historical-rate "
                         "baseline (%.4f)", result.holdout.auc_roc(), baseline.auc_roc())
-        audit.update(version_read=features_version,
-                     message=f"model version {version} ({result.family}), holdout AUC-ROC "
-                             f"{result.holdout.auc_roc():.4f}, baseline "
-                             f"{baseline.auc_roc():.4f}; gate on {window}: "
-                             f"{decision.alias}: {decision.reason}")
+        decided = (f"model version {version} ({result.family}), holdout AUC-ROC "
+                   f"{result.holdout.auc_roc():.4f}, baseline {baseline.auc_roc():.4f}; gate on "
+                   f"{window}: {decision.alias}: {decision.reason}")
+        audit.update(version_read=features_version, message=decided)
+        if on_decided is not None:
+            try:
+                on_decided(parent.info.run_id)
+            except Exception as error:
+                raise AfterDecisionError(
+                    f"{name} version {version} is registered and holds @{decision.alias} "
+                    f"({decision.reason}), but what follows the decision failed: {error}. Do "
+                    "not run the train job again for it (it would register another version); "
+                    "mend the cause and finish that step") from error
     return {"model_name": name, "version": version, "promoted": decision.promoted,
             "alias": decision.alias, "decision": decision.reason, "gate_window": window,
             "run_id": parent.info.run_id, "family": result.family,
