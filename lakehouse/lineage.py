@@ -39,11 +39,13 @@ PIN_MAX_AGE = timedelta(days=1)
 
 def silver_flights_built_from(spark: SparkSession, config: Config,
                               features_version: int | None) -> int | None:
-    """The silver_flights version flight_features at features_version was built from, when
-    reading it differs from reading the latest: the gold job recorded it, silver_flights is
-    still the table it read (the same Delta table id), a commit after it changed rows (not only
-    OPTIMIZE, VACUUM or properties), and its commit is younger than PIN_MAX_AGE. None otherwise:
-    read the latest."""
+    """The silver_flights version to read beside flight_features at features_version: the one
+    gold recorded it built them from, when reading it differs from reading the latest (gold
+    recorded it, silver_flights is still the table it read, the same Delta table id, a commit
+    after it changed rows: not only OPTIMIZE, VACUUM or properties; and its commit is younger
+    than PIN_MAX_AGE); else the latest version, as read now. Either way a version: a reader
+    that read "the latest" at each of its actions could see flights a silver run added in
+    between, without a feature row. None when silver_flights or the features do not exist."""
     if features_version is None:
         return None
     # the cheapest answers first: in the daily DAG gold has just run and silver's latest
@@ -55,16 +57,16 @@ def silver_flights_built_from(spark: SparkSession, config: Config,
     read_id = (state.get("table_ids") or {}).get("silver_flights")
     if latest is None or not isinstance(version, int) or latest <= version or read_id is None \
             or read_id != tables.table_id(spark, config, "silver_flights"):
-        return None
+        return latest
     history = tables.commits(spark, config, "silver_flights", version, latest)
     pinned = history.get(version)
     if pinned is None or datetime.now() - pinned["timestamp"] > PIN_MAX_AGE:
         log.warning("score: silver_flights v%d, which gold's features v%d were built from, is "
                     "older than %s or gone from the log: reading the latest (v%d)", version,
                     features_version, PIN_MAX_AGE, latest)
-        return None
+        return latest
     if tables.keeps_rows(history, version, latest):
-        return None  # the latest holds the same rows
+        return latest  # the latest holds the same rows
     return version
 
 

@@ -181,6 +181,30 @@ def append(df: DataFrame, config: Config, name: str, txn: tuple[str, int] | None
     _save(writer, config.table(name), tag, df.sparkSession)
 
 
+class CreatedMeanwhileError(RuntimeError):
+    """The table a write was to create exists now: another writer created it meanwhile. Not
+    a data error: a rerun finds the table and writes as it would have."""
+
+
+def create(df: DataFrame, config: Config, name: str) -> None:
+    """Create the table with df's rows; fails when it exists (another writer created it since
+    the caller looked), where an append would add the rows beside that writer's. Two
+    creators racing: Delta commits one version 0, the other fails."""
+    writer = df.write.format("delta").mode("errorifexists")
+    for key, value in _properties(config, name).items():
+        writer = writer.option(key, value)
+    try:
+        _save(writer, config.table(name), None, df.sparkSession)
+    except AnalysisException as error:
+        if not any(code in str(error) for code in ("DELTA_PATH_EXISTS",
+                                                   "TABLE_OR_VIEW_ALREADY_EXISTS")):
+            raise
+        raise CreatedMeanwhileError(
+            f"{config.table(name)} was created by another writer after this run found no "
+            "table there: nothing was written; run again (it then writes beside that "
+            "writer's rows as it would have)") from error
+
+
 def overwrite(df: DataFrame, config: Config, name: str, tag: str | None = None) -> None:
     """Replace the table's content (earlier content stays reachable through Delta history);
     tag is stored as the commit's userMetadata."""

@@ -450,11 +450,12 @@ def test_scoring_reads_silver_at_the_version_gold_built_the_features_from(
          raw["planes"])
     gold.run(spark, config, "g1")
     built = tables.version(spark, config, "silver_flights")
-    assert built_from() is None  # silver as gold read it: the latest
+    assert built_from() == built  # silver as gold read it: the latest
     location = config.table("silver_flights")
     spark.sql(f"OPTIMIZE delta.`{location}`")
     assert tables.version(spark, config, "silver_flights") > built
-    assert built_from() is None  # the same rows
+    # the same rows: the latest, as a version (read at each action, "the latest" could move)
+    assert built_from() == tables.version(spark, config, "silver_flights")
     land(spark, config, first[20:21], [])  # silver moves on, gold not yet
     assert built_from() == built
     # versions below the head are read as asked (history is read from the newest back)
@@ -464,14 +465,15 @@ def test_scoring_reads_silver_at_the_version_gold_built_the_features_from(
     assert tables.read(spark, config, "silver_flights", version=built).count() == 20
     assert tables.read(spark, config, "silver_flights").count() == 21
     monkeypatch.setattr(lineage, "PIN_MAX_AGE", timedelta(0))
-    assert built_from() is None  # too old a pin: VACUUM may have removed its files
+    # too old a pin (VACUUM may have removed its files): the latest
+    assert built_from() == tables.version(spark, config, "silver_flights")
     monkeypatch.undo()
     # silver made anew: its versions are another table's, the latest is read
     shutil.rmtree(location)
     land(spark, config, first[:5], [])
     land(spark, config, first[5:6], [])
-    assert built_from() is None
+    assert built_from() == tables.version(spark, config, "silver_flights") == 1
     # a features table gold did not write (no state): the latest
     tables.overwrite(spark.createDataFrame([("a",)], "flight_id string"), config,
                      "flight_features")
-    assert built_from() is None
+    assert built_from() == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
 import threading
 import time
 from datetime import date, timedelta
@@ -1023,6 +1024,26 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
                      "silver_flights")
     featured = features.filter(F.col("flight_date").between("2013-01-11", "2013-01-12")).count()
 
+    # another score run creates the table after this one found none: this one fails, adding
+    # nothing beside that run's rows (an append would)
+    real_state = score.range_state
+
+    def created_meanwhile(*args: Any) -> Any:
+        tables.overwrite(spark.createDataFrame([("other-run",)], "flight_id string"), config,
+                         "delay_predictions")
+        return real_state(*args)
+
+    with pytest.MonkeyPatch.context() as race:
+        race.setattr(score, "range_state", created_meanwhile)
+        with pytest.raises(tables.CreatedMeanwhileError,
+                           match=r"delay_predictions was created by another writer after this "
+                                 r"run found no table there: nothing was written"):
+            score.run(spark, config, "raced", "2013-01-11", "2013-01-12")
+    assert not workflow.is_permanent(tables.CreatedMeanwhileError("x"))  # a rerun writes
+    assert [r[0] for r in tables.read(spark, config, "delay_predictions").collect()] == [
+        "other-run"]
+    shutil.rmtree(config.table("delay_predictions"))
+
     first = score.run(spark, config, "first", "2013-01-11", "2013-01-12")
     assert (first["rows"], first["unscorable"]) == (featured, 1)
     # whoever loads the registered model gets the class the job wrote (its threshold, not 0.5)
@@ -1102,11 +1123,28 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
     from lakehouse import registry
 
     model_name = config.section("mlflow")["model_name"]
-    registry.set_alias(model_name, registry.CHAMPION, challenger["version"])
-    registry.delete_alias(model_name, registry.CHALLENGER)
     landed = every.filter(F.col("flight_id") == after_promotion)
     tables.merge(spark, landed, config, "flight_features", ["flight_id"])
     tables.append(as_silver(landed), config, "silver_flights")
+    # promoted while a score run that resolved the former champion loads it: that run writes
+    # nothing (its rows would take the champion role back from the new champion's)
+    version = tables.version(spark, config, "delay_predictions")
+    real_load = score.load
+
+    def promoted_meanwhile(scorer: Any) -> Any:
+        registry.set_alias(model_name, registry.CHAMPION, challenger["version"])
+        registry.delete_alias(model_name, registry.CHALLENGER)
+        return real_load(scorer)
+
+    with pytest.MonkeyPatch.context() as race:
+        race.setattr(score, "load", promoted_meanwhile)
+        with pytest.raises(score.ChampionMovedError,
+                           match=rf"@champion of {model_name} moved from version "
+                                 rf"{champion['version']} to {challenger['version']} while this "
+                                 r"run scored: nothing was written"):
+            score.run(spark, config, "raced", "2013-01-13", "2013-01-13")
+    assert tables.version(spark, config, "delay_predictions") == version
+    assert workflow.is_permanent(score.ChampionMovedError("x")) is False  # a rerun scores
 
     def former() -> set[tuple[Any, ...]]:
         return {(r["flight_id"], r["probability"], r["scored_at"], r["features_version"])

@@ -35,6 +35,23 @@ class NoChampionError(RuntimeError):
     """No model version holds the champion alias yet: run the train job first."""
 
 
+class ChampionMovedError(RuntimeError):
+    """@champion moved to another version while this run scored: its rows would take the
+    champion role back from the new champion's (and retire those). Nothing was written; a rerun
+    (the workflow retries it) scores with the new champion."""
+
+
+def check_champion_unchanged(name: str, champion: Scorer) -> None:
+    """Just before the write: the version this run resolved still holds @champion (MLflow's
+    aliases have no compare-and-set: this narrows the window to the write itself)."""
+    now = registry.resolve(name, registry.CHAMPION)
+    if now is None or str(now.version) != champion.version:
+        raise ChampionMovedError(
+            f"@{registry.CHAMPION} of {name} moved from version {champion.version} to "
+            f"{'none' if now is None else now.version} while this run scored: nothing was "
+            "written; run the score job again")
+
+
 @dataclass(frozen=True)
 class Scorer:
     """A registered model version, resolved once, with what its predictions need."""
@@ -114,7 +131,7 @@ def scorers(name: str, champion_alias: str) -> Versions:
     registry hiccup)."""
     champion = Scorer.resolve(name, champion_alias)
     if champion is None:
-        uri = mlflow.get_tracking_uri()
+        uri = mlflow.get_registry_uri()
         raise NoChampionError(f"no version of model {name!r} has alias {champion_alias!r} in "
                               f"{uri}; run the train job first")
     try:
@@ -369,12 +386,15 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
         counts: dict[tuple[str, str], int] = {}
         retired: list[str] = []
         version_written: int | None = None
+        check_champion_unchanged(name, models[0])
         if not existed:
             # The first write creates the table: nothing to compare or retire. The audit counts
             # are read back (not observed during the write: once a session has used an
             # Observation, a later LogisticRegression fit in it fails with Task not
             # serializable, Spark 4.1; see stages/bronze.py).
-            tables.append(predictions, config, "delay_predictions")
+            # created, not appended: another score run may have created it since this one
+            # looked (its rows and these would both land)
+            tables.create(predictions, config, "delay_predictions")
             version_written, metrics = tables.last_commit(spark, config, "delay_predictions")
             created = (created_counts(spark, config, start, end, scoring, metrics)
                        if version_written == 0 else None)  # the table's one commit: this append
