@@ -189,7 +189,8 @@ class CreatedMeanwhileError(RuntimeError):
 def create(df: DataFrame, config: Config, name: str) -> None:
     """Create the table with df's rows; fails when it exists (another writer created it since
     the caller looked), where an append would add the rows beside that writer's. Two
-    creators racing: Delta commits one version 0, the other fails."""
+    creators racing for version 0: Delta commits one, the other fails with its conflict
+    (DELTA_PROTOCOL_CHANGED or DELTA_METADATA_CHANGED, which the workflow does not retry)."""
     writer = df.write.format("delta").mode("errorifexists")
     for key, value in _properties(config, name).items():
         writer = writer.option(key, value)
@@ -197,7 +198,8 @@ def create(df: DataFrame, config: Config, name: str) -> None:
         _save(writer, config.table(name), None, df.sparkSession)
     except AnalysisException as error:
         if not any(code in str(error) for code in ("DELTA_PATH_EXISTS",
-                                                   "TABLE_OR_VIEW_ALREADY_EXISTS")):
+                                                   "TABLE_OR_VIEW_ALREADY_EXISTS",
+                                                   "DELTA_TABLE_ALREADY_EXISTS")):
             raise
         raise CreatedMeanwhileError(
             f"{config.table(name)} was created by another writer after this run found no "

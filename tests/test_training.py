@@ -1145,6 +1145,23 @@ def test_scoring_gives_every_flight_a_prediction_or_a_reason(
             score.run(spark, config, "raced", "2013-01-13", "2013-01-13")
     assert tables.version(spark, config, "delay_predictions") == version
     assert workflow.is_permanent(score.ChampionMovedError("x")) is False  # a rerun scores
+    # promoted during the write (the predictions are computed by it): the run fails after it,
+    # before retiring anything, and says a rerun puts the roles right (the run below does)
+    registry.set_alias(model_name, registry.CHAMPION, champion["version"])
+    registry.set_alias(model_name, registry.CHALLENGER, challenger["version"])
+    real_merge = tables.merge
+
+    def promoted_during(*args: Any, **kwargs: Any) -> Any:
+        registry.set_alias(model_name, registry.CHAMPION, challenger["version"])
+        registry.delete_alias(model_name, registry.CHALLENGER)
+        return real_merge(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as race:
+        race.setattr(tables, "merge", promoted_during)
+        with pytest.raises(score.ChampionMovedError,
+                           match=r"while this run scored: its rows were written with the former "
+                                 r"champion's role; run the score job again"):
+            score.run(spark, config, "raced-write", "2013-01-13", "2013-01-13")
 
     def former() -> set[tuple[Any, ...]]:
         return {(r["flight_id"], r["probability"], r["scored_at"], r["features_version"])

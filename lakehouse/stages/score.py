@@ -41,15 +41,17 @@ class ChampionMovedError(RuntimeError):
     (the workflow retries it) scores with the new champion."""
 
 
-def check_champion_unchanged(name: str, champion: Scorer) -> None:
-    """Just before the write: the version this run resolved still holds @champion (MLflow's
-    aliases have no compare-and-set: this narrows the window to the write itself)."""
+def check_champion_unchanged(name: str, champion: Scorer, written: bool = False) -> None:
+    """Before the write, and after it (written): the version this run resolved still holds
+    @champion (MLflow's aliases have no compare-and-set)."""
     now = registry.resolve(name, registry.CHAMPION)
     if now is None or str(now.version) != champion.version:
         raise ChampionMovedError(
             f"@{registry.CHAMPION} of {name} moved from version {champion.version} to "
-            f"{'none' if now is None else now.version} while this run scored: nothing was "
-            "written; run the score job again")
+            f"{'none' if now is None else now.version} while this run scored: "
+            + ("its rows were written with the former champion's role; run the score job again "
+               "for the same dates (its write puts the roles right)" if written else
+               "nothing was written; run the score job again"))
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,8 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
         counts: dict[tuple[str, str], int] = {}
         retired: list[str] = []
         version_written: int | None = None
-        check_champion_unchanged(name, models[0])
+        if state.flights or not existed:
+            check_champion_unchanged(name, models[0])  # before: nothing written
         if not existed:
             # The first write creates the table: nothing to compare or retire. The audit counts
             # are read back (not observed during the write: once a session has used an
@@ -397,7 +400,7 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             tables.create(predictions, config, "delay_predictions")
             version_written, metrics = tables.last_commit(spark, config, "delay_predictions")
             created = (created_counts(spark, config, start, end, scoring, metrics)
-                       if version_written == 0 else None)  # the table's one commit: this append
+                       if version_written == 0 else None)  # the table's one commit: this write
             counts = (created if created is not None
                       else of_current(held_rows(spark, config, start, end), scoring))
         else:
@@ -434,6 +437,11 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
             # scored the range since it looked empty.
             # the days before new_from keep their rows and roles: only their late flights are
             # this run's, counted apart
+            if state.flights:
+                # and after: the predictions are computed by the write, a promotion during it
+                # (a training's rescore of these days) fails the run before it retires the new
+                # champion's rows; the retry's MERGE puts the roles right
+                check_champion_unchanged(name, models[0], written=True)
             held = held_rows(spark, config, first, end)
             retired = sorted({*retired, *retire_others(spark, config, first, end, models,
                                                        held, versions)})
