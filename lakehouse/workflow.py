@@ -326,6 +326,28 @@ def champion_exists(config: Config) -> bool:
     return registry.resolve(mlflow_conf["model_name"], registry.CHAMPION) is not None
 
 
+# The tags a retraining sets on the version it registers: the alerts it answers, and the day.
+ANSWERS_TAG = "lakehouse.answers_alerts"
+ANSWERED_ON_TAG = "lakehouse.answered_on"
+
+
+def answered_by_challenger(config: Config, alert_ids: tuple[str, ...]
+                           ) -> tuple[str, str, tuple[str, ...], date] | None:
+    """(version, run id, alert ids, day) when the version holding @challenger was registered
+    by a retraining that answered some of these open alerts and failed to close them: they
+    are answered, not due. (A version promoted instead answers nothing still open: only the
+    champion's alerts count.)"""
+    if not alert_ids:
+        return None
+    found = registry.resolve(registry.configure(config)["model_name"], registry.CHALLENGER)
+    tags = dict(found.tags or {}) if found is not None else {}
+    answered = set(tags.get(ANSWERS_TAG, "").split(","))
+    ids = tuple(i for i in alert_ids if i in answered)
+    if found is None or not ids or not found.run_id or ANSWERED_ON_TAG not in tags:
+        return None
+    return str(found.version), found.run_id, ids, date.fromisoformat(tags[ANSWERED_ON_TAG])
+
+
 def retrain_windows(config: Config, latest_labeled: date) -> Windows:
     """Windows ending at the latest labeled day: its last retrain_holdout_days days are the
     holdout (and the gate's window), validation before them, the fit window before that."""
@@ -385,6 +407,18 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
                                              "UTC").retrain_min_days_between
         due[:] = [monitor.retraining_due(spark, config, last_day(), min_days,
                                          monitor.current_champion(config))]
+        registered = answered_by_challenger(config, due[0].alert_ids)
+        if registered is not None:
+            # a retraining registered its model (kept as @challenger) but failed to close the
+            # alerts it answered: close them now, and train only if others are still open
+            version, run, ids, on = registered
+            with_retries(partial(monitor.mark_handled, spark, config, ids, run, on),
+                         "train (closing the alerts a registered retraining answered)",
+                         policy.retries, policy.backoff_s)
+            log.warning("alerts %s were answered by %s version %s, registered on %s: closed",
+                        ", ".join(ids), config.section("mlflow")["model_name"], version, on)
+            due[:] = [monitor.retraining_due(spark, config, last_day(), min_days,
+                                             monitor.current_champion(config))]
         if train_mode == "always":
             return None  # forced: a retraining all the same when alerts ask for one
         return None if due[0].due else f"a champion exists; retraining not due ({due[0].reason})"
@@ -420,7 +454,9 @@ def daily_tasks(spark: SparkSession, config: Config, run_id: str, score_range: t
                             windows=retrain_windows(config, day - timedelta(days=1)),
                             labels_known_at=as_of or end_of_day(
                                 day, config.section("gold")["home_timezone"]),
-                            on_decided=close_answered)
+                            on_decided=close_answered,
+                            version_tags={ANSWERS_TAG: ",".join(answered),
+                                          ANSWERED_ON_TAG: day.isoformat()})
         return {**trained, "trigger": due[0].reason if due[0].due else
                 f"forced (--train always), answering {len(due[0].alert_ids)} open alert(s) "
                 f"({due[0].reason})"}

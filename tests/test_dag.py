@@ -321,6 +321,8 @@ def test_the_alerts_a_retraining_answered_are_closed_despite_a_transient_failure
     results = run_dag(tasks, workflow.is_permanent, sleep=lambda s: None)
     assert statuses(results) == {"train": "succeeded", "rescore": "skipped"}
     assert len(trained) == 1 and trained[0]["windows"].holdout_to == "2013-11-29"
+    assert trained[0]["version_tags"] == {workflow.ANSWERS_TAG: "a1,a0",
+                                          workflow.ANSWERED_ON_TAG: "2013-11-30"}
     assert closed == [(("a1", "a0"), "mlflow-run-1", "2013-11-30")] * 2
     assert waits == [7.0]
     # a failure after the gate decided (the audit append) fails the task, but the alerts its
@@ -339,7 +341,7 @@ def test_the_alerts_a_retraining_answered_are_closed_despite_a_transient_failure
     results = run_dag(workflow.daily_tasks(None, config, "r3",  # type: ignore[arg-type]
                                            ("2013-11-01", "2013-11-30"), ("train",), "auto",
                                            False), workflow.is_permanent, sleep=lambda s: None)
-    assert statuses(results)["train"] == "failed"
+    assert statuses(results)["train"] == "failed" and len(trained) == 3
     assert str(results["train"].error).startswith(
         "closing the alerts a1, a0 in ") and "failed (storage down); set their handled_by_run " \
         "to 'mlflow-run-1' and handled_on to 2013-11-30" in str(results["train"].error)
@@ -400,3 +402,48 @@ def test_a_forced_training_answers_the_open_alerts_as_a_retraining_would(
         if answered:  # the record says it was forced, not that it was not due
             assert results["train"].result["trigger"].startswith(
                 "forced (--train always), answering 1 open alert(s) (rate-limited")
+
+
+def test_alerts_a_registered_retraining_failed_to_close_are_closed_by_the_next_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A retraining whose model was kept as @challenger but whose closing of the alerts failed
+    on every retry: the next run finds them answered by that version's tags and closes them
+    (with its run and day) instead of training and registering another version; an alert
+    raised since still makes retraining due."""
+    from types import SimpleNamespace
+
+    from lakehouse import registry, workflow
+    from lakehouse.config import load_config
+    from lakehouse.stages import monitor, train
+
+    config = load_config("local", overrides={"data_root": str(tmp_path)})
+    monkeypatch.setattr(workflow, "champion_exists", lambda config: True)
+    monkeypatch.setattr(workflow, "resolved", lambda spark, config, dates: dates)
+    monkeypatch.setattr(monitor, "current_champion", lambda config: ("m", "1"))
+    challenger = SimpleNamespace(version="7", run_id="run-7", tags={
+        workflow.ANSWERS_TAG: "a1,a0", workflow.ANSWERED_ON_TAG: "2013-11-28"})
+    monkeypatch.setattr(registry, "resolve", lambda name, alias: (
+        challenger if alias == registry.CHALLENGER else None))
+    for open_ids, trains in ((("a1", "a0"), False), (("a1", "a2"), True)):
+        closed: list[tuple[Any, ...]] = []
+        trained: list[dict[str, Any]] = []
+
+        def due(*args: Any, open_ids: tuple[str, ...] = open_ids,
+                closed: list[tuple[Any, ...]] = closed) -> monitor.RetrainingDue:
+            still = tuple(i for i in open_ids if not any(i in c[0] for c in closed))
+            return monitor.RetrainingDue(bool(still), f"{len(still)} open alert(s)", still)
+
+        monkeypatch.setattr(monitor, "retraining_due", due)
+        monkeypatch.setattr(monitor, "mark_handled", lambda spark, config, ids, run_id, day,
+                            closed=closed: closed.append((ids, run_id, day.isoformat())))
+        monkeypatch.setattr(train, "run", lambda spark, config, run_id, trained=trained,
+                            **kwargs: trained.append(kwargs) or kwargs["on_decided"]("run-8")
+                            or {"run_id": "run-8", "promoted": False})
+        tasks = workflow.daily_tasks(None, config, "r1",  # type: ignore[arg-type]
+                                     ("2013-11-01", "2013-11-30"), ("train",), "auto", False)
+        results = run_dag(tasks, workflow.is_permanent, sleep=lambda s: None)
+        assert closed[0] == (("a1",) if trains else ("a1", "a0"), "run-7", "2013-11-28")
+        assert (len(trained) == 1) == trains
+        assert statuses(results)["train"] == ("succeeded" if trains else "skipped")
+        if trains:  # a2, raised since, is answered by the new retraining
+            assert closed[1] == (("a2",), "run-8", "2013-11-30")

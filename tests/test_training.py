@@ -898,9 +898,11 @@ def test_gate_promotes_better_refuses_worse_and_ties(
     with pytest.raises(train.AfterDecisionError,
                        match=r"flight_disruption version 4 is registered and holds @challenger "
                              r".*failed: alerts table unreachable\. Do not run the train job"):
-        train.run(spark, config, "after-decision", on_decided=unreachable)
-    assert str(client.get_model_version_by_alias("flight_disruption", "challenger").version) \
-        == "4"
+        train.run(spark, config, "after-decision", on_decided=unreachable,
+                  version_tags={"lakehouse.answers_alerts": "a1,a2"})
+    fourth = client.get_model_version_by_alias("flight_disruption", "challenger")
+    # the caller's tags are set before the alias: the next run finds what this one answered
+    assert str(fourth.version) == "4" and fourth.tags["lakehouse.answers_alerts"] == "a1,a2"
     audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "after-decision")
     (row,) = audit.collect()
     assert row["status"] == "failed" and "version 4 is registered" in row["message"]

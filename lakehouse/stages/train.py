@@ -249,13 +249,19 @@ def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, f
 
 def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | None = None,
         labels_known_at: datetime | None = None,
-        on_decided: Callable[[str], None] | None = None) -> dict[str, Any]:
+        on_decided: Callable[[str], None] | None = None,
+        version_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Tune, fit, evaluate and register a model; the gate sets @champion or @challenger.
 
     Args:
         windows: fit, validation and holdout windows (default: conf's train section).
         labels_known_at: use only flights whose outcome was known by then (a retraining
             during the day uses what that day knows, by gold's known-at rule).
+        on_decided: called with the MLflow run id once the gate's alias is set, after the
+            audit row's message, before its append (a retraining closes the alerts it answers
+            there); its failure fails the job with AfterDecisionError.
+        version_tags: set on the registered version before its alias (what the caller finds
+            it by later: the alerts a retraining answers).
     """
     settings = config.section("train")
     mlflow_conf = registry.configure(config)
@@ -334,6 +340,8 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
         version = str(info.registered_model_version)
         client = MlflowClient()
         client.set_model_version_tag(name, version, "decision_threshold", str(result.threshold))
+        for key, value in (version_tags or {}).items():
+            client.set_model_version_tag(name, version, key, value)
         check_champion_unchanged(name, current, version)
         registry.set_alias(name, decision.alias, version)
         if decision.promoted:
