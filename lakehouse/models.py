@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES
-from lakehouse.newton import NewtonBoostedTrees, set_threshold, tree_stages
+from lakehouse.newton import NewtonBoostedTrees, set_threshold, threshold_of, tree_stages
 
 FAMILIES = ("logistic_regression", "random_forest", "gbt", "newton_gbt")
 TREE_FAMILIES = ("random_forest", "gbt", "newton_gbt")
@@ -166,6 +166,27 @@ def with_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
     else:
         raise TypeError(f"{type(last).__name__}: not a classifier whose threshold can be set")
     return model
+
+
+def decision_threshold(model: PipelineModel) -> float | None:
+    """The threshold a fitted pipeline's `prediction` is the class at (what `with_threshold`
+    set; MLlib's 0.5 when nothing did), read back from the model; None when its last stage is
+    no binary classifier. Two class thresholds [t0, t1] give class 1 when p1 / t1 > p0 / t0,
+    that is p1 > t1 / (t0 + t1)."""
+    newton = threshold_of(model)
+    if newton is not None:
+        return newton
+    last: Any = model.stages[-1]
+    if isinstance(last, LogisticRegressionModel):
+        return float(last.getThreshold())  # derived from `thresholds` when those are set
+    if not isinstance(last, ProbabilisticClassificationModel):
+        return None
+    if not last.isSet("thresholds"):
+        return 0.5
+    thresholds = [float(t) for t in last.getThresholds()]
+    if len(thresholds) != 2:
+        return None
+    return thresholds[1] / sum(thresholds)
 
 
 def feature_names(model: PipelineModel, sample: DataFrame) -> list[str]:

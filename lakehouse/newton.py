@@ -46,7 +46,7 @@ from pyspark.sql import functions as F
 MIN_HESSIAN = 1e-6
 TREE_PREFIX = "_newton_tree_"
 # The class in the probability stage's statement: 1 when the probability reaches the threshold.
-_CLASS = re.compile(r"CAST\(_newton_p >= [0-9.eE+-]+ AS DOUBLE\) AS prediction")
+_CLASS = re.compile(r"CAST\(_newton_p >= ([0-9.eE+-]+) AS DOUBLE\) AS prediction")
 
 
 class NewtonBoostedTrees(Estimator[PipelineModel], HasFeaturesCol, HasLabelCol, HasWeightCol,
@@ -174,6 +174,17 @@ def set_threshold(model: PipelineModel, threshold: float) -> int:
             stage.setStatement(_CLASS.sub(lambda _: class_at(threshold), stage.getStatement()))
             changed += 1
     return changed
+
+
+def threshold_of(model: PipelineModel) -> float | None:
+    """The threshold a fitted Newton model's `prediction` is taken at (None: not a Newton
+    model)."""
+    for stage in model.stages:
+        if isinstance(stage, SQLTransformer):
+            found = _CLASS.search(stage.getStatement())
+            if found:
+                return float(found.group(1))
+    return None
 
 
 def tree_stages(model: PipelineModel) -> list[DecisionTreeRegressionModel]:

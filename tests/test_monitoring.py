@@ -665,7 +665,7 @@ def test_a_versions_threshold_is_its_tag_else_its_runs_metric_and_must_be_a_prob
                                           run_id=run.info.run_id)
     assert score.threshold_of("m", by_hand) == pytest.approx(0.31)
     no_run = client.create_model_version("m", f"runs:/{run.info.run_id}/model")
-    assert score.threshold_of("m", no_run) == 0.5
+    assert score.threshold_of("m", no_run) is None
     client.set_model_version_tag("m", by_hand.version, "decision_threshold", "0.27")
     client.set_registered_model_alias("m", "champion", by_hand.version)
     champion = score.Scorer.resolve("m", "champion")

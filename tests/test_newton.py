@@ -123,6 +123,15 @@ def test_a_fitted_model_is_mllib_stages_that_save_and_load(spark: SparkSession,
     np.testing.assert_array_equal(before, after)
     assert set(before[:, 1]) <= {0.0, 1.0}
     assert (before[:, 1] == (before[:, 0] >= 0.5)).all()
+    # the class moved to a decision threshold is saved with it and read back from the model
+    from lakehouse.models import decision_threshold, with_threshold
+    assert decision_threshold(loaded) == 0.5
+    with_threshold(model, 0.37).write().overwrite().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    assert decision_threshold(loaded) == 0.37
+    moved = np.array([(r[0], r[1]) for r in loaded.transform(rows).select(
+        positive_probability(), "prediction").collect()])
+    assert (moved[:, 1] == (moved[:, 0] >= 0.37)).all() and (moved[:, 1] != before[:, 1]).any()
     with pytest.raises(ValueError, match="stepSize and subsamplingRate in"):
         NewtonBoostedTrees(labelCol="label", stepSize=0.0).fit(rows)
 

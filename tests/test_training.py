@@ -130,7 +130,8 @@ def test_models_fit_and_score_in_a_session_that_ran_bronze(spark: SparkSession,
 def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
                                                            tmp_path: Path) -> None:
     """with_threshold sets each MLlib family's class at the threshold, and it is saved with the
-    model (the logged model predicts what the score job writes)."""
+    model (the logged model predicts what the score job writes); read back from the model, it
+    is what the score job uses for a version with no threshold tag or run metric."""
     from pyspark.ml import PipelineModel
     from pyspark.ml.classification import (
         GBTClassifier,
@@ -140,7 +141,8 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
     from pyspark.ml.linalg import Vectors
 
     from lakehouse.evaluation import positive_probability
-    from lakehouse.models import with_threshold
+    from lakehouse.models import decision_threshold, with_threshold
+    from lakehouse.stages.score import Scorer, model_threshold
 
     rng = np.random.default_rng(5)
     x = rng.uniform(0, 1, 300)
@@ -151,6 +153,7 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
             RandomForestClassifier(labelCol="disrupted", numTrees=3, maxDepth=3, seed=1),
             GBTClassifier(labelCol="disrupted", maxIter=3, maxDepth=2, seed=1))):
         fitted = estimator.fit(rows)
+        assert decision_threshold(PipelineModel(stages=[fitted])) == 0.5  # MLlib's own
         for threshold in (0.3, 0.0, 1.0):
             model = with_threshold(PipelineModel(stages=[fitted]), threshold)
             if threshold == 0.3:  # saved with the model
@@ -162,6 +165,9 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
             expected = [1.0 if threshold == 0 else 0.0 if threshold == 1
                         else float(r["p"] > threshold) for r in got]
             assert [r["prediction"] for r in got] == expected, (estimator, threshold)
+            untagged = Scorer("m", "1", "", "champion", None)
+            assert model_threshold(model, untagged) == pytest.approx(threshold)
+            assert model_threshold(model, Scorer("m", "1", "", "champion", 0.6)) == 0.6
             if threshold == 0.3:
                 assert 0 < sum(expected) < len(expected)
     with pytest.raises(ValueError, match="not a probability"):

@@ -22,6 +22,7 @@ from lakehouse import registry, tables
 from lakehouse.config import Config
 from lakehouse.inference import PREDICTION_KEYS, PREDICTION_VALUES, score, unscorable
 from lakehouse.lineage import silver_flights_built_from
+from lakehouse.models import decision_threshold
 from lakehouse.session import inherit
 from lakehouse.stages.audit import audited
 from lakehouse.training import between
@@ -62,7 +63,7 @@ class Scorer:
     version: str
     run_id: str
     role: str
-    threshold: float
+    threshold: float | None  # None: the one the loaded model's own `prediction` uses
 
     @classmethod
     def resolve(cls, name: str, alias: str) -> Scorer | None:
@@ -83,11 +84,12 @@ class Scorer:
         return f"{self.name}/{self.version}"
 
 
-def threshold_of(name: str, found: Any) -> float:
+def threshold_of(name: str, found: Any) -> float | None:
     """A version's decision threshold: its decision_threshold tag (the train job sets it after
     registering), else the metric of that name its run logged (a tag that failed to be set, a
-    version registered by hand from the run), else 0.5 with a warning (a version without a
-    run). A value that is not a probability fails: a NaN would predict no flight disrupted."""
+    version registered by hand from the run), else None: the one the model itself takes its
+    `prediction` at (`model_threshold`, read once it is loaded). A value that is not a
+    probability fails: a NaN would predict no flight disrupted."""
     raw: Any = (found.tags or {}).get("decision_threshold")
     where = "tag"
     if raw is None and found.run_id:
@@ -98,9 +100,7 @@ def threshold_of(name: str, found: Any) -> float:
             if not registry.run_gone(error):
                 raise
     if raw is None:
-        log.warning("%s version %s has no decision_threshold (no tag, no run metric): its "
-                    "predicted class uses 0.5", name, found.version)
-        return 0.5
+        return None
     try:
         value = float(raw)
     except ValueError:
@@ -156,6 +156,22 @@ def scorers(name: str, champion_alias: str) -> Versions:
         return Versions([champion], reason, spared=(f"{name}/{found.version}",))
 
 
+def model_threshold(model: PipelineModel, scorer: Scorer) -> float:
+    """The scorer's threshold, else the one its loaded model takes its own `prediction` at
+    (so the class written is the one the model predicts), else 0.5 with a warning (a model
+    whose last stage is no binary classifier)."""
+    if scorer.threshold is not None:
+        return scorer.threshold
+    found = decision_threshold(model)
+    if found is None:
+        log.warning("%s version %s has no decision_threshold (no tag, no run metric, none in "
+                    "its model): its predicted class uses 0.5", scorer.name, scorer.version)
+        return 0.5
+    log.info("%s version %s has no decision_threshold tag or run metric: its predicted class "
+             "uses the model's own threshold, %s", scorer.name, scorer.version, found)
+    return found
+
+
 def load(scorer: Scorer) -> PipelineModel:
     model: PipelineModel = mlflow.spark.load_model(f"models:/{scorer.name}/{scorer.version}")
     return model
@@ -165,8 +181,8 @@ def predictions_of(model: PipelineModel, scorer: Scorer, features: DataFrame,
                    missing: DataFrame | None, features_version: int) -> DataFrame:
     """The scorer's rows: a prediction for every featured flight, a reason for the others
     (missing: the range's flights without a feature row, None when there is none)."""
-    args = (scorer.name, scorer.version, scorer.run_id, scorer.role, scorer.threshold,
-            features_version)
+    args = (scorer.name, scorer.version, scorer.run_id, scorer.role,
+            model_threshold(model, scorer), features_version)
     scored = score(model, features, *args)
     if missing is None:
         return scored
