@@ -129,7 +129,26 @@ def load_config(env: str = "local", conf_dir: Path | str | None = None,
     values["data_root"] = root
     resolved = _resolve(values, {**variables, "data_root": root})
     _check_resolved(resolved, f"{folder}/base.yml + {env}.yml")
+    _check_literal(resolved, f"{folder}/base.yml + {env}.yml")
     return Config(env=env, values=resolved)
+
+
+# Hadoop's glob characters: a folder Spark lists or streams from is read as a pattern.
+_GLOB = re.compile(r"[{}\[\]*?\\]")
+
+
+def _check_literal(values: dict[str, Any], where: str) -> None:
+    """Fail naming the key whose folder holds a glob character: Spark's file sources (the
+    landing listings, the file stream) read their path as a pattern, so such a folder would
+    read nothing, or another folder's files."""
+    for key in ("data_root", "landing", "checkpoints"):
+        value = str(values.get(key) or "")
+        if found := _GLOB.search(value):
+            source = (f" (from ${DATA_ROOT_ENV})" if key == "data_root"
+                      and os.environ.get(DATA_ROOT_ENV) else "")
+            raise ConfigError(f"{where}: {key} = {value!r}{source} holds {found.group(0)!r}, a "
+                              f"glob character Spark's file sources would read as a pattern; "
+                              f"choose a folder without any of {{ }} [ ] * ? \\")
 
 
 def _check_resolved(values: Any, where: str, key: str = "") -> None:

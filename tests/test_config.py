@@ -19,6 +19,24 @@ def test_data_root_env_variable_wins_over_conf(tmp_path: Path,
     assert load_config("local").landing == f"{tmp_path}/elsewhere/landing"
 
 
+def test_a_folder_spark_would_read_as_a_glob_pattern_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spark's file sources (the landing listings, the file stream) read their folder as a
+    pattern: a data root, landing or checkpoints folder holding a glob character fails at load,
+    naming the key and the character, instead of reading nothing or another folder's files."""
+    for name, char in (("root [1]", "["), ("root{a,b}", "{"), ("r*", "*"), ("r?", "?")):
+        with pytest.raises(ConfigError, match=rf"data_root = '.*' holds '\{char}', a glob"):
+            load_config("local", overrides={"data_root": str(tmp_path / name)})
+    with pytest.raises(ConfigError, match=r"landing = '/x/land\\\\ing' holds '\\\\'"):
+        load_config("local", overrides={"data_root": str(tmp_path), "landing": "/x/land\\ing"})
+    monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", str(tmp_path / "a*"))
+    with pytest.raises(ConfigError, match=r"data_root = .* \(from \$LAKEHOUSE_DATA_ROOT\)"):
+        load_config("local")
+    monkeypatch.delenv("LAKEHOUSE_DATA_ROOT")
+    config = load_config("local", overrides={"data_root": str(tmp_path / "root (1) #a,b")})
+    assert config.data_root.endswith("root (1) #a,b")  # not glob characters
+
+
 def test_unknown_env_names_the_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown env 'prod'.*'cluster'.*'local'"):
         load_config("prod")
