@@ -24,6 +24,9 @@ from lakehouse.config import Config, is_url
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 _USER_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")  # likewise (set_registry_uri)
 CHAMPION, CHALLENGER = "champion", "challenger"
+# The model version tag holding the decision threshold the train job chose (also the metric's
+# name on the training run).
+THRESHOLD_TAG = "decision_threshold"
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,14 @@ def resolve(name: str, alias: str) -> ModelVersion | None:
         if _missing(error):
             return None
         raise
+
+
+def holder(name: str, alias: str) -> str | None:
+    """The version name@alias points at now, as a string; None when nothing holds it. What a
+    job checks again before (and after) acting on a version it resolved earlier: MLflow's
+    aliases have no compare-and-set."""
+    found = resolve(name, alias)
+    return None if found is None else str(found.version)
 
 
 def champion(name: str, alias: str = CHAMPION) -> Champion | None:

@@ -45,11 +45,11 @@ class ChampionMovedError(RuntimeError):
 def check_champion_unchanged(name: str, champion: Scorer, written: bool = False) -> None:
     """Before the write, and after it (written): the version this run resolved still holds
     @champion (MLflow's aliases have no compare-and-set)."""
-    now = registry.resolve(name, registry.CHAMPION)
-    if now is None or str(now.version) != champion.version:
+    now = registry.holder(name, registry.CHAMPION)
+    if now != champion.version:
         raise ChampionMovedError(
             f"@{registry.CHAMPION} of {name} moved from version {champion.version} to "
-            f"{'none' if now is None else now.version} while this run scored: "
+            f"{now or 'none'} while this run scored: "
             + ("its rows were written with the former champion's role; run the score job again "
                "for the same dates (its write puts the roles right)" if written else
                "nothing was written; run the score job again"))
@@ -90,12 +90,12 @@ def threshold_of(name: str, found: Any) -> float | None:
     version registered by hand from the run), else None: the one the model itself takes its
     `prediction` at (`model_threshold`, read once it is loaded). A value that is not a
     probability fails: a NaN would predict no flight disrupted."""
-    raw: Any = (found.tags or {}).get("decision_threshold")
+    raw: Any = (found.tags or {}).get(registry.THRESHOLD_TAG)
     where = "tag"
     if raw is None and found.run_id:
         where = f"metric of run {found.run_id}"
         try:
-            raw = MlflowClient().get_run(found.run_id).data.metrics.get("decision_threshold")
+            raw = MlflowClient().get_run(found.run_id).data.metrics.get(registry.THRESHOLD_TAG)
         except MlflowException as error:
             if not registry.run_gone(error):
                 raise

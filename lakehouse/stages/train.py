@@ -70,8 +70,8 @@ def check_champion_unchanged(name: str, gated: Any, new_version: str | None = No
     """Fail when @champion is no longer the version the gate compared against. MLflow's
     registry has no compare-and-set for aliases: this is checked before the model is
     registered and again just before its alias is set, which leaves only that moment open."""
-    now = registry.resolve(name, registry.CHAMPION)
-    before, after = (str(v.version) if v is not None else None for v in (gated, now))
+    before = None if gated is None else str(gated.version)
+    after = registry.holder(name, registry.CHAMPION)
     if before != after:
         registered = (f"version {new_version} stays registered without an alias"
                       if new_version else "nothing was registered")
@@ -222,7 +222,7 @@ def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, f
         "holdout_untailed_flights": result.holdout_untailed_flights,
         "baseline_holdout_auc_roc": baseline.auc_roc(),
         "baseline_holdout_auc_pr": baseline.auc_pr(),
-        "decision_threshold": result.threshold,
+        registry.THRESHOLD_TAG: result.threshold,
         "trials": len(result.trials),
         "failed_trials": sum(not t.ok for t in result.trials),
         "search_kept_for_refit_seconds": result.trials.kept_for_refit})
@@ -339,7 +339,8 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
                                           pip_requirements=model_requirements())
         version = str(info.registered_model_version)
         client = MlflowClient()
-        client.set_model_version_tag(name, version, "decision_threshold", str(result.threshold))
+        client.set_model_version_tag(name, version, registry.THRESHOLD_TAG,
+                                     str(result.threshold))
         for key, value in (version_tags or {}).items():
             client.set_model_version_tag(name, version, key, value)
         check_champion_unchanged(name, current, version)
