@@ -71,7 +71,9 @@ def main() -> None:
             train.run(spark, config, "bench")
         version = registry.resolve(name, registry.CHAMPION)
         assert version is not None
-        threshold = float((version.tags or {}).get("decision_threshold", 0.5))
+        # the job's own threshold rule (tag, run metric, the model's own), as it scores
+        scorer = score.Scorer.of(name, registry.CHAMPION, version)
+        threshold = score.model_threshold(score.load(scorer), scorer)
         features_version = tables.version(spark, config, "flight_features") or 0
         features = tables.read(spark, config, "flight_features", version=features_version)
         rows = features.count()

@@ -129,7 +129,8 @@ def load_config(env: str = "local", conf_dir: Path | str | None = None,
     values["data_root"] = root
     resolved = _resolve(values, {**variables, "data_root": root})
     _check_resolved(resolved, f"{folder}/base.yml + {env}.yml")
-    _check_literal(resolved, f"{folder}/base.yml + {env}.yml")
+    from_env = bool(os.environ.get(DATA_ROOT_ENV)) and "data_root" not in (overrides or {})
+    _check_literal(resolved, f"{folder}/base.yml + {env}.yml", from_env)
     return Config(env=env, values=resolved)
 
 
@@ -137,18 +138,20 @@ def load_config(env: str = "local", conf_dir: Path | str | None = None,
 _GLOB = re.compile(r"[{}\[\]*?\\]")
 
 
-def _check_literal(values: dict[str, Any], where: str) -> None:
-    """Fail naming the key whose folder holds a glob character: Spark's file sources (the
-    landing listings, the file stream) read their path as a pattern, so such a folder would
-    read nothing, or another folder's files."""
-    for key in ("data_root", "landing", "checkpoints"):
-        value = str(values.get(key) or "")
-        if found := _GLOB.search(value):
-            source = (f" (from ${DATA_ROOT_ENV})" if key == "data_root"
-                      and os.environ.get(DATA_ROOT_ENV) else "")
-            raise ConfigError(f"{where}: {key} = {value!r}{source} holds {found.group(0)!r}, a "
-                              f"glob character Spark's file sources would read as a pattern; "
-                              f"choose a folder without any of {{ }} [ ] * ? \\")
+def _check_literal(values: dict[str, Any], where: str, root_from_env: bool) -> None:
+    """Fail when the landing folder holds a glob character: Spark's file sources (the landing
+    listings, the file stream) read their folder as a pattern, so such a folder would read
+    nothing, or another folder's files. (Delta paths and stream checkpoints are not read as
+    patterns.) The usual cause is the data root, named when the landing folder lies in it."""
+    landing = str(values.get("landing") or "")
+    if found := _GLOB.search(landing):
+        root = str(values.get("data_root") or "")
+        cause = (f" (in data_root {root!r}"
+                 + (f", from ${DATA_ROOT_ENV}" if root_from_env else "") + ")"
+                 if root and landing.startswith(root + "/") and _GLOB.search(root) else "")
+        raise ConfigError(f"{where}: landing = {landing!r}{cause} holds {found.group(0)!r}, "
+                          f"a glob character Spark's file sources would read as a pattern; "
+                          f"choose a folder without any of {{ }} [ ] * ? \\")
 
 
 def _check_resolved(values: Any, where: str, key: str = "") -> None:

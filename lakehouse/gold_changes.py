@@ -62,11 +62,25 @@ def dates_moved_by_weather(changes: DataFrame, settings: FeatureSettings) -> Dat
                           ).distinct()
 
 
-def changed_tails(before: DataFrame, after: DataFrame) -> DataFrame:
-    """Tail numbers whose plane attributes differ between two versions of silver planes
-    (a new snapshot with the same attributes changes nothing)."""
-    old = before.select(*PLANE_ATTRIBUTES)
-    new = after.select(*PLANE_ATTRIBUTES)
+def changed_tails(features: DataFrame, planes: DataFrame) -> DataFrame:
+    """Tail numbers whose plane attributes in silver planes now differ from those gold's
+    feature rows were built with (a new snapshot with the same attributes changes nothing).
+    Gold's rows say what they were built with (the build year is the flight's year less
+    plane_age), so no earlier version of silver planes is read: a snapshot replaces the
+    table, and an old version is past Delta's time-travel retention after a week (its files
+    vacuumed), which would force a full build on every monthly snapshot."""
+    def attributes(rows: DataFrame, year: Column, seats: str, engines: str) -> DataFrame:
+        return rows.select("tailnum", year.cast("double").alias("year"),
+                           F.col(seats).cast("double").alias("seats"),
+                           F.col(engines).cast("double").alias("engines"))
+
+    built = features.filter(F.col("tailnum").isNotNull())
+    old = attributes(built, F.year("flight_date") - F.col("plane_age"), "plane_seats",
+                     "plane_engines").distinct()
+    # the tails gold holds, with the attributes silver has for them now (none: nulls, as the
+    # features' left join gives)
+    new = attributes(old.select("tailnum").distinct().join(
+        planes.select(*PLANE_ATTRIBUTES), "tailnum", "left"), F.col("year"), "seats", "engines")
     return old.exceptAll(new).unionByName(new.exceptAll(old)).select("tailnum").distinct()
 
 

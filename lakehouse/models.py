@@ -157,7 +157,8 @@ def with_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
     if set_threshold(model, threshold):
         return model
     last: Any = model.stages[-1]
-    if isinstance(last, LogisticRegressionModel):
+    if isinstance(last, LogisticRegressionModel) and last.getFamily() != "multinomial":
+        # (a multinomial one predicts by `thresholds` alone, below)
         # its own setter clears `thresholds` (the generic one leaves `threshold` set, and Spark
         # refuses the two together) and keeps t exact (from [1 - t, t] it derives t again)
         last.setThreshold(threshold)
@@ -177,12 +178,14 @@ def decision_threshold(model: PipelineModel) -> float | None:
     if newton is not None:
         return newton
     last: Any = model.stages[-1]
-    if isinstance(last, LogisticRegressionModel):
-        return float(last.getThreshold())  # derived from `thresholds` when those are set
     if not isinstance(last, ProbabilisticClassificationModel):
         return None
     if not last.isSet("thresholds"):
-        return 0.5
+        # a binomial logistic regression's own `threshold`; a multinomial one (and every other
+        # classifier) then takes the class of highest probability
+        binomial = (isinstance(last, LogisticRegressionModel)
+                    and last.getFamily() != "multinomial")
+        return float(last.getOrDefault("threshold")) if binomial else 0.5
     thresholds = [float(t) for t in last.getThresholds()]
     if len(thresholds) != 2:
         return None

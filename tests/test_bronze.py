@@ -446,10 +446,11 @@ def test_a_failed_run_audits_the_micro_batches_it_committed(
 def test_a_checkpoint_has_logged_a_batch_once_its_offsets_log_names_one(
         spark: SparkSession, tmp_path: Path) -> None:
     """What `refuse_new_checkpoint` looks at: a batch file (named by its id) in the offsets
-    log (a data root holding a glob's characters is refused by the config: test_config)."""
+    log, read literally under a data root whose name holds a glob's characters (the config
+    refuses such a landing folder, not a checkpoint: test_config)."""
     from tests.conftest import make_config
 
-    config = make_config(tmp_path / "root")
+    config = make_config(tmp_path / "root [1]{a,b}*", landing=str(tmp_path / "landing"))
     offsets = Path(bronze.checkpoint(config, "bronze_flights")) / "offsets"
     assert not bronze.logged_batches(spark, config, "bronze_flights")  # no checkpoint yet
     offsets.mkdir(parents=True)

@@ -19,22 +19,37 @@ def test_data_root_env_variable_wins_over_conf(tmp_path: Path,
     assert load_config("local").landing == f"{tmp_path}/elsewhere/landing"
 
 
-def test_a_folder_spark_would_read_as_a_glob_pattern_is_refused(
+def test_a_landing_folder_spark_would_read_as_a_glob_pattern_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Spark's file sources (the landing listings, the file stream) read their folder as a
-    pattern: a data root, landing or checkpoints folder holding a glob character fails at load,
-    naming the key and the character, instead of reading nothing or another folder's files."""
+    pattern: a landing folder holding a glob character fails at load, naming it, the character
+    and the data root it lies in (and where that came from), instead of reading nothing or
+    another folder's files. Delta paths and checkpoints are not patterns: such a data root
+    with the landing folder elsewhere loads."""
+    monkeypatch.delenv("LAKEHOUSE_DATA_ROOT", raising=False)
     for name, char in (("root [1]", "["), ("root{a,b}", "{"), ("r*", "*"), ("r?", "?")):
-        with pytest.raises(ConfigError, match=rf"data_root = '.*' holds '\{char}', a glob"):
-            load_config("local", overrides={"data_root": str(tmp_path / name)})
-    with pytest.raises(ConfigError, match=r"landing = '/x/land\\\\ing' holds '\\\\'"):
+        root = str(tmp_path / name)
+        with pytest.raises(ConfigError) as refused:
+            load_config("local", overrides={"data_root": root})
+        assert str(refused.value).endswith(
+            f"landing = '{root}/landing' (in data_root '{root}') holds '{char}', a glob "
+            "character Spark's file sources would read as a pattern; choose a folder without "
+            "any of { } [ ] * ? \\")
+    with pytest.raises(ConfigError, match=r": landing = '/x/land\\\\ing' holds '\\\\'"):
         load_config("local", overrides={"data_root": str(tmp_path), "landing": "/x/land\\ing"})
+    # the data root named as coming from the variable only when it does
     monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", str(tmp_path / "a*"))
-    with pytest.raises(ConfigError, match=r"data_root = .* \(from \$LAKEHOUSE_DATA_ROOT\)"):
+    with pytest.raises(ConfigError, match=r"\(in data_root '.*/a\*', from \$LAKEHOUSE_DATA_ROOT\)"):
         load_config("local")
+    monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", str(tmp_path / "clean"))
+    with pytest.raises(ConfigError, match=r"\(in data_root '.*/b\?'\) holds"):
+        load_config("local", overrides={"data_root": str(tmp_path / "b?")})
     monkeypatch.delenv("LAKEHOUSE_DATA_ROOT")
+    elsewhere = load_config("local", overrides={"data_root": str(tmp_path / "r[1]"),
+                                                "landing": str(tmp_path / "landing")})
+    assert elsewhere.table("silver_flights") == f"{tmp_path}/r[1]/delta/silver/flights"
     config = load_config("local", overrides={"data_root": str(tmp_path / "root (1) #a,b")})
-    assert config.data_root.endswith("root (1) #a,b")  # not glob characters
+    assert config.landing.endswith("root (1) #a,b/landing")  # not glob characters
 
 
 def test_unknown_env_names_the_known_ones() -> None:

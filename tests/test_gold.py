@@ -238,6 +238,69 @@ def test_a_vacuumed_change_feed_rebuilds_in_full(
     assert "incremental" in messages(gold.run(spark, config, "after"))[0]
 
 
+def age_log(spark: SparkSession, config: Config, name: str, days: int) -> None:
+    """Let days pass for a table's commits: Delta dates a commit by its log file's modification
+    time (these tables have no in-commit timestamps), and refuses time travel (and its change
+    feed) to a version other than the latest once that is older than the table's
+    delta.deletedFileRetentionDuration (7 days). Only the files' times are set; nothing in
+    the log is read or written."""
+    import os
+    import time
+
+    location = tables.delta_table(spark, config, name).detail().first()
+    assert location is not None
+    then = time.time() - days * 86400
+    for path in Path(str(location["location"]).removeprefix("file:"), "_delta_log").iterdir():
+        os.utime(path, (then, then))
+
+
+@pytest.mark.slow
+def test_silver_versions_a_week_old_force_no_failure_and_a_planes_snapshot_no_full_build(
+        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
+    """Delta refuses to read a version a week old (not the latest). A new planes snapshot a
+    week after the last gold build moves only the changed plane's rows: gold compares silver
+    planes with what its own rows were built with, not with the old snapshot (whose read
+    failed gold on every monthly snapshot). A gold that has not run for a week, silver having
+    moved on twice, builds in full with the reason instead of failing every day."""
+    first = [r for r in raw["flights"] if day_of(r) == DAYS[0]]
+    weather = [r for r in raw["weather"] if day_of(r) == DAYS[0]]
+    land(spark, config, first, weather, raw["planes"])
+    gold.run(spark, config, "first")
+    land(spark, config, [r for r in raw["flights"] if day_of(r) == DAYS[1]],
+         [r for r in raw["weather"] if day_of(r) == DAYS[1]])
+    gold.run(spark, config, "second")
+    built = tables.read(spark, config, "flight_features",
+                        version=tables.version(spark, config, "flight_features"))
+    for name in ("silver_flights", "silver_weather", "silver_planes"):
+        age_log(spark, config, name, 8)
+    tail = next(r["tailnum"] for r in first if r["tailnum"] not in ("", "NA"))
+    land(spark, config, [], [], [dict(p, year="1990") if p["tailnum"] == tail else p
+                                 for p in raw["planes"]])
+    with pytest.raises(Exception, match="DELTA_UNSUPPORTED_TIME_TRAVEL_BEYOND_DELETED_FILE"):
+        tables.read(spark, config, "silver_planes", version=0).count()  # the old snapshot
+    message = messages(gold.run(spark, config, "planes a week later"))[0]
+    assert message.startswith("incremental: "), message
+    now = tables.read(spark, config, "flight_features",
+                      version=tables.version(spark, config, "flight_features"))
+    assert [r[0] for r in now.exceptAll(built).select("tailnum").distinct().collect()] == [tail]
+    assert now.filter(F.col("tailnum") == tail).select(
+        (F.year("flight_date") - F.col("plane_age")).alias("year")).distinct().collect() == [
+        (1990.0,)]
+
+    # gold stopped for a week while silver_flights took two corrections
+    late = [r for r in first if r["arr_delay"] not in ("NA",) and int(r["arr_delay"]) < 0][:2]
+    for i, row in enumerate(late):
+        land(spark, config, [{**row, "arr_delay": str(300 + i)}], [])
+    age_log(spark, config, "silver_flights", 8)
+    message = messages(gold.run(spark, config, "a week behind"))[0]
+    assert message.startswith("full build: change data feed unreadable since"), message
+    assert "DELTA_UNSUPPORTED_TIME_TRAVEL_BEYOND_DELETED_FILE_RETENTION_DURATION" in message
+    for name, frame in full_build(spark, config).items():
+        assert_df_equality(tables.read(spark, config, name), frame, ignore_row_order=True,
+                           ignore_nullable=True)
+    assert "incremental" in messages(gold.run(spark, config, "after"))[0]
+
+
 @pytest.mark.slow
 def test_a_recreated_silver_table_rebuilds_in_full_and_a_first_build_counts_its_rows(
         spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]]) -> None:
@@ -283,7 +346,12 @@ def test_a_vacuumed_feed_is_told_by_its_error_condition_only() -> None:
                  "[DELTA_CHANGE_DATA_FILE_NOT_FOUND] File s3://b/t/_change_data/cdc-1 "
                  "referenced in the transaction log cannot be found",
                  "[DELTA_FILE_NOT_FOUND_DETAILED] File s3://b/t/part-0 referenced in the "
-                 "transaction log cannot be found"):
+                 "transaction log cannot be found",
+                 # the log cleaned up past delta.logRetentionDuration
+                 "org.apache.spark.sql.delta.DeltaFileNotFoundException: "
+                 "[DELTA_TRUNCATED_TRANSACTION_LOG] file:/t/_delta_log/00000000000000000003"
+                 ".json: Unable to reconstruct state at version 3 as the transaction log has "
+                 "been truncated"):
         assert gold.feed_unreadable(RuntimeError(text)), text
         # the audit message names the line with the condition, not the py4j call
         line = gold.summary(RuntimeError("An error occurred while calling o1\n" + text))

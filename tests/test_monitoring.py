@@ -649,8 +649,8 @@ def test_a_versions_threshold_is_its_tag_else_its_runs_metric_and_must_be_a_prob
         tmp_path: Path) -> None:
     """The train job tags each version it registers; a version registered by hand from the
     run (or whose tag failed to be set) takes the threshold its run logged; one without a run
-    uses 0.5; a tag that is not a probability fails instead of predicting no flight
-    disrupted."""
+    takes the one its model was saved with (None here: test_training); a tag that is not a
+    probability fails instead of predicting no flight disrupted."""
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -142,14 +142,21 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
 
     from lakehouse.evaluation import positive_probability
     from lakehouse.models import decision_threshold, with_threshold
-    from lakehouse.stages.score import Scorer, model_threshold
+    from lakehouse.stages.score import Scorer, model_threshold, predictions_of
 
     rng = np.random.default_rng(5)
     x = rng.uniform(0, 1, 300)
     rows = spark.createDataFrame([(Vectors.dense([float(v)]), int(rng.uniform() < v))
                                   for v in x], ["features", "disrupted"])
+    flights = rows.select(F.monotonically_increasing_id().cast("string").alias("flight_id"),
+                          F.lit("2013-01-01").cast("date").alias("flight_date"),
+                          F.lit("2013-01-01 12:00:00").cast("timestamp").alias("sched_dep_utc"),
+                          *(F.lit(v).alias(c) for c, v in (("carrier", "UA"), ("origin", "EWR"),
+                                                            ("dest", "ORD"))),
+                          F.lit(True).alias("tail_recorded"), "features")
     for number, estimator in enumerate((
             LogisticRegression(labelCol="disrupted"),
+            LogisticRegression(labelCol="disrupted", family="multinomial"),
             RandomForestClassifier(labelCol="disrupted", numTrees=3, maxDepth=3, seed=1),
             GBTClassifier(labelCol="disrupted", maxIter=3, maxDepth=2, seed=1))):
         fitted = estimator.fit(rows)
@@ -159,6 +166,10 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
             if threshold == 0.3:  # saved with the model
                 model.write().overwrite().save(str(tmp_path / str(number)))
                 model = PipelineModel.load(str(tmp_path / str(number)))
+                unset = PipelineModel(stages=[estimator.fit(rows)])
+                unset.write().overwrite().save(str(tmp_path / f"unset{number}"))
+                assert decision_threshold(PipelineModel.load(
+                    str(tmp_path / f"unset{number}"))) == 0.5  # read back after a load too
             got = model.transform(rows).select(positive_probability().alias("p"),
                                                "prediction").collect()
             # MLlib: class 1 when p > t; at t = 0 always (the score job: p >= 0), at 1 never
@@ -170,6 +181,13 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
             assert model_threshold(model, Scorer("m", "1", "", "champion", 0.6)) == 0.6
             if threshold == 0.3:
                 assert 0 < sum(expected) < len(expected)
+                # the score job's rows of a version without a tag or run metric
+                written = predictions_of(model, untagged, flights, None, 0).collect()
+                assert {r["threshold"] for r in written} == {model_threshold(model, untagged)}
+                assert model_threshold(model, untagged) == pytest.approx(0.3)
+                assert [r["predicted_disrupted"] for r in written] == [
+                    int(r["probability"] >= 0.3) for r in written]
+                assert 0 < sum(r["predicted_disrupted"] for r in written) < len(written)
     with pytest.raises(ValueError, match="not a probability"):
         with_threshold(model, 1.5)
 

@@ -149,8 +149,8 @@ def changed_dates(spark: SparkSession, config: Config, silver: Silver, since: di
     if weather is not None:
         moved.append(dates_moved_by_weather(weather, settings).withColumn("_kpi", F.lit(False)))
     if since["silver_planes"] != silver.versions["silver_planes"]:
-        before = tables.read(spark, config, "silver_planes", version=since["silver_planes"])
-        tails = changed_tails(before, silver.frames["silver_planes"])
+        held = tables.read(spark, config, "flight_features")
+        tails = changed_tails(held, silver.frames["silver_planes"])
         moved.append(silver.frames["silver_flights"].join(tails, "tailnum", "left_semi")
                      .select("flight_date", F.lit(False).alias("_kpi")).distinct())
     rows = reduce(DataFrame.unionByName, moved).distinct().collect() if moved else []
@@ -170,15 +170,23 @@ FEED_ERROR_MARKERS = ("CHANGE_DATA", "CDC", "FILE_NOT_FOUND", "VERSION", "HISTOR
 # DELTA_FILE_NOT_FOUND_DETAILED): a SparkException, which classic PySpark passes on as a
 # Py4JJavaError (its text holds the condition) and Spark Connect as a PySparkException with the
 # condition. Only these conditions count, not any missing file named in a trace.
+# Versions older than the table's retention are refused before any file is read: past
+# delta.deletedFileRetentionDuration (7 days by default) for time travel and the change feed
+# (an AnalysisException: a gold that has not run for a week), or past
+# delta.logRetentionDuration, their log cleaned up (DeltaFileNotFoundException, not an
+# analysis error: its condition is in its text).
 VACUUMED_MARKERS = ("FAILED_READ_FILE.FILE_NOT_EXIST", "FAILED_READ_FILE.DBR_FILE_NOT_EXIST",
-                    "DELTA_CHANGE_DATA_FILE_NOT_FOUND", "DELTA_FILE_NOT_FOUND")
+                    "DELTA_CHANGE_DATA_FILE_NOT_FOUND", "DELTA_FILE_NOT_FOUND",
+                    "DELTA_UNSUPPORTED_TIME_TRAVEL_BEYOND_DELETED_FILE_RETENTION_DURATION",
+                    "DELTA_TRUNCATED_TRANSACTION_LOG", "DELTA_LOG_FILE_NOT_FOUND",
+                    "DELTA_VERSIONS_NOT_CONTIGUOUS")
 
 
 def feed_unreadable(error: Exception) -> bool:
     """Whether error says the change data feed is unreadable (gold then builds in full)."""
     if isinstance(error, AnalysisException):
         condition = error.getCondition() or ""
-        return any(marker in condition for marker in FEED_ERROR_MARKERS)
+        return any(marker in condition for marker in FEED_ERROR_MARKERS + VACUUMED_MARKERS)
     condition = (error.getCondition() or "") if isinstance(error, PySparkException) else ""
     return any(marker in condition or marker in str(error) for marker in VACUUMED_MARKERS)
 
