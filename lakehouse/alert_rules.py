@@ -3,6 +3,7 @@ for how many days, and whether the alert makes retraining due (pure functions)."
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
@@ -51,10 +52,13 @@ class AlertRule:
                           and (not self.features or s in self.features))
         return [PREDICTION] if self.name == "prediction_drift" else [""]
 
-    def crossed(self, value: float, rows: int, training_auc: float | None,
-                min_labeled: int, min_scored: int = 0) -> bool:
-        if rows < (min_labeled if self.window == TRAILING else min_scored):
-            return False
+    def crossed(self, value: float | None, rows: int | None, training_auc: float | None,
+                min_labeled: int, min_scored: int = 0) -> bool | None:
+        """Whether value crosses the rule's threshold; None when the day cannot be judged (too
+        few flights, or no value): that is not the condition cleared (see alerts.held_since)."""
+        if (rows or 0) < (min_labeled if self.window == TRAILING else min_scored) or (
+                value is None or math.isnan(value)):
+            return None
         if self.name == "quality_drop":
             return training_auc is not None and value < training_auc - float(
                 self.below_training_by or 0.0)

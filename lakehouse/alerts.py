@@ -28,20 +28,23 @@ log = logging.getLogger("lakehouse.alerts")
 RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
 
-def held_since(flags: Sequence[tuple[date, bool]], day: date,
+def held_since(flags: Sequence[tuple[date, bool | None]], day: date,
                persist_days: int = 1) -> date | None:
     """The first day of the run of consecutive crossed days ending at day, when day is crossed
-    and the run is at least persist_days long; else None.
+    and the run holds at least persist_days crossed days; else None.
 
     Whether that run (an episode) was alerted already is not decided here: the alerts
     recorded say (a day whose version was not champion, or a rule whose persist_days changed
     mid-run, raised none, and replaying the history could not tell).
 
     Args:
-        flags: (day, condition crossed) sorted by day, one per day at most; a day missing from
-            the list counts as not crossed (it ends an episode and breaks a run).
+        flags: (day, condition crossed) sorted by day, one per day at most. None: the day was
+            not judged (too few flights to say, e.g. a day landed in part): it neither counts
+            towards persist_days nor ends the run, since too little data is not the condition
+            cleared. A day missing from the list counts as not crossed (it ends an episode
+            and breaks a run).
         day: the day asked about.
-        persist_days: how many consecutive crossed days raise the alert (1: the first one).
+        persist_days: how many crossed days in a run raise the alert (1: the first one).
     """
     if persist_days < 1:
         raise ValueError(f"persist_days must be at least 1, got {persist_days}")
@@ -51,23 +54,27 @@ def held_since(flags: Sequence[tuple[date, bool]], day: date,
             raise ValueError(f"flags must be sorted by day with one flag per day: {d} comes "
                              f"after {previous}")
         previous = d
-    crossed = {d for d, c in flags if c}
-    if day not in crossed:
+    state = dict(flags)
+    if state.get(day) is not True:
         return None
-    first = day
-    while first - timedelta(days=1) in crossed:
-        first -= timedelta(days=1)
-    return first if (day - first).days + 1 >= persist_days else None
+    first, count, before = day, 1, day - timedelta(days=1)
+    while before in state and state[before] is not False:
+        if state[before]:
+            first, count = before, count + 1
+        before -= timedelta(days=1)
+    return first if count >= persist_days else None
 
 
-def held_until(flags: Sequence[tuple[date, bool]], day: date) -> date:
-    """The last day of the run of consecutive crossed days holding day (day itself when the
-    next day is not crossed): a day run again after later days were monitored belongs to the
-    episode those days may have alerted already."""
-    crossed = {d for d, c in flags if c}
-    last = day
-    while last + timedelta(days=1) in crossed:
-        last += timedelta(days=1)
+def held_until(flags: Sequence[tuple[date, bool | None]], day: date) -> date:
+    """The last crossed day of the run holding day (day itself when no later day of the run
+    crossed; days not judged are stepped over, as in `held_since`): a day run again after
+    later days were monitored belongs to the episode those days may have alerted already."""
+    state = dict(flags)
+    last, after = day, day + timedelta(days=1)
+    while after in state and state[after] is not False:
+        if state[after]:
+            last = after
+        after += timedelta(days=1)
     return last
 
 
@@ -130,7 +137,10 @@ def _outcome(error: Exception) -> tuple[int | None, str, bool]:
 def shown_url(url: str) -> str:
     """The webhook as logs and the alerts table show it: scheme, host and port only (a Slack or
     Teams incoming webhook's path is its token)."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing of it is shown
+        return "(not a URL)/…"
     try:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:  # a port that is no number

@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from lakehouse.alerts import Delivery, deliver, held_since, shown_url, slack_payload
+from lakehouse.alerts import (
+    Delivery,
+    deliver,
+    held_since,
+    held_until,
+    shown_url,
+    slack_payload,
+)
 
 
 class Hook:
@@ -200,6 +207,15 @@ def test_held_since_is_the_first_day_of_a_run_long_enough() -> None:
     # A gap inside a run of crossed days breaks it: 0, 1 then 3, 4 (2 missing).
     assert held_since([(x, True) for x in days(0, 1, 3, 4)], days(4)[0], 2) == days(3)[0]
     assert held_since([], d, 1) is None
+    # a day not judged (None) is stepped over: it neither counts nor breaks the run
+    thin = [(days(0)[0], True), (days(1)[0], None), (days(2)[0], None), (days(3)[0], True)]
+    assert held_since(thin, days(3)[0], 2) == days(0)[0]
+    assert held_since(thin, days(3)[0], 3) is None
+    assert held_since(thin, days(1)[0], 1) is None  # not itself crossed
+    assert held_until(thin, days(0)[0]) == days(3)[0]
+    assert held_until([*thin, (days(4)[0], None)], days(0)[0]) == days(3)[0]
+    cleared = [*thin, (days(4)[0], False), (days(5)[0], True)]
+    assert held_until(cleared, days(3)[0]) == days(3)[0]
 
 
 def test_held_since_rejects_bad_input() -> None:
@@ -214,6 +230,11 @@ def test_a_webhook_url_is_shown_without_its_path() -> None:
     hook = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
     assert shown_url(hook) == "https://hooks.slack.com/…"
     assert shown_url("http://127.0.0.1:8080/hook?key=1") == "http://127.0.0.1:8080/…"
+    # a malformed one is shown as such, and its delivery fails without raising
+    assert shown_url("http://[::1/XXXXSECRET") == "(not a URL)/…"
+    broken = deliver("http://[::1/XXXXSECRET", {"text": "x"}, retries=0)
+    assert not broken.delivered and broken.error is not None
+    assert "XXXXSECRET" not in broken.error
     refused = deliver("ftp://files.example.com/XXXXSECRET", {"text": "x"})
     assert refused.attempts == 0 and refused.error is not None
     assert "ftp://files.example.com/…" in refused.error and "XXXXSECRET" not in refused.error

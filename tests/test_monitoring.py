@@ -132,6 +132,32 @@ def test_drift_rules_need_a_day_of_enough_scored_flights() -> None:
     assert alert.subject == "temp"
 
 
+def test_a_day_too_thin_to_judge_neither_ends_an_episode_nor_counts_towards_it() -> None:
+    """Too few flights to judge (a day landed in part, a mostly-null feature) is not the
+    condition cleared: the drift crossing Dec 1-2 and again Dec 4-5 around a thin Dec 3 is one
+    episode (its crossing on the 5th names the 1st, so the alert raised on the 2nd covers it:
+    no second alert, no second retraining), and the thin day adds nothing to persist_days."""
+    rules = rules_from_conf(RULES)
+    history = [row(d, "mean_shift", 3.0, "temp", rows=40 if d == 3 else 400)
+               for d in range(1, 6)]
+    crossing = {d: raised_on(date(2013, 12, d), history, rules, 0.75, 200, min_scored=100)
+                for d in range(1, 6)}
+    assert crossing[1] == crossing[3] == []  # one day of two; not judged
+    assert {d: (c[0].since, c[0].until) for d, c in crossing.items() if c} == {
+        d: (date(2013, 12, 1), date(2013, 12, 5)) for d in (2, 4, 5)}
+    # a NaN value (e.g. an AUC of one class) is not judged either; a cleared day still ends it
+    history[2] = row(3, "mean_shift", float("nan"), "temp")
+    assert raised_on(date(2013, 12, 5), history, rules, 0.75, 200)[0].since == date(2013, 12, 1)
+    history[2] = row(3, "mean_shift", 0.5, "temp")
+    assert raised_on(date(2013, 12, 5), history, rules, 0.75, 200)[0].since == date(2013, 12, 4)
+    # thin days between two crossed ones: persist_days counts the crossed days only
+    two = [row(1, "mean_shift", 3.0, "temp"), row(2, "mean_shift", 3.0, "temp", rows=40)]
+    assert raised_on(date(2013, 12, 2), two, rules, 0.75, 200, min_scored=100) == []
+    (third,) = raised_on(date(2013, 12, 3), [*two, row(3, "mean_shift", 3.0, "temp")], rules,
+                         0.75, 200, min_scored=100)
+    assert third.since == date(2013, 12, 1)
+
+
 def test_the_end_of_a_day_is_the_same_instant_whatever_the_drivers_time_zone(
         spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
@@ -583,6 +609,38 @@ def test_an_episode_raises_once_its_condition_held_on_the_days_already_monitored
 
 
 @pytest.mark.slow
+def test_a_rerun_of_an_earlier_day_leaves_a_later_runs_quality_rows(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """Each run writes the trailing days' per-day quality as of its own instant: Dec 2's run
+    counts the Dec 1 flights whose outcome came in on Dec 2. Running Dec 1 again (as of its
+    end, fewer outcomes known) must not roll those rows back."""
+    from datetime import datetime
+
+    monitored_day(spark, tmp_path, days=(1, 2))
+    config = make_config(tmp_path, monitor={**quality_only(1), "trailing_days": 2})
+    features = tables.read(spark, config, "flight_features").toPandas()
+    late = (features["flight_date"] == date(2013, 12, 1)) & (features.index % 2 == 0)
+    features.loc[late, "known_at_utc"] = datetime(2013, 12, 2, 15)
+    tables.overwrite(spark.createDataFrame(
+        features, "flight_id string, flight_date date, disrupted int, known_at_utc timestamp"),
+        config, "flight_features")
+
+    def first_day() -> dict[str, Any]:
+        return {(r["window"], r["metric"], r["subject"]): (r["value"], r["rows"], r["as_of_utc"])
+                for r in tables.read(spark, config, "model_monitoring")
+                .filter(F.col("monitored_date") == date(2013, 12, 1)).collect()}
+
+    monitor.run(spark, config, "run-1", "2013-12-01")
+    as_of_first = first_day()
+    assert as_of_first[("day", "auc_roc", "")][1] == 150  # half the outcomes known
+    monitor.run(spark, config, "run-2", "2013-12-02")
+    as_of_second = first_day()
+    assert as_of_second[("day", "auc_roc", "")][1] == 300
+    monitor.run(spark, config, "run-3", "2013-12-01")
+    assert first_day() == as_of_second
+
+
+@pytest.mark.slow
 def test_a_day_whose_alert_was_not_recorded_is_not_counted_as_monitored(
         spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An episode raises its alert on one day only, and `from: latest` starts after the last
@@ -787,3 +845,17 @@ def test_a_webhook_read_from_an_unset_variable_fails_the_monitor_before_it_measu
                                           r"LAKEHOUSE_UNSET_HOOK, which is not set"):
         monitor.run(None, config, "r1", "2013-11-01")  # type: ignore[arg-type]
     assert not (tmp_path / "delta").exists()  # nothing read or written
+    # a URL no POST can reach fails before any alert too (it showed only on the first alert,
+    # where the malformed one failed the monitor), its path (the hook's token) not shown
+    for bad, why in (("http://[::1/T0K3N", "not a URL"),
+                     ("hooks.slack.com/services/T0K3N", "expected an http"),
+                     ("ftp://files.example.com/T0K3N", "expected an http"),
+                     ("https:///T0K3N", "expected an http"),
+                     ("https://hooks.example.com:port/T0K3N", "not a URL")):
+        monkeypatch.setenv("LAKEHOUSE_UNSET_HOOK", bad)
+        with pytest.raises(ConfigError, match=rf"monitor\.webhook_url: {why}") as refused:
+            monitor.run(None, config, "r1", "2013-11-01")  # type: ignore[arg-type]
+        assert "T0K3N" not in str(refused.value)
+    monkeypatch.setenv("LAKEHOUSE_UNSET_HOOK", "https://hooks.example.com:8443/T0K3N")
+    assert monitor.webhook_url(config.section("monitor")) == (
+        "https://hooks.example.com:8443/T0K3N")

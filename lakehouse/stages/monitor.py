@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,8 +21,8 @@ from pyspark.sql import types as T
 
 from lakehouse import registry, tables
 from lakehouse.alert_rules import Crossing, raised_on, rules_from_conf
-from lakehouse.alerts import deliver, slack_payload, unreachable
-from lakehouse.config import Config, secret
+from lakehouse.alerts import deliver, shown_url, slack_payload, unreachable
+from lakehouse.config import Config, ConfigError, secret
 from lakehouse.drift import FeatureReference, references_from_json
 from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TAIL_RECORDED
 from lakehouse.monitoring import (
@@ -189,7 +190,19 @@ def webhook_url(settings: dict[str, Any]) -> str | None:
     """monitor.webhook_url; written `env:NAME`, the environment variable NAME's (an incoming
     webhook's URL holds its token), which must be set."""
     value = settings.get("webhook_url")
-    return secret(str(value), "monitor.webhook_url") if value else None
+    if not value:
+        return None
+    url = secret(str(value), "monitor.webhook_url")
+    # checked before any alert: a URL no POST can reach would show only on the first alert
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- a port that is no number raises here
+    except ValueError as error:
+        raise ConfigError(f"monitor.webhook_url: not a URL ({error}): {shown_url(url)}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"monitor.webhook_url: expected an http(s) URL with a host, got "
+                          f"{shown_url(url)}")
+    return url
 
 
 def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing], model: Any,
@@ -349,9 +362,13 @@ def run(spark: SparkSession, config: Config, run_id: str, day: str,
             frame = spark.createDataFrame(
                 [{**r, "as_of_utc": as_of, "run_id": run_id} for r in rows], MONITOR_SCHEMA)
             dates = sorted({r["monitored_date"] for r in rows})
-            # the monitored dates' rows only: Delta reads and rewrites no other day's files
+            # the monitored dates' rows only: Delta reads and rewrites no other day's files.
+            # A row as of an earlier instant does not replace a later one: a rerun of an
+            # earlier day leaves the trailing days' quality rows a later day's run wrote (with
+            # more outcomes known) as they are.
             tables.merge(spark, frame, config, "model_monitoring", MONITOR_KEYS,
-                         changed_columns=("value", "rows", "role"), metrics=False,
+                         changed_columns=("value", "rows", "role"), newer="as_of_utc",
+                         metrics=False,
                          target_filter=f"t.monitored_date BETWEEN DATE'{dates[0]}' AND "
                                        f"DATE'{dates[-1]}'")
         due = retraining_due(spark, config, when, settings.retrain_min_days_between,
