@@ -170,13 +170,17 @@ def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
     for row in history:
         series[(row["window"], row["metric"], row["subject"])][row["monitored_date"]] = row
     subjects = {row["subject"] for row in history}
+    # The days the version was monitored: on one of them a subject without a row had nothing
+    # to measure (no reading of a feature that day, no outcome known yet), which is a day not
+    # judged, not the condition cleared; a day not monitored at all ends a run.
+    monitored = sorted({row["monitored_date"] for row in history})
     out = []
     for rule in rules:
         for subject in rule.subjects(subjects):
             by_day = series.get((rule.window, rule.metric, subject), {})
-            flags = [(d, rule.crossed(r["value"], r["rows"], training_auc, min_labeled,
-                                      min_scored))
-                     for d, r in sorted(by_day.items())]
+            flags = [(d, rule.crossed(by_day[d]["value"], by_day[d]["rows"], training_auc,
+                                      min_labeled, min_scored) if d in by_day else None)
+                     for d in monitored]
             since = held_since(flags, day, rule.persist_days)
             if since is not None:
                 row = by_day[day]

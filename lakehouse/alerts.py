@@ -41,8 +41,8 @@ def held_since(flags: Sequence[tuple[date, bool | None]], day: date,
         flags: (day, condition crossed) sorted by day, one per day at most. None: the day was
             not judged (too few flights to say, e.g. a day landed in part): it neither counts
             towards persist_days nor ends the run, since too little data is not the condition
-            cleared. A day missing from the list counts as not crossed (it ends an episode
-            and breaks a run).
+            cleared (up to MAX_UNJUDGED_DAYS such days in a row). A day missing from the list
+            counts as not crossed (it ends an episode and breaks a run).
         day: the day asked about.
         persist_days: how many crossed days in a run raise the alert (1: the first one).
     """
@@ -57,25 +57,36 @@ def held_since(flags: Sequence[tuple[date, bool | None]], day: date,
     state = dict(flags)
     if state.get(day) is not True:
         return None
-    first, count, before = day, 1, day - timedelta(days=1)
-    while before in state and state[before] is not False:
-        if state[before]:
-            first, count = before, count + 1
-        before -= timedelta(days=1)
-    return first if count >= persist_days else None
+    run = _run(state, day, -1)
+    return run[-1] if len(run) >= persist_days else None
 
 
 def held_until(flags: Sequence[tuple[date, bool | None]], day: date) -> date:
     """The last crossed day of the run holding day (day itself when no later day of the run
     crossed; days not judged are stepped over, as in `held_since`): a day run again after
     later days were monitored belongs to the episode those days may have alerted already."""
-    state = dict(flags)
-    last, after = day, day + timedelta(days=1)
-    while after in state and state[after] is not False:
-        if state[after]:
-            last = after
-        after += timedelta(days=1)
-    return last
+    return _run(dict(flags), day, 1)[-1]
+
+
+# At most this many days in a row not judged are stepped over inside a run: a longer stretch
+# (weeks of a sensor down) ends the episode, so a crossing after it is news and raises again.
+MAX_UNJUDGED_DAYS = 3
+
+
+def _run(state: dict[date, bool | None], day: date, step: int) -> list[date]:
+    """The crossed days of the run holding day, from day in the direction of step (-1: back),
+    stepping over up to MAX_UNJUDGED_DAYS days in a row not judged."""
+    crossed, unjudged, at = [day], 0, day + timedelta(days=step)
+    while at in state and state[at] is not False:
+        if state[at]:
+            crossed.append(at)
+            unjudged = 0
+        else:
+            unjudged += 1
+            if unjudged > MAX_UNJUDGED_DAYS:
+                break
+        at += timedelta(days=step)
+    return crossed
 
 
 @dataclass(frozen=True)

@@ -214,6 +214,16 @@ def test_held_since_is_the_first_day_of_a_run_long_enough() -> None:
     assert held_since(thin, days(1)[0], 1) is None  # not itself crossed
     assert held_until(thin, days(0)[0]) == days(3)[0]
     assert held_until([*thin, (days(4)[0], None)], days(0)[0]) == days(3)[0]
+    # up to MAX_UNJUDGED_DAYS in a row: weeks of a sensor down end the episode
+    from lakehouse.alerts import MAX_UNJUDGED_DAYS
+    gap = [(days(0)[0], True), *((days(i)[0], None) for i in range(1, MAX_UNJUDGED_DAYS + 1)),
+           (days(MAX_UNJUDGED_DAYS + 1)[0], True)]
+    assert held_since(gap, gap[-1][0], 2) == days(0)[0]
+    longer = [(days(0)[0], True), *((days(i)[0], None) for i in range(1, MAX_UNJUDGED_DAYS + 2)),
+              (days(MAX_UNJUDGED_DAYS + 2)[0], True)]
+    assert held_since(longer, longer[-1][0], 1) == longer[-1][0]
+    assert held_since(longer, longer[-1][0], 2) is None
+    assert held_until(longer, days(0)[0]) == days(0)[0]
     cleared = [*thin, (days(4)[0], False), (days(5)[0], True)]
     assert held_until(cleared, days(3)[0]) == days(3)[0]
 

@@ -168,6 +168,41 @@ def test_an_outcome_moves_every_date_whose_history_counts_it(spark: SparkSession
     assert date(2013, 2, 11) in moved
 
 
+def test_changed_tails_are_the_planes_gold_rows_were_not_built_with(spark: SparkSession) -> None:
+    """Incremental gold finds the planes a new snapshot changed from its own rows (no earlier
+    snapshot read): the same snapshot changes none; a build year changed, a plane gone from
+    it, a plane new in it for a tail flown before, each changes that tail only."""
+    from lakehouse.gold_changes import changed_tails
+    from tests.rows import GOOD_FLIGHT
+
+    flights = [GOOD_FLIGHT, {**GOOD_FLIGHT, "flight": "2", "tailnum": "N99999"},
+               {**GOOD_FLIGHT, "flight": "3", "tailnum": "NA"}]
+    plane = ["N77777", "2004", "Fixed wing multi engine", "AIRBUS", "A320", "2", "182", "NA",
+             "Turbo-fan"]
+    frames = silver_frames(spark, flights, [])
+    planes = frames["planes"]
+    both = planes.unionByName(planes.sparkSession.createDataFrame(
+        [(plane[0], int(plane[1]), *plane[2:5], int(plane[5]), int(plane[6]), None, plane[8])],
+        planes.schema))
+    frames["flights"] = frames["flights"].unionByName(frames["flights"].filter(
+        F.col("tailnum") == "N14228").withColumn("tailnum", F.lit("N77777"))
+        .withColumn("flight_id", F.concat("flight_id", F.lit("-b"))))
+    built = flight_features(frames["flights"], frames["weather"], both, SETTINGS).cache()
+    assert built.filter(F.col("tailnum") == "N77777").first()["plane_seats"] == 182
+
+    def changed(now: DataFrame) -> list[str]:
+        return sorted(r[0] for r in changed_tails(built, now).collect())
+
+    assert changed(both) == []  # the same snapshot (and N99999, unknown both times)
+    assert changed(both.withColumn("year", F.when(F.col("tailnum") == "N14228", 1990)
+                                   .otherwise(F.col("year")))) == ["N14228"]
+    assert changed(both.filter(F.col("tailnum") != "N77777")) == ["N77777"]
+    assert changed(both.unionByName(both.filter(F.col("tailnum") == "N77777")
+                                    .withColumn("tailnum", F.lit("N99999")))) == ["N99999"]
+    assert changed(both.withColumn("manufacturer", F.lit("OTHER"))) == []  # not a feature
+    built.unpersist()
+
+
 def test_cancelled_and_diverted_flights_are_disrupted(spark: SparkSession) -> None:
     rows = [(True, False, None, 1), (False, True, None, 1), (False, False, 15, 1),
             (False, False, 14, 0), (False, False, -20, 0)]

@@ -150,6 +150,12 @@ def test_a_day_too_thin_to_judge_neither_ends_an_episode_nor_counts_towards_it()
     assert raised_on(date(2013, 12, 5), history, rules, 0.75, 200)[0].since == date(2013, 12, 1)
     history[2] = row(3, "mean_shift", 0.5, "temp")
     assert raised_on(date(2013, 12, 5), history, rules, 0.75, 200)[0].since == date(2013, 12, 4)
+    # a monitored day with no value at all for the feature (no reading that day: no row) is
+    # not judged either; a day not monitored at all ends the episode
+    history[2] = row(3, "mean_shift", 0.1, "dewp")
+    assert raised_on(date(2013, 12, 5), history, rules, 0.75, 200)[0].since == date(2013, 12, 1)
+    del history[2]
+    assert raised_on(date(2013, 12, 5), history, rules, 0.75, 200)[0].since == date(2013, 12, 4)
     # thin days between two crossed ones: persist_days counts the crossed days only
     two = [row(1, "mean_shift", 3.0, "temp"), row(2, "mean_shift", 3.0, "temp", rows=40)]
     assert raised_on(date(2013, 12, 2), two, rules, 0.75, 200, min_scored=100) == []

@@ -148,7 +148,10 @@ def changed_dates(spark: SparkSession, config: Config, silver: Silver, since: di
     weather = changes("silver_weather")
     if weather is not None:
         moved.append(dates_moved_by_weather(weather, settings).withColumn("_kpi", F.lit(False)))
-    if since["silver_planes"] != silver.versions["silver_planes"]:
+    # (planes move no KPI: without flight_features, which its own plan then builds in full,
+    # there is nothing to compare with)
+    if since["silver_planes"] != silver.versions["silver_planes"] and tables.exists(
+            spark, config, "flight_features"):
         held = tables.read(spark, config, "flight_features")
         tails = changed_tails(held, silver.frames["silver_planes"])
         moved.append(silver.frames["silver_flights"].join(tails, "tailnum", "left_semi")
