@@ -290,8 +290,7 @@ def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
                                                            config: Config) -> None:
     """The JSON reader would drop an empty array line and split an array of two objects; its
     parser reads a line's first value and ignores the rest (two objects on one line, trailing
-    text), and of a key given twice keeps the last. NaN is not JSON (RFC 8259). A file
-    opening with a byte-order mark lands its first record like the others."""
+    text), and of a key given twice keeps the last. NaN is not JSON (RFC 8259)."""
     weather = Path(config.landing) / "weather"
     weather.mkdir(parents=True)
     lines = ['{"origin": "EWR", "year": "2013", "hour": "1", "time_hour": "}{ ,{"}', "[]",
@@ -302,19 +301,13 @@ def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
              '{"origin": "JFK", "hour": "8"} trailing', '{"origin": "JFK", "hour": "9"}]',
              '{"origin": "JFK", "hour": "10", "hour": "11"}', '{"origin": "JFK", "temp": NaN}']
     (weather / "weather_2013-01-01.jsonl").write_text("\n".join(lines) + "\n")
-    # a file opening with a UTF-8 byte-order mark: its first record is one like the others
-    (weather / "weather_2013-01-02.jsonl").write_bytes(
-        b"\xef\xbb\xbf" + b'{"origin": "EWR", "year": "2013", "hour": "12"}\n'
-        + b'{"origin": "EWR", "year": "2013", "hour": "13"}\n')
     result = ingest(spark, config, "weather")
-    assert result["rows_landed"] == result["rows_in"] == 14
+    assert result["rows_landed"] == result["rows_in"] == 12
     read = tables.read(spark, config, "bronze_weather")
     corrupt = read.filter(F.col("_corrupt_record").isNotNull()).collect()
     assert sorted(r["_corrupt_record"] for r in corrupt) == sorted(lines[1:4] + lines[5:])
     assert {(r["origin"], r["hour"]) for r in corrupt} == {(None, None)}
-    whole, *marked = read.filter(F.col("_corrupt_record").isNull()).orderBy(
-        F.col("hour").cast("int")).collect()
-    assert [(r["origin"], r["hour"]) for r in marked] == [("EWR", "12"), ("EWR", "13")]
+    (whole,) = read.filter(F.col("_corrupt_record").isNull()).collect()
     assert whole["hour"] == "1" and whole["time_hour"] == "}{ ,{"
     assert "temp" in whole["_missing_columns"]
 
