@@ -625,6 +625,17 @@ def new_commit_tagged(spark: SparkSession, config: Config, name: str, tag: str,
     return any(row[0] == tag for row in history.collect())
 
 
+def tagged_commit_rows(spark: SparkSession, config: Config, name: str, tag: str,
+                       look_back: int = 200) -> int | None:
+    """The rows the newest commit carrying tag as userMetadata wrote (its numOutputRows),
+    among the last look_back commits; None when none carries it or its metrics are off."""
+    history = (delta_table(spark, config, name).history(look_back)
+               .filter(F.col("userMetadata") == tag).select("version", "operationMetrics")
+               .orderBy(F.col("version").desc()).first())
+    written = (history["operationMetrics"] or {}).get("numOutputRows") if history else None
+    return int(written) if written is not None else None
+
+
 # Databricks' FUSE mounts look local but are shared storage: an flock there guards one node
 # at most, and the mount may refuse it or the in-place rewrite.
 SHARED_MOUNTS = ("/Volumes/", "/dbfs/", "/Workspace/")

@@ -44,6 +44,7 @@ TRAIN_MODES = ("auto", "always", "never")
 # permanent too; a lost executor, a network or storage error, an MLflow 5xx are retried.
 PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError, ValueError,
                     ConcurrentRunError, BronzeAccountingError, bronze.MigrationRequiredError,
+                    bronze.CheckpointBehindError,
                     gold.GoldInputError, AnalysisException, ArithmeticException,
                     DateTimeException, NumberFormatException, IllegalArgumentException,
                     UnsupportedOperationException)

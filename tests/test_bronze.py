@@ -443,6 +443,43 @@ def test_a_failed_run_audits_the_micro_batches_it_committed(
     assert 0 < held < 3 * 842
 
 
+def test_a_checkpoint_older_than_the_table_fails_instead_of_appending_twice(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """A checkpoint restored from an older backup plans its next batch anew (here one file a
+    batch where the table's batch 1 held two): Delta skips that batch as committed, and the
+    batch after it appended the second file again. The skipped batch's records are compared
+    with its commit's: the run fails naming the checkpoint, nothing more written."""
+    import shutil
+
+    from lakehouse.workflow import is_permanent
+    from tests.conftest import make_config
+
+    def config(files: int) -> Config:
+        return make_config(tmp_path, bronze={"max_files_per_trigger": files})
+
+    landing = Path(config(2).landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 2))
+    assert ingest(spark, config(2), "flights")["files"] == 2
+    stream = Path(bronze.checkpoint(config(2), "bronze_flights"))
+    shutil.copytree(stream, tmp_path / "backup")
+    seed(landing, date(2013, 1, 3), date(2013, 1, 4))
+    assert ingest(spark, config(2), "flights")["files"] == 2
+    held = tables.read(spark, config(2), "bronze_flights").count()
+    shutil.rmtree(stream)
+    shutil.copytree(tmp_path / "backup", stream)  # the older checkpoint
+    with pytest.raises(bronze.CheckpointBehindError,
+                       match=r"bronze_flights: micro-batch 1 of its stream was committed with "
+                             r"\d+ records, and its checkpoint .* planned \d+ for it") as error:
+        ingest(spark, config(1), "flights")
+    assert is_permanent(error.value)
+    assert tables.read(spark, config(2), "bronze_flights").count() == held
+    # a replay of the same batch (a crash between the commit and the checkpoint) still passes
+    shutil.rmtree(stream)
+    shutil.copytree(tmp_path / "backup", stream)
+    assert ingest(spark, config(2), "flights")["rows_in"] == 0
+    assert tables.read(spark, config(2), "bronze_flights").count() == held
+
+
 def test_a_checkpoint_has_logged_a_batch_once_its_offsets_log_names_one(
         spark: SparkSession, tmp_path: Path) -> None:
     """What `refuse_new_checkpoint` looks at: a batch file (named by its id) in the offsets

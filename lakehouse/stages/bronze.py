@@ -67,6 +67,12 @@ class MigrationRequiredError(RuntimeError):
     version): reading the source from the start would append everything again."""
 
 
+class CheckpointBehindError(RuntimeError):
+    """A micro-batch Delta skipped as committed held other records than this checkpoint planned
+    for it: the checkpoint is older than the table (restored from another backup). The batches
+    after it would append records the table holds."""
+
+
 class MissingHeaderError(ValueError):
     """A landed CSV file without a header line: a data error, not retried."""
 
@@ -338,8 +344,30 @@ class Batches:
             df, self.config, table, txn=(str(self.stream_id), batch_id), tag=tag,
             merge_schema=True, properties=BRONZE_PROPERTIES), check)
         if not tables.new_commit_tagged(self.spark, self.config, table, tag, before):
+            self.check_replay(tag, batch_id, counts().rows)
             return None
         return counts()
+
+    def check_replay(self, tag: str, batch_id: int, planned: int) -> None:
+        """A batch Delta skipped as committed (its txnVersion) is a replay of that commit only
+        when it holds the same records: a crash between Delta's commit and the checkpoint's
+        reruns the batch as the offsets log planned it. A checkpoint older than the table
+        (restored from another backup) plans its batches anew, so the skipped batch may hold
+        fewer or more records than the commit, and the batches after it would append records
+        the table holds, or never read some: compared by the commit's row count."""
+        table = self.source.table
+        if self.replays_held:
+            return  # its rows were filtered by what the table holds: its own commit's too
+        committed = tables.tagged_commit_rows(self.spark, self.config, table, tag)
+        if committed is None or committed == planned:
+            return
+        raise CheckpointBehindError(
+            f"{table}: micro-batch {batch_id} of its stream was committed with {committed} "
+            f"records, and its checkpoint {checkpoint(self.config, table)} planned {planned} "
+            "for it: the checkpoint is not the one that wrote the table (restored from an "
+            "older backup?). Nothing more was written. Restore the checkpoint that goes with "
+            "the table, or delete it and run `lakehouse migrate "
+            f"--env {self.config.env}`, which ingests only what {table} does not hold.")
 
     def check_new_table(self, tag: str) -> None:
         """Refuse a stream's first batch over a table that already holds records: a checkpoint
