@@ -473,7 +473,8 @@ def test_a_checkpoint_older_than_the_table_fails_instead_of_appending_twice(
         ingest(spark, config(1), "flights")
     assert is_permanent(error.value)
     assert tables.read(spark, config(2), "bronze_flights").count() == held
-    # a replay of the same batch (a crash between the commit and the checkpoint) still passes
+    # the older checkpoint replanning the same batch as its commit held passes (a crash's
+    # replay of a logged batch: test_exactly_once)
     shutil.rmtree(stream)
     shutil.copytree(tmp_path / "backup", stream)
     assert ingest(spark, config(2), "flights")["rows_in"] == 0
