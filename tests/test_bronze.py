@@ -469,7 +469,8 @@ def test_a_checkpoint_older_than_the_table_fails_instead_of_appending_twice(
     shutil.copytree(tmp_path / "backup", stream)  # the older checkpoint
     with pytest.raises(bronze.CheckpointBehindError,
                        match=r"bronze_flights: micro-batch 1 of its stream was committed with "
-                             r"\d+ records, and its checkpoint .* planned \d+ for it") as error:
+                             r"\d+ records, and its checkpoint .* planned \d+ for it: the "
+                             r"checkpoint is older than the table") as error:
         ingest(spark, config(1), "flights")
     assert is_permanent(error.value)
     assert tables.read(spark, config(2), "bronze_flights").count() == held

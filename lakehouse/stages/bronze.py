@@ -354,7 +354,9 @@ class Batches:
         reruns the batch as the offsets log planned it. A checkpoint older than the table
         (restored from another backup) plans its batches anew, so the skipped batch may hold
         fewer or more records than the commit, and the batches after it would append records
-        the table holds, or never read some: compared by the commit's row count."""
+        the table holds, or never read some: compared by the commit's row count (a replanned
+        batch of as many records passes; so does one whose commit is past the history read or
+        has no metrics)."""
         table = self.source.table
         if self.replays_held:
             return  # its rows were filtered by what the table holds: its own commit's too
@@ -364,10 +366,11 @@ class Batches:
         raise CheckpointBehindError(
             f"{table}: micro-batch {batch_id} of its stream was committed with {committed} "
             f"records, and its checkpoint {checkpoint(self.config, table)} planned {planned} "
-            "for it: the checkpoint is not the one that wrote the table (restored from an "
-            "older backup?). Nothing more was written. Restore the checkpoint that goes with "
-            "the table, or delete it and run `lakehouse migrate "
-            f"--env {self.config.env}`, which ingests only what {table} does not hold.")
+            "for it: the checkpoint is older than the table (restored from an older backup?) "
+            "or a `lakehouse migrate` over it was interrupted. Nothing more was written. After "
+            f"an interrupted migration, run `lakehouse migrate --env {self.config.env}` again; "
+            "otherwise restore the checkpoint that goes with the table, or delete it and run "
+            f"the migration, which ingests only what {table} does not hold.")
 
     def check_new_table(self, tag: str) -> None:
         """Refuse a stream's first batch over a table that already holds records: a checkpoint
