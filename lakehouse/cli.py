@@ -21,6 +21,11 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
 
 
+ACCEPT_LOST_HELP = ("once, after a run failed because Kafka deleted events bronze had yet to "
+                    "read (EventsLostError): go on from the earliest offsets the broker holds; "
+                    "the audit row names the offsets lost")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lakehouse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--continuous", action="store_true",
                      help="bronze: a micro-batch per source every bronze.continuous_interval "
                           "until stopped (Ctrl-C or SIGTERM), instead of what is there now")
+    run.add_argument("--accept-lost-events", action="store_true", help=ACCEPT_LOST_HELP)
 
-    with_env(sub.add_parser(
+    migrate = with_env(sub.add_parser(
         "migrate", help="once, for bronze tables written by the file-ledger version: record the "
                         "files they hold in new stream checkpoints, ingest the rest"))
+    migrate.add_argument("--accept-lost-events", action="store_true", help=ACCEPT_LOST_HELP)
 
     produce = with_env(sub.add_parser(
         "produce", help="replay real flights as JSON events to Kafka (schedule, then outcome)"))
@@ -121,6 +128,10 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from lakehouse import workflow
     from lakehouse.session import build_session
 
+    if args.accept_lost_events and (args.job != "bronze" or args.continuous):
+        raise ValueError("--accept-lost-events goes with `lakehouse run bronze` (or `lakehouse "
+                         "migrate`) run once, not with " + ("--continuous" if args.continuous
+                                                          else f"the {args.job!r} job"))
     spark = build_session(config)
     if args.continuous:
         if args.job != "bronze":
@@ -140,7 +151,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
                 raise
             return 0
     results = workflow.run_job(spark, config, args.job, args.start, args.end, args.train,
-                               args.stages, full_gold=args.full)
+                               args.stages, full_gold=args.full,
+                               accept_lost_events=args.accept_lost_events)
     print(workflow.report(spark, config, results))
     return 0
 
@@ -151,7 +163,8 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from lakehouse.stages import bronze
 
     spark = build_session(config)
-    results = bronze.run(spark, config, workflow.new_run_id(), adopt=True)
+    results = bronze.run(spark, config, workflow.new_run_id(), adopt=True,
+                         accept_lost_events=args.accept_lost_events)
     for row in results:
         print(f"{row['table_name']:<22} files {row.get('files') or 0:>5}  rows appended "
               f"{row.get('rows_in') or 0:>8}  {row.get('message') or ''}")

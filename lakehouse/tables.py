@@ -575,10 +575,11 @@ def literal_path(path: str) -> str:
 
 # --- events ---------------------------------------------------------------------------------
 
-def kafka_options(settings: dict[str, Any]) -> dict[str, str]:
+def kafka_options(settings: dict[str, Any], fail_on_data_loss: bool = True) -> dict[str, str]:
     """The Kafka source's options: settings' `options` as they are (kafka.security.protocol,
-    kafka.sasl.*, ...), the servers, topic, offsets and data-loss check from the settings
-    (they win), and timeouts of about timeout_seconds unless `options` sets them itself."""
+    kafka.sasl.*, ...), the servers, topic and offsets from the settings and the data-loss
+    check from fail_on_data_loss (they win: no conf turns the check off for good), and
+    timeouts of about timeout_seconds unless `options` sets them itself."""
     timeout_ms = int(float(settings.get("timeout_seconds", 10)) * 1000)
     options = client_options(settings, "options")
     request_ms = options.get("kafka.request.timeout.ms", str(timeout_ms))
@@ -591,14 +592,18 @@ def kafka_options(settings: dict[str, Any]) -> dict[str, str]:
             "subscribe": str(settings["topic"]),
             "startingOffsets": str(settings.get("starting_offsets", "earliest")),
             "maxOffsetsPerTrigger": str(int(settings.get("max_offsets_per_trigger", 20000))),
-            "failOnDataLoss": "true"}
+            "failOnDataLoss": str(fail_on_data_loss).lower()}
 
 
-def kafka_stream(spark: SparkSession, settings: dict[str, Any]) -> DataFrame:
+def kafka_stream(spark: SparkSession, settings: dict[str, Any],
+                 fail_on_data_loss: bool = True) -> DataFrame:
     """A Kafka topic as a stream (Spark's Kafka source, `kafka_options`): each micro-batch at
     most max_offsets_per_trigger records; a broker that does not answer fails the query within
-    about timeout_seconds, a missing topic within a few seconds."""
-    return spark.readStream.format("kafka").options(**kafka_options(settings)).load()
+    about timeout_seconds, a missing topic within a few seconds, and events the broker deleted
+    before they were read fail it too unless fail_on_data_loss is false (then Spark skips to
+    the earliest offset the broker still holds)."""
+    return (spark.readStream.format("kafka")
+            .options(**kafka_options(settings, fail_on_data_loss)).load())
 
 
 # --- streaming queries ----------------------------------------------------------------------

@@ -241,8 +241,10 @@ def retrain_day(last: date, as_of: datetime | None, timezone: str) -> date:
 
 
 def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
-              score_range: tuple[str, str], full_gold: bool = False) -> Any:
-    """Run one stage by name (full_gold: rebuild gold in full instead of incrementally)."""
+              score_range: tuple[str, str], full_gold: bool = False,
+              accept_lost_events: bool = False) -> Any:
+    """Run one stage by name (full_gold: rebuild gold in full instead of incrementally;
+    accept_lost_events: bronze goes on past Kafka events the broker deleted unread)."""
     if stage not in STAGES:
         raise UnknownStageError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     if stage == "score":
@@ -251,6 +253,8 @@ def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
         return monitor_range(spark, config, run_id, score_range)
     if stage == "gold":
         return gold.run(spark, config, run_id, full=full_gold)
+    if stage == "bronze":
+        return bronze.run(spark, config, run_id, accept_lost_events=accept_lost_events)
     module = {"bronze": bronze, "silver": silver, "train": train}[stage]
     return module.run(spark, config, run_id)
 
@@ -282,7 +286,8 @@ class WorkflowFailed(RuntimeError):
 
 def run_job(spark: SparkSession, config: Config, job: str, start: str | None = None,
             end: str | None = None, train_mode: str = "auto",
-            stages: str | None = None, full_gold: bool = False) -> dict[str, Any]:
+            stages: str | None = None, full_gold: bool = False,
+            accept_lost_events: bool = False) -> dict[str, Any]:
     """Run one job by name, as `lakehouse run`, spark-submit and the notebooks do.
 
     Args:
@@ -295,6 +300,9 @@ def run_job(spark: SparkSession, config: Config, job: str, start: str | None = N
             due (auto), always or never.
         stages: daily only: comma-separated subset of STAGES (empty: all).
         full_gold: rebuild gold in full instead of incrementally.
+        accept_lost_events: bronze only: Kafka sources go on past the events the broker
+            deleted before they were read, their audit rows naming the offsets lost. A
+            one-off answer to EventsLostError, not for the daily workflow.
 
     Returns:
         Each stage's result by name, and the run id.
@@ -307,10 +315,13 @@ def run_job(spark: SparkSession, config: Config, job: str, start: str | None = N
     score_conf = config.section("score")
     score_range = (_day(start, "from") or _day(str(score_conf["from"]), "score.from") or "",
                    _day(end, "to") or _day(str(score_conf["to"]), "score.to") or "")
+    if accept_lost_events and job != "bronze":
+        raise ValueError(f"accepting lost events is for the bronze job, run once on its own, "
+                         f"not the {job!r} job")
     if job != "daily":
         run_id = new_run_id()
         return {"run_id": run_id, job: run_stage(spark, config, job, run_id, score_range,
-                                                 full_gold)}
+                                                 full_gold, accept_lost_events)}
     chosen = tuple(stages.split(",")) if stages else STAGES
     for stage in chosen:
         if stage not in STAGES:

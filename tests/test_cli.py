@@ -141,3 +141,19 @@ def test_a_data_root_on_object_storage_gets_clear_errors_not_local_folders_named
     assert local_dir("data/landing", "landing") == Path("data/landing")
     assert registry._as_uri("abfss://c@a.dfs.core.windows.net/x") == (
         "abfss://c@a.dfs.core.windows.net/x")
+
+
+def test_accepting_lost_events_is_refused_beside_any_job_but_one_bronze_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from lakehouse import workflow
+    from lakehouse.config import load_config
+
+    monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", str(tmp_path))
+    for argv in (["run", "daily"], ["run", "gold"], ["run", "bronze", "--continuous"]):
+        assert main([*argv, "--accept-lost-events"]) == 2  # before any session starts
+        assert "--accept-lost-events goes with `lakehouse run bronze`" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="for the bronze job, run once on its own, not the "
+                                         "'daily' job"):  # notebooks and jobs call it so
+        workflow.run_job(None, load_config("local"), "daily",  # type: ignore[arg-type]
+                         accept_lost_events=True)
+    assert list(tmp_path.iterdir()) == []

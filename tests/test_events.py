@@ -204,6 +204,94 @@ def test_a_kafka_failure_says_what_the_run_committed_before_it() -> None:
                               "rerun goes on after them")
 
 
+def watermarks(servers: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
+    """The broker's (earliest, next) offset of each partition, asked of it directly."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": "test-watermarks"})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+                for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
+def age_out(servers: str, topic: str, before: dict[int, int]) -> None:
+    """What the broker's retention does to old segments, done now: each partition's log start
+    moves to before[p] (Kafka's DeleteRecords), and the events under it cannot be read."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": servers})  # kept until its answers are in
+    deleted = admin.delete_records([TopicPartition(topic, p, offset)
+                                    for p, offset in before.items()])
+    for done in deleted.values():
+        done.result(30)
+
+
+def held(spark: SparkSession, config: Config) -> set[tuple[int, int]]:
+    return {(r[0], r[1]) for r in tables.read(spark, config, "bronze_flight_events")
+            .select("partition", "offset").collect()}
+
+
+@pytest.mark.slow
+def test_events_deleted_unread_fail_every_run_until_accepted_once_and_are_named(
+        spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
+    from lakehouse.workflow import is_permanent
+
+    servers = broker.bootstrap_servers
+    config = make_config(tmp_path, bronze=events_settings(servers, "lossy"))
+    source = events_source(config)
+    produce(config, date(2013, 1, 1), date(2013, 1, 1), Pace(), limit=40)
+    bronze.ingest(spark, config, source, "run-1")
+    read = watermarks(servers, "lossy", 2)
+    assert held(spark, config) == {(p, o) for p, (_, end) in read.items() for o in range(end)}
+
+    # events sent while bronze was down, half of each partition's aged out before it runs
+    produce(config, date(2013, 1, 2), date(2013, 1, 2), Pace(), limit=40)
+    sent = watermarks(servers, "lossy", 2)
+    cut = {p: (read[p][1] + sent[p][1]) // 2 for p in sent}
+    assert all(read[p][1] < cut[p] < sent[p][1] for p in sent)
+    age_out(servers, "lossy", cut)
+    before = held(spark, config)
+    with pytest.raises(bronze.EventsLostError) as lost:
+        bronze.ingest(spark, config, source, "run-2")
+    message = str(lost.value)
+    assert "lossy-" in message and "deleted by the broker" in message
+    assert "`lakehouse run bronze --env local --accept-lost-events`" in message
+    assert is_permanent(lost.value)  # the workflow does not retry it: every run fails alike
+    with pytest.raises(bronze.EventsLostError):  # and the next run fails the same way
+        bronze.ingest(spark, config, source, "run-3")
+    assert held(spark, config) == before
+
+    rows = {r["table_name"]: r for r in bronze.run(spark, config, "run-4",
+                                                   accept_lost_events=True)}
+    accepted = rows["bronze_flight_events"]
+    assert accepted["rows_in"] == sum(sent[p][1] - cut[p] for p in sent)
+    for p in sent:  # the audit row names exactly the offsets aged out unread
+        gap = cut[p] - read[p][1]
+        assert f"partition {p}: offsets [{read[p][1]}, {cut[p]}) ({gap})" in accepted["message"]
+    assert held(spark, config) == before | {(p, o) for p in sent
+                                            for o in range(cut[p], sent[p][1])}
+
+    # accepting was for that run only: the checkpoint lost too, events aged out again; the
+    # migration that adopts what bronze holds fails on them, naming itself, until accepted
+    produce(config, date(2013, 1, 3), date(2013, 1, 3), Pace(), limit=40)
+    again = watermarks(servers, "lossy", 2)
+    age_out(servers, "lossy", {p: sent[p][1] + 1 for p in again})
+    shutil.rmtree(bronze.checkpoint(config, "bronze_flight_events"))
+    before = held(spark, config)
+    with pytest.raises(bronze.EventsLostError,
+                       match=r"`lakehouse migrate --env local --accept-lost-events`"):
+        bronze.ingest(spark, config, source, "run-5", adopt=True)
+    assert held(spark, config) == before
+    counts = bronze.ingest(spark, config, source, "run-6", adopt=True, accept_lost=True)
+    assert counts.lost == [f"partition {p}: offsets [{sent[p][1]}, {sent[p][1] + 1}) (1)"
+                           for p in sorted(again)]
+    assert held(spark, config) == before | {(p, o) for p in again
+                                            for o in range(sent[p][1] + 1, again[p][1])}
+
+
 def test_a_missing_topic_or_an_unreachable_broker_fails_clearly_and_quickly(
         spark: SparkSession, tmp_path: Path, broker: Broker,
         monkeypatch: pytest.MonkeyPatch) -> None:

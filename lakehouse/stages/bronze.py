@@ -82,6 +82,12 @@ class EventSourceError(RuntimeError):
     before the failure stay in bronze, the rest is read by the next run."""
 
 
+class EventsLostError(ValueError):
+    """Events the stream had yet to read were deleted by the broker (its retention, or the
+    topic deleted): every run would fail on them again, so it is not retried; a run told to
+    accept the loss (`--accept-lost-events`) goes on and records the offsets lost."""
+
+
 @dataclass(frozen=True)
 class Source:
     """A streamed bronze source: its table, kind ("files" or "events") and settings."""
@@ -125,6 +131,7 @@ class Counts:
     eof_marks: list[str] = field(default_factory=list)
     adopted: int = 0
     unchanged: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
 
     def add(self, other: Counts) -> None:
         for name, value in vars(other).items():
@@ -156,6 +163,9 @@ class Counts:
         if self.adopted:
             notes.append(f"{self.adopted} file(s) already in the table before its stream "
                          "checkpoint (migration): recorded, not appended again")
+        if self.lost:
+            notes.append("events deleted by the broker before they were read, accepted as "
+                         "lost (--accept-lost-events): " + "; ".join(self.lost))
         return notes
 
 
@@ -259,9 +269,10 @@ class Batches:
     """
 
     def __init__(self, spark: SparkSession, config: Config, source: Source, run_id: str,
-                 on_batch: Callable[[Counts], None] | None = None, adopt: bool = False) -> None:
+                 on_batch: Callable[[Counts], None] | None = None, adopt: bool = False,
+                 accept_lost: bool = False) -> None:
         self.spark, self.config, self.source, self.run_id = spark, config, source, run_id
-        self.on_batch, self.adopt = on_batch, adopt
+        self.on_batch, self.adopt, self.accept_lost = on_batch, adopt, accept_lost
         self.totals = Counts()
         self.committed_before = 0  # micro-batches an earlier attempt of this run committed
         self.failure: list[BaseException] = []
@@ -442,35 +453,79 @@ def after_ingested_offsets(spark: SparkSession, config: Config, source: Source) 
     if not tables.exists(spark, config, source.table) or logged_batches(spark, config,
                                                                           source.table):
         return source  # nothing to adopt, or a checkpoint that goes on from its own offsets
-    topic = str(source.settings["topic"])
-    held = {int(r[0]): int(r[1]) for r in tables.read(spark, config, source.table)
-            .filter(F.col("topic") == topic).groupBy("partition").agg(F.max("offset"))
-            .collect()}
+    held = held_offsets(spark, config, source)
     if not held:
         return source
-    from confluent_kafka.admin import AdminClient
-
-    timeout = float(source.settings.get("timeout_seconds", 10))
-    admin = AdminClient({"bootstrap.servers": str(source.settings["bootstrap_servers"]),
-                         **client_options(source.settings, "client_options")})
-    try:
-        partitions = admin.list_topics(topic, timeout=timeout).topics[topic].partitions
-    except Exception as error:  # KafkaException: broker unreachable within the timeout
-        raise EventSourceError(f"cannot list the partitions of Kafka topic {topic!r} at "
-                               f"{source.settings['bootstrap_servers']}: {error}; nothing was "
-                               "committed") from error
-    starting = {str(p): held[p] + 1 if p in held else -2 for p in sorted(partitions)}
+    topic = str(source.settings["topic"])
+    starting = {str(p): held[p] + 1 if p in held else -2
+                for p in sorted(earliest_offsets(source))}
     log.info("%s: a new checkpoint adopts the events bronze holds; starting at %s",
              source.table, starting)
     return Source(source.name, source.kind,
                   {**source.settings, "starting_offsets": json.dumps({topic: starting})})
 
 
+def held_offsets(spark: SparkSession, config: Config, source: Source) -> dict[int, int]:
+    """The last offset of each partition of the source's topic that its bronze table holds."""
+    if not tables.exists(spark, config, source.table):
+        return {}
+    topic = str(source.settings["topic"])
+    return {int(r[0]): int(r[1]) for r in tables.read(spark, config, source.table)
+            .filter(F.col("topic") == topic).groupBy("partition").agg(F.max("offset"))
+            .collect()}
+
+
+def earliest_offsets(source: Source) -> dict[int, int]:
+    """The earliest offset the broker still holds of each partition of the source's topic
+    (what its retention has not deleted yet), asked with the confluent-kafka admin client."""
+    from confluent_kafka import TopicPartition
+
+    # OffsetSpec is public API (confluent-kafka's docs import it from here); its typing stub
+    # does not re-export it
+    from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+    topic = str(source.settings["topic"])
+    timeout = float(source.settings.get("timeout_seconds", 10))
+    admin = AdminClient({"bootstrap.servers": str(source.settings["bootstrap_servers"]),
+                         **client_options(source.settings, "client_options")})
+    try:
+        partitions = admin.list_topics(topic, timeout=timeout).topics[topic].partitions
+        asked = {TopicPartition(topic, p): OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+                 for p in partitions}
+        answers = admin.list_offsets(asked, request_timeout=timeout) if asked else {}
+        return {tp.partition: int(answer.result(timeout).offset)
+                for tp, answer in answers.items()}
+    except Exception as error:  # KafkaException: broker unreachable within the timeout
+        raise EventSourceError(f"cannot list the partitions and offsets of Kafka topic "
+                               f"{topic!r} at {source.settings['bootstrap_servers']}: {error}; "
+                               "nothing was committed") from error
+
+
+def lost_offsets(spark: SparkSession, config: Config, source: Source) -> list[str]:
+    """Before a run that accepts lost events: the offsets of each partition after the last one
+    bronze holds and before the earliest one the broker still holds, which the run will skip
+    (read from the table and the broker, not from Spark's checkpoint). A partition bronze holds
+    nothing of is named when the broker no longer holds its start: whether the stream had
+    read its deleted events cannot be told from the table."""
+    held = held_offsets(spark, config, source)
+    lost = []
+    for partition, earliest in sorted(earliest_offsets(source).items()):
+        if partition not in held:
+            if earliest > 0:
+                lost.append(f"partition {partition}: none in bronze, the broker holds it from "
+                            f"offset {earliest}")
+        elif earliest > held[partition] + 1:
+            lost.append(f"partition {partition}: offsets [{held[partition] + 1}, {earliest}) "
+                        f"({earliest - held[partition] - 1})")
+    return lost
+
+
 # --- queries --------------------------------------------------------------------------------
 
-def stream_of(spark: SparkSession, config: Config, source: Source) -> DataFrame:
+def stream_of(spark: SparkSession, config: Config, source: Source,
+              accept_lost: bool = False) -> DataFrame:
     if source.kind == "events":
-        return tables.kafka_stream(spark, source.settings)
+        return tables.kafka_stream(spark, source.settings, fail_on_data_loss=not accept_lost)
     section = config.section("bronze")
     return tables.landed_file_stream(spark, os.path.join(config.landing, source.name),
                                      str(section.get("file_source", "files")),
@@ -487,7 +542,8 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
     with tables.exclusive_run(lock, f"the ingestion of {table}"):
         if not batches.adopt:
             refuse_new_checkpoint(spark, config, table)
-        query = tables.start_stream(stream_of(spark, config, source), batches,
+        query = tables.start_stream(stream_of(spark, config, source, batches.accept_lost),
+                                    batches,
                                     checkpoint(config, table), f"{table}-{uuid.uuid4().hex[:8]}",
                                     interval)
         batches.started(query)
@@ -496,11 +552,15 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
         except StreamingQueryException as error:
             if query.exception() is None:  # another source's query failed
                 raise
-            if batches.failure:
-                raise batches.failure[0] from None
+            committed = batches.committed_before + batches.totals.batches
+            if batches.failure:  # a deleted offset range is found when a batch reads it
+                lost = (source.kind == "events"
+                        and events_lost(config, source, batches.failure[0], committed,
+                                        batches.adopt))
+                raise (lost or batches.failure[0]) from None
             if source.kind == "events":
-                raise kafka_error(source, error,
-                                  batches.committed_before + batches.totals.batches) from None
+                raise (events_lost(config, source, error, committed, batches.adopt)
+                       or kafka_error(source, error, committed)) from None
             raise
         finally:
             if query.isActive:
@@ -526,14 +586,42 @@ def between_batches(query: StreamingQuery, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def committed_before(committed: int) -> str:
+    return ("nothing was committed" if not committed else
+            f"the {committed} micro-batch(es) committed before it stay in bronze and a rerun "
+            "goes on after them")
+
+
+# How Spark's Kafka source says that offsets it had to read are gone (KAFKA_DATA_LOSS: its
+# subclasses name the partition and offsets; the text tells to set failOnDataLoss, which
+# this job sets itself).
+KAFKA_DATA_LOSS = "Some data may have been lost because they are not available in Kafka"
+
+
+def events_lost(config: Config, source: Source, error: BaseException, committed: int,
+                adopting: bool) -> EventsLostError | None:
+    """EventsLostError naming the partition and offsets, when a Kafka query failed because
+    the broker deleted events it had yet to read; None for any other failure."""
+    text = str(error)
+    if KAFKA_DATA_LOSS not in text:
+        return None
+    reason = text.split("Reason:", 1)[1].strip().split("\n", 1)[0] if "Reason:" in text else ""
+    command = "migrate" if adopting else "run bronze"
+    return EventsLostError(
+        f"{source.table}: events of Kafka topic {source.settings['topic']!r} were deleted by "
+        f"the broker (retention, or the topic deleted) before bronze read them ({reason}); "
+        f"{committed_before(committed)}. Every run fails on them: they cannot be read any "
+        f"more. To go on without them, run `lakehouse {command} --env {config.env} "
+        "--accept-lost-events` once: it skips to the earliest offsets the broker holds and "
+        "names the offsets lost in its audit row.")
+
+
 def kafka_error(source: Source, error: Exception, committed: int) -> Exception:
     """The error a Kafka source's query failed with, saying what this run committed before it
     (committed micro-batches stay in bronze; a rerun goes on after them)."""
     settings = source.settings
     cause = str(error).split("\n", 1)[0]
-    kept = ("nothing was committed" if not committed else
-            f"the {committed} micro-batch(es) committed before it stay in bronze and a rerun "
-            "goes on after them")
+    kept = committed_before(committed)
     if "UnknownTopicOrPartition" in cause:
         return ValueError(f"{source.table}: Kafka topic {settings['topic']!r} does not exist on "
                           f"{settings['bootstrap_servers']}; {kept} ({cause})")
@@ -578,16 +666,25 @@ def landed_uniquely(spark: SparkSession, config: Config, source: Source,
 
 
 def ingest(spark: SparkSession, config: Config, source: Source, run_id: str,
-           adopt: bool = False, on_batch: Callable[[Counts], None] | None = None) -> Counts:
+           adopt: bool = False, on_batch: Callable[[Counts], None] | None = None,
+           accept_lost: bool = False) -> Counts:
     """Ingest everything the source has now, then stop (availableNow); return the counts.
-    on_batch: called with each committed micro-batch's counts."""
+    on_batch: called with each committed micro-batch's counts. accept_lost: an events source
+    skips the events the broker deleted before they were read (Spark's failOnDataLoss off for
+    this run), and the counts name the offsets skipped."""
     if source.kind == "files" and not landed_uniquely(spark, config, source):
         return Counts()
+    accept_lost = accept_lost and source.kind == "events"
+    totals = Counts()
+    if accept_lost:
+        totals.lost = lost_offsets(spark, config, source)
+        log.warning("%s: going on without the events the broker deleted before they were "
+                    "read: %s", source.table, "; ".join(totals.lost) or "none found")
     if adopt and source.kind == "events":
         source = after_ingested_offsets(spark, config, source)
-    totals = Counts()
     for attempt in range(2):
-        batches = Batches(spark, config, source, run_id, on_batch=on_batch, adopt=adopt)
+        batches = Batches(spark, config, source, run_id, on_batch=on_batch, adopt=adopt,
+                          accept_lost=accept_lost)
         batches.committed_before = totals.batches
         try:
             with running(spark, config, source, batches, None) as query:
@@ -670,10 +767,12 @@ def audit_row(audit: dict[str, Any], spark: SparkSession, config: Config, table:
         audit["message"] = " | ".join(notes)[:1900]
 
 
-def run(spark: SparkSession, config: Config, run_id: str,
-        adopt: bool = False) -> list[dict[str, Any]]:
+def run(spark: SparkSession, config: Config, run_id: str, adopt: bool = False,
+        accept_lost_events: bool = False) -> list[dict[str, Any]]:
     """Ingest every source once (snapshots, then the streamed sources side by side, one
-    thread each); one audit row per bronze table."""
+    thread each); one audit row per bronze table. adopt: a migration (`lakehouse migrate`).
+    accept_lost_events: Kafka sources go on past events the broker deleted before they were
+    read, their audit rows naming the offsets lost (`--accept-lost-events`)."""
 
     def audited_run(name: str, work: Callable[[], Counts]) -> dict[str, Any]:
         with audited(spark, config, run_id, "bronze", name, batch) as audit:
@@ -684,7 +783,8 @@ def run(spark: SparkSession, config: Config, run_id: str,
         committed = Counts()
         with audited(spark, config, run_id, "bronze", source.table, batch) as audit:
             try:
-                counts = ingest(spark, config, source, run_id, adopt, on_batch=committed.add)
+                counts = ingest(spark, config, source, run_id, adopt, on_batch=committed.add,
+                                accept_lost=accept_lost_events)
             except BaseException:
                 # the micro-batches committed before the failure stay in bronze (a rerun goes
                 # on after them): the failed run's row counts them
