@@ -11,14 +11,18 @@
 # MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
 # MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel); `catalog` names the Unity
 # MAGIC Catalog catalog (empty: `$LAKEHOUSE_CATALOG`, which the bundle sets on its job cluster;
-# MAGIC neither set fails, naming it: no default catalog). The notebook ends with the run id as its
-# MAGIC exit value.
+# MAGIC neither set fails, naming it: no default catalog); `accept_lost_events` (`true` once,
+# MAGIC after a run failed with EventsLostError: Kafka deleted events bronze had yet to read) goes
+# MAGIC on from the earliest offsets the broker holds, the audit row naming the offsets lost. The
+# MAGIC notebook ends with the run id as its exit value.
 
 # COMMAND ----------
 
 dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
 dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
 dbutils.widgets.text("catalog", "", "Unity Catalog catalog (empty: $LAKEHOUSE_CATALOG)")
+dbutils.widgets.dropdown("accept_lost_events", "false", ["false", "true"],
+                         "Once: go on past Kafka events deleted unread")
 
 # COMMAND ----------
 
@@ -32,7 +36,8 @@ spark = build_session(config)
 
 # COMMAND ----------
 
-results = workflow.run_job(spark, config, "bronze")
+results = workflow.run_job(spark, config, "bronze", accept_lost_events=(
+    dbutils.widgets.get("accept_lost_events") == "true"))
 
 # COMMAND ----------
 
