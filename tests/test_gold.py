@@ -25,6 +25,9 @@ from tests.conftest import make_config
 from tests.rows import silver_frames, source_rows
 
 DAYS = [date(2013, 2, d) for d in (1, 2, 3, 4)]
+# Days landed one at a time with a one-day history window: a new day then reads back fewer days
+# than silver holds, and a late correction recomputes fewer days than follow it.
+LONG_DAYS = [date(2013, 2, d) for d in range(1, 10)]
 
 
 def day_of(row: dict[str, str]) -> date:
@@ -33,8 +36,8 @@ def day_of(row: dict[str, str]) -> date:
 
 @pytest.fixture(scope="module")
 def raw() -> dict[str, list[dict[str, str]]]:
-    return {"flights": source_rows("flights", lambda r: day_of(r) in DAYS),
-            "weather": source_rows("weather", lambda r: day_of(r) in DAYS),
+    return {"flights": source_rows("flights", lambda r: day_of(r) in LONG_DAYS),
+            "weather": source_rows("weather", lambda r: day_of(r) in LONG_DAYS),
             "planes": source_rows("planes")}
 
 
@@ -80,27 +83,38 @@ def messages(results: list[dict[str, Any]]) -> list[str]:
 
 @pytest.mark.slow
 def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
-        spark: SparkSession, config: Config, raw: dict[str, list[dict[str, str]]],
+        spark: SparkSession, tmp_path: Path, raw: dict[str, list[dict[str, str]]],
         monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config(tmp_path, gold={"daily_history_days": 1})
+    settings = FeatureSettings.from_conf(config.section("gold"))
+    assert settings.history_lookback_days < len(LONG_DAYS) - 1
     # every silver slice an incremental run caches, to check each is released by its end
     sliced: list[DataFrame] = []
+    flights_read: list[DataFrame] = []  # this run's slices of silver_flights
     cache = gold.Silver.slice
 
-    def recorded(self: gold.Silver, *args: Any) -> DataFrame:
-        sliced.append(cache(self, *args))
+    def recorded(self: gold.Silver, table: str, *args: Any) -> DataFrame:
+        sliced.append(cache(self, table, *args))
+        if table == "silver_flights":
+            flights_read.append(sliced[-1])
         return sliced[-1]
 
     monkeypatch.setattr(gold.Silver, "slice", recorded)
     # the scans of gold before a write: none for a new day after the last build's `through`
     scanned, frame_type, counted = scans_recorded(spark)
-    by_day = {d: [r for r in raw["flights"] if day_of(r) == d] for d in DAYS}
-    weather_by_day = {d: [r for r in raw["weather"] if day_of(r) == d] for d in DAYS}
-    for i, day in enumerate(DAYS):
+    by_day = {d: [r for r in raw["flights"] if day_of(r) == d] for d in LONG_DAYS}
+    weather_by_day = {d: [r for r in raw["weather"] if day_of(r) == d] for d in LONG_DAYS}
+    for i, day in enumerate(LONG_DAYS):
         land(spark, config, by_day[day], weather_by_day[day], raw["planes"] if i == 0 else None)
         with monkeypatch.context() as patched:
             patched.setattr(frame_type, "isEmpty", counted)
+            flights_read.clear()
             results = gold.run(spark, config, f"day-{i}")
         assert scanned == [], (day, len(scanned))
+        if i:  # a new day reads back the history its features need, not all of silver
+            first_read = min(f.agg(F.min("flight_date")).first()[0] for f in flights_read)
+            assert first_read == max(
+                LONG_DAYS[0], day - timedelta(days=settings.history_lookback_days)), first_read
         for name in gold.OUTPUTS:  # each new day went in by the replaceWhere insert
             last = tables.delta_table(spark, config, name).history(1).first()
             assert (i == 0 or (last["operation"] == "WRITE"
@@ -133,13 +147,15 @@ def test_days_one_at_a_time_and_late_corrections_equal_a_full_build(
     land(spark, config, [corrected], [reading])
     results = gold.run(spark, config, "correction")
     assert messages(results)[0].startswith("incremental: ")
-    assert "(2013-02-02..2013-02-1" in messages(results)[0]  # the 2nd and the days after
+    # the 2nd and the days after it whose one-day history can count its outcome, not all
+    recomputed = messages(results)[0].split("(2013-02-02..", 1)[1][:10]
+    assert DAYS[3] <= date.fromisoformat(recomputed) < LONG_DAYS[-2], messages(results)[0]
     assert messages(results)[1] == ("incremental: 1 flight date(s) recomputed "
                                     "(2013-02-02..2013-02-02)")
     version_after = tables.version(spark, config, "flight_features")
     after = tables.read(spark, config, "flight_features", version=version_after)
     moved = after.exceptAll(features_before).select("flight_date").distinct().collect()
-    assert {r[0] for r in moved} >= {DAYS[2], DAYS[3]}  # later days' history moved
+    assert DAYS[2] in {r[0] for r in moved}  # a later day's history moved
 
     # Only the rows whose values changed were written: Delta's change feed of that commit holds
     # exactly them (deletion vectors: the other rows of their files stay in place).
