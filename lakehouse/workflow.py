@@ -255,7 +255,7 @@ def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
         return gold.run(spark, config, run_id, full=full_gold)
     if stage == "bronze":
         return bronze.run(spark, config, run_id, accept_lost_events=accept_lost_events)
-    module = {"bronze": bronze, "silver": silver, "train": train}[stage]
+    module = {"silver": silver, "train": train}[stage]
     return module.run(spark, config, run_id)
 
 

@@ -234,9 +234,14 @@ def held(spark: SparkSession, config: Config) -> set[tuple[int, int]]:
             .select("partition", "offset").collect()}
 
 
+def fail_write(*args: Any, **kwargs: Any) -> None:
+    raise OSError("no space left on device")
+
+
 @pytest.mark.slow
 def test_events_deleted_unread_fail_every_run_until_accepted_once_and_are_named(
-        spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
+        spark: SparkSession, tmp_path: Path, broker: Broker,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from lakehouse.workflow import is_permanent
 
     servers = broker.bootstrap_servers
@@ -264,13 +269,27 @@ def test_events_deleted_unread_fail_every_run_until_accepted_once_and_are_named(
         bronze.ingest(spark, config, source, "run-3")
     assert held(spark, config) == before
 
+    gone = sum(cut[p] - read[p][1] for p in sent)
+    note = (f"skipped (--accept-lost-events): {gone} offset(s) in 2 partition(s): "
+            f"p0 [{read[0][1]}, {cut[0]}), p1 [{read[1][1]}, {cut[1]})")
+    assert note.split(": ", 1)[1] in message  # the error told them already
+
+    # an accepting run that fails (here before its first write) still names them in its row
+    with monkeypatch.context() as failing:
+        failing.setattr(bronze, "counted_write", fail_write)
+        with pytest.raises(OSError, match="no space left"):
+            bronze.run(spark, config, "run-4a", accept_lost_events=True)
+    row = tables.read(spark, config, "audit").filter(
+        (F.col("run_id") == "run-4a") & (F.col("table_name") == "bronze_flight_events")).first()
+    assert row["status"] == "failed" and row["message"].startswith("OSError: no space left")
+    assert note in row["message"]
+    assert held(spark, config) == before
+
     rows = {r["table_name"]: r for r in bronze.run(spark, config, "run-4",
                                                    accept_lost_events=True)}
     accepted = rows["bronze_flight_events"]
     assert accepted["rows_in"] == sum(sent[p][1] - cut[p] for p in sent)
-    for p in sent:  # the audit row names exactly the offsets aged out unread
-        gap = cut[p] - read[p][1]
-        assert f"partition {p}: offsets [{read[p][1]}, {cut[p]}) ({gap})" in accepted["message"]
+    assert note in accepted["message"]  # exactly the offsets aged out unread
     assert held(spark, config) == before | {(p, o) for p in sent
                                             for o in range(cut[p], sent[p][1])}
 
@@ -286,10 +305,86 @@ def test_events_deleted_unread_fail_every_run_until_accepted_once_and_are_named(
         bronze.ingest(spark, config, source, "run-5", adopt=True)
     assert held(spark, config) == before
     counts = bronze.ingest(spark, config, source, "run-6", adopt=True, accept_lost=True)
-    assert counts.lost == [f"partition {p}: offsets [{sent[p][1]}, {sent[p][1] + 1}) (1)"
-                           for p in sorted(again)]
+    assert counts.lost == [f"2 offset(s) in 2 partition(s): p0 [{sent[0][1]}, "
+                           f"{sent[0][1] + 1}), p1 [{sent[1][1]}, {sent[1][1] + 1})"]
     assert held(spark, config) == before | {(p, o) for p in again
                                             for o in range(sent[p][1] + 1, again[p][1])}
+
+
+@pytest.mark.slow
+def test_a_batch_committed_before_its_events_aged_out_is_replayed_without_loss_or_twice(
+        spark: SparkSession, tmp_path: Path, broker: Broker,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    servers = broker.bootstrap_servers
+    config = make_config(tmp_path, bronze=events_settings(servers, "aged"))
+    source = events_source(config)
+    produce(config, date(2013, 1, 1), date(2013, 1, 1), Pace(), limit=30)
+    process = bronze.Batches.process
+
+    def killed(self: bronze.Batches, *args: Any) -> bronze.Counts:
+        process(self, *args)  # committed to bronze; the checkpoint does not log it
+        raise RuntimeError("killed after the commit")
+
+    with monkeypatch.context() as crash:
+        crash.setattr(bronze.Batches, "process", killed)
+        with pytest.raises(RuntimeError, match="killed after the commit"):
+            bronze.ingest(spark, config, source, "run-1")
+    sent = watermarks(servers, "aged", 2)
+    assert held(spark, config) == {(p, o) for p, (_, end) in sent.items() for o in range(end)}
+    age_out(servers, "aged", {p: end // 2 for p, (_, end) in sent.items()})
+    with pytest.raises(bronze.EventsLostError) as lost:
+        bronze.ingest(spark, config, source, "run-2")
+    assert "no offset the broker deleted lay unread" in str(lost.value)
+    assert "micro-batch 0 (replayed as an interrupted run logged it) was committed then: its " \
+           "events are in bronze" in str(lost.value)
+    # accepted: the replay reads fewer events than its commit holds, which Delta skips; not
+    # taken for a checkpoint older than the table
+    assert bronze.ingest(spark, config, source, "run-3", accept_lost=True).rows == 0
+    assert held(spark, config) == {(p, o) for p, (_, end) in sent.items() for o in range(end)}
+    assert bronze.ingest(spark, config, source, "run-4").rows == 0
+
+
+@pytest.mark.slow
+def test_a_topic_made_anew_is_not_taken_for_lost_events(
+        spark: SparkSession, tmp_path: Path, broker: Broker) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    servers = broker.bootstrap_servers
+    config = make_config(tmp_path, bronze=events_settings(servers, "anew"))
+    source = events_source(config)
+    produce(config, date(2013, 1, 1), date(2013, 1, 1), Pace(), limit=30)
+    bronze.ingest(spark, config, source, "run-1")
+    before = held(spark, config)
+    admin = AdminClient({"bootstrap.servers": servers})
+    admin.delete_topics(["anew"])["anew"].result(30)
+    deadline = time.monotonic() + 60
+    while "anew" in admin.list_topics(timeout=30).topics:  # deleted on the broker's time
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    produce(config, date(2013, 1, 2), date(2013, 1, 2), Pace(), limit=3)  # fewer offsets
+    # Spark's driver finds the offsets went back: the loss is told as lost events...
+    with pytest.raises(bronze.EventsLostError, match="deleted by the broker"):
+        bronze.ingest(spark, config, source, "run-2")
+    # ...but accepting it would skip events the broker holds, by offset: refused
+    with pytest.raises(bronze.OffsetsResetError, match=r"went back below what bronze holds "
+                                                       r"\(partition 0: bronze holds it up to"):
+        bronze.ingest(spark, config, source, "run-3", accept_lost=True)
+    assert held(spark, config) == before
+
+
+def test_lost_offsets_are_the_gaps_between_bronze_and_the_brokers_earliest() -> None:
+    lost = bronze.offsets_lost("bronze_e", "t", {0: 9, 1: 4, 2: 7},
+                               {0: (10, 30), 1: (8, 9), 2: (3, 12), 3: (5, 6), 4: (0, 2)})
+    assert lost.gaps == {1: (5, 8)} and lost.unheld == {3: 5} and lost.offsets == 3
+    assert lost.note() == ("3 offset(s) in 1 partition(s): p1 [5, 8), "
+                           "p3 none in bronze, the broker holds it from offset 5")
+    assert bronze.offsets_lost("bronze_e", "t", {0: 9}, {0: (10, 10)}).note() == (
+        "no offset the broker deleted lay unread")
+    with pytest.raises(bronze.OffsetsResetError,
+                       match=r"partition 0: bronze holds it up to offset 9, the broker's "
+                             r"offsets end at 9; partition 2: .* the broker has no such "
+                             r"partition"):
+        bronze.offsets_lost("bronze_e", "t", {0: 9, 1: 4, 2: 1}, {0: (0, 9), 1: (0, 30)})
 
 
 def test_a_missing_topic_or_an_unreachable_broker_fails_clearly_and_quickly(

@@ -57,7 +57,10 @@ def audited(spark: SparkSession, config: Config, run_id: str, job: str,
         row.setdefault("status", "succeeded")
     except BaseException as error:
         row["status"] = "failed"
-        row["message"] = f"{type(error).__name__}: {error}"[:2000]
+        # the error first, then what the job noted before it failed
+        noted = f" | {row['message']}" if row.get("message") else ""
+        row["message"] = (f"{type(error).__name__}: {error}"[:2000 - min(len(noted), 1000)]
+                          + noted)[:2000]
         row["duration_s"] = round(time.monotonic() - start, 3)
         if batch is None:
             _write_after_failure(spark, config, [row])

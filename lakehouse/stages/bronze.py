@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -140,6 +140,9 @@ class Counts:
     def notes(self) -> list[str]:
         """What the audit message says beside the counts."""
         notes = []
+        if self.lost:  # first: the message is cut at about 1,900 characters
+            notes.append("events the broker deleted before they were read, skipped "
+                         "(--accept-lost-events): " + "; ".join(self.lost))
         if self.drift:
             notes.append("header drift: " + "; ".join(self.drift))
         if self.rescued:
@@ -163,9 +166,6 @@ class Counts:
         if self.adopted:
             notes.append(f"{self.adopted} file(s) already in the table before its stream "
                          "checkpoint (migration): recorded, not appended again")
-        if self.lost:
-            notes.append("events deleted by the broker before they were read, accepted as "
-                         "lost (--accept-lost-events): " + "; ".join(self.lost))
         return notes
 
 
@@ -277,6 +277,8 @@ class Batches:
         self.committed_before = 0  # micro-batches an earlier attempt of this run committed
         self.failure: list[BaseException] = []
         self.stream_id: str | None = None
+        self.current_batch: int | None = None  # the micro-batch being written, and its tag
+        self.current_tag: str | None = None
         self._started = threading.Event()
         # a migration over a checkpoint that logged batches before it may replay events the
         # table holds (see not_held); looked at before the query starts and logs its own
@@ -301,6 +303,7 @@ class Batches:
     def process(self, batch: DataFrame, batch_id: int) -> Counts:
         table = self.source.table
         tag = f"bronze {self.stream_id} batch {batch_id}"
+        self.current_batch, self.current_tag = batch_id, tag
         if batch_id == 0 and not self.adopt:
             self.check_new_table(tag)
         if self.source.kind == "events":
@@ -374,6 +377,8 @@ class Batches:
         committed = tables.tagged_commit_rows(self.spark, self.config, table, tag)
         if committed is None or committed == planned:
             return
+        if self.accept_lost and planned < committed:
+            return  # the broker deleted some of its events after the commit: they are in bronze
         raise CheckpointBehindError(
             f"{table}: micro-batch {batch_id} of its stream was committed with {committed} "
             f"records, and its checkpoint {checkpoint(self.config, table)} planned {planned} "
@@ -445,7 +450,8 @@ def not_held(spark: SparkSession, config: Config, table: str) -> Callable[[DataF
     return lambda rows: rows.join(held, ["topic", "partition", "offset"], "left_anti")
 
 
-def after_ingested_offsets(spark: SparkSession, config: Config, source: Source) -> Source:
+def after_ingested_offsets(spark: SparkSession, config: Config, source: Source,
+                           accept_lost: bool = False) -> Source:
     """An events source adopted by a new checkpoint (`lakehouse migrate`) starts after the
     offsets its bronze table holds, per partition of the topic (a partition it holds nothing
     of from the earliest): reading from the conf's starting_offsets again would append every
@@ -457,8 +463,11 @@ def after_ingested_offsets(spark: SparkSession, config: Config, source: Source) 
     if not held:
         return source
     topic = str(source.settings["topic"])
-    starting = {str(p): held[p] + 1 if p in held else -2
-                for p in sorted(earliest_offsets(source))}
+    broker = broker_offsets(source)
+    # accepting lost events, a partition starts where the broker's offsets do when they are
+    # past bronze's (Spark's data-loss check is off; starting there saves its detour)
+    starting = {str(p): (max(held[p] + 1, earliest) if accept_lost else held[p] + 1)
+                if p in held else -2 for p, (earliest, _) in sorted(broker.items())}
     log.info("%s: a new checkpoint adopts the events bronze holds; starting at %s",
              source.table, starting)
     return Source(source.name, source.kind,
@@ -475,9 +484,10 @@ def held_offsets(spark: SparkSession, config: Config, source: Source) -> dict[in
             .collect()}
 
 
-def earliest_offsets(source: Source) -> dict[int, int]:
-    """The earliest offset the broker still holds of each partition of the source's topic
-    (what its retention has not deleted yet), asked with the confluent-kafka admin client."""
+def broker_offsets(source: Source) -> dict[int, tuple[int, int]]:
+    """The (earliest, next) offset the broker holds of each partition of the source's topic
+    (the earliest: what its retention has not deleted yet), asked with the confluent-kafka
+    admin client and the source's client_options."""
     from confluent_kafka import TopicPartition
 
     # OffsetSpec is public API (confluent-kafka's docs import it from here); its typing stub
@@ -488,36 +498,88 @@ def earliest_offsets(source: Source) -> dict[int, int]:
     timeout = float(source.settings.get("timeout_seconds", 10))
     admin = AdminClient({"bootstrap.servers": str(source.settings["bootstrap_servers"]),
                          **client_options(source.settings, "client_options")})
-    try:
-        partitions = admin.list_topics(topic, timeout=timeout).topics[topic].partitions
-        asked = {TopicPartition(topic, p): OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-                 for p in partitions}
+
+    def offsets(spec: Any, partitions: Iterable[int]) -> dict[int, int]:
+        asked = {TopicPartition(topic, p): spec for p in partitions}
         answers = admin.list_offsets(asked, request_timeout=timeout) if asked else {}
         return {tp.partition: int(answer.result(timeout).offset)
                 for tp, answer in answers.items()}
+
+    try:
+        partitions = list(admin.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        earliest = offsets(OffsetSpec.earliest(), partitions)  # type: ignore[no-untyped-call]
+        latest = offsets(OffsetSpec.latest(), partitions)  # type: ignore[no-untyped-call]
     except Exception as error:  # KafkaException: broker unreachable within the timeout
-        raise EventSourceError(f"cannot list the partitions and offsets of Kafka topic "
-                               f"{topic!r} at {source.settings['bootstrap_servers']}: {error}; "
-                               "nothing was committed") from error
+        raise EventSourceError(
+            f"cannot list the partitions and offsets of Kafka topic {topic!r} at "
+            f"{source.settings['bootstrap_servers']} (the admin client's settings are "
+            f"bronze.events.{source.name}.client_options): {error}; nothing was committed"
+        ) from error
+    return {p: (earliest[p], latest[p]) for p in partitions}
 
 
-def lost_offsets(spark: SparkSession, config: Config, source: Source) -> list[str]:
-    """Before a run that accepts lost events: the offsets of each partition after the last one
-    bronze holds and before the earliest one the broker still holds, which the run will skip
-    (read from the table and the broker, not from Spark's checkpoint). A partition bronze holds
-    nothing of is named when the broker no longer holds its start: whether the stream had
-    read its deleted events cannot be told from the table."""
-    held = held_offsets(spark, config, source)
-    lost = []
-    for partition, earliest in sorted(earliest_offsets(source).items()):
-        if partition not in held:
-            if earliest > 0:
-                lost.append(f"partition {partition}: none in bronze, the broker holds it from "
-                            f"offset {earliest}")
-        elif earliest > held[partition] + 1:
-            lost.append(f"partition {partition}: offsets [{held[partition] + 1}, {earliest}) "
-                        f"({earliest - held[partition] - 1})")
-    return lost
+class OffsetsResetError(ValueError):
+    """The topic's offsets went back below what bronze holds (the topic deleted and made
+    anew, or another cluster): which events a run would skip cannot be told."""
+
+
+@dataclass(frozen=True)
+class LostOffsets:
+    """What a run that accepts lost events skips: per partition, the offsets after the last one
+    bronze holds and before the earliest one the broker still holds; and the partitions
+    bronze holds nothing of whose start the broker no longer holds."""
+
+    gaps: dict[int, tuple[int, int]]
+    unheld: dict[int, int]
+
+    @property
+    def offsets(self) -> int:
+        return sum(end - start for start, end in self.gaps.values())
+
+    def note(self) -> str:
+        """One line, the total first (an audit message is cut at about 1,900 characters)."""
+        parts = [f"p{p} [{start}, {end})" for p, (start, end) in sorted(self.gaps.items())]
+        parts += [f"p{p} none in bronze, the broker holds it from offset {earliest}"
+                  for p, earliest in sorted(self.unheld.items())]
+        if not parts:
+            return "no offset the broker deleted lay unread"
+        return (f"{self.offsets} offset(s) in {len(self.gaps)} partition(s): "
+                + ", ".join(parts))
+
+
+def offsets_lost(table: str, topic: str, held: dict[int, int],
+                 broker: dict[int, tuple[int, int]]) -> LostOffsets:
+    """The offsets a run that skips to the broker's earliest leaves unread, from the last offset
+    of each partition bronze holds and the broker's (earliest, next) offsets. Offsets, not
+    events: a transactional producer's commit markers take offsets too. Fails with
+    OffsetsResetError when a partition bronze holds is gone or its offsets end below bronze's:
+    the topic was made anew (its offsets start again at 0), and skipping by offset would leave
+    out events the broker holds."""
+    reset = [f"partition {p}: bronze holds it up to offset {last}, "
+             + (f"the broker's offsets end at {broker[p][1]}" if p in broker else
+                "the broker has no such partition")
+             for p, last in sorted(held.items()) if p not in broker or broker[p][1] <= last]
+    if reset:
+        raise OffsetsResetError(
+            f"{table}: the offsets of Kafka topic {topic!r} went back below what bronze holds "
+            f"({'; '.join(reset)}): the topic was deleted and made anew (or bootstrap_servers "
+            "names another cluster). Skipping by offset would leave out events the broker "
+            "holds, so lost events are not accepted here; nothing was written. This job "
+            "follows a topic by name and offsets: produce to a topic of a new name, set it as "
+            "the source's topic, move the stream checkpoint aside and run `lakehouse migrate` "
+            "(a topic bronze holds nothing of is read from its earliest offsets).")
+    gaps = {p: (held[p] + 1, earliest) for p, (earliest, _) in broker.items()
+            if p in held and earliest > held[p] + 1}
+    unheld = {p: earliest for p, (earliest, _) in broker.items()
+              if p not in held and earliest > 0}
+    return LostOffsets(gaps, unheld)
+
+
+def lost_offsets(spark: SparkSession, config: Config, source: Source) -> LostOffsets:
+    """Before a run that accepts lost events: what it will skip (`offsets_lost`), read from the
+    table and the broker, not from Spark's checkpoint."""
+    return offsets_lost(source.table, str(source.settings["topic"]),
+                        held_offsets(spark, config, source), broker_offsets(source))
 
 
 # --- queries --------------------------------------------------------------------------------
@@ -555,11 +617,10 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
             committed = batches.committed_before + batches.totals.batches
             if batches.failure:  # a deleted offset range is found when a batch reads it
                 lost = (source.kind == "events"
-                        and events_lost(config, source, batches.failure[0], committed,
-                                        batches.adopt))
+                        and events_lost(spark, config, source, batches.failure[0], batches))
                 raise (lost or batches.failure[0]) from None
-            if source.kind == "events":
-                raise (events_lost(config, source, error, committed, batches.adopt)
+            if source.kind == "events":  # or when the driver plans a batch
+                raise (events_lost(spark, config, source, error, batches)
                        or kafka_error(source, error, committed)) from None
             raise
         finally:
@@ -586,34 +647,46 @@ def between_batches(query: StreamingQuery, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def committed_before(committed: int) -> str:
-    return ("nothing was committed" if not committed else
-            f"the {committed} micro-batch(es) committed before it stay in bronze and a rerun "
-            "goes on after them")
-
-
 # How Spark's Kafka source says that offsets it had to read are gone (KAFKA_DATA_LOSS: its
 # subclasses name the partition and offsets; the text tells to set failOnDataLoss, which
 # this job sets itself).
 KAFKA_DATA_LOSS = "Some data may have been lost because they are not available in Kafka"
 
 
-def events_lost(config: Config, source: Source, error: BaseException, committed: int,
-                adopting: bool) -> EventsLostError | None:
-    """EventsLostError naming the partition and offsets, when a Kafka query failed because
+def events_lost(spark: SparkSession, config: Config, source: Source, error: BaseException,
+                batches: Batches) -> EventsLostError | None:
+    """EventsLostError saying what is lost and the way on, when a Kafka query failed because
     the broker deleted events it had yet to read; None for any other failure."""
     text = str(error)
     if KAFKA_DATA_LOSS not in text:
         return None
+    table = source.table
+    # Spark names the offset range of the micro-batch it could not read, not what is gone:
+    # the gaps are told from the table and the broker (when it answers)
     reason = text.split("Reason:", 1)[1].strip().split("\n", 1)[0] if "Reason:" in text else ""
-    command = "migrate" if adopting else "run bronze"
+    try:
+        lost = lost_offsets(spark, config, source).note()
+    except Exception as unknown:  # the broker stopped answering, or its offsets went back
+        lost = f"not told: {str(unknown).splitlines()[0][:300]}"
+    try:
+        replayed = (batches.current_tag is not None and tables.tagged_commit_rows(
+            spark, config, table, batches.current_tag) is not None)
+    except Exception:
+        replayed = False
+    committed = batches.committed_before + batches.totals.batches
+    kept = ("nothing was written" if not committed else
+            f"the {committed} micro-batch(es) committed before it stay in bronze")
+    if replayed:
+        kept += (f"; micro-batch {batches.current_batch} (replayed as an interrupted run "
+                 "logged it) was committed then: its events are in bronze")
+    command = "migrate" if batches.adopt else "run bronze"
     return EventsLostError(
-        f"{source.table}: events of Kafka topic {source.settings['topic']!r} were deleted by "
-        f"the broker (retention, or the topic deleted) before bronze read them ({reason}); "
-        f"{committed_before(committed)}. Every run fails on them: they cannot be read any "
-        f"more. To go on without them, run `lakehouse {command} --env {config.env} "
-        "--accept-lost-events` once: it skips to the earliest offsets the broker holds and "
-        "names the offsets lost in its audit row.")
+        f"{table}: events of Kafka topic {source.settings['topic']!r} were deleted by the broker "
+        f"(its retention) before bronze read them: {lost}"
+        + (f" (Spark: {reason})" if reason else "") + f"; {kept}. Every run fails on them: "
+        f"they cannot be read any more. To go on without them, run `lakehouse {command} "
+        f"--env {config.env} --accept-lost-events` once: it skips to the earliest offsets the "
+        "broker holds and names the offsets lost in its audit row.")
 
 
 def kafka_error(source: Source, error: Exception, committed: int) -> Exception:
@@ -621,7 +694,9 @@ def kafka_error(source: Source, error: Exception, committed: int) -> Exception:
     (committed micro-batches stay in bronze; a rerun goes on after them)."""
     settings = source.settings
     cause = str(error).split("\n", 1)[0]
-    kept = committed_before(committed)
+    kept = ("nothing was committed" if not committed else
+            f"the {committed} micro-batch(es) committed before it stay in bronze and a rerun "
+            "goes on after them")
     if "UnknownTopicOrPartition" in cause:
         return ValueError(f"{source.table}: Kafka topic {settings['topic']!r} does not exist on "
                           f"{settings['bootstrap_servers']}; {kept} ({cause})")
@@ -677,11 +752,18 @@ def ingest(spark: SparkSession, config: Config, source: Source, run_id: str,
     accept_lost = accept_lost and source.kind == "events"
     totals = Counts()
     if accept_lost:
-        totals.lost = lost_offsets(spark, config, source)
-        log.warning("%s: going on without the events the broker deleted before they were "
-                    "read: %s", source.table, "; ".join(totals.lost) or "none found")
+        lost = lost_offsets(spark, config, source)
+        totals.lost = [lost.note()]
+        if on_batch is not None:  # a run that fails after skipping them still names them
+            on_batch(Counts(lost=totals.lost))
+        log.warning("%s: accepting lost events for this run: %s", source.table, lost.note())
+        # Spark's rate limit counts the deleted offsets too: the first micro-batch skips them
+        # and still reads about max_offsets_per_trigger events
+        limit = int(source.settings.get("max_offsets_per_trigger", 20000)) + lost.offsets
+        source = Source(source.name, source.kind,
+                        {**source.settings, "max_offsets_per_trigger": limit})
     if adopt and source.kind == "events":
-        source = after_ingested_offsets(spark, config, source)
+        source = after_ingested_offsets(spark, config, source, accept_lost)
     for attempt in range(2):
         batches = Batches(spark, config, source, run_id, on_batch=on_batch, adopt=adopt,
                           accept_lost=accept_lost)
@@ -791,6 +873,8 @@ def run(spark: SparkSession, config: Config, run_id: str, adopt: bool = False,
                 audit.update(files=committed.files, rows_landed=committed.landed,
                              rows_in=committed.rows, rows_out=committed.rows,
                              rows_corrupt=committed.corrupt)
+                if committed.lost:  # the run may have skipped them before it failed
+                    audit["message"] = " | ".join(committed.notes())
                 raise
             audit_row(audit, spark, config, source.table, counts)
             return dict(audit)
