@@ -270,9 +270,9 @@ def test_events_deleted_unread_fail_every_run_until_accepted_once_and_are_named(
     assert held(spark, config) == before
 
     gone = sum(cut[p] - read[p][1] for p in sent)
-    note = (f"skipped (--accept-lost-events): {gone} offset(s) in 2 partition(s): "
-            f"p0 [{read[0][1]}, {cut[0]}), p1 [{read[1][1]}, {cut[1]})")
-    assert note.split(": ", 1)[1] in message  # the error told them already
+    gaps = (f"{gone} offset(s) in 2 partition(s): p0 [{read[0][1]}, {cut[0]}), "
+            f"p1 [{read[1][1]}, {cut[1]})")
+    assert gaps in message  # the error told them already
 
     # an accepting run that fails (here before its first write) still names them in its row
     with monkeypatch.context() as failing:
@@ -282,14 +282,20 @@ def test_events_deleted_unread_fail_every_run_until_accepted_once_and_are_named(
     row = tables.read(spark, config, "audit").filter(
         (F.col("run_id") == "run-4a") & (F.col("table_name") == "bronze_flight_events")).first()
     assert row["status"] == "failed" and row["message"].startswith("OSError: no space left")
-    assert note in row["message"]
+    assert ("lost events accepted (--accept-lost-events) by this failed run, skipped only if "
+            "it committed a micro-batch past them") in row["message"]
+    assert gaps in row["message"]
     assert held(spark, config) == before
+    with pytest.raises(bronze.EventsLostError):  # it committed none: not skipped
+        bronze.ingest(spark, config, source, "run-4b")
 
     rows = {r["table_name"]: r for r in bronze.run(spark, config, "run-4",
                                                    accept_lost_events=True)}
     accepted = rows["bronze_flight_events"]
     assert accepted["rows_in"] == sum(sent[p][1] - cut[p] for p in sent)
-    assert note in accepted["message"]  # exactly the offsets aged out unread
+    # exactly the offsets aged out unread, first in the message
+    assert accepted["message"].startswith("events the broker deleted before they were read, "
+                                          f"skipped (--accept-lost-events): {gaps}")
     assert held(spark, config) == before | {(p, o) for p in sent
                                             for o in range(cut[p], sent[p][1])}
 
@@ -332,16 +338,27 @@ def test_a_batch_committed_before_its_events_aged_out_is_replayed_without_loss_o
     sent = watermarks(servers, "aged", 2)
     assert held(spark, config) == {(p, o) for p, (_, end) in sent.items() for o in range(end)}
     age_out(servers, "aged", {p: end // 2 for p, (_, end) in sent.items()})
+    all_sent = {(p, o) for p, (_, end) in sent.items() for o in range(end)}
     with pytest.raises(bronze.EventsLostError) as lost:
         bronze.ingest(spark, config, source, "run-2")
-    assert "no offset the broker deleted lay unread" in str(lost.value)
-    assert "micro-batch 0 (replayed as an interrupted run logged it) was committed then: its " \
-           "events are in bronze" in str(lost.value)
-    # accepted: the replay reads fewer events than its commit holds, which Delta skips; not
-    # taken for a checkpoint older than the table
-    assert bronze.ingest(spark, config, source, "run-3", accept_lost=True).rows == 0
-    assert held(spark, config) == {(p, o) for p, (_, end) in sent.items() for o in range(end)}
-    assert bronze.ingest(spark, config, source, "run-4").rows == 0
+    assert ("micro-batch 0 (replayed as an interrupted run logged it) was committed before the "
+            "broker deleted some of its events: they are in bronze") in str(lost.value)
+    assert "Move the stream checkpoint" in str(lost.value)
+    assert "`lakehouse migrate --env local --accept-lost-events`" in str(lost.value)
+    # accepting on that checkpoint, the replay holds fewer events than its commit: as for a
+    # checkpoint older than the table, nothing is taken on trust
+    with pytest.raises(bronze.CheckpointBehindError, match="lakehouse migrate --env local "
+                                                           "--accept-lost-events"):
+        bronze.ingest(spark, config, source, "run-3", accept_lost=True)
+    shutil.rmtree(bronze.checkpoint(config, "bronze_flight_events"))
+    migrated = bronze.ingest(spark, config, source, "run-4", adopt=True, accept_lost=True)
+    assert migrated.rows == 0 and migrated.lost == ["no offset the broker deleted lay unread"]
+    assert held(spark, config) == all_sent
+    produce(config, date(2013, 1, 2), date(2013, 1, 2), Pace(), limit=5)
+    later = watermarks(servers, "aged", 2)
+    bronze.ingest(spark, config, source, "run-5")  # on from there, each event once
+    assert held(spark, config) == all_sent | {(p, o) for p in later
+                                              for o in range(sent[p][1], later[p][1])}
 
 
 @pytest.mark.slow
@@ -362,13 +379,13 @@ def test_a_topic_made_anew_is_not_taken_for_lost_events(
         assert time.monotonic() < deadline
         time.sleep(0.5)
     produce(config, date(2013, 1, 2), date(2013, 1, 2), Pace(), limit=3)  # fewer offsets
-    # Spark's driver finds the offsets went back: the loss is told as lost events...
-    with pytest.raises(bronze.EventsLostError, match="deleted by the broker"):
-        bronze.ingest(spark, config, source, "run-2")
-    # ...but accepting it would skip events the broker holds, by offset: refused
-    with pytest.raises(bronze.OffsetsResetError, match=r"went back below what bronze holds "
-                                                       r"\(partition 0: bronze holds it up to"):
-        bronze.ingest(spark, config, source, "run-3", accept_lost=True)
+    # Spark's driver finds the offsets went back (its data-loss check): not told as events
+    # lost to retention, and not accepted as such (skipping by offset would leave out events
+    # the broker holds)
+    for accept in (False, True):
+        with pytest.raises(bronze.OffsetsResetError, match=r"went back below what bronze holds "
+                                                           r"\(partition 0: bronze holds it"):
+            bronze.ingest(spark, config, source, f"run-{accept}", accept_lost=accept)
     assert held(spark, config) == before
 
 
@@ -376,8 +393,9 @@ def test_lost_offsets_are_the_gaps_between_bronze_and_the_brokers_earliest() -> 
     lost = bronze.offsets_lost("bronze_e", "t", {0: 9, 1: 4, 2: 7},
                                {0: (10, 30), 1: (8, 9), 2: (3, 12), 3: (5, 6), 4: (0, 2)})
     assert lost.gaps == {1: (5, 8)} and lost.unheld == {3: 5} and lost.offsets == 3
-    assert lost.note() == ("3 offset(s) in 1 partition(s): p1 [5, 8), "
-                           "p3 none in bronze, the broker holds it from offset 5")
+    assert lost.note() == ("3 offset(s) in 1 partition(s): p1 [5, 8); 1 partition(s) bronze "
+                           "holds nothing of, the broker holding them from an offset above 0 "
+                           "(what the stream had read of them is not known): p3 from 5")
     assert bronze.offsets_lost("bronze_e", "t", {0: 9}, {0: (10, 10)}).note() == (
         "no offset the broker deleted lay unread")
     with pytest.raises(bronze.OffsetsResetError,

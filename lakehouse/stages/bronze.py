@@ -293,6 +293,7 @@ class Batches:
         try:
             self._started.wait()
             counts = self.process(batch, batch_id)
+            self.current_batch = self.current_tag = None  # told only of a failing batch
             self.totals.add(counts)
             if self.on_batch is not None and (counts.rows or counts.files):
                 self.on_batch(counts)
@@ -377,8 +378,6 @@ class Batches:
         committed = tables.tagged_commit_rows(self.spark, self.config, table, tag)
         if committed is None or committed == planned:
             return
-        if self.accept_lost and planned < committed:
-            return  # the broker deleted some of its events after the commit: they are in bronze
         raise CheckpointBehindError(
             f"{table}: micro-batch {batch_id} of its stream was committed with {committed} "
             f"records, and its checkpoint {checkpoint(self.config, table)} planned {planned} "
@@ -386,7 +385,11 @@ class Batches:
             "or a `lakehouse migrate` over it was interrupted. Nothing more was written. After "
             f"an interrupted migration, run `lakehouse migrate --env {self.config.env}` again; "
             "otherwise restore the checkpoint that goes with the table, or delete it and run "
-            f"the migration, which ingests only what {table} does not hold.")
+            f"the migration, which ingests only what {table} does not hold."
+            + (" Accepting lost events, the broker may also have deleted some of this "
+               "committed batch's events (they are in bronze): move the checkpoint aside and "
+               f"run `lakehouse migrate --env {self.config.env} --accept-lost-events`, which "
+               f"starts after what {table} holds." if self.accept_lost else ""))
 
     def check_new_table(self, tag: str) -> None:
         """Refuse a stream's first batch over a table that already holds records: a checkpoint
@@ -397,15 +400,17 @@ class Batches:
             return
         if tables.new_commit_tagged(self.spark, self.config, table, tag, None):
             return  # this stream's first batch, committed before a crash
-        raise migration_required(self.config, table)
+        raise migration_required(self.config, table, self.accept_lost)
 
 
-def migration_required(config: Config, table: str) -> MigrationRequiredError:
+def migration_required(config: Config, table: str,
+                       accept_lost: bool = False) -> MigrationRequiredError:
+    flag = " --accept-lost-events" if accept_lost else ""
     return MigrationRequiredError(
         f"{table} already holds records but its stream checkpoint "
         f"{checkpoint(config, table)} is new (the table was written by the file-ledger "
         "version, or the checkpoint was deleted): reading the source from the start would "
-        f"append every record again. Run `lakehouse migrate --env {config.env}` once: "
+        f"append every record again. Run `lakehouse migrate --env {config.env}{flag}` once: "
         f"it records what {table} already holds in the new checkpoint without "
         "appending it, and ingests the rest. Nothing was written.")
 
@@ -418,14 +423,15 @@ def logged_batches(spark: SparkSession, config: Config, table: str) -> bool:
     return any(os.path.basename(uri).isdigit() for uri in tables.landed_files(spark, folder))
 
 
-def refuse_new_checkpoint(spark: SparkSession, config: Config, table: str) -> None:
+def refuse_new_checkpoint(spark: SparkSession, config: Config, table: str,
+                          accept_lost: bool = False) -> None:
     """Before the query starts: a new checkpoint over a table that holds records is refused
     before Spark logs its first micro-batch. Once logged, a batch is replayed as it was
     planned (from the earliest Kafka offsets, or every landed file) whatever the migration
     then asks, and the migration would have to filter every replayed record against the
     table."""
     if tables.exists(spark, config, table) and not logged_batches(spark, config, table):
-        raise migration_required(config, table)
+        raise migration_required(config, table, accept_lost)
 
 
 def already_ingested(spark: SparkSession, config: Config, table: str) -> set[str]:
@@ -506,7 +512,10 @@ def broker_offsets(source: Source) -> dict[int, tuple[int, int]]:
                 for tp, answer in answers.items()}
 
     try:
-        partitions = list(admin.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        listed = admin.list_topics(topic, timeout=timeout).topics[topic]
+        if listed.error is not None:  # e.g. UNKNOWN_TOPIC_OR_PART: deleted, not made anew
+            raise RuntimeError(str(listed.error))
+        partitions = list(listed.partitions)
         earliest = offsets(OffsetSpec.earliest(), partitions)  # type: ignore[no-untyped-call]
         latest = offsets(OffsetSpec.latest(), partitions)  # type: ignore[no-untyped-call]
     except Exception as error:  # KafkaException: broker unreachable within the timeout
@@ -538,13 +547,18 @@ class LostOffsets:
 
     def note(self) -> str:
         """One line, the total first (an audit message is cut at about 1,900 characters)."""
-        parts = [f"p{p} [{start}, {end})" for p, (start, end) in sorted(self.gaps.items())]
-        parts += [f"p{p} none in bronze, the broker holds it from offset {earliest}"
-                  for p, earliest in sorted(self.unheld.items())]
-        if not parts:
-            return "no offset the broker deleted lay unread"
-        return (f"{self.offsets} offset(s) in {len(self.gaps)} partition(s): "
-                + ", ".join(parts))
+        parts = []
+        if self.gaps:
+            parts.append(f"{self.offsets} offset(s) in {len(self.gaps)} partition(s): "
+                         + ", ".join(f"p{p} [{start}, {end})"
+                                     for p, (start, end) in sorted(self.gaps.items())))
+        if self.unheld:
+            parts.append(f"{len(self.unheld)} partition(s) bronze holds nothing of, the broker "
+                         "holding them from an offset above 0 (what the stream had read of "
+                         "them is not known): "
+                         + ", ".join(f"p{p} from {earliest}"
+                                     for p, earliest in sorted(self.unheld.items())))
+        return "; ".join(parts) or "no offset the broker deleted lay unread"
 
 
 def offsets_lost(table: str, topic: str, held: dict[int, int],
@@ -603,7 +617,7 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
     lock = os.path.join(config.checkpoints, table, "run.lock")
     with tables.exclusive_run(lock, f"the ingestion of {table}"):
         if not batches.adopt:
-            refuse_new_checkpoint(spark, config, table)
+            refuse_new_checkpoint(spark, config, table, batches.accept_lost)
         query = tables.start_stream(stream_of(spark, config, source, batches.accept_lost),
                                     batches,
                                     checkpoint(config, table), f"{table}-{uuid.uuid4().hex[:8]}",
@@ -616,11 +630,11 @@ def running(spark: SparkSession, config: Config, source: Source, batches: Batche
                 raise
             committed = batches.committed_before + batches.totals.batches
             if batches.failure:  # a deleted offset range is found when a batch reads it
-                lost = (source.kind == "events"
-                        and events_lost(spark, config, source, batches.failure[0], batches))
+                lost = (source.kind == "events" and events_lost(
+                    spark, config, source, batches.failure[0], batches, in_batch=True))
                 raise (lost or batches.failure[0]) from None
             if source.kind == "events":  # or when the driver plans a batch
-                raise (events_lost(spark, config, source, error, batches)
+                raise (events_lost(spark, config, source, error, batches, in_batch=False)
                        or kafka_error(source, error, committed)) from None
             raise
         finally:
@@ -654,39 +668,54 @@ KAFKA_DATA_LOSS = "Some data may have been lost because they are not available i
 
 
 def events_lost(spark: SparkSession, config: Config, source: Source, error: BaseException,
-                batches: Batches) -> EventsLostError | None:
-    """EventsLostError saying what is lost and the way on, when a Kafka query failed because
-    the broker deleted events it had yet to read; None for any other failure."""
+                batches: Batches, in_batch: bool) -> ValueError | None:
+    """The error to fail with when a Kafka query failed because offsets it had to read are gone
+    (None for any other failure), with the way on: EventsLostError, naming what is lost when
+    events were deleted unread; OffsetsResetError when the topic was made anew. in_batch: the
+    failure came from the micro-batch being written (else from Spark's planning)."""
     text = str(error)
     if KAFKA_DATA_LOSS not in text:
         return None
-    table = source.table
+    table, topic = source.table, source.settings["topic"]
     # Spark names the offset range of the micro-batch it could not read, not what is gone:
     # the gaps are told from the table and the broker (when it answers)
     reason = text.split("Reason:", 1)[1].strip().split("\n", 1)[0] if "Reason:" in text else ""
-    try:
-        lost = lost_offsets(spark, config, source).note()
-    except Exception as unknown:  # the broker stopped answering, or its offsets went back
-        lost = f"not told: {str(unknown).splitlines()[0][:300]}"
-    try:
-        replayed = (batches.current_tag is not None and tables.tagged_commit_rows(
-            spark, config, table, batches.current_tag) is not None)
-    except Exception:
-        replayed = False
+    spark_says = f" (Spark: {reason})" if reason else ""
     committed = batches.committed_before + batches.totals.batches
     kept = ("nothing was written" if not committed else
             f"the {committed} micro-batch(es) committed before it stay in bronze")
-    if replayed:
-        kept += (f"; micro-batch {batches.current_batch} (replayed as an interrupted run "
-                 "logged it) was committed then: its events are in bronze")
+    lost: LostOffsets | None = None
+    try:
+        lost = lost_offsets(spark, config, source)
+    except OffsetsResetError as reset:
+        return OffsetsResetError(f"{reset}{spark_says}")
+    except Exception as unknown:  # the broker stopped answering
+        told = f"not told ({str(unknown).splitlines()[0][:300]})"
+    try:
+        replayed = (in_batch and batches.current_tag is not None and tables.tagged_commit_rows(
+            spark, config, table, batches.current_tag) is not None)
+    except Exception:
+        replayed = False
+    accept = f"--env {config.env} --accept-lost-events"
+    if replayed or (lost is not None and not lost.gaps and not lost.unheld):
+        what = (f"micro-batch {batches.current_batch} (replayed as an interrupted run logged "
+                "it) was committed before the broker deleted some of its events: they are in "
+                "bronze" if replayed else "the table and the broker show no gap: the stream's "
+                "checkpoint is behind the table (restored from an older backup?)")
+        return EventsLostError(
+            f"{table}: offsets of Kafka topic {topic!r} the stream has to read again were "
+            f"deleted by the broker{spark_says}, but {what}; {kept}. Move the stream checkpoint "
+            f"{checkpoint(config, table)} aside and run `lakehouse migrate {accept}`: it starts "
+            f"after what {table} holds (at the broker's earliest offsets where those are later).")
+    if lost is not None:
+        told = lost.note()
     command = "migrate" if batches.adopt else "run bronze"
     return EventsLostError(
-        f"{table}: events of Kafka topic {source.settings['topic']!r} were deleted by the broker "
-        f"(its retention) before bronze read them: {lost}"
-        + (f" (Spark: {reason})" if reason else "") + f"; {kept}. Every run fails on them: "
-        f"they cannot be read any more. To go on without them, run `lakehouse {command} "
-        f"--env {config.env} --accept-lost-events` once: it skips to the earliest offsets the "
-        "broker holds and names the offsets lost in its audit row.")
+        f"{table}: events of Kafka topic {topic!r} were deleted by the broker (its retention) "
+        f"before bronze read them: {told}{spark_says}; {kept}. Every run fails on them: they "
+        f"cannot be read any more. To go on without them, run `lakehouse {command} {accept}` "
+        "once: it skips to the earliest offsets the broker holds and names the offsets lost in "
+        "its audit row.")
 
 
 def kafka_error(source: Source, error: Exception, committed: int) -> Exception:
@@ -757,11 +786,6 @@ def ingest(spark: SparkSession, config: Config, source: Source, run_id: str,
         if on_batch is not None:  # a run that fails after skipping them still names them
             on_batch(Counts(lost=totals.lost))
         log.warning("%s: accepting lost events for this run: %s", source.table, lost.note())
-        # Spark's rate limit counts the deleted offsets too: the first micro-batch skips them
-        # and still reads about max_offsets_per_trigger events
-        limit = int(source.settings.get("max_offsets_per_trigger", 20000)) + lost.offsets
-        source = Source(source.name, source.kind,
-                        {**source.settings, "max_offsets_per_trigger": limit})
     if adopt and source.kind == "events":
         source = after_ingested_offsets(spark, config, source, accept_lost)
     for attempt in range(2):
@@ -874,7 +898,10 @@ def run(spark: SparkSession, config: Config, run_id: str, adopt: bool = False,
                              rows_in=committed.rows, rows_out=committed.rows,
                              rows_corrupt=committed.corrupt)
                 if committed.lost:  # the run may have skipped them before it failed
-                    audit["message"] = " | ".join(committed.notes())
+                    audit["message"] = (
+                        "lost events accepted (--accept-lost-events) by this failed run, "
+                        "skipped only if it committed a micro-batch past them (then a run "
+                        f"without the flag goes on after them): {committed.lost[0]}")
                 raise
             audit_row(audit, spark, config, source.table, counts)
             return dict(audit)
@@ -884,6 +911,8 @@ def run(spark: SparkSession, config: Config, run_id: str, adopt: bool = False,
                                partial(ingest_snapshot, spark, config, s, run_id))
                    for s in SNAPSHOT_SOURCES]
         streamed = sources(config)
+        if accept_lost_events and not any(s.kind == "events" for s in streamed):
+            log.warning("--accept-lost-events: no Kafka source is enabled; nothing to accept")
         if not streamed:
             return results
         with ThreadPoolExecutor(len(streamed), thread_name_prefix="bronze") as pool:
