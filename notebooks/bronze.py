@@ -12,9 +12,9 @@
 # MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel); `catalog` names the Unity
 # MAGIC Catalog catalog (empty: `$LAKEHOUSE_CATALOG`, which the bundle sets on its job cluster;
 # MAGIC neither set fails, naming it: no default catalog); `accept_lost_events` (`true` once,
-# MAGIC after a run failed with EventsLostError: Kafka deleted events bronze had yet to read) goes
-# MAGIC on from the earliest offsets the broker holds, the audit row naming the offsets lost. The
-# MAGIC notebook ends with the run id as its exit value.
+# MAGIC after a run failed with EventsLostError telling to run with `--accept-lost-events`: Kafka
+# MAGIC deleted events bronze had yet to read) goes on from the earliest offsets the broker holds,
+# MAGIC the audit row naming the offsets lost. The notebook ends with the run id as its exit value.
 
 # COMMAND ----------
 

@@ -405,6 +405,60 @@ def test_lost_offsets_are_the_gaps_between_bronze_and_the_brokers_earliest() -> 
         bronze.offsets_lost("bronze_e", "t", {0: 9, 1: 4, 2: 1}, {0: (0, 9), 1: (0, 30)})
 
 
+def test_a_data_loss_is_told_by_what_the_table_and_the_broker_show(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each answer of events_lost, from stand-ins for the table and broker's offsets (the
+    broker tests above reach the same answers for real)."""
+    from types import SimpleNamespace
+
+    config = make_config(tmp_path)
+    source = bronze.Source("flight_events", "events", {"topic": "flights",
+                                                       "bootstrap_servers": "127.0.0.1:1"})
+    failed = RuntimeError(f"{bronze.KAFKA_DATA_LOSS} any more;\nReason: Could not read records "
+                          "in offset [100, 20100) for topic partition flights-0\nwith ...")
+
+    def told(lost: Any, committed_rows: int | None = None, current: int | None = 3,
+             adopt: bool = False) -> ValueError | None:
+        def offsets(*args: Any) -> bronze.LostOffsets:
+            if isinstance(lost, Exception):
+                raise lost
+            return lost
+
+        monkeypatch.setattr(bronze, "lost_offsets", offsets)
+        monkeypatch.setattr(tables, "tagged_commit_rows", lambda *args: committed_rows)
+        batches = SimpleNamespace(committed_before=0, totals=bronze.Counts(batches=2),
+                                  current_batch=current, adopt=adopt,
+                                  current_tag=None if current is None else f"tag {current}")
+        return bronze.events_lost(None, config, source, failed, batches,  # type: ignore[arg-type]
+                                  in_batch=True)
+
+    assert bronze.events_lost(None, config, source, RuntimeError("broker down"),  # type: ignore
+                              None, in_batch=True) is None  # not a data loss
+    gap = bronze.LostOffsets({0: (100, 160)}, {})
+    unread = str(told(gap))
+    assert "were deleted by the broker (its retention) before bronze read them: 60 offset(s) " \
+           "in 1 partition(s): p0 [100, 160) (Spark: Could not read records in offset " \
+           "[100, 20100) for topic partition flights-0); the 2 micro-batch(es) committed " \
+           "before it stay in bronze" in unread
+    assert "`lakehouse run bronze --env local --accept-lost-events`" in unread
+    assert "`lakehouse migrate --env local --accept-lost-events`" in str(told(gap, adopt=True))
+    behind = str(told(bronze.LostOffsets({}, {})))
+    assert "the table and the broker show no gap: the stream's checkpoint is behind the " \
+           "table" in behind and "Move the stream checkpoint" in behind
+    assert "--accept-lost-events` once" not in behind
+    both = str(told(gap, committed_rows=40))
+    assert "micro-batch 3 (replayed as an interrupted run logged it) was committed before" in both
+    assert "besides, deleted before bronze read them: 60 offset(s)" in both
+    down = str(told(bronze.EventSourceError("cannot list the offsets of Kafka topic 'flights' "
+                                            "at 127.0.0.1:1: timed out; nothing was committed")))
+    assert "before bronze read them: not told (cannot list the offsets of Kafka topic " \
+           "'flights' at 127.0.0.1:1: timed out) (Spark:" in down
+    assert "nothing was committed" not in down
+    reset = told(bronze.OffsetsResetError("bronze_flight_events: the offsets went back"))
+    assert isinstance(reset, bronze.OffsetsResetError)
+    assert str(reset).startswith("bronze_flight_events: the offsets went back (Spark: Could not")
+
+
 def test_a_missing_topic_or_an_unreachable_broker_fails_clearly_and_quickly(
         spark: SparkSession, tmp_path: Path, broker: Broker,
         monkeypatch: pytest.MonkeyPatch) -> None:

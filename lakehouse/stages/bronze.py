@@ -83,9 +83,11 @@ class EventSourceError(RuntimeError):
 
 
 class EventsLostError(ValueError):
-    """Events the stream had yet to read were deleted by the broker (its retention, or the
-    topic deleted): every run would fail on them again, so it is not retried; a run told to
-    accept the loss (`--accept-lost-events`) goes on and records the offsets lost."""
+    """Offsets the stream has to read were deleted by the broker (its retention): every run
+    would fail on them again, so it is not retried. Events bronze never read: a run told to
+    accept the loss (`--accept-lost-events`) goes on and records the offsets lost. Offsets
+    bronze holds (a replayed committed micro-batch, a checkpoint behind the table): the
+    message names the way on, a migration accepting the loss over a new checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -511,19 +513,26 @@ def broker_offsets(source: Source) -> dict[int, tuple[int, int]]:
         return {tp.partition: int(answer.result(timeout).offset)
                 for tp, answer in answers.items()}
 
+    servers = source.settings["bootstrap_servers"]
     try:
         listed = admin.list_topics(topic, timeout=timeout).topics[topic]
-        if listed.error is not None:  # e.g. UNKNOWN_TOPIC_OR_PART: deleted, not made anew
-            raise RuntimeError(str(listed.error))
+    except Exception as error:  # KafkaException: broker unreachable within the timeout
+        raise EventSourceError(f"cannot list the partitions of Kafka topic {topic!r} at "
+                               f"{servers} (the admin client's settings are bronze.events."
+                               f"{source.name}.client_options): {error}; nothing was committed"
+                               ) from error
+    if listed.error is not None:  # UNKNOWN_TOPIC_OR_PART: deleted (and not made anew)
+        raise ValueError(f"{source.table}: Kafka topic {topic!r} does not exist on {servers} "
+                         f"({listed.error}); nothing was committed")
+    try:
         partitions = list(listed.partitions)
         earliest = offsets(OffsetSpec.earliest(), partitions)  # type: ignore[no-untyped-call]
         latest = offsets(OffsetSpec.latest(), partitions)  # type: ignore[no-untyped-call]
     except Exception as error:  # KafkaException: broker unreachable within the timeout
         raise EventSourceError(
-            f"cannot list the partitions and offsets of Kafka topic {topic!r} at "
-            f"{source.settings['bootstrap_servers']} (the admin client's settings are "
-            f"bronze.events.{source.name}.client_options): {error}; nothing was committed"
-        ) from error
+            f"cannot list the offsets of Kafka topic {topic!r} at {servers} (the admin "
+            f"client's settings are bronze.events.{source.name}.client_options): {error}; "
+            "nothing was committed") from error
     return {p: (earliest[p], latest[p]) for p in partitions}
 
 
@@ -578,7 +587,7 @@ def offsets_lost(table: str, topic: str, held: dict[int, int],
             f"{table}: the offsets of Kafka topic {topic!r} went back below what bronze holds "
             f"({'; '.join(reset)}): the topic was deleted and made anew (or bootstrap_servers "
             "names another cluster). Skipping by offset would leave out events the broker "
-            "holds, so lost events are not accepted here; nothing was written. This job "
+            "holds, so they are not accepted as lost events. This job "
             "follows a topic by name and offsets: produce to a topic of a new name, set it as "
             "the source's topic, move the stream checkpoint aside and run `lakehouse migrate` "
             "(a topic bronze holds nothing of is read from its earliest offsets).")
@@ -688,9 +697,10 @@ def events_lost(spark: SparkSession, config: Config, source: Source, error: Base
     try:
         lost = lost_offsets(spark, config, source)
     except OffsetsResetError as reset:
-        return OffsetsResetError(f"{reset}{spark_says}")
+        return OffsetsResetError(f"{reset}{spark_says}; {kept}.")
     except Exception as unknown:  # the broker stopped answering
-        told = f"not told ({str(unknown).splitlines()[0][:300]})"
+        first = str(unknown).splitlines()[0].removesuffix("; nothing was committed")
+        told = f"not told ({first[:300]})"
     try:
         replayed = (in_batch and batches.current_tag is not None and tables.tagged_commit_rows(
             spark, config, table, batches.current_tag) is not None)
@@ -702,6 +712,8 @@ def events_lost(spark: SparkSession, config: Config, source: Source, error: Base
                 "it) was committed before the broker deleted some of its events: they are in "
                 "bronze" if replayed else "the table and the broker show no gap: the stream's "
                 "checkpoint is behind the table (restored from an older backup?)")
+        if lost is not None and (lost.gaps or lost.unheld):
+            what += f"; besides, deleted before bronze read them: {lost.note()}"
         return EventsLostError(
             f"{table}: offsets of Kafka topic {topic!r} the stream has to read again were "
             f"deleted by the broker{spark_says}, but {what}; {kept}. Move the stream checkpoint "
