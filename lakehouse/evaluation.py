@@ -171,7 +171,10 @@ def histogram_counts(scored: DataFrame, group: str, label: str, score: Column) -
     """histograms_by's aggregate, not yet collected (to collect it with another in one job):
     one row per group (`_group`) and probability bin (`bin`) with the negatives, positives,
     and the sums of the probability, log loss and squared error."""
-    scored = scored.filter(F.col(label).isNotNull() & score.isNotNull())
+    # a NaN probability is no score (scoring records its flight unscorable); clipped into
+    # [0, 1] it would count as a confident positive
+    scored = scored.filter(F.col(label).isNotNull() & score.isNotNull()
+                           & ~F.isnan(score.cast("double")))
     p = F.least(F.greatest(score.cast("double"), F.lit(0.0)), F.lit(1.0))
     y = F.col(label).cast("double")
     clipped = F.least(F.greatest(p, F.lit(EPSILON)), F.lit(1 - EPSILON))

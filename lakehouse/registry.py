@@ -147,6 +147,9 @@ class GateDecision:
                 "gate_champion_version": self.champion_version or "none"}
 
 
+MARGIN_TOLERANCE = 1e-12
+
+
 def decide(new_auc: float, champion_version: str | None, champion_auc: float | None,
            margin: float) -> GateDecision:
     """Promote when there is no champion, or when the new model's AUC-ROC beats the champion's
@@ -162,7 +165,9 @@ def decide(new_auc: float, champion_version: str | None, champion_auc: float | N
     if champion_auc is None:
         raise ValueError("the champion's AUC-ROC on the gate window is needed to decide")
     gain = new_auc - champion_auc
-    promoted = gain >= margin and gain > 0  # a tie never promotes, even at margin 0
+    # a tie never promotes, even at margin 0; a gain of the margin does, whatever the float
+    # rounding of the difference (0.5126 - 0.5106 is 0.00199999...)
+    promoted = gain > 0 and gain >= margin - MARGIN_TOLERANCE
     verb = "beats" if promoted else "does not beat"
     reason = (f"new AUC-ROC {new_auc:.4f} {verb} champion v{champion_version}'s "
               f"{champion_auc:.4f} by the margin {margin:.4f} (gain {gain:+.4f})")

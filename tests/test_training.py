@@ -98,6 +98,13 @@ def test_metrics_agree_with_scikit_learn(spark: SparkSession) -> None:
     assert at["recall"] == pytest.approx(predicted[y == 1].mean(), abs=1e-9)
     # the conf'd threshold rules
     assert h.threshold_by("max_f1") == threshold and h.threshold_by("fixed:0.4") == 0.4
+    # a NaN or null probability is no score (scoring records such a flight unscorable), not a
+    # confident positive: the metrics rest on the scored rows alone
+    unscored = spark.createDataFrame([(0, float("nan")), (0, None), (1, float("nan"))],
+                                     "disrupted int, p double")
+    with_unscored = histogram(df.unionByName(unscored), "disrupted", F.col("p"))
+    assert with_unscored.rows == h.rows == 4000
+    assert with_unscored.auc_roc() == h.auc_roc()
     at_recall = h.threshold_by("recall:0.7")
     assert (p[y == 1] >= at_recall).mean() >= 0.7 > (p[y == 1] >= at_recall + 1e-4).mean()
     with pytest.raises(ValueError, match=r"train.threshold_rule 'recall:2'"):
@@ -249,6 +256,10 @@ def test_gate_decision_needs_the_margin() -> None:
     worse = registry.decide(0.69, "1", 0.70, 0.002)
     assert not worse.promoted and worse.alias == "challenger" and "does not beat" in worse.reason
     assert not registry.decide(0.701, "1", 0.700, 0.002).promoted  # within the margin
+    # a gain of exactly the margin promotes, whatever the float rounding of the difference
+    assert 0.5126 - 0.5106 < 0.002 and registry.decide(0.5126, "1", 0.5106, 0.002).promoted
+    assert not registry.decide(0.5125, "1", 0.5106, 0.002).promoted
+    assert not registry.decide(0.7, "1", 0.7, 0.0).promoted  # a tie, even at margin 0
     with pytest.raises(ValueError, match="champion's AUC-ROC on the gate window is needed"):
         registry.decide(0.7, "1", None, 0.002)
     for new, champion in ((float("nan"), 0.7), (0.7, float("nan"))):
@@ -930,6 +941,8 @@ def test_gate_promotes_better_refuses_worse_and_ties(
     audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "after-decision")
     (row,) = audit.collect()
     assert row["status"] == "failed" and "version 4 is registered" in row["message"]
+    # the decision, written before the alias moved, follows the error in the failed row
+    assert " | model version 4 (" in row["message"] and ": challenger: " in row["message"]
 
 
 class _Failing(BaseHTTPRequestHandler):

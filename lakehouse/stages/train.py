@@ -344,26 +344,31 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
         for key, value in (version_tags or {}).items():
             client.set_model_version_tag(name, version, key, value)
         check_champion_unchanged(name, current, version)
+        decided = (f"model version {version} ({result.family}), holdout AUC-ROC "
+                   f"{result.holdout.auc_roc():.4f}, baseline {baseline.auc_roc():.4f}; gate on "
+                   f"{window}: {decision.alias}: {decision.reason}")
+        # in the audit row before the alias moves: a failure from here on keeps it in the
+        # failed row (after the error)
+        audit.update(version_read=features_version, message=decided)
         registry.set_alias(name, decision.alias, version)
-        if decision.promoted:
-            registry.delete_alias(name, registry.CHALLENGER)
         log.info("model %s version %s: %s", name, version, decision.reason)
         if baseline.auc_roc() >= result.holdout.auc_roc():
             log.warning("the model (holdout AUC-ROC %.4f) does not beat the historical-rate "
                         "baseline (%.4f)", result.holdout.auc_roc(), baseline.auc_roc())
-        decided = (f"model version {version} ({result.family}), holdout AUC-ROC "
-                   f"{result.holdout.auc_roc():.4f}, baseline {baseline.auc_roc():.4f}; gate on "
-                   f"{window}: {decision.alias}: {decision.reason}")
-        audit.update(version_read=features_version, message=decided)
-        if on_decided is not None:
-            try:
+        try:
+            if decision.promoted:  # the former challenger lost to the former champion
+                registry.delete_alias(name, registry.CHALLENGER)
+            if on_decided is not None:
                 on_decided(parent.info.run_id)
-            except Exception as error:
-                raise AfterDecisionError(
-                    f"{name} version {version} is registered and holds @{decision.alias} "
-                    f"({decision.reason}), but what follows the decision failed: {error}. Do "
-                    "not run the train job again for it (it would register another version); "
-                    "mend the cause and finish that step") from error
+        except Exception as error:
+            rescore = (" The new champion has not scored the dates the old one did: run the "
+                       "score job for them." if decision.promoted else "")
+            raise AfterDecisionError(
+                f"{name} version {version} is registered and holds @{decision.alias} "
+                f"({decision.reason}), but what follows the decision failed: {error}. Do "
+                "not run the train job again for it (it would register another version); "
+                f"mend the cause and finish that step (a promotion removes @"
+                f"{registry.CHALLENGER}).{rescore}") from error
     return {"model_name": name, "version": version, "promoted": decision.promoted,
             "alias": decision.alias, "decision": decision.reason, "gate_window": window,
             "run_id": parent.info.run_id, "family": result.family,
