@@ -178,6 +178,30 @@ def test_cancelled_flights_without_a_tail_do_not_halt_the_batch(
     assert written.filter(F.col("tailnum").isNull() & F.col("cancelled")).count() == 4
 
 
+def test_schedule_events_without_a_tail_do_not_halt_but_operated_flights_do(
+        spark: SparkSession, with_references: Config) -> None:
+    """A storm day's schedules, sent before their outcomes: the flights that will be cancelled
+    have no tail (2013-02-08: 206 of 1,345), and whether they operate is not known yet."""
+    from lakehouse.silver import from_flight_events
+
+    untimed = {c: None for c in ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")}
+    schedules = [("scheduled", "2013-01-01T05:00:00Z",
+                  {**flight(), **untimed, "flight": str(5000 + i),
+                   "tailnum": None if i < 4 else "N14228"}) for i in range(20)]
+    counts = refine_batch(spark, with_references, CONTRACTS["flights"],
+                          from_flight_events(flight_events(spark, schedules)), 0, "events")
+    assert counts["rows_out"] == 20 and counts["rows_quarantined"] == 0
+    # their outcomes: operated flights without a tail are what the rule is for
+    operated = [("outcome", "2013-01-01T14:00:00Z", {**flight(), "flight": str(5000 + i),
+                                                      "tailnum": None if i < 4 else "N14228"})
+                for i in range(20)]
+    with pytest.raises(ContractViolation, match=r"4 of 20 flights known to have operated have "
+                                                r"tailnum null \(20\.0%\)"):
+        refine_batch(spark, with_references, CONTRACTS["flights"],
+                     from_flight_events(flight_events(spark, operated, first_offset=20)), 1,
+                     "events")
+
+
 def test_renamed_column_fails_naming_it(spark: SparkSession, with_references: Config) -> None:
     batch = bronze_rows(spark, "flights", good_flights(3)).withColumnRenamed("dest", "destination")
     with pytest.raises(MissingColumnsError, match=r"lacks columns \['dest'\].*destination"):
