@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
@@ -200,6 +201,36 @@ def test_schedule_events_without_a_tail_do_not_halt_but_operated_flights_do(
         refine_batch(spark, with_references, CONTRACTS["flights"],
                      from_flight_events(flight_events(spark, operated, first_offset=20)), 1,
                      "events")
+
+
+def test_a_batch_replayed_after_a_failed_write_loses_no_row_whatever_changed_between(
+        spark: SparkSession, with_references: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silver's write fails (a lost executor); before the replay a new airports snapshot drops
+    the flights' origin, so the replay quarantines rows the first attempt kept. Each row lands
+    in silver or in quarantine all the same."""
+    config = Config(with_references.env, {**with_references.values, "silver": {
+        **with_references.section("silver"), "max_quarantine_share": 1.0}})
+    rows = [*good_flights(30), flight(flight="2999", distance="0")]
+
+    def lost(*args: Any, **kwargs: Any) -> None:
+        raise OSError("executor lost")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(tables, "merge", lost)
+        with pytest.raises(OSError, match="executor lost"):
+            refine_batch(spark, config, CONTRACTS["flights"], bronze_rows(spark, "flights", rows),
+                         1)
+    airports = tables.read(spark, config, "silver_airports")
+    origin = flight()["origin"]
+    assert airports.filter(F.col("faa") == origin).count() == 1
+    tables.overwrite(airports.filter(F.col("faa") != origin), config, "silver_airports")
+    counts = refine_batch(spark, config, CONTRACTS["flights"], bronze_rows(spark, "flights", rows),
+                          1)
+    assert counts["rows_quarantined"] == 31
+    held = tables.read(spark, config, "quarantine").filter(F.col("table_name") == "flights")
+    assert held.count() == 31
+    assert not tables.exists(spark, config, "silver_flights") or tables.read(
+        spark, config, "silver_flights").count() == 0
 
 
 def test_renamed_column_fails_naming_it(spark: SparkSession, with_references: Config) -> None:
