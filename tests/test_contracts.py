@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -54,6 +56,9 @@ BREAKING = [
     ("text_decodable", {"tailnum": "N\ufffd8", "_invalid_bytes": {"tailnum": b"N\xff8"}}),
     ("event_type_known", {"_event_type": "boarding"}),
     ("event_time_valid", {"_event_type": "outcome"}),  # an event without its time
+    # an event stamped 2099 (bronze ingested it in 2026): it would outrank every correction
+    ("event_time_plausible", {"_event_type": "outcome",
+                              "_event_time": dt.datetime(2099, 1, 1)}),
 ]
 WARNING = [
     ("tailnum_format", {"tailnum": "D942DN"}),

@@ -131,6 +131,11 @@ def flights_contract(settings: dict[str, Any]) -> Contract:
         Rule("event_time_valid", "an event carries an event_time in ISO 8601 with an offset",
              f"({EVENT_TYPE} IS NULL AND NOT coalesce({IS_EVENT}, false)) "
              f"OR {EVENT_TIME} IS NOT NULL"),
+        # The MERGE keeps a flight's newest event: one stamped in the future (a producer's
+        # clock years ahead) would win over every later correction of its flight.
+        Rule("event_time_plausible", "an event's event_time is at most a day after bronze "
+             "ingested it",
+             f"{EVENT_TIME} IS NULL OR {EVENT_TIME} <= _ingested_at + INTERVAL 1 DAY"),
         *(not_null(c) for c in ("carrier", "flight", "origin", "dest", "sched_dep_time",
                                 "sched_arr_time")),
         Rule("flight_date_valid", "year/month/day are present and form a real date",
