@@ -95,15 +95,24 @@ def parse_columns(table: str) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-def with_flight_times(airports: DataFrame, planes: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Add the key, UTC schedule, outcome flags and reference flags to parsed flights."""
+# The columns a silver flight takes from the airports and planes snapshots (beside the
+# origin's time zone, `_origin_tz`, which the contract checks): a new snapshot recomputes them
+# on the flights silver holds (stages/silver.py, `reconcile_references`).
+REFERENCE_COLUMNS = ("sched_dep_utc", "sched_arr_utc", "dest_known", "plane_known")
+
+
+def with_reference_columns(airports: DataFrame,
+                           planes: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Add (or recompute) a flight's UTC schedule and reference flags from the airports and
+    planes given, on parsed flights or on silver's own rows (same typed columns)."""
     origin_tz = airports.select(F.col("faa").alias("origin"), F.col("tzone").alias("_origin_tz"))
     dest_tz = airports.select(F.col("faa").alias("dest"), F.col("tzone").alias("_dest_tz"),
                               F.lit(True).alias("dest_known"))
     known_planes = planes.select("tailnum", F.lit(True).alias("plane_known"))
 
     def transform(df: DataFrame) -> DataFrame:
-        joined = (df.join(F.broadcast(origin_tz), on="origin", how="left")
+        joined = (df.drop(*REFERENCE_COLUMNS, "_origin_tz", "_dest_tz")
+                  .join(F.broadcast(origin_tz), on="origin", how="left")
                   .join(F.broadcast(dest_tz), on="dest", how="left")
                   .join(F.broadcast(known_planes), on="tailnum", how="left"))
         flight_date = make_date(F.col("year"), F.col("month"), F.col("day"))
@@ -111,20 +120,32 @@ def with_flight_times(airports: DataFrame, planes: DataFrame) -> Callable[[DataF
         arr_day = F.when(F.col("sched_arr_time") < F.col("sched_dep_time"),
                          F.date_add(flight_date, 1)).otherwise(flight_date)
         arr_utc = local_hhmm_to_utc(arr_day, F.col("sched_arr_time"), F.col("_dest_tz"))
-        outcome_known = F.coalesce(F.col(EVENT_TYPE) != "scheduled", F.lit(True))
         return joined.withColumns({
+            "sched_dep_utc": dep_utc,
+            "sched_arr_utc": arr_utc,
+            "dest_known": F.coalesce("dest_known", F.lit(False)),
+            "plane_known": F.coalesce("plane_known", F.lit(False)),
+        })
+
+    return transform
+
+
+def with_flight_times(airports: DataFrame, planes: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Add the key, UTC schedule, outcome flags and reference flags to parsed flights."""
+    with_references = with_reference_columns(airports, planes)
+
+    def transform(df: DataFrame) -> DataFrame:
+        flight_date = make_date(F.col("year"), F.col("month"), F.col("day"))
+        outcome_known = F.coalesce(F.col(EVENT_TYPE) != "scheduled", F.lit(True))
+        return df.transform(with_references).withColumns({
             "flight_date": flight_date,
             "flight_id": F.concat_ws("_", flight_date.cast("string"), "carrier",
                                      F.col("flight").cast("string"), "origin"),
             "time_hour": parse_utc(F.col(f"{RAW}.time_hour")),
-            "sched_dep_utc": dep_utc,
-            "sched_arr_utc": arr_utc,
             # A schedule event: the outcome is not known yet (null), not "cancelled".
             "cancelled": F.when(outcome_known, F.col("dep_time").isNull()),
             "diverted": F.when(outcome_known,
                                F.col("dep_time").isNotNull() & F.col("arr_delay").isNull()),
-            "dest_known": F.coalesce("dest_known", F.lit(False)),
-            "plane_known": F.coalesce("plane_known", F.lit(False)),
         })
 
     return transform

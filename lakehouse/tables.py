@@ -321,6 +321,16 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     return last_operation_metrics(spark, config, name) if metrics else {}
 
 
+def update_columns(spark: SparkSession, config: Config, name: str, df: DataFrame,
+                   keys: Iterable[str], columns: Iterable[str]) -> dict[str, str]:
+    """Set the given columns of the table's rows whose keys df holds to df's values (a MERGE
+    that updates those columns only and inserts nothing); Delta's operation metrics."""
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    (delta_table(spark, config, name).alias("t").merge(df.alias("s"), condition)
+     .whenMatchedUpdate(set={f"`{c}`": f"s.`{c}`" for c in columns}).execute())
+    return last_operation_metrics(spark, config, name)
+
+
 def update(spark: SparkSession, config: Config, name: str, condition: Column,
            values: dict[str, str | Column]) -> None:
     """Set columns of the rows matching condition (Delta UPDATE)."""
@@ -343,6 +353,25 @@ def ensure_properties(spark: SparkSession, config: Config, name: str) -> bool:
         settings = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
         spark.sql(f"ALTER TABLE {_sql_name(config.table(name))} SET TBLPROPERTIES ({settings})")
     return bool(missing)
+
+
+def table_property(spark: SparkSession, config: Config, name: str, key: str) -> str | None:
+    """A Delta table property's value (DESCRIBE DETAIL), None when unset or no table."""
+    if not exists(spark, config, name):
+        return None
+    properties = scalar(delta_table(spark, config, name).detail().select("properties")) or {}
+    value = properties.get(key)
+    return None if value is None else str(value)
+
+
+def set_table_property(spark: SparkSession, config: Config, name: str, key: str,
+                       value: str) -> None:
+    """Set a Delta table property (a commit that keeps the rows: readers of the change feed
+    and `rows_unchanged` see no change)."""
+    quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+    with untagged_commits():
+        spark.sql(f"ALTER TABLE {_sql_name(config.table(name))} "
+                  f"SET TBLPROPERTIES ('{key}' = '{quoted}')")
 
 
 def set_comment(spark: SparkSession, config: Config, name: str, comment: str) -> None:

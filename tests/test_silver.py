@@ -536,3 +536,87 @@ def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
     # the new stream read bronze from its start: the record quarantined before is not added
     # again
     assert sum('"flight":"9001"' in raw for raw in quarantined) == 1, quarantined
+
+
+def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
+        spark: SparkSession, config: Config) -> None:
+    """A destination silver did not know (SJU, as in the real airports table) and a plane it did
+    not know are added by new snapshots: the flights silver already holds take their scheduled
+    arrival and flags, as a build from bronze under the new snapshots gives them, and only they
+    are rewritten (gold recomputes their days from the change feed). A flight whose origin the
+    new snapshot drops keeps its columns and is counted."""
+    from zoneinfo import ZoneInfo
+
+    from chispa import assert_df_equality
+
+    from lakehouse.bronze import SOURCE_COLUMNS
+    from lakehouse.silver import OUTPUT
+    from lakehouse.stages import silver
+    from lakehouse.stages.silver import REFERENCES_PROPERTY, references_state
+    from tests.rows import AIRPORTS, PLANES
+
+    sju = flight(carrier="B6", flight="701", tailnum="N605JB", origin="JFK", dest="SJU",
+                 sched_dep_time="700", dep_time="705", dep_delay="5", sched_arr_time="1130",
+                 arr_time="1125", arr_delay="-5", time_hour="2013-01-01T12:00:00Z")
+    lax = flight(flight="300", origin="LAX", sched_dep_time="800", dep_time="800",
+                 dep_delay="0", sched_arr_time="1330", arr_time="1330", arr_delay="0",
+                 time_hour="2013-01-01T16:00:00Z")
+    flights = [flight(), sju, lax]
+    new_airports = [a for a in AIRPORTS if a[0] != "LAX"] + [
+        ("SJU", "Luis Munoz Marin Intl", "18.44", "-66.00", "9", "-4", "N", "America/Puerto_Rico")]
+    new_planes = [*PLANES, ("N605JB", "2006", "Fixed wing multi engine", "EMBRAER",
+                            "ERJ 190-100 IGW", "2", "20", "NA", "Turbo-fan")]
+
+    def land(root: Config, airports: list[tuple], planes: list[tuple], name: str) -> None:
+        for source, rows in (("airports", airports), ("planes", planes)):
+            records = [{**dict(zip(SOURCE_COLUMNS[source], r, strict=True)),
+                        "_source_file": f"{source}_{name}.csv"} for r in rows]
+            tables.overwrite(bronze_rows(spark, source, records), root, f"bronze_{source}")
+
+    def flights_row(root: Config, run_id: str) -> dict[str, Any]:
+        return next(r for r in silver.run(spark, root, run_id)
+                    if r["table_name"] == "silver_flights")
+
+    land(config, AIRPORTS, PLANES, "v1")
+    tables.append(bronze_rows(spark, "flights", flights), config, "bronze_flights")
+    first = flights_row(config, "s-1")
+    assert first["rows_out"] == 3 and not first.get("message")
+    held = {r["flight_id"]: r for r in tables.read(spark, config, "silver_flights").collect()}
+    sju_id = next(k for k in held if "_B6_" in k)
+    lax_id = next(k for k in held if k.endswith("_LAX"))
+    assert held[sju_id]["sched_arr_utc"] is None and not held[sju_id]["dest_known"]
+    state = tables.table_property(spark, config, "silver_flights", REFERENCES_PROPERTY)
+    assert state == references_state(spark, config)
+    before = tables.version(spark, config, "silver_flights")
+    assert before is not None
+
+    # an unchanged snapshot: nothing recomputed, no commit
+    assert not flights_row(config, "s-2").get("message")
+    assert tables.version(spark, config, "silver_flights") == before
+
+    land(config, new_airports, new_planes, "v2")
+    note = flights_row(config, "s-3").get("message") or ""
+    assert "1 held flight(s) recomputed" in note and "1 kept as they were" in note, note
+    now = {r["flight_id"]: r for r in tables.read(spark, config, "silver_flights").collect()}
+    # the scheduled arrival, 11:30 in San Juan (UTC-4, no daylight saving), worked out apart
+    arrival = dt.datetime(2013, 1, 1, 11, 30, tzinfo=ZoneInfo("America/Puerto_Rico"))
+    assert now[sju_id]["sched_arr_utc"] == arrival.astimezone(dt.UTC).replace(tzinfo=None)
+    assert now[sju_id]["dest_known"] and now[sju_id]["plane_known"]
+    assert now[lax_id].asDict() == held[lax_id].asDict()  # its origin is gone: kept
+    changed = tables.read_changes(spark, config, "silver_flights", before + 1,
+                                  tables.version(spark, config, "silver_flights"))
+    assert sorted(r[0] for r in changed.filter(F.col("_change_type") == "update_postimage")
+                  .select("flight_id").collect()) == [sju_id]
+    assert tables.table_property(spark, config, "silver_flights",
+                                 REFERENCES_PROPERTY) == references_state(spark, config)
+
+    # the same flights built from bronze under the new snapshots (LAX's quarantined there)
+    fresh = make_config(Path(config.data_root) / "fresh", silver={"max_quarantine_share": 1.0})
+    land(fresh, new_airports, new_planes, "v2")
+    tables.append(bronze_rows(spark, "flights", flights), fresh, "bronze_flights")
+    flights_row(fresh, "f-1")
+    columns = list(OUTPUT["flights"])
+    assert_df_equality(
+        tables.read(spark, config, "silver_flights").filter(F.col("flight_id") != lax_id)
+        .select(*columns),
+        tables.read(spark, fresh, "silver_flights").select(*columns), ignore_row_order=True)

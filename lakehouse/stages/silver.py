@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from lakehouse.silver import (
     OUTPUT,
     QUARANTINE_SCHEMA,
     RAW,
+    REFERENCE_COLUMNS,
     SOURCE_MODIFIED,
     clean_weather,
     from_flight_events,
@@ -47,9 +49,12 @@ from lakehouse.silver import (
     to_quarantine,
     to_silver,
     with_flight_times,
+    with_reference_columns,
     with_weather_time,
 )
 from lakehouse.stages.audit import audit_batch, audited
+
+log = logging.getLogger("lakehouse")
 
 
 def enforce_thresholds(contract: Contract, checked: DataFrame, counts: dict[str, int],
@@ -332,6 +337,80 @@ def refine_bronze(spark: SparkSession, config: Config, contract: Contract, bronz
         raise
 
 
+# silver_flights' table property naming the airports and planes tables (Delta id and
+# version) its rows' reference columns were last computed from.
+REFERENCES_PROPERTY = "lakehouse.silver.referencesVersions"
+# The flights rules that judge the reference columns: a flight a new snapshot would now
+# quarantine keeps the columns it has (see reconcile_references).
+REFERENCE_RULES = ("origin_in_airports", "sched_arr_after_dep")
+
+
+def references_state(spark: SparkSession, config: Config) -> str:
+    """The airports and planes tables as they are now: Delta id and version of each."""
+    return ";".join(f"{name}={tables.table_id(spark, config, name)}"
+                    f"@{tables.version(spark, config, name)}"
+                    for name in ("silver_airports", "silver_planes"))
+
+
+def reconcile_references(spark: SparkSession, config: Config, contract: Contract,
+                         existed: bool) -> str | None:
+    """Recompute the reference columns (UTC schedule, `dest_known`, `plane_known`) of the
+    flights silver holds when the airports or planes snapshot changed since they were computed,
+    so silver is what a rebuild from bronze would give: a destination added to airports gives
+    its earlier flights their scheduled arrival (gold's known-at and turnaround read it), a
+    corrected time zone moves their UTC times. Only rows whose columns change are rewritten
+    (an UPDATE through MERGE: gold's change-feed read recomputes their days).
+
+    A flight the new snapshot would quarantine (its origin gone from airports, or times that
+    now break `sched_arr_after_dep`) keeps the columns it has, counted in the message: silver
+    has no raw record to quarantine, and rebuilding from bronze would drop it.
+
+    existed: whether silver_flights held rows before this run's batches (a table made by this
+    run was computed from the current snapshots: only the state is recorded). Returns a note
+    for the audit message, None when nothing was to be done."""
+    if not tables.exists(spark, config, "silver_flights"):
+        return None
+    state = references_state(spark, config)
+    if tables.table_property(spark, config, "silver_flights", REFERENCES_PROPERTY) == state:
+        return None
+    note = None
+    if existed:
+        current = tables.read(spark, config, "silver_flights")
+        was = {c: f"_was_{c}" for c in REFERENCE_COLUMNS}
+        recomputed = (current.select("flight_id", "year", "month", "day", "sched_dep_time",
+                                     "sched_arr_time", "origin", "dest", "tailnum",
+                                     *(F.col(c).alias(w) for c, w in was.items()))
+                      .transform(with_reference_columns(
+                          tables.read(spark, config, "silver_airports"),
+                          tables.read(spark, config, "silver_planes"))))
+        rules = {r.name: r for r in contract.rules}
+        passes = " AND ".join(rules[name].passed() for name in REFERENCE_RULES)
+        differs = F.expr(f"NOT (struct({', '.join(REFERENCE_COLUMNS)}) <=> "
+                         f"struct({', '.join(was.values())}))")
+        judged = (recomputed.filter(differs)
+                  .withColumn("_passes", F.expr(passes))
+                  .select("flight_id", *REFERENCE_COLUMNS, "_passes")).localCheckpoint()
+        try:
+            counts = judged.groupBy("_passes").count().collect()
+            by = {bool(r["_passes"]): int(r["count"]) for r in counts}
+            updated, kept = by.get(True, 0), by.get(False, 0)
+            if updated:
+                tables.update_columns(spark, config, "silver_flights",
+                                      judged.filter("_passes").drop("_passes"), ("flight_id",),
+                                      REFERENCE_COLUMNS)
+        finally:
+            release(judged)
+        if updated or kept:
+            note = (f"airports/planes snapshot changed: {updated} held flight(s) recomputed "
+                    f"({', '.join(REFERENCE_COLUMNS)})"
+                    + (f"; {kept} kept as they were, the new snapshot would quarantine them "
+                       f"({' or '.join(REFERENCE_RULES)}): land them again to have them judged"
+                       if kept else ""))
+            log.warning("silver_flights: %s", note)
+    tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY, state)
+    return note
+
+
 def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
     """Build every silver table: references first (flights are typed against them)."""
     if not tables.exists(spark, config, "quarantine"):
@@ -344,11 +423,15 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
         for table, contract in contracts(settings).items():
             with audited(spark, config, run_id, "silver", f"silver_{table}", batch) as audit:
                 refine = refine_snapshot if table in SNAPSHOT_SOURCES else refine_stream
+                existed = table == "flights" and tables.exists(spark, config, "silver_flights")
                 counts = refine(spark, config, contract, run_id)
                 warnings = counts.pop("batch_warnings", [])
                 audit.update(counts)
-                if warnings:
-                    audit["message"] = f"batch rules warned: {sorted(set(warnings))}"
+                notes = [f"batch rules warned: {sorted(set(warnings))}"] if warnings else []
+                if table == "flights":
+                    notes.append(reconcile_references(spark, config, contract, existed) or "")
+                if any(notes):
+                    audit["message"] = "; ".join(n for n in notes if n)
                 audit["version_written"] = tables.version(spark, config, f"silver_{table}")
                 results.append(dict(audit))
     return results
