@@ -172,8 +172,11 @@ def raised_on(day: date, history: list[dict[str, Any]], rules: list[AlertRule],
     subjects = {row["subject"] for row in history}
     # The days the version was monitored: on one of them a subject without a row had nothing
     # to measure (no reading of a feature that day, no outcome known yet), which is a day not
-    # judged, not the condition cleared; a day not monitored at all ends a run.
-    monitored = sorted({row["monitored_date"] for row in history})
+    # judged, not the condition cleared; a day not monitored at all ends a run. Only the rows
+    # a monitor run writes for its own day say so (drift, the trailing window): each run also
+    # writes the per-day quality of the days before it, which were not monitored for that.
+    monitored = sorted({row["monitored_date"] for row in history
+                        if row["window"] == TRAILING or row["metric"] in DRIFT_METRICS})
     out = []
     for rule in rules:
         for subject in rule.subjects(subjects):

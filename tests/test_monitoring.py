@@ -164,6 +164,21 @@ def test_a_day_too_thin_to_judge_neither_ends_an_episode_nor_counts_towards_it()
     assert third.since == date(2013, 12, 1)
 
 
+def test_days_holding_only_the_per_day_quality_of_a_later_run_were_not_monitored() -> None:
+    """Each monitor run writes the realized quality of every day of its trailing window: a day
+    holding only those rows had no drift judged, so it ends a run of crossed days rather than
+    being stepped over. Dec 9-10 crossed (alerted on the 10th), Dec 11-12 not monitored (a
+    later run wrote their quality), Dec 13-14 crossed: a new episode from Dec 13, so it is
+    alerted; and with Dec 14 unmonitored too, Dec 13 alone does not make two days running."""
+    rules = rules_from_conf(RULES)
+    quality = [row(d, metric, 0.7) for d in (11, 12) for metric in ("auc_roc", "brier")]
+    history = [*(row(d, "mean_shift", 3.0, "temp") for d in (9, 10, 13, 14)), *quality]
+    (crossing,) = raised_on(date(2013, 12, 14), history, rules, 0.75, 200)
+    assert crossing.since == date(2013, 12, 13)
+    early = [*(row(d, "mean_shift", 3.0, "temp") for d in (10, 13)), *quality]
+    assert raised_on(date(2013, 12, 13), early, rules, 0.75, 200) == []
+
+
 def test_the_end_of_a_day_is_the_same_instant_whatever_the_drivers_time_zone(
         spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
