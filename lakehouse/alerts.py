@@ -145,6 +145,20 @@ def _outcome(error: Exception) -> tuple[int | None, str, bool]:
     return None, f"{type(reason).__name__}: {reason}", transient
 
 
+def _redacted(message: str, url: str) -> str:
+    """message without the webhook's path or query (its token), which an error may quote
+    (e.g. http.client's InvalidURL names the path holding a control character)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        secrets = [url, parts.path + (f"?{parts.query}" if parts.query else ""), parts.path,
+                   parts.query]
+    except ValueError:
+        secrets = [url]
+    for secret in sorted((s for s in secrets if len(s) > 1), key=len, reverse=True):
+        message = message.replace(secret, "/…")
+    return message
+
+
 def shown_url(url: str) -> str:
     """The webhook as logs and the alerts table show it: scheme, host and port only (a Slack or
     Teams incoming webhook's path is its token)."""
@@ -192,6 +206,7 @@ def deliver(url: str, payload: dict[str, Any], retries: int = 3, timeout_s: floa
             return Delivery(True, attempt, status, None)
         except Exception as error:  # never raise: the workflow must not fail on a webhook
             status, message, transient = _outcome(error)
+            message = _redacted(message, url)
         if not transient or attempt > retries:
             log.warning("webhook %s: attempt %d failed (%s); giving up", shown_url(url),
                         attempt, message)

@@ -245,6 +245,10 @@ def test_a_webhook_url_is_shown_without_its_path() -> None:
     broken = deliver("http://[::1/XXXXSECRET", {"text": "x"}, retries=0)
     assert not broken.delivered and broken.error is not None
     assert "XXXXSECRET" not in broken.error
+    # an error quoting the URL's path (http.client refuses a space in it) leaves it out
+    spaced = deliver("http://127.0.0.1:9/services/XXXX SECRET", {"text": "x"}, retries=0)
+    assert not spaced.delivered and spaced.error is not None
+    assert "XXXX" not in spaced.error and "SECRET" not in spaced.error, spaced.error
     refused = deliver("ftp://files.example.com/XXXXSECRET", {"text": "x"})
     assert refused.attempts == 0 and refused.error is not None
     assert "ftp://files.example.com/…" in refused.error and "XXXXSECRET" not in refused.error

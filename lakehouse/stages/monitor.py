@@ -199,6 +199,9 @@ def webhook_url(settings: dict[str, Any]) -> str | None:
         parts.port  # noqa: B018 -- a port that is no number raises here
     except ValueError as error:
         raise ConfigError(f"monitor.webhook_url: not a URL ({error}): {shown_url(url)}") from None
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"monitor.webhook_url: not a URL (holds a space or control "
+                          f"character; percent-encode it): {shown_url(url)}")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"monitor.webhook_url: expected an http(s) URL with a host, got "
                           f"{shown_url(url)}")
