@@ -154,7 +154,9 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
     for outcome in outcomes:  # the record, not what each monitor run returned (see there)
         outcome.alerts = recorded.get(outcome.day, [])
     monitoring = [r.asDict() for r in tables.read(spark, config, "model_monitoring").filter(
-        F.col("monitored_date").between(F.lit(start), F.lit(end))).collect()] if tables.exists(
+        F.col("monitored_date").between(F.lit(start), F.lit(end))
+        & (F.col("model_name") == registry.configure(config)["model_name"])).collect()
+    ] if tables.exists(
         spark, config, "model_monitoring") else []
     path = local_dir(config.data_root, "data_root") / "reports" / f"replay_{start}_{end}.png"
     picture(monitoring, outcomes, path, *drift_rules(config))

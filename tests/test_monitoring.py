@@ -79,8 +79,16 @@ def test_only_the_champions_open_alerts_make_retraining_due(
                                      {"model_name": "m", "model_version": "2"}, {})
     due = monitor.retraining_due(spark, config, day, 14, ("m", "2"))
     assert due.due and sorted(due.alert_ids) == sorted([first["alert_id"], second["alert_id"]])
-    monitor.mark_handled(spark, config, due.alert_ids, "run-3", day)
+    # another model name monitored on the same tables: its own episode, alert and retraining
+    (other,) = monitor.raise_alerts(spark, config, [crossing2],
+                                    {"model_name": "other", "model_version": "1"}, {})
+    assert other["alert_id"] == second["alert_id"]
+    assert monitor.retraining_due(spark, config, day, 14, ("other", "1")).alert_ids == (
+        other["alert_id"],)
+    monitor.mark_handled(spark, config, due.alert_ids, "run-3", day, "m")
     assert not monitor.retraining_due(spark, config, day, 14, ("m", "2")).due
+    still = monitor.retraining_due(spark, config, day, 14, ("other", "1"))
+    assert still.due and still.alert_ids == (other["alert_id"],)  # m's retraining: not other's
 
 
 @pytest.mark.slow

@@ -216,7 +216,8 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
     # whichever version crossed it: a champion promoted that day, or during the run, crossing
     # the rule the replaced one crossed is the same episode of the data, not news. The alerts
     # recorded decide, not a replay of the history (a version that was challenger for part of
-    # the run, or persist_days changed meanwhile, raised nothing then).
+    # the run, or persist_days changed meanwhile, raised nothing then). Alerts are the model
+    # name's own: another model monitored on the same tables has its episodes.
     ident = [c.alert_id for c in crossings]
     alerted: set[tuple[str, str, date]] = set()
     if ident and tables.exists(spark, config, "alerts"):
@@ -224,6 +225,7 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
         last = max(c.until or c.day for c in crossings)
         alerted = {(r[0], r[1], r[2]) for r in tables.read(spark, config, "alerts")
                    .filter(F.col("rule").isin(sorted({c.rule.name for c in crossings}))
+                           & (F.col("model_name") == model["model_name"])
                            & F.col("monitored_date").between(F.lit(first), F.lit(last)))
                    .select("rule", "subject", "monitored_date").collect()}
 
@@ -263,10 +265,10 @@ def raise_alerts(spark: SparkSession, config: Config, crossings: list[Crossing],
                          webhook_error=sent.error)
         new.append(alert)
     if new:
-        # insert-only by id: a second monitor of the same day running at the same moment
-        # conflicts here instead of recording the alert twice
+        # insert-only by id and model name: a second monitor of the same day running at the
+        # same moment conflicts here instead of recording the alert twice
         tables.merge(spark, spark.createDataFrame(new, ALERT_SCHEMA), config, "alerts",
-                     ["alert_id"], insert_only=True, metrics=False)
+                     ["alert_id", "model_name"], insert_only=True, metrics=False)
     return new
 
 
@@ -281,13 +283,15 @@ def retraining_due(spark: SparkSession, config: Config, day: date, min_days_betw
                    champion: tuple[str, str] | None = None) -> RetrainingDue:
     """Due when an alert of the retraining kind is open, unless the last retraining is more
     recent than min_days_between days. champion (model name, version): only its alerts count;
-    an alert raised on a model since replaced speaks of a model no longer serving."""
+    an alert raised on a model since replaced speaks of a model no longer serving. Only the
+    alerts and retrainings of the champion's model name (else conf's mlflow.model_name)."""
     if not tables.exists(spark, config, "alerts"):
         return RetrainingDue(False, "no alert yet")
+    name = champion[0] if champion else config.section("mlflow")["model_name"]
     # one small read: the open alerts of the retraining kind, and when a retraining last
     # answered any
     rows = (tables.read(spark, config, "alerts")
-            .filter((F.col("monitored_date") <= F.lit(day))
+            .filter((F.col("monitored_date") <= F.lit(day)) & (F.col("model_name") == name)
                     & ((F.col("retrain") & F.col("handled_by_run").isNull())
                        | F.col("handled_on").isNotNull()))
             .select("alert_id", "model_name", "model_version", "retrain", "handled_by_run",
@@ -314,9 +318,12 @@ def current_champion(config: Config) -> tuple[str, str] | None:
 
 
 def mark_handled(spark: SparkSession, config: Config, ids: tuple[str, ...], run_id: str,
-                 day: date) -> None:
-    """Close the alerts a retraining answered."""
-    tables.update(spark, config, "alerts", F.col("alert_id").isin(list(ids)),
+                 day: date, model_name: str | None = None) -> None:
+    """Close the alerts a retraining of model_name (default: conf's mlflow.model_name)
+    answered."""
+    name = model_name or config.section("mlflow")["model_name"]
+    tables.update(spark, config, "alerts",
+                  F.col("alert_id").isin(list(ids)) & (F.col("model_name") == name),
                   {"handled_by_run": F.lit(run_id), "handled_on": F.lit(day)})
 
 
