@@ -29,7 +29,13 @@ done
 [[ "$CONF_DIR" = /* ]] || CONF_DIR="$PWD/$CONF_DIR"
 make -s -C "$ROOT" setup
 PY="$ROOT/.venv/bin/python"
-export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
+# Executors run PYSPARK_PYTHON: this checkout's venv unless set (on several hosts, a Python
+# with the same packages at a path every worker has).
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}" PYSPARK_DRIVER_PYTHON="$PY"
+# The pinned PySpark's own Spark, which the Delta and Kafka jars are built for: a SPARK_HOME
+# naming another install would run that one. A cluster's spark-defaults.conf is still read when
+# SPARK_CONF_DIR names its folder.
+unset SPARK_HOME
 export LAKEHOUSE_CONF_DIR="$CONF_DIR" LAKEHOUSE_JARS_DIR="${LAKEHOUSE_JARS_DIR:-$ROOT/.jars}"
 # A command substitution, not mapfile < <(...): a failing process substitution would be ignored
 # and spark-submit run without the jars, master and confs. submit.py has said why on stderr.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,22 @@ def tracking_uri(config: Config) -> str:
     return str(_USER_TRACKING_URI or config.section("mlflow")["tracking_uri"])
 
 
+def spark_models_through_volume(config: Config) -> str | None:
+    """MLflow's Spark flavor saves and loads a model through the folder MLFLOW_DFS_TMP names
+    (default /tmp/mlflow: the DBFS root on Databricks, which a workspace may disable, and which
+    shared and serverless compute refuse). With the data root in a Unity Catalog volume, that
+    is a folder of it, unless the variable is set. Returns the folder set, or None."""
+    if os.environ.get("MLFLOW_DFS_TMP") or not config.data_root.startswith("/Volumes/"):
+        return None
+    folder = posixpath.join(config.data_root, "tmp", "mlflow")
+    os.environ["MLFLOW_DFS_TMP"] = folder
+    return folder
+
+
 def configure(config: Config) -> dict[str, Any]:
     """Point MLflow at the environment's store and registry (MLFLOW_TRACKING_URI and
     MLFLOW_REGISTRY_URI win over conf) and experiment."""
+    spark_models_through_volume(config)
     settings = config.section("mlflow")
     uri = tracking_uri(config)
     if uri.startswith("sqlite:///") and is_url(uri.removeprefix("sqlite:///")):

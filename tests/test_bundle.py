@@ -157,6 +157,24 @@ def test_the_databricks_conf_names_unity_catalog_tables_and_the_models_registry(
     assert config.landing == "/Volumes/lakehouse/ops/files/landing"
 
 
+# Spark settings of conf/ that tune the local session only (a laptop's log size and console).
+LOCAL_ONLY = {"spark.ui.showConsoleProgress", "spark.databricks.delta.snapshotPartitions"}
+
+
+def test_the_job_cluster_sets_the_spark_settings_of_the_databricks_conf(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime owns the session, so conf's Spark settings reach the jobs only through the
+    job cluster's spark_conf: a setting measured to matter (e.g. the codegen limits) would be
+    silently absent there. Also: the access mode is one the API takes without `kind`."""
+    monkeypatch.setenv("LAKEHOUSE_CATALOG", "lakehouse")
+    wanted = {k: str(v) for k, v in load_config("databricks").section("spark")["conf"].items()
+              if k not in LOCAL_ONLY}
+    for target in TARGETS:
+        cluster = jobs(target)["lakehouse_daily"][0]["job_clusters"][0]["new_cluster"]
+        assert {k: str(v) for k, v in cluster["spark_conf"].items()} == wanted, target
+        assert cluster["data_security_mode"] == "SINGLE_USER" and "kind" not in cluster
+
+
 def quartz_fire_times(expression: str, zone: str, after: str, count: int) -> list[str]:
     assert QUARTZ, "the Quartz jar is missing from .jars/tools: run `make setup`"
     run = subprocess.run(["java", "-cp", QUARTZ[-1], str(ROOT / "tests/quartz/CronCheck.java"),

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,26 @@ def test_catalog_placeholder_names_unity_catalog_tables(monkeypatch: pytest.Monk
     # a notebook's catalog widget wins over the variable; empty, it does not
     assert load_config("databricks", catalog="dev_joe").table("audit") == "dev_joe.ops.audit"
     assert load_config("databricks", catalog="").table("audit") == "dev_jane.ops.audit"
+
+
+def test_spark_models_go_through_the_volume_not_the_dbfs_root_on_databricks(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """MLflow's Spark flavor saves and loads models through MLFLOW_DFS_TMP, /tmp/mlflow by
+    default: the DBFS root on Databricks, refused by shared and serverless compute and absent
+    where a workspace disabled it. With the data root in a volume, a folder of it is used."""
+    from lakehouse.registry import spark_models_through_volume
+
+    monkeypatch.delenv("LAKEHOUSE_DATA_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_DFS_TMP", raising=False)
+    assert spark_models_through_volume(load_config("local", overrides={
+        "data_root": str(tmp_path)})) is None
+    assert "MLFLOW_DFS_TMP" not in os.environ
+    databricks = load_config("databricks", catalog="dev_jane")
+    assert spark_models_through_volume(databricks) == "/Volumes/dev_jane/ops/files/tmp/mlflow"
+    assert os.environ["MLFLOW_DFS_TMP"] == "/Volumes/dev_jane/ops/files/tmp/mlflow"
+    monkeypatch.setenv("MLFLOW_DFS_TMP", "/Volumes/x/y/z/mine")  # the user's own wins
+    assert spark_models_through_volume(databricks) is None
+    assert os.environ["MLFLOW_DFS_TMP"] == "/Volumes/x/y/z/mine"
 
 
 def test_a_placeholder_nothing_sets_is_named(tmp_path: Path) -> None:

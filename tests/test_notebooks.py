@@ -144,8 +144,8 @@ def test_notebooks_write_the_tables_their_jobs_write(
 
     # The monitor notebook over the new day: the values the daily notebook wrote, unchanged
     # (every column, its run id too: a merge leaves a row whose value, rows and role are the
-    # same). The notebooks from here on read $LAKEHOUSE_DATA_ROOT, which the comparisons above
-    # left pointing at the job's root.
+    # same). The notebooks from here on read $LAKEHOUSE_DATA_ROOT, which config_of points back
+    # at the notebooks' root (the comparisons above left it at the job's).
     config = config_of(by_notebook)
 
     def monitored() -> list[Row]:

@@ -28,7 +28,8 @@ def checkout(tmp_path: Path) -> Path:
     (root / "Makefile").write_text("setup:\n\t@:\n")
     python = Path(sys.prefix) / "bin" / "python"
     fakes = {"python": f'exec "{python}" "$@"',
-             "spark-submit": f"printf '%s\\n' \"$@\" > '{root}/submitted.txt'"}
+             "spark-submit": f"printf '%s\\n' \"$@\" > '{root}/submitted.txt'; "
+                             f"env | grep -E '^(SPARK_HOME|PYSPARK_PYTHON)=' > '{root}/env.txt'"}
     for name, body in fakes.items():
         script = root / ".venv" / "bin" / name
         script.write_text(f"#!/usr/bin/env bash\n{body}\n")
@@ -36,10 +37,12 @@ def checkout(tmp_path: Path) -> Path:
     return root
 
 
-def run_script(checkout: Path, *args: str, cwd: Path | None = None
-               ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "LAKEHOUSE_CONF_DIR"}
+def run_script(checkout: Path, *args: str, cwd: Path | None = None,
+               **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LAKEHOUSE_CONF_DIR", "SPARK_HOME", "PYSPARK_PYTHON")}
     env["LAKEHOUSE_JARS_DIR"] = str(ROOT / ".jars")
+    env.update(extra)
     return subprocess.run([str(checkout / "spark-submit.sh"), *args], cwd=cwd or checkout,
                           env=env, capture_output=True, text=True, timeout=120)
 
@@ -85,6 +88,23 @@ def test_master_given_to_the_script_overrides_the_conf_dir(checkout: Path,
     submitted = (checkout / "submitted.txt").read_text().splitlines()
     assert submitted[submitted.index("--master") + 1] == "local[2]"
     assert submitted[-4:] == ["--env", "mine", "--conf-dir", str(conf)]
+
+
+def test_executors_python_can_be_set_and_another_spark_home_is_not_used(
+        checkout: Path) -> None:
+    """The executors run PYSPARK_PYTHON (on several hosts, a Python every worker has): the
+    checkout's venv unless set. A SPARK_HOME naming another Spark install is not used: the
+    pinned PySpark's own Spark is what the Delta and Kafka jars are built for."""
+    def submitted_env(**extra: str) -> dict[str, str]:
+        run = run_script(checkout, "score", **extra)
+        assert run.returncode == 0, run.stderr
+        lines = (checkout / "env.txt").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines)
+
+    assert submitted_env(SPARK_HOME="/opt/spark-3.5") == {
+        "PYSPARK_PYTHON": str(checkout / ".venv" / "bin" / "python")}
+    assert submitted_env(PYSPARK_PYTHON="/opt/py311/bin/python") == {
+        "PYSPARK_PYTHON": "/opt/py311/bin/python"}
 
 
 def test_submit_args_read_the_conf_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
