@@ -132,10 +132,21 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         raise ValueError("--accept-lost-events goes with `lakehouse run bronze` (or `lakehouse "
                          "migrate`) run once, not with " + ("--continuous" if args.continuous
                                                           else f"the {args.job!r} job"))
+    # flags that would be ignored, or fail minutes later, are refused before the session starts
+    if args.continuous and args.job != "bronze":
+        raise ValueError(f"--continuous runs the bronze job only, not {args.job!r}")
+    if args.job != "daily" and (args.train != "auto" or args.stages):
+        raise ValueError(f"--train and --stages go with `lakehouse run daily`, not the "
+                         f"{args.job!r} job (`lakehouse run train` trains on conf's windows; "
+                         f"`lakehouse run daily --stages train` is the daily train task)")
+    if args.full and args.job not in ("gold", "daily"):
+        raise ValueError(f"--full rebuilds gold (`run gold` or `run daily`), not the "
+                         f"{args.job!r} job")
+    if args.start and args.end and args.start > args.end:
+        raise ValueError(f"--from {args.start} is after --to {args.end}")
+    workflow.chosen_stages(args.stages)
     spark = build_session(config)
     if args.continuous:
-        if args.job != "bronze":
-            raise ValueError(f"--continuous runs the bronze job only, not {args.job!r}")
         from lakehouse.stages import bronze
 
         stop_on_sigterm()

@@ -255,11 +255,28 @@ def run_stage(spark: SparkSession, config: Config, stage: str, run_id: str,
         return gold.run(spark, config, run_id, full=full_gold)
     if stage == "bronze":
         return bronze.run(spark, config, run_id, accept_lost_events=accept_lost_events)
+    if stage == "train":
+        unanswered = monitor.open_retraining_alerts(spark, config)
+        if unanswered:
+            log.warning("train: %d open alert(s) of the retraining kind (%s) stay open: "
+                        "`lakehouse run train` trains on conf's windows and answers none; "
+                        "`lakehouse run daily --stages train` retrains for them and closes "
+                        "them", len(unanswered), ", ".join(unanswered[:5]))
     module = {"silver": silver, "train": train}[stage]
     return module.run(spark, config, run_id)
 
 
 JOBS = ("daily", *STAGES)
+
+
+def chosen_stages(stages: str | None) -> tuple[str, ...]:
+    """The daily workflow's stages a comma-separated --stages names (empty: all)."""
+    chosen = tuple(s.strip() for s in stages.split(",")) if stages else STAGES
+    for stage in chosen:
+        if stage not in STAGES:
+            raise UnknownStageError(f"unknown stage {stage!r} in stages; stages are "
+                                    f"{list(STAGES)}")
+    return chosen
 
 
 def _day(value: str | None, name: str) -> str | None:
@@ -322,11 +339,7 @@ def run_job(spark: SparkSession, config: Config, job: str, start: str | None = N
         run_id = new_run_id()
         return {"run_id": run_id, job: run_stage(spark, config, job, run_id, score_range,
                                                  full_gold, accept_lost_events)}
-    chosen = tuple(stages.split(",")) if stages else STAGES
-    for stage in chosen:
-        if stage not in STAGES:
-            raise UnknownStageError(f"unknown stage {stage!r} in stages; stages are "
-                                    f"{list(STAGES)}")
+    chosen = chosen_stages(stages)
     results = run_daily(spark, config, score_range, chosen, train_mode, full_gold=full_gold)
     if failed(results["tasks"]):
         raise WorkflowFailed(results)

@@ -3,10 +3,12 @@
 # MAGIC # Train: tune, register, promote
 # MAGIC
 # MAGIC The train job as a notebook: the same call as `./spark-submit.sh train` and `lakehouse run
-# MAGIC train`. Hyperopt tunes a GBT on `flight_features`; every trial is an MLflow run; the model
-# MAGIC is registered and the `@champion` alias moves to it unless the current champion scored
-# MAGIC higher on the holdout. It always trains: the daily workflow trains only when no champion
-# MAGIC exists.
+# MAGIC train`. Hyperopt searches model families and their parameters on `flight_features`, on
+# MAGIC conf's `train` windows; every trial is an MLflow run; the model is registered and takes
+# MAGIC `@champion` only if it beats the current champion on the same evaluation window by the
+# MAGIC promotion margin (else `@challenger`). It always trains and answers no monitoring alert:
+# MAGIC the daily workflow's train task (`daily` notebook, `stages` = `train`) trains when no
+# MAGIC champion exists or alerts make retraining due, and closes them.
 # MAGIC
 # MAGIC Parameters: `env` picks `conf/<env>.yml` (default `databricks`: Unity Catalog tables named
 # MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and

@@ -157,3 +157,23 @@ def test_accepting_lost_events_is_refused_beside_any_job_but_one_bronze_run(
         workflow.run_job(None, load_config("local"), "daily",  # type: ignore[arg-type]
                          accept_lost_events=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flags_that_would_be_ignored_or_fail_late_are_refused_before_a_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`run train --train never` registered a model all the same, `--stages` beside a single
+    job was ignored, and a --from after --to or an unknown stage failed only after the JVM
+    (and, for the dates, bronze, silver and gold) had run."""
+    monkeypatch.setenv("LAKEHOUSE_DATA_ROOT", str(tmp_path))
+    refused = {("run", "train", "--train", "never"): "--train and --stages go with `lakehouse "
+                                                     "run daily`, not the 'train' job",
+               ("run", "score", "--stages", "score"): "not the 'score' job",
+               ("run", "silver", "--full"): "--full rebuilds gold",
+               ("run", "gold", "--continuous"): "--continuous runs the bronze job only",
+               ("run", "daily", "--from", "2013-12-31", "--to", "2013-11-01"):
+                   "--from 2013-12-31 is after --to 2013-11-01",
+               ("run", "daily", "--stages", "bronze,scoring"): "unknown stage 'scoring'"}
+    for argv, reason in refused.items():
+        assert main(list(argv)) == 2, argv
+        assert reason in capsys.readouterr().err, argv
+    assert list(tmp_path.iterdir()) == []  # no session, nothing written

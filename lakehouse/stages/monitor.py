@@ -310,6 +310,16 @@ def retraining_due(spark: SparkSession, config: Config, day: date, min_days_betw
     return RetrainingDue(True, f"{len(open_)} open alert(s): {', '.join(open_[:5])}", every)
 
 
+def open_retraining_alerts(spark: SparkSession, config: Config) -> list[str]:
+    """The ids of the open alerts of the retraining kind of conf's model name."""
+    if not tables.exists(spark, config, "alerts"):
+        return []
+    name = config.section("mlflow")["model_name"]
+    return [r[0] for r in tables.read(spark, config, "alerts").filter(
+        F.col("retrain") & F.col("handled_by_run").isNull() & (F.col("model_name") == name))
+        .select("alert_id").orderBy("alert_id").collect()]
+
+
 def current_champion(config: Config) -> tuple[str, str] | None:
     """The model name and version holding @champion now (None before the first)."""
     name = registry.configure(config)["model_name"]
