@@ -155,6 +155,17 @@ class Widgets:
                  label: str | None = None) -> None:
         self._declare(name, defaultValue)
 
+    def multiselect(self, name: str, defaultValue: str, choices: Sequence[str],
+                    label: str | None = None) -> None:
+        """Its value is the chosen choices joined by commas (as Databricks gives it)."""
+        value = self._arguments.get(name, defaultValue)
+        for candidate, what in ((defaultValue, "default"), (value, "value")):
+            wrong = [c for c in str(candidate).split(",") if c not in choices]
+            if wrong:
+                raise WidgetError(f"widget {name!r}: {what} {candidate!r} holds {wrong}, not "
+                                  f"among its choices {list(choices)}")
+        self._values[name] = str(value)
+
     def get(self, name: str) -> str:
         if name not in self._values:
             raise WidgetError(f"no input widget named {name!r} is defined; defined widgets are "
@@ -270,16 +281,21 @@ def run_notebook(path: Path | str, spark: SparkSession, arguments: dict[str, str
                           f"no widget; its widgets are {sorted(declared)}")
     run = NotebookRun(path)
     widgets = Widgets(arguments or {})
-    namespace: dict[str, Any] = {"__name__": "__main__", "__file__": str(path), "spark": spark,
+    # no __file__: a Databricks notebook has none, and one reading it must fail here too
+    namespace: dict[str, Any] = {"__name__": "__main__", "spark": spark,
                                  "dbutils": DBUtils(widgets), "display": Display(run, output_dir)}
+    exited_early = False
     try:
         for cell in cells:
             if cell.magic is None:
                 _execute(cell, path, namespace)
     except NotebookExit as done:
         run.exit_value = done.value
+        exited_early = cell.number < len(cells)
     unused = widgets.unused_arguments()
-    if unused:  # a widget declared under a name only known when run, or removed
+    # a widget declared under a name only known when run, or removed (after an early exit, a
+    # later cell may declare it: the names declared in the source were checked above)
+    if unused and not exited_early:
         raise WidgetError(f"{path}: arguments {unused} match no widget; its widgets are "
                           f"{sorted(widgets.getAll())}")
     run.widgets = widgets.getAll()

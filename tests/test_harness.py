@@ -148,3 +148,26 @@ def test_bad_notebook_parameters_are_named_before_anything_runs(tmp_path: Path) 
     with pytest.raises(workflow.UnknownStageError, match=r"unknown job 'monitr'"):
         workflow.run_job(never, config, "monitr")  # type: ignore[arg-type]
     assert not (tmp_path / "delta").exists()
+
+
+def test_multiselect_widgets_an_early_exit_and_no_file_name_as_on_databricks(
+        tmp_path: Path) -> None:
+    """A multiselect's value is its choices joined by commas, each checked; a notebook that
+    exits before the cell declaring a widget given an argument is not failed for it; and
+    `__file__`, which a Databricks notebook lacks, is not defined."""
+    never = SparkSession  # not a session: nothing here reaches Spark
+    picks = notebook(tmp_path, 'dbutils.widgets.multiselect("stages", "gold", '
+                               '["bronze", "silver", "gold"])\n'
+                               'dbutils.notebook.exit(dbutils.widgets.get("stages"))')
+    assert run_notebook(picks, never).exit_value == "gold"  # type: ignore[arg-type]
+    assert run_notebook(picks, never,  # type: ignore[arg-type]
+                        {"stages": "bronze,silver"}).exit_value == "bronze,silver"
+    with pytest.raises(WidgetError, match=r"holds \['platinum'\], not among its choices"):
+        run_notebook(picks, never, {"stages": "bronze,platinum"})  # type: ignore[arg-type]
+    early = notebook(tmp_path, 'dbutils.widgets.text("mode", "a")',
+                     'if dbutils.widgets.get("mode") == "a":\n    dbutils.notebook.exit("done")',
+                     'dbutils.widgets.text("rows", "3")', name="early.py")
+    assert run_notebook(early, never, {"rows": "5"}).exit_value == "done"  # type: ignore[arg-type]
+    with pytest.raises(NameError, match="__file__"):
+        run_notebook(notebook(tmp_path, "print(__file__)", name="file.py"),
+                     never)  # type: ignore[arg-type]
