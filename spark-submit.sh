@@ -29,9 +29,10 @@ done
 [[ "$CONF_DIR" = /* ]] || CONF_DIR="$PWD/$CONF_DIR"
 make -s -C "$ROOT" setup
 PY="$ROOT/.venv/bin/python"
-# Executors run PYSPARK_PYTHON: this checkout's venv unless set (on several hosts, a Python
-# with the same packages at a path every worker has).
-export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}" PYSPARK_DRIVER_PYTHON="$PY"
+# Executors run this checkout's venv, or LAKEHOUSE_WORKER_PYTHON (on several hosts, a Python
+# with the same packages at a path every worker has). Not an inherited PYSPARK_PYTHON: images
+# set that to a Python without these packages.
+export PYSPARK_PYTHON="${LAKEHOUSE_WORKER_PYTHON:-$PY}" PYSPARK_DRIVER_PYTHON="$PY"
 # The pinned PySpark's own Spark, which the Delta and Kafka jars are built for: a SPARK_HOME
 # naming another install would run that one. A cluster's spark-defaults.conf is still read when
 # SPARK_CONF_DIR names its folder.

@@ -326,8 +326,9 @@ def update_columns(spark: SparkSession, config: Config, name: str, df: DataFrame
     """Set the given columns of the table's rows whose keys df holds to df's values (a MERGE
     that updates those columns only and inserts nothing); Delta's operation metrics."""
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-    (delta_table(spark, config, name).alias("t").merge(df.alias("s"), condition)
-     .whenMatchedUpdate(set={f"`{c}`": f"s.`{c}`" for c in columns}).execute())
+    with untagged_commits():  # no other thread's tag on this commit
+        (delta_table(spark, config, name).alias("t").merge(df.alias("s"), condition)
+         .whenMatchedUpdate(set={f"`{c}`": f"s.`{c}`" for c in columns}).execute())
     return last_operation_metrics(spark, config, name)
 
 

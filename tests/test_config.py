@@ -96,7 +96,10 @@ def test_spark_models_go_through_the_volume_not_the_dbfs_root_on_databricks(
     from lakehouse.registry import spark_models_through_volume
 
     monkeypatch.delenv("LAKEHOUSE_DATA_ROOT", raising=False)
-    monkeypatch.delenv("MLFLOW_DFS_TMP", raising=False)
+    # set, then removed: monkeypatch records it, so what the function sets is undone after
+    # (delenv of an unset variable records nothing, and the value would leak to later tests)
+    monkeypatch.setenv("MLFLOW_DFS_TMP", "unset")
+    monkeypatch.delenv("MLFLOW_DFS_TMP")
     assert spark_models_through_volume(load_config("local", overrides={
         "data_root": str(tmp_path)})) is None
     assert "MLFLOW_DFS_TMP" not in os.environ

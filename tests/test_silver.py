@@ -538,13 +538,15 @@ def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
     assert sum('"flight":"9001"' in raw for raw in quarantined) == 1, quarantined
 
 
+@pytest.mark.slow  # seven silver runs (~65 s)
 def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
-        spark: SparkSession, config: Config) -> None:
-    """A destination silver did not know (SJU, as in the real airports table) and a plane it did
-    not know are added by new snapshots: the flights silver already holds take their scheduled
-    arrival and flags, as a build from bronze under the new snapshots gives them, and only they
-    are rewritten (gold recomputes their days from the change feed). A flight whose origin the
-    new snapshot drops keeps its columns and is counted."""
+        spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plane silver did not know, then a destination it did not know (SJU, missing from the
+    real airports table) and a corrected time zone, arrive in new snapshots: the flights silver
+    holds take their flags and scheduled times as a build from bronze under the new snapshots
+    gives them, and only they are rewritten (gold recomputes their days from the change feed).
+    A snapshot rebuilt with the same content rewrites nothing; a flight whose origin the new
+    snapshot drops keeps its columns and is counted."""
     from zoneinfo import ZoneInfo
 
     from chispa import assert_df_equality
@@ -552,7 +554,6 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
     from lakehouse.bronze import SOURCE_COLUMNS
     from lakehouse.silver import OUTPUT
     from lakehouse.stages import silver
-    from lakehouse.stages.silver import REFERENCES_PROPERTY, references_state
     from tests.rows import AIRPORTS, PLANES
 
     sju = flight(carrier="B6", flight="701", tailnum="N605JB", origin="JFK", dest="SJU",
@@ -562,10 +563,12 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
                  dep_delay="0", sched_arr_time="1330", arr_time="1330", arr_delay="0",
                  time_hour="2013-01-01T16:00:00Z")
     flights = [flight(), sju, lax]
-    new_airports = [a for a in AIRPORTS if a[0] != "LAX"] + [
-        ("SJU", "Luis Munoz Marin Intl", "18.44", "-66.00", "9", "-4", "N", "America/Puerto_Rico")]
     new_planes = [*PLANES, ("N605JB", "2006", "Fixed wing multi engine", "EMBRAER",
                             "ERJ 190-100 IGW", "2", "20", "NA", "Turbo-fan")]
+    # SJU added, LAX dropped, IAH's zone corrected (to a wrong one here: any other zone will do)
+    new_airports = [(*a[:7], "America/Denver") if a[0] == "IAH" else a
+                    for a in AIRPORTS if a[0] != "LAX"] + [
+        ("SJU", "Luis Munoz Marin Intl", "18.44", "-66.00", "9", "-4", "N", "America/Puerto_Rico")]
 
     def land(root: Config, airports: list[tuple], planes: list[tuple], name: str) -> None:
         for source, rows in (("airports", airports), ("planes", planes)):
@@ -573,48 +576,76 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
                         "_source_file": f"{source}_{name}.csv"} for r in rows]
             tables.overwrite(bronze_rows(spark, source, records), root, f"bronze_{source}")
 
-    def flights_row(root: Config, run_id: str) -> dict[str, Any]:
-        return next(r for r in silver.run(spark, root, run_id)
-                    if r["table_name"] == "silver_flights")
+    def flights_note(root: Config, run_id: str) -> str:
+        row = next(r for r in silver.run(spark, root, run_id)
+                   if r["table_name"] == "silver_flights")
+        return row.get("message") or ""
+
+    def held() -> dict[str, Any]:
+        return {r["flight_id"]: r for r in tables.read(spark, config, "silver_flights").collect()}
+
+    def utc(day: int, hhmm: int, zone: str) -> dt.datetime:  # worked out apart from Spark
+        local = dt.datetime(2013, 1, day, hhmm // 100, hhmm % 100, tzinfo=ZoneInfo(zone))
+        return local.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def commits_since(version: int) -> list[str]:
+        return [r[0] for r in tables.delta_table(spark, config, "silver_flights").history()
+                .filter(F.col("version") > version).select("operation").collect()]
 
     land(config, AIRPORTS, PLANES, "v1")
     tables.append(bronze_rows(spark, "flights", flights), config, "bronze_flights")
-    first = flights_row(config, "s-1")
-    assert first["rows_out"] == 3 and not first.get("message")
-    held = {r["flight_id"]: r for r in tables.read(spark, config, "silver_flights").collect()}
-    sju_id = next(k for k in held if "_B6_" in k)
-    lax_id = next(k for k in held if k.endswith("_LAX"))
-    assert held[sju_id]["sched_arr_utc"] is None and not held[sju_id]["dest_known"]
-    state = tables.table_property(spark, config, "silver_flights", REFERENCES_PROPERTY)
-    assert state == references_state(spark, config)
+    assert flights_note(config, "s-1") == ""
+    first = held()
+    assert len(first) == 3
+    sju_id = next(k for k in first if "_B6_" in k)
+    lax_id = next(k for k in first if k.endswith("_LAX"))
+    iah_id = next(k for k in first if k not in (sju_id, lax_id))
+    assert first[sju_id]["sched_arr_utc"] is None and not first[sju_id]["dest_known"]
+    assert not first[sju_id]["plane_known"]
+    assert first[iah_id]["sched_arr_utc"] == utc(1, 819, "America/Chicago")
     before = tables.version(spark, config, "silver_flights")
     assert before is not None
 
-    # an unchanged snapshot: nothing recomputed, no commit
-    assert not flights_row(config, "s-2").get("message")
+    # unchanged snapshots: no commit; the same content landed anew (silver's snapshot tables
+    # rebuilt, new versions): no flight read or rewritten, only the state recorded
+    assert flights_note(config, "s-2") == ""
     assert tables.version(spark, config, "silver_flights") == before
+    land(config, AIRPORTS, PLANES, "v1-again")
 
-    land(config, new_airports, new_planes, "v2")
-    note = flights_row(config, "s-3").get("message") or ""
-    assert "1 held flight(s) recomputed" in note and "1 kept as they were" in note, note
-    now = {r["flight_id"]: r for r in tables.read(spark, config, "silver_flights").collect()}
-    # the scheduled arrival, 11:30 in San Juan (UTC-4, no daylight saving), worked out apart
-    arrival = dt.datetime(2013, 1, 1, 11, 30, tzinfo=ZoneInfo("America/Puerto_Rico"))
-    assert now[sju_id]["sched_arr_utc"] == arrival.astimezone(dt.UTC).replace(tzinfo=None)
+    def not_recomputed(*args: Any) -> None:
+        raise AssertionError("the flights were read again for a snapshot of the same content")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(silver, "with_reference_columns", not_recomputed)
+        assert flights_note(config, "s-3") == ""
+    assert commits_since(before) == ["SET TBLPROPERTIES"]
+    assert held() == first
+
+    # planes alone: the SJU flight's plane is known now
+    before = tables.version(spark, config, "silver_flights")
+    land(config, AIRPORTS, new_planes, "v2")
+    assert "1 held flight(s) recomputed" in flights_note(config, "s-4")
+    assert held()[sju_id]["plane_known"] and held()[sju_id]["sched_arr_utc"] is None
+
+    land(config, new_airports, new_planes, "v3")
+    note = flights_note(config, "s-5")
+    assert "2 held flight(s) recomputed" in note and "1 kept as they were" in note, note
+    now = held()
+    assert now[sju_id]["sched_arr_utc"] == utc(1, 1130, "America/Puerto_Rico")  # UTC-4
     assert now[sju_id]["dest_known"] and now[sju_id]["plane_known"]
-    assert now[lax_id].asDict() == held[lax_id].asDict()  # its origin is gone: kept
+    assert now[iah_id]["sched_arr_utc"] == utc(1, 819, "America/Denver")
+    assert now[lax_id] == first[lax_id]  # its origin is gone: kept
     changed = tables.read_changes(spark, config, "silver_flights", before + 1,
                                   tables.version(spark, config, "silver_flights"))
     assert sorted(r[0] for r in changed.filter(F.col("_change_type") == "update_postimage")
-                  .select("flight_id").collect()) == [sju_id]
-    assert tables.table_property(spark, config, "silver_flights",
-                                 REFERENCES_PROPERTY) == references_state(spark, config)
+                  .select("flight_id").collect()) == sorted([sju_id, sju_id, iah_id])
+    assert flights_note(config, "s-6") == ""  # the state recorded: nothing more to do
 
     # the same flights built from bronze under the new snapshots (LAX's quarantined there)
     fresh = make_config(Path(config.data_root) / "fresh", silver={"max_quarantine_share": 1.0})
-    land(fresh, new_airports, new_planes, "v2")
+    land(fresh, new_airports, new_planes, "v3")
     tables.append(bronze_rows(spark, "flights", flights), fresh, "bronze_flights")
-    flights_row(fresh, "f-1")
+    flights_note(fresh, "f-1")
     columns = list(OUTPUT["flights"])
     assert_df_equality(
         tables.read(spark, config, "silver_flights").filter(F.col("flight_id") != lax_id)

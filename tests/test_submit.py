@@ -92,18 +92,20 @@ def test_master_given_to_the_script_overrides_the_conf_dir(checkout: Path,
 
 def test_executors_python_can_be_set_and_another_spark_home_is_not_used(
         checkout: Path) -> None:
-    """The executors run PYSPARK_PYTHON (on several hosts, a Python every worker has): the
-    checkout's venv unless set. A SPARK_HOME naming another Spark install is not used: the
-    pinned PySpark's own Spark is what the Delta and Kafka jars are built for."""
+    """The executors run LAKEHOUSE_WORKER_PYTHON (on several hosts, a Python every worker
+    has), else the checkout's venv, whatever PYSPARK_PYTHON an image set. A SPARK_HOME naming
+    another Spark install is not used: the pinned PySpark's own Spark is what the Delta and
+    Kafka jars are built for."""
     def submitted_env(**extra: str) -> dict[str, str]:
         run = run_script(checkout, "score", **extra)
         assert run.returncode == 0, run.stderr
         lines = (checkout / "env.txt").read_text().splitlines()
         return dict(line.split("=", 1) for line in lines)
 
-    assert submitted_env(SPARK_HOME="/opt/spark-3.5") == {
-        "PYSPARK_PYTHON": str(checkout / ".venv" / "bin" / "python")}
-    assert submitted_env(PYSPARK_PYTHON="/opt/py311/bin/python") == {
+    venv = str(checkout / ".venv" / "bin" / "python")
+    assert submitted_env(SPARK_HOME="/opt/spark-3.5") == {"PYSPARK_PYTHON": venv}
+    assert submitted_env(PYSPARK_PYTHON="/usr/bin/python3") == {"PYSPARK_PYTHON": venv}
+    assert submitted_env(LAKEHOUSE_WORKER_PYTHON="/opt/py311/bin/python") == {
         "PYSPARK_PYTHON": "/opt/py311/bin/python"}
 
 

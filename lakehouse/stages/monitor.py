@@ -192,7 +192,9 @@ def webhook_url(settings: dict[str, Any]) -> str | None:
     value = settings.get("webhook_url")
     if not value:
         return None
-    url = secret(str(value), "monitor.webhook_url")
+    # surrounding whitespace dropped, as urllib drops it (a secret read from a file ends in a
+    # newline); one inside is refused below
+    url = secret(str(value), "monitor.webhook_url").strip()
     # checked before any alert: a URL no POST can reach would show only on the first alert
     try:
         parts = urllib.parse.urlsplit(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -337,52 +338,85 @@ def refine_bronze(spark: SparkSession, config: Config, contract: Contract, bronz
         raise
 
 
-# silver_flights' table property naming the airports and planes tables (Delta id and
-# version) its rows' reference columns were last computed from.
-REFERENCES_PROPERTY = "lakehouse.silver.referencesVersions"
+# silver_flights' table property: the airports and planes tables (Delta id and version, and a
+# fingerprint of what the flights take from them) its rows' reference columns were computed from.
+REFERENCES_PROPERTY = "lakehouse.silver.references"
+REFERENCE_TABLES = {"silver_airports": ("faa", "tzone"), "silver_planes": ("tailnum",)}
 # The flights rules that judge the reference columns: a flight a new snapshot would now
 # quarantine keeps the columns it has (see reconcile_references).
 REFERENCE_RULES = ("origin_in_airports", "sched_arr_after_dep")
 
 
-def references_state(spark: SparkSession, config: Config) -> str:
-    """The airports and planes tables as they are now: Delta id and version of each."""
-    return ";".join(f"{name}={tables.table_id(spark, config, name)}"
-                    f"@{tables.version(spark, config, name)}"
-                    for name in ("silver_airports", "silver_planes"))
+def reference_versions(spark: SparkSession, config: Config) -> dict[str, list[Any]]:
+    """The airports and planes tables as they are now: [Delta id, version] of each."""
+    return {name: [tables.table_id(spark, config, name), tables.version(spark, config, name)]
+            for name in REFERENCE_TABLES}
+
+
+def reference_fingerprints(frames: dict[str, DataFrame]) -> dict[str, str]:
+    """A hash per reference table of the columns flights take from it (one Spark job): a
+    snapshot rebuilt with the same airports' time zones and the same tails, or a commit that
+    keeps the rows (OPTIMIZE, which Databricks' predictive optimization runs on its own),
+    changes no flight."""
+    def digest(name: str) -> DataFrame:
+        row = F.concat_ws("\t", *(F.coalesce(F.col(c).cast("string"), F.lit("\\N"))
+                                   for c in REFERENCE_TABLES[name]))
+        return frames[name].agg(F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list(row))),
+                                       256).alias("digest")).select(F.lit(name).alias("name"),
+                                                                    "digest")
+    names = list(REFERENCE_TABLES)
+    union = digest(names[0])
+    for name in names[1:]:
+        union = union.unionByName(digest(name))
+    return {r["name"]: r["digest"] for r in union.collect()}
 
 
 def reconcile_references(spark: SparkSession, config: Config, contract: Contract,
                          existed: bool) -> str | None:
     """Recompute the reference columns (UTC schedule, `dest_known`, `plane_known`) of the
-    flights silver holds when the airports or planes snapshot changed since they were computed,
-    so silver is what a rebuild from bronze would give: a destination added to airports gives
-    its earlier flights their scheduled arrival (gold's known-at and turnaround read it), a
-    corrected time zone moves their UTC times. Only rows whose columns change are rewritten
-    (an UPDATE through MERGE: gold's change-feed read recomputes their days).
+    flights silver holds when the airports or planes snapshot changed what flights take from
+    it (a time zone, a known airport or tail) since they were computed: a destination added to
+    airports gives its earlier flights their scheduled arrival (gold's known-at and turnaround
+    read it), a corrected time zone moves their UTC times, as a rebuild from bronze would. Only
+    rows whose columns change are rewritten (an UPDATE through MERGE, which gold's change-feed
+    read follows, recomputing their days).
 
-    A flight the new snapshot would quarantine (its origin gone from airports, or times that
-    now break `sched_arr_after_dep`) keeps the columns it has, counted in the message: silver
-    has no raw record to quarantine, and rebuilding from bronze would drop it.
+    Not as a rebuild: a flight the new snapshot would quarantine (its origin gone from
+    airports, or times that now break `sched_arr_after_dep`) keeps the columns it has, counted
+    in the message (silver holds no raw record to quarantine); and a flight an earlier snapshot
+    quarantined stays in quarantine until landed again (judged then against the new one).
 
     existed: whether silver_flights held rows before this run's batches (a table made by this
     run was computed from the current snapshots: only the state is recorded). Returns a note
     for the audit message, None when nothing was to be done."""
     if not tables.exists(spark, config, "silver_flights"):
         return None
-    state = references_state(spark, config)
-    if tables.table_property(spark, config, "silver_flights", REFERENCES_PROPERTY) == state:
+    versions = reference_versions(spark, config)
+    if any(version is None for _, version in versions.values()):
+        return None  # no snapshot loaded yet: flights could not have been typed either
+    try:
+        held = json.loads(tables.table_property(spark, config, "silver_flights",
+                                                REFERENCES_PROPERTY) or "{}")
+    except ValueError:
+        held = {}
+    if not isinstance(held, dict):
+        held = {}
+    if held.get("versions") == versions:
         return None
+    # the versions just looked at, not the latest: a run committing a snapshot meanwhile
+    # leaves these rows and the state recorded saying the same
+    frames = {name: tables.read(spark, config, name, version=version)
+              for name, (_, version) in versions.items()}
+    fingerprints = reference_fingerprints(frames)
     note = None
-    if existed:
+    if existed and held.get("fingerprints") != fingerprints:
         current = tables.read(spark, config, "silver_flights")
         was = {c: f"_was_{c}" for c in REFERENCE_COLUMNS}
         recomputed = (current.select("flight_id", "year", "month", "day", "sched_dep_time",
                                      "sched_arr_time", "origin", "dest", "tailnum",
                                      *(F.col(c).alias(w) for c, w in was.items()))
-                      .transform(with_reference_columns(
-                          tables.read(spark, config, "silver_airports"),
-                          tables.read(spark, config, "silver_planes"))))
+                      .transform(with_reference_columns(frames["silver_airports"],
+                                                        frames["silver_planes"])))
         rules = {r.name: r for r in contract.rules}
         passes = " AND ".join(rules[name].passed() for name in REFERENCE_RULES)
         differs = F.expr(f"NOT (struct({', '.join(REFERENCE_COLUMNS)}) <=> "
@@ -403,11 +437,12 @@ def reconcile_references(spark: SparkSession, config: Config, contract: Contract
         if updated or kept:
             note = (f"airports/planes snapshot changed: {updated} held flight(s) recomputed "
                     f"({', '.join(REFERENCE_COLUMNS)})"
-                    + (f"; {kept} kept as they were, the new snapshot would quarantine them "
-                       f"({' or '.join(REFERENCE_RULES)}): land them again to have them judged"
-                       if kept else ""))
+                    + (f"; {kept} kept as they were: the new snapshot would quarantine them "
+                       f"({' or '.join(REFERENCE_RULES)})" if kept else ""))
             log.warning("silver_flights: %s", note)
-    tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY, state)
+    tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY,
+                              json.dumps({"versions": versions, "fingerprints": fingerprints},
+                                         sort_keys=True))
     return note
 
 
