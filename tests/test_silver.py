@@ -570,8 +570,11 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
                     for a in AIRPORTS if a[0] != "LAX"] + [
         ("SJU", "Luis Munoz Marin Intl", "18.44", "-66.00", "9", "-4", "N", "America/Puerto_Rico")]
 
-    def land(root: Config, airports: list[tuple], planes: list[tuple], name: str) -> None:
+    def land(root: Config, airports: list[tuple] | None, planes: list[tuple] | None,
+             name: str) -> None:
         for source, rows in (("airports", airports), ("planes", planes)):
+            if rows is None:
+                continue  # that snapshot stays as it was
             records = [{**dict(zip(SOURCE_COLUMNS[source], r, strict=True)),
                         "_source_file": f"{source}_{name}.csv"} for r in rows]
             tables.overwrite(bronze_rows(spark, source, records), root, f"bronze_{source}")
@@ -623,11 +626,11 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
 
     # planes alone: the SJU flight's plane is known now
     before = tables.version(spark, config, "silver_flights")
-    land(config, AIRPORTS, new_planes, "v2")
+    land(config, None, new_planes, "v2")
     assert "1 held flight(s) recomputed" in flights_note(config, "s-4")
     assert held()[sju_id]["plane_known"] and held()[sju_id]["sched_arr_utc"] is None
 
-    land(config, new_airports, new_planes, "v3")
+    land(config, new_airports, None, "v3")
     note = flights_note(config, "s-5")
     assert "2 held flight(s) recomputed" in note and "1 kept as they were" in note, note
     now = held()
