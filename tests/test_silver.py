@@ -538,15 +538,16 @@ def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
     assert sum('"flight":"9001"' in raw for raw in quarantined) == 1, quarantined
 
 
-@pytest.mark.slow  # seven silver runs (~65 s)
+@pytest.mark.slow  # nine silver runs (~80 s)
 def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
         spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A plane silver did not know, then a destination it did not know (SJU, missing from the
-    real airports table) and a corrected time zone, arrive in new snapshots: the flights silver
-    holds take their flags and scheduled times as a build from bronze under the new snapshots
-    gives them, and only they are rewritten (gold recomputes their days from the change feed).
-    A snapshot rebuilt with the same content rewrites nothing; a flight whose origin the new
-    snapshot drops keeps its columns and is counted."""
+    """A plane silver did not know, then a corrected time zone, then a destination it did not
+    know (SJU, missing from the real airports table) arrive in new snapshots: the flights
+    silver holds take their flags and scheduled times as a build from bronze under the new
+    snapshots gives them, and only they are rewritten (gold recomputes their days from the
+    change feed). A snapshot rebuilt with the same content reads no flight. Flights the new
+    snapshot would quarantine keep their columns and are counted, unless they are more than
+    the quarantine share: then the run halts and rewrites nothing."""
     from zoneinfo import ZoneInfo
 
     from chispa import assert_df_equality
@@ -565,10 +566,12 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
     flights = [flight(), sju, lax]
     new_planes = [*PLANES, ("N605JB", "2006", "Fixed wing multi engine", "EMBRAER",
                             "ERJ 190-100 IGW", "2", "20", "NA", "Turbo-fan")]
-    # SJU added, LAX dropped, IAH's zone corrected (to a wrong one here: any other zone will do)
-    new_airports = [(*a[:7], "America/Denver") if a[0] == "IAH" else a
-                    for a in AIRPORTS if a[0] != "LAX"] + [
-        ("SJU", "Luis Munoz Marin Intl", "18.44", "-66.00", "9", "-4", "N", "America/Puerto_Rico")]
+
+    def zoned(iah_zone: str, sju_added: bool = False) -> list[tuple]:
+        rows = [(*a[:7], iah_zone) if a[0] == "IAH" else a for a in AIRPORTS
+                if not (sju_added and a[0] == "LAX")]  # LAX goes when SJU comes
+        return rows + ([("SJU", "Luis Munoz Marin Intl", "18.44", "-66.00", "9", "-4", "N",
+                         "America/Puerto_Rico")] if sju_added else [])
 
     def land(root: Config, airports: list[tuple] | None, planes: list[tuple] | None,
              name: str) -> None:
@@ -584,11 +587,11 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
                    if r["table_name"] == "silver_flights")
         return row.get("message") or ""
 
-    def held() -> dict[str, Any]:
-        return {r["flight_id"]: r for r in tables.read(spark, config, "silver_flights").collect()}
+    def held(root: Config = config) -> dict[str, Any]:
+        return {r["flight_id"]: r for r in tables.read(spark, root, "silver_flights").collect()}
 
-    def utc(day: int, hhmm: int, zone: str) -> dt.datetime:  # worked out apart from Spark
-        local = dt.datetime(2013, 1, day, hhmm // 100, hhmm % 100, tzinfo=ZoneInfo(zone))
+    def utc(hhmm: int, zone: str) -> dt.datetime:  # worked out apart from Spark
+        local = dt.datetime(2013, 1, 1, hhmm // 100, hhmm % 100, tzinfo=ZoneInfo(zone))
         return local.astimezone(dt.UTC).replace(tzinfo=None)
 
     def commits_since(version: int) -> list[str]:
@@ -605,7 +608,7 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
     iah_id = next(k for k in first if k not in (sju_id, lax_id))
     assert first[sju_id]["sched_arr_utc"] is None and not first[sju_id]["dest_known"]
     assert not first[sju_id]["plane_known"]
-    assert first[iah_id]["sched_arr_utc"] == utc(1, 819, "America/Chicago")
+    assert first[iah_id]["sched_arr_utc"] == utc(819, "America/Chicago")
     before = tables.version(spark, config, "silver_flights")
     assert before is not None
 
@@ -625,32 +628,48 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
     assert held() == first
 
     # planes alone: the SJU flight's plane is known now
-    before = tables.version(spark, config, "silver_flights")
     land(config, None, new_planes, "v2")
     assert "1 held flight(s) recomputed" in flights_note(config, "s-4")
     assert held()[sju_id]["plane_known"] and held()[sju_id]["sched_arr_utc"] is None
-
-    land(config, new_airports, None, "v3")
-    note = flights_note(config, "s-5")
-    assert "2 held flight(s) recomputed" in note and "1 kept as they were" in note, note
-    now = held()
-    assert now[sju_id]["sched_arr_utc"] == utc(1, 1130, "America/Puerto_Rico")  # UTC-4
-    assert now[sju_id]["dest_known"] and now[sju_id]["plane_known"]
-    assert now[iah_id]["sched_arr_utc"] == utc(1, 819, "America/Denver")
-    assert now[lax_id] == first[lax_id]  # its origin is gone: kept
+    # a time zone alone (IAH's, to another one: any will do)
+    before = tables.version(spark, config, "silver_flights")
+    assert before is not None
+    land(config, zoned("America/Denver"), None, "v3")
+    assert "2 held flight(s) recomputed" in flights_note(config, "s-5")  # both land at IAH
+    at_v3 = held()
+    assert at_v3[iah_id]["sched_arr_utc"] == utc(819, "America/Denver")
+    assert at_v3[lax_id]["sched_arr_utc"] == utc(1330, "America/Denver")
     changed = tables.read_changes(spark, config, "silver_flights", before + 1,
                                   tables.version(spark, config, "silver_flights"))
     assert sorted(r[0] for r in changed.filter(F.col("_change_type") == "update_postimage")
-                  .select("flight_id").collect()) == sorted([sju_id, sju_id, iah_id])
-    assert flights_note(config, "s-6") == ""  # the state recorded: nothing more to do
-
-    # the same flights built from bronze under the new snapshots (LAX's quarantined there)
-    fresh = make_config(Path(config.data_root) / "fresh", silver={"max_quarantine_share": 1.0})
-    land(fresh, new_airports, new_planes, "v3")
+                  .select("flight_id").collect()) == sorted([iah_id, lax_id])
+    # as a build from bronze under the same snapshots gives them
+    fresh = make_config(Path(config.data_root) / "fresh")
+    land(fresh, zoned("America/Denver"), new_planes, "v3")
     tables.append(bronze_rows(spark, "flights", flights), fresh, "bronze_flights")
     flights_note(fresh, "f-1")
     columns = list(OUTPUT["flights"])
-    assert_df_equality(
-        tables.read(spark, config, "silver_flights").filter(F.col("flight_id") != lax_id)
-        .select(*columns),
-        tables.read(spark, fresh, "silver_flights").select(*columns), ignore_row_order=True)
+    assert_df_equality(tables.read(spark, config, "silver_flights").select(*columns),
+                       tables.read(spark, fresh, "silver_flights").select(*columns),
+                       ignore_row_order=True)
+
+    # SJU added; LAX dropped (its flight's origin) and IAH put in Tokyo, where its flight
+    # would land before it took off: 2 of 3 held flights would be quarantined, over the 5%
+    # share, so the run halts and rewrites nothing; allowed, they keep their columns
+    land(config, zoned("Asia/Tokyo", sju_added=True), None, "v4")
+    halted = tables.version(spark, config, "silver_flights")
+    with pytest.raises(ContractViolation, match=r"would quarantine 2 of the 3 flights silver "
+                                                r"holds .*origin_in_airports 1, "
+                                                r"sched_arr_after_dep 1\); nothing was "
+                                                r"rewritten"):
+        silver.run(spark, config, "s-6")
+    assert tables.version(spark, config, "silver_flights") == halted
+    lenient = make_config(Path(config.data_root), silver={"max_quarantine_share": 1.0})
+    note = flights_note(lenient, "s-7")
+    assert "1 held flight(s) recomputed" in note and "2 kept as they were" in note, note
+    now = held()
+    assert now[sju_id]["sched_arr_utc"] == utc(1130, "America/Puerto_Rico")  # UTC-4
+    assert now[sju_id]["dest_known"] and now[sju_id]["plane_known"]
+    assert now[lax_id] == at_v3[lax_id]
+    assert now[iah_id]["sched_arr_utc"] == utc(819, "America/Denver")  # kept
+    assert flights_note(lenient, "s-8") == ""  # the state recorded: nothing more to do

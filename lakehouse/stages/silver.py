@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import is_remote
@@ -347,10 +348,20 @@ REFERENCE_TABLES = {"silver_airports": ("faa", "tzone"), "silver_planes": ("tail
 REFERENCE_RULES = ("origin_in_airports", "sched_arr_after_dep")
 
 
-def reference_versions(spark: SparkSession, config: Config) -> dict[str, list[Any]]:
-    """The airports and planes tables as they are now: [Delta id, version] of each."""
-    return {name: [tables.table_id(spark, config, name), tables.version(spark, config, name)]
-            for name in REFERENCE_TABLES}
+def _detail(spark: SparkSession, config: Config, name: str,
+            with_version: bool) -> tuple[Any, ...] | None:
+    """(Delta id, properties[, version]) of a table, None when it does not exist: one DESCRIBE
+    DETAIL (and one history read), not an existence check before each."""
+    try:
+        table = tables.delta_table(spark, config, name)
+        row = table.detail().select("id", "properties").first()
+        version = table.history(1).select("version").first() if with_version else None
+    except AnalysisException:
+        return None
+    if row is None:
+        return None
+    found = (str(row["id"]), dict(row["properties"] or {}))
+    return (*found, int(version[0])) if version is not None else found
 
 
 def reference_fingerprints(frames: dict[str, DataFrame]) -> dict[str, str]:
@@ -371,32 +382,34 @@ def reference_fingerprints(frames: dict[str, DataFrame]) -> dict[str, str]:
     return {r["name"]: r["digest"] for r in union.collect()}
 
 
-def reconcile_references(spark: SparkSession, config: Config, contract: Contract,
-                         existed: bool) -> str | None:
+def reconcile_references(spark: SparkSession, config: Config,
+                         contract: Contract) -> str | None:
     """Recompute the reference columns (UTC schedule, `dest_known`, `plane_known`) of the
     flights silver holds when the airports or planes snapshot changed what flights take from
     it (a time zone, a known airport or tail) since they were computed: a destination added to
     airports gives its earlier flights their scheduled arrival (gold's known-at and turnaround
     read it), a corrected time zone moves their UTC times, as a rebuild from bronze would. Only
     rows whose columns change are rewritten (an UPDATE through MERGE, which gold's change-feed
-    read follows, recomputing their days).
+    read follows, recomputing their days). Run before the flights batches, which are typed
+    against the same snapshots: a run that fails after them leaves rows and state agreeing.
 
     Not as a rebuild: a flight the new snapshot would quarantine (its origin gone from
     airports, or times that now break `sched_arr_after_dep`) keeps the columns it has, counted
-    in the message (silver holds no raw record to quarantine); and a flight an earlier snapshot
-    quarantined stays in quarantine until landed again (judged then against the new one).
+    in the message (silver holds no raw record to quarantine), unless they are more than
+    `silver.max_quarantine_share` of the flights held, which halts as a batch would, nothing
+    rewritten; a flight an earlier snapshot quarantined stays in quarantine until landed again
+    (judged then against the new one).
 
-    existed: whether silver_flights held rows before this run's batches (a table made by this
-    run was computed from the current snapshots: only the state is recorded). Returns a note
-    for the audit message, None when nothing was to be done."""
-    if not tables.exists(spark, config, "silver_flights"):
-        return None
-    versions = reference_versions(spark, config)
-    if any(version is None for _, version in versions.values()):
+    Returns a note for the audit message, None when nothing was to be done."""
+    flights = _detail(spark, config, "silver_flights", with_version=False)
+    if flights is None:
+        return None  # the first batches make it, typed against the current snapshots
+    found = {name: _detail(spark, config, name, with_version=True) for name in REFERENCE_TABLES}
+    if any(f is None for f in found.values()):
         return None  # no snapshot loaded yet: flights could not have been typed either
+    versions = {name: [f[0], f[2]] for name, f in found.items() if f is not None}
     try:
-        held = json.loads(tables.table_property(spark, config, "silver_flights",
-                                                REFERENCES_PROPERTY) or "{}")
+        held = json.loads(flights[1].get(REFERENCES_PROPERTY) or "{}")
     except ValueError:
         held = {}
     if not isinstance(held, dict):
@@ -408,42 +421,84 @@ def reconcile_references(spark: SparkSession, config: Config, contract: Contract
     frames = {name: tables.read(spark, config, name, version=version)
               for name, (_, version) in versions.items()}
     fingerprints = reference_fingerprints(frames)
-    note = None
-    if existed and held.get("fingerprints") != fingerprints:
-        current = tables.read(spark, config, "silver_flights")
-        was = {c: f"_was_{c}" for c in REFERENCE_COLUMNS}
-        recomputed = (current.select("flight_id", "year", "month", "day", "sched_dep_time",
-                                     "sched_arr_time", "origin", "dest", "tailnum",
-                                     *(F.col(c).alias(w) for c, w in was.items()))
-                      .transform(with_reference_columns(frames["silver_airports"],
-                                                        frames["silver_planes"])))
-        rules = {r.name: r for r in contract.rules}
-        passes = " AND ".join(rules[name].passed() for name in REFERENCE_RULES)
-        differs = F.expr(f"NOT (struct({', '.join(REFERENCE_COLUMNS)}) <=> "
-                         f"struct({', '.join(was.values())}))")
-        judged = (recomputed.filter(differs)
-                  .withColumn("_passes", F.expr(passes))
-                  .select("flight_id", *REFERENCE_COLUMNS, "_passes")).localCheckpoint()
-        try:
-            counts = judged.groupBy("_passes").count().collect()
-            by = {bool(r["_passes"]): int(r["count"]) for r in counts}
-            updated, kept = by.get(True, 0), by.get(False, 0)
-            if updated:
-                tables.update_columns(spark, config, "silver_flights",
-                                      judged.filter("_passes").drop("_passes"), ("flight_id",),
-                                      REFERENCE_COLUMNS)
-        finally:
-            release(judged)
-        if updated or kept:
-            note = (f"airports/planes snapshot changed: {updated} held flight(s) recomputed "
-                    f"({', '.join(REFERENCE_COLUMNS)})"
-                    + (f"; {kept} kept as they were: the new snapshot would quarantine them "
-                       f"({' or '.join(REFERENCE_RULES)})" if kept else ""))
-            log.warning("silver_flights: %s", note)
-    tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY,
-                              json.dumps({"versions": versions, "fingerprints": fingerprints},
-                                         sort_keys=True))
+    state = json.dumps({"versions": versions, "fingerprints": fingerprints}, sort_keys=True)
+    if held.get("fingerprints") == fingerprints:  # the same content: no flight changes
+        tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY, state)
+        return None
+    current = tables.read(spark, config, "silver_flights")
+    was = {c: f"_was_{c}" for c in REFERENCE_COLUMNS}
+    recomputed = (current.select("flight_id", "year", "month", "day", "sched_dep_time",
+                                 "sched_arr_time", "origin", "dest", "tailnum",
+                                 *(F.col(c).alias(w) for c, w in was.items()))
+                  .transform(with_reference_columns(frames["silver_airports"],
+                                                    frames["silver_planes"])))
+    rules = {r.name: r for r in contract.rules}
+    differs = F.expr(f"NOT (struct({', '.join(REFERENCE_COLUMNS)}) <=> "
+                     f"struct({', '.join(was.values())}))")
+    judged = (recomputed.withColumn("_differs", differs)
+              .withColumns({f"_breaks_{n}": ~F.expr(rules[n].passed()) for n in REFERENCE_RULES})
+              .filter("_differs")
+              .withColumn("_passes", ~F.greatest(*(F.col(f"_breaks_{n}")
+                                                   for n in REFERENCE_RULES)))
+              .select("flight_id", *REFERENCE_COLUMNS, "_passes",
+                      *(f"_breaks_{n}" for n in REFERENCE_RULES))).localCheckpoint()
+    try:
+        totals = judged.agg(F.count("*").alias("changed"),
+                            F.count_if("_passes").alias("updated"),
+                            *(F.count_if(f"_breaks_{n}").alias(n) for n in REFERENCE_RULES)
+                            ).first()
+        assert totals is not None  # an aggregate without grouping has one row
+        updated, kept = int(totals["updated"]), int(totals["changed"]) - int(totals["updated"])
+        if kept:
+            settings = config.section("silver")
+            share = float(settings["max_quarantine_share"])
+            held_rows = current.count()
+            if kept / max(held_rows, 1) > share and kept >= int(
+                    settings.get("min_quarantined_to_halt", 1)):
+                broken = ", ".join(f"{n} {int(totals[n])}" for n in REFERENCE_RULES
+                                   if totals[n])
+                raise ContractViolation(
+                    f"silver.flights: the new airports/planes snapshot would quarantine {kept} "
+                    f"of the {held_rows} flights silver holds ({kept / max(held_rows, 1):.1%}, "
+                    f"max quarantine share {share:.1%}; {broken}); nothing was rewritten: land "
+                    f"a corrected snapshot, or raise silver.max_quarantine_share to keep them "
+                    f"as they are")
+        if updated:
+            # marked first: a run failing between the update and the state below leaves a
+            # state no snapshot matches, so the next run recomputes (not one that matches the
+            # snapshot before, which a revert to it would take as current)
+            tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY,
+                                      json.dumps({"updating": True}))
+            tables.update_columns(spark, config, "silver_flights",
+                                  judged.filter("_passes").select("flight_id",
+                                                                  *REFERENCE_COLUMNS),
+                                  ("flight_id",), REFERENCE_COLUMNS)
+    finally:
+        release(judged)
+    tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY, state)
+    if not (updated or kept):
+        return None
+    note = (f"airports/planes snapshot changed: {updated} held flight(s) recomputed "
+            f"({', '.join(REFERENCE_COLUMNS)})"
+            + (f"; {kept} kept as they were: the new snapshot would quarantine them "
+               f"({', '.join(f'{n} {int(totals[n])}' for n in REFERENCE_RULES if totals[n])})"
+               if kept else ""))
+    log.warning("silver_flights: %s", note)
     return note
+
+
+def record_references(spark: SparkSession, config: Config) -> None:
+    """Record the snapshots a silver_flights made by this run's batches was typed against."""
+    if _detail(spark, config, "silver_flights", with_version=False) is None:
+        return
+    found = {name: _detail(spark, config, name, with_version=True) for name in REFERENCE_TABLES}
+    if any(f is None for f in found.values()):
+        return
+    versions = {name: [f[0], f[2]] for name, f in found.items() if f is not None}
+    frames = {name: tables.read(spark, config, name, version=version)
+              for name, (_, version) in versions.items()}
+    tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY, json.dumps(
+        {"versions": versions, "fingerprints": reference_fingerprints(frames)}, sort_keys=True))
 
 
 def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
@@ -458,13 +513,17 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
         for table, contract in contracts(settings).items():
             with audited(spark, config, run_id, "silver", f"silver_{table}", batch) as audit:
                 refine = refine_snapshot if table in SNAPSHOT_SOURCES else refine_stream
+                notes = []
                 existed = table == "flights" and tables.exists(spark, config, "silver_flights")
+                if existed:  # before the batches: they are typed against the same snapshots
+                    notes.append(reconcile_references(spark, config, contract) or "")
                 counts = refine(spark, config, contract, run_id)
+                if table == "flights" and not existed:
+                    record_references(spark, config)
                 warnings = counts.pop("batch_warnings", [])
                 audit.update(counts)
-                notes = [f"batch rules warned: {sorted(set(warnings))}"] if warnings else []
-                if table == "flights":
-                    notes.append(reconcile_references(spark, config, contract, existed) or "")
+                if warnings:
+                    notes.append(f"batch rules warned: {sorted(set(warnings))}")
                 if any(notes):
                     audit["message"] = "; ".join(n for n in notes if n)
                 audit["version_written"] = tables.version(spark, config, f"silver_{table}")
