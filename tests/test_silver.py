@@ -538,7 +538,7 @@ def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
     assert sum('"flight":"9001"' in raw for raw in quarantined) == 1, quarantined
 
 
-@pytest.mark.slow  # nine silver runs (~80 s)
+@pytest.mark.slow  # eleven silver runs (~75 s)
 def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
         spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     """A plane silver did not know, then a corrected time zone, then a destination it did not
@@ -673,3 +673,21 @@ def test_a_new_airports_or_planes_snapshot_recomputes_the_flights_silver_holds(
     assert now[lax_id] == at_v3[lax_id]
     assert now[iah_id]["sched_arr_utc"] == utc(819, "America/Denver")  # kept
     assert flights_note(lenient, "s-8") == ""  # the state recorded: nothing more to do
+
+    # a run failing between its update and recording the state, then a revert to the
+    # snapshot before: the flights are recomputed back (the state did not name the old one)
+    land(config, zoned("America/Denver"), None, "v5")
+    recorded = tables.set_table_property
+
+    def state_lost(spark_: Any, config_: Any, name: str, key: str, value: str) -> None:
+        if "updating" not in value:
+            raise OSError("storage lost")
+        recorded(spark_, config_, name, key, value)
+
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="storage lost"):
+        patched.setattr(tables, "set_table_property", state_lost)
+        silver.run(spark, lenient, "s-9")
+    assert not held()[sju_id]["dest_known"]  # updated for v5, its state not recorded
+    land(config, zoned("Asia/Tokyo", sju_added=True), None, "v4-again")
+    assert "recomputed" in flights_note(lenient, "s-10")
+    assert held() == now
