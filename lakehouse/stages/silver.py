@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import threading
 from collections.abc import Callable
+from functools import reduce
 from typing import Any
 
 from pyspark.errors import AnalysisException
@@ -438,8 +440,8 @@ def reconcile_references(spark: SparkSession, config: Config,
     judged = (recomputed.withColumn("_differs", differs)
               .withColumns({f"_breaks_{n}": ~F.expr(rules[n].passed()) for n in REFERENCE_RULES})
               .filter("_differs")
-              .withColumn("_passes", ~F.greatest(*(F.col(f"_breaks_{n}")
-                                                   for n in REFERENCE_RULES)))
+              .withColumn("_passes", ~reduce(operator.or_, (F.col(f"_breaks_{n}")
+                                                            for n in REFERENCE_RULES)))
               .select("flight_id", *REFERENCE_COLUMNS, "_passes",
                       *(f"_breaks_{n}" for n in REFERENCE_RULES))).localCheckpoint()
     try:
