@@ -136,3 +136,34 @@ def test_replay_refuses_a_champion_trained_on_the_days_it_would_replay(tmp_path:
         replay(None, config, DAYS[0], DAYS[-1])  # type: ignore[arg-type]
     assert not any((tmp_path / "landing").rglob("*.csv"))  # nothing landed
     check_champion(config, DAYS[1])  # trained on the days before: replayed with it
+
+
+def test_a_replayed_day_whose_scoring_failed_is_scored_by_the_next_days_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each day is replayed with its own range: a day whose score task failed (a lost executor
+    past its retries) was never scored, its flights missing from the predictions and from every
+    trailing window after it. The next day's run scores from it, as `from: latest` does."""
+    import lakehouse.replay as replay_module
+    from tests.conftest import make_config
+
+    calls: list[tuple[date, date | None]] = []
+    failing = {date(2013, 11, 2): "failed", date(2013, 11, 3): "upstream_failed"}
+
+    def replayed(spark: Any, config: Any, day: date,
+                 score_from: date | None = None) -> DayOutcome:
+        calls.append((day, score_from))
+        return DayOutcome(day, "1", {"score": failing.get(day, "succeeded")})
+
+    for name, value in {"check_champion": lambda config, start: None,
+                        "bootstrap": lambda spark, config, start: None,
+                        "replay_day": replayed,
+                        "recorded_alerts": lambda *args: {},
+                        "picture": lambda *args: None}.items():
+        monkeypatch.setattr(replay_module, name, value)
+    monkeypatch.setattr(replay_module.tables, "exists", lambda *args: False)
+    _, _, failures = replay_module.replay(None, make_config(tmp_path),  # type: ignore[arg-type]
+                                          date(2013, 11, 1), date(2013, 11, 5))
+    assert failures == 1  # the failed task (the one stopped by it is not counted)
+    assert calls == [(date(2013, 11, 1), None), (date(2013, 11, 2), None),
+                     (date(2013, 11, 3), date(2013, 11, 2)),
+                     (date(2013, 11, 4), date(2013, 11, 2)), (date(2013, 11, 5), None)]
