@@ -366,6 +366,21 @@ def _detail(spark: SparkSession, config: Config, name: str,
     return (*found, int(version[0])) if version is not None else found
 
 
+def reference_versions(spark: SparkSession, config: Config) -> dict[str, list[Any]] | None:
+    """[Delta id, version] of the airports and planes tables, None while one does not exist
+    (lists: the state's JSON gives them back as lists)."""
+    found = {name: _detail(spark, config, name, with_version=True) for name in REFERENCE_TABLES}
+    return {name: [f[0], f[2]] for name, f in found.items() if f is not None} if all(
+        f is not None for f in found.values()) else None
+
+
+def reference_frames(spark: SparkSession, config: Config,
+                     versions: dict[str, list[Any]]) -> dict[str, DataFrame]:
+    """The reference tables at the versions given."""
+    return {name: tables.read(spark, config, name, version=version)
+            for name, (_, version) in versions.items()}
+
+
 def reference_fingerprints(frames: dict[str, DataFrame]) -> dict[str, str]:
     """A hash per reference table of the columns flights take from it (one Spark job): a
     snapshot rebuilt with the same airports' time zones and the same tails, or a commit that
@@ -406,10 +421,9 @@ def reconcile_references(spark: SparkSession, config: Config,
     flights = _detail(spark, config, "silver_flights", with_version=False)
     if flights is None:
         return None  # the first batches make it, typed against the current snapshots
-    found = {name: _detail(spark, config, name, with_version=True) for name in REFERENCE_TABLES}
-    if any(f is None for f in found.values()):
+    versions = reference_versions(spark, config)
+    if versions is None:
         return None  # no snapshot loaded yet: flights could not have been typed either
-    versions = {name: [f[0], f[2]] for name, f in found.items() if f is not None}
     try:
         held = json.loads(flights[1].get(REFERENCES_PROPERTY) or "{}")
     except ValueError:
@@ -420,8 +434,7 @@ def reconcile_references(spark: SparkSession, config: Config,
         return None
     # the versions just looked at, not the latest: a run committing a snapshot meanwhile
     # leaves these rows and the state recorded saying the same
-    frames = {name: tables.read(spark, config, name, version=version)
-              for name, (_, version) in versions.items()}
+    frames = reference_frames(spark, config, versions)
     fingerprints = reference_fingerprints(frames)
     state = json.dumps({"versions": versions, "fingerprints": fingerprints}, sort_keys=True)
     if held.get("fingerprints") == fingerprints:  # the same content: no flight changes
@@ -491,16 +504,12 @@ def reconcile_references(spark: SparkSession, config: Config,
 
 def record_references(spark: SparkSession, config: Config) -> None:
     """Record the snapshots a silver_flights made by this run's batches was typed against."""
-    if _detail(spark, config, "silver_flights", with_version=False) is None:
+    versions = reference_versions(spark, config)
+    if versions is None or _detail(spark, config, "silver_flights", with_version=False) is None:
         return
-    found = {name: _detail(spark, config, name, with_version=True) for name in REFERENCE_TABLES}
-    if any(f is None for f in found.values()):
-        return
-    versions = {name: [f[0], f[2]] for name, f in found.items() if f is not None}
-    frames = {name: tables.read(spark, config, name, version=version)
-              for name, (_, version) in versions.items()}
+    fingerprints = reference_fingerprints(reference_frames(spark, config, versions))
     tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY, json.dumps(
-        {"versions": versions, "fingerprints": reference_fingerprints(frames)}, sort_keys=True))
+        {"versions": versions, "fingerprints": fingerprints}, sort_keys=True))
 
 
 def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
