@@ -73,19 +73,47 @@ def read(spark: SparkSession, config: Config, name: str, version: int | None = N
     return reader.load(location) if _is_path(location) else reader.table(location)
 
 
+@dataclass(frozen=True)
+class Detail:
+    """What Delta's DESCRIBE DETAIL (and, when asked, its latest commit) says of a table."""
+
+    id: str  # a table dropped and made anew under the same name or path has another
+    properties: dict[str, str]
+    version: int | None  # None unless asked for
+
+
+def detail(spark: SparkSession, config: Config, name: str,
+           with_version: bool = False) -> Detail | None:
+    """The table's Delta id and properties (and latest version), None when it does not exist:
+    one DESCRIBE DETAIL (and one history read), not an existence check before each. Spark
+    Connect builds the plans without a look at the table; running them raises for a missing
+    one, as the classic client's forPath/forName do."""
+    try:
+        table = delta_table(spark, config, name)
+        row = table.detail().select("id", "properties").first()
+        latest = table.history(1).select("version").first() if with_version else None
+    except AnalysisException:
+        return None
+    if row is None:
+        return None
+    return Detail(str(row["id"]), {str(k): str(v) for k, v in (row["properties"] or {}).items()},
+                  None if latest is None else int(latest[0]))
+
+
 def version(spark: SparkSession, config: Config, name: str) -> int | None:
     """The table's latest Delta version, or None when it does not exist yet."""
-    if not exists(spark, config, name):
+    try:
+        row = delta_table(spark, config, name).history(1).select("version").first()
+    except AnalysisException:
         return None
-    return int(delta_table(spark, config, name).history(1).select("version").first()[0])  # type: ignore[index]
+    return None if row is None else int(row[0])
 
 
 def table_id(spark: SparkSession, config: Config, name: str) -> str | None:
     """Delta's id of the table (DESCRIBE DETAIL), or None when it does not exist: a table
     dropped and made anew under the same name or path has another."""
-    if not exists(spark, config, name):
-        return None
-    return str(scalar(delta_table(spark, config, name).detail().select("id")))
+    found = detail(spark, config, name)
+    return None if found is None else found.id
 
 
 def last_commit(spark: SparkSession, config: Config, name: str) -> tuple[int, dict[str, str]]:
@@ -346,9 +374,10 @@ def ensure_properties(spark: SparkSession, config: Config, name: str) -> bool:
     """Give an existing table the properties conf asks for (a table created by an earlier
     version may lack them, e.g. its change data feed); True when something was set."""
     wanted = _properties(config, name)
-    if not wanted or not exists(spark, config, name):
+    found = detail(spark, config, name) if wanted else None
+    if found is None:
         return False
-    current = scalar(delta_table(spark, config, name).detail().select("properties")) or {}
+    current = found.properties
     missing = {k: v for k, v in wanted.items() if current.get(k) != v}
     if missing:
         settings = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
@@ -358,11 +387,8 @@ def ensure_properties(spark: SparkSession, config: Config, name: str) -> bool:
 
 def table_property(spark: SparkSession, config: Config, name: str, key: str) -> str | None:
     """A Delta table property's value (DESCRIBE DETAIL), None when unset or no table."""
-    if not exists(spark, config, name):
-        return None
-    properties = scalar(delta_table(spark, config, name).detail().select("properties")) or {}
-    value = properties.get(key)
-    return None if value is None else str(value)
+    found = detail(spark, config, name)
+    return None if found is None else found.properties.get(key)
 
 
 def set_table_property(spark: SparkSession, config: Config, name: str, key: str,

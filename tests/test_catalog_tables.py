@@ -35,6 +35,10 @@ def test_catalog_tables_take_idempotent_appends_tags_merges_and_properties(
         spark: SparkSession, catalog_config: Config) -> None:
     config = catalog_config
     assert not tables.exists(spark, config, "audit")
+    # a missing table reads as None, not an error (forName raises on the catalog path)
+    assert tables.version(spark, config, "audit") is None
+    assert tables.detail(spark, config, "audit", with_version=True) is None
+    assert tables.table_property(spark, config, "audit", "k") is None
     rows = spark.createDataFrame([(1, "a"), (2, "b")], "k int, v string")
     tables.append(rows, config, "audit", txn=("lakehouse-test", 0), tag="first")
     assert tables.exists(spark, config, "audit") and tables.version(spark, config, "audit") == 0
@@ -71,6 +75,9 @@ def test_catalog_tables_take_idempotent_appends_tags_merges_and_properties(
     assert tables.read(spark, config, "silver_flights").filter(F.col("k") == 1).first()[1] == "A"
     tables.set_table_property(spark, config, "silver_flights", "lakehouse.test", "x'y")
     assert tables.table_property(spark, config, "silver_flights", "lakehouse.test") == "x'y"
+    found = tables.detail(spark, config, "silver_flights", with_version=True)
+    assert found is not None and found.version == tables.version(spark, config, "silver_flights")
+    assert found.id == tables.table_id(spark, config, "silver_flights")
     assert tables.rows_unchanged(spark, config, "silver_flights",
                                  tables.version(spark, config, "silver_flights") - 1,
                                  tables.version(spark, config, "silver_flights"))

@@ -57,7 +57,7 @@ def test_only_the_champions_open_alerts_make_retraining_due(
     """An open alert of a model no longer champion does not make retraining due; the next
     retraining closes it with the champion's. An alert is one per rule, subject and day,
     whichever version crossed it."""
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, mlflow={"model_name": "m"})
     rules = rules_from_conf(RULES)
     history = [row(d, "mean_shift", v, "temp") for d, v in [(1, 2.5), (2, 2.6)]]
     (crossing,) = raised_on(date(2013, 12, 2), history, rules, 0.75, 200)
@@ -85,7 +85,10 @@ def test_only_the_champions_open_alerts_make_retraining_due(
     assert other["alert_id"] == second["alert_id"]
     assert monitor.retraining_due(spark, config, day, 14, ("other", "1")).alert_ids == (
         other["alert_id"],)
+    # what `run train` warns of: conf's model name's open alerts, whichever version raised them
+    assert monitor.open_retraining_alerts(spark, config) == sorted(due.alert_ids)
     monitor.mark_handled(spark, config, due.alert_ids, "run-3", day, "m")
+    assert monitor.open_retraining_alerts(spark, config) == []
     assert not monitor.retraining_due(spark, config, day, 14, ("m", "2")).due
     still = monitor.retraining_due(spark, config, day, 14, ("other", "1"))
     assert still.due and still.alert_ids == (other["alert_id"],)  # m's retraining: not other's

@@ -100,10 +100,11 @@ class Silver:
     @classmethod
     def read(cls, spark: SparkSession, config: Config) -> Silver:
         def version_and_id(name: str) -> tuple[int | None, str | None]:
-            return tables.version(spark, config, name), tables.table_id(spark, config, name)
+            found = tables.detail(spark, config, name, with_version=True)
+            return (None, None) if found is None else (found.version, found.id)
 
-        # six small reads of Delta's log, more round trips than work: one driver thread per
-        # table (bench/gold.py's new day, ~0.75 s one after the other)
+        # small reads of Delta's log (a DESCRIBE DETAIL and a history read per table), more
+        # round trips than work: one driver thread per table (bench/gold.py's new day)
         with ThreadPoolExecutor(len(INPUTS), thread_name_prefix="gold-read") as pool:
             found = dict(zip(INPUTS, pool.map(inherit(spark, version_and_id), INPUTS),
                              strict=True))

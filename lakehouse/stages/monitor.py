@@ -281,6 +281,11 @@ class RetrainingDue:
     alert_ids: tuple[str, ...] = ()
 
 
+def _open_retraining(name: str) -> Column:
+    """model name's alerts of the retraining kind that no retraining has answered yet."""
+    return F.col("retrain") & F.col("handled_by_run").isNull() & (F.col("model_name") == name)
+
+
 def retraining_due(spark: SparkSession, config: Config, day: date, min_days_between: int,
                    champion: tuple[str, str] | None = None) -> RetrainingDue:
     """Due when an alert of the retraining kind is open, unless the last retraining is more
@@ -293,13 +298,12 @@ def retraining_due(spark: SparkSession, config: Config, day: date, min_days_betw
     # one small read: the open alerts of the retraining kind, and when a retraining last
     # answered any
     rows = (tables.read(spark, config, "alerts")
-            .filter((F.col("monitored_date") <= F.lit(day)) & (F.col("model_name") == name)
-                    & ((F.col("retrain") & F.col("handled_by_run").isNull())
-                       | F.col("handled_on").isNotNull()))
-            .select("alert_id", "model_name", "model_version", "retrain", "handled_by_run",
-                    "handled_on").collect())
+            .filter((F.col("monitored_date") <= F.lit(day)) & (F.col("model_name") == name))
+            .select("alert_id", "model_name", "model_version", "handled_on",
+                    _open_retraining(name).alias("open"))
+            .filter(F.col("open") | F.col("handled_on").isNotNull()).collect())
     pending = [(r["alert_id"], (r["model_name"], r["model_version"])) for r in rows
-               if r["retrain"] and r["handled_by_run"] is None]
+               if r["open"]]
     open_ = [i for i, model in pending if champion is None or model == champion]
     # a retraining answers them all: the champion's, and those of models it replaced
     every = tuple(i for i, _ in pending)
@@ -317,9 +321,8 @@ def open_retraining_alerts(spark: SparkSession, config: Config) -> list[str]:
     if not tables.exists(spark, config, "alerts"):
         return []
     name = config.section("mlflow")["model_name"]
-    return [r[0] for r in tables.read(spark, config, "alerts").filter(
-        F.col("retrain") & F.col("handled_by_run").isNull() & (F.col("model_name") == name))
-        .select("alert_id").orderBy("alert_id").collect()]
+    return [r[0] for r in tables.read(spark, config, "alerts")
+            .filter(_open_retraining(name)).select("alert_id").orderBy("alert_id").collect()]
 
 
 def current_champion(config: Config) -> tuple[str, str] | None:

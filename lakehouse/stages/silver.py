@@ -12,7 +12,6 @@ from collections.abc import Callable
 from functools import reduce
 from typing import Any
 
-from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import is_remote
@@ -350,27 +349,12 @@ REFERENCE_TABLES = {"silver_airports": ("faa", "tzone"), "silver_planes": ("tail
 REFERENCE_RULES = ("origin_in_airports", "sched_arr_after_dep")
 
 
-def _detail(spark: SparkSession, config: Config, name: str,
-            with_version: bool) -> tuple[Any, ...] | None:
-    """(Delta id, properties[, version]) of a table, None when it does not exist: one DESCRIBE
-    DETAIL (and one history read), not an existence check before each."""
-    try:
-        table = tables.delta_table(spark, config, name)
-        row = table.detail().select("id", "properties").first()
-        version = table.history(1).select("version").first() if with_version else None
-    except AnalysisException:
-        return None
-    if row is None:
-        return None
-    found = (str(row["id"]), dict(row["properties"] or {}))
-    return (*found, int(version[0])) if version is not None else found
-
-
 def reference_versions(spark: SparkSession, config: Config) -> dict[str, list[Any]] | None:
     """[Delta id, version] of the airports and planes tables, None while one does not exist
     (lists: the state's JSON gives them back as lists)."""
-    found = {name: _detail(spark, config, name, with_version=True) for name in REFERENCE_TABLES}
-    return {name: [f[0], f[2]] for name, f in found.items() if f is not None} if all(
+    found = {name: tables.detail(spark, config, name, with_version=True)
+             for name in REFERENCE_TABLES}
+    return {name: [f.id, f.version] for name, f in found.items() if f is not None} if all(
         f is not None for f in found.values()) else None
 
 
@@ -418,14 +402,14 @@ def reconcile_references(spark: SparkSession, config: Config,
     (judged then against the new one).
 
     Returns a note for the audit message, None when nothing was to be done."""
-    flights = _detail(spark, config, "silver_flights", with_version=False)
+    flights = tables.detail(spark, config, "silver_flights")
     if flights is None:
         return None  # the first batches make it, typed against the current snapshots
     versions = reference_versions(spark, config)
     if versions is None:
         return None  # no snapshot loaded yet: flights could not have been typed either
     try:
-        held = json.loads(flights[1].get(REFERENCES_PROPERTY) or "{}")
+        held = json.loads(flights.properties.get(REFERENCES_PROPERTY) or "{}")
     except ValueError:
         held = {}
     if not isinstance(held, dict):
@@ -505,7 +489,7 @@ def reconcile_references(spark: SparkSession, config: Config,
 def record_references(spark: SparkSession, config: Config) -> None:
     """Record the snapshots a silver_flights made by this run's batches was typed against."""
     versions = reference_versions(spark, config)
-    if versions is None or _detail(spark, config, "silver_flights", with_version=False) is None:
+    if versions is None or tables.detail(spark, config, "silver_flights") is None:
         return
     fingerprints = reference_fingerprints(reference_frames(spark, config, versions))
     tables.set_table_property(spark, config, "silver_flights", REFERENCES_PROPERTY, json.dumps(
