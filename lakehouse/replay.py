@@ -94,13 +94,14 @@ def champion_version(config: Config) -> str | None:
     return str(found.version) if found is not None else None
 
 
-def replay_day(spark: SparkSession, config: Config, day: date,
-               score_from: date | None = None) -> DayOutcome:
-    """Land day and run the daily workflow for it, as of the end of that day; score_from: an
-    earlier day whose flights are still unscored (its run failed), scored from there."""
+def replay_day(spark: SparkSession, config: Config, day: date) -> DayOutcome:
+    """Land day and run the daily workflow for it, as of the end of that day. Scored and
+    monitored from `latest` to day, as a scheduled run is: an earlier day whose score or
+    monitor task failed (past its retries) is scored or monitored again by the next day's run,
+    at most `score.catch_up_days` back (`workflow.resolved`)."""
     started = time.monotonic()
     seed(local_dir(config.landing, "landing"), day, day)
-    results = workflow.run_daily(spark, config, ((score_from or day).isoformat(), day.isoformat()),
+    results = workflow.run_daily(spark, config, (workflow.LATEST, day.isoformat()),
                                  as_of=end_of_day(day, config.section("gold")["home_timezone"]))
     tasks = results["tasks"]
     watched = results.get("monitor")
@@ -143,17 +144,9 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
         log.info("replay: first champion v%s (%s), holdout AUC-ROC %.4f", first["version"],
                  first["family"], first["holdout"]["auc_roc"])
     outcomes = []
-    unscored: date | None = None  # the first replayed day whose flights no task scored
-    catch_up = int(config.section("score").get("catch_up_days", 7))
     for day in wanted:
-        score_from = (max(unscored, day - timedelta(days=catch_up)) if unscored is not None
-                      else None)
-        outcome = replay_day(spark, config, day, score_from)
+        outcome = replay_day(spark, config, day)
         outcomes.append(outcome)
-        # a day whose score task failed (and no rescore ran) is scored by the next day's run,
-        # as `from: latest` catches up in production
-        done = "succeeded" in (outcome.statuses.get("score"), outcome.statuses.get("rescore"))
-        unscored = None if done else (unscored or day)
         log.info("replay %s: %s; champion v%s; %d alert(s)%s in %.0f s", day,
                  ", ".join(f"{k} {v}" for k, v in outcome.statuses.items()), outcome.champion,
                  len(outcome.alerts), "; retrained" if outcome.retrained else "",

@@ -163,8 +163,11 @@ def _first_undone(spark: SparkSession, config: Config, step: str, end: date) -> 
 def late_from(spark: SparkSession, config: Config, score_range: tuple[str, str], start: str,
               end: str) -> str | None:
     """With `from: latest`, the earliest day before start, within `score.catch_up_days` of end,
-    holding a silver flight without any row in delay_predictions (a flight landed after its
-    day was scored); None when there is none (one small anti-join)."""
+    that was scored (holds rows in delay_predictions) and holds a silver flight without any
+    row there (a flight landed after its day was scored); None when there is none (one small
+    anti-join). A day never scored is not caught up here: `from: latest` starts after the last
+    day scored, and the days before the first one scored (a replay's bootstrap, scoring begun
+    on a fixed date) are not the schedule's to score."""
     if score_range[0] != LATEST or not tables.exists(spark, config, "delay_predictions"):
         return None
     days = int(config.section("score").get("catch_up_days", 7))
@@ -173,10 +176,12 @@ def late_from(spark: SparkSession, config: Config, score_range: tuple[str, str],
     if first > last:
         return None
     window = between(first.isoformat(), last.isoformat())
-    held = tables.read(spark, config, "delay_predictions").transform(window).select("flight_id")
+    held = (tables.read(spark, config, "delay_predictions").transform(window)
+            .select("flight_id", "flight_date"))
     found: date | None = tables.scalar(
         tables.read(spark, config, "silver_flights").transform(window)
-        .join(held, "flight_id", "left_anti").agg(F.min("flight_date")))
+        .join(held.select("flight_date").distinct(), "flight_date", "left_semi")
+        .join(held.select("flight_id"), "flight_id", "left_anti").agg(F.min("flight_date")))
     if found is not None:
         log.info("score: flights of %s or later landed after their day was scored: scoring "
                  "them too", found)

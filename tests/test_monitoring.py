@@ -583,6 +583,11 @@ def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
     # an unscorable row (a flight recorded with the reason) is a row: nothing is late
     tables.append(late, config, "delay_predictions")
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
+    # a day never scored (before the first day scored: a replay's bootstrap days) is not late
+    before = spark.createDataFrame([("f30", date(2013, 11, 30))],
+                                   "flight_id string, flight_date date")
+    tables.append(before, config, "silver_flights")
+    assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
 
 
 def quality_only(persist_days: int) -> dict[str, Any]:

@@ -138,32 +138,38 @@ def test_replay_refuses_a_champion_trained_on_the_days_it_would_replay(tmp_path:
     check_champion(config, DAYS[1])  # trained on the days before: replayed with it
 
 
-def test_a_replayed_day_whose_scoring_failed_is_scored_by_the_next_days_run(
+def test_each_replayed_day_scores_and_monitors_from_latest(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Each day is replayed with its own range: a day whose score task failed (a lost executor
-    past its retries) was never scored, its flights missing from the predictions and from every
-    trailing window after it. The next day's run scores from it, as `from: latest` does."""
+    """Each day runs the daily workflow from `latest` to the day, as a scheduled run: a day
+    whose score or monitor task failed past its retries is caught up by the next day's run
+    (`workflow.resolved`'s catch-up, tested in test_monitoring), not left out of the
+    predictions, the monitoring and every trailing window after it."""
+    from types import SimpleNamespace
+
     import lakehouse.replay as replay_module
+    from lakehouse.monitoring import end_of_day
     from tests.conftest import make_config
 
-    calls: list[tuple[date, date | None]] = []
+    calls: list[tuple[tuple[str, str], Any]] = []
     failing = {date(2013, 11, 2): "failed", date(2013, 11, 3): "upstream_failed"}
 
-    def replayed(spark: Any, config: Any, day: date,
-                 score_from: date | None = None) -> DayOutcome:
-        calls.append((day, score_from))
-        return DayOutcome(day, "1", {"score": failing.get(day, "succeeded")})
+    def run_daily(spark: Any, config: Any, score_range: tuple[str, str],
+                  as_of: Any = None) -> dict[str, Any]:
+        calls.append((score_range, as_of))
+        day = date.fromisoformat(score_range[1])
+        return {"tasks": {"score": SimpleNamespace(status=failing.get(day, "succeeded"))}}
 
     for name, value in {"check_champion": lambda config, start: None,
                         "bootstrap": lambda spark, config, start: None,
-                        "replay_day": replayed,
+                        "seed": lambda *args: None,
+                        "champion_version": lambda config: "1",
                         "recorded_alerts": lambda *args: {},
                         "picture": lambda *args: None}.items():
         monkeypatch.setattr(replay_module, name, value)
+    monkeypatch.setattr(replay_module.workflow, "run_daily", run_daily)
     monkeypatch.setattr(replay_module.tables, "exists", lambda *args: False)
     _, _, failures = replay_module.replay(None, make_config(tmp_path),  # type: ignore[arg-type]
-                                          date(2013, 11, 1), date(2013, 11, 5))
+                                          date(2013, 11, 1), date(2013, 11, 3))
     assert failures == 1  # the failed task (the one stopped by it is not counted)
-    assert calls == [(date(2013, 11, 1), None), (date(2013, 11, 2), None),
-                     (date(2013, 11, 3), date(2013, 11, 2)),
-                     (date(2013, 11, 4), date(2013, 11, 2)), (date(2013, 11, 5), None)]
+    assert calls == [(("latest", f"2013-11-0{d}"),
+                      end_of_day(date(2013, 11, d), "America/New_York")) for d in (1, 2, 3)]
