@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from delta.exceptions import base as delta_conflicts
 from mlflow.exceptions import MlflowException
 from pyspark.errors import (
     AnalysisException,
@@ -51,10 +52,21 @@ PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError,
 # How Spark's checkpoint and Delta's transaction check report a second writer of one stream
 # (where no lock was taken, e.g. a checkpoint on S3): the same overlap, found later. And
 # Delta's optimistic-concurrency conflicts (a concurrent append, delete, metadata or protocol
-# change won the commit: DELTA_CONCURRENT_APPEND, _DELETE_READ, _DELETE_DELETE, _WRITE; their
-# classes extend java.util.ConcurrentModificationException, whose name their text lacks):
-# another run of the job is writing the same table, which a retry would race again.
-CONCURRENT_WRITERS = ("ConcurrentModificationException", "ConcurrentTransactionException",
+# change won the commit: DELTA_CONCURRENT_APPEND, _DELETE_READ, _DELETE_DELETE, _WRITE):
+# another run of the job is writing the same table, which a retry would race again. Delta's
+# Python classes of them (delta.exceptions) are matched first; the text, where one arrives
+# wrapped (a streaming query's failure, a re-raise). Not java.util's
+# ConcurrentModificationException by name: Delta's classes extend it, but so does a JVM
+# collection iterated while modified, a race inside Spark that a retry is right to try again.
+DELTA_CONFLICTS = (delta_conflicts.DeltaConcurrentModificationException,
+                   delta_conflicts.ConcurrentWriteException,
+                   delta_conflicts.MetadataChangedException,
+                   delta_conflicts.ProtocolChangedException,
+                   delta_conflicts.ConcurrentAppendException,
+                   delta_conflicts.ConcurrentDeleteReadException,
+                   delta_conflicts.ConcurrentDeleteDeleteException,
+                   delta_conflicts.ConcurrentTransactionException)
+CONCURRENT_WRITERS = ("DeltaConcurrentModificationException", "ConcurrentTransactionException",
                       "CONCURRENT_STREAM_LOG_UPDATE", "DELTA_CONCURRENT_",
                       "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
                       "Multiple streaming queries are concurrently using")
@@ -62,7 +74,7 @@ CONCURRENT_WRITERS = ("ConcurrentModificationException", "ConcurrentTransactionE
 
 def is_permanent(error: BaseException) -> bool:
     """Whether retrying a stage that failed with error cannot help (or could do harm)."""
-    return isinstance(error, PERMANENT_ERRORS) or any(
+    return isinstance(error, PERMANENT_ERRORS + DELTA_CONFLICTS) or any(
         marker in str(error) for marker in CONCURRENT_WRITERS)
 
 

@@ -238,8 +238,18 @@ def test_the_workflow_retries_only_what_is_transient() -> None:
                  RuntimeError("io.delta.exceptions.MetadataChangedException: "
                               "[DELTA_METADATA_CHANGED] MetadataChangedException: The metadata "
                               "of the Delta table has been changed by a concurrent update.")]
+    # Delta's conflict as its Python class (classic and Connect clients' extend these)
+    from delta.exceptions import base as delta_conflicts
+    permanent += [delta_conflicts.ConcurrentAppendException(message="concurrent update"),
+                  delta_conflicts.ProtocolChangedException(message="protocol changed"),
+                  RuntimeError("java.util.ConcurrentModificationException: Multiple streaming "
+                               "queries are concurrently using file:/checkpoint/offsets")]
     transient = [OSError("Connection reset by peer"),
-                 RuntimeError("Job aborted due to stage failure: ExecutorLostFailure")]
+                 RuntimeError("Job aborted due to stage failure: ExecutorLostFailure"),
+                 # a JVM collection modified while iterated: a race inside Spark, not a writer
+                 RuntimeError("An error occurred while calling o123.collectToPython.\n: "
+                              "java.util.ConcurrentModificationException\n\tat java.base/"
+                              "java.util.HashMap$HashIterator.nextNode(HashMap.java:1605)")]
     assert [workflow.is_permanent(e) for e in permanent] == [True] * len(permanent)
     assert [workflow.is_permanent(e) for e in transient] == [False] * len(transient)
 
