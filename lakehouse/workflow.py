@@ -369,8 +369,11 @@ def champion_exists(config: Config) -> bool:
 
 
 # The tags a retraining sets on the version it registers: the alerts it answers, and the day.
-ANSWERS_TAG = "lakehouse.answers_alerts"
-ANSWERED_ON_TAG = "lakehouse.answered_on"
+# No dot in the keys: Unity Catalog refuses `. , - = / :` in the tag keys of its securables,
+# model versions among them. The keys of earlier releases are still read.
+ANSWERS_TAG = "lakehouse_answers_alerts"
+ANSWERED_ON_TAG = "lakehouse_answered_on"
+EARLIER_TAGS = {"lakehouse.answers_alerts": ANSWERS_TAG, "lakehouse.answered_on": ANSWERED_ON_TAG}
 
 
 def answered_by_challenger(config: Config, alert_ids: tuple[str, ...]
@@ -383,6 +386,7 @@ def answered_by_challenger(config: Config, alert_ids: tuple[str, ...]
         return None
     found = registry.resolve(registry.configure(config)["model_name"], registry.CHALLENGER)
     tags = dict(found.tags or {}) if found is not None else {}
+    tags = {**{EARLIER_TAGS[k]: v for k, v in tags.items() if k in EARLIER_TAGS}, **tags}
     answered = set(tags.get(ANSWERS_TAG, "").split(","))
     ids = tuple(i for i in alert_ids if i in answered)
     if found is None or not ids or not found.run_id or ANSWERED_ON_TAG not in tags:

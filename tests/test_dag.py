@@ -457,3 +457,10 @@ def test_alerts_a_registered_retraining_failed_to_close_are_closed_by_the_next_r
         assert statuses(results)["train"] == ("succeeded" if trains else "skipped")
         if trains:  # a2, raised since, is answered by the new retraining
             assert closed[1] == (("a2",), "run-8", "2013-11-30")
+    # a version registered by an earlier release carries the dotted keys, still read
+    challenger.tags = {"lakehouse.answers_alerts": "a1,a0", "lakehouse.answered_on": "2013-11-28"}
+    from datetime import date
+
+    assert workflow.answered_by_challenger(config, ("a0", "a5")) == (
+        "7", "run-7", ("a0",), date(2013, 11, 28))
+    assert all("." not in key for key in (workflow.ANSWERS_TAG, workflow.ANSWERED_ON_TAG))

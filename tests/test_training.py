@@ -242,6 +242,21 @@ def test_the_gate_leaves_out_days_the_champion_was_trained_on(spark: SparkSessio
             train.gate_rows(features, windows, {"gate_window": "recent", "gate_recent_days": bad})
 
 
+def test_a_champion_the_registry_cannot_load_fails_the_gate_without_advising_its_removal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry or artifact store not answering says nothing about the champion: the gate's
+    error says to run again, not to remove @champion so an unchecked model takes it."""
+    def unreachable(uri: str) -> Any:
+        raise MlflowException("API request to /api/2.0/mlflow/model-versions/get failed "
+                              "with error code 503")
+
+    monkeypatch.setattr(mlflow.spark, "load_model", unreachable)
+    with pytest.raises(train.GateError, match=r"champion m version 3 could not be loaded "
+                       r"\(MlflowException: .*503\).*run again once the registry") as error:
+        train.champion_auc("m", "3", None)  # type: ignore[arg-type]
+    assert "remove the alias" not in str(error.value)
+
+
 def test_a_champion_whose_run_is_gone_is_gated_on_the_whole_window(tmp_path: Path) -> None:
     """A version whose run was purged (or registered from another workspace) has no known
     training window: the gate uses its whole window instead of failing every retraining."""
@@ -934,10 +949,10 @@ def test_gate_promotes_better_refuses_worse_and_ties(
                        match=r"flight_disruption version 4 is registered and holds @challenger "
                              r".*failed: alerts table unreachable\. Do not run the train job"):
         train.run(spark, config, "after-decision", on_decided=unreachable,
-                  version_tags={"lakehouse.answers_alerts": "a1,a2"})
+                  version_tags={"lakehouse_answers_alerts": "a1,a2"})
     fourth = client.get_model_version_by_alias("flight_disruption", "challenger")
     # the caller's tags are set before the alias: the next run finds what this one answered
-    assert str(fourth.version) == "4" and fourth.tags["lakehouse.answers_alerts"] == "a1,a2"
+    assert str(fourth.version) == "4" and fourth.tags["lakehouse_answers_alerts"] == "a1,a2"
     audit = tables.read(spark, config, "audit").filter(F.col("run_id") == "after-decision")
     (row,) = audit.collect()
     assert row["status"] == "failed" and "version 4 is registered" in row["message"]

@@ -180,9 +180,17 @@ def trained_to(version: Any) -> str | None:
 
 
 def champion_auc(name: str, version: str, rows: DataFrame) -> float:
-    """The champion, loaded by version (resolved once), scored on the gate rows."""
+    """The champion, loaded by version (resolved once), scored on the gate rows. Its loading
+    failing (the registry or its artifact store not answering) says nothing about the model:
+    the error says to run again, not to give up the champion."""
     try:
         model = mlflow.spark.load_model(f"models:/{name}/{version}")
+    except Exception as error:
+        raise GateError(f"champion {name} version {version} could not be loaded "
+                        f"({type(error).__name__}: {str(error)[:300]}); the gate cannot "
+                        f"compare, nothing was registered: run again once the registry and its "
+                        f"artifact store answer") from error
+    try:
         return scored_histogram(model, rows).auc_roc()
     except Exception as error:
         raise GateError(f"champion {name} version {version} cannot score the gate window "
@@ -339,10 +347,16 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
                                           pip_requirements=model_requirements())
         version = str(info.registered_model_version)
         client = MlflowClient()
-        client.set_model_version_tag(name, version, registry.THRESHOLD_TAG,
-                                     str(result.threshold))
-        for key, value in (version_tags or {}).items():
-            client.set_model_version_tag(name, version, key, value)
+        tags = {registry.THRESHOLD_TAG: str(result.threshold), **(version_tags or {})}
+        try:
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version, key, value)
+        except Exception as error:
+            raise RuntimeError(
+                f"model {name} version {version} was registered, but setting its tags "
+                f"{sorted(tags)} failed ({type(error).__name__}: {str(error)[:300]}); it holds "
+                f"no alias and nothing scores with it: run the training again (the version "
+                f"can be deleted)") from error
         check_champion_unchanged(name, current, version)
         decided = (f"model version {version} ({result.family}), holdout AUC-ROC "
                    f"{result.holdout.auc_roc():.4f}, baseline {baseline.auc_roc():.4f}; gate on "
