@@ -635,14 +635,17 @@ def kafka_options(settings: dict[str, Any], fail_on_data_loss: bool = True) -> d
     """The Kafka source's options: settings' `options` as they are (kafka.security.protocol,
     kafka.sasl.*, ...), the servers, topic and offsets from the settings and the data-loss
     check from fail_on_data_loss (they win: no conf turns the check off for good), and
-    timeouts of about timeout_seconds unless `options` sets them itself."""
+    timeouts of about timeout_seconds and read_committed isolation unless `options` sets
+    them itself."""
     timeout_ms = int(float(settings.get("timeout_seconds", 10)) * 1000)
     options = client_options(settings, "options")
     request_ms = options.get("kafka.request.timeout.ms", str(timeout_ms))
     # Kafka's AdminClient refuses a default.api.timeout.ms below request.timeout.ms
     api_ms = str(max(timeout_ms, int(request_ms)))
+    # read_committed: a transactional producer's aborted records (and those of a transaction
+    # still open) are not events; Kafka's consumers read them all by default
     defaults = {"kafka.default.api.timeout.ms": api_ms, "kafka.request.timeout.ms": request_ms,
-                "fetchOffset.numRetries": "1"}
+                "fetchOffset.numRetries": "1", "kafka.isolation.level": "read_committed"}
     return {**defaults, **options,
             "kafka.bootstrap.servers": str(settings["bootstrap_servers"]),
             "subscribe": str(settings["topic"]),

@@ -113,9 +113,22 @@ def test_bronze_keeps_every_event_whole_with_its_kafka_coordinates(
     raw.produce("keep", key=b"y", value=b'{"flight": 1, "tailnum": "N\xff1"}')
     raw.produce("keep", key=b"\xff\x00\x00\x07", value=b'{"flight": 2}')  # an int's bytes
     assert raw.flush(30) == 0
+    # a transactional producer: an aborted transaction's records are no events (read
+    # committed); a committed one's land
+    transactional = Producer({"bootstrap.servers": broker.bootstrap_servers,
+                              "transactional.id": "lakehouse-test"})
+    transactional.init_transactions(30)
+    for outcome in ("aborted", "committed"):
+        transactional.begin_transaction()
+        transactional.produce("keep", key=b"t", value=f'{{"{outcome}": 1}}'.encode())
+        transactional.flush(30)
+        (transactional.abort_transaction if outcome == "aborted"
+         else transactional.commit_transaction)(30)
     counts = bronze.ingest(spark, config, events_source(config), "run-1")
     events = tables.read(spark, config, "bronze_flight_events")
-    total = sent["events"] + 3
+    assert events.filter(F.col("value").contains("aborted")).count() == 0
+    assert events.filter(F.col("value") == '{"committed": 1}').count() == 1
+    total = sent["events"] + 4
     assert counts.rows == events.count() == total and sent["duplicates"] > 0
     assert events.select("partition", "offset").distinct().count() == total
     assert events.select("_batch_id").distinct().count() >= 2  # a micro-batch is bounded
@@ -585,6 +598,9 @@ def test_the_kafka_sources_timeouts_yield_to_the_users_options() -> None:
     defaults = kafka_options(settings)
     assert defaults["kafka.request.timeout.ms"] == defaults["kafka.default.api.timeout.ms"] \
         == "5000"
+    assert defaults["kafka.isolation.level"] == "read_committed"
+    assert kafka_options({**settings, "options": {"kafka.isolation.level": "read_uncommitted"}})[
+        "kafka.isolation.level"] == "read_uncommitted"
     mine = kafka_options({**settings, "options": {
         "kafka.request.timeout.ms": "60000", "kafka.security.protocol": "SASL_SSL",
         "kafka.bootstrap.servers": "elsewhere:9092", "failOnDataLoss": "false"}})

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -222,6 +224,37 @@ def test_continuous_run_ingests_files_as_they_land(spark: SparkSession, tmp_path
     assert sorted(r["rows_in"] for r in audit.collect()) == [842, 943]  # a row per micro-batch
     each_record_once(spark, config)
 
+
+
+def test_a_source_failing_while_the_next_one_starts_fails_the_continuous_run(
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source whose query fails (a CSV without a header) while the next source's query is
+    still starting is not forgotten: the continuous run fails with its error, instead of going
+    on with the other sources while that one stays dead, its lock held."""
+    config = make_config(tmp_path, bronze={"continuous_interval": "1 second"})
+    landing = Path(config.landing)
+    seed(landing, date(2013, 1, 1), date(2013, 1, 1))
+    day = landing / "flights" / "flights_2013-01-01.csv"
+    day.write_text("\n".join(day.read_text().splitlines()[1:]) + "\n")
+    real = bronze.running
+    started: list[Any] = []
+
+    @contextlib.contextmanager
+    def next_starts_after_the_first_failed(*args: Any) -> Iterator[Any]:
+        if started:  # the next source starts once the first one's query has failed
+            deadline = time.monotonic() + 60
+            while started[0].isActive and time.monotonic() < deadline:
+                time.sleep(0.2)
+        with real(*args) as query:
+            started.append(query)
+            yield query
+
+    monkeypatch.setattr(bronze, "running", next_starts_after_the_first_failed)
+    give_up = time.monotonic() + 90
+    with pytest.raises(bronze.MissingHeaderError, match=r"flights_2013-01-01.csv"):
+        bronze.run_continuous(spark, config, "continuous",
+                              until=lambda: time.monotonic() > give_up, layout_check_s=600)
+    assert len(started) == 2 and not any(q.isActive for q in started)
 
 KILLED_CHILD = """
 import json, os, signal, sys

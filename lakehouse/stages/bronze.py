@@ -948,6 +948,10 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
         landed_uniquely(spark, config, source)
     checked = time.monotonic()
     clashes: dict[str, dict[str, list[str]]] = {s.name: {} for s in file_sources}
+    # before any query starts: a query failing while the next ones start stays terminated,
+    # so the loop's wait raises its error (reset after the starts, it would be forgotten and
+    # its source left dead, its lock held, while the others go on)
+    spark.streams.resetTerminated()
     with ExitStack() as stack:
         for source in sources(config):
 
@@ -957,7 +961,6 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
 
             batches = Batches(spark, config, source, run_id, on_batch=audit_micro_batch)
             stack.enter_context(running(spark, config, source, batches, interval))
-        spark.streams.resetTerminated()
         while not (until and until()):
             if spark.streams.awaitAnyTermination(1):  # raises a failed query's error
                 break
