@@ -7,10 +7,14 @@ promoted unchecked because the champion could not be looked up.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import posixpath
+import shutil
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlflow
@@ -19,6 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lakehouse.config import Config, is_url
+
+log = logging.getLogger("lakehouse.registry")
 
 # The user's MLFLOW_TRACKING_URI, read once: mlflow.set_tracking_uri() later writes this variable
 # itself, and a value it wrote must not pin every later config of this process to one store.
@@ -56,7 +62,40 @@ def spark_models_through_volume(config: Config) -> str | None:
         return None
     folder = posixpath.join(config.data_root, "tmp", "mlflow")
     os.environ["MLFLOW_DFS_TMP"] = folder
+    swept = sweep_model_copies(folder)
+    if swept:
+        log.info("MLflow's model copies: removed %d older than %s from %s", swept,
+                 MODEL_COPIES_KEPT, folder)
     return folder
+
+
+# How long a model copy MLflow's Spark flavor leaves in MLFLOW_DFS_TMP is kept: longer than any
+# job that may still read it (the bundle's tasks time out within two hours).
+MODEL_COPIES_KEPT = timedelta(days=2)
+
+
+def sweep_model_copies(folder: str, kept: timedelta = MODEL_COPIES_KEPT) -> int:
+    """Remove the copies of loaded models older than kept from folder; returns how many.
+    On Databricks, `mlflow.spark.load_model` copies the model into a new folder of
+    MLFLOW_DFS_TMP named by a UUID and never removes it (Spark may read it while the model is
+    in use), so a daily job loading two to four models would fill the volume. Only folders
+    named by a UUID are looked at (the rest of folder is not MLflow's)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # not there yet
+        return 0
+    cutoff = (datetime.now(UTC) - kept).timestamp()
+    removed = 0
+    for entry in entries:
+        try:
+            is_copy = entry.is_dir(follow_symlinks=False) and str(uuid.UUID(entry.name)) \
+                == entry.name
+        except ValueError:
+            continue
+        if is_copy and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += not os.path.exists(entry.path)
+    return removed
 
 
 def configure(config: Config) -> dict[str, Any]:

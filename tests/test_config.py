@@ -111,6 +111,29 @@ def test_spark_models_go_through_the_volume_not_the_dbfs_root_on_databricks(
     assert os.environ["MLFLOW_DFS_TMP"] == "/Volumes/x/y/z/mine"
 
 
+def test_model_copies_mlflow_leaves_in_the_volume_are_swept_after_two_days(
+        tmp_path: Path) -> None:
+    """mlflow.spark.load_model on Databricks copies the model into a UUID-named folder of
+    MLFLOW_DFS_TMP and never removes it: copies older than two days go; recent ones (a job may
+    be reading them) and anything not named by a UUID stay."""
+    import time
+    import uuid
+
+    from lakehouse.registry import sweep_model_copies
+
+    assert sweep_model_copies(str(tmp_path / "missing")) == 0
+    old, recent = (tmp_path / str(uuid.uuid4()) for _ in range(2))
+    mine = tmp_path / "notes"
+    for folder in (old, recent, mine):
+        (folder / "stages").mkdir(parents=True)
+        (folder / "stages" / "part-0").write_text("x")
+    three_days_ago = time.time() - 3 * 86400
+    for folder in (old, mine):
+        os.utime(folder, (three_days_ago, three_days_ago))
+    assert sweep_model_copies(str(tmp_path)) == 1
+    assert not old.exists() and recent.exists() and mine.exists()
+
+
 def test_a_placeholder_nothing_sets_is_named(tmp_path: Path) -> None:
     (tmp_path / "base.yml").write_text("tables:\n  audit: ${catalog}.ops.audit\n")
     (tmp_path / "uc.yml").write_text("{}\n")
