@@ -600,15 +600,28 @@ def read_text_files(spark: SparkSession, files: list[str]) -> DataFrame:
     return spark.read.format("text").load(_reader_paths(files)).select("value", "_metadata")
 
 
+def driver_path(uri: str, volumes_mounted: bool | None = None) -> str | None:
+    """The driver's own path of a landed file, when it has one: a file: URI, or a Unity
+    Catalog volume's file (dbfs:/Volumes/..., mounted at /Volumes on a Databricks driver)."""
+    parts = urlparse(uri)
+    if parts.scheme == "file":
+        return url2pathname(parts.path)
+    if parts.scheme == "dbfs" and not parts.netloc and parts.path.startswith("/Volumes/"):
+        mounted = os.path.isdir("/Volumes") if volumes_mounted is None else volumes_mounted
+        return url2pathname(parts.path) if mounted else None
+    return None
+
+
 def landed_bytes(spark: SparkSession, files: list[str]) -> Iterator[tuple[str, BinaryIO]]:
     """Each landed file's bytes as a stream, to count its records independently of Spark's
-    parsers: local files (file: URIs) from the driver's disk at disk speed, files on other
-    file systems through Spark's binaryFile source."""
+    parsers: files the driver can open (local ones, a volume's through its mount) read from
+    there, in chunks, whatever their size; files on other file systems through Spark's
+    binaryFile source (each whole in the driver's memory, under 2 GiB)."""
     remote = []
     for uri in files:
-        parts = urlparse(uri)
-        if parts.scheme == "file":
-            with open(url2pathname(parts.path), "rb") as stream:
+        path = driver_path(uri)
+        if path is not None:
+            with open(path, "rb") as stream:
                 yield uri, stream
         else:
             remote.append(uri)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -498,3 +499,35 @@ def test_a_checkpoint_has_logged_a_batch_once_its_offsets_log_names_one(
     assert not bronze.logged_batches(spark, config, "bronze_flights")
     (offsets / "0").write_text("v1")
     assert bronze.logged_batches(spark, config, "bronze_flights")
+
+
+def test_a_file_of_the_batch_left_unread_fails_it_and_a_volumes_files_are_opened_directly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file Spark's binaryFile source leaves out (spark.sql.files.ignoreMissingFiles) would
+    be neither read nor counted while the checkpoint takes it as ingested: the batch fails,
+    naming it. A Unity Catalog volume's files (dbfs:/Volumes/...) are opened through the
+    driver's /Volumes mount, in chunks, not loaded whole into the driver's memory."""
+    from lakehouse.bronze import BronzeAccountingError
+
+    landed = tmp_path / "a b.csv"
+    landed.write_text("year,month\n2013,1\n")
+    kept = landed.as_uri()
+    left_out = "s3a://bucket/landing/flights/flights_2013-01-02.csv"
+
+    def only_the_local_one(spark: object, files: list[str]) -> Iterator[tuple[str, object]]:
+        with open(landed, "rb") as stream:
+            yield kept, stream
+
+    monkeypatch.setattr(bronze.tables, "landed_bytes", only_the_local_one)
+    with pytest.raises(BronzeAccountingError, match=r"1 file\(s\) of the micro-batch could "
+                       r"not be read .*s3a://bucket/landing/flights/flights_2013-01-02.csv; "
+                       r"nothing was written"):
+        bronze.profiles(None, [kept, left_out], "csv")  # type: ignore[arg-type]
+    # the same file spelled file:/ by one and file:/// by the other is the same file
+    assert bronze.profiles(None, [f"file:{landed}"], "csv")[kept].records == 1  # type: ignore[arg-type]
+    volume = "dbfs:/Volumes/main/ops/files/landing/flights/day%201.csv"
+    assert tables.driver_path(volume, volumes_mounted=True) == (
+        "/Volumes/main/ops/files/landing/flights/day 1.csv")
+    assert tables.driver_path(volume, volumes_mounted=False) is None  # binaryFile then
+    assert tables.driver_path(left_out) is None
+    assert tables.driver_path(kept) == str(landed)

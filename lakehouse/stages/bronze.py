@@ -49,6 +49,7 @@ from lakehouse.bronze import (
     header_names,
     profile_landed,
     records_per_file,
+    same_file,
     with_event_lineage,
     with_lineage,
 )
@@ -174,9 +175,19 @@ class Counts:
 # --- reading landed files -------------------------------------------------------------------
 
 def profiles(spark: SparkSession, files: list[str], fmt: str) -> dict[str, LandedProfile]:
-    """Each landed file's records counted from its bytes (independently of Spark's readers)."""
-    return {uri: profile_landed(stream, csv_format=fmt == "csv")
-            for uri, stream in tables.landed_bytes(spark, files)}
+    """Each landed file's records counted from its bytes (independently of Spark's readers).
+    Every file of the batch must be read: one left out (Spark's binaryFile source skipping a
+    file, spark.sql.files.ignoreMissingFiles) would be neither read nor counted, and the
+    checkpoint would take it as ingested."""
+    found = {uri: profile_landed(stream, csv_format=fmt == "csv")
+             for uri, stream in tables.landed_bytes(spark, files)}
+    unread = sorted(set(map(same_file, files)) - set(map(same_file, found)))
+    if unread:
+        raise BronzeAccountingError(
+            f"{len(unread)} file(s) of the micro-batch could not be read to count their "
+            f"records: {', '.join(unread[:5])}; nothing was written (the run fails until they "
+            f"can be read, or are removed from the landing folder)")
+    return found
 
 
 def landed_rows(spark: SparkSession, source: str, settings: dict[str, Any],
