@@ -82,6 +82,18 @@ class Detail:
     version: int | None  # None unless asked for
 
 
+# What Delta and Spark raise for a table that is not there (DeltaTable.forPath/forName: every
+# one as DELTA_MISSING_DELTA_TABLE here, a path or name holding no Delta table too); any other
+# analysis error (a permission refused, a table feature this reader lacks) is raised.
+MISSING_TABLE = frozenset({"DELTA_MISSING_DELTA_TABLE", "TABLE_OR_VIEW_NOT_FOUND",
+                           "PATH_NOT_FOUND", "SCHEMA_NOT_FOUND"})
+
+
+def missing_table(error: AnalysisException) -> bool:
+    condition = error.getCondition()
+    return condition is None or condition in MISSING_TABLE
+
+
 def detail(spark: SparkSession, config: Config, name: str,
            with_version: bool = False) -> Detail | None:
     """The table's Delta id and properties (and latest version), None when it does not exist:
@@ -92,7 +104,9 @@ def detail(spark: SparkSession, config: Config, name: str,
         table = delta_table(spark, config, name)
         row = table.detail().select("id", "properties").first()
         latest = table.history(1).select("version").first() if with_version else None
-    except AnalysisException:
+    except AnalysisException as error:
+        if not missing_table(error):
+            raise
         return None
     if row is None:
         return None
@@ -104,7 +118,9 @@ def version(spark: SparkSession, config: Config, name: str) -> int | None:
     """The table's latest Delta version, or None when it does not exist yet."""
     try:
         row = delta_table(spark, config, name).history(1).select("version").first()
-    except AnalysisException:
+    except AnalysisException as error:
+        if not missing_table(error):
+            raise
         return None
     return None if row is None else int(row[0])
 

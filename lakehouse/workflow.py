@@ -12,7 +12,6 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from delta.exceptions import base as delta_conflicts
 from mlflow.exceptions import MlflowException
 from pyspark.errors import (
     AnalysisException,
@@ -50,31 +49,24 @@ PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError,
                     DateTimeException, NumberFormatException, IllegalArgumentException,
                     UnsupportedOperationException)
 # How Spark's checkpoint and Delta's transaction check report a second writer of one stream
-# (where no lock was taken, e.g. a checkpoint on S3): the same overlap, found later. And
-# Delta's optimistic-concurrency conflicts (a concurrent append, delete, metadata or protocol
-# change won the commit: DELTA_CONCURRENT_APPEND, _DELETE_READ, _DELETE_DELETE, _WRITE):
-# another run of the job is writing the same table, which a retry would race again. Delta's
-# Python classes of them (delta.exceptions) are matched first; the text, where one arrives
-# wrapped (a streaming query's failure, a re-raise). Not java.util's
-# ConcurrentModificationException by name: Delta's classes extend it, but so does a JVM
-# collection iterated while modified, a race inside Spark that a retry is right to try again.
-DELTA_CONFLICTS = (delta_conflicts.DeltaConcurrentModificationException,
-                   delta_conflicts.ConcurrentWriteException,
-                   delta_conflicts.MetadataChangedException,
-                   delta_conflicts.ProtocolChangedException,
-                   delta_conflicts.ConcurrentAppendException,
-                   delta_conflicts.ConcurrentDeleteReadException,
-                   delta_conflicts.ConcurrentDeleteDeleteException,
-                   delta_conflicts.ConcurrentTransactionException)
+# (where no lock was taken, e.g. a checkpoint on S3) or a second start of one query
+# (CONCURRENT_QUERY): the same overlap, found later. And Delta's optimistic-concurrency
+# conflicts (a concurrent append, delete, metadata or protocol change won the commit:
+# DELTA_CONCURRENT_APPEND, _DELETE_READ, _DELETE_DELETE, _WRITE, _TRANSACTION): another run of
+# the job is writing the same table, which a retry would race again. Matched by text: PySpark
+# shows Delta's errors as their Java class and error class (delta.exceptions' Python classes
+# are installed by no import this job makes), and a streaming query's failure wraps them. Not
+# java.util's ConcurrentModificationException by name: Delta's classes extend it, but so does
+# a JVM collection modified while iterated, a race inside Spark that a retry may get past.
 CONCURRENT_WRITERS = ("DeltaConcurrentModificationException", "ConcurrentTransactionException",
-                      "CONCURRENT_STREAM_LOG_UPDATE", "DELTA_CONCURRENT_",
+                      "CONCURRENT_STREAM_LOG_UPDATE", "CONCURRENT_QUERY", "DELTA_CONCURRENT_",
                       "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
                       "Multiple streaming queries are concurrently using")
 
 
 def is_permanent(error: BaseException) -> bool:
     """Whether retrying a stage that failed with error cannot help (or could do harm)."""
-    return isinstance(error, PERMANENT_ERRORS + DELTA_CONFLICTS) or any(
+    return isinstance(error, PERMANENT_ERRORS) or any(
         marker in str(error) for marker in CONCURRENT_WRITERS)
 
 

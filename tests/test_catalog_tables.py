@@ -81,3 +81,36 @@ def test_catalog_tables_take_idempotent_appends_tags_merges_and_properties(
     assert tables.rows_unchanged(spark, config, "silver_flights",
                                  tables.version(spark, config, "silver_flights") - 1,
                                  tables.version(spark, config, "silver_flights"))
+
+
+def test_only_a_table_not_there_reads_as_missing(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """Delta's 'not a Delta table' (a path or name holding none) reads as missing; another
+    analysis error, e.g. Unity Catalog refusing the read, is raised, not taken for 'no table
+    yet' (which would send a job down its first-run path)."""
+    from pyspark.errors import AnalysisException
+
+    from tests.conftest import make_config
+
+    class Refused(AnalysisException):
+        def __init__(self, condition: str) -> None:
+            super().__init__(message=f"[{condition}] ...")
+            self.condition = condition
+
+        def getCondition(self) -> str:
+            return self.condition
+
+    config = make_config(tmp_path)
+    for condition, missing in (("DELTA_MISSING_DELTA_TABLE", True),
+                               ("TABLE_OR_VIEW_NOT_FOUND", True),
+                               ("INSUFFICIENT_PERMISSIONS", False)):
+        def refused(*args: object, condition: str = condition) -> None:
+            raise Refused(condition)
+
+        monkeypatch.setattr(tables, "delta_table", refused)
+        for read in (tables.version, tables.detail, tables.table_id):
+            if missing:
+                assert read(None, config, "audit") is None  # type: ignore[arg-type]
+            else:
+                with pytest.raises(Refused):
+                    read(None, config, "audit")  # type: ignore[arg-type]

@@ -238,10 +238,8 @@ def test_the_workflow_retries_only_what_is_transient() -> None:
                  RuntimeError("io.delta.exceptions.MetadataChangedException: "
                               "[DELTA_METADATA_CHANGED] MetadataChangedException: The metadata "
                               "of the Delta table has been changed by a concurrent update.")]
-    # Delta's conflict as its Python class (classic and Connect clients' extend these)
-    from delta.exceptions import base as delta_conflicts
-    permanent += [delta_conflicts.ConcurrentAppendException(message="concurrent update"),
-                  delta_conflicts.ProtocolChangedException(message="protocol changed"),
+    permanent += [RuntimeError("[CONCURRENT_QUERY] Another instance of this query was just "
+                               "started by a concurrent session."),
                   RuntimeError("java.util.ConcurrentModificationException: Multiple streaming "
                                "queries are concurrently using file:/checkpoint/offsets")]
     transient = [OSError("Connection reset by peer"),
