@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import registry, tables, workflow
 from lakehouse.alert_rules import rules_from_conf
-from lakehouse.config import Config
+from lakehouse.config import Config, deep_merge
 from lakehouse.dag import failed
 from lakehouse.monitoring import end_of_day
 from lakehouse.replay_report import DayOutcome, DriftRule, picture, report
@@ -98,7 +99,8 @@ def replay_day(spark: SparkSession, config: Config, day: date) -> DayOutcome:
     """Land day and run the daily workflow for it, as of the end of that day. Scored and
     monitored from `latest` to day, as a scheduled run is: an earlier day whose score or
     monitor task failed (past its retries) is scored or monitored again by the next day's run,
-    at most `score.catch_up_days` back (`workflow.resolved`)."""
+    at most `score.catch_up_days` back (`workflow.resolved`; `replay` keeps that window inside
+    the replayed days)."""
     started = time.monotonic()
     seed(local_dir(config.landing, "landing"), day, day)
     results = workflow.run_daily(spark, config, (workflow.LATEST, day.isoformat()),
@@ -144,8 +146,12 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
         log.info("replay: first champion v%s (%s), holdout AUC-ROC %.4f", first["version"],
                  first["family"], first["holdout"]["auc_roc"])
     outcomes = []
+    catch_up = int(config.section("score").get("catch_up_days", 7))
     for day in wanted:
-        outcome = replay_day(spark, config, day)
+        # `from: latest` catches up at most score.catch_up_days back; here no further back
+        # than start: a data root an earlier run scored and monitored holds days before it
+        outcome = replay_day(spark, replace(config, values=deep_merge(config.values, {
+            "score": {"catch_up_days": min(catch_up, (day - start).days + 1)}})), day)
         outcomes.append(outcome)
         log.info("replay %s: %s; champion v%s; %d alert(s)%s in %.0f s", day,
                  ", ".join(f"{k} {v}" for k, v in outcome.statuses.items()), outcome.champion,

@@ -21,7 +21,7 @@ from pyspark.errors import (
     NumberFormatException,
     UnsupportedOperationException,
 )
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import registry, tables
@@ -145,11 +145,20 @@ def last_day(spark: SparkSession, config: Config) -> str:
     return str(last.isoformat())
 
 
+def _own_rows(spark: SparkSession, config: Config, table: str) -> DataFrame | None:
+    """The rows of conf's model name in delay_predictions or model_monitoring (another model
+    scored or monitored on the same tables has its own days), None before the table exists."""
+    if not tables.exists(spark, config, table):
+        return None
+    return tables.read(spark, config, table).filter(
+        F.col("model_name") == config.section("mlflow")["model_name"])
+
+
 def _first_undone(spark: SparkSession, config: Config, step: str, end: date) -> date:
     table, column = DONE_DATE[step]
-    done = (tables.scalar(tables.read(spark, config, table).filter(F.col(column) <= F.lit(end))
-                          .agg(F.max(column)))
-            if tables.exists(spark, config, table) else None)
+    rows = _own_rows(spark, config, table)
+    done = (tables.scalar(rows.filter(F.col(column) <= F.lit(end)).agg(F.max(column)))
+            if rows is not None else None)
     if done is None:
         return end
     days = int(config.section("score").get("catch_up_days", 7))
@@ -166,26 +175,33 @@ def _first_undone(spark: SparkSession, config: Config, step: str, end: date) -> 
 
 def late_from(spark: SparkSession, config: Config, score_range: tuple[str, str], start: str,
               end: str) -> str | None:
-    """With `from: latest`, the earliest day before start, within `score.catch_up_days` of end,
-    that was scored (holds rows in delay_predictions) and holds a silver flight without any
-    row there (a flight landed after its day was scored); None when there is none (one small
-    anti-join). A day never scored is not caught up here: `from: latest` starts after the last
-    day scored, and the days before the first one scored (a replay's bootstrap, scoring begun
-    on a fixed date) are not the schedule's to score."""
-    if score_range[0] != LATEST or not tables.exists(spark, config, "delay_predictions"):
+    """With `from: latest`, the earliest day before start, within `score.catch_up_days` of end
+    and not before the first day conf's model scored, holding a silver flight without a row
+    of that model in delay_predictions (a flight landed after its day was scored, or a day
+    that had no flight when it was scored); None when there is none (one small anti-join).
+    The days before the first one scored (a replay's bootstrap, scoring begun on a fixed
+    date) are not the schedule's to score."""
+    scored = _own_rows(spark, config, "delay_predictions")
+    if score_range[0] != LATEST or scored is None:
         return None
     days = int(config.section("score").get("catch_up_days", 7))
     first = date.fromisoformat(end) - timedelta(days=days - 1)
     last = date.fromisoformat(start) - timedelta(days=1)
     if first > last:
         return None
+    # the first day scored, when it lies inside the window: a row before the window says not
+    # (Delta's file statistics skip the rest), else the window's own earliest day scored
+    if not scored.filter(F.col("flight_date") < F.lit(first)).limit(1).count():
+        began: date | None = tables.scalar(scored.transform(between(
+            first.isoformat(), last.isoformat())).agg(F.min("flight_date")))
+        if began is None:
+            return None  # nothing scored before start: no day to catch up on
+        first = max(first, began)
     window = between(first.isoformat(), last.isoformat())
-    held = (tables.read(spark, config, "delay_predictions").transform(window)
-            .select("flight_id", "flight_date"))
+    held = scored.transform(window).select("flight_id")
     found: date | None = tables.scalar(
         tables.read(spark, config, "silver_flights").transform(window)
-        .join(held.select("flight_date").distinct(), "flight_date", "left_semi")
-        .join(held.select("flight_id"), "flight_id", "left_anti").agg(F.min("flight_date")))
+        .join(held, "flight_id", "left_anti").agg(F.min("flight_date")))
     if found is not None:
         log.info("score: flights of %s or later landed after their day was scored: scoring "
                  "them too", found)

@@ -26,6 +26,7 @@ from lakehouse.stages import monitor, score
 from tests import snapshot
 from tests.conftest import make_config
 
+MODEL = "flight_disruption"  # conf's mlflow.model_name
 RULES = {"feature_drift": {"metric": "mean_shift", "above": 2.0, "persist_days": 2,
                            "retrain": True},
          "quality_drop": {"below_training_by": 0.05, "persist_days": 1, "retrain": True}}
@@ -507,7 +508,8 @@ def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
     # monitor resolves when it runs: the day landed after the DAG was built
     assert tasks["monitor"].run()["day"] == "2013-12-04"
     # a step that fell behind catches up: from the day after the last one it recorded
-    monitored = spark.createDataFrame([(date(2013, 12, 1),)], "monitored_date date")
+    monitored = spark.createDataFrame([(date(2013, 12, 1), MODEL)],
+                                      "monitored_date date, model_name string")
     tables.overwrite(monitored, config, "model_monitoring")
     assert tasks["monitor"].run()["days"] == ["2013-12-02", "2013-12-03", "2013-12-04"]
     # a fixed `from` is where scoring starts: the monitor watches the last day, even one
@@ -516,12 +518,15 @@ def test_latest_score_dates_resolve_to_silvers_last_flight_date_when_needed(
         "2013-12-03"]
     assert workflow.monitor_range(spark, config, "r", ("2013-12-01", "latest"))["days"] == [
         "2013-12-04"]
-    scored = spark.createDataFrame([(date(2013, 12, 1),)], "flight_date date")
+    # another model scored on the same table: its days are not this model's
+    scored = spark.createDataFrame([(date(2013, 12, 1), MODEL), (date(2013, 12, 3), "other")],
+                                   "flight_date date, model_name string")
     tables.overwrite(scored, config, "delay_predictions")
     assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-02", "2013-12-04")
     capped = make_config(tmp_path, score={"from": "latest", "to": "latest", "catch_up_days": 2})
     assert workflow.resolved(spark, capped, ("latest", "latest")) == ("2013-12-03", "2013-12-04")
-    tables.append(spark.createDataFrame([(date(2013, 12, 4),)], "flight_date date"), config,
+    tables.append(spark.createDataFrame([(date(2013, 12, 4), MODEL)],
+                                        "flight_date date, model_name string"), config,
                   "delay_predictions")  # up to date: the end day again (a rerun changes nothing)
     assert workflow.resolved(spark, config, ("latest", "latest")) == ("2013-12-04", "2013-12-04")
     with pytest.raises(ValueError, match=r"from 2013-12-05 is after to 2013-12-04"):
@@ -541,7 +546,8 @@ def test_the_monitor_waits_for_a_day_to_end(spark: SparkSession, tmp_path: Path)
                      "silver_flights")
     latest = ("latest", "latest")
     assert workflow.monitor_range(spark, config, "r", latest)["days"] == [str(days[1])]
-    tables.overwrite(spark.createDataFrame([(days[0],)], "monitored_date date"), config,
+    tables.overwrite(spark.createDataFrame([(days[0], MODEL)],
+                                           "monitored_date date, model_name string"), config,
                      "model_monitoring")
     assert workflow.monitor_days(spark, config, latest) == [str(days[1])]
     # a fixed `to` that has not ended yet: the last day that has
@@ -568,7 +574,7 @@ def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
     flights = spark.createDataFrame([(f"f{d.day}", d) for d in dates],
                                     "flight_id string, flight_date date")
     tables.overwrite(flights, config, "silver_flights")
-    tables.overwrite(flights, config, "delay_predictions")
+    tables.overwrite(flights.withColumn("model_name", F.lit(MODEL)), config, "delay_predictions")
     assert workflow.resolved(spark, config, latest) == ("2013-12-04", "2013-12-04")
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
     late = spark.createDataFrame([("f2b", date(2013, 12, 2))], "flight_id string, flight_date date")
@@ -581,13 +587,20 @@ def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
     capped = make_config(tmp_path, score={"from": "latest", "to": "latest", "catch_up_days": 2})
     assert workflow.late_from(spark, capped, latest, "2013-12-04", "2013-12-04") is None
     # an unscorable row (a flight recorded with the reason) is a row: nothing is late
-    tables.append(late, config, "delay_predictions")
+    tables.append(late.withColumn("model_name", F.lit(MODEL)), config, "delay_predictions")
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
     # a day never scored (before the first day scored: a replay's bootstrap days) is not late
     before = spark.createDataFrame([("f30", date(2013, 11, 30))],
                                    "flight_id string, flight_date date")
     tables.append(before, config, "silver_flights")
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
+    # a day after the first one scored that had no flight when it was scored (the 2nd: no row
+    # of this model; another model's rows hold none of its) is caught up once its flights land
+    tables.overwrite(spark.createDataFrame(
+        [("f1", dates[0], MODEL), ("f3", dates[2], MODEL), ("f4", dates[3], MODEL),
+         ("f2", dates[1], "other"), ("f2b", dates[1], "other")],
+        "flight_id string, flight_date date, model_name string"), config, "delay_predictions")
+    assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") == "2013-12-02"
 
 
 def quality_only(persist_days: int) -> dict[str, Any]:

@@ -151,11 +151,13 @@ def test_each_replayed_day_scores_and_monitors_from_latest(
     from tests.conftest import make_config
 
     calls: list[tuple[tuple[str, str], Any]] = []
+    catch_up: list[int] = []
     failing = {date(2013, 11, 2): "failed", date(2013, 11, 3): "upstream_failed"}
 
     def run_daily(spark: Any, config: Any, score_range: tuple[str, str],
                   as_of: Any = None) -> dict[str, Any]:
         calls.append((score_range, as_of))
+        catch_up.append(config.section("score")["catch_up_days"])
         day = date.fromisoformat(score_range[1])
         return {"tasks": {"score": SimpleNamespace(status=failing.get(day, "succeeded"))}}
 
@@ -173,3 +175,6 @@ def test_each_replayed_day_scores_and_monitors_from_latest(
     assert failures == 1  # the failed task (the one stopped by it is not counted)
     assert calls == [(("latest", f"2013-11-0{d}"),
                       end_of_day(date(2013, 11, d), "America/New_York")) for d in (1, 2, 3)]
+    # caught up no further back than the replay's first day (a data root an earlier run
+    # scored holds days before it): conf's 7 days, cut to the days replayed so far
+    assert catch_up == [1, 2, 3]

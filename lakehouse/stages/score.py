@@ -365,18 +365,13 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
         first = new_from if late and new_from else start
         late_ids: list[str] = []
         if late:
-            # the silver flights of the days before new_from that were scored but hold no row
-            # of theirs yet (a handful: flights landed after their day was scored), listed
-            # before the write adds theirs; a day never scored is not scored here (as
-            # workflow.late_from)
+            # the silver flights of the days before new_from that hold no row yet (a handful:
+            # flights landed after their day was scored), listed before the write adds theirs
             earlier = F.col("flight_date") < F.lit(new_from).cast("date")
-            rows_before = (tables.read(spark, config, "delay_predictions").filter(window)
-                           .filter(earlier).select("flight_id", "flight_date"))
+            held_ids = (tables.read(spark, config, "delay_predictions").filter(window)
+                        .filter(earlier).select("flight_id"))
             late_ids = [r[0] for r in flights.filter(earlier)
-                        .join(rows_before.select("flight_date").distinct(), "flight_date",
-                              "left_semi")
-                        .join(rows_before.select("flight_id"), "flight_id", "left_anti")
-                        .select("flight_id").collect()]
+                        .join(held_ids, "flight_id", "left_anti").select("flight_id").collect()]
             features, flights = (df.filter(~earlier | F.col("flight_id").isin(late_ids))
                                  for df in (features, flights))
         whole = f"flight_date BETWEEN DATE'{first}' AND DATE'{end}'"
