@@ -79,7 +79,8 @@ def sweep_model_copies(folder: str, kept: timedelta = MODEL_COPIES_KEPT) -> int:
     On Databricks, `mlflow.spark.load_model` copies the model into a new folder of
     MLFLOW_DFS_TMP named by a UUID and never removes it (Spark may read it while the model is
     in use), so a daily job loading two to four models would fill the volume. Only folders
-    named by a UUID are looked at (the rest of folder is not MLflow's)."""
+    named by a UUID are looked at (the rest of folder is not MLflow's), aged by their newest
+    file (one being written, a model saved or copied now, is recent)."""
     try:
         entries = list(os.scandir(folder))
     except OSError:  # not there yet
@@ -92,10 +93,19 @@ def sweep_model_copies(folder: str, kept: timedelta = MODEL_COPIES_KEPT) -> int:
                 == entry.name
         except ValueError:
             continue
-        if is_copy and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+        newest = _newest_file(entry.path) if is_copy else None
+        if newest is not None and newest < cutoff:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += not os.path.exists(entry.path)
     return removed
+
+
+def _newest_file(folder: str) -> float | None:
+    """The latest modification time of the files under folder, None when it holds none (a
+    copy being made; and a volume's FUSE mount may not keep folders' own times)."""
+    times = [os.stat(os.path.join(root, name)).st_mtime
+             for root, _, names in os.walk(folder) for name in names]
+    return max(times, default=None)
 
 
 def configure(config: Config) -> dict[str, Any]:

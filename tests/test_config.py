@@ -122,16 +122,20 @@ def test_model_copies_mlflow_leaves_in_the_volume_are_swept_after_two_days(
     from lakehouse.registry import sweep_model_copies
 
     assert sweep_model_copies(str(tmp_path / "missing")) == 0
-    old, recent = (tmp_path / str(uuid.uuid4()) for _ in range(2))
+    old, recent, written, empty = (tmp_path / str(uuid.uuid4()) for _ in range(4))
     mine = tmp_path / "notes"
-    for folder in (old, recent, mine):
+    for folder in (old, recent, written, mine):
         (folder / "stages").mkdir(parents=True)
         (folder / "stages" / "part-0").write_text("x")
+    empty.mkdir()
     three_days_ago = time.time() - 3 * 86400
-    for folder in (old, mine):
-        os.utime(folder, (three_days_ago, three_days_ago))
+    # aged by their files, not the folders' own times (which a volume's mount may not keep)
+    for path in (old, old / "stages", old / "stages" / "part-0", mine / "stages" / "part-0",
+                 written / "stages" / "part-0", recent, empty):
+        os.utime(path, (three_days_ago, three_days_ago))
+    (written / "stages" / "part-1").write_text("x")  # a copy still being written
     assert sweep_model_copies(str(tmp_path)) == 1
-    assert not old.exists() and recent.exists() and mine.exists()
+    assert not old.exists() and all(p.exists() for p in (recent, written, empty, mine))
 
 
 def test_a_placeholder_nothing_sets_is_named(tmp_path: Path) -> None:

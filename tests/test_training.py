@@ -21,6 +21,7 @@ import pyarrow
 import pyspark
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -255,6 +256,14 @@ def test_a_champion_the_registry_cannot_load_fails_the_gate_without_advising_its
                        r"\(MlflowException: .*503\).*run again once the registry") as error:
         train.champion_auc("m", "3", None)  # type: ignore[arg-type]
     assert "remove the alias" not in str(error.value)
+
+    def deleted(uri: str) -> Any:  # the version (or its files) deleted: running again won't do
+        raise MlflowException("Model Version (name=m, version=3) not found",
+                              error_code=RESOURCE_DOES_NOT_EXIST)
+
+    monkeypatch.setattr(mlflow.spark, "load_model", deleted)
+    with pytest.raises(train.GateError, match=r"no longer holds it .* remove the alias m@champion"):
+        train.champion_auc("m", "3", None)  # type: ignore[arg-type]
 
 
 def test_a_champion_whose_run_is_gone_is_gated_on_the_whole_window(tmp_path: Path) -> None:

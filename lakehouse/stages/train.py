@@ -186,10 +186,14 @@ def champion_auc(name: str, version: str, rows: DataFrame) -> float:
     try:
         model = mlflow.spark.load_model(f"models:/{name}/{version}")
     except Exception as error:
+        gone = isinstance(error, MlflowException) and error.error_code == "RESOURCE_DOES_NOT_EXIST"
         raise GateError(f"champion {name} version {version} could not be loaded "
                         f"({type(error).__name__}: {str(error)[:300]}); the gate cannot "
-                        f"compare, nothing was registered: run again once the registry and its "
-                        f"artifact store answer") from error
+                        f"compare, nothing was registered: "
+                        + (f"the registry no longer holds it or its model files; if so, remove "
+                           f"the alias {name}@{registry.CHAMPION} so the new model takes it"
+                           if gone else "run again once the registry and its artifact store "
+                           "answer")) from error
     try:
         return scored_histogram(model, rows).auc_roc()
     except Exception as error:
