@@ -185,8 +185,8 @@ def profiles(spark: SparkSession, files: list[str], fmt: str) -> dict[str, Lande
     if unread:
         raise BronzeAccountingError(
             f"{len(unread)} file(s) of the micro-batch could not be read to count their "
-            f"records: {', '.join(unread[:5])}; nothing was written (the run fails until they "
-            f"can be read, or are removed from the landing folder)")
+            f"records: {', '.join(unread[:5])}; nothing was written (every rerun reads the "
+            f"micro-batch again)")
     return found
 
 
