@@ -101,11 +101,20 @@ def sweep_model_copies(folder: str, kept: timedelta = MODEL_COPIES_KEPT) -> int:
 
 
 def _newest_file(folder: str) -> float | None:
-    """The latest modification time of the files under folder, None when it holds none (a
-    copy being made; and a volume's FUSE mount may not keep folders' own times)."""
-    times = [os.stat(os.path.join(root, name)).st_mtime
-             for root, _, names in os.walk(folder) for name in names]
-    return max(times, default=None)
+    """When anything under folder last changed: its files' latest modification or status
+    change (a copy keeps its source's modification time, not its status change time); with no
+    file, the folder's own (None when the mount does not keep it: kept). A file another
+    sweeper removed meanwhile is skipped."""
+    def changed(path: str) -> float | None:
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return max(found.st_mtime, found.st_ctime) or None
+
+    times = [t for root, _, names in os.walk(folder) for name in names
+             if (t := changed(os.path.join(root, name))) is not None]
+    return max(times) if times else changed(folder)
 
 
 def configure(config: Config) -> dict[str, Any]:

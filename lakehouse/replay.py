@@ -95,15 +95,18 @@ def champion_version(config: Config) -> str | None:
     return str(found.version) if found is not None else None
 
 
-def replay_day(spark: SparkSession, config: Config, day: date) -> DayOutcome:
+def replay_day(spark: SparkSession, config: Config, day: date,
+               first: date | None = None) -> DayOutcome:
     """Land day and run the daily workflow for it, as of the end of that day. Scored and
     monitored from `latest` to day, as a scheduled run is: an earlier day whose score or
     monitor task failed (past its retries) is scored or monitored again by the next day's run,
     at most `score.catch_up_days` back (`workflow.resolved`; `replay` keeps that window inside
-    the replayed days)."""
+    the replayed days). first: score from that day instead (`from: latest` starts at the day
+    itself while nothing was scored: the replay's first days, until one scores)."""
     started = time.monotonic()
     seed(local_dir(config.landing, "landing"), day, day)
-    results = workflow.run_daily(spark, config, (workflow.LATEST, day.isoformat()),
+    results = workflow.run_daily(spark, config, (first.isoformat() if first else workflow.LATEST,
+                                                 day.isoformat()),
                                  as_of=end_of_day(day, config.section("gold")["home_timezone"]))
     tasks = results["tasks"]
     watched = results.get("monitor")
@@ -147,12 +150,16 @@ def replay(spark: SparkSession, config: Config, start: date, end: date,
                  first["family"], first["holdout"]["auc_roc"])
     outcomes = []
     catch_up = int(config.section("score").get("catch_up_days", 7))
+    scored = False  # whether a replayed day's score (or rescore) task succeeded yet
     for day in wanted:
         # `from: latest` catches up at most score.catch_up_days back; here no further back
         # than start: a data root an earlier run scored and monitored holds days before it
         outcome = replay_day(spark, replace(config, values=deep_merge(config.values, {
-            "score": {"catch_up_days": min(catch_up, (day - start).days + 1)}})), day)
+            "score": {"catch_up_days": min(catch_up, (day - start).days + 1)}})), day,
+            None if scored else start)
         outcomes.append(outcome)
+        scored = scored or "succeeded" in (outcome.statuses.get("score"),
+                                           outcome.statuses.get("rescore"))
         log.info("replay %s: %s; champion v%s; %d alert(s)%s in %.0f s", day,
                  ", ".join(f"{k} {v}" for k, v in outcome.statuses.items()), outcome.champion,
                  len(outcome.alerts), "; retrained" if outcome.retrained else "",

@@ -52,7 +52,9 @@ def exists(spark: SparkSession, config: Config, name: str) -> bool:
     # schema's analysis (on the server there) is what raises for a missing table
     try:
         DeltaTable.forPath(spark, location).toDF().schema  # noqa: B018
-    except AnalysisException:
+    except AnalysisException as error:
+        if not missing_table(error):
+            raise
         return False
     return True
 
@@ -91,7 +93,9 @@ MISSING_TABLE = frozenset({"DELTA_MISSING_DELTA_TABLE", "TABLE_OR_VIEW_NOT_FOUND
 
 def missing_table(error: AnalysisException) -> bool:
     condition = error.getCondition()
-    return condition is None or condition in MISSING_TABLE
+    if condition is None:  # a client or server that sends no error class: Delta's text
+        return "is not a Delta table" in str(error)
+    return condition in MISSING_TABLE
 
 
 def detail(spark: SparkSession, config: Config, name: str,

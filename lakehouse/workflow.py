@@ -176,13 +176,15 @@ def _first_undone(spark: SparkSession, config: Config, step: str, end: date) -> 
 def late_from(spark: SparkSession, config: Config, score_range: tuple[str, str], start: str,
               end: str) -> str | None:
     """With `from: latest`, the earliest day before start, within `score.catch_up_days` of end
-    and not before the first day conf's model scored, holding a silver flight without a row
-    of that model in delay_predictions (a flight landed after its day was scored, or a day
-    that had no flight when it was scored); None when there is none (one small anti-join).
-    The days before the first one scored (a replay's bootstrap, scoring begun on a fixed
-    date) are not the schedule's to score."""
+    and not before the first day conf's model scored, holding a silver flight without a row in
+    delay_predictions (a flight landed after its day was scored, or a day that had no flight
+    when it was scored; a row of any model, as the score job's late pass counts them); None
+    when there is none (one small anti-join). The days before the first one scored (a
+    replay's bootstrap, scoring begun on a fixed date) are not the schedule's to score."""
+    if score_range[0] != LATEST:
+        return None
     scored = _own_rows(spark, config, "delay_predictions")
-    if score_range[0] != LATEST or scored is None:
+    if scored is None:
         return None
     days = int(config.section("score").get("catch_up_days", 7))
     first = date.fromisoformat(end) - timedelta(days=days - 1)
@@ -198,7 +200,7 @@ def late_from(spark: SparkSession, config: Config, score_range: tuple[str, str],
             return None  # nothing scored before start: no day to catch up on
         first = max(first, began)
     window = between(first.isoformat(), last.isoformat())
-    held = scored.transform(window).select("flight_id")
+    held = tables.read(spark, config, "delay_predictions").transform(window).select("flight_id")
     found: date | None = tables.scalar(
         tables.read(spark, config, "silver_flights").transform(window)
         .join(held, "flight_id", "left_anti").agg(F.min("flight_date")))

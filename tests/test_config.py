@@ -114,28 +114,34 @@ def test_spark_models_go_through_the_volume_not_the_dbfs_root_on_databricks(
 def test_model_copies_mlflow_leaves_in_the_volume_are_swept_after_two_days(
         tmp_path: Path) -> None:
     """mlflow.spark.load_model on Databricks copies the model into a UUID-named folder of
-    MLFLOW_DFS_TMP and never removes it: copies older than two days go; recent ones (a job may
-    be reading them) and anything not named by a UUID stay."""
+    MLFLOW_DFS_TMP and never removes it: copies whose files last changed longer ago than the
+    time kept (two days in the jobs; a second here) go; a copy just made (copy2 keeps its
+    source's modification time, not its status change time), one still being written, and
+    anything not named by a UUID stay."""
+    import shutil
     import time
     import uuid
+    from datetime import timedelta
 
-    from lakehouse.registry import sweep_model_copies
+    from lakehouse.registry import MODEL_COPIES_KEPT, sweep_model_copies
 
+    assert MODEL_COPIES_KEPT == timedelta(days=2)
     assert sweep_model_copies(str(tmp_path / "missing")) == 0
-    old, recent, written, empty = (tmp_path / str(uuid.uuid4()) for _ in range(4))
+    old, written, empty, copied, recent = (tmp_path / str(uuid.uuid4()) for _ in range(5))
     mine = tmp_path / "notes"
-    for folder in (old, recent, written, mine):
+    for folder in (old, written, mine):
         (folder / "stages").mkdir(parents=True)
         (folder / "stages" / "part-0").write_text("x")
     empty.mkdir()
-    three_days_ago = time.time() - 3 * 86400
-    # aged by their files, not the folders' own times (which a volume's mount may not keep)
-    for path in (old, old / "stages", old / "stages" / "part-0", mine / "stages" / "part-0",
-                 written / "stages" / "part-0", recent, empty):
-        os.utime(path, (three_days_ago, three_days_ago))
+    time.sleep(1.5)
     (written / "stages" / "part-1").write_text("x")  # a copy still being written
-    assert sweep_model_copies(str(tmp_path)) == 1
-    assert not old.exists() and all(p.exists() for p in (recent, written, empty, mine))
+    copied.mkdir()
+    shutil.copy2(old / "stages" / "part-0", copied / "part-0")
+    (recent / "stages").mkdir(parents=True)
+    (recent / "stages" / "part-0").write_text("x")
+    assert sweep_model_copies(str(tmp_path), kept=timedelta(seconds=1)) == 2
+    assert not old.exists() and not empty.exists()
+    assert all(p.exists() for p in (written, copied, recent, mine))
 
 
 def test_a_placeholder_nothing_sets_is_named(tmp_path: Path) -> None:

@@ -152,7 +152,8 @@ def test_each_replayed_day_scores_and_monitors_from_latest(
 
     calls: list[tuple[tuple[str, str], Any]] = []
     catch_up: list[int] = []
-    failing = {date(2013, 11, 2): "failed", date(2013, 11, 3): "upstream_failed"}
+    failing = {date(2013, 11, 1): "failed", date(2013, 11, 3): "failed",
+               date(2013, 11, 4): "upstream_failed"}
 
     def run_daily(spark: Any, config: Any, score_range: tuple[str, str],
                   as_of: Any = None) -> dict[str, Any]:
@@ -171,10 +172,13 @@ def test_each_replayed_day_scores_and_monitors_from_latest(
     monkeypatch.setattr(replay_module.workflow, "run_daily", run_daily)
     monkeypatch.setattr(replay_module.tables, "exists", lambda *args: False)
     _, _, failures = replay_module.replay(None, make_config(tmp_path),  # type: ignore[arg-type]
-                                          date(2013, 11, 1), date(2013, 11, 3))
-    assert failures == 1  # the failed task (the one stopped by it is not counted)
-    assert calls == [(("latest", f"2013-11-0{d}"),
-                      end_of_day(date(2013, 11, d), "America/New_York")) for d in (1, 2, 3)]
+                                          date(2013, 11, 1), date(2013, 11, 5))
+    assert failures == 2  # the failed tasks (the one stopped by one is not counted)
+    # from the replay's first day until a day scored (`latest` would start at the day itself
+    # while nothing was scored), then `latest`
+    assert calls == [((first, f"2013-11-0{d}"), end_of_day(date(2013, 11, d), "America/New_York"))
+                     for first, d in (("2013-11-01", 1), ("2013-11-01", 2), ("latest", 3),
+                                      ("latest", 4), ("latest", 5))]
     # caught up no further back than the replay's first day (a data root an earlier run
     # scored holds days before it): conf's 7 days, cut to the days replayed so far
-    assert catch_up == [1, 2, 3]
+    assert catch_up == [1, 2, 3, 4, 5]

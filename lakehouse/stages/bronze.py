@@ -186,7 +186,7 @@ def profiles(spark: SparkSession, files: list[str], fmt: str) -> dict[str, Lande
         raise BronzeAccountingError(
             f"{len(unread)} file(s) of the micro-batch could not be read to count their "
             f"records: {', '.join(unread[:5])}; nothing was written (every rerun reads the "
-            f"micro-batch again)")
+            f"micro-batch again: make them readable, or replace or remove them)")
     return found
 
 

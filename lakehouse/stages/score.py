@@ -365,8 +365,9 @@ def run(spark: SparkSession, config: Config, run_id: str, start: str, end: str,
         first = new_from if late and new_from else start
         late_ids: list[str] = []
         if late:
-            # the silver flights of the days before new_from that hold no row yet (a handful:
-            # flights landed after their day was scored), listed before the write adds theirs
+            # the silver flights of the days before new_from that hold no row yet (flights
+            # landed after their day was scored; a day that had none when it was scored, whole),
+            # listed before the write adds theirs
             earlier = F.col("flight_date") < F.lit(new_from).cast("date")
             held_ids = (tables.read(spark, config, "delay_predictions").filter(window)
                         .filter(earlier).select("flight_id"))

@@ -186,7 +186,7 @@ def champion_auc(name: str, version: str, rows: DataFrame) -> float:
     try:
         model = mlflow.spark.load_model(f"models:/{name}/{version}")
     except Exception as error:
-        gone = isinstance(error, MlflowException) and error.error_code == "RESOURCE_DOES_NOT_EXIST"
+        gone = isinstance(error, MlflowException) and registry.run_gone(error)
         raise GateError(f"champion {name} version {version} could not be loaded "
                         f"({type(error).__name__}: {str(error)[:300]}); the gate cannot "
                         f"compare, nothing was registered: "
