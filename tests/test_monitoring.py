@@ -594,13 +594,26 @@ def test_latest_scoring_also_finds_flights_landed_after_their_day_was_scored(
                                    "flight_id string, flight_date date")
     tables.append(before, config, "silver_flights")
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
-    # a day after the first one scored that had no flight when it was scored (the 2nd: no row
-    # of this model; another model's rows hold none of its) is caught up once its flights land
-    tables.overwrite(spark.createDataFrame(
-        [("f1", dates[0], MODEL), ("f3", dates[2], MODEL), ("f4", dates[3], MODEL),
-         ("f2", dates[1], "other"), ("f2b", dates[1], "other")],
-        "flight_id string, flight_date date, model_name string"), config, "delay_predictions")
+    # a day after the first one scored that had no flight when it was scored (the 2nd: no
+    # row) is caught up once its flights land
+    def predictions(*rows: tuple[str, date, str]) -> None:
+        tables.overwrite(spark.createDataFrame(
+            rows, "flight_id string, flight_date date, model_name string"), config,
+            "delay_predictions")
+
+    predictions(("f1", dates[0], MODEL), ("f3", dates[2], MODEL), ("f4", dates[3], MODEL))
     assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") == "2013-12-02"
+    # a flight another model scored holds a row (the score job's late pass counts any)
+    predictions(("f1", dates[0], MODEL), ("f3", dates[2], MODEL), ("f4", dates[3], MODEL),
+                ("f2", dates[1], "other"), ("f2b", dates[1], "other"))
+    assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
+    # the first day scored is this model's: another model's earlier day does not open the
+    # days before it (the 30th, never scored by this model)
+    predictions(*((i, d, MODEL) for i, d in (("f1", dates[0]), ("f2", dates[1]),
+                                             ("f2b", dates[1]), ("f3", dates[2]),
+                                             ("f4", dates[3]))),
+                ("x28", date(2013, 11, 28), "other"))
+    assert workflow.late_from(spark, config, latest, "2013-12-04", "2013-12-04") is None
 
 
 def quality_only(persist_days: int) -> dict[str, Any]:
