@@ -84,17 +84,22 @@ class Detail:
     version: int | None  # None unless asked for
 
 
-# What Delta and Spark raise for a table that is not there (DeltaTable.forPath/forName: every
-# one as DELTA_MISSING_DELTA_TABLE here, a path or name holding no Delta table too); any other
-# analysis error (a permission refused, a table feature this reader lacks) is raised.
-MISSING_TABLE = frozenset({"DELTA_MISSING_DELTA_TABLE", "TABLE_OR_VIEW_NOT_FOUND",
-                           "PATH_NOT_FOUND", "SCHEMA_NOT_FOUND"})
+# What Delta and Spark raise for a table that is not there, or not yet (DeltaTable.forPath and
+# forName: DELTA_MISSING_DELTA_TABLE for a missing path, name or schema and a non-Delta table,
+# tried; DELTA_TABLE_NOT_FOUND while another process creates it, seen; the rest from Delta's
+# error classes saying so); any other analysis error (a permission refused, a table feature
+# this reader lacks) is raised.
+MISSING_TABLE = frozenset({"DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND",
+                           "DELTA_PATH_DOES_NOT_EXIST", "DELTA_NOT_A_DELTA_TABLE",
+                           "DELTA_NO_RELATION_TABLE", "DELTA_EMPTY_DIRECTORY",
+                           "TABLE_OR_VIEW_NOT_FOUND", "PATH_NOT_FOUND", "SCHEMA_NOT_FOUND"})
 
 
 def missing_table(error: AnalysisException) -> bool:
     condition = error.getCondition()
     if condition is None:  # a client or server that sends no error class: Delta's text
-        return "is not a Delta table" in str(error)
+        text = str(error)
+        return any(m in text for m in ("is not a Delta table", "doesn't exist", "not found"))
     return condition in MISSING_TABLE
 
 

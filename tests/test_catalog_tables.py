@@ -103,6 +103,8 @@ def test_only_a_table_not_there_reads_as_missing(monkeypatch: pytest.MonkeyPatch
     config = make_config(tmp_path)
     for condition, missing in (("DELTA_MISSING_DELTA_TABLE", True),
                                ("TABLE_OR_VIEW_NOT_FOUND", True),
+                               # another process creating it: its log not written yet
+                               ("DELTA_TABLE_NOT_FOUND", True),
                                ("INSUFFICIENT_PERMISSIONS", False)):
         def refused(*args: object, condition: str = condition) -> None:
             raise Refused(condition)
