@@ -42,8 +42,19 @@ export LAKEHOUSE_CONF_DIR="$CONF_DIR" LAKEHOUSE_JARS_DIR="${LAKEHOUSE_JARS_DIR:-
 # and spark-submit run without the jars, master and confs. submit.py has said why on stderr.
 SUBMIT_OUT="$(cd "$ROOT" && "$PY" -m lakehouse.submit --conf-dir "$CONF_DIR" -- "$ENV" ${MASTER:+"$MASTER"})" || exit
 mapfile -t SUBMIT_ARGS <<< "$SUBMIT_OUT"
+# The package zipped under a name of its content: an application still running (a continuous
+# bronze) serves its --py-files to executors it starts later, so a zip is never rewritten in
+# place under it; the same code reuses its zip, new code gets a new one (old ones stay until
+# build/ is removed). Written aside and renamed: two submits at once each see a whole zip.
 mkdir -p "$ROOT/build"
-( cd "$ROOT" && rm -f build/lakehouse.zip && "$PY" -m zipfile -c build/lakehouse.zip lakehouse >/dev/null )
+CODE="$(cd "$ROOT" && find -H lakehouse -type f -not -path '*/__pycache__/*' | LC_ALL=C sort \
+  | xargs sha256sum | sha256sum | cut -c1-16)"
+PY_FILES="$ROOT/build/lakehouse-$CODE.zip"
+if [ ! -f "$PY_FILES" ]; then
+  PART="$(mktemp --suffix=.part "$ROOT/build/lakehouse-XXXXXXXX")"
+  ( cd "$ROOT" && "$PY" -m zipfile -c "$PART" lakehouse >/dev/null ) || { rm -f "$PART"; exit 1; }
+  mv -f "$PART" "$PY_FILES"
+fi
 exec "$ROOT/.venv/bin/spark-submit" "${SUBMIT_ARGS[@]}" --name "lakehouse-$JOB" \
-  --py-files "$ROOT/build/lakehouse.zip" "$ROOT/jobs/$JOB.py" --env "$ENV" --conf-dir "$CONF_DIR" \
+  --py-files "$PY_FILES" "$ROOT/jobs/$JOB.py" --env "$ENV" --conf-dir "$CONF_DIR" \
   "${ARGS[@]}"

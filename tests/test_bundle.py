@@ -63,6 +63,18 @@ def test_the_bundle_defines_the_daily_job_and_dev_and_prod_targets() -> None:
     assert set(jobs("dev")) == {"lakehouse_daily"}
 
 
+def test_production_deploys_to_its_own_folder_on_a_supported_runtime() -> None:
+    """Every run installs the wheel of the root path: a folder all users can write
+    (/Workspace/Shared) would let any of them run code as the job. The runtime is a key of a
+    supported Spark 4.1 runtime (18.0.x was the beta, out of support since June 2026)."""
+    for target, settings in BUNDLE["targets"].items():
+        root = settings.get("workspace", {}).get("root_path")
+        assert root is None or not root.startswith(("/Workspace/Shared", "/Shared")), target
+    assert BUNDLE["targets"]["prod"]["workspace"]["root_path"].startswith(
+        "/Workspace/Users/${workspace.current_user.userName}/")
+    assert BUNDLE["variables"]["spark_version"]["default"] == "18.x-scala2.13"
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_job_is_a_valid_databricks_job(target: str) -> None:
     for key, (job, _) in jobs(target).items():

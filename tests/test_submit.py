@@ -40,7 +40,7 @@ def checkout(tmp_path: Path) -> Path:
 def run_script(checkout: Path, *args: str, cwd: Path | None = None,
                **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("LAKEHOUSE_CONF_DIR", "SPARK_HOME", "PYSPARK_PYTHON")}
+           if k not in ("LAKEHOUSE_CONF_DIR", "SPARK_HOME", "PYSPARK_PYTHON", "SPARK_CONF_DIR")}
     env["LAKEHOUSE_JARS_DIR"] = str(ROOT / ".jars")
     env.update(extra)
     return subprocess.run([str(checkout / "spark-submit.sh"), *args], cwd=cwd or checkout,
@@ -123,3 +123,65 @@ def test_submit_main_fails_in_one_line_naming_the_env(capsys: pytest.CaptureFixt
     assert captured.out == ""
     assert captured.err.startswith("lakehouse.submit: unknown env 'nope'")
     assert captured.err.count("\n") == 1
+
+
+def test_an_env_without_a_master_takes_the_clusters_spark_defaults_or_is_refused(
+        checkout: Path, tmp_path: Path) -> None:
+    """`--env cluster` names no master (conf/cluster.yml: --master decides). With a cluster's
+    spark-defaults.conf (SPARK_CONF_DIR) setting spark.master, no --master is passed, so
+    spark-submit takes it from there, and its spark.jars are kept beside the Delta jars (a
+    --jars replaces them); with neither, the script stops naming what to set, instead of
+    running the job on this host (spark-submit's default, local[*])."""
+    refused = run_script(checkout, "daily", "--env", "cluster")
+    assert refused.returncode == 2, refused.stderr
+    assert "env 'cluster' names no Spark master" in refused.stderr
+    assert "--master" in refused.stderr and "SPARK_CONF_DIR" in refused.stderr
+    assert not (checkout / "submitted.txt").exists()
+
+    cluster = tmp_path / "spark-conf"
+    cluster.mkdir()
+    (cluster / "spark-defaults.conf").write_text(
+        "# the cluster's own\nspark.master          spark://spark-master:7077\n"
+        "spark.jars=/opt/jars/hadoop-aws-3.4.2.jar\n")
+    run = run_script(checkout, "daily", "--env", "cluster", SPARK_CONF_DIR=str(cluster))
+    assert run.returncode == 0, run.stderr
+    submitted = (checkout / "submitted.txt").read_text().splitlines()
+    assert "--master" not in submitted
+    jars = submitted[submitted.index("--jars") + 1].split(",")
+    assert "/opt/jars/hadoop-aws-3.4.2.jar" in jars
+    assert any("delta-spark" in j for j in jars)
+    # a master given still wins, and the local env keeps its own
+    given = run_script(checkout, "daily", "--env", "cluster", "--master", "yarn")
+    assert given.returncode == 0, given.stderr
+    submitted = (checkout / "submitted.txt").read_text().splitlines()
+    assert submitted[submitted.index("--master") + 1] == "yarn"
+    assert submit_args("local", None, defaults={})[:2] == ["--master", "local[*]"]
+
+
+def test_the_package_zip_is_named_by_its_code_and_never_rewritten_in_place(
+        checkout: Path) -> None:
+    """A running application (a continuous bronze) serves its --py-files to executors it
+    starts later: a submit of the same code reuses its zip, new code gets a zip of its own,
+    and the first is left as it was (it used to be removed and rewritten at every submit)."""
+    import zipfile
+
+    def py_files() -> Path:
+        run = run_script(checkout, "score")
+        assert run.returncode == 0, run.stderr
+        submitted = (checkout / "submitted.txt").read_text().splitlines()
+        return Path(submitted[submitted.index("--py-files") + 1])
+
+    first = py_files()
+    assert first.parent == checkout / "build" and first.suffix == ".zip"
+    assert "lakehouse/stages/bronze.py" in zipfile.ZipFile(first).namelist()
+    made = first.stat().st_mtime_ns
+    assert py_files() == first and first.stat().st_mtime_ns == made
+    # new code: the checkout's package becomes a copy with one more module
+    (checkout / "lakehouse").unlink()
+    shutil.copytree(ROOT / "lakehouse", checkout / "lakehouse",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "lakehouse" / "added.py").write_text("VALUE = 1\n")
+    second = py_files()
+    assert second != first and "lakehouse/added.py" in zipfile.ZipFile(second).namelist()
+    assert first.stat().st_mtime_ns == made
+    assert not list((checkout / "build").glob("*.part"))
