@@ -19,13 +19,14 @@
 # MAGIC
 # MAGIC `from`/`to` are the flight dates to score (empty: `score.from`/`score.to`); `train` is
 # MAGIC `auto`, `always` or `never`; `stages` a comma-separated subset of
-# MAGIC `bronze,silver,gold,score,monitor,train`.
+# MAGIC `bronze,silver,gold,score,monitor,train`; `full` = `true` rebuilds gold in full (`--full`).
 
 # COMMAND ----------
 
 dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
 dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
 dbutils.widgets.text("catalog", "", "Unity Catalog catalog (empty: $LAKEHOUSE_CATALOG)")
+dbutils.widgets.dropdown("full", "false", ["false", "true"], "Rebuild gold in full (--full)")
 dbutils.widgets.text("from", "", "First flight date to score (empty: conf score.from)")
 dbutils.widgets.text("to", "", "Last flight date to score (empty: conf score.to)")
 dbutils.widgets.dropdown("train", "auto", ["auto", "always", "never"], "Train")
@@ -45,7 +46,8 @@ spark = build_session(config)
 
 results = workflow.run_job(spark, config, "daily", dbutils.widgets.get("from"),
                            dbutils.widgets.get("to"), dbutils.widgets.get("train"),
-                           dbutils.widgets.get("stages"))
+                           dbutils.widgets.get("stages"),
+                           full_gold=dbutils.widgets.get("full") == "true")
 print(workflow.report(spark, config, results))
 
 # COMMAND ----------

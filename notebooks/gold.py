@@ -10,14 +10,16 @@
 # MAGIC in `conf/databricks.yml`); `conf_dir` points at a folder with your own `base.yml` and
 # MAGIC `<env>.yml` (empty: the `conf/` inside the installed wheel); `catalog` names the Unity
 # MAGIC Catalog catalog (empty: `$LAKEHOUSE_CATALOG`, which the bundle sets on its job cluster;
-# MAGIC neither set fails, naming it: no default catalog). The notebook ends with the run id as its
-# MAGIC exit value.
+# MAGIC neither set fails, naming it: no default catalog); `full` = `true` rebuilds both tables in
+# MAGIC full (`--full`) instead of the dates silver's changes reach. The notebook ends with the run
+# MAGIC id as its exit value.
 
 # COMMAND ----------
 
 dbutils.widgets.text("env", "databricks", "Environment: conf/<env>.yml")
 dbutils.widgets.text("conf_dir", "", "Conf folder (empty: the conf/ in the wheel)")
 dbutils.widgets.text("catalog", "", "Unity Catalog catalog (empty: $LAKEHOUSE_CATALOG)")
+dbutils.widgets.dropdown("full", "false", ["false", "true"], "Rebuild gold in full (--full)")
 
 # COMMAND ----------
 
@@ -31,7 +33,8 @@ spark = build_session(config)
 
 # COMMAND ----------
 
-results = workflow.run_job(spark, config, "gold")
+results = workflow.run_job(spark, config, "gold",
+                           full_gold=dbutils.widgets.get("full") == "true")
 
 # COMMAND ----------
 

@@ -168,3 +168,12 @@ def test_notebooks_write_the_tables_their_jobs_write(
     figures = [d for d in explored.displayed if isinstance(d, Path)]
     assert len(figures) == 5 and all(f.stat().st_size > 10_000 for f in figures)
     assert {n: tables.version(spark, config, n) for n in snapshot.CONTENT_TABLES} == versions
+
+    # The gold notebook's `full` widget: a rebuild in full (--full), the same content.
+    gold_before = {n: snapshot.rows(spark, config, n) for n in WRITES["gold"]}
+    rebuilt = run_notebook(NOTEBOOKS / "gold.py", spark, {**widgets, "full": "true"})
+    messages = {r["table_name"]: r["message"] for r in tables.read(spark, config, "audit")
+                .filter(F.col("run_id") == rebuilt.exit_value).collect()}
+    assert set(messages) == set(WRITES["gold"])
+    assert all(m.startswith("full build: --full") for m in messages.values()), messages
+    assert {n: snapshot.rows(spark, config, n) for n in WRITES["gold"]} == gold_before
