@@ -1,9 +1,10 @@
 """What a training run records so that its training set can be rebuilt: table versions read,
-the resolved configuration and the code version."""
+the resolved configuration (its secrets left out) and the code version."""
 
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -85,3 +86,26 @@ def code_version() -> str:
         return lakehouse.__version__
     suffix = "+dirty" if dirty.stdout.strip() else ""
     return f"{lakehouse.__version__}+{commit.stdout.strip()}{suffix}"
+
+
+# Settings whose value is a secret, or holds one (a webhook's URL carries its token), by a part
+# of their name; a value naming an environment variable ("env:NAME") is no secret.
+SECRET_NAMES = re.compile(r"password|secret|token|jaas|credential|webhook|api_?key|sasl\.|auth",
+                          re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redacted(values: Any) -> Any:
+    """conf values as they may be logged (the training run's `conf/resolved.json`, readable by
+    whoever reads the experiment): the value of a setting whose name says it holds a secret
+    replaced by REDACTED (a text: not a count or a time), unless it names an environment
+    variable, and the user
+    and password of any URL (`scheme://user:password@host`) removed."""
+    if isinstance(values, dict):
+        return {k: (REDACTED if isinstance(v, str) and SECRET_NAMES.search(str(k))
+                    and not v.startswith("env:") else redacted(v)) for k, v in values.items()}
+    if isinstance(values, list):
+        return [redacted(v) for v in values]
+    if isinstance(values, str):
+        return re.sub(r"(?<=://)[^/@\s]+@", f"{REDACTED}@", values)
+    return values

@@ -109,6 +109,7 @@ class TrainSettings:
     threshold_rule: str = "max_f1"
     promotion_margin: float = 0.0
     first_trials: tuple[str, ...] = ()  # families tried first, at their space's centre
+    partitions: int = 2  # the rows' hash partitions (training_rows)
 
     @classmethod
     def from_conf(cls, section: dict[str, Any]) -> TrainSettings:
@@ -144,7 +145,8 @@ class TrainSettings:
                    dict(section.get("search_space") or {}), budget,
                    whole_number(section, where, "seed", minimum=0),
                    whole_number(section, where, "baseline_days", 28),
-                   rule, float(margin), tuple(first))
+                   rule, float(margin), tuple(first),
+                   whole_number(section, where, "partitions", 2))
 
 
 # Every key of the train section (the windows, the search, the gate): anything else is a typo.
@@ -152,7 +154,7 @@ TRAIN_KEYS = frozenset({
     "train_from", "train_to", "validation_from", "holdout_from", "holdout_to", "families",
     "class_weighting", "search_space", "max_evals", "timeout_seconds", "early_stop_trials",
     "startup_trials", "parallelism", "seed", "threshold_rule", "baseline_days",
-    "promotion_margin", "gate_window", "gate_recent_days", "first_trials"})
+    "promotion_margin", "gate_window", "gate_recent_days", "first_trials", "partitions"})
 
 
 def between(start: str, end: str) -> Callable[[DataFrame], DataFrame]:
@@ -280,6 +282,17 @@ class TrialControl:
         self.spark.sparkContext.cancelJobsWithTag(self.tag(number))
 
 
+def training_rows(rows: DataFrame, partitions: int) -> DataFrame:
+    """rows in `partitions` partitions by a hash of flight_id, each in flight_id order: the
+    same rows always land in the same partition at the same place. MLlib's tree learners
+    sample each partition with the seed and the partition's index (split candidates, the
+    forests' and GBT's bagging), as does the Newton boosting's row sample, so the partitions
+    decide the model. A sort (`orderBy`) does not fix them: its range bounds come from a
+    sample seeded by the id of the RDD, which depends on the jobs the session ran before, and
+    adaptive execution then merges ranges by size. A repartition to a number is not merged."""
+    return rows.repartition(partitions, "flight_id").sortWithinPartitions("flight_id")
+
+
 def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
                  settings: TrainSettings,
                  on_trial: Callable[[Trial], None] | None = None) -> TuningResult:
@@ -288,11 +301,12 @@ def tune_and_fit(spark: SparkSession, features: DataFrame, windows: Windows,
 
     Flights without a recorded tail number are left out of fitting, validation and the holdout
     metrics (see lakehouse.features), and so are flights whose outcome is not reported yet.
-    Rows are ordered by flight_id first, so that the same
-    table version and seed give the same model.
+    The rows are laid out by training_rows, so that the same table version, conf and seed give
+    the same samples to every fit.
     """
     began = time.monotonic()  # the time box counts from here (train.timeout_seconds)
-    every_flight = features.filter(F.col(LABEL).isNotNull()).orderBy("flight_id").persist()
+    every_flight = training_rows(features.filter(F.col(LABEL).isNotNull()),
+                                 settings.partitions).persist()
     try:  # a failure releases what was cached too (a notebook or replay session goes on)
         return _tune_and_fit(spark, every_flight, windows, settings, on_trial, began)
     finally:

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import mlflow
+import mlflow.pyspark.ml
 import numpy as np
 import pandas
 import pyarrow
@@ -198,6 +199,28 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
                 assert 0 < sum(r["predicted_disrupted"] for r in written) < len(written)
     with pytest.raises(ValueError, match="not a probability"):
         with_threshold(model, 1.5)
+
+
+def test_the_training_rows_are_laid_out_alike_whatever_the_session_ran_before(
+        spark: SparkSession) -> None:
+    """MLlib's tree learners and the Newton boosting sample each partition by its index, so
+    the same rows must land in the same partitions, in the same order, in every session. A
+    sort did not do it: its range bounds come from a sample seeded by the RDD's id, which the
+    jobs run before move (the same table, conf and seed gave other trees after other jobs)."""
+    rows = spark.range(6000, numPartitions=3).select(
+        F.format_string("2013-%05d", (F.col("id") * 7919) % 6000).alias("flight_id"))
+
+    def layout() -> list[tuple[int, str]]:
+        laid = training.training_rows(rows, 2).select(F.spark_partition_id(), "flight_id")
+        return [(r[0], r[1]) for r in laid.collect()]
+
+    first = layout()
+    for n in range(6):  # other jobs in between: later RDD ids for the same query
+        spark.range(50 + n).groupBy((F.col("id") % 3).alias("k")).count().collect()
+    assert layout() == first
+    by_partition = {p: [f for q, f in first if q == p] for p in (0, 1)}
+    assert all(len(fs) > 2000 and fs == sorted(fs) for fs in by_partition.values())
+    assert sorted(f for _, f in first) == sorted(r[0] for r in rows.collect())
 
 
 def test_no_date_falls_in_two_of_fit_validation_and_holdout() -> None:
@@ -852,7 +875,10 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
             "class_weighting": ["none", "balanced"],
             "search_space": {"gbt": {"maxDepth": [2, 3], "maxIter": [3, 5, 1]},
                              "logistic_regression": {"regParam": [0.001, 0.1, "log"]}}}
-    config = config_for(features_root, tmp_path, conf)
+    hook = "https://hooks.example.com/services/T000/B000/s3cr3t"  # a webhook's URL: its token
+    config = make_config(features_root, train=conf, monitor={"webhook_url": hook}, mlflow={
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "artifact_location": str(tmp_path / "mlruns")})
     given: dict[str, Any] = {}
 
     def watched(*args: Any, **kwargs: Any) -> Any:
@@ -860,7 +886,13 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
         return search(*args, **kwargs)
 
     monkeypatch.setattr(training, "search", watched)
-    result = train.run(spark, config, "concurrent")
+    # autologging on, as Databricks turns it on in notebooks: the trials' fits, in driver
+    # threads with no active run, must not open top-level runs of their own
+    mlflow.pyspark.ml.autolog(log_models=False, log_datasets=False, silent=True)
+    try:
+        result = train.run(spark, config, "concurrent")
+    finally:
+        mlflow.pyspark.ml.autolog(disable=True)
     # the search was given the means to stop this session's trials at its time box
     assert isinstance(given["stop"].__self__, TrialControl)
     assert given["stop"].__self__.spark is spark and given["stop"].__self__.classic
@@ -872,6 +904,13 @@ def test_concurrent_trials_each_log_a_nested_run_with_lineage(
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == result["trials"] == 4
+    every_run = client.search_runs([parent.info.experiment_id])
+    assert {r.info.run_id for r in every_run} == {parent.info.run_id} | {
+        c.info.run_id for c in children}
+    # the conf logged for lineage, its secrets left out
+    logged = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/conf/resolved.json")
+    assert logged["monitor"]["webhook_url"] == "<redacted>" and hook not in str(logged)
+    assert logged["train"] == config.values["train"] and parent.data.params["partitions"] == "2"
     assert all(c.data.metrics.get("validation_auc_roc") for c in children)
     # each trial's fit timed apart from its run (what the time box's estimates rest on)
     assert all(0 < c.data.metrics["fit_seconds"] < c.data.metrics["trial_seconds"]

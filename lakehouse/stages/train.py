@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.utils.autologging_utils import disable_autologging
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -25,7 +26,7 @@ from lakehouse.config import Config
 from lakehouse.drift import FeatureReference, reference, references_to_json, with_moments
 from lakehouse.evaluation import Histogram, histogram, positive_probability
 from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED
-from lakehouse.lineage import code_version, table_versions
+from lakehouse.lineage import code_version, redacted, table_versions
 from lakehouse.models import importances
 from lakehouse.monitoring import PREDICTION
 from lakehouse.stages.audit import audited
@@ -308,12 +309,18 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
                 "timeout_seconds": train_settings.budget.timeout_s,
                 "early_stop_trials": train_settings.budget.early_stop_trials,
                 "parallelism": train_settings.budget.parallelism, "seed": train_settings.seed,
+                "partitions": train_settings.partitions,
                 "threshold_rule": train_settings.threshold_rule, "promotion_margin": margin})
-            mlflow.log_dict(config.values, "conf/resolved.json")
+            mlflow.log_dict(redacted(config.values), "conf/resolved.json")
             started = time.monotonic()
-            result = tune_and_fit(spark, features, windows, train_settings,
-                                  on_trial=trial_logger(parent.info.run_id,
-                                                        parent.info.experiment_id))
+            # MLflow's autologging off for the tuning: Databricks turns it on for notebooks, and
+            # each trial's fit, in a driver thread with no active run, would open a top-level
+            # run of its own (and log inside the timed fit); the job logs what it fits itself.
+            # MLflow's own scoped switch (mlflow.autolog(disable=True) would stay off after).
+            with disable_autologging():
+                result = tune_and_fit(spark, features, windows, train_settings,
+                                      on_trial=trial_logger(parent.info.run_id,
+                                                            parent.info.experiment_id))
             mlflow.log_params({"best_family": result.family,
                                "best_class_weighting": result.weighting,
                                **{f"best_{k}": v for k, v in result.best_params.items()}})
