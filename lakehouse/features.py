@@ -21,6 +21,7 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from lakehouse import known_at
 from lakehouse.functions import minutes_between
 from lakehouse.known_at import MAX_OUTCOME_LAG_HOURS, outcome_known_at, weather_known_at
 
@@ -92,8 +93,15 @@ class FeatureSettings:
         return cls(**{k: section[k] for k in cls.__dataclass_fields__})
 
     def fingerprint(self) -> str:
-        """Identifies the feature definitions: a gold table built with another is rebuilt."""
-        text = json.dumps({**asdict(self), "features_version": FEATURES_VERSION}, sort_keys=True)
+        """Identifies the feature definitions: a gold table built with another is rebuilt.
+        The known-at rules are part of them (each input's instant and the rows it applies to,
+        the outcome's longest lag) and so are the origin's day window: an edited rule with
+        FEATURES_VERSION left as it was would otherwise mix rows of both rules in gold."""
+        rules = [[k.input, k.instant, k.applies] for k in known_at.KNOWN_AT]
+        text = json.dumps({**asdict(self), "features_version": FEATURES_VERSION,
+                           "known_at": rules, "max_outcome_lag_hours":
+                           known_at.MAX_OUTCOME_LAG_HOURS, "origin_day_hours": ORIGIN_DAY_HOURS},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property

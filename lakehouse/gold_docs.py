@@ -92,7 +92,8 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "diverted": "of them diverted (departed, no arrival delay)",
         "disrupted": "of them disrupted (late by gold.disruption_delay_minutes, cancelled or "
                      "diverted)",
-        "disruption_rate": "disrupted / flights",
+        "disruption_rate": "disrupted / the flights whose outcome is reported (a flight only "
+                           "announced so far counts in flights, not in this rate)",
         "avg_dep_delay": "mean departure delay in minutes of departed flights",
         "avg_arr_delay": "mean arrival delay in minutes of arrived flights",
         "carriers": "distinct carriers flying the route that date",

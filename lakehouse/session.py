@@ -89,6 +89,24 @@ def build_session(config: Config) -> SparkSession:
     return builder.getOrCreate()
 
 
+class ClassicSparkRequiredError(RuntimeError):
+    """A job that needs classic Spark was given a Spark Connect session."""
+
+
+def require_classic(spark: SparkSession, job: str) -> None:
+    """Fail, saying what to use instead, when spark is a Spark Connect session (Databricks
+    standard access mode or serverless): bronze's and silver's foreachBatch functions share
+    state with the job (counts, the stream's id, an event set when the query starts), which
+    Connect would pickle into a process of the server's, failing there on the session or the
+    event, not with a word about why."""
+    if is_remote() or type(spark).__module__.startswith("pyspark.sql.connect"):
+        raise ClassicSparkRequiredError(
+            f"the {job} job needs classic Spark (a dedicated cluster, as the bundle's job "
+            f"cluster is, or spark-submit), not a Spark Connect session (Databricks standard "
+            f"access mode or serverless compute): its micro-batches are handled in this "
+            f"process's Python")
+
+
 def pinned_threads() -> bool:
     """Whether PySpark runs in pinned thread mode (each Python thread on a JVM thread of its
     own), tested as PySpark's `inheritable_thread_target` tests it: by the gateway's kind."""

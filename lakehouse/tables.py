@@ -141,18 +141,39 @@ def table_id(spark: SparkSession, config: Config, name: str) -> str | None:
     return None if found is None else found.id
 
 
-def last_commit(spark: SparkSession, config: Config, name: str) -> tuple[int, dict[str, str]]:
+# Commits a table's own maintenance makes right after a write: Databricks compacts after a MERGE
+# (auto compaction, always on there) and Delta does when `autoCompact` is set; their metrics
+# are the compaction's, not the write's.
+MAINTENANCE_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "REORG"})
+
+
+def last_commit(spark: SparkSession, config: Config, name: str,
+                look_back: int = 10) -> tuple[int, dict[str, str]]:
     """The version and Delta's operation metrics (e.g. numOutputRows) of the table's latest
-    commit, from one read of its history."""
-    row = delta_table(spark, config, name).history(1).select("version", "operationMetrics").first()
-    if row is None:  # a Delta table has at least its creating commit
+    commit that is not maintenance (MAINTENANCE_OPERATIONS: an auto compaction after the write
+    is skipped), from one read of its last look_back commits."""
+    history = delta_table(spark, config, name).history(look_back).select(
+        "version", "operation", "operationMetrics").orderBy(F.col("version").desc()).collect()
+    if not history:  # a Delta table has at least its creating commit
         raise RuntimeError(f"table {config.table(name)} has no commit")
-    return int(row[0]), dict(row[1] or {})
+    row = next((r for r in history if r[1] not in MAINTENANCE_OPERATIONS), history[0])
+    return int(row[0]), dict(row[2] or {})
 
 
 def last_operation_metrics(spark: SparkSession, config: Config, name: str) -> dict[str, str]:
-    """Delta's operation metrics of the table's latest commit (e.g. numOutputRows)."""
+    """Delta's operation metrics of the table's latest commit but maintenance (last_commit)."""
     return last_commit(spark, config, name)[1]
+
+
+def merge_metrics(result: DataFrame) -> dict[str, str]:
+    """The rows a MERGE inserted, updated and deleted, from what DeltaMergeBuilder.execute()
+    returns (computed by the MERGE itself, classic and Connect alike), named as in Delta's
+    history (numTargetRowsInserted...). Not read back from the history: a commit after it (an
+    auto compaction, another writer's) would give other metrics."""
+    row = result.first()
+    found = row.asDict() if row is not None else {}
+    return {f"numTargetRows{kind.capitalize()}": str(int(found.get(f"num_{kind}_rows") or 0))
+            for kind in ("inserted", "updated", "deleted")}
 
 
 def _save(writer, location: str, tag: str | None = None,  # type: ignore[no-untyped-def]
@@ -303,8 +324,9 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
     matched target row. tag is stored as the commit's userMetadata. With skip_unchanged, source
     rows equal to their target row (keys and changed_columns) are dropped first, and a source
     with nothing left commits nothing: Delta's MERGE rewrites every file holding a matched row
-    even when no clause updates it. Returns Delta's operation metrics of the commit (empty
-    when nothing was committed, or with metrics=False: the history read they take is skipped).
+    even when no clause updates it. Returns the rows the MERGE inserted, updated and deleted
+    (merge_metrics; the append's metrics when it created the table), empty when nothing was
+    committed or with metrics=False.
 
     With insert_only, rows whose key the table holds are left as they are and nothing is
     compared: for a slice the caller found empty (e.g. a new day), Delta's insert-only MERGE
@@ -370,8 +392,8 @@ def merge(spark: SparkSession, df: DataFrame, config: Config, name: str, keys: I
                                                 set={f"`{newer}`": f"s.`{newer}`"})
         builder = builder.whenNotMatchedInsertAll()
     with commit_metadata(spark, tag):  # a MERGE takes its commit's userMetadata from the session
-        builder.execute()
-    return last_operation_metrics(spark, config, name) if metrics else {}
+        result = builder.execute()
+    return merge_metrics(result) if metrics else {}
 
 
 def update_columns(spark: SparkSession, config: Config, name: str, df: DataFrame,
@@ -380,9 +402,9 @@ def update_columns(spark: SparkSession, config: Config, name: str, df: DataFrame
     that updates those columns only and inserts nothing); Delta's operation metrics."""
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     with untagged_commits():  # no other thread's tag on this commit
-        (delta_table(spark, config, name).alias("t").merge(df.alias("s"), condition)
-         .whenMatchedUpdate(set={f"`{c}`": f"s.`{c}`" for c in columns}).execute())
-    return last_operation_metrics(spark, config, name)
+        result = (delta_table(spark, config, name).alias("t").merge(df.alias("s"), condition)
+                  .whenMatchedUpdate(set={f"`{c}`": f"s.`{c}`" for c in columns}).execute())
+    return merge_metrics(result)
 
 
 def update(spark: SparkSession, config: Config, name: str, condition: Column,

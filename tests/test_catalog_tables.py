@@ -116,3 +116,33 @@ def test_only_a_table_not_there_reads_as_missing(monkeypatch: pytest.MonkeyPatch
             else:
                 with pytest.raises(Refused):
                     read(None, config, "audit")  # type: ignore[arg-type]
+
+
+def test_a_writes_counts_are_its_own_when_the_table_compacts_after_it(
+        spark: SparkSession, config: Config) -> None:
+    """Databricks compacts a table right after a MERGE (auto compaction, always on there;
+    Delta's `autoCompact` here): the newest commit is then an OPTIMIZE, whose metrics were
+    taken for the MERGE's (0 rows written in the audit, its version for the write's)."""
+    name = "flight_features"
+    spark.range(0, 100).selectExpr("id AS flight_id", "id * 2 AS v").repartition(4) \
+        .write.format("delta").save(config.table(name))
+    spark.sql(f"ALTER TABLE delta.`{config.table(name)}` SET TBLPROPERTIES "
+              "('delta.autoOptimize.autoCompact' = 'true')")
+    before = spark.conf.get("spark.databricks.delta.autoCompact.minNumFiles", None)
+    spark.conf.set("spark.databricks.delta.autoCompact.minNumFiles", "2")
+    try:
+        source = spark.range(90, 130).selectExpr("id AS flight_id", "id * 3 AS v").repartition(3)
+        metrics = tables.merge(spark, source, config, name, ["flight_id"])
+        version, written = tables.last_commit(spark, config, name)
+    finally:
+        if before is None:
+            spark.conf.unset("spark.databricks.delta.autoCompact.minNumFiles")
+        else:
+            spark.conf.set("spark.databricks.delta.autoCompact.minNumFiles", before)
+    history = {r[0]: r[1] for r in tables.delta_table(spark, config, name).history()
+               .select("version", "operation").collect()}
+    assert history[max(history)] == "OPTIMIZE"  # the compaction happened, after the MERGE
+    assert metrics == {"numTargetRowsInserted": "30", "numTargetRowsUpdated": "10",
+                       "numTargetRowsDeleted": "0"}
+    assert history[version] == "MERGE" and written["numTargetRowsInserted"] == "30"
+    assert tables.read(spark, config, name).count() == 130

@@ -290,3 +290,32 @@ def test_baseline_rate_is_the_slots_outcomes_known_before_as_of(features: DataFr
     assert len(expected) * 0.5 < with_history < len(expected)
     with pytest.raises(ValueError, match="both start and end"):
         historical_rate(features, 1, prior, "2013-01-11")
+
+
+def test_an_edited_known_at_rule_changes_the_feature_fingerprint(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gold rebuilds in full when the fingerprint of its feature definitions changes: a known-at
+    rule edited (the weather's instant, say) without a new FEATURES_VERSION must change it, or
+    gold would keep rows of the old rule beside rows of the new. Its wording alone does not."""
+    from dataclasses import replace
+
+    from lakehouse import features, known_at
+    from lakehouse.config import load_config
+
+    settings = FeatureSettings.from_conf(load_config("local").section("gold"))
+    shipped = settings.fingerprint()
+    weather = next(i for i, k in enumerate(KNOWN_AT) if k.input == "weather")
+    reworded = tuple(replace(k, rule=k.rule + " (reworded)") for k in KNOWN_AT)
+    monkeypatch.setattr(known_at, "KNOWN_AT", reworded)
+    assert settings.fingerprint() == shipped
+    edited = list(KNOWN_AT)
+    edited[weather] = replace(KNOWN_AT[weather], instant="time_hour")
+    monkeypatch.setattr(known_at, "KNOWN_AT", tuple(edited))
+    assert settings.fingerprint() != shipped
+    monkeypatch.setattr(known_at, "KNOWN_AT", KNOWN_AT)
+    lag = known_at.MAX_OUTCOME_LAG_HOURS
+    monkeypatch.setattr(known_at, "MAX_OUTCOME_LAG_HOURS", lag + 1)
+    assert settings.fingerprint() != shipped
+    monkeypatch.setattr(known_at, "MAX_OUTCOME_LAG_HOURS", lag)
+    monkeypatch.setattr(features, "ORIGIN_DAY_HOURS", features.ORIGIN_DAY_HOURS + 1)
+    assert settings.fingerprint() != shipped

@@ -55,6 +55,7 @@ from lakehouse.bronze import (
 )
 from lakehouse.config import Config, client_options, flag
 from lakehouse.seed import SNAPSHOT_SOURCES
+from lakehouse.session import require_classic
 from lakehouse.stages.audit import audit_batch, audited
 
 # Bronze is raw text read whole by the silver stream: min/max statistics on it would cost
@@ -902,6 +903,7 @@ def run(spark: SparkSession, config: Config, run_id: str, adopt: bool = False,
     thread each); one audit row per bronze table. adopt: a migration (`lakehouse migrate`).
     accept_lost_events: Kafka sources go on past events the broker deleted before they were
     read, their audit rows naming the offsets lost (`--accept-lost-events`)."""
+    require_classic(spark, "bronze")
 
     def audited_run(name: str, work: Callable[[], Counts]) -> dict[str, Any]:
         with audited(spark, config, run_id, "bronze", name, batch) as audit:
@@ -951,6 +953,7 @@ def run_continuous(spark: SparkSession, config: Config, run_id: str,
     layout_check_s seconds (and at the start) the landing folders are listed for two files of
     one name: the second would never be read (files are known by name), so the run fails,
     naming both, as a scheduled run does (while running, once two looks in a row saw them)."""
+    require_classic(spark, "bronze")
     interval = str(config.section("bronze").get("continuous_interval", "10 seconds"))
     tables.create_audit(spark, config)
     file_sources = [s for s in sources(config) if s.kind == "files"]

@@ -37,6 +37,7 @@ from lakehouse.contracts.core import (
     valid,
 )
 from lakehouse.seed import SNAPSHOT_SOURCES
+from lakehouse.session import require_classic
 from lakehouse.silver import (
     EVENT_TIME,
     LINEAGE,
@@ -498,6 +499,7 @@ def record_references(spark: SparkSession, config: Config) -> None:
 
 def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]]:
     """Build every silver table: references first (flights are typed against them)."""
+    require_classic(spark, "silver")
     if not tables.exists(spark, config, "quarantine"):
         tables.append(spark.createDataFrame([], QUARANTINE_SCHEMA), config, "quarantine")
     results = []
