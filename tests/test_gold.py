@@ -383,9 +383,16 @@ def test_a_vacuumed_feed_is_told_by_its_error_condition_only() -> None:
 
 
 def test_gold_without_silver_fails_naming_the_table(spark: SparkSession, config: Config) -> None:
+    """...and records the failed run for both gold tables (the failure comes before either
+    table's own work: it left no audit row)."""
     with pytest.raises(gold.GoldInputError, match=r"silver_flights does not exist at .*run the "
                                                   r"silver job first"):
         gold.run(spark, config, "none")
+    rows = tables.read(spark, config, "audit").filter(F.col("run_id") == "none").collect()
+    assert sorted((r["job"], r["table_name"], r["status"]) for r in rows) == [
+        ("gold", "flight_features", "failed"), ("gold", "route_daily_kpis", "failed")]
+    assert all(r["message"].startswith("GoldInputError: silver_flights does not exist")
+               for r in rows)
 
 
 @pytest.mark.slow  # builds gold, then describes it through the CLI

@@ -72,3 +72,16 @@ def audited(spark: SparkSession, config: Config, run_id: str, job: str,
         tables.write_audit(spark, config, [row])
     else:
         batch.append(row)
+
+
+def audit_failure(spark: SparkSession, config: Config, run_id: str, job: str,
+                  table_names: Any, error: Exception, batch: list[dict[str, Any]]) -> None:
+    """One failed row per table in batch for an error raised before the tables' own audited
+    work began (a job's shared preparation): the run is recorded, not only logged."""
+    for name in table_names:
+        try:
+            with audited(spark, config, run_id, job, name, batch):
+                raise error
+        except Exception as raised:
+            if raised is not error:
+                raise

@@ -39,7 +39,7 @@ from lakehouse.gold_changes import (
 from lakehouse.gold_docs import TABLE_COMMENTS, with_comments
 from lakehouse.lineage import GOLD_TAG
 from lakehouse.session import inherit
-from lakehouse.stages.audit import audit_batch, audited
+from lakehouse.stages.audit import audit_batch, audit_failure, audited
 
 log = logging.getLogger("lakehouse")
 INPUTS = ("silver_flights", "silver_weather", "silver_planes")
@@ -341,11 +341,22 @@ def run(spark: SparkSession, config: Config, run_id: str,
     planned in turn (they share the change feed's reading), then both built and written at once,
     each from a driver thread of its own (a new day's two writes overlapped: bench/gold.py)."""
     settings = FeatureSettings.from_conf(config.section("gold"))
-    states = {name: tables.tagged_state(spark, config, name, TAG) for name in OUTPUTS}
-    if full or None in states.values():  # a full build: silver's change feed starts here
-        for name in INPUTS:
-            tables.ensure_properties(spark, config, name)
-    silver = Silver.read(spark, config)
+    with audit_batch(spark, config) as batch:
+        try:  # what both tables need first: a failure is recorded for both
+            states = {name: tables.tagged_state(spark, config, name, TAG) for name in OUTPUTS}
+            if full or None in states.values():  # a full build: silver's change feed starts here
+                for name in INPUTS:
+                    tables.ensure_properties(spark, config, name)
+            silver = Silver.read(spark, config)
+        except Exception as error:
+            audit_failure(spark, config, run_id, "gold", OUTPUTS, error, batch)
+            raise
+        return _run(spark, config, run_id, full, settings, states, silver, batch)
+
+
+def _run(spark: SparkSession, config: Config, run_id: str, full: bool,
+         settings: FeatureSettings, states: dict[str, dict[str, Any] | None], silver: Silver,
+         batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: list[Changes] = []
     plans: dict[str, Plan | Exception] = {}
     for name in OUTPUTS:
@@ -367,7 +378,7 @@ def run(spark: SparkSession, config: Config, run_id: str,
                     F.max("flight_date")).first()[0])  # type: ignore[index]
         return last_date[0]
 
-    with audit_batch(spark, config) as batch, closing_slices(silver):
+    with closing_slices(silver):
         for name, p in plans.items():  # the slice both tables read, registered once
             if isinstance(p, Plan) and not p.full and p.dates and name == "flight_features":
                 silver.slice("silver_flights", p.dates, settings)
