@@ -2,8 +2,8 @@
 # Submit a lakehouse job:
 #   ./spark-submit.sh <job> [--env ENV] [--master URL] [--conf-dir DIR] [job args...]
 # Packages lakehouse for --py-files, adds the Delta jars and the env's Spark confs (from DIR, else
-# $LAKEHOUSE_CONF_DIR, else conf/), and submits jobs/<job>.py (local[*] unless the env or --master
-# says otherwise).
+# $LAKEHOUSE_CONF_DIR, else conf/), and submits jobs/<job>.py to --master, else the env's master,
+# else spark-defaults.conf's ($SPARK_CONF_DIR); an env naming none with none there is refused.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
 usage() { echo "usage: $0 <job> [--env ENV] [--master URL] [--conf-dir DIR] [job args...]; jobs: $(ls "$ROOT/jobs" | sed 's/\.py$//' | tr '\n' ' ')" >&2; exit 2; }
@@ -27,6 +27,10 @@ while [ $# -gt 0 ]; do
 done
 # submit.py runs in $ROOT, the job where we are: one absolute folder for both
 [[ "$CONF_DIR" = /* ]] || CONF_DIR="$PWD/$CONF_DIR"
+# and spark-defaults.conf's folder: submit.py (in $ROOT) and spark-submit (here) read the same
+if [ -n "${SPARK_CONF_DIR:-}" ] && [[ "$SPARK_CONF_DIR" != /* ]]; then
+  export SPARK_CONF_DIR="$PWD/$SPARK_CONF_DIR"
+fi
 make -s -C "$ROOT" setup
 PY="$ROOT/.venv/bin/python"
 # Executors run this checkout's venv, or LAKEHOUSE_WORKER_PYTHON (on several hosts, a Python
@@ -47,12 +51,13 @@ mapfile -t SUBMIT_ARGS <<< "$SUBMIT_OUT"
 # place under it; the same code reuses its zip, new code gets a new one (old ones stay until
 # build/ is removed). Written aside and renamed: two submits at once each see a whole zip.
 mkdir -p "$ROOT/build"
-CODE="$(cd "$ROOT" && find -H lakehouse -type f -not -path '*/__pycache__/*' | LC_ALL=C sort \
-  | xargs sha256sum | sha256sum | cut -c1-16)"
+CODE="$(cd "$ROOT" && find -H lakehouse -type f -not -path '*/__pycache__/*' -print0 \
+  | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
 PY_FILES="$ROOT/build/lakehouse-$CODE.zip"
 if [ ! -f "$PY_FILES" ]; then
   PART="$(mktemp --suffix=.part "$ROOT/build/lakehouse-XXXXXXXX")"
   ( cd "$ROOT" && "$PY" -m zipfile -c "$PART" lakehouse >/dev/null ) || { rm -f "$PART"; exit 1; }
+  chmod a+r "$PART"  # mktemp's 0600 would keep the zip from other users of the checkout
   mv -f "$PART" "$PY_FILES"
 fi
 exec "$ROOT/.venv/bin/spark-submit" "${SUBMIT_ARGS[@]}" --name "lakehouse-$JOB" \

@@ -89,23 +89,34 @@ def code_version() -> str:
 
 
 # Settings whose value is a secret, or holds one (a webhook's URL carries its token), by a part
-# of their name; a value naming an environment variable ("env:NAME") is no secret.
-SECRET_NAMES = re.compile(r"password|secret|token|jaas|credential|webhook|api_?key|sasl\.|auth",
-                          re.IGNORECASE)
+# of their name (Spark's own spark.redaction.regex, and the names of Hadoop's and Kafka's
+# secrets); a value naming an environment variable ("env:NAME") is no secret.
+SECRET_NAMES = re.compile(
+    r"password|passwd|secret|token|jaas|credential|webhook_url|api_?key|access_?key|"
+    r"account\.key|private|\bsas\b|\.sas\.|connection_?string|(^|[._])key$|sasl\.",
+    re.IGNORECASE)
 REDACTED = "<redacted>"
 
 
 def redacted(values: Any) -> Any:
     """conf values as they may be logged (the training run's `conf/resolved.json`, readable by
     whoever reads the experiment): the value of a setting whose name says it holds a secret
-    replaced by REDACTED (a text: not a count or a time), unless it names an environment
-    variable, and the user
-    and password of any URL (`scheme://user:password@host`) removed."""
+    (SECRET_NAMES) replaced by REDACTED unless it names an environment variable, and in any
+    text a URL's `user:password@` (a colon before the @: in abfss:// and wasbs:// the part
+    before the @ is a container's name, no secret) and its query's `password=`, `sig=`,
+    `token=`... values."""
     if isinstance(values, dict):
-        return {k: (REDACTED if isinstance(v, str) and SECRET_NAMES.search(str(k))
-                    and not v.startswith("env:") else redacted(v)) for k, v in values.items()}
+        return {k: (REDACTED if SECRET_NAMES.search(str(k)) and _scalar(v)
+                    and not str(v).startswith("env:") else redacted(v))
+                for k, v in values.items()}
     if isinstance(values, list):
         return [redacted(v) for v in values]
     if isinstance(values, str):
-        return re.sub(r"(?<=://)[^/@\s]+@", f"{REDACTED}@", values)
+        text = re.sub(r"(?<=://)[^/@\s:]+:[^/@\s]*@", f"{REDACTED}@", values)
+        return re.sub(r"(?i)([?&](?:password|passwd|pwd|sig|token|secret|key|api_?key)=)"
+                      r"[^&\s]*", rf"\1{REDACTED}", text)
     return values
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)

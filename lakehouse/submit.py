@@ -19,19 +19,38 @@ from lakehouse.session import DELTA_CONF, MissingJarsError, delta_jars
 
 
 def spark_defaults(folder: str | None = None) -> dict[str, str]:
-    """The settings of spark-defaults.conf in folder (else $SPARK_CONF_DIR), as Java
-    properties (what spark-submit reads it as): `key value`, `key=value` or `key: value`, `#`
-    and `!` comments. Empty when there is no such file."""
+    """The settings of spark-defaults.conf in folder (else $SPARK_CONF_DIR), read as Java
+    properties, as spark-submit reads it: `key value`, `key=value` or `key: value`, `#` and
+    `!` comments, a line ending in a backslash continued on the next, backslash escapes
+    (`file\\:/a.jar`). Empty when there is no such file."""
     folder = folder or os.environ.get("SPARK_CONF_DIR")
     path = Path(folder) / "spark-defaults.conf" if folder else None
     if path is None or not path.is_file():
         return {}
-    found: dict[str, str] = {}
+    logical: list[str] = []
+    pending = ""
     for line in path.read_text().splitlines():
-        match = re.match(r"\s*([^\s=:#!][^\s=:]*)\s*[=:\s]?\s*(.*?)\s*$", line)
-        if match:
-            found[match[1]] = match[2]
+        line = pending + (line.lstrip() if pending else line)
+        if not pending and line.lstrip().startswith(("#", "!")):
+            continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2:  # an odd number of backslashes: the line goes on
+            pending = line[:-1]
+            continue
+        pending = ""
+        logical.append(line)
+    if pending:
+        logical.append(pending)
+    found: dict[str, str] = {}
+    for line in logical:
+        match = re.match(r"\s*((?:\\.|[^\s=:\\])+)\s*[=:\s]?\s*(.*?)\s*$", line)
+        if match and match[1]:
+            found[_unescape(match[1])] = _unescape(match[2])
     return found
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"t": "\t", "n": "\n", "r": "\r"}.get(m[1], m[1]), text)
 
 
 def submit_args(env: str, master: str | None, conf_dir: Path | str | None = None,
@@ -52,8 +71,13 @@ def submit_args(env: str, master: str | None, conf_dir: Path | str | None = None
             f"env '{env}' names no Spark master and no spark-defaults.conf sets spark.master "
             f"(SPARK_CONF_DIR={os.environ.get('SPARK_CONF_DIR') or 'unset'}): pass --master URL "
             "(e.g. spark://host:7077, yarn), or set SPARK_CONF_DIR to the cluster's conf folder")
-    jars = list(dict.fromkeys([*delta_jars(), *(j.strip() for j in defaults.get(
-        "spark.jars", "").split(",") if j.strip())]))
+    theirs = [j.strip() for j in defaults.get("spark.jars", "").split(",") if j.strip()]
+    # a Delta of the cluster's own beside the pinned one: two versions on the class path
+    other_delta = [j for j in theirs if Path(j).name.startswith(("delta-spark", "delta-storage"))]
+    if other_delta:
+        print(f"lakehouse.submit: leaving out spark-defaults' Delta jars {other_delta}: the "
+              f"job brings the Delta its PySpark is pinned to", file=sys.stderr)
+    jars = list(dict.fromkeys([*delta_jars(), *(j for j in theirs if j not in other_delta)]))
     args = (["--master", master] if master else []) + ["--jars", ",".join(jars)]
     for key, value in {**DELTA_CONF, **(spark_conf.get("conf") or {})}.items():
         args += ["--conf", f"{key}={value}"]

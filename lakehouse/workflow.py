@@ -30,6 +30,7 @@ from lakehouse.config import Config, number, whole_number
 from lakehouse.contracts import ContractViolation
 from lakehouse.dag import Task, TaskResult, failed, run_dag, summary
 from lakehouse.monitoring import MonitorSettings, end_of_day
+from lakehouse.session import ClassicSparkRequiredError
 from lakehouse.stages import bronze, gold, monitor, score, silver, train
 from lakehouse.tables import ConcurrentRunError
 from lakehouse.training import TrainingDataError, Windows, between
@@ -47,7 +48,7 @@ PERMANENT_ERRORS = (ContractViolation, TrainingDataError, score.NoChampionError,
                     bronze.CheckpointBehindError,
                     gold.GoldInputError, AnalysisException, ArithmeticException,
                     DateTimeException, NumberFormatException, IllegalArgumentException,
-                    UnsupportedOperationException)
+                    UnsupportedOperationException, ClassicSparkRequiredError)
 # How Spark's checkpoint and Delta's transaction check report a second writer of one stream
 # (where no lock was taken, e.g. a checkpoint on S3) or a second start of one query
 # (CONCURRENT_QUERY): the same overlap, found later. And Delta's optimistic-concurrency

@@ -65,13 +65,16 @@ def test_the_bundle_defines_the_daily_job_and_dev_and_prod_targets() -> None:
 
 def test_production_deploys_to_its_own_folder_on_a_supported_runtime() -> None:
     """Every run installs the wheel of the root path: a folder all users can write
-    (/Workspace/Shared) would let any of them run code as the job. The runtime is a key of a
+    (/Workspace/Shared) would let any of them run code as the job; a folder per deploying user
+    would give each deployer a prod job of their own. The runtime is a key of a
     supported Spark 4.1 runtime (18.0.x was the beta, out of support since June 2026)."""
     for target, settings in BUNDLE["targets"].items():
         root = settings.get("workspace", {}).get("root_path")
         assert root is None or not root.startswith(("/Workspace/Shared", "/Shared")), target
+    # one fixed owner: a root per deploying user would give each deployer a prod job
     assert BUNDLE["targets"]["prod"]["workspace"]["root_path"].startswith(
-        "/Workspace/Users/${workspace.current_user.userName}/")
+        "/Workspace/Users/${var.prod_owner}/")
+    assert "current_user" not in BUNDLE["targets"]["prod"]["workspace"]["root_path"]
     assert BUNDLE["variables"]["spark_version"]["default"] == "18.x-scala2.13"
 
 

@@ -216,3 +216,40 @@ def test_bad_train_silver_and_bronze_values_are_named() -> None:
                                           r"true or false, got 'false'"):
         sources(quoted)
     assert {s.kind for s in sources(config)} == {"files"}  # events are off in the shipped conf
+
+
+def test_the_logged_conf_leaves_secrets_out_and_keeps_what_lineage_needs() -> None:
+    """conf/resolved.json is readable by whoever reads the experiment: settings that hold a
+    secret (by Spark's, Hadoop's and Kafka's names for them), a URL's user:password and its
+    query's secrets are redacted; an `env:NAME` value, counts, and an abfss:// location whose
+    `container@` is no credential are kept as they are."""
+    from lakehouse.lineage import REDACTED, redacted
+
+    conf = {
+        "data_root": "abfss://lakehouse@myacct.dfs.core.windows.net/lh",
+        "monitor": {"webhook_url": "https://hooks.example.com/services/T/B/s3cr3t",
+                    "webhook_retries": 3},
+        "mlflow": {"tracking_uri": "https://me:pw@mlflow.example.com/?token=abc&x=1"},
+        "spark": {"conf": {"spark.hadoop.fs.azure.account.key.a.dfs.core.windows.net": "K==",
+                           "spark.hadoop.fs.s3a.secret.key": "S", "spark.hadoop.fs.s3a.access.key":
+                           "AKIA", "spark.sql.shuffle.partitions": "4"}},
+        "sources": [{"options": {"kafka.sasl.jaas.config": 'x password="p";',
+                                 "kafka.ssl.key.password": 1234,
+                                 "kafka.bootstrap.servers": "broker:9092"},
+                     "client_options": {"sasl.password": "env:KAFKA_PASSWORD"}}],
+        "train": {"seed": 42, "partitions": 2},
+    }
+    logged = redacted(conf)
+    assert logged["data_root"] == conf["data_root"]
+    assert logged["monitor"] == {"webhook_url": REDACTED, "webhook_retries": 3}
+    assert logged["mlflow"]["tracking_uri"] == (f"https://{REDACTED}@mlflow.example.com/"
+                                                f"?token={REDACTED}&x=1")
+    spark_conf = logged["spark"]["conf"]
+    assert spark_conf["spark.sql.shuffle.partitions"] == "4"
+    assert {v for k, v in spark_conf.items() if k != "spark.sql.shuffle.partitions"} == {REDACTED}
+    options = logged["sources"][0]["options"]
+    assert options == {"kafka.sasl.jaas.config": REDACTED, "kafka.ssl.key.password": REDACTED,
+                       "kafka.bootstrap.servers": "broker:9092"}
+    assert logged["sources"][0]["client_options"] == {"sasl.password": "env:KAFKA_PASSWORD"}
+    assert logged["train"] == conf["train"]
+    assert "s3cr3t" not in str(logged) and "K==" not in str(logged) and "pw@" not in str(logged)

@@ -224,6 +224,7 @@ def test_the_workflow_retries_only_what_is_transient() -> None:
     from pyspark.errors import AnalysisException, NumberFormatException
 
     from lakehouse import workflow
+    from lakehouse.session import ClassicSparkRequiredError
     from lakehouse.training import TrainingDataError
 
     permanent = [AnalysisException(message="[TABLE_OR_VIEW_NOT_FOUND] silver.flights"),
@@ -241,7 +242,9 @@ def test_the_workflow_retries_only_what_is_transient() -> None:
     permanent += [RuntimeError("[CONCURRENT_QUERY] Another instance of this query was just "
                                "started by a concurrent session."),
                   RuntimeError("java.util.ConcurrentModificationException: Multiple streaming "
-                               "queries are concurrently using file:/checkpoint/offsets")]
+                               "queries are concurrently using file:/checkpoint/offsets"),
+                  # a Spark Connect session: the next try has the same session
+                  ClassicSparkRequiredError("the bronze job needs classic Spark")]
     transient = [OSError("Connection reset by peer"),
                  RuntimeError("Job aborted due to stage failure: ExecutorLostFailure"),
                  # a JVM collection modified while iterated: a race inside Spark, not a writer

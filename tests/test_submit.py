@@ -29,7 +29,7 @@ def checkout(tmp_path: Path) -> Path:
     python = Path(sys.prefix) / "bin" / "python"
     fakes = {"python": f'exec "{python}" "$@"',
              "spark-submit": f"printf '%s\\n' \"$@\" > '{root}/submitted.txt'; "
-                             f"env | grep -E '^(SPARK_HOME|PYSPARK_PYTHON)=' > '{root}/env.txt'"}
+                             f"env | grep -E '^(SPARK_HOME|PYSPARK_PYTHON|SPARK_CONF_DIR)=' > '{root}/env.txt'"}
     for name, body in fakes.items():
         script = root / ".venv" / "bin" / name
         script.write_text(f"#!/usr/bin/env bash\n{body}\n")
@@ -140,16 +140,23 @@ def test_an_env_without_a_master_takes_the_clusters_spark_defaults_or_is_refused
 
     cluster = tmp_path / "spark-conf"
     cluster.mkdir()
+    # Java properties, as spark-submit reads them: a continued line, an escaped colon
     (cluster / "spark-defaults.conf").write_text(
-        "# the cluster's own\nspark.master          spark://spark-master:7077\n"
-        "spark.jars=/opt/jars/hadoop-aws-3.4.2.jar\n")
-    run = run_script(checkout, "daily", "--env", "cluster", SPARK_CONF_DIR=str(cluster))
+        "# the cluster's own\nspark.master          spark\\://spark-master:7077\n"
+        "spark.jars=/opt/jars/hadoop-aws-3.4.2.jar,\\\n"
+        "    /opt/jars/delta-spark_2.13-3.2.0.jar,/opt/jars/extra.jar\n")
+    # named relative to where the script runs, as spark-submit there reads it
+    run = run_script(checkout, "daily", "--env", "cluster", cwd=tmp_path,
+                     SPARK_CONF_DIR="spark-conf")
     assert run.returncode == 0, run.stderr
     submitted = (checkout / "submitted.txt").read_text().splitlines()
     assert "--master" not in submitted
     jars = submitted[submitted.index("--jars") + 1].split(",")
-    assert "/opt/jars/hadoop-aws-3.4.2.jar" in jars
-    assert any("delta-spark" in j for j in jars)
+    assert {"/opt/jars/hadoop-aws-3.4.2.jar", "/opt/jars/extra.jar"} <= set(jars)
+    # the cluster's Delta is left out (two Deltas on the class path), saying so
+    assert sum("delta-spark" in j for j in jars) == 1 and "3.2.0" not in ",".join(jars)
+    assert "leaving out spark-defaults' Delta jars" in run.stderr
+    assert f"SPARK_CONF_DIR={cluster}" in (checkout / "env.txt").read_text().splitlines()
     # a master given still wins, and the local env keeps its own
     given = run_script(checkout, "daily", "--env", "cluster", "--master", "yarn")
     assert given.returncode == 0, given.stderr
@@ -173,6 +180,7 @@ def test_the_package_zip_is_named_by_its_code_and_never_rewritten_in_place(
 
     first = py_files()
     assert first.parent == checkout / "build" and first.suffix == ".zip"
+    assert first.stat().st_mode & 0o044 == 0o044  # readable by the checkout's other users
     assert "lakehouse/stages/bronze.py" in zipfile.ZipFile(first).namelist()
     made = first.stat().st_mtime_ns
     assert py_files() == first and first.stat().st_mtime_ns == made
