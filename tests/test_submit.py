@@ -29,7 +29,8 @@ def checkout(tmp_path: Path) -> Path:
     python = Path(sys.prefix) / "bin" / "python"
     fakes = {"python": f'exec "{python}" "$@"',
              "spark-submit": f"printf '%s\\n' \"$@\" > '{root}/submitted.txt'; "
-                             f"env | grep -E '^(SPARK_HOME|PYSPARK_PYTHON|SPARK_CONF_DIR)=' > '{root}/env.txt'"}
+                             "env | grep -E '^(SPARK_HOME|PYSPARK_PYTHON|SPARK_CONF_DIR)=' "
+                             f"> '{root}/env.txt'"}
     for name, body in fakes.items():
         script = root / ".venv" / "bin" / name
         script.write_text(f"#!/usr/bin/env bash\n{body}\n")
