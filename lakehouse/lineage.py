@@ -92,31 +92,39 @@ def code_version() -> str:
 # of their name (Spark's own spark.redaction.regex, and the names of Hadoop's and Kafka's
 # secrets); a value naming an environment variable ("env:NAME") is no secret.
 SECRET_NAMES = re.compile(
-    r"password|passwd|secret|token|jaas|credential|webhook_url|api_?key|access_?key|"
-    r"account\.key|private|\bsas\b|\.sas\.|connection_?string|(^|[._])key$|sasl\.",
+    r"password|passwd|secret|token|jaas|credential|webhook_url|api[_-]?key|access_?key|"
+    r"account\.key|private|pem|\bsas\b|\.sas\.|connection_?string|(^|[._])key$|sasl\.",
     re.IGNORECASE)
+# A URL's query parameters holding secrets, by a part of their name (S3's presigned
+# X-Amz-Signature and -Credential among them).
+SECRET_QUERY = re.compile(
+    r"([?&](?:[\w.-]*(?:token|secret|password|passwd|pwd|sig|signature|credential|"
+    r"api[_-]?key)[\w.-]*|key)=)[^&#\s]*", re.IGNORECASE)
+# Schemes whose `name@` before the host is a container's, no credential (Azure storage).
+CONTAINER_SCHEMES = ("abfs", "abfss", "wasb", "wasbs")
 REDACTED = "<redacted>"
 
 
 def redacted(values: Any) -> Any:
     """conf values as they may be logged (the training run's `conf/resolved.json`, readable by
     whoever reads the experiment): the value of a setting whose name says it holds a secret
-    (SECRET_NAMES) replaced by REDACTED unless it names an environment variable, and in any
-    text a URL's `user:password@` (a colon before the @: in abfss:// and wasbs:// the part
-    before the @ is a container's name, no secret) and its query's `password=`, `sig=`,
-    `token=`... values."""
+    (SECRET_NAMES), whatever its type, replaced by REDACTED unless it names an environment
+    variable; in any text, a URL's user part (`user:password@`, `token@`; not an Azure
+    container's `name@`) and its query's secrets (SECRET_QUERY)."""
     if isinstance(values, dict):
-        return {k: (REDACTED if SECRET_NAMES.search(str(k)) and _scalar(v)
-                    and not str(v).startswith("env:") else redacted(v))
-                for k, v in values.items()}
+        return {k: (REDACTED if SECRET_NAMES.search(str(k)) and v is not None
+                    and not isinstance(v, bool) and not str(v).startswith("env:")
+                    else redacted(v)) for k, v in values.items()}
     if isinstance(values, list):
         return [redacted(v) for v in values]
     if isinstance(values, str):
-        text = re.sub(r"(?<=://)[^/@\s:]+:[^/@\s]*@", f"{REDACTED}@", values)
-        return re.sub(r"(?i)([?&](?:password|passwd|pwd|sig|token|secret|key|api_?key)=)"
-                      r"[^&\s]*", rf"\1{REDACTED}", text)
+        return SECRET_QUERY.sub(rf"\1{REDACTED}", re.sub(
+            r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://([^/\s]*)@", _without_user, values))
     return values
 
 
-def _scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
+def _without_user(match: re.Match[str]) -> str:
+    scheme, user = match[1], match[2]
+    if scheme.lower() in CONTAINER_SCHEMES and ":" not in user:
+        return match[0]
+    return f"{scheme}://{REDACTED}@"

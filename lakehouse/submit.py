@@ -17,6 +17,8 @@ from pathlib import Path
 from lakehouse.config import ConfigError, load_config
 from lakehouse.session import DELTA_CONF, MissingJarsError, delta_jars
 
+DELTA_JAR = re.compile(r"(^|[._])delta-(spark|storage|core)[_.-]")
+
 
 def spark_defaults(folder: str | None = None) -> dict[str, str]:
     """The settings of spark-defaults.conf in folder (else $SPARK_CONF_DIR), read as Java
@@ -73,10 +75,18 @@ def submit_args(env: str, master: str | None, conf_dir: Path | str | None = None
             "(e.g. spark://host:7077, yarn), or set SPARK_CONF_DIR to the cluster's conf folder")
     theirs = [j.strip() for j in defaults.get("spark.jars", "").split(",") if j.strip()]
     # a Delta of the cluster's own beside the pinned one: two versions on the class path
-    other_delta = [j for j in theirs if Path(j).name.startswith(("delta-spark", "delta-storage"))]
+    # (delta-spark_2.13-x.jar, Ivy's io.delta_delta-spark_2.13-x.jar, the older delta-core)
+    other_delta = [j for j in theirs if DELTA_JAR.search(Path(j).name)]
     if other_delta:
         print(f"lakehouse.submit: leaving out spark-defaults' Delta jars {other_delta}: the "
               f"job brings the Delta its PySpark is pinned to", file=sys.stderr)
+    packages = [p for p in defaults.get("spark.jars.packages", "").split(",")
+                if p.strip().startswith("io.delta:")]
+    if packages:  # not ours to drop: spark-submit resolves them from spark-defaults itself
+        raise ConfigError(
+            f"spark-defaults.conf's spark.jars.packages names Delta ({packages}): with the "
+            f"Delta jars this job brings, two Delta versions would be on the class path; "
+            f"remove them from spark.jars.packages, or submit with another SPARK_CONF_DIR")
     jars = list(dict.fromkeys([*delta_jars(), *(j for j in theirs if j not in other_delta)]))
     args = (["--master", master] if master else []) + ["--jars", ",".join(jars)]
     for key, value in {**DELTA_CONF, **(spark_conf.get("conf") or {})}.items():

@@ -75,6 +75,11 @@ def test_production_deploys_to_its_own_folder_on_a_supported_runtime() -> None:
     assert BUNDLE["targets"]["prod"]["workspace"]["root_path"].startswith(
         "/Workspace/Users/${var.prod_owner}/")
     assert "current_user" not in BUNDLE["targets"]["prod"]["workspace"]["root_path"]
+    # no default: a prod command without the owner fails naming it, instead of deploying to a
+    # made-up folder (a second prod deployment); dev, which does not use it, sets a value
+    assert "default" not in BUNDLE["variables"]["prod_owner"]
+    assert "prod_owner" in BUNDLE["targets"]["dev"]["variables"]
+    assert "prod_owner" not in BUNDLE["targets"]["prod"].get("variables", {})
     assert BUNDLE["variables"]["spark_version"]["default"] == "18.x-scala2.13"
 
 

@@ -253,3 +253,25 @@ def test_the_logged_conf_leaves_secrets_out_and_keeps_what_lineage_needs() -> No
     assert logged["sources"][0]["client_options"] == {"sasl.password": "env:KAFKA_PASSWORD"}
     assert logged["train"] == conf["train"]
     assert "s3cr3t" not in str(logged) and "K==" not in str(logged) and "pw@" not in str(logged)
+
+
+def test_the_logged_conf_redacts_a_urls_user_part_and_query_secrets_and_whole_values() -> None:
+    from lakehouse.lineage import REDACTED, redacted
+
+    urls = {"https://ghp_T0KEN@github.com/org/repo": f"https://{REDACTED}@github.com/org/repo",
+            "redis://:s3cret@cache:6379": f"redis://{REDACTED}@cache:6379",
+            "https://user:p@ss@host/x": f"https://{REDACTED}@host/x",
+            "wasbs://container:KEY@acct.blob.core.windows.net/x":
+                f"wasbs://{REDACTED}@acct.blob.core.windows.net/x",
+            "abfss://lake@acct.dfs.core.windows.net/lh": "abfss://lake@acct.dfs.core.windows.net/lh",
+            "s3://b/k?X-Amz-Signature=ab&X-Amz-Credential=cd&part=1":
+                f"s3://b/k?X-Amz-Signature={REDACTED}&X-Amz-Credential={REDACTED}&part=1",
+            "https://h/?access_token=t&client_secret=s&api-key=k&page=2":
+                f"https://h/?access_token={REDACTED}&client_secret={REDACTED}"
+                f"&api-key={REDACTED}&page=2"}
+    assert {u: redacted(u) for u in urls} == urls
+    # a secret-named setting's whole value, whatever its type
+    assert redacted({"credentials": {"user": "u", "pass": "p"}, "api_keys": ["a", "b"],
+                     "ssl.key.pem": "-----BEGIN", "x-api-key": "k", "retries": 3}) == {
+        "credentials": REDACTED, "api_keys": REDACTED, "ssl.key.pem": REDACTED,
+        "x-api-key": REDACTED, "retries": 3}

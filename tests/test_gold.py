@@ -17,7 +17,12 @@ from pyspark.storagelevel import StorageLevel
 from lakehouse import tables
 from lakehouse.cli import main
 from lakehouse.config import Config
-from lakehouse.features import FeatureSettings, flight_features, route_daily_kpis
+from lakehouse.features import (
+    FeatureSettings,
+    FeatureSettingsError,
+    flight_features,
+    route_daily_kpis,
+)
 from lakehouse.gold_docs import COLUMN_COMMENTS, with_comments
 from lakehouse.silver import KEYS, OUTPUT
 from lakehouse.stages import gold
@@ -393,6 +398,13 @@ def test_gold_without_silver_fails_naming_the_table(spark: SparkSession, config:
         ("gold", "flight_features", "failed"), ("gold", "route_daily_kpis", "failed")]
     assert all(r["message"].startswith("GoldInputError: silver_flights does not exist")
                for r in rows)
+    # a misspelt gold setting too (read first, before either table)
+    mistyped = make_config(Path(config.values["data_root"]), gold={"as_of_offset": 60})
+    with pytest.raises(FeatureSettingsError, match="unknown settings"):
+        gold.run(spark, mistyped, "typo")
+    rows = tables.read(spark, config, "audit").filter(F.col("run_id") == "typo").collect()
+    assert sorted(r["table_name"] for r in rows) == ["flight_features", "route_daily_kpis"]
+    assert all(r["status"] == "failed" and r["duration_s"] >= 0 for r in rows)
 
 
 @pytest.mark.slow  # builds gold, then describes it through the CLI

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.submit import main, submit_args
+from lakehouse.submit import main, spark_defaults, submit_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +145,8 @@ def test_an_env_without_a_master_takes_the_clusters_spark_defaults_or_is_refused
     (cluster / "spark-defaults.conf").write_text(
         "# the cluster's own\nspark.master          spark\\://spark-master:7077\n"
         "spark.jars=/opt/jars/hadoop-aws-3.4.2.jar,\\\n"
-        "    /opt/jars/delta-spark_2.13-3.2.0.jar,/opt/jars/extra.jar\n")
+        "    /opt/ivy/io.delta_delta-spark_2.13-3.2.0.jar,/opt/jars/extra.jar\n")
+    assert spark_defaults(str(cluster))["spark.master"] == "spark://spark-master:7077"
     # named relative to where the script runs, as spark-submit there reads it
     run = run_script(checkout, "daily", "--env", "cluster", cwd=tmp_path,
                      SPARK_CONF_DIR="spark-conf")
@@ -157,6 +158,11 @@ def test_an_env_without_a_master_takes_the_clusters_spark_defaults_or_is_refused
     # the cluster's Delta is left out (two Deltas on the class path), saying so
     assert sum("delta-spark" in j for j in jars) == 1 and "3.2.0" not in ",".join(jars)
     assert "leaving out spark-defaults' Delta jars" in run.stderr
+    # a Delta package spark-submit would resolve from spark-defaults itself is refused
+    with (cluster / "spark-defaults.conf").open("a") as conf:
+        conf.write("spark.jars.packages io.delta:delta-spark_2.13:3.2.0\n")
+    run = run_script(checkout, "daily", "--env", "cluster", SPARK_CONF_DIR=str(cluster))
+    assert run.returncode == 2 and "spark.jars.packages names Delta" in run.stderr
     assert f"SPARK_CONF_DIR={cluster}" in (checkout / "env.txt").read_text().splitlines()
     # a master given still wins, and the local env keeps its own
     given = run_script(checkout, "daily", "--env", "cluster", "--master", "yarn")

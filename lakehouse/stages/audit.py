@@ -43,15 +43,23 @@ def _write_after_failure(spark: SparkSession, config: Config, rows: list[dict[st
                       [(r.get("job"), r.get("table_name"), r.get("run_id")) for r in rows])
 
 
+Started = tuple[datetime, float]  # the wall clock and time.monotonic() at a start
+
+
+def started() -> Started:
+    return datetime.now(UTC), time.monotonic()
+
+
 @contextmanager
 def audited(spark: SparkSession, config: Config, run_id: str, job: str,
-            table_name: str, batch: list[dict[str, Any]] | None = None
-            ) -> Iterator[dict[str, Any]]:
+            table_name: str, batch: list[dict[str, Any]] | None = None,
+            since: Started | None = None) -> Iterator[dict[str, Any]]:
     """Yield a dict to fill with counts; on exit, failed or not, append it to the audit table
-    (or to batch, written when the batch ends)."""
+    (or to batch, written when the batch ends). since: when the work began, if before."""
+    since = since or started()
     row: dict[str, Any] = {"run_id": run_id, "job": job, "table_name": table_name,
-                           "started_at": datetime.now(UTC)}
-    start = time.monotonic()
+                           "started_at": since[0]}
+    start = since[1]
     try:
         yield row
         row.setdefault("status", "succeeded")
@@ -75,12 +83,14 @@ def audited(spark: SparkSession, config: Config, run_id: str, job: str,
 
 
 def audit_failure(spark: SparkSession, config: Config, run_id: str, job: str,
-                  table_names: Any, error: Exception, batch: list[dict[str, Any]]) -> None:
+                  table_names: Any, error: Exception, batch: list[dict[str, Any]],
+                  since: Started) -> None:
     """One failed row per table in batch for an error raised before the tables' own audited
-    work began (a job's shared preparation): the run is recorded, not only logged."""
+    work began (a job's shared preparation, begun at since): the run is recorded, not only
+    logged."""
     for name in table_names:
         try:
-            with audited(spark, config, run_id, job, name, batch):
+            with audited(spark, config, run_id, job, name, batch, since):
                 raise error
         except Exception as raised:
             if raised is not error:

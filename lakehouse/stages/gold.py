@@ -39,7 +39,7 @@ from lakehouse.gold_changes import (
 from lakehouse.gold_docs import TABLE_COMMENTS, with_comments
 from lakehouse.lineage import GOLD_TAG
 from lakehouse.session import inherit
-from lakehouse.stages.audit import audit_batch, audit_failure, audited
+from lakehouse.stages.audit import audit_batch, audit_failure, audited, started
 
 log = logging.getLogger("lakehouse")
 INPUTS = ("silver_flights", "silver_weather", "silver_planes")
@@ -340,16 +340,17 @@ def run(spark: SparkSession, config: Config, run_id: str,
     """Bring gold.flight_features and gold.route_daily_kpis up to date with silver: each table
     planned in turn (they share the change feed's reading), then both built and written at once,
     each from a driver thread of its own (a new day's two writes overlapped: bench/gold.py)."""
-    settings = FeatureSettings.from_conf(config.section("gold"))
+    since = started()
     with audit_batch(spark, config) as batch:
         try:  # what both tables need first: a failure is recorded for both
+            settings = FeatureSettings.from_conf(config.section("gold"))
             states = {name: tables.tagged_state(spark, config, name, TAG) for name in OUTPUTS}
             if full or None in states.values():  # a full build: silver's change feed starts here
                 for name in INPUTS:
                     tables.ensure_properties(spark, config, name)
             silver = Silver.read(spark, config)
         except Exception as error:
-            audit_failure(spark, config, run_id, "gold", OUTPUTS, error, batch)
+            audit_failure(spark, config, run_id, "gold", OUTPUTS, error, batch, since)
             raise
         return _run(spark, config, run_id, full, settings, states, silver, batch)
 
