@@ -110,7 +110,9 @@ def redacted(values: Any) -> Any:
     whoever reads the experiment): the value of a setting whose name says it holds a secret
     (SECRET_NAMES), whatever its type, replaced by REDACTED unless it names an environment
     variable; in any text, a URL's user part (`user:password@`, `token@`; not an Azure
-    container's `name@`) and its query's secrets (SECRET_QUERY)."""
+    container's `name@`) and its query's secrets (SECRET_QUERY). Written here: Spark's
+    `spark.redaction.regex` redacts Spark's own conf in its UI and logs, not a dict this job
+    logs, and MLflow does not redact what it is given."""
     if isinstance(values, dict):
         return {k: (REDACTED if SECRET_NAMES.search(str(k)) and v is not None
                     and not isinstance(v, bool) and not str(v).startswith("env:")

@@ -24,7 +24,9 @@ def spark_defaults(folder: str | None = None) -> dict[str, str]:
     """The settings of spark-defaults.conf in folder (else $SPARK_CONF_DIR), read as Java
     properties, as spark-submit reads it: `key value`, `key=value` or `key: value`, `#` and
     `!` comments, a line ending in a backslash continued on the next, backslash escapes
-    (`file\\:/a.jar`). Empty when there is no such file."""
+    (`file\\:/a.jar`). Empty when there is no such file. Written here: Python's standard
+    library has no Java properties reader, and spark-submit's own (in the JVM) cannot be asked
+    before it runs; `\\uXXXX` escapes are not decoded."""
     folder = folder or os.environ.get("SPARK_CONF_DIR")
     path = Path(folder) / "spark-defaults.conf" if folder else None
     if path is None or not path.is_file():
