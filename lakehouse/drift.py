@@ -10,6 +10,7 @@ population stability index and the Jensen-Shannon distance per group and feature
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -183,14 +184,30 @@ def reference(df: DataFrame, numeric: list[str], categorical: list[str], quantil
 
 def _edges(df: DataFrame, numeric: list[str], quantiles: int,
            relative_error: float) -> dict[str, tuple[float, ...]]:
-    """Sorted unique interior cut points per numeric column, from one approxQuantile call."""
+    """Sorted unique interior cut points per numeric column, from one approxQuantile call.
+
+    A value on a cut point goes to the bin above it, so a lowest cut point equal to the
+    column's minimum would leave the bin below it empty and put the rows at the minimum (a
+    lump of at least one quantile's share: rainless hours' precipitation 0, no flight
+    pending) in one bin with the values above them, where no change of the lump's share could
+    show. Such a cut point gets a second one beside it, the next double above it: the bin
+    between the two holds the rows at the minimum alone, the one below it values under the
+    reference's range (empty in the reference, as before), the next the values above it.
+    """
     if not numeric:
         return {}
-    probabilities = [i / quantiles for i in range(1, quantiles)]
+    probabilities = [i / quantiles for i in range(quantiles)]  # 0: the minimum
     cleaned = df.select(*(_numeric(name).alias(name) for name in numeric))
-    found = cleaned.approxQuantile(numeric, probabilities, relative_error) if probabilities \
+    found = cleaned.approxQuantile(numeric, probabilities, relative_error) if quantiles > 1 \
         else [[] for _ in numeric]
-    return {name: tuple(sorted(set(values))) for name, values in zip(numeric, found, strict=True)}
+    edges = {}
+    for name, values in zip(numeric, found, strict=True):
+        cuts = sorted(set(values[1:]))
+        if cuts and cuts[0] <= values[0]:  # the lowest cut point is the minimum
+            above = math.nextafter(cuts[0], math.inf)
+            cuts = [cuts[0], above, *(c for c in cuts[1:] if c > above)]
+        edges[name] = tuple(cuts)
+    return edges
 
 
 def _top_categories(df: DataFrame, categorical: list[str],

@@ -94,20 +94,48 @@ def test_half_sd_shift_of_a_normal_gives_the_textbook_value(spark: SparkSession)
     assert 0.1 < result["js_distance"] < 0.3
 
 
+def test_a_lump_at_the_minimum_keeps_a_bin_of_its_own(spark: SparkSession) -> None:
+    # Precipitation is 0 in ~93% of the year's hours: every decile is 0. Rows on a cut point go
+    # to the bin above it, so with 0 as the only cut the rainless and the rainy hours shared
+    # one bin and no change of the rainy share could move PSI (it read 0 for 95% -> 80% dry).
+    # Each side here is 95% (80%) zeros and the rest ones, so the textbook PSI of the two bins
+    # is 0.15 ln(0.95/0.80) + 0.15 ln(0.20/0.05).
+    def frame(dry_percent: int) -> DataFrame:
+        return spark.range(10_000, numPartitions=2).select(
+            F.when(F.col("id") % 100 < dry_percent, 0.0).otherwise(1.0).alias("x"))
+
+    refs = reference(frame(95), ["x"], [], quantiles=10)
+    assert refs["x"].edges == (0.0, math.nextafter(0.0, 1.0))
+    assert {k: v for k, v in refs["x"].shares.items() if v} == {
+        "b01": pytest.approx(0.95), "b02": pytest.approx(0.05)}
+    [same] = drift(bin_counts(frame(95), refs, []).collect(), refs, [])
+    assert same["psi"] == 0.0
+    [result] = drift(bin_counts(frame(80), refs, []).collect(), refs, [])
+    textbook = 0.15 * math.log(0.95 / 0.80) + 0.15 * math.log(0.20 / 0.05)
+    assert textbook == pytest.approx(0.2337, abs=5e-5)
+    assert result["psi"] == pytest.approx(textbook, rel=1e-9)
+    # and the lump's own share still moves with a positive lowest value (not only 0)
+    refs = reference(frame(95).select((F.col("x") + 7.5).alias("x")), ["x"], [], quantiles=10)
+    [shifted] = drift(bin_counts(frame(80).select((F.col("x") + 7.5).alias("x")), refs,
+                                 []).collect(), refs, [])
+    assert shifted["psi"] == pytest.approx(textbook, rel=1e-9)
+
+
 def test_unseen_category_goes_to_other_and_nulls_to_null(spark: SparkSession) -> None:
     train = spark.createDataFrame(
         [("d0", 1.0, None, c) for c in ["AA"] * 5 + ["UA"] * 3 + ["DL"] * 2], SCHEMA)
     refs = reference(train, ["x", "y"], ["carrier"], top_categories=2)
     assert refs["carrier"].categories == ("AA", "UA")
     assert refs["carrier"].shares == {"AA": 0.5, "UA": 0.3, OTHER: 0.2, NULL: 0.0}
-    assert refs["x"].edges == (1.0,) and refs["y"].edges == ()
+    # one value only: its own bin between 1.0 and the next double (below: under the range)
+    assert refs["x"].edges == (1.0, math.nextafter(1.0, 2.0)) and refs["y"].edges == ()
     assert refs["y"].shares == {"b00": 0.0, NULL: 1.0}
     today = spark.createDataFrame([("d1", 2.0, float("nan"), "B6"), ("d1", None, 3.0, None),
                                    ("d1", 0.5, None, "AA"), ("d2", 1.0, 1.0, "UA")], SCHEMA)
     counts = {(r["day"], r["feature"], r["bin"]): r["rows"]
               for r in bin_counts(today, refs, ["day"]).collect()}
     assert counts == {
-        ("d1", "x", "b01"): 1, ("d1", "x", NULL): 1, ("d1", "x", "b00"): 1,
+        ("d1", "x", "b02"): 1, ("d1", "x", NULL): 1, ("d1", "x", "b00"): 1,
         ("d1", "y", NULL): 2, ("d1", "y", "b00"): 1,
         ("d1", "carrier", OTHER): 1, ("d1", "carrier", NULL): 1, ("d1", "carrier", "AA"): 1,
         ("d2", "x", "b01"): 1, ("d2", "y", "b00"): 1, ("d2", "carrier", "UA"): 1}
