@@ -313,6 +313,23 @@ def test_json_lines_that_are_not_one_object_are_kept_whole(spark: SparkSession,
     assert "temp" in whole["_missing_columns"]
 
 
+def test_a_json_lines_file_with_a_byte_order_mark_keeps_its_first_record(
+        spark: SparkSession, config: Config) -> None:
+    """Windows tools save UTF-8 with a byte-order mark: it is not part of the first record
+    (Hadoop's line reader, under Spark's text source, skips it at a file's start)."""
+    weather = Path(config.landing) / "weather"
+    weather.mkdir(parents=True)
+    lines = ['{"origin": "EWR", "hour": "1"}', '{"origin": "JFK", "hour": "2"}']
+    (weather / "weather_2013-01-01.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    result = ingest(spark, config, "weather")
+    assert result["rows_landed"] == result["rows_in"] == 2
+    read = tables.read(spark, config, "bronze_weather")
+    assert read.filter(F.col("_corrupt_record").isNotNull()).count() == 0
+    assert sorted((r["origin"], r["hour"]) for r in read.collect()) == [("EWR", "1"),
+                                                                         ("JFK", "2")]
+
+
 def test_new_snapshot_replaces_reference_and_history_keeps_the_old(
         spark: SparkSession, config: Config) -> None:
     landing = Path(config.landing)
