@@ -21,13 +21,16 @@ from pyspark.ml.classification import (
     RandomForestClassifier,
 )
 from pyspark.ml.feature import (
+    ElementwiseProduct,
     Imputer,
+    Normalizer,
     OneHotEncoder,
     SQLTransformer,
     StandardScaler,
     StringIndexer,
     VectorAssembler,
 )
+from pyspark.ml.linalg import Vectors
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -38,6 +41,10 @@ FAMILIES = ("logistic_regression", "random_forest", "gbt", "newton_gbt")
 TREE_FAMILIES = ("random_forest", "gbt", "newton_gbt")
 MISSING = -999.0  # trees split missing values off from every real value
 WEIGHT = "_weight"
+# A model fitted with balanced class weights learns probabilities for classes of equal weight;
+# its prior correction (with_prior_correction) turns them back into the training rows' own.
+WEIGHTED_PROBABILITY = "_weighted_probability"
+PRIOR_SCALED = "_prior_scaled"
 INTEGER_PARAMS = ("maxDepth", "maxIter", "minInstancesPerNode", "numTrees")
 # Set by the train job itself (with_threshold), never by the search space.
 JOB_PARAMS = ("threshold", "thresholds")
@@ -145,6 +152,73 @@ def flattened(model: PipelineModel) -> PipelineModel:
     return PipelineModel(stages=stages)
 
 
+def positive_share(weights: tuple[float, float]) -> float:
+    """The positive class's share of the rows that class_weights balanced: weights n / 2N and
+    n / 2P give w_negative / (w_negative + w_positive) = P / n."""
+    negative, positive = weights
+    return negative / (negative + positive)
+
+
+def corrected(q: float, share: float) -> float:
+    """A probability q learnt with balanced class weights (classes of equal weight) as the
+    probability under the rows' own positive share: the odds q / (1 - q) times
+    share / (1 - share) (Bayes' rule with the other prior)."""
+    return q * share / (q * share + (1.0 - q) * (1.0 - share)) if 0.0 < q < 1.0 else q
+
+
+def uncorrected(p: float, share: float) -> float:
+    """The inverse of corrected: the weighted model's probability behind a corrected p."""
+    return corrected(p, 1.0 - share)
+
+
+def with_prior_correction(model: PipelineModel, share: float) -> PipelineModel:
+    """The pipeline of a model fitted with balanced class weights, its `probability` moved to
+    the rows' own positive share (`corrected`): weights that give each class half the total
+    make the model predict ~0.5 on average where ~0.2-0.3 of flights are disrupted, so its
+    probabilities, Brier score, log loss and calibration would mislead whoever reads them. The
+    ranking (AUC) and the class at the decision threshold do not change: the threshold moves
+    with the probability (with_threshold takes it on the corrected scale).
+
+    Two MLlib stages after the classifier, so that MLlib alone saves and loads the model (as
+    a Newton model's): [1 - q, q] times [1 - share, share] (ElementwiseProduct), divided by
+    its sum (Normalizer, p = 1). The classifier's own probability is kept as
+    _weighted_probability; its `prediction` (at the weighted threshold) is unchanged."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"positive share {share!r} is not in (0, 1)")
+    if prior_share(model) is not None:
+        raise ValueError("the model's probability is corrected already")
+    last: Any = model.stages[-1]
+    if isinstance(last, VectorAssembler) and last.getOutputCol() == "probability":
+        last.setOutputCol(WEIGHTED_PROBABILITY)  # a Newton model's probability vector
+    elif isinstance(last, ProbabilisticClassificationModel):
+        last.setProbabilityCol(WEIGHTED_PROBABILITY)
+    else:
+        raise TypeError(f"{type(last).__name__}: not a classifier whose probability can be "
+                        f"corrected")
+    return PipelineModel(stages=[
+        *model.stages,
+        ElementwiseProduct(scalingVec=Vectors.dense([1.0 - share, share]),
+                           inputCol=WEIGHTED_PROBABILITY, outputCol=PRIOR_SCALED),
+        Normalizer(p=1.0, inputCol=PRIOR_SCALED, outputCol="probability")])
+
+
+def prior_share(model: PipelineModel) -> float | None:
+    """The positive share a model's probability was corrected to (None: not corrected)."""
+    if len(model.stages) < 3:
+        return None
+    scale, normalize = model.stages[-2:]
+    if not (isinstance(scale, ElementwiseProduct) and isinstance(normalize, Normalizer)
+            and scale.getInputCol() == WEIGHTED_PROBABILITY):
+        return None
+    negative, positive = (float(v) for v in scale.getScalingVec().toArray())
+    return positive / (negative + positive)
+
+
+def classifier_part(model: PipelineModel) -> PipelineModel:
+    """The pipeline without its prior correction (the same stage objects)."""
+    return PipelineModel(stages=model.stages[:-2]) if prior_share(model) is not None else model
+
+
 def with_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
     """The fitted pipeline with its `prediction` column the class at the decision threshold
     (not MLlib's 0.5), so that whoever loads the logged model (`mlflow.pyfunc`, `spark_udf`, a
@@ -154,6 +228,10 @@ def with_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
     probability exactly at t. Changes the model in place and returns it."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"decision threshold {threshold!r} is not a probability in [0, 1]")
+    share = prior_share(model)
+    if share is not None:  # the classifier's class is taken on its weighted probability
+        with_threshold(classifier_part(model), uncorrected(threshold, share))
+        return model
     if set_threshold(model, threshold):
         return model
     last: Any = model.stages[-1]
@@ -173,7 +251,11 @@ def decision_threshold(model: PipelineModel) -> float | None:
     """The threshold a fitted pipeline's `prediction` is the class at (what `with_threshold`
     set; MLlib's 0.5 when nothing did), read back from the model; None when its last stage is
     no binary classifier. Two class thresholds [t0, t1] give class 1 when p1 / t1 > p0 / t0,
-    that is p1 > t1 / (t0 + t1)."""
+    that is p1 > t1 / (t0 + t1). A model with a prior correction: on the corrected scale."""
+    share = prior_share(model)
+    if share is not None:
+        weighted = decision_threshold(classifier_part(model))
+        return None if weighted is None else corrected(weighted, share)
     newton = threshold_of(model)
     if newton is not None:
         return newton
@@ -194,6 +276,7 @@ def decision_threshold(model: PipelineModel) -> float | None:
 
 def feature_names(model: PipelineModel, sample: DataFrame) -> list[str]:
     """Names of the assembled feature vector's slots (from the vector's ML attributes)."""
+    model = classifier_part(model)
     trees = tree_stages(model)  # a Newton model: the stages before its first tree
     prep = model.stages[:model.stages.index(trees[0])] if trees else model.stages[:-1]
     schema = PipelineModel(stages=prep).transform(sample.limit(1)).schema
@@ -210,6 +293,7 @@ def feature_names(model: PipelineModel, sample: DataFrame) -> list[str]:
 def importances(model: PipelineModel, sample: DataFrame) -> dict[str, float]:
     """Feature importances (trees) or coefficients (logistic regression), by feature name,
     largest magnitude first."""
+    model = classifier_part(model)
     last: Any = model.stages[-1]  # a tree model or a LogisticRegressionModel
     trees = tree_stages(model)
     if trees:  # Newton boosting: each tree's importances (normalized per tree, the only ones

@@ -31,9 +31,12 @@ from lakehouse.models import (
     TREE_FAMILIES,
     class_weights,
     classifier,
+    corrected,
     flattened,
     full_pipeline,
+    positive_share,
     prep_for,
+    with_prior_correction,
     with_threshold,
     with_weight,
 )
@@ -190,6 +193,10 @@ class TuningResult:
     # away), and how many there were.
     holdout_all_flights: Histogram
     holdout_untailed_flights: int
+    # The threshold on the validation histogram's scale (the trial's model): a model fitted
+    # with balanced class weights is prior-corrected after its refit (models.
+    # with_prior_correction), its `threshold` moved with its probabilities.
+    validation_threshold: float
 
 
 class Vectors:
@@ -391,15 +398,18 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
         errors = sorted({t.error or "no AUC" for t in trials.trials})
         raise TrainingDataError(f"all {len(trials.trials)} trials failed: {errors[:3]}")
     validation = trials.histograms[best.number]
-    threshold = validation.threshold_by(settings.threshold_rule)
+    validation_threshold = validation.threshold_by(settings.threshold_rule)
+    threshold = validation_threshold
     weighted = best.weighting == "balanced"
     train = parts["train"]
-    if weighted:
-        train = train.transform(with_weight(class_weights(train)))
-    model = with_threshold(flattened(full_pipeline(best.family, best.params, settings.seed,
-                                                   weighted).fit(train)), threshold)
+    model = flattened(full_pipeline(best.family, best.params, settings.seed, weighted).fit(
+        train.transform(with_weight(weights := class_weights(train))) if weighted else train))
+    if weighted:  # its probabilities back on the rows' own scale, the threshold with them
+        share = positive_share(weights)
+        model, threshold = with_prior_correction(model, share), corrected(threshold, share)
+    model = with_threshold(model, threshold)
     holdout_all = every_flight.transform(between(*slices["holdout"]))
     untailed = holdout_all.filter(~F.col(TAIL_RECORDED)).count()
     return TuningResult(model, best.family, best.params, best.weighting, threshold, validation,
                         scored_histogram(model, parts["holdout"]), trials.trials,
-                        scored_histogram(model, holdout_all), untailed)
+                        scored_histogram(model, holdout_all), untailed, validation_threshold)

@@ -201,6 +201,73 @@ def test_a_models_class_is_taken_at_its_decision_threshold(spark: SparkSession,
         with_threshold(model, 1.5)
 
 
+def test_a_model_fitted_with_balanced_weights_predicts_on_the_rows_own_scale(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """Balanced class weights make a model predict as if half the flights were disrupted: its
+    probabilities are moved back to the rows' own positive share (Bayes' rule on the odds),
+    the class at the threshold and the ranking unchanged, in a model MLlib saves and loads."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.classification import GBTClassifier, LogisticRegression
+    from pyspark.ml.linalg import Vectors
+
+    from lakehouse.evaluation import positive_probability
+    from lakehouse.models import (
+        class_weights,
+        decision_threshold,
+        positive_share,
+        prior_share,
+        with_prior_correction,
+        with_threshold,
+        with_weight,
+    )
+    from lakehouse.newton import NewtonBoostedTrees
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-2, 2, 3000)
+    y = (rng.uniform(size=x.size) < 1 / (1 + np.exp(-(1.5 * x - 1.5)))).astype(int)
+    rows = spark.createDataFrame([(Vectors.dense([float(v)]), int(c))
+                                  for v, c in zip(x, y, strict=True)],
+                                 ["features", "disrupted"]).cache()
+    weights = class_weights(rows)
+    share = positive_share(weights)
+    assert share == pytest.approx(y.mean())
+    assert 0.2 < share < 0.35
+    weighted_rows = rows.transform(with_weight(weights))
+    for number, estimator in enumerate((
+            LogisticRegression(labelCol="disrupted", weightCol="_weight"),
+            GBTClassifier(labelCol="disrupted", weightCol="_weight", maxIter=10, maxDepth=2,
+                          seed=1),
+            NewtonBoostedTrees(labelCol="disrupted", weightCol="_weight", maxIter=10,
+                               maxDepth=2, seed=1))):
+        fitted = estimator.fit(weighted_rows)
+        model = fitted if isinstance(fitted, PipelineModel) else PipelineModel(stages=[fitted])
+        before = model.transform(rows).select(positive_probability().alias("q")).toPandas()
+        assert before["q"].mean() > share + 0.1, estimator  # the weighted scale
+        corrected_model = with_threshold(with_prior_correction(model, share), 0.3)
+        assert prior_share(corrected_model) == pytest.approx(share)
+        path = str(tmp_path / str(number))
+        corrected_model.write().overwrite().save(path)
+        loaded = PipelineModel.load(path)  # MLlib's own stages: no Python class needed
+        assert prior_share(loaded) == pytest.approx(share)
+        assert decision_threshold(loaded) == pytest.approx(0.3)
+        got = loaded.transform(rows).select(positive_probability().alias("p"), "prediction",
+                                            "disrupted").toPandas()
+        # calibrated in the mean: the observed rate, where the weighted model was far above it
+        assert got["p"].mean() == pytest.approx(share, abs=0.02), estimator
+        # by the odds: q / (1 - q) x share / (1 - share)
+        odds = before["q"] / (1 - before["q"]) * share / (1 - share)
+        assert np.allclose(got["p"], odds / (1 + odds), atol=1e-9)
+        # the class at the threshold on the corrected scale, the ranking the same
+        away = (got["p"] - 0.3).abs() > 1e-9
+        assert (got["prediction"][away] == (got["p"][away] > 0.3).astype(float)).all()
+        assert 0 < got["prediction"].sum() < len(got)
+        assert np.array_equal(np.argsort(got["p"].to_numpy(), kind="stable"),
+                              np.argsort(before["q"].to_numpy(), kind="stable"))
+    with pytest.raises(ValueError, match="corrected already"):
+        with_prior_correction(corrected_model, share)
+    rows.unpersist()
+
+
 def test_the_training_rows_are_laid_out_alike_whatever_the_session_ran_before(
         spark: SparkSession) -> None:
     """MLlib's tree learners and the Newton boosting sample each partition by its index, so
@@ -1408,6 +1475,36 @@ def test_a_search_space_the_estimators_refuse_fails_before_anything_is_cached(
     with pytest.raises(AssertionError, match="queried before"):
         training.tune_and_fit(spark, features, windows,
                               training.TrainSettings.from_conf({**LR_ONLY, "seed": 42}))
+
+
+def test_a_balanced_best_trial_is_refitted_with_its_prior_correction(
+        spark: SparkSession, features_root: Path) -> None:
+    """The search's best trial fitted with balanced weights: the refitted model predicts on
+    the training rows' own positive share, its threshold moved with its probabilities (the
+    validation metrics keep the trial's own scale and threshold)."""
+    from lakehouse.evaluation import positive_probability
+    from lakehouse.models import corrected, decision_threshold, prior_share
+
+    config = make_config(features_root)
+    features = tables.read(spark, config, "flight_features")
+    windows = Windows.from_conf(WINDOWS)
+    settings = training.TrainSettings.from_conf(
+        {**LR_ONLY, "max_evals": 1, "seed": 42, "class_weighting": ["balanced"]})
+    result = training.tune_and_fit(spark, features, windows, settings)
+    train_rows = features.filter(F.col("tail_recorded") & F.col("disrupted").isNotNull()
+                                 ).transform(training.between(*windows.slices()["train"]))
+    observed = train_rows.agg(F.avg("disrupted")).first()[0]
+    assert prior_share(result.model) == pytest.approx(observed)
+    assert result.threshold == pytest.approx(corrected(result.validation_threshold, observed))
+    assert result.threshold < result.validation_threshold
+    assert decision_threshold(result.model) == pytest.approx(result.threshold)
+    predicted = result.model.transform(train_rows).agg(
+        F.avg(positive_probability())).first()[0]
+    assert predicted == pytest.approx(observed, abs=0.03)
+    # the holdout's histogram is the corrected model's: its mean near the holdout's rate
+    mean_predicted = result.holdout.sum_p.sum() / result.holdout.rows
+    observed_rate = result.holdout.positives.sum() / result.holdout.rows
+    assert abs(mean_predicted - observed_rate) < 0.1
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from lakehouse.drift import FeatureReference, reference, references_to_json, wit
 from lakehouse.evaluation import Histogram, histogram, positive_probability
 from lakehouse.features import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, TAIL_RECORDED
 from lakehouse.lineage import code_version, redacted, table_versions
-from lakehouse.models import importances
+from lakehouse.models import importances, prior_share
 from lakehouse.monitoring import PREDICTION
 from lakehouse.stages.audit import audited
 from lakehouse.training import (
@@ -228,7 +228,8 @@ def drift_reference(model: Any, features: DataFrame,
 def log_evaluation(result: TuningResult, baseline: Histogram, names: dict[str, float]) -> None:
     """Metrics, plots and importances of the tuned model on the parent run."""
     mlflow.log_metrics({
-        **{f"validation_{k}": v for k, v in result.validation.metrics(result.threshold).items()},
+        **{f"validation_{k}": v
+           for k, v in result.validation.metrics(result.validation_threshold).items()},
         **{f"holdout_{k}": v for k, v in result.holdout.metrics(result.threshold).items()},
         **{f"holdout_all_flights_{k}": v for k, v in
            result.holdout_all_flights.metrics(result.threshold).items()},
@@ -321,8 +322,10 @@ def run(spark: SparkSession, config: Config, run_id: str, windows: Windows | Non
                 result = tune_and_fit(spark, features, windows, train_settings,
                                       on_trial=trial_logger(parent.info.run_id,
                                                             parent.info.experiment_id))
+            share = prior_share(result.model)
             mlflow.log_params({"best_family": result.family,
                                "best_class_weighting": result.weighting,
+                               **({} if share is None else {"prior_positive_share": share}),
                                **{f"best_{k}": v for k, v in result.best_params.items()}})
             mlflow.log_metric("tuning_seconds", time.monotonic() - started)
             labeled = features.filter(F.col(TAIL_RECORDED)).transform(
