@@ -142,6 +142,10 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     if args.full and args.job not in ("gold", "daily"):
         raise ValueError(f"--full rebuilds gold (`run gold` or `run daily`), not the "
                          f"{args.job!r} job")
+    if (args.start or args.end) and args.job not in ("daily", "score", "monitor"):
+        raise ValueError(f"--from and --to pick the flight dates `run daily`, `run score` and "
+                         f"`run monitor` score or monitor, not the {args.job!r} job's (bronze, "
+                         f"silver and gold take what landed; train takes conf's windows)")
     if args.start and args.end and args.start > args.end:
         raise ValueError(f"--from {args.start} is after --to {args.end}")
     workflow.chosen_stages(args.stages)

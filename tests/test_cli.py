@@ -170,6 +170,8 @@ def test_flags_that_would_be_ignored_or_fail_late_are_refused_before_a_session(
                ("run", "score", "--stages", "score"): "not the 'score' job",
                ("run", "silver", "--full"): "--full rebuilds gold",
                ("run", "gold", "--continuous"): "--continuous runs the bronze job only",
+               ("run", "train", "--from", "2013-11-01"): "not the 'train' job's",
+               ("run", "gold", "--to", "2013-11-01"): "not the 'gold' job's",
                ("run", "daily", "--from", "2013-12-31", "--to", "2013-11-01"):
                    "--from 2013-12-31 is after --to 2013-11-01",
                ("run", "daily", "--stages", "bronze,scoring"): "unknown stage 'scoring'"}
