@@ -53,6 +53,7 @@ def test_batch_is_split_deduplicated_and_accounted(spark: SparkSession,
     counts = refine_batch(spark, config, CONTRACTS["flights"],
                           bronze_rows(spark, "flights", rows), 1)
     assert counts["rows_in"] == 32 and counts["rows_out"] == 30
+    assert counts["rows_not_applied"] == 0  # the table's first write: every row appended
     assert counts["rows_quarantined"] == 1 and counts["rows_duplicate"] == 1
     assert counts["rows_in"] == (counts["rows_out"] + counts["rows_quarantined"]
                                  + counts["rows_duplicate"])
@@ -74,7 +75,7 @@ def test_late_corrected_record_updates_in_place(spark: SparkSession,
                        ingested_at=dt.datetime(2026, 1, 2))
     counts = refine_batch(spark, config, contract, late, 2)
     silver = tables.read(spark, config, "silver_flights")
-    assert counts["rows_out"] == 1 and silver.count() == 30
+    assert counts["rows_out"] == 1 and counts["rows_not_applied"] == 0 and silver.count() == 30
     assert silver.filter(F.col("flight") == 1003).select("arr_delay").first()[0] == 45
 
 
@@ -90,8 +91,10 @@ def test_rerun_of_same_batch_changes_nothing(spark: SparkSession, with_reference
     # the same Delta transaction (txnAppId, txnVersion) alone keeps the quarantine append from
     # landing twice: the check for records quarantine already holds is switched off here
     monkeypatch.setattr(stage, "not_yet_quarantined", lambda spark, config, table, rows: rows)
-    refine_batch(spark, config, CONTRACTS["flights"], batch, 1)
+    again = refine_batch(spark, config, CONTRACTS["flights"], batch, 1)
     assert sorted(tables.read(spark, config, "silver_flights").collect()) == sorted(before)
+    # the rows passed the contract again, and the MERGE wrote none of them: counted apart
+    assert again["rows_out"] == 30 and again["rows_not_applied"] == 30
     assert tables.read(spark, config, "quarantine").count() == 1  # same txn: not appended twice
     assert tables.version(spark, config, "quarantine") == quarantined
 
@@ -529,7 +532,11 @@ def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
     shutil.rmtree(Path(config.checkpoints) / "silver_flights")
     land(dt.date(2013, 1, 3), "9003")
     bronze.run(spark, config, "b-3")
-    silver.run(spark, config, "s-3")  # a new stream: all of bronze in its batch 0
+    held = tables.read(spark, config, "silver_flights").count()
+    # a new stream: all of bronze in its batch 0; the rows silver holds already are not
+    # written again, and the audit says so
+    results = {r["table_name"]: r for r in silver.run(spark, config, "s-3")}
+    assert f"{held} of rows_out not written" in results["silver_flights"]["message"]
     quarantined = [r["raw_record"] for r in tables.read(spark, config, "quarantine")
                    .filter(F.col("table_name") == "flights").collect()]
     assert any('"flight":"9003"' in raw for raw in quarantined), quarantined

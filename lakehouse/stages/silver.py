@@ -188,12 +188,20 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
             rows = rows.transform(clean_weather(float(settings["max_wind_speed_mph"]),
                                                 float(settings["max_wind_gust_mph"])))
         silver_rows = rows.transform(to_silver(table))
+        n_out = counts["_rows"] - counts["_quarantined"] - counts["_duplicates"]
+        applied = n_out
         if table in SNAPSHOT_SOURCES:
             tables.overwrite(silver_rows, config, f"silver_{table}")
         else:
-            tables.merge(spark, silver_rows, config, f"silver_{table}", contract.keys,
-                         changed_columns=OUTPUT[table], newer=EVENT_TIME,
-                         known=OUTCOME_KNOWN.get(table))
+            merged = tables.merge(spark, silver_rows, config, f"silver_{table}", contract.keys,
+                                  changed_columns=OUTPUT[table], newer=EVENT_TIME,
+                                  known=OUTCOME_KNOWN.get(table))
+            # what the MERGE itself wrote (the table's first write: the rows appended; no
+            # metrics: nothing committed)
+            applied = (int(merged.get("numTargetRowsInserted", 0))
+                       + int(merged.get("numTargetRowsUpdated", 0))
+                       if "numTargetRowsInserted" in merged
+                       else int(merged.get("numOutputRows", 0)))
         # After silver's write, which a replay repeats harmlessly: written first, the batch's
         # quarantine rows were kept by their txn when silver's write then failed, and a replay
         # judged against changed references (or rules) quarantining more rows skipped its
@@ -206,7 +214,10 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
     finally:  # a halted batch releases its rows too
         release(checked)
     n_quarantined, duplicates = counts["_quarantined"], counts["_duplicates"]
-    return {"rows_in": counts["_rows"], "rows_out": counts["_rows"] - n_quarantined - duplicates,
+    # rows_out passed the contract and went to silver's MERGE; of those, the ones it did not
+    # write (an event older than the row silver holds, a row the same as it) are counted apart
+    return {"rows_in": counts["_rows"], "rows_out": n_out,
+            "rows_not_applied": max(n_out - applied, 0),
             "rows_quarantined": n_quarantined, "rows_duplicate": duplicates,
             "rows_warned": sum(counts[r.name] for r in contract.rules if r.action == "warn"),
             "batch_warnings": batch_warnings}
@@ -296,7 +307,8 @@ def refine_stream(spark: SparkSession, config: Config, contract: Contract,
     table's landed files, then its events (same contract, same quarantine)."""
     table = contract.table
     totals: dict[str, Any] = {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0,
-                              "rows_duplicate": 0, "rows_warned": 0, "batch_warnings": []}
+                              "rows_duplicate": 0, "rows_warned": 0, "rows_not_applied": 0,
+                              "batch_warnings": []}
     streams = [(f"bronze_{table}", f"silver_{table}", contract, lambda df: df)]
     if table in EVENT_SOURCES:
         bronze_table, as_rows = EVENT_SOURCES[table]
@@ -518,7 +530,11 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
                 if table == "flights" and not existed:
                     record_references(spark, config)
                 warnings = counts.pop("batch_warnings", [])
+                not_applied = counts.pop("rows_not_applied", 0)
                 audit.update(counts)
+                if not_applied:
+                    notes.append(f"{not_applied} of rows_out not written: older than, or the "
+                                 f"same as, the row silver holds (bronze keeps them)")
                 if warnings:
                     notes.append(f"batch rules warned: {sorted(set(warnings))}")
                 if any(notes):
