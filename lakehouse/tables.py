@@ -551,10 +551,15 @@ def tagged_state(spark: SparkSession, config: Config, name: str, prefix: str,
     return None
 
 
-def read_stream(spark: SparkSession, config: Config, name: str) -> DataFrame:
-    """Stream the rows appended to a Delta table since the stream's checkpoint."""
+def read_stream(spark: SparkSession, config: Config, name: str,
+                max_files_per_trigger: int | None = None) -> DataFrame:
+    """Stream the rows appended to a Delta table since the stream's checkpoint
+    (max_files_per_trigger: Delta's own limit of a micro-batch's files; None: Delta's
+    default, 1000)."""
     location = config.table(name)
     reader = spark.readStream.format("delta")
+    if max_files_per_trigger is not None:
+        reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
     return reader.load(location) if _is_path(location) else reader.table(location)
 
 

@@ -499,6 +499,45 @@ def test_missing_columns_and_undecodable_bytes_are_quarantined_from_landed_files
     assert rules == ["columns_present", "columns_present", "text_decodable"]
 
 
+def test_a_run_failing_after_a_merged_micro_batch_counts_it_in_its_audit_row(
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Micro-batches merged before a failure stay in silver (a rerun goes on after them): the
+    failed run's audit row counts them, as bronze's does, rather than nothing."""
+    from lakehouse.seed import seed
+    from lakehouse.stages import bronze, silver
+
+    config = make_config(tmp_path, silver={"max_files_per_trigger": 1})
+    seed(Path(config.landing), dt.date(2013, 1, 1), dt.date(2013, 1, 2))
+    bronze.run(spark, config, "b-1")
+    real = silver.refine_batch
+    merged: list[dict[str, Any]] = []
+
+    def second_fails(spark_: SparkSession, config_: Config, contract: Any, batch: DataFrame,
+                     batch_id: int, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if contract.table == "flights" and merged:
+            raise RuntimeError("the second micro-batch fails")
+        counts = real(spark_, config_, contract, batch, batch_id, *args, **kwargs)
+        if contract.table == "flights":
+            merged.append(counts)
+        return counts
+
+    monkeypatch.setattr(silver, "refine_batch", second_fails)
+    with pytest.raises(RuntimeError, match="second micro-batch"):
+        silver.run(spark, config, "s-1")
+    [first] = merged
+    assert first["rows_in"] > 0
+    [failed] = tables.read(spark, config, "audit").filter(
+        (F.col("run_id") == "s-1") & (F.col("table_name") == "silver_flights")).collect()
+    assert failed["status"] == "failed"
+    assert (failed["rows_in"], failed["rows_out"], failed["rows_quarantined"]) == (
+        first["rows_in"], first["rows_out"], first["rows_quarantined"])
+    assert tables.read(spark, config, "silver_flights").count() == first["rows_out"]
+    monkeypatch.undo()
+    [again] = [r for r in silver.run(spark, config, "s-2") if r["table_name"] == "silver_flights"]
+    bronze_rows_in = tables.read(spark, config, "bronze_flights").count()
+    assert first["rows_in"] + again["rows_in"] == bronze_rows_in
+
+
 @pytest.mark.slow
 def test_a_silver_stream_started_afresh_quarantines_its_new_bad_rows(
         spark: SparkSession, config: Config) -> None:

@@ -18,7 +18,7 @@ from pyspark.sql.utils import is_remote
 
 from lakehouse import tables
 from lakehouse.bronze import CORRUPT_COLUMN
-from lakehouse.config import Config
+from lakehouse.config import Config, whole_number
 from lakehouse.contracts import (
     Contract,
     ContractViolation,
@@ -301,14 +301,18 @@ EVENT_SOURCES: dict[str, tuple[str, Callable[[DataFrame], DataFrame]]] = {
 }
 
 
+def new_totals() -> dict[str, Any]:
+    return {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0, "rows_duplicate": 0,
+            "rows_warned": 0, "rows_not_applied": 0, "batch_warnings": []}
+
+
 def refine_stream(spark: SparkSession, config: Config, contract: Contract,
-                  run_id: str) -> dict[str, Any]:
+                  run_id: str, totals: dict[str, Any] | None = None) -> dict[str, Any]:
     """Process the bronze rows appended since the last run, one micro-batch at a time: the
-    table's landed files, then its events (same contract, same quarantine)."""
+    table's landed files, then its events (same contract, same quarantine). totals (new_totals)
+    is added to as each micro-batch commits: after a failure it holds what was committed."""
     table = contract.table
-    totals: dict[str, Any] = {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0,
-                              "rows_duplicate": 0, "rows_warned": 0, "rows_not_applied": 0,
-                              "batch_warnings": []}
+    totals = new_totals() if totals is None else totals
     streams = [(f"bronze_{table}", f"silver_{table}", contract, lambda df: df)]
     if table in EVENT_SOURCES:
         bronze_table, as_rows = EVENT_SOURCES[table]
@@ -339,7 +343,8 @@ def refine_bronze(spark: SparkSession, config: Config, contract: Contract, bronz
             failure.append(error)
             raise
 
-    source = tables.read_stream(spark, config, bronze_table)
+    source = tables.read_stream(spark, config, bronze_table, max_files_per_trigger=whole_number(
+        config.section("silver"), "silver", "max_files_per_trigger", 1000))
     query = (source.writeStream.foreachBatch(process)
              .option("checkpointLocation", os.path.join(config.checkpoints, checkpoint))
              .trigger(availableNow=True).start())
@@ -521,12 +526,22 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
     with audit_batch(spark, config) as batch:
         for table, contract in contracts(settings).items():
             with audited(spark, config, run_id, "silver", f"silver_{table}", batch) as audit:
-                refine = refine_snapshot if table in SNAPSHOT_SOURCES else refine_stream
                 notes = []
                 existed = table == "flights" and tables.exists(spark, config, "silver_flights")
                 if existed:  # before the batches: they are typed against the same snapshots
                     notes.append(reconcile_references(spark, config, contract) or "")
-                counts = refine(spark, config, contract, run_id)
+                if table in SNAPSHOT_SOURCES:
+                    counts = refine_snapshot(spark, config, contract, run_id)
+                else:
+                    committed = new_totals()
+                    try:
+                        counts = refine_stream(spark, config, contract, run_id, committed)
+                    except BaseException:
+                        # the micro-batches merged before the failure stay in silver (a rerun
+                        # goes on after them): the failed run's row counts them
+                        audit.update({k: v for k, v in committed.items()
+                                      if k not in ("batch_warnings", "rows_not_applied")})
+                        raise
                 if table == "flights" and not existed:
                     record_references(spark, config)
                 warnings = counts.pop("batch_warnings", [])
