@@ -146,6 +146,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         raise ValueError(f"--from and --to pick the flight dates `run daily`, `run score` and "
                          f"`run monitor` score or monitor, not the {args.job!r} job's (bronze, "
                          f"silver and gold take what landed; train takes conf's windows)")
+    if args.start and args.job == "monitor":
+        raise ValueError("`run monitor` monitors the day --to names (conf's score.to without "
+                         "it); --from goes with `run score` and `run daily`")
     if args.start and args.end and args.start > args.end:
         raise ValueError(f"--from {args.start} is after --to {args.end}")
     workflow.chosen_stages(args.stages)

@@ -169,9 +169,12 @@ def merge_metrics(result: DataFrame) -> dict[str, str]:
     """The rows a MERGE inserted, updated and deleted, from what DeltaMergeBuilder.execute()
     returns (computed by the MERGE itself, classic and Connect alike), named as in Delta's
     history (numTargetRowsInserted...). Not read back from the history: a commit after it (an
-    auto compaction, another writer's) would give other metrics."""
+    auto compaction, another writer's) would give other metrics. Empty when the MERGE
+    returned no row (its counts unknown, not zero)."""
     row = result.first()
-    found = row.asDict() if row is not None else {}
+    if row is None:
+        return {}
+    found = row.asDict()
     return {f"numTargetRows{kind.capitalize()}": str(int(found.get(f"num_{kind}_rows") or 0))
             for kind in ("inserted", "updated", "deleted")}
 

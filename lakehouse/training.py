@@ -36,6 +36,7 @@ from lakehouse.models import (
     full_pipeline,
     positive_share,
     prep_for,
+    uncorrected,
     with_prior_correction,
     with_threshold,
     with_weight,
@@ -406,7 +407,11 @@ def _tune_and_fit(spark: SparkSession, every_flight: DataFrame, windows: Windows
         train.transform(with_weight(weights := class_weights(train))) if weighted else train))
     if weighted:  # its probabilities back on the rows' own scale, the threshold with them
         share = positive_share(weights)
-        model, threshold = with_prior_correction(model, share), corrected(threshold, share)
+        model = with_prior_correction(model, share)
+        if settings.threshold_rule.startswith("fixed:"):  # P is meant on the model's output
+            validation_threshold = uncorrected(threshold, share)
+        else:  # chosen on the trial's (weighted) probabilities: moved with them
+            threshold = corrected(threshold, share)
     model = with_threshold(model, threshold)
     holdout_all = every_flight.transform(between(*slices["holdout"]))
     untailed = holdout_all.filter(~F.col(TAIL_RECORDED)).count()

@@ -172,6 +172,8 @@ def test_flags_that_would_be_ignored_or_fail_late_are_refused_before_a_session(
                ("run", "gold", "--continuous"): "--continuous runs the bronze job only",
                ("run", "train", "--from", "2013-11-01"): "not the 'train' job's",
                ("run", "gold", "--to", "2013-11-01"): "not the 'gold' job's",
+               ("run", "monitor", "--from", "2013-11-01", "--to", "2013-11-02"):
+                   "`run monitor` monitors the day --to names",
                ("run", "daily", "--from", "2013-12-31", "--to", "2013-11-01"):
                    "--from 2013-12-31 is after --to 2013-11-01",
                ("run", "daily", "--stages", "bronze,scoring"): "unknown stage 'scoring'"}

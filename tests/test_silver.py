@@ -499,6 +499,7 @@ def test_missing_columns_and_undecodable_bytes_are_quarantined_from_landed_files
     assert rules == ["columns_present", "columns_present", "text_decodable"]
 
 
+@pytest.mark.slow  # two bronze days, three silver runs (~40 s)
 def test_a_run_failing_after_a_merged_micro_batch_counts_it_in_its_audit_row(
         spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Micro-batches merged before a failure stay in silver (a rerun goes on after them): the

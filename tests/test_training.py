@@ -1483,7 +1483,7 @@ def test_a_balanced_best_trial_is_refitted_with_its_prior_correction(
     the training rows' own positive share, its threshold moved with its probabilities (the
     validation metrics keep the trial's own scale and threshold)."""
     from lakehouse.evaluation import positive_probability
-    from lakehouse.models import corrected, decision_threshold, prior_share
+    from lakehouse.models import corrected, decision_threshold, prior_share, uncorrected
 
     config = make_config(features_root)
     features = tables.read(spark, config, "flight_features")
@@ -1505,6 +1505,12 @@ def test_a_balanced_best_trial_is_refitted_with_its_prior_correction(
     mean_predicted = result.holdout.sum_p.sum() / result.holdout.rows
     observed_rate = result.holdout.positives.sum() / result.holdout.rows
     assert abs(mean_predicted - observed_rate) < 0.1
+    # a fixed threshold is meant on the model's output: kept as given, whichever trial wins
+    fixed = training.tune_and_fit(spark, features, windows, training.TrainSettings.from_conf(
+        {**LR_ONLY, "max_evals": 1, "seed": 42, "class_weighting": ["balanced"],
+         "threshold_rule": "fixed:0.4"}))
+    assert fixed.threshold == 0.4 and decision_threshold(fixed.model) == pytest.approx(0.4)
+    assert fixed.validation_threshold == pytest.approx(uncorrected(0.4, observed))
 
 
 @pytest.mark.slow

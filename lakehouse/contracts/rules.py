@@ -244,6 +244,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     share(settings, "silver", "min_rows_share_of_recent", 0.1)
     for key in ("max_wind_speed_mph", "max_wind_gust_mph"):
         number(settings, "silver", key)
+    whole_number(settings, "silver", "max_files_per_trigger", 1000)
 
 
 def contracts(settings: dict[str, Any]) -> dict[str, Contract]:

@@ -196,12 +196,11 @@ def refine_batch(spark: SparkSession, config: Config, contract: Contract, bronze
             merged = tables.merge(spark, silver_rows, config, f"silver_{table}", contract.keys,
                                   changed_columns=OUTPUT[table], newer=EVENT_TIME,
                                   known=OUTCOME_KNOWN.get(table))
-            # what the MERGE itself wrote (the table's first write: the rows appended; no
-            # metrics: nothing committed)
-            applied = (int(merged.get("numTargetRowsInserted", 0))
-                       + int(merged.get("numTargetRowsUpdated", 0))
-                       if "numTargetRowsInserted" in merged
-                       else int(merged.get("numOutputRows", 0)))
+            # what the MERGE itself wrote; the table's first write appends every row (and when
+            # the MERGE returns no counts, none is claimed unwritten)
+            if "numTargetRowsInserted" in merged:
+                applied = (int(merged["numTargetRowsInserted"])
+                           + int(merged.get("numTargetRowsUpdated", 0)))
         # After silver's write, which a replay repeats harmlessly: written first, the batch's
         # quarantine rows were kept by their txn when silver's write then failed, and a replay
         # judged against changed references (or rules) quarantining more rows skipped its
@@ -344,7 +343,8 @@ def refine_bronze(spark: SparkSession, config: Config, contract: Contract, bronz
             raise
 
     source = tables.read_stream(spark, config, bronze_table, max_files_per_trigger=whole_number(
-        config.section("silver"), "silver", "max_files_per_trigger", 1000))
+        config.section("silver"), "silver", "max_files_per_trigger", 1000))  # checked in
+    # contracts (check_settings), before any table is written
     query = (source.writeStream.foreachBatch(process)
              .option("checkpointLocation", os.path.join(config.checkpoints, checkpoint))
              .trigger(availableNow=True).start())
@@ -549,7 +549,8 @@ def run(spark: SparkSession, config: Config, run_id: str) -> list[dict[str, Any]
                 audit.update(counts)
                 if not_applied:
                     notes.append(f"{not_applied} of rows_out not written: older than, or the "
-                                 f"same as, the row silver holds (bronze keeps them)")
+                                 f"same as, the row silver holds, or a schedule after its "
+                                 f"known outcome (bronze keeps them)")
                 if warnings:
                     notes.append(f"batch rules warned: {sorted(set(warnings))}")
                 if any(notes):
