@@ -1514,27 +1514,41 @@ def test_a_balanced_best_trial_is_refitted_with_its_prior_correction(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("weighting", ["none", "balanced"])
 def test_a_newton_model_is_trained_logged_and_scores_as_registered(
-        spark: SparkSession, features_root: Path, tmp_path: Path) -> None:
+        spark: SparkSession, features_root: Path, tmp_path: Path, weighting: str) -> None:
     """The newton_gbt family through the train job: its fitted pipeline is flattened into MLlib
     stages, logged with its importances, and the registered version scores as the job's model
-    did on the holdout (its AUC-ROC, read back through MLflow)."""
+    did on the holdout (its AUC-ROC, read back through MLflow); fitted with balanced weights,
+    with its prior correction, registered and loaded through MLflow as MLlib stages."""
     from pyspark.ml.util import JavaMLWritable
 
     from lakehouse.evaluation import positive_probability
     from lakehouse.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TAIL_RECORDED
+    from lakehouse.models import decision_threshold, prior_share
     from lakehouse.newton import tree_stages
 
     conf = {**LR_ONLY, "families": ["newton_gbt"], "max_evals": 1,
+            "class_weighting": [weighting],
             "threshold_rule": "fixed:0.2",  # within this small model's probabilities
             "search_space": {"newton_gbt": {"maxDepth": [2, 2], "maxIter": [3, 3],
                                             "stepSize": [0.1, 0.1],
                                             "minInstancesPerNode": [20, 20]}}}
+    if weighting == "balanced":  # its weighted probabilities sit near 0.5: chosen on them
+        conf = {**conf, "threshold_rule": "max_f1", "search_space": {"newton_gbt": {
+            **conf["search_space"]["newton_gbt"], "stepSize": [0.5, 0.5]}}}
     config = config_for(features_root, tmp_path, conf)
     result = train.run(spark, config, "newton")
     assert result["family"] == "newton_gbt"
     model = mlflow.spark.load_model(f"models:/flight_disruption/{result['version']}")
     assert all(isinstance(s, JavaMLWritable) for s in model.stages)
+    params = MlflowClient().get_run(result["run_id"]).data.params
+    if weighting == "balanced":
+        share = float(params["prior_positive_share"])
+        assert prior_share(model) == pytest.approx(share) and 0.1 < share < 0.4
+        assert decision_threshold(model) == pytest.approx(result["threshold"])
+    else:
+        assert prior_share(model) is None and "prior_positive_share" not in params
     assert len(tree_stages(model)) == 3
     importances = mlflow.artifacts.load_dict(
         f"runs:/{result['run_id']}/feature_importances.json")
@@ -1551,10 +1565,15 @@ def test_a_newton_model_is_trained_logged_and_scores_as_registered(
     auc = roc_auc_score([r[0] for r in rows], [r[1] for r in rows])
     assert auc == pytest.approx(result["holdout"]["auc_roc"], abs=2e-3)
     # its class is the one at the logged decision threshold
-    assert result["threshold"] == 0.2
-    assert all(r["prediction"] == float(r["p"] >= result["threshold"]) for r in rows)
+    assert result["threshold"] == 0.2 or weighting == "balanced"
+    assert all(r["prediction"] == float(r["p"] >= result["threshold"]) for r in rows
+               if abs(r["p"] - result["threshold"]) > 1e-9)
     assert 0 < sum(r["prediction"] for r in rows) < len(rows)
     assert any(r["prediction"] != float(r["p"] >= 0.5) for r in rows)
+    if weighting == "balanced":  # on the flights' own scale: near the holdout's rate
+        mean_p = sum(r["p"] for r in rows) / len(rows)
+        observed = sum(r["disrupted"] for r in rows) / len(rows)
+        assert abs(mean_p - observed) < 0.1, (mean_p, observed)
 
 
 @pytest.mark.slow  # a champion trained, then two score runs
