@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -548,3 +549,28 @@ def test_a_file_of_the_batch_left_unread_fails_it_and_a_volumes_files_are_opened
     assert tables.driver_path(volume, volumes_mounted=False) is None  # binaryFile then
     assert tables.driver_path(left_out) is None
     assert tables.driver_path(kept) == str(landed)
+
+
+def test_each_sources_thread_carries_the_callers_job_group(
+        spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sources are ingested from a thread each: the caller's job group (a Databricks
+    notebook command's) goes with them, so cancelling it reaches their work."""
+    from lakehouse.stages import bronze as stage
+
+    seen: dict[str, str | None] = {}
+
+    def record(spark_: SparkSession, config_: Config, source: Any, *args: Any,
+               **kwargs: Any) -> Any:
+        seen[source.name] = spark_.sparkContext.getLocalProperty("spark.jobGroup.id")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(stage, "ingest", record)
+    context = spark.sparkContext
+    context.setJobGroup("the-cell", "a notebook command")
+    try:
+        with pytest.raises(RuntimeError, match="stop here"):
+            stage.run(spark, config, "run-1")
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        context.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+    assert seen and set(seen.values()) == {"the-cell"}, seen

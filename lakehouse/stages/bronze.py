@@ -55,7 +55,7 @@ from lakehouse.bronze import (
 )
 from lakehouse.config import Config, client_options, flag
 from lakehouse.seed import SNAPSHOT_SOURCES
-from lakehouse.session import require_classic
+from lakehouse.session import inherit, require_classic
 from lakehouse.stages.audit import audit_batch, audited
 
 # Bronze is raw text read whole by the silver stream: min/max statistics on it would cost
@@ -940,8 +940,10 @@ def run(spark: SparkSession, config: Config, run_id: str, adopt: bool = False,
             log.warning("--accept-lost-events: no Kafka source is enabled; nothing to accept")
         if not streamed:
             return results
+        # each source's thread carries the caller's Spark properties (its job group: a
+        # cancelled notebook command reaches the driver-side reads and checks it runs)
         with ThreadPoolExecutor(len(streamed), thread_name_prefix="bronze") as pool:
-            futures = [pool.submit(audited_ingest, s) for s in streamed]
+            futures = [pool.submit(inherit(spark, audited_ingest), s) for s in streamed]
         return results + [future.result() for future in futures]
 
 
