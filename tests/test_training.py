@@ -223,7 +223,7 @@ def test_a_model_fitted_with_balanced_weights_predicts_on_the_rows_own_scale(
     from lakehouse.newton import NewtonBoostedTrees
 
     rng = np.random.default_rng(7)
-    x = rng.uniform(-2, 2, 3000)
+    x = rng.uniform(-2, 2, 2000)
     y = (rng.uniform(size=x.size) < 1 / (1 + np.exp(-(1.5 * x - 1.5)))).astype(int)
     rows = spark.createDataFrame([(Vectors.dense([float(v)]), int(c))
                                   for v, c in zip(x, y, strict=True)],
@@ -1477,6 +1477,7 @@ def test_a_search_space_the_estimators_refuse_fails_before_anything_is_cached(
                               training.TrainSettings.from_conf({**LR_ONLY, "seed": 42}))
 
 
+@pytest.mark.slow  # two searches and refits (~45 s)
 def test_a_balanced_best_trial_is_refitted_with_its_prior_correction(
         spark: SparkSession, features_root: Path) -> None:
     """The search's best trial fitted with balanced weights: the refitted model predicts on
